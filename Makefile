@@ -1,0 +1,69 @@
+# gpufleet verbs. Everything runs from the repository root with the project's own venv.
+# INVENTORY defaults to the built-in lab; point it at inventory/prod.py for the real fleet.
+
+PYTHON   ?= python3
+VENV     := .venv
+BIN      := $(VENV)/bin
+INVENTORY ?= inventory/lab.py
+LAB_NODES ?= 2
+LAB_LBS   ?= 1
+PYTEST_ARGS ?=
+
+.PHONY: help install deploy deploy-dry validate inventory lab-up lab-down lab-purge lab-status \
+        test test-unit test-lab lint plan clean
+
+help:  ## list the verbs
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+
+$(BIN)/gpufleet: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+install: $(BIN)/gpufleet  ## create .venv with gpufleet and its test tools
+
+deploy: install lab-up-if-lab  ## converge $(INVENTORY) (default: the lab, started if needed)
+	$(BIN)/pyinfra -y $(INVENTORY) deploy.py
+
+deploy-dry: install  ## show what a deploy would change, change nothing
+	$(BIN)/pyinfra --dry $(INVENTORY) deploy.py
+
+validate: install  ## check every host's data in $(INVENTORY); exit 1 on any error
+	$(BIN)/gpufleet validate $(INVENTORY)
+
+inventory: install  ## list nodes and load-balanced replicas of $(INVENTORY)
+	$(BIN)/gpufleet inventory $(INVENTORY)
+
+.PHONY: lab-up-if-lab
+lab-up-if-lab:
+	@if [ "$(INVENTORY)" = inventory/lab.py ]; then $(MAKE) --no-print-directory lab-up; fi
+
+lab-up: install  ## start the lab ($(LAB_NODES) GPU nodes, $(LAB_LBS) LB) or adopt the running one
+	lab/ensure-engine.sh
+	$(BIN)/gpufleet lab up --nodes $(LAB_NODES) --lbs $(LAB_LBS)
+
+lab-down: install  ## remove the lab's containers, volumes, network and state (keeps cached images)
+	$(BIN)/gpufleet lab down
+
+lab-purge: install  ## lab-down and remove the cached lab images too
+	$(BIN)/gpufleet lab down --purge
+
+lab-status: install  ## show the lab's hosts and services
+	$(BIN)/gpufleet lab status
+
+test: install  ## the whole suite: unit tests, then lab integration tests (starts the lab)
+	lab/ensure-engine.sh
+	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+
+test-unit: install  ## unit tests only (no lab, no Docker)
+	$(BIN)/python -m pytest -ra -m 'not lab' $(PYTEST_ARGS)
+
+test-lab: install  ## lab integration tests only
+	lab/ensure-engine.sh
+	$(BIN)/python -m pytest -ra -m lab $(PYTEST_ARGS)
+
+lint: install  ## ruff over the project
+	$(BIN)/ruff check gpufleet operations tests deploy.py inventory group_data lab files
+
+clean:  ## remove the venv and caches (not the lab: see lab-down)
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,57 @@
+"""``gpufleet lab up|down|status``: the local fleet lab of stand-in bare-metal hosts."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from gpufleet.table import render_table
+
+
+@click.group()
+def lab() -> None:
+    """Start, stop and inspect the built-in fleet lab (see lab/README.md)."""
+
+
+@lab.command()
+@click.option("--nodes", default=2, show_default=True, help="Stand-in GPU nodes (gpu-node-1..N).")
+@click.option("--lbs", default=1, show_default=True, help="Stand-in load balancers (lb-1..M).")
+def up(nodes: int, lbs: int) -> None:
+    """Start the lab (building cached images on first use) or adopt the running one."""
+    from gpufleet.lab.control import LabError
+    from gpufleet.lab.control import up as lab_up
+
+    try:
+        started = lab_up(nodes, lbs)
+    except (LabError, ValueError, TimeoutError) as exc:
+        click.echo(f"lab up failed: {exc}", err=True)
+        sys.exit(1)
+    click.echo(render_table(["HOST", "GROUP", "SSH"], [[h.name, h.group, f"127.0.0.1:{h.ssh_port}"] for h in started]))
+
+
+@lab.command()
+@click.option("--purge", is_flag=True, help="Also remove the cached lab images (next `up` is a cold build).")
+def down(purge: bool) -> None:
+    """Remove every container, volume, network and state file the lab created."""
+    from gpufleet.lab.control import down as lab_down
+
+    for item in lab_down(purge):
+        click.echo(f"removed {item}")
+
+
+@lab.command()
+@click.option("--json", "as_json", is_flag=True)
+def status(as_json: bool) -> None:
+    """Show the lab's hosts and services. Exit 0 when all run, 1 otherwise."""
+    from gpufleet.lab.control import status as lab_status
+
+    report = lab_status()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(render_table(["NAME", "GROUP", "SSH PORT", "STATE"],
+                                [[h["name"], h["group"], h["ssh_port"], h["state"]] for h in report["hosts"]]
+                                + [[s["name"], "service", "", s["state"]] for s in report["services"]]))
+    sys.exit(0 if report["up"] else 1)

@@ -1,0 +1,159 @@
+"""`gpufleet lab up|down|status`: bring the whole lab to the requested shape, or remove it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import docker
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gpufleet.lab import aptrepo, hosts, images
+from gpufleet.lab.progress import say, step
+from gpufleet.lab.topology import (
+    HOSTS_FILE, KNOWN_HOSTS, LABEL, NETWORK, REGISTRY_ALIAS, REGISTRY_CONTAINER, REGISTRY_LOCAL_PORT,
+    REGISTRY_PORT, REPO_ALIAS, REPO_CONTAINER, REPO_DIR, SSH_KEY, STATE_DIR, LabHost, lab_hosts,
+    read_hosts_file, write_hosts_file,
+)
+
+
+class LabError(RuntimeError):
+    """The lab cannot be brought up (no Docker engine, a build failed, a host did not boot)."""
+
+
+def docker_client() -> docker.DockerClient:
+    try:
+        client = docker.from_env(timeout=300)
+        client.ping()
+        return client
+    except docker.errors.DockerException as exc:
+        raise LabError(f"no Docker engine answers ({exc}); start dockerd (see README: `make lab-up`)") from exc
+
+
+def up(nodes: int, lbs: int) -> list[LabHost]:
+    started = time.monotonic()
+    wanted = lab_hosts(nodes, lbs)
+    client = docker_client()
+    public_key = _ensure_ssh_key()
+    base = images.base_image(client)
+    registry = images.registry_image(client, base)
+    aptrepo.build_repository()
+    _ensure_network(client)
+    _ensure_service(client, REPO_CONTAINER, REPO_ALIAS, base,
+                    ["python3", "-m", "http.server", "80", "--directory", "/srv/repo"],
+                    volumes={str(REPO_DIR): {"bind": "/srv/repo", "mode": "ro"}})
+    _ensure_service(client, REGISTRY_CONTAINER, REGISTRY_ALIAS, registry, None,
+                    ports={f"{REGISTRY_PORT}/tcp": ("127.0.0.1", REGISTRY_LOCAL_PORT)})
+    wanted_names = {h.name for h in wanted}
+    for container in hosts.lab_containers(client):
+        if container.labels.get(LABEL) == "host" and container.name not in wanted_names:
+            say(f"removing {container.name} (not in the requested lab)")
+            container.remove(force=True)
+            _remove_volume(client, hosts.volume_name(LabHost(container.name, "", 0)))
+    with step(f"start {len(wanted)} stand-in hosts"):
+        for host in wanted:
+            outcome = hosts.ensure_host(client, host, base, public_key)
+            say(f"{host.name}: {outcome} (ssh 127.0.0.1:{host.ssh_port})")
+    write_hosts_file(wanted)
+    _write_lab_gpus(client, wanted)
+    with step("wait for systemd and sshd on every host"):
+        with ThreadPoolExecutor(max_workers=len(wanted)) as pool:
+            keys = list(pool.map(lambda h: hosts.wait_until_booted(client.containers.get(h.name)), wanted))
+    KNOWN_HOSTS.write_text("".join(f"[127.0.0.1]:{h.ssh_port} {k}\n" for h, k in zip(wanted, keys)))
+    say(f"lab up: {len(wanted)} hosts in {time.monotonic() - started:.1f}s; inventory: inventory/lab.py")
+    return wanted
+
+
+def _ensure_ssh_key() -> str:
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    pub = SSH_KEY.with_suffix(".pub")
+    if not SSH_KEY.exists():
+        key = Ed25519PrivateKey.generate()
+        SSH_KEY.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                              serialization.NoEncryption()))
+        SSH_KEY.chmod(0o600)
+        pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                      serialization.PublicFormat.OpenSSH) + b" gpufleet-lab\n")
+    return pub.read_text()
+
+
+def _ensure_network(client: docker.DockerClient) -> None:
+    if not client.networks.list(names=[NETWORK]):
+        client.networks.create(NETWORK, driver="bridge", labels={LABEL: "network"})
+
+
+def _ensure_service(client, name: str, alias: str, image: str, command, volumes=None, ports=None) -> None:
+    """A support container (apt repository, registry): adopted when it runs the same image."""
+    try:
+        existing = client.containers.get(name)
+        if existing.image.tags and image in existing.image.tags:
+            if existing.status != "running":
+                existing.start()
+            return
+        existing.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    container = client.containers.create(
+        image, command, name=name, hostname=alias, detach=True, labels={LABEL: "service"},
+        volumes=volumes or {}, ports=ports or {}, restart_policy={"Name": "unless-stopped"},
+    )
+    client.networks.get(NETWORK).connect(container, aliases=[alias])
+    container.start()
+
+
+def _write_lab_gpus(client: docker.DockerClient, wanted: list[LabHost]) -> None:
+    """Give each host's stand-in nvidia-smi the GPUs its lab data describes (none on non-GPU hosts)."""
+    from gpufleet.fleet import load_fleet
+    from gpufleet.lab.topology import LAB_DIR
+
+    fleet = load_fleet(LAB_DIR.parent / "inventory" / "lab.py", cwd=str(LAB_DIR.parent))
+    for host in wanted:
+        settings = fleet.hosts[host.name].settings
+        gpus = [g.model_dump() for g in settings.lab_gpus or []] if host.group == "gpu_nodes" else []
+        container = client.containers.get(host.name)
+        hosts.run(container, "mkdir -p /etc/gpufleet-lab")
+        hosts.put_file(container, "/etc/gpufleet-lab/gpus.json", (json.dumps(gpus, indent=2) + "\n").encode())
+
+
+def _remove_volume(client, name: str) -> None:
+    try:
+        client.volumes.get(name).remove(force=True)
+    except docker.errors.NotFound:
+        pass
+
+
+def down(purge: bool = False) -> list[str]:
+    client = docker_client()
+    removed = []
+    for container in hosts.lab_containers(client):
+        container.remove(force=True)
+        removed.append(f"container {container.name}")
+    for volume in client.volumes.list():
+        if volume.name.startswith("gpufleet-lab-"):
+            volume.remove(force=True)
+            removed.append(f"volume {volume.name}")
+    for network in client.networks.list(names=[NETWORK]):
+        network.remove()
+        removed.append(f"network {network.name}")
+    if STATE_DIR.exists():
+        shutil.rmtree(STATE_DIR)
+        removed.append(f"state {STATE_DIR}")
+    if purge:
+        removed += [f"image {t}" for t in images.remove_images(client)]
+    return removed
+
+
+def status() -> dict:
+    """{hosts: [{name, group, ssh_port, state}], services: [...], up: bool}."""
+    client = docker_client()
+    recorded = read_hosts_file() or []
+    found = {c.name: c for c in hosts.lab_containers(client)}
+    rows = [{"name": h.name, "group": h.group, "ssh_port": h.ssh_port,
+             "state": found[h.name].status if h.name in found else "missing"} for h in recorded]
+    services = [{"name": n, "state": found[n].status if n in found else "missing"}
+                for n in (REPO_CONTAINER, REGISTRY_CONTAINER)]
+    ok = bool(rows) and all(r["state"] == "running" for r in rows + services)
+    return {"up": ok, "hosts": rows, "services": services, "hosts_file": str(HOSTS_FILE)}

@@ -1,0 +1,77 @@
+"""Names, ports and paths of the lab: one place, read by `gpufleet lab` and inventory/lab.py."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from gpufleet import PROJECT_ROOT
+
+LAB_DIR = PROJECT_ROOT / "lab"
+STATE_DIR = LAB_DIR / ".state"  # git-ignored: keys, known_hosts, connection data, apt repo
+HOSTS_FILE = STATE_DIR / "hosts.json"
+SSH_KEY = STATE_DIR / "id_ed25519"
+KNOWN_HOSTS = STATE_DIR / "known_hosts"
+REPO_DIR = STATE_DIR / "repo"
+
+NETWORK = "gpufleet-lab"
+LABEL = "gpufleet.lab"  # every container, volume and network the lab creates carries it
+REPO_CONTAINER, REPO_ALIAS = "gpufleet-lab-repo", "lab-repo"
+REGISTRY_CONTAINER, REGISTRY_ALIAS, REGISTRY_PORT = "gpufleet-lab-registry", "lab-registry", 5000
+REGISTRY_LOCAL_PORT = 5100  # published on 127.0.0.1 so the lab can push images into it
+
+NODE_SSH_PORT_BASE = 2200  # gpu-node-N -> 2200+N
+LB_SSH_PORT_BASE = 2250  # lb-N -> 2250+N
+DEFAULT_NODES, DEFAULT_LBS = 2, 1
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str
+    group: str  # "gpu_nodes" or "lb"
+    ssh_port: int
+
+    def connection_data(self) -> dict:
+        return {
+            "ssh_hostname": "127.0.0.1",
+            "ssh_port": self.ssh_port,
+            "ssh_user": "root",
+            "ssh_key": str(SSH_KEY),
+            "ssh_known_hosts_file": str(KNOWN_HOSTS),
+            "ssh_allow_agent": False,
+            "ssh_look_for_keys": False,
+        }
+
+
+def lab_hosts(nodes: int = DEFAULT_NODES, lbs: int = DEFAULT_LBS) -> list[LabHost]:
+    if not 1 <= nodes <= 40 or not 0 <= lbs <= 9:
+        raise ValueError(f"lab size out of range: nodes={nodes} (1..40), load balancers={lbs} (0..9)")
+    return [LabHost(f"gpu-node-{i}", "gpu_nodes", NODE_SSH_PORT_BASE + i) for i in range(1, nodes + 1)] + [
+        LabHost(f"lb-{i}", "lb", LB_SSH_PORT_BASE + i) for i in range(1, lbs + 1)
+    ]
+
+
+def write_hosts_file(hosts: list[LabHost]) -> None:
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    HOSTS_FILE.write_text(json.dumps([asdict(h) for h in hosts], indent=2) + "\n")
+
+
+def read_hosts_file() -> list[LabHost] | None:
+    """The hosts of the running lab, or None when no lab has been started."""
+    try:
+        return [LabHost(**h) for h in json.loads(HOSTS_FILE.read_text())]
+    except FileNotFoundError:
+        return None
+
+
+def current_or_default_hosts() -> list[LabHost]:
+    return read_hosts_file() or lab_hosts()
+
+
+def inventory_groups() -> dict[str, list[tuple[str, dict]]]:
+    """{group: [(host, connection data)]} for inventory/lab.py."""
+    groups: dict[str, list[tuple[str, dict]]] = {"gpu_nodes": [], "lb": []}
+    for host in current_or_default_hosts():
+        groups[host.group].append((host.name, host.connection_data()))
+    return groups

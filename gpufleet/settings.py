@@ -1,0 +1,338 @@
+"""One typed, validated settings object per host, built from pyinfra's resolved ``host.data``.
+
+Keys are flat, in pyinfra/Ansible style (``vllm_max_model_len``), so they read the same in
+group_data/*.py, in inventory tuples and on the command line (``--data vllm_port=8001``).
+
+Everything a host's data may say is a field here. Unknown keys, wrong types, out-of-range
+values and inconsistent combinations are errors; each error names the key, the value and what
+was expected, and :func:`validate_host_data` returns all of them at once so that an operator
+fixes a bad inventory in one pass.
+
+Keys that belong to pyinfra itself (connector data such as ``ssh_port``, global-argument
+defaults such as ``_sudo``) pass through unchecked: pyinfra validates those.
+
+Defaults follow the seed where the seed is right (TP=2, max-model-len 32768, GPU memory
+utilisation 0.80, NCCL 2.27.7) and DESIGN.md where it is not (open kernel modules on
+Blackwell, no debug flags in production defaults). Every version pin lives in
+group_data/all.py; the model defaults here are only for tunables.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+# Keys pyinfra owns (connectors, global arguments). They are not ours to validate.
+PYINFRA_KEY_PREFIXES = ("_", "ssh_", "docker_", "dockerssh_", "podman_", "chroot_", "local_", "fake_", "winrm_")
+
+# An exact pin: digits, dots, an optional Debian revision/epoch; no wildcards or ranges.
+EXACT_VERSION = re.compile(r"^(\d+:)?[0-9][0-9A-Za-z.+~]*(-[0-9A-Za-z.+~]+)?$")
+DRIVER_VERSION = re.compile(r"^\d{3}\.\d{2,3}(\.\d{2,3})?$")
+NCCL_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+CUDA_VERSION = re.compile(r"^\d+\.\d+$")
+COMPUTE_CAPABILITY = re.compile(r"^\d+\.\d+$")
+# registry/path/name:tag or ...@sha256:<64 hex>; "latest" is not a pin.
+IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*[a-z0-9](:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(@sha256:[0-9a-f]{64})?$")
+
+# First branch with Blackwell (compute capability >= 10) support, open modules only.
+BLACKWELL_MIN_DRIVER_BRANCH = 570
+
+# NCCL/vLLM environment that must never reach production silently.
+FORBIDDEN_ENV = {
+    "NCCL_MIN_NRINGS": "deprecated NCCL variable; remove it (use NCCL_MIN_NCHANNELS if you must)",
+    "NCCL_MAX_NRINGS": "deprecated NCCL variable; remove it (use NCCL_MAX_NCHANNELS if you must)",
+    "NCCL_TREE_THRESHOLD": "deprecated NCCL variable; remove it (NCCL picks its algorithm itself)",
+}
+DEBUG_ENV = {
+    "CUDA_LAUNCH_BLOCKING": "a debugging setting that serialises every CUDA launch",
+    "NCCL_DEBUG": "a debugging setting (INFO logs every NCCL call)",
+}
+DEBUG_ARGS = {"--enforce-eager": "disables CUDA graphs: a debugging setting, slower in production"}
+
+
+class LabGpu(BaseModel):
+    """A GPU the lab's stand-in ``nvidia-smi`` reports (lab data only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "NVIDIA GeForce RTX 5090"
+    memory_mib: int = Field(32607, gt=0)
+    compute_capability: str = Field("12.0", pattern=COMPUTE_CAPABILITY.pattern)
+    pci_bus_id: str | None = None
+
+
+class Replica(BaseModel):
+    """One load-balanced vLLM replica: a node, the GPUs it owns, the port it serves on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    node: str = ""  # filled in from the host that declares it
+    gpus: list[int] = Field(min_length=1)
+    port: int = Field(ge=1024, le=65535)
+    address: str = ""  # filled in from the node's private_address
+
+
+class HostSettings(BaseModel):
+    """Everything a host's data may say. See group_data/all.py for the fleet's values."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+    # --- hardware the node is expected to have -------------------------------------------------
+    gpu_count: int = Field(0, ge=0, le=16)
+    gpu_name: str = "NVIDIA GeForce RTX 5090"
+    gpu_memory_gib: float = Field(32.0, gt=0, le=1024)
+    gpu_compute_capability: str = Field("12.0", pattern=COMPUTE_CAPABILITY.pattern)
+    # Address the other hosts use to reach this one (LB -> vLLM, app -> Milvus). Default: the
+    # inventory name, which must then resolve on the private network.
+    private_address: str | None = None
+
+    # --- NVIDIA driver / toolkit / NCCL pins (values live in group_data/all.py) ------------------
+    nvidia_driver_branch: int = Field(580, ge=400, le=999)
+    nvidia_driver_version: str = "580.95.05"
+    nvidia_kernel_modules: Literal["open", "proprietary"] = "open"
+    container_toolkit_version: str = "1.17.8-1"
+    docker_engine_version: str | None = None  # None: the distribution's docker.io as resolved
+    nccl_version: str = "2.27.7"
+    nccl_cuda_version: str = "12.9"
+
+    # --- vLLM ------------------------------------------------------------------------------------
+    vllm_image: str = "vllm/vllm-openai:v0.11.0"
+    vllm_model: str = "Qwen/Qwen3-32B-AWQ"
+    vllm_served_model_name: str = "qwen3-32b-awq"
+    vllm_tensor_parallel_size: int = Field(2, ge=1, le=16)
+    vllm_quantization: Literal["awq", "awq_marlin", "gptq", "gptq_marlin", "fp8", "compressed-tensors"] | None = "awq_marlin"
+    vllm_max_model_len: int = Field(32768, ge=256, le=1_048_576)
+    vllm_gpu_memory_utilization: float = Field(0.80, gt=0.05, le=0.98)
+    vllm_port: int = Field(8000, ge=1024, le=65535)
+    vllm_extra_args: list[str] = Field(default_factory=list)
+    vllm_env: dict[str, str] = Field(default_factory=dict)
+    # None: one replica per node using the first vllm_tensor_parallel_size GPUs on vllm_port.
+    vllm_replicas: list[Replica] | None = None
+
+    # --- Milvus, load balancer, mirrors ----------------------------------------------------------
+    milvus_image: str = "milvusdb/milvus:v2.6.11"
+    milvus_port: int = Field(19530, ge=1024, le=65535)
+    lb_port: int = Field(80, ge=1, le=65535)
+    apt_mirror: str | None = None  # base URL that replaces NVIDIA's CUDA repository host
+    registry_mirror: str | None = None  # registry the hosts pull images from
+
+    # --- base system -----------------------------------------------------------------------------
+    base_packages: list[str] = Field(default_factory=list)
+    supported_os: list[str] = Field(default_factory=lambda: ["Debian 12", "Ubuntu 22.04", "Ubuntu 24.04"])
+
+    # --- lab only: what the stand-in nvidia-smi reports (ignored on real hosts) ------------------
+    lab_gpus: list[LabGpu] | None = None
+
+    # ---------------------------------------------------------------- field checks ---------------
+    @field_validator("nvidia_driver_version")
+    @classmethod
+    def _driver_version_exact(cls, v: str) -> str:
+        if not DRIVER_VERSION.match(v):
+            raise ValueError("an exact driver version such as 580.95.05 (no wildcards or ranges)")
+        return v
+
+    @field_validator("container_toolkit_version", "docker_engine_version")
+    @classmethod
+    def _package_version_exact(cls, v: str | None) -> str | None:
+        if v is not None and not EXACT_VERSION.match(v):
+            raise ValueError("an exact Debian package version such as 1.17.8-1 (no wildcards or ranges)")
+        return v
+
+    @field_validator("nccl_version")
+    @classmethod
+    def _nccl_exact(cls, v: str) -> str:
+        if not NCCL_VERSION.match(v):
+            raise ValueError("an exact NCCL version such as 2.27.7")
+        return v
+
+    @field_validator("nccl_cuda_version")
+    @classmethod
+    def _cuda_exact(cls, v: str) -> str:
+        if not CUDA_VERSION.match(v):
+            raise ValueError("a CUDA major.minor such as 12.9")
+        return v
+
+    @field_validator("vllm_image", "milvus_image")
+    @classmethod
+    def _image_pinned(cls, v: str) -> str:
+        if not IMAGE_REF.match(v) or (":" not in v.rsplit("/", 1)[-1] and "@sha256:" not in v):
+            raise ValueError("an image reference with an explicit tag or @sha256 digest")
+        if v.rsplit("/", 1)[-1].split("@")[0].endswith(":latest"):
+            raise ValueError("a pinned tag or digest, not :latest")
+        return v
+
+    @field_validator("vllm_env")
+    @classmethod
+    def _env_not_deprecated(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [f"{k} ({why})" for k, why in FORBIDDEN_ENV.items() if k in v]
+        if v.get("VLLM_USE_V1") == "0":
+            bad.append("VLLM_USE_V1=0 (the V0 engine is removed in current vLLM)")
+        if bad:
+            raise ValueError("no deprecated settings: " + "; ".join(bad))
+        return v
+
+    # ---------------------------------------------------------------- combinations ---------------
+    def consistency_problems(self) -> list[tuple[str, Any, str]]:
+        """Combinations of individually valid values that cannot work together."""
+        problems: list[tuple[str, Any, str]] = []
+        cc_major = int(self.gpu_compute_capability.split(".")[0])
+        if not self.nvidia_driver_version.startswith(f"{self.nvidia_driver_branch}."):
+            problems.append(
+                ("nvidia_driver_version", self.nvidia_driver_version,
+                 f"a version on nvidia_driver_branch {self.nvidia_driver_branch}")
+            )
+        if self.gpu_count and cc_major >= 10:
+            if self.nvidia_driver_branch < BLACKWELL_MIN_DRIVER_BRANCH:
+                problems.append(
+                    ("nvidia_driver_branch", self.nvidia_driver_branch,
+                     f">= {BLACKWELL_MIN_DRIVER_BRANCH} for compute capability {self.gpu_compute_capability}")
+                )
+            if self.nvidia_kernel_modules != "open":
+                problems.append(
+                    ("nvidia_kernel_modules", self.nvidia_kernel_modules,
+                     f"'open': compute capability {self.gpu_compute_capability} (Blackwell) has no proprietary modules")
+                )
+        if self.gpu_count:
+            if self.vllm_tensor_parallel_size > self.gpu_count:
+                problems.append(
+                    ("vllm_tensor_parallel_size", self.vllm_tensor_parallel_size,
+                     f"at most gpu_count ({self.gpu_count})")
+                )
+            problems.extend(self._replica_problems())
+        return problems
+
+    def _replica_problems(self) -> list[tuple[str, Any, str]]:
+        problems = []
+        used_gpus: dict[int, str] = {}
+        used_ports: dict[int, str] = {self.milvus_port: "milvus_port"}
+        for replica in self.replicas_declared():
+            shown = replica.model_dump(include={"name", "gpus", "port"})
+            if len(replica.gpus) != self.vllm_tensor_parallel_size:
+                problems.append(("vllm_replicas", shown,
+                                 f"{self.vllm_tensor_parallel_size} GPUs (vllm_tensor_parallel_size)"))
+            for gpu in replica.gpus:
+                if not 0 <= gpu < self.gpu_count:
+                    problems.append(("vllm_replicas", shown, f"GPU indices in 0..{self.gpu_count - 1}"))
+                elif gpu in used_gpus:
+                    problems.append(("vllm_replicas", shown, f"GPU {gpu} free (already used by {used_gpus[gpu]})"))
+                else:
+                    used_gpus[gpu] = replica.name
+            if replica.port in used_ports:
+                problems.append(("vllm_replicas", shown,
+                                 f"port {replica.port} free (already used by {used_ports[replica.port]})"))
+            used_ports[replica.port] = replica.name
+        return problems
+
+    # ---------------------------------------------------------------- derived --------------------
+    def replicas_declared(self) -> list[Replica]:
+        if self.vllm_replicas is not None:
+            return list(self.vllm_replicas)
+        if not self.gpu_count:
+            return []
+        gpus = list(range(min(self.vllm_tensor_parallel_size, self.gpu_count)))
+        return [Replica(name="vllm-0", gpus=gpus, port=self.vllm_port)]
+
+    def warnings(self) -> list[tuple[str, Any, str]]:
+        """Settings that are allowed but do not belong in production; shown, never fatal."""
+        found = []
+        for key, why in DEBUG_ENV.items():
+            if key in self.vllm_env:
+                found.append(("vllm_env", f"{key}={self.vllm_env[key]}", f"unset in production: {why}"))
+        for arg, why in DEBUG_ARGS.items():
+            if arg in self.vllm_extra_args:
+                found.append(("vllm_extra_args", arg, f"unset in production: {why}"))
+        return found
+
+
+@dataclass(frozen=True)
+class SettingsIssue:
+    """One problem with one key of one host's data."""
+
+    host: str
+    key: str
+    value: Any
+    expected: str
+    severity: Literal["error", "warning"] = "error"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "key": self.key, "value": self.value,
+                "expected": self.expected, "severity": self.severity}
+
+
+class SettingsError(Exception):
+    """The inventory's data is invalid; ``issues`` lists every problem found."""
+
+    def __init__(self, issues: list[SettingsIssue]):
+        self.issues = issues
+        super().__init__(format_issues(issues))
+
+
+def ours(data: dict[str, Any]) -> dict[str, Any]:
+    """The part of a host's data that gpufleet owns (pyinfra's own keys removed)."""
+    return {k: v for k, v in data.items() if not k.startswith(PYINFRA_KEY_PREFIXES)}
+
+
+def validate_host_data(host: str, data: dict[str, Any]) -> tuple[HostSettings | None, list[SettingsIssue]]:
+    """Build one host's settings; return them (or None) with every error and warning found."""
+    data = ours(data)
+    try:
+        settings = HostSettings.model_validate(data)
+    except ValidationError as exc:
+        issues = _issues_from_validation_error(host, data, exc)
+        # Check the combinations too, with the bad keys left at their defaults, so that one
+        # run reports everything. A combination involving a bad key is not reported twice.
+        bad_keys = {i.key for i in issues}
+        try:
+            partial = HostSettings.model_validate({k: v for k, v in data.items() if k not in bad_keys})
+        except ValidationError:
+            return None, issues
+        issues += [SettingsIssue(host, k, v, e) for k, v, e in partial.consistency_problems() if k not in bad_keys]
+        return None, issues
+    issues = [SettingsIssue(host, k, v, e) for k, v, e in settings.consistency_problems()]
+    issues += [SettingsIssue(host, k, v, e, "warning") for k, v, e in settings.warnings()]
+    return (None if any(i.severity == "error" for i in issues) else settings), issues
+
+
+def _issues_from_validation_error(host: str, data: dict[str, Any], exc: ValidationError) -> list[SettingsIssue]:
+    issues = []
+    for err in exc.errors():
+        loc = [str(part) for part in err["loc"]]
+        key = loc[0] if loc else "(data)"
+        value = data.get(key, err.get("input"))
+        if err["type"] == "extra_forbidden":
+            expected = "a known gpufleet key (see gpufleet/settings.py); is it misspelt?"
+        else:
+            expected = _expected_from(err)
+            if len(loc) > 1:
+                expected = f"{'.'.join(loc[1:])}: {expected}"
+        issues.append(SettingsIssue(host, key, value, expected))
+    return issues
+
+
+def _expected_from(err: dict[str, Any]) -> str:
+    msg = err["msg"]
+    # pydantic prefixes custom messages with "Value error, "; the rest is our "expected" text.
+    return msg.removeprefix("Value error, ").removeprefix("Input should be ")
+
+
+def format_issues(issues: list[SettingsIssue]) -> str:
+    """A plain table: host, key, value, expected. One line per issue."""
+    if not issues:
+        return "no issues"
+    rows = [("HOST", "KEY", "VALUE", "EXPECTED")]
+    for i in issues:
+        prefix = "warning: " if i.severity == "warning" else ""
+        rows.append((i.host, i.key, _short(i.value), prefix + i.expected))
+    widths = [max(len(r[c]) for r in rows) for c in range(3)]
+    return "\n".join(
+        f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows
+    )
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

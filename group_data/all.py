@@ -1,0 +1,36 @@
+"""Every version pin in the fleet, and the defaults every host shares.
+
+Change a pin here and the next deploy (or rollout) moves every host to it. Values are exact:
+gpufleet refuses wildcards and ranges, because a pin that matches several versions drifts.
+"""
+
+# pyinfra: verify SSH host keys. The lab writes its own known_hosts file (inventory/lab.py).
+ssh_strict_host_key_checking = "yes"
+
+# --- NVIDIA stack -------------------------------------------------------------------------------
+# Blackwell (RTX 5090, compute capability 12.0) needs the open kernel modules and branch >= 570.
+nvidia_driver_branch = 580
+nvidia_driver_version = "580.95.05"
+nvidia_kernel_modules = "open"
+container_toolkit_version = "1.17.8-1"
+# NCCL on the host, as libnccl2/libnccl-dev "<nccl_version>-1+cuda<nccl_cuda_version>".
+# The NCCL vLLM actually loads is pinned inside the vLLM image (files/Dockerfile.vllm_rtx5090).
+nccl_version = "2.27.7"
+nccl_cuda_version = "12.9"
+
+# --- serving ------------------------------------------------------------------------------------
+vllm_image = "vllm/vllm-openai:v0.11.0"
+vllm_model = "Qwen/Qwen3-32B-AWQ"
+vllm_served_model_name = "qwen3-32b-awq"
+vllm_quantization = "awq_marlin"
+vllm_tensor_parallel_size = 2
+vllm_max_model_len = 32768
+vllm_gpu_memory_utilization = 0.80
+vllm_port = 8000
+milvus_image = "milvusdb/milvus:v2.6.11"
+milvus_port = 19530
+lb_port = 80
+
+# --- base system --------------------------------------------------------------------------------
+# Installed on every host by operations/base.py (preflight needs pciutils and kmod).
+base_packages = ["ca-certificates", "curl", "gnupg", "jq", "kmod", "pciutils", "lsb-release"]

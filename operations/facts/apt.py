@@ -1,0 +1,47 @@
+"""Installed versions and holds of a set of Debian packages, read in one command."""
+
+from __future__ import annotations
+
+from pyinfra.api import FactBase
+
+from operations.facts.util import quote_all
+
+
+class PackageStates(FactBase):
+    """``{package: {"version": str|None, "held": bool}}`` for the packages asked about.
+
+    One round trip for installed versions and holds together (pyinfra 3.10 does not cache
+    facts, so every fact is an SSH round trip). A package that is not installed has version None.
+
+    Example::
+
+        host.get_fact(PackageStates, packages=["libnccl2", "libnccl-dev"])
+        # {"libnccl2": {"version": "2.27.7-1+cuda12.9", "held": True}, "libnccl-dev": {...}}
+    """
+
+    def command(self, packages: list[str]) -> str:
+        names = quote_all(packages)
+        # dpkg-query exits 1 when a package is unknown: that is an answer, not an error.
+        return (
+            f"dpkg-query -W -f='pkg\\t${{Package}}\\t${{Version}}\\t${{db:Status-Abbrev}}\\n' {names} 2>/dev/null; "
+            "apt-mark showhold 2>/dev/null | sed 's/^/hold\\t/'; true"
+        )
+
+    @staticmethod
+    def default() -> dict:
+        return {}
+
+    def process(self, output: list[str]) -> dict:  # type: ignore[override]
+        states: dict[str, dict] = {}
+        held = set()
+        for line in output:
+            parts = line.split("\t")
+            if parts[0] == "pkg" and len(parts) >= 4:
+                name, version, status = parts[1].split(":")[0], parts[2], parts[3].strip()
+                # "ii" = installed; "rc" (removed, config left) and "un" are not installed.
+                states[name] = {"version": version if status.startswith(("ii", "hi")) else None, "held": False}
+            elif parts[0] == "hold" and len(parts) == 2:
+                held.add(parts[1].strip().split(":")[0])
+        for name in held:
+            states.setdefault(name, {"version": None, "held": False})["held"] = True
+        return states
