@@ -158,7 +158,9 @@ def sample(index: int, handle, xid: XidWatcher | None = None) -> dict:
 
 
 def _fmt(value, spec="{}", scale=1.0) -> str:
-    return "n/a" if value is None else spec.format(value * scale)
+    if value is None:
+        return "n/a"
+    return spec.format(value * scale if scale != 1.0 else value)
 
 
 def render(samples: list[dict], driver: str | None = None) -> str:

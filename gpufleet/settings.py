@@ -203,7 +203,16 @@ class HostSettings(BaseModel):
                      f"at most gpu_count ({self.gpu_count})")
                 )
             problems.extend(self._replica_problems())
+            problems.extend(self._fit_problems())
         return problems
+
+    def _fit_problems(self) -> list[tuple[str, Any, str]]:
+        """A replica that cannot hold its model and one max_model_len sequence is refused."""
+        from gpufleet.planner import check_fit
+
+        reasons = check_fit(self.vllm_model, self.gpu_count, self.gpu_memory_gib, self.vllm_tensor_parallel_size,
+                            self.vllm_max_model_len, self.vllm_gpu_memory_utilization, self.vllm_quantization)
+        return [("vllm_model", self.vllm_model, f"a replica that fits (gpufleet plan): {r}") for r in reasons]
 
     def _replica_problems(self) -> list[tuple[str, Any, str]]:
         problems = []

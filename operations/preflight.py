@@ -32,7 +32,7 @@ def supported_os(supported: list[str]):
     """
     label = _os_label(host.get_fact(LinuxDistribution))
     if label not in supported:
-        raise OperationError(f"{host.name}: {label} is not supported (expected one of: {', '.join(supported)})")
+        raise OperationError(f"{label} is not supported (expected one of: {', '.join(supported)})")
     host.noop(f"{label} is supported")
     return
     yield  # pragma: no cover - makes this a generator, as pyinfra expects of an operation

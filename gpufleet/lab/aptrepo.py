@@ -35,7 +35,11 @@ def build_repository() -> Path:
     if stamp.exists() and stamp.read_text() == inputs and (out / "InRelease").exists():
         return REPO_DIR
     with step("build the stand-in NVIDIA apt repository"):
-        shutil.rmtree(REPO_DIR, ignore_errors=True)
+        # Empty the directory in place: the repository container bind-mounts it, and a
+        # directory removed and made anew would leave that mount pointing at the old one.
+        REPO_DIR.mkdir(parents=True, exist_ok=True)
+        for child in REPO_DIR.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
         out.mkdir(parents=True)
         for spec in tomllib.loads((STANDINS / "packages.toml").read_text())["package"]:
             for version in spec["versions"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -86,10 +87,11 @@ def _ensure_network(client: docker.DockerClient) -> None:
 
 
 def _ensure_service(client, name: str, alias: str, image: str, command, volumes=None, ports=None) -> None:
-    """A support container (apt repository, registry): adopted when it runs the same image."""
+    """A support container (apt repository, registry): adopted when its spec is unchanged."""
+    spec = hashlib.sha256(json.dumps([image, command, volumes, ports], sort_keys=True).encode()).hexdigest()[:16]
     try:
         existing = client.containers.get(name)
-        if existing.image.tags and image in existing.image.tags:
+        if existing.labels.get(hosts.SPEC_LABEL) == spec:
             if existing.status != "running":
                 existing.start()
             return
@@ -97,7 +99,7 @@ def _ensure_service(client, name: str, alias: str, image: str, command, volumes=
     except docker.errors.NotFound:
         pass
     container = client.containers.create(
-        image, command, name=name, hostname=alias, detach=True, labels={LABEL: "service"},
+        image, command, name=name, hostname=alias, detach=True, labels={LABEL: "service", hosts.SPEC_LABEL: spec},
         volumes=volumes or {}, ports=ports or {}, restart_policy={"Name": "unless-stopped"},
     )
     client.networks.get(NETWORK).connect(container, aliases=[alias])

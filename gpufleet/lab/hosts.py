@@ -42,6 +42,8 @@ def ensure_host(client: docker.DockerClient, host: LabHost, image: str, authoriz
         if existing.labels.get(SPEC_LABEL) == spec:
             if existing.status != "running":
                 existing.start()
+            # The key may be another checkout's (CI runs in a fresh clone): always install ours.
+            put_file(existing, "/root/.ssh/authorized_keys", authorized_key.encode(), 0o600)
             return "adopted"
         existing.remove(force=True)
         outcome = "replaced"

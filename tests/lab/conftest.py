@@ -1,0 +1,77 @@
+"""Fixtures for lab integration tests: a running lab, pyinfra runs against it, testinfra hosts.
+
+The lab is started once per session (`gpufleet lab up`, which adopts a lab that is already up)
+and left running afterwards, so `make deploy` and a re-run of the tests stay warm.
+`make lab-down` removes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import testinfra
+
+from gpufleet import PROJECT_ROOT
+from gpufleet.lab.topology import KNOWN_HOSTS, SSH_KEY, read_hosts_file
+
+BIN = Path(sys.executable).parent
+LAB_INVENTORY = "inventory/lab.py"
+
+
+def gpufleet(*args: str, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "gpufleet"), *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=timeout, check=check)
+
+
+def pyinfra(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    """Run the pyinfra CLI as an operator would, from the project root, never prompting."""
+    env = {**os.environ, "PYINFRA_PROGRESS": "off"}
+    return subprocess.run([str(BIN / "pyinfra"), "-y", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+
+
+def deploy(*extra: str) -> dict:
+    """`pyinfra -y --json inventory/lab.py deploy.py`; returns {"changed": {op: [hosts]}, "failed": [...], "rc"}."""
+    run = pyinfra("--json", LAB_INVENTORY, "deploy.py", *extra)
+    report = {"rc": run.returncode, "stderr": run.stderr, "changed": {}, "failed": []}
+    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    if lines:
+        results = json.loads(lines[-1]).get("results") or {}
+        report["changed"] = {op["name"]: op["success"] for op in results.get("operations", []) if op["success"]}
+        report["failed"] = results.get("failed_hosts", [])
+    return report
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """The running lab's hosts (LabHost list)."""
+    up = gpufleet("lab", "up", "--nodes", "2", "--lbs", "1", check=False)
+    assert up.returncode == 0, f"gpufleet lab up failed:\n{up.stderr[-3000:]}"
+    return read_hosts_file()
+
+
+@pytest.fixture(scope="session")
+def deployed(lab):
+    """The lab after one full deploy (the first run of the session)."""
+    first = deploy()
+    assert first["rc"] == 0, first["stderr"][-4000:]
+    return first
+
+
+def host_over_ssh(lab_host, tmp_path_factory) -> testinfra.host.Host:
+    config = tmp_path_factory.mktemp("ssh") / "config"
+    config.write_text(
+        f"Host {lab_host.name}\n  HostName 127.0.0.1\n  Port {lab_host.ssh_port}\n  User root\n"
+        f"  IdentityFile {SSH_KEY}\n  UserKnownHostsFile {KNOWN_HOSTS}\n  StrictHostKeyChecking yes\n"
+    )
+    return testinfra.get_host(f"paramiko://{lab_host.name}", ssh_config=str(config))
+
+
+@pytest.fixture(scope="session")
+def hosts(lab, tmp_path_factory) -> dict[str, testinfra.host.Host]:
+    return {h.name: host_over_ssh(h, tmp_path_factory) for h in lab}
