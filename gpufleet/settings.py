@@ -26,7 +26,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # Keys pyinfra owns (connectors, global arguments). They are not ours to validate.
-PYINFRA_KEY_PREFIXES = ("_", "ssh_", "docker_", "dockerssh_", "podman_", "chroot_", "local_", "fake_", "winrm_")
+PYINFRA_KEY_PREFIXES = ("_", "ssh_", "dockerssh_", "podman_", "chroot_", "local_", "fake_", "winrm_")
+PYINFRA_KEYS = {"docker_platform", "docker_architecture"}  # @docker connector data; docker_* is ours
 
 # An exact pin: digits, dots, an optional Debian revision/epoch; no wildcards or ranges.
 EXACT_VERSION = re.compile(r"^(\d+:)?[0-9][0-9A-Za-z.+~]*(-[0-9A-Za-z.+~]+)?$")
@@ -94,8 +95,18 @@ class HostSettings(BaseModel):
     nvidia_driver_branch: int = Field(580, ge=400, le=999)
     nvidia_driver_version: str = "580.95.05"
     nvidia_kernel_modules: Literal["open", "proprietary"] = "open"
+    nvidia_driver_packages: list[str] = Field(default_factory=lambda: ["nvidia-open"], min_length=1)
+    nvidia_driver_package_revision: str = Field("1", pattern=r"^[0-9A-Za-z.+~]+$")
+    nvidia_repo_key_name: str = "3bf863cc.pub"  # the CUDA repository's signing key, beside its index
+    nvidia_proc_version_path: str = "/proc/driver/nvidia/version"  # where the loaded module reports
+    nvidia_kernel_headers: bool = True  # linux-headers-$(uname -r) for DKMS
+    unattended_upgrades_blacklist: list[str] = Field(
+        default_factory=lambda: ["nvidia-", "libnvidia-", "cuda-", "libcuda", "libnccl", "nvidia-container-toolkit"])
     container_toolkit_version: str = "1.17.8-1"
-    docker_engine_version: str | None = None  # None: the distribution's docker.io as resolved
+    docker_engine_package: str = "docker.io"
+    docker_engine_version: str | None = None  # None: whatever the distribution resolves (not held)
+    docker_daemon_config: dict[str, Any] = Field(default_factory=dict)  # merged into daemon.json
+    verify_toolkit_image: str = "ubuntu:24.04"  # `docker run --gpus all IMAGE nvidia-smi -L`
     nccl_version: str = "2.27.7"
     nccl_cuda_version: str = "12.9"
 
@@ -282,7 +293,7 @@ class SettingsError(Exception):
 
 def ours(data: dict[str, Any]) -> dict[str, Any]:
     """The part of a host's data that gpufleet owns (pyinfra's own keys removed)."""
-    return {k: v for k, v in data.items() if not k.startswith(PYINFRA_KEY_PREFIXES)}
+    return {k: v for k, v in data.items() if not k.startswith(PYINFRA_KEY_PREFIXES) and k not in PYINFRA_KEYS}
 
 
 def validate_host_data(host: str, data: dict[str, Any]) -> tuple[HostSettings | None, list[SettingsIssue]]:

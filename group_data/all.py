@@ -12,11 +12,20 @@ ssh_strict_host_key_checking = "yes"
 nvidia_driver_branch = 580
 nvidia_driver_version = "580.95.05"
 nvidia_kernel_modules = "open"
+nvidia_driver_packages = ["nvidia-open"]  # CUDA repository: the open-kernel-module driver
 container_toolkit_version = "1.17.8-1"
 # NCCL on the host, as libnccl2/libnccl-dev "<nccl_version>-1+cuda<nccl_cuda_version>".
 # The NCCL vLLM actually loads is pinned inside the vLLM image (files/Dockerfile.vllm_rtx5090).
 nccl_version = "2.27.7"
 nccl_cuda_version = "12.9"
+
+# --- Docker -------------------------------------------------------------------------------------
+# The distribution's engine (no extra repository). Debian 12's current build; on Ubuntu set the
+# version `apt-cache policy docker.io` shows for the release the fleet runs.
+docker_engine_package = "docker.io"
+docker_engine_version = "20.10.24+dfsg1-1+deb12u1+b6"
+# Merged into /etc/docker/daemon.json with the nvidia runtime; other keys on a host are kept.
+docker_daemon_config = {"log-driver": "json-file", "log-opts": {"max-size": "100m", "max-file": "3"}}
 
 # --- serving ------------------------------------------------------------------------------------
 vllm_image = "vllm/vllm-openai:v0.11.0"

@@ -11,3 +11,17 @@ lab_gpus = [
     {"name": "NVIDIA GeForce RTX 5090", "memory_mib": 32607, "compute_capability": "12.0",
      "pci_bus_id": "00000000:02:00.0"},
 ]
+
+# The lab's stand-in NVIDIA repository and registry (gpufleet/lab/), on the lab's network.
+apt_mirror = "http://lab-repo"
+nvidia_repo_key_name = "gpufleet-lab.pub"
+registry_mirror = "lab-registry:5000"
+docker_daemon_config = {
+    "log-driver": "json-file", "log-opts": {"max-size": "100m", "max-file": "3"},
+    "insecure-registries": ["lab-registry:5000"],  # plain HTTP, reachable only on the lab network
+}
+verify_toolkit_image = "lab-registry:5000/gpufleet-lab/toolkit-check:1"
+# The stand-in driver "loads" by writing here; /proc/driver/nvidia is the kernel's, not ours.
+nvidia_proc_version_path = "/run/gpufleet-lab/nvidia/version"
+# Stand-in hosts share this machine's kernel, whose headers Debian does not ship.
+nvidia_kernel_headers = False

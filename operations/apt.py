@@ -62,3 +62,83 @@ def packages(packages: dict[str, str | None] | list[str], hold: bool = False, up
                + " ".join(shlex.quote(p) for p in install))
     if to_hold:
         yield "apt-mark hold " + " ".join(shlex.quote(p) for p in to_hold)
+
+
+def _put_text(dest: str, text: str, mode: str = "644"):
+    """Yield the commands that make `dest` hold `text` (nothing when it already does)."""
+    from io import StringIO
+
+    from pyinfra.operations import files
+
+    yield from files.put._inner(src=StringIO(text), dest=dest, user="root", group="root", mode=mode)
+
+
+def preferences_text(packages: list[str], version: str, priority: int = 1001) -> str:
+    return (
+        "# Managed by gpufleet (group_data/all.py): pinned so that no dependency, upgrade or other\n"
+        "# repository can move these packages off the fleet's version.\n"
+        f"Package: {' '.join(packages)}\nPin: version {version}\nPin-Priority: {priority}\n"
+    )
+
+
+@operation()
+def preferences(filename: str, packages: list[str], version: str, priority: int = 1001):
+    """
+    Pin packages to one version in ``/etc/apt/preferences.d/<filename>``.
+
+    + filename: file name under /etc/apt/preferences.d
+    + packages: package names (apt patterns such as ``nvidia-*`` allowed)
+    + version: the exact version to pin (a ``*`` glob is allowed by apt, gpufleet passes exact ones)
+    + priority: above 1000 so that apt prefers it even when it means a downgrade
+
+    **Example:**
+
+    .. code:: python
+
+        apt.preferences(filename="gpufleet-nccl", packages=["libnccl2", "libnccl-dev"],
+                        version="2.27.7-1+cuda12.9")
+    """
+    yield from _put_text(f"/etc/apt/preferences.d/{filename}", preferences_text(packages, version, priority))
+
+
+def deb822_source_text(uri: str, keyring: str, suite: str = "/", components: list[str] | None = None) -> str:
+    lines = ["# Managed by gpufleet.", "Types: deb", f"URIs: {uri}", f"Suites: {suite}"]
+    if components:
+        lines.append(f"Components: {' '.join(components)}")
+    lines.append(f"Signed-By: {keyring}")
+    return "\n".join(lines) + "\n"
+
+
+@operation()
+def signed_source(filename: str, uri: str, key_url: str, suite: str = "/", components: list[str] | None = None):
+    """
+    An apt repository as a deb822 source with its own keyring (never the global trusted.gpg).
+
+    + filename: base name for ``/etc/apt/sources.list.d/<filename>.sources`` and
+      ``/etc/apt/keyrings/<filename>.gpg``
+    + uri: the repository URL (for a flat repository such as NVIDIA's CUDA one, suite "/")
+    + key_url: where the repository's public key is published (ASCII-armoured or binary)
+
+    The key is fetched only when the keyring is missing; the source file is rewritten only when
+    its content differs. The next package install refreshes the index (operations/apt.packages).
+
+    **Example:**
+
+    .. code:: python
+
+        apt.signed_source(
+            filename="nvidia-cuda",
+            uri="https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/",
+            key_url="https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/3bf863cc.pub",
+        )
+    """
+    from pyinfra.facts.files import File
+
+    keyring = f"/etc/apt/keyrings/{filename}.gpg"
+    if not host.get_fact(File, path=keyring):
+        yield (
+            f"install -d -m 0755 /etc/apt/keyrings && curl -fsSL {shlex.quote(key_url)} | gpg --dearmor --yes "
+            f"-o {keyring}.tmp && chmod 0644 {keyring}.tmp && mv {keyring}.tmp {keyring}"
+        )
+    yield from _put_text(f"/etc/apt/sources.list.d/{filename}.sources",
+                         deb822_source_text(uri, keyring, suite, components))

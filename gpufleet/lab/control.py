@@ -6,6 +6,8 @@ import hashlib
 import json
 import shutil
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import docker
@@ -48,6 +50,7 @@ def up(nodes: int, lbs: int) -> list[LabHost]:
                     volumes={str(REPO_DIR): {"bind": "/srv/repo", "mode": "ro"}})
     _ensure_service(client, REGISTRY_CONTAINER, REGISTRY_ALIAS, registry, None,
                     ports={f"{REGISTRY_PORT}/tcp": ("127.0.0.1", REGISTRY_LOCAL_PORT)})
+    _publish(client, base, "gpufleet-lab/toolkit-check:1")
     wanted_names = {h.name for h in wanted}
     for container in hosts.lab_containers(client):
         if container.labels.get(LABEL) == "host" and container.name not in wanted_names:
@@ -104,6 +107,31 @@ def _ensure_service(client, name: str, alias: str, image: str, command, volumes=
     )
     client.networks.get(NETWORK).connect(container, aliases=[alias])
     container.start()
+
+
+def _publish(client: docker.DockerClient, image: str, name: str) -> None:
+    """Make `image` pullable by the hosts as lab-registry:5000/<name> (pushed via 127.0.0.1)."""
+    repo, tag = name.rsplit(":", 1)
+    manifest = f"http://127.0.0.1:{REGISTRY_LOCAL_PORT}/v2/{repo}/manifests/{tag}"
+    for _ in range(50):  # the registry may still be starting
+        try:
+            status = urllib.request.urlopen(urllib.request.Request(manifest, method="HEAD"), timeout=2).status
+            break
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        raise LabError(f"the lab registry does not answer on 127.0.0.1:{REGISTRY_LOCAL_PORT}")
+    if status == 200:
+        return
+    local = f"127.0.0.1:{REGISTRY_LOCAL_PORT}/{repo}"
+    with step(f"publish {name} to the lab registry"):
+        client.images.get(image).tag(local, tag)
+        for line in client.images.push(local, tag, stream=True, decode=True):
+            if "error" in line:
+                raise LabError(f"push {name}: {line['error']}")
 
 
 def _write_lab_gpus(client: docker.DockerClient, wanted: list[LabHost]) -> None:

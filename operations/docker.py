@@ -1,0 +1,83 @@
+"""The Docker engine on a host: package, service and /etc/docker/daemon.json (merged as data)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+from pyinfra import host
+from pyinfra.api import OperationError, operation
+
+from operations.apt import _put_text
+from operations.facts.docker import DAEMON_JSON, DockerDaemonConfig, GpuContainers
+
+NVIDIA_RUNTIME = {"nvidia": {"args": [], "path": "nvidia-container-runtime"}}
+
+
+def merged(current: dict, wanted: dict) -> dict:
+    """``current`` with ``wanted`` merged in: nested objects merge, everything else is replaced.
+
+    >>> merged({"a": {"x": 1}, "keep": True}, {"a": {"y": 2}})
+    {'a': {'x': 1, 'y': 2}, 'keep': True}
+    """
+    out = copy.deepcopy(current)
+    for key, value in wanted.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def render_daemon_json(config: dict) -> str:
+    # The layout nvidia-ctk writes (4-space indent, sorted keys): a file either tool touched
+    # last looks the same, though we only ever compare the parsed data.
+    return json.dumps(config, indent=4, sort_keys=True) + "\n"
+
+
+def refuse_daemon_reload_under_gpu_containers(what: str) -> None:
+    """Fail the host before a step that reloads systemd while GPU containers run without CDI.
+
+    ``systemctl daemon-reload`` (which package installs and unit changes trigger) takes the GPUs
+    away from running containers unless the toolkit injects devices through CDI
+    (NVIDIA/nvidia-container-toolkit#48): drain the node first.
+    """
+    running = host.get_fact(GpuContainers)["containers"]
+    if not running:
+        return
+    cdi = host.get_fact(DockerDaemonConfig)["config"].get("features", {}).get("cdi") is True
+    if not cdi:
+        raise OperationError(
+            f"{what} would run `systemctl daemon-reload` while GPU containers run "
+            f"({', '.join(running)}); that drops their GPUs (NVML: Unknown Error). "
+            "Drain the node first (stop its replicas, e.g. with `gpufleet rollout`) or enable CDI."
+        )
+
+
+@operation()
+def daemon_config(wanted: dict):
+    """
+    Merge keys into /etc/docker/daemon.json, keeping every other key; compare as parsed data.
+
+    + wanted: the keys gpufleet owns, e.g. ``{"runtimes": {"nvidia": {...}}}``
+
+    Nothing is written when the merged configuration equals the current one, however the file
+    is formatted. An unparseable file fails the host rather than being overwritten.
+    Restart Docker with ``_if=<this op>.did_change``.
+
+    **Example:**
+
+    .. code:: python
+
+        conf = docker.daemon_config(wanted={"runtimes": docker.NVIDIA_RUNTIME})
+        systemd.service(service="docker", restarted=True, _if=conf.did_change)
+    """
+    current = host.get_fact(DockerDaemonConfig)
+    if current["status"] == "invalid":
+        raise OperationError(f"{DAEMON_JSON} is not valid JSON ({current['error']}); fix it by hand")
+    config = merged(current["config"], wanted)
+    if config == current["config"] and current["status"] == "ok":
+        host.noop(f"{DAEMON_JSON} has {', '.join(sorted(wanted))}")
+        return
+    yield "install -d -m 0755 /etc/docker"
+    yield from _put_text(DAEMON_JSON, render_daemon_json(config))

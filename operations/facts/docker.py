@@ -1,0 +1,122 @@
+"""Docker's configuration and GPU containers, as the host sees them (never failing the host)."""
+
+from __future__ import annotations
+
+import json
+
+from pyinfra.api import FactBase
+
+from .util import MISSING, envelope, wrap, wrap_file
+
+DAEMON_JSON = "/etc/docker/daemon.json"
+
+
+def parse_daemon_json(lines: list[str]) -> dict:
+    """``{"status": "ok"|"missing"|"invalid", "config": dict, "error": str|None}``.
+
+    >>> parse_daemon_json(['{"runtimes": {"nvidia": {"path": "nvidia-container-runtime"}}}'])["config"]
+    {'runtimes': {'nvidia': {'path': 'nvidia-container-runtime'}}}
+    """
+    text = "\n".join(lines).strip()
+    if not text:
+        return {"status": "ok", "config": {}, "error": None}  # an empty file is an empty config
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        return {"status": "invalid", "config": {}, "error": f"not JSON: {exc}"}
+    if not isinstance(config, dict):
+        return {"status": "invalid", "config": {}, "error": "not a JSON object"}
+    return {"status": "ok", "config": config, "error": None}
+
+
+class DockerDaemonConfig(FactBase):
+    """/etc/docker/daemon.json, parsed; compare it as data, never as bytes.
+
+    .. code:: python
+
+        host.get_fact(DockerDaemonConfig)
+        {"status": "ok", "config": {"runtimes": {"nvidia": {"args": [], "path": "nvidia-container-runtime"}}},
+         "error": None}
+
+    No file: ``{"status": "missing", "config": {}}``; unparseable: ``"status": "invalid"``.
+    """
+
+    command = wrap_file(DAEMON_JSON)
+
+    @staticmethod
+    def default():
+        return {"status": "missing", "config": {}, "error": "no such file"}
+
+    def process(self, output):
+        result, body = envelope(output)
+        if result["status"] != "ok":
+            return {**self.default(), "status": result["status"], "error": result["error"]}
+        return parse_daemon_json(body)
+
+
+class DockerRuntimes(FactBase):
+    """What the running engine reports: its runtimes, CDI spec dirs, and server version.
+
+    .. code:: python
+
+        host.get_fact(DockerRuntimes)
+        {"status": "ok", "runtimes": ["io.containerd.runc.v2", "nvidia", "runc"], "server_version": "20.10.24+dfsg1"}
+
+    Engine down or not installed: ``"status": "failed"`` / ``"missing"`` with empty runtimes.
+    """
+
+    command = wrap("docker", "docker info --format '{{json .Runtimes}}|{{.ServerVersion}}'")
+
+    @staticmethod
+    def default():
+        return {"status": "missing", "exit_code": None, "error": "docker not installed", "runtimes": [],
+                "server_version": None}
+
+    def process(self, output):
+        result, body = envelope(output)
+        if result["status"] != "ok":
+            return {**self.default(), **result}
+        runtimes_json, _, version = body[-1].rpartition("|") if body else ("", "", "")
+        try:
+            runtimes = sorted(json.loads(runtimes_json or "{}"))
+        except ValueError:
+            runtimes = []
+        return {**result, "runtimes": runtimes, "server_version": version.strip() or None}
+
+
+class GpuContainers(FactBase):
+    """Running containers that were given GPUs (``--gpus`` device requests or the nvidia runtime).
+
+    A ``systemctl daemon-reload`` takes the GPUs away from such containers unless the toolkit
+    runs in CDI mode ("Failed to initialize NVML: Unknown Error"), so operations that would
+    reload systemd check this first.
+
+    .. code:: python
+
+        host.get_fact(GpuContainers)
+        {"status": "ok", "containers": ["vllm-gpu-node-1-vllm-0"]}
+    """
+
+    command = wrap(
+        "docker",
+        "ids=$(docker ps -q); [ -z \"$ids\" ] || docker inspect --format "
+        "'{{.Name}}|{{.HostConfig.Runtime}}|{{json .HostConfig.DeviceRequests}}' $ids",
+    )
+
+    @staticmethod
+    def default():
+        return {"status": "missing", "exit_code": None, "error": "docker not installed", "containers": []}
+
+    def process(self, output):
+        if any(line.strip() == MISSING for line in output):
+            return self.default()
+        result, body = envelope(output)
+        containers = []
+        for line in body:
+            parts = line.strip().split("|", 2)
+            if len(parts) != 3:
+                continue
+            name, runtime, requests = parts
+            if runtime == "nvidia" or '"gpu"' in requests:
+                containers.append(name.lstrip("/"))
+        return {**result, "containers": sorted(containers)}

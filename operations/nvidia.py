@@ -1,0 +1,184 @@
+"""The NVIDIA stack on a GPU node: CUDA repository, open driver, toolkit, NCCL pin, reboot."""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import OperationError, operation
+from pyinfra.facts.server import KernelVersion, LinuxDistribution
+
+from operations import apt, server
+from operations.apt import _put_text
+from operations.docker import refuse_daemon_reload_under_gpu_containers
+from operations.facts.apt import PackageStates
+from operations.facts.gpu import NvidiaDriver
+
+NVIDIA_DOWNLOAD = "https://developer.download.nvidia.com"
+NOUVEAU_BLACKLIST = "/etc/modprobe.d/gpufleet-blacklist-nouveau.conf"
+UNATTENDED_CONF = "/etc/apt/apt.conf.d/51gpufleet-nvidia-no-unattended"
+# Driver packages pinned by preferences: the metapackage's dependencies must resolve to the same
+# version (CUDA-repo metapackages depend on ">=" and have pulled a newer branch before).
+DRIVER_PIN_PATTERNS = ["nvidia-*", "libnvidia-*", "libcuda1", "libnvcuvid1", "firmware-nvidia-gsp",
+                       "xserver-xorg-video-nvidia"]
+
+
+def cuda_repo_distro(distro: dict) -> str:
+    """NVIDIA's name for an OS in its repository paths: debian12, ubuntu2204, ubuntu2404."""
+    name, major, minor = (distro.get("name") or "").lower(), distro.get("major"), distro.get("minor") or 0
+    if name == "debian":
+        return f"debian{major}"
+    if name == "ubuntu":
+        return f"ubuntu{major}{minor:02d}"
+    raise OperationError(f"no NVIDIA CUDA repository for {distro.get('name')} {major}")
+
+
+def cuda_repo_uri(apt_mirror: str | None, distro: dict, arch: str = "x86_64") -> str:
+    base = (apt_mirror or NVIDIA_DOWNLOAD).rstrip("/")
+    return f"{base}/compute/cuda/repos/{cuda_repo_distro(distro)}/{arch}/"
+
+
+@operation()
+def cuda_repository(apt_mirror: str | None = None, key_name: str = "3bf863cc.pub"):
+    """
+    NVIDIA's CUDA apt repository for this host's OS (driver, toolkit and NCCL packages).
+
+    + apt_mirror: base URL that replaces https://developer.download.nvidia.com (air-gapped sites, the lab)
+    + key_name: the repository's signing key file, published beside its index
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.cuda_repository(apt_mirror=None)  # developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/
+    """
+    uri = cuda_repo_uri(apt_mirror, host.get_fact(LinuxDistribution))
+    yield from apt.signed_source._inner(filename="nvidia-cuda", uri=uri, key_url=uri + key_name)
+
+
+@operation()
+def driver(version: str, packages: list[str], revision: str = "1", kernel_modules: str = "open",
+           kernel_headers: bool = True):
+    """
+    The NVIDIA driver at one exact version, pinned by apt preferences and held.
+
+    + version: upstream driver version, e.g. ``580.95.05``
+    + packages: driver packages to install at ``<version>-<revision>`` (``nvidia-open`` = open modules)
+    + kernel_modules: ``open`` (required on Blackwell) or ``proprietary``
+    + kernel_headers: install ``linux-headers-$(uname -r)`` so DKMS can build the module
+
+    Refuses to install while GPU containers run (the package's units reload systemd).
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.driver(version="580.95.05", packages=["nvidia-open"])
+    """
+    if kernel_modules == "open" and not all("open" in p for p in packages if p.startswith(("nvidia-", "cuda-"))):
+        raise OperationError(f"kernel_modules=open but the driver packages {packages} are not the open flavor")
+    full = f"{version}-{revision}"
+    yield from apt.preferences._inner(filename="gpufleet-nvidia-driver", packages=DRIVER_PIN_PATTERNS, version=full)
+    wanted = {p: full for p in packages}
+    if kernel_headers:
+        wanted[f"linux-headers-{host.get_fact(KernelVersion)}"] = None
+    states = host.get_fact(PackageStates, packages=sorted(wanted))
+    install, _ = apt._plan(wanted, states, hold=True)
+    if install:
+        refuse_daemon_reload_under_gpu_containers(f"installing {', '.join(install)}")
+    # Held, headers included: their name carries the kernel release, so kernel upgrades still work.
+    yield from apt.packages._inner(packages=wanted, hold=True)
+
+
+@operation()
+def blacklist_nouveau():
+    """
+    Keep nouveau from binding the GPUs. Rebuild the initramfs with ``_if=<this op>.did_change``.
+
+    **Example:**
+
+    .. code:: python
+
+        bl = nvidia.blacklist_nouveau()
+        server.shell(commands=["update-initramfs -u"], _if=bl.did_change)
+    """
+    yield from _put_text(NOUVEAU_BLACKLIST, "# Managed by gpufleet.\nblacklist nouveau\noptions nouveau modeset=0\n")
+
+
+@operation()
+def no_unattended_upgrades(patterns: list[str]):
+    """
+    Tell unattended-upgrades to leave the pinned NVIDIA, CUDA and NCCL packages alone.
+
+    + patterns: package name patterns (regular expressions, as unattended-upgrades reads them)
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.no_unattended_upgrades(patterns=["nvidia-", "libnvidia-", "cuda-", "libnccl"])
+    """
+    body = "".join(f'    "{p}";\n' for p in patterns)
+    yield from _put_text(UNATTENDED_CONF, "// Managed by gpufleet: pinned packages move only with a deploy.\n"
+                         f"Unattended-Upgrade::Package-Blacklist {{\n{body}}};\n")
+
+
+@operation()
+def nccl(version: str, cuda_version: str):
+    """
+    libnccl2 and libnccl-dev at ``<version>-1+cuda<cuda_version>``, pinned at priority 1001 and held.
+
+    This is the host's NCCL (nccl-tests, host tools). vLLM loads the NCCL wheel inside its image,
+    which files/Dockerfile.vllm_rtx5090 pins to the same version.
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.nccl(version="2.27.7", cuda_version="12.9")
+    """
+    full = f"{version}-1+cuda{cuda_version}"
+    names = ["libnccl2", "libnccl-dev"]
+    yield from apt.preferences._inner(filename="gpufleet-nccl", packages=names, version=full)
+    yield from apt.packages._inner(packages=dict.fromkeys(names, full), hold=True)
+
+
+@operation()
+def container_toolkit(version: str):
+    """
+    The NVIDIA Container Toolkit at an exact version, held.
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.container_toolkit(version="1.17.8-1")
+    """
+    states = host.get_fact(PackageStates, packages=["nvidia-container-toolkit"])
+    if states.get("nvidia-container-toolkit", {}).get("version") != version:
+        refuse_daemon_reload_under_gpu_containers(f"installing nvidia-container-toolkit={version}")
+    yield from apt.packages._inner(packages={"nvidia-container-toolkit": version}, hold=True)
+
+
+@operation(is_idempotent=False)
+def reboot_if_driver_stale(version: str, proc_version_path: str = "/proc/driver/nvidia/version"):
+    """
+    Reboot when the loaded kernel module is not the driver version the fleet pins.
+
+    + version: the pinned upstream version (what ``driver`` installs)
+    + proc_version_path: where the loaded module reports its version
+
+    Decided from the loaded module, so a converged host never reboots and a host whose package
+    was upgraded behind our back (loaded != installed) does. Run with ``_serial=True``: one host
+    at a time goes down.
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.reboot_if_driver_stale(version="580.95.05", _serial=True)
+    """
+    loaded = host.get_fact(NvidiaDriver, path=proc_version_path)
+    if loaded.get("loaded") and loaded.get("version") == version:
+        host.noop(f"driver {version} loaded")
+        return
+    reason = f"driver {version} installed, {loaded.get('version') or 'none'} loaded"
+    yield from server.reboot._inner(reason=reason)
