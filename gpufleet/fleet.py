@@ -101,7 +101,7 @@ def load_inventory(inventory_path: str | os.PathLike, overrides: dict[str, Any] 
     from pyinfra_cli.inventory import make_inventory
 
     path = Path(inventory_path)
-    if not path.is_file():
+    if not str(inventory_path).startswith("@") and not path.is_file():
         raise SettingsError([SettingsIssue("(command line)", "INVENTORY", str(path), "an inventory file that exists")])
     state = State()
     with ctx_state.use(state):

@@ -135,6 +135,9 @@ class HostSettings(BaseModel):
     base_packages: list[str] = Field(default_factory=list)
     supported_os: list[str] = Field(default_factory=lambda: ["Debian 12", "Ubuntu 22.04", "Ubuntu 24.04"])
 
+    # Read the PCI bus from an `lspci -x` dump instead of the bus (offline checks; the lab).
+    pci_dump_file: str | None = None
+
     # --- lab only: what the stand-in nvidia-smi reports (ignored on real hosts) ------------------
     lab_gpus: list[LabGpu] | None = None
 

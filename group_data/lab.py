@@ -25,3 +25,5 @@ verify_toolkit_image = "lab-registry:5000/gpufleet-lab/toolkit-check:1"
 nvidia_proc_version_path = "/run/gpufleet-lab/nvidia/version"
 # Stand-in hosts share this machine's kernel, whose headers Debian does not ship.
 nvidia_kernel_headers = False
+# The stand-in GPUs are not on this machine's PCI bus; the lab writes them as an `lspci -x` dump.
+pci_dump_file = "/etc/gpufleet-lab/lspci.dump"

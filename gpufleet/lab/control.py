@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gpufleet.lab import aptrepo, hosts, images
+from gpufleet.lab.pcidump import lspci_dump
 from gpufleet.lab.progress import say, step
 from gpufleet.lab.topology import (
     HOSTS_FILE, KNOWN_HOSTS, LABEL, NETWORK, REGISTRY_ALIAS, REGISTRY_CONTAINER, REGISTRY_LOCAL_PORT,
@@ -146,6 +147,7 @@ def _write_lab_gpus(client: docker.DockerClient, wanted: list[LabHost]) -> None:
         container = client.containers.get(host.name)
         hosts.run(container, "mkdir -p /etc/gpufleet-lab")
         hosts.put_file(container, "/etc/gpufleet-lab/gpus.json", (json.dumps(gpus, indent=2) + "\n").encode())
+        hosts.put_file(container, "/etc/gpufleet-lab/lspci.dump", lspci_dump(gpus).encode())
 
 
 def _remove_volume(client, name: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 
 from pyinfra.api import FactBase
 
@@ -143,9 +144,15 @@ class NvidiaPciDevices(FactBase):
         {"status": "ok", "exit_code": 0, "error": None, "count": 2, "devices": [
             {"bus_id": "0000:01:00.0", "class": "0300", "vendor_id": "10de", "device_id": "2b85",
              "description": "NVIDIA Corporation GB202 [GeForce RTX 5090]", "rev": "a1"}, ...]}
+
+    With ``dump_file``, the devices come from an ``lspci -x`` dump instead of the bus (a dump
+    captured on a node for an offline check, or the lab's stand-in GPUs).
     """
 
-    command = wrap("lspci", "lspci -Dnn")
+    def command(self, dump_file: str | None = None):
+        if dump_file:
+            return wrap("lspci", f"lspci -Dnn -F {shlex.quote(dump_file)}")
+        return wrap("lspci", "lspci -Dnn")
 
     @staticmethod
     def default():

@@ -1,0 +1,76 @@
+"""Connect to an inventory's hosts through pyinfra's API and run read-only work on each in parallel.
+
+Used by the checking commands (verify, drift): they read facts and run commands that change
+nothing, so they never go through a deploy. Unreachable hosts are reported, not fatal.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import gevent
+from pyinfra.api import Config, State
+from pyinfra.api.connect import connect_all, disconnect_all
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.context import ctx_host, ctx_state
+
+from gpufleet.fleet import Fleet, fleet_from_inventory, load_inventory
+
+
+def select(inventory, limit: tuple[str, ...] | list[str]) -> list:
+    """Hosts matching any --limit pattern (host name, group name or glob), as pyinfra's --limit."""
+    if not limit:
+        return list(inventory)
+    chosen = []
+    for host in inventory:
+        if any(fnmatch.fnmatch(host.name, p) or p in host.groups for p in limit):
+            chosen.append(host)
+    return chosen
+
+
+@contextmanager
+def connected(inventory_path: str, limit=(), overrides: dict[str, Any] | None = None,
+              connect_timeout: int = 10) -> Iterator[tuple[State, Fleet, list, list]]:
+    """Yield (state, fleet, reachable hosts, unreachable hosts); disconnect afterwards."""
+    inventory = load_inventory(inventory_path, overrides)
+    fleet = fleet_from_inventory(inventory)  # invalid data stops here, before any connection
+    hosts = select(inventory, limit)
+    state = State(check_for_changes=False)
+    state.init(inventory, Config(CONNECT_TIMEOUT=connect_timeout, FAIL_PERCENT=None), initial_limit=hosts)
+    try:
+        connect_all(state)
+    except PyinfraError:
+        pass  # "No hosts remaining!": every host is unreachable, which the caller reports
+    reachable = [h for h in hosts if h.connected]
+    unreachable = [h for h in hosts if not h.connected]
+    try:
+        yield state, fleet, reachable, unreachable
+    finally:
+        disconnect_all(state)
+
+
+def run_parallel(state: State, hosts: list, work: Callable[[Any], Any]) -> dict[str, Any]:
+    """``{host name: work(host)}``, one greenlet per host; an exception becomes the value."""
+
+    def one(host):
+        with ctx_state.use(state), ctx_host.use(host):
+            try:
+                return work(host)
+            except Exception as exc:  # noqa: BLE001 - reported per host, never fatal for the others
+                return exc
+
+    greenlets = {host.name: gevent.spawn(one, host) for host in hosts}
+    gevent.joinall(list(greenlets.values()))
+    return {name: g.value for name, g in greenlets.items()}
+
+
+def shell(host, command: str, timeout: int = 300) -> tuple[bool, str]:
+    """Run one read-only command; return (exit status 0, stdout+stderr text)."""
+    from pyinfra.api import StringCommand
+
+    ok, output = host.run_shell_command(StringCommand(command), _timeout=timeout)
+    text = "\n".join(line.line for line in output.combined_lines)
+    return ok, text

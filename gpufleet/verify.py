@@ -1,0 +1,260 @@
+"""`gpufleet verify`: the pre-deployment checklist as an ordered ladder per GPU node.
+
+    PCI (GPUs present) -> driver -> toolkit -> NCCL -> topology
+
+Each step reads what the host reports and compares it with the host's settings; the first
+failed step stops that host's ladder, says why and what to do. Warnings (ACS on a P2P path,
+NVLink where none is expected) never stop the ladder. The steps are pure functions of a
+:class:`Probe`, so they run the same against a live host (:class:`HostProbe`) and against
+captured outputs (tests, fixtures from real GPUs).
+
+Exit codes: 0 every host passed, 2 some host failed a check, 1 some host could not be checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from gpufleet.settings import BLACKWELL_MIN_DRIVER_BRANCH, HostSettings
+
+STEPS = ("pci", "driver", "toolkit", "nccl", "topology")
+
+
+@dataclass
+class Check:
+    step: str
+    status: str  # "pass" | "fail" | "warn"
+    detail: str
+    fix: str | None = None
+
+
+@dataclass
+class NodeReport:
+    host: str
+    reachable: bool = True
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def failed_step(self) -> str | None:
+        return next((c.step for c in self.checks if c.status == "fail"), None)
+
+    @property
+    def ok(self) -> bool:
+        return self.reachable and self.failed_step is None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "ok": self.ok, "reachable": self.reachable, "failed_step": self.failed_step,
+                "checks": [asdict(c) for c in self.checks]}
+
+
+class Probe(Protocol):
+    """What the ladder needs from a host; each method returns the matching fact's value."""
+
+    def pci(self) -> dict: ...
+    def gpus(self) -> dict: ...
+    def driver(self) -> dict: ...
+    def packages(self, names: list[str]) -> dict: ...
+    def toolkit(self, image: str) -> tuple[bool, str]: ...
+    def topology(self) -> dict: ...
+    def acs(self) -> dict: ...
+
+
+class HostProbe:
+    """A Probe over a connected pyinfra host (facts from operations/facts)."""
+
+    def __init__(self, host, settings: HostSettings):
+        self.host, self.settings = host, settings
+
+    def pci(self) -> dict:
+        from operations.facts.pci import NvidiaPciDevices
+
+        return self.host.get_fact(NvidiaPciDevices, dump_file=self.settings.pci_dump_file)
+
+    def gpus(self) -> dict:
+        from operations.facts.gpu import NvidiaGpus
+
+        return self.host.get_fact(NvidiaGpus)
+
+    def driver(self) -> dict:
+        from operations.facts.gpu import NvidiaDriver
+
+        return self.host.get_fact(NvidiaDriver, path=self.settings.nvidia_proc_version_path)
+
+    def packages(self, names: list[str]) -> dict:
+        from operations.facts.apt import PackageStates
+
+        return self.host.get_fact(PackageStates, packages=names)
+
+    def toolkit(self, image: str) -> tuple[bool, str]:
+        from gpufleet.remote import shell
+
+        return shell(self.host, f"docker run --rm --gpus all {image} nvidia-smi -L", timeout=600)
+
+    def topology(self) -> dict:
+        from operations.facts.gpu import NvidiaTopology
+
+        return self.host.get_fact(NvidiaTopology)
+
+    def acs(self) -> dict:
+        from operations.facts.pci import PcieAcs
+
+        return self.host.get_fact(PcieAcs)
+
+
+# ------------------------------------------------------------------------------------ steps ----
+
+def check_pci(s: HostSettings, probe: Probe) -> list[Check]:
+    pci = probe.pci()
+    if pci["status"] == "missing":
+        return [Check("pci", "fail", "lspci is not installed", "apt-get install pciutils (the deploy's base packages)")]
+    if pci["status"] != "ok":
+        return [Check("pci", "fail", f"lspci failed: {pci['error']}", "run `lspci -nn` on the host and read its error")]
+    ids = sorted({f"{d['vendor_id']}:{d['device_id']}" for d in pci["devices"]})
+    if pci["count"] < s.gpu_count:
+        return [Check("pci", "fail", f"{pci['count']} NVIDIA GPUs on the PCI bus, expected {s.gpu_count}",
+                      "check the cards' seating and power, and Above 4G Decoding / Resizable BAR in the BIOS")]
+    return [Check("pci", "pass", f"{pci['count']} NVIDIA GPUs on the PCI bus ({', '.join(ids)})")]
+
+
+def check_driver(s: HostSettings, probe: Probe) -> list[Check]:
+    gpus = probe.gpus()
+    if gpus["status"] == "missing":
+        return [Check("driver", "fail", "nvidia-smi is not installed", "install the driver: run the deploy")]
+    if gpus["status"] != "ok":
+        return [Check("driver", "fail", f"nvidia-smi exited {gpus['exit_code']}: {gpus['error']}",
+                      "the driver is not loaded or its library does not match the module: reboot if the driver "
+                      "was just installed or upgraded (the deploy reboots when needed)")]
+    loaded = probe.driver()
+    if not loaded.get("loaded"):
+        return [Check("driver", "fail", f"no NVIDIA kernel module loaded ({s.nvidia_proc_version_path})",
+                      "reboot the host, or look at `dmesg | grep -i nvrm`")]
+    if loaded.get("flavor") != s.nvidia_kernel_modules:
+        return [Check("driver", "fail", f"{loaded.get('flavor')} kernel modules loaded, expected {s.nvidia_kernel_modules}",
+                      f"install the {s.nvidia_kernel_modules} driver packages ({', '.join(s.nvidia_driver_packages)})")]
+    installed = probe.packages(s.nvidia_driver_packages).get(s.nvidia_driver_packages[0], {}).get("version")
+    installed_upstream = (installed or "").split(":")[-1].split("-")[0] or None
+    if installed_upstream != loaded["version"]:
+        return [Check("driver", "fail", f"driver {loaded['version']} loaded, {installed_upstream or 'none'} installed",
+                      "reboot to load the installed driver")]
+    if loaded["version"] != s.nvidia_driver_version:
+        return [Check("driver", "fail", f"driver {loaded['version']}, expected {s.nvidia_driver_version}",
+                      "run the deploy to install the pinned driver")]
+    found = gpus["gpus"]
+    problems = []
+    if len(found) != s.gpu_count:
+        problems.append(f"{len(found)} GPUs, expected {s.gpu_count}")
+    names = sorted({g["name"] for g in found})
+    if names and names != [s.gpu_name]:
+        problems.append(f"GPU {', '.join(names)}, expected {s.gpu_name}")
+    caps = sorted({g["compute_capability"] for g in found if g["compute_capability"]})
+    if caps and caps != [s.gpu_compute_capability]:
+        problems.append(f"compute capability {', '.join(caps)}, expected {s.gpu_compute_capability}")
+    branch = int(loaded["version"].split(".")[0])
+    if any(int(c.split(".")[0]) >= 10 for c in caps) and branch < BLACKWELL_MIN_DRIVER_BRANCH:
+        problems.append(f"driver branch {branch} below {BLACKWELL_MIN_DRIVER_BRANCH} for compute capability {caps[-1]}")
+    if problems:
+        return [Check("driver", "fail", "; ".join(problems),
+                      "fix the node's hardware or its data (gpu_count, gpu_name, gpu_compute_capability)")]
+    return [Check("driver", "pass", f"driver {loaded['version']} ({loaded['flavor']}) loaded = installed; "
+                                    f"{len(found)} x {names[0] if names else '?'}, compute capability {caps[0] if caps else '?'}")]
+
+
+def check_toolkit(s: HostSettings, probe: Probe) -> list[Check]:
+    ok, output = probe.toolkit(s.verify_toolkit_image)
+    seen = [line for line in output.splitlines() if line.startswith("GPU ")]
+    if not ok:
+        last = output.strip().splitlines()[-1] if output.strip() else "no output"
+        return [Check("toolkit", "fail", f"`docker run --gpus all {s.verify_toolkit_image} nvidia-smi -L` failed: {last}",
+                      "check the nvidia runtime in /etc/docker/daemon.json and nvidia-container-toolkit (run the deploy)")]
+    if len(seen) != s.gpu_count:
+        return [Check("toolkit", "fail", f"a GPU container sees {len(seen)} GPUs, expected {s.gpu_count}",
+                      "check NVIDIA_VISIBLE_DEVICES handling and the toolkit's version")]
+    return [Check("toolkit", "pass", f"a GPU container sees {len(seen)} GPUs")]
+
+
+def check_nccl(s: HostSettings, probe: Probe) -> list[Check]:
+    want = f"{s.nccl_version}-1+cuda{s.nccl_cuda_version}"
+    state = probe.packages(["libnccl2"]).get("libnccl2", {})
+    if state.get("version") != want:
+        return [Check("nccl", "fail", f"libnccl2 {state.get('version') or 'not installed'}, expected {want}",
+                      "run the deploy (it pins and holds libnccl2/libnccl-dev)")]
+    if not state.get("held"):
+        return [Check("nccl", "warn", f"libnccl2 {want} is not held", "apt-mark hold libnccl2 libnccl-dev (the deploy does)")]
+    return [Check("nccl", "pass", f"libnccl2 {want}, held")]
+
+
+def check_topology(s: HostSettings, probe: Probe) -> list[Check]:
+    topo = probe.topology()
+    if topo["status"] != "ok":
+        return [Check("topology", "warn", f"`nvidia-smi topo -m` failed: {topo['error']}", None)]
+    links = sorted({link for row in topo["links"].values() for link in row.values()})
+    checks = []
+    geforce = "GeForce" in s.gpu_name
+    if geforce and topo["nvlink"]:
+        checks.append(Check("topology", "warn", f"NVLink between GPUs ({', '.join(links)}), not expected on {s.gpu_name}"))
+    else:
+        kind = "NVLink" if topo["nvlink"] else "PCIe, no NVLink"
+        checks.append(Check("topology", "pass", f"{kind}: GPU links {', '.join(links) or 'none'}"))
+    acs = probe.acs()
+    if acs.get("acs_enabled"):
+        checks.append(Check(
+            "topology", "warn", f"PCIe ACS redirects P2P traffic on bridges {', '.join(acs['redirecting'])}",
+            "multi-GPU NCCL over PCIe can hang or crawl with ACS on: disable ACS (BIOS, pci=noacs, or setpci on "
+            "the bridges), or set NCCL_P2P_DISABLE=1 in vllm_env"))
+    elif acs.get("status") == "ok" and acs.get("gpus") and not acs.get("caps_readable"):
+        checks.append(Check("topology", "warn", "PCIe ACS state unknown (reading it needs root)", "run verify as root"))
+    return checks
+
+
+LADDER: list[tuple[str, Callable[[HostSettings, Probe], list[Check]]]] = [
+    ("pci", check_pci), ("driver", check_driver), ("toolkit", check_toolkit), ("nccl", check_nccl),
+    ("topology", check_topology),
+]
+
+
+def run_ladder(host_name: str, settings: HostSettings, probe: Probe) -> NodeReport:
+    report = NodeReport(host_name)
+    if settings.gpu_count == 0:
+        report.checks.append(Check("pci", "pass", "no GPUs expected on this host"))
+        return report
+    for _, step in LADDER:
+        checks = step(settings, probe)
+        report.checks.extend(checks)
+        if any(c.status == "fail" for c in checks):
+            break
+    return report
+
+
+def verify(inventory_path: str, limit=(), overrides: dict[str, Any] | None = None) -> list[NodeReport]:
+    from gpufleet.remote import connected, run_parallel
+
+    with connected(inventory_path, limit, overrides) as (state, fleet, reachable, unreachable):
+        results = run_parallel(
+            state, reachable,
+            lambda h: run_ladder(h.name, fleet.hosts[h.name].settings, HostProbe(h, fleet.hosts[h.name].settings)),
+        )
+    reports = []
+    for name, result in results.items():
+        if isinstance(result, Exception):
+            reports.append(NodeReport(name, reachable=False,
+                                      checks=[Check("connect", "fail", f"could not check: {result}")]))
+        else:
+            reports.append(result)
+    reports += [NodeReport(h.name, reachable=False, checks=[Check("connect", "fail", "unreachable over SSH",
+                                                                  "check the host is up and its SSH data")])
+                for h in unreachable]
+    return sorted(reports, key=lambda r: r.host)
+
+
+def exit_code(reports: list[NodeReport]) -> int:
+    if any(not r.reachable for r in reports):
+        return 1
+    return 0 if all(r.ok for r in reports) else 2
+
+
+def as_json(reports: list[NodeReport]) -> dict[str, Any]:
+    failures = [{"host": r.host, "step": c.step, "detail": c.detail, "fix": c.fix}
+                for r in reports for c in r.checks if c.status == "fail"]
+    return {"ok": all(r.ok for r in reports), "failures": failures, "nodes": [r.as_dict() for r in reports]}
