@@ -142,6 +142,12 @@ class HostSettings(BaseModel):
     lab_gpus: list[LabGpu] | None = None
 
     # ---------------------------------------------------------------- field checks ---------------
+    @field_validator("gpu_compute_capability", mode="before")
+    @classmethod
+    def _capability_from_number(cls, v: Any) -> Any:
+        # `--data gpu_compute_capability=9.0` arrives as a float (pyinfra parses values as JSON).
+        return f"{v:.1f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
     @field_validator("nvidia_driver_version")
     @classmethod
     def _driver_version_exact(cls, v: str) -> str:

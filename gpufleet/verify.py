@@ -130,19 +130,24 @@ def check_driver(s: HostSettings, probe: Probe) -> list[Check]:
     if not loaded.get("loaded"):
         return [Check("driver", "fail", f"no NVIDIA kernel module loaded ({s.nvidia_proc_version_path})",
                       "reboot the host, or look at `dmesg | grep -i nvrm`")]
+    # Everything else is collected, so one run shows every way the node differs.
+    problems: list[str] = []
+    fixes: list[str] = []
     if loaded.get("flavor") != s.nvidia_kernel_modules:
-        return [Check("driver", "fail", f"{loaded.get('flavor')} kernel modules loaded, expected {s.nvidia_kernel_modules}",
-                      f"install the {s.nvidia_kernel_modules} driver packages ({', '.join(s.nvidia_driver_packages)})")]
+        problems.append(f"{loaded.get('flavor')} kernel modules loaded, expected {s.nvidia_kernel_modules}")
+        fixes.append(f"install the {s.nvidia_kernel_modules} driver packages ({', '.join(s.nvidia_driver_packages)})")
     installed = probe.packages(s.nvidia_driver_packages).get(s.nvidia_driver_packages[0], {}).get("version")
-    installed_upstream = (installed or "").split(":")[-1].split("-")[0] or None
-    if installed_upstream != loaded["version"]:
-        return [Check("driver", "fail", f"driver {loaded['version']} loaded, {installed_upstream or 'none'} installed",
-                      "reboot to load the installed driver")]
+    installed_upstream = installed.split(":")[-1].split("-")[0] if installed else None
+    if installed_upstream is None:
+        problems.append(f"driver {loaded['version']} loaded, no {s.nvidia_driver_packages[0]} package installed")
+        fixes.append("install the driver from the pinned packages (run the deploy)")
+    elif installed_upstream != loaded["version"]:
+        problems.append(f"driver {loaded['version']} loaded, {installed_upstream} installed")
+        fixes.append("reboot to load the installed driver")
     if loaded["version"] != s.nvidia_driver_version:
-        return [Check("driver", "fail", f"driver {loaded['version']}, expected {s.nvidia_driver_version}",
-                      "run the deploy to install the pinned driver")]
+        problems.append(f"driver {loaded['version']} loaded, expected {s.nvidia_driver_version}")
+        fixes.append("run the deploy to install the pinned driver")
     found = gpus["gpus"]
-    problems = []
     if len(found) != s.gpu_count:
         problems.append(f"{len(found)} GPUs, expected {s.gpu_count}")
     names = sorted({g["name"] for g in found})
@@ -154,9 +159,10 @@ def check_driver(s: HostSettings, probe: Probe) -> list[Check]:
     branch = int(loaded["version"].split(".")[0])
     if any(int(c.split(".")[0]) >= 10 for c in caps) and branch < BLACKWELL_MIN_DRIVER_BRANCH:
         problems.append(f"driver branch {branch} below {BLACKWELL_MIN_DRIVER_BRANCH} for compute capability {caps[-1]}")
+    if len(fixes) < len(problems):
+        fixes.append("fix the node's hardware or its data (gpu_count, gpu_name, gpu_compute_capability)")
     if problems:
-        return [Check("driver", "fail", "; ".join(problems),
-                      "fix the node's hardware or its data (gpu_count, gpu_name, gpu_compute_capability)")]
+        return [Check("driver", "fail", "; ".join(problems), "; ".join(dict.fromkeys(fixes)))]
     return [Check("driver", "pass", f"driver {loaded['version']} ({loaded['flavor']}) loaded = installed; "
                                     f"{len(found)} x {names[0] if names else '?'}, compute capability {caps[0] if caps else '?'}")]
 
