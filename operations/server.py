@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from pyinfra import host, logger
+from pyinfra import logger
 from pyinfra.api import FunctionCommand, OperationError, StringCommand, operation
 
 MARKER = "/run/gpufleet-reboot-pending"
