@@ -22,7 +22,9 @@ def _plan(wanted: dict[str, str | None], states: dict[str, dict], hold: bool):
         if current is None or (version is not None and current != version):
             install.append(f"{name}={version}" if version else name)
     held = {n for n, s in states.items() if s.get("held")}
-    to_hold = sorted(n for n in wanted if n not in held) if hold else []
+    # apt drops the hold of a package it installs explicitly, so those are held again too.
+    reinstalled = {p.split("=")[0] for p in install}
+    to_hold = sorted(n for n in wanted if n not in held or n in reinstalled) if hold else []
     return install, to_hold
 
 

@@ -75,6 +75,9 @@ def daemon_config(wanted: dict):
     current = host.get_fact(DockerDaemonConfig)
     if current["status"] == "invalid":
         raise OperationError(f"{DAEMON_JSON} is not valid JSON ({current['error']}); fix it by hand")
+    if current["status"] not in ("ok", "missing"):
+        # Never write over a file we could not read: its keys would be lost.
+        raise OperationError(f"cannot read {DAEMON_JSON} ({current['error']})")
     config = merged(current["config"], wanted)
     if config == current["config"] and current["status"] == "ok":
         host.noop(f"{DAEMON_JSON} has {', '.join(sorted(wanted))}")

@@ -31,7 +31,9 @@ def wrap(tool: str, command: str) -> str:
 
 def wrap_file(path: str) -> str:
     """Shell text that prints a readable file followed by the rc marker, or the missing marker."""
-    return f'if [ -r {path} ]; then cat {path} 2>&1; echo "{RC}$?"; else echo {MISSING}; fi'
+    # A file without a final newline must not swallow the marker line (it would read as garbage).
+    return (f'if [ -r {path} ]; then cat {path} 2>&1; rc=$?; [ -z "$(tail -c1 {path})" ] || echo; '
+            f'echo "{RC}$rc"; else echo {MISSING}; fi')
 
 
 def strip_ansi(text: str) -> str:

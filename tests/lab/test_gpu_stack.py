@@ -1,0 +1,96 @@
+"""The GPU host stack on the lab: driver, Docker + toolkit, NCCL pin, reboot gate, verify."""
+
+import json
+
+from tests.lab.conftest import deploy, gpufleet
+
+PINNED = {"nvidia-open", "nvidia-container-toolkit", "libnccl2", "libnccl-dev", "docker.io"}
+
+
+def test_packages_are_installed_from_the_lab_repository_at_their_pins_and_held(deployed, hosts):
+    for name in ("gpu-node-1", "gpu-node-2"):
+        node = hosts[name]
+        assert PINNED <= set(node.run("apt-mark showhold").stdout.split()), name
+        assert node.package("nvidia-open").version == "580.95.05-1"
+        assert node.package("nvidia-container-toolkit").version == "1.17.8-1"
+        assert node.package("libnccl2").version == "2.27.7-1+cuda12.9"
+        assert "Pin: version 2.27.7-1+cuda12.9" in node.file("/etc/apt/preferences.d/gpufleet-nccl").content_string
+        policy = node.run("apt-cache policy libnccl2").stdout
+        assert "lab-repo/compute/cuda/repos/debian12/x86_64" in policy
+    assert not hosts["lb-1"].package("nvidia-open").is_installed
+
+
+def test_driver_is_loaded_after_the_first_deploy_rebooted_the_node(deployed, hosts):
+    node = hosts["gpu-node-1"]
+    assert node.run("nvidia-smi --query-gpu=driver_version --format=csv,noheader").stdout.split() == ["580.95.05"] * 2
+    assert node.service("nvidia-persistenced").is_running and node.service("nvidia-persistenced").is_enabled
+    assert "blacklist nouveau" in node.file("/etc/modprobe.d/gpufleet-blacklist-nouveau.conf").content_string
+
+
+def test_gpu_containers_see_the_gpus_through_the_toolkit(deployed, hosts):
+    out = hosts["gpu-node-2"].run(
+        "docker run --rm --gpus '\"device=1\"' lab-registry:5000/gpufleet-lab/toolkit-check:1 nvidia-smi -L")
+    assert out.rc == 0, out.stderr
+    assert out.stdout.count("NVIDIA GeForce RTX 5090") == 1
+
+
+def test_daemon_json_is_merged_as_data_and_foreign_keys_survive(deployed, hosts):
+    node = hosts["gpu-node-1"]
+    config = json.loads(node.file("/etc/docker/daemon.json").content_string)
+    assert config["runtimes"]["nvidia"]["path"] == "nvidia-container-runtime"
+    # An operator's own key, the file rewritten in another layout: same data plus one key.
+    config["debug"] = False
+    node.run(f"printf '%s' '{json.dumps(config, separators=(',', ':'))}' > /etc/docker/daemon.json")
+    result = deploy("--limit", "gpu-node-1")
+    assert result["rc"] == 0
+    assert result["changed"] == {}, result["changed"]
+    assert json.loads(node.file("/etc/docker/daemon.json").content_string)["debug"] is False
+    # The nvidia runtime removed: exactly daemon.json and the Docker restart change, the key stays.
+    del config["runtimes"]
+    node.run(f"printf '%s' '{json.dumps(config)}' > /etc/docker/daemon.json")
+    result = deploy("--limit", "gpu-node-1")
+    assert set(result["changed"]) == {"Docker daemon.json: nvidia runtime", "Restart Docker for the toolkit"}
+    restored = json.loads(node.file("/etc/docker/daemon.json").content_string)
+    assert restored["debug"] is False and "nvidia" in restored["runtimes"]
+    assert "nvidia" in node.run("docker info --format '{{json .Runtimes}}'").stdout
+
+
+def test_bumping_the_nccl_pin_moves_every_node_and_back(deployed, hosts):
+    bumped = deploy("--data", "nccl_version=2.27.3")
+    assert bumped["rc"] == 0, bumped["stderr"][-2000:]
+    assert bumped["changed"] == {"NCCL pin on the host": ["gpu-node-1", "gpu-node-2"]}
+    for name in ("gpu-node-1", "gpu-node-2"):
+        assert hosts[name].package("libnccl2").version == "2.27.3-1+cuda12.9"
+        assert hosts[name].package("libnccl-dev").version == "2.27.3-1+cuda12.9"
+        assert {"libnccl2", "libnccl-dev"} <= set(hosts[name].run("apt-mark showhold").stdout.split())
+    back = deploy()
+    assert back["changed"] == {"NCCL pin on the host": ["gpu-node-1", "gpu-node-2"]}
+    assert hosts["gpu-node-2"].package("libnccl2").version == "2.27.7-1+cuda12.9"
+
+
+def test_a_stale_loaded_driver_reboots_exactly_that_node(deployed, hosts):
+    node = hosts["gpu-node-1"]
+    node.run("sed -i 's/580.95.05/575.57.08/' /run/gpufleet-lab/nvidia/version")
+    boot_marker = "/run/gpufleet-test-boot-marker"
+    node.run(f"touch {boot_marker}")
+    result = deploy()
+    assert result["rc"] == 0, result["stderr"][-2000:]
+    assert result["changed"] == {"Reboot if the loaded driver is not the pinned one": ["gpu-node-1"]}
+    assert not node.file(boot_marker).exists, "gpu-node-1 did not reboot"
+    assert "580.95.05" in node.file("/run/gpufleet-lab/nvidia/version").content_string
+    assert deploy()["changed"] == {}
+
+
+def test_verify_passes_and_a_stopped_driver_fails_exactly_that_host(deployed, hosts):
+    ok = gpufleet("verify", "inventory/lab.py", "--json", check=False)
+    assert ok.returncode == 0, ok.stdout
+    assert json.loads(ok.stdout)["ok"] is True
+    hosts["gpu-node-2"].run("systemctl stop nvidia-standin-driver")
+    try:
+        bad = gpufleet("verify", "inventory/lab.py", "--json", check=False)
+        report = json.loads(bad.stdout)
+        assert bad.returncode == 2
+        assert [(f["host"], f["step"]) for f in report["failures"]] == [("gpu-node-2", "driver")]
+        assert "exited 9" in report["failures"][0]["detail"]
+    finally:
+        hosts["gpu-node-2"].run("systemctl start nvidia-standin-driver")
