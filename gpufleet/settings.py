@@ -25,6 +25,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from gpufleet.settings_data import DataSettings
+from gpufleet.settings_edge import EdgeSettings
+from gpufleet.settings_vllm import VllmSettings
+
 # Keys pyinfra owns (connectors, global arguments). They are not ours to validate.
 PYINFRA_KEY_PREFIXES = ("_", "ssh_", "dockerssh_", "podman_", "chroot_", "local_", "fake_", "winrm_")
 PYINFRA_KEYS = {"docker_platform", "docker_architecture"}  # @docker connector data; docker_* is ours
@@ -77,8 +81,12 @@ class Replica(BaseModel):
     address: str = ""  # filled in from the node's private_address
 
 
-class HostSettings(BaseModel):
-    """Everything a host's data may say. See group_data/all.py for the fleet's values."""
+class HostSettings(VllmSettings, DataSettings, EdgeSettings):
+    """Everything a host's data may say. See group_data/all.py for the fleet's values.
+
+    Keys of the serving roles live in mixins beside this module (settings_vllm.py,
+    settings_data.py, settings_edge.py); all of them are one flat namespace.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 

@@ -14,7 +14,7 @@ import docker
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gpufleet.lab import aptrepo, hosts, images
+from gpufleet.lab import aptrepo, hosts, images, serving_images
 from gpufleet.lab.pcidump import lspci_dump
 from gpufleet.lab.progress import say, step
 from gpufleet.lab.topology import (
@@ -52,6 +52,8 @@ def up(nodes: int, lbs: int) -> list[LabHost]:
     _ensure_service(client, REGISTRY_CONTAINER, REGISTRY_ALIAS, registry, None,
                     ports={f"{REGISTRY_PORT}/tcp": ("127.0.0.1", REGISTRY_LOCAL_PORT)})
     _publish(client, base, "gpufleet-lab/toolkit-check:1")
+    for local_tag, name in serving_images.build_all(client, base):
+        _publish(client, local_tag, name)
     wanted_names = {h.name for h in wanted}
     for container in hosts.lab_containers(client):
         if container.labels.get(LABEL) == "host" and container.name not in wanted_names:
@@ -111,23 +113,30 @@ def _ensure_service(client, name: str, alias: str, image: str, command, volumes=
 
 
 def _publish(client: docker.DockerClient, image: str, name: str) -> None:
-    """Make `image` pullable by the hosts as lab-registry:5000/<name> (pushed via 127.0.0.1)."""
+    """Make `image` pullable by the hosts as lab-registry:5000/<name> (pushed via 127.0.0.1).
+
+    Pushed again only when the registry's manifest is not this image's (a rebuilt image under
+    the same name replaces the old one, as a re-tagged release would).
+    """
     repo, tag = name.rsplit(":", 1)
-    manifest = f"http://127.0.0.1:{REGISTRY_LOCAL_PORT}/v2/{repo}/manifests/{tag}"
+    local = f"127.0.0.1:{REGISTRY_LOCAL_PORT}/{repo}"
+    request = urllib.request.Request(
+        f"http://{local.split('/', 1)[0]}/v2/{repo}/manifests/{tag}", method="HEAD",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
     for _ in range(50):  # the registry may still be starting
         try:
-            status = urllib.request.urlopen(urllib.request.Request(manifest, method="HEAD"), timeout=2).status
+            remote = urllib.request.urlopen(request, timeout=2).headers.get("Docker-Content-Digest")
             break
-        except urllib.error.HTTPError as exc:
-            status = exc.code
+        except urllib.error.HTTPError:
+            remote = None
             break
         except OSError:
             time.sleep(0.2)
     else:
         raise LabError(f"the lab registry does not answer on 127.0.0.1:{REGISTRY_LOCAL_PORT}")
-    if status == 200:
+    pushed = client.images.get(image).attrs.get("RepoDigests") or []
+    if remote and f"{local}@{remote}" in pushed:
         return
-    local = f"127.0.0.1:{REGISTRY_LOCAL_PORT}/{repo}"
     with step(f"publish {name} to the lab registry"):
         client.images.get(image).tag(local, tag)
         for line in client.images.push(local, tag, stream=True, decode=True):

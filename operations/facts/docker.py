@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 from pyinfra.api import FactBase
 
@@ -120,3 +121,68 @@ class GpuContainers(FactBase):
             if runtime == "nvidia" or '"gpu"' in requests:
                 containers.append(name.lstrip("/"))
         return {**result, "containers": sorted(containers)}
+
+
+SPEC_LABEL = "io.gpufleet.spec"  # digest of a container's desired spec (operations/containers.py)
+
+
+class ContainerState(FactBase):
+    """One container's state and the spec digest gpufleet labelled it with.
+
+    .. code:: python
+
+        host.get_fact(ContainerState, container="vllm-gpu-node-1-vllm-0")
+        {"exists": True, "running": True, "status": "running", "restarting": False, "spec": "3f2a...",
+         "image_id": "sha256:...", "image": "gpufleet/vllm-rtx5090:ab12", "restart_count": 0}
+
+    No such container (or no Docker): ``{"exists": False, ...}``.
+    """
+
+    def command(self, container: str) -> str:
+        fmt = ('{{.State.Status}}|{{.State.Restarting}}|{{index .Config.Labels "' + SPEC_LABEL + '"}}|'
+               "{{.Image}}|{{.Config.Image}}|{{.RestartCount}}")
+        return wrap("docker", f"docker inspect --type container --format '{fmt}' {shlex.quote(container)}")
+
+    @staticmethod
+    def default():
+        return {"exists": False, "running": False, "status": None, "restarting": False, "spec": None,
+                "image_id": None, "image": None, "restart_count": 0}
+
+    def process(self, output):
+        result, body = envelope(output)
+        line = next((b for b in body if b.count("|") == 5), None)
+        if result["status"] != "ok" or line is None:
+            return self.default()
+        status, restarting, spec, image_id, image, restarts = line.strip().split("|")
+        return {"exists": True, "running": status == "running", "status": status,
+                "restarting": restarting == "true", "spec": spec if spec not in ("", "<no value>") else None,
+                "image_id": image_id, "image": image, "restart_count": int(restarts or 0)}
+
+
+class ImageState(FactBase):
+    """Whether an image exists locally, its id and its labels.
+
+    .. code:: python
+
+        host.get_fact(ImageState, ref="gpufleet/vllm-rtx5090:ab12")
+        {"exists": True, "id": "sha256:...", "labels": {"io.gpufleet.inputs": "ab12"}}
+    """
+
+    def command(self, ref: str) -> str:
+        return wrap("docker", f"docker image inspect --format '{{{{.Id}}}}|{{{{json .Config.Labels}}}}' {shlex.quote(ref)}")
+
+    @staticmethod
+    def default():
+        return {"exists": False, "id": None, "labels": {}}
+
+    def process(self, output):
+        result, body = envelope(output)
+        line = next((b for b in body if b.startswith("sha256:")), None)
+        if result["status"] != "ok" or line is None:
+            return self.default()
+        image_id, _, labels = line.partition("|")
+        try:
+            parsed = json.loads(labels) or {}
+        except ValueError:
+            parsed = {}
+        return {"exists": True, "id": image_id, "labels": parsed}

@@ -1,0 +1,115 @@
+"""Long-running containers reconciled by a digest of their desired spec.
+
+pyinfra's ``docker.container`` never recreates a container whose arguments changed (its diff is
+a stub, pyinfra#1561). Here the whole desired spec (image, command, env, ports, volumes, GPUs,
+limits) is hashed and stored as a label: equal digest and running means nothing to do; a
+different digest means remove and run again; stopped means start. Secrets are never part of the
+command line: they reach the container through root-only env files, whose *content digest* goes
+into the spec so that a rotated secret recreates the container.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from dataclasses import asdict, dataclass, field
+
+from pyinfra import host
+from pyinfra.api import operation
+
+from operations.facts.docker import SPEC_LABEL, ContainerState
+
+
+@dataclass
+class ContainerSpec:
+    """Everything that decides what a container is. Change any field and it is recreated."""
+
+    name: str
+    image: str
+    command: list[str] = field(default_factory=list)
+    entrypoint: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    env_files: dict[str, str] = field(default_factory=dict)  # path on host -> digest of its content
+    ports: list[str] = field(default_factory=list)  # "127.0.0.1:8000:8000"
+    volumes: list[str] = field(default_factory=list)  # "name:/path" or "/host:/path:ro"
+    networks: list[str] = field(default_factory=list)
+    gpus: str | None = None  # '"device=0,1"' or "all"
+    shm_size: str | None = None
+    ipc: str | None = None
+    restart: str = "unless-stopped"
+    stop_signal: str | None = None
+    stop_timeout: int | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)  # anything else `docker run` takes
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+    def run_command(self) -> str:
+        args = ["docker", "run", "-d", "--name", self.name, "--restart", self.restart,
+                "--label", f"{SPEC_LABEL}={self.digest()}"]
+        for key, value in sorted(self.labels.items()):
+            args += ["--label", f"{key}={value}"]
+        for key, value in sorted(self.env.items()):
+            args += ["--env", f"{key}={value}"]
+        for path in sorted(self.env_files):
+            args += ["--env-file", path]
+        for port in self.ports:
+            args += ["--publish", port]
+        for volume in self.volumes:
+            args += ["--volume", volume]
+        if self.networks:
+            args += ["--network", self.networks[0]]
+        if self.gpus:
+            args += ["--gpus", self.gpus]
+        if self.shm_size:
+            args += ["--shm-size", self.shm_size]
+        if self.ipc:
+            args += ["--ipc", self.ipc]
+        if self.stop_signal:
+            args += ["--stop-signal", self.stop_signal]
+        if self.stop_timeout is not None:
+            args += ["--stop-timeout", str(self.stop_timeout)]
+        if self.entrypoint is not None:
+            args += ["--entrypoint", self.entrypoint[0] if self.entrypoint else ""]
+        args += self.extra_args
+        args.append(self.image)
+        if self.entrypoint:
+            args += self.entrypoint[1:]
+        args += self.command
+        return " ".join(shlex.quote(a) for a in args)
+
+
+@operation()
+def container(spec: ContainerSpec):
+    """
+    Make one container match ``spec``: run it, start it, or recreate it when the spec changed.
+
+    + spec: a :class:`ContainerSpec`; its digest is stored as the ``io.gpufleet.spec`` label
+
+    A running container with the same digest is left alone (no command at all); a stopped one
+    is started; any other difference removes it (``docker stop -t <stop_timeout>`` first, so a
+    server drains) and runs it again. Networks beyond the first are connected after start.
+
+    **Example:**
+
+    .. code:: python
+
+        containers.container(spec=ContainerSpec(name="milvus", image="milvusdb/milvus:v2.6.11",
+                                                ports=["10.0.0.5:19530:19530"]))
+    """
+    state = host.get_fact(ContainerState, container=spec.name)
+    digest = spec.digest()
+    if state["exists"] and state["spec"] == digest:
+        if state["running"] or state["restarting"]:
+            host.noop(f"{spec.name} runs spec {digest}")
+            return
+        yield f"docker start {shlex.quote(spec.name)}"
+        return
+    if state["exists"]:
+        timeout = f" -t {spec.stop_timeout}" if spec.stop_timeout is not None else ""
+        yield f"docker stop{timeout} {shlex.quote(spec.name)} >/dev/null; docker rm -f {shlex.quote(spec.name)} >/dev/null"
+    yield spec.run_command()
+    for network in spec.networks[1:]:
+        yield f"docker network connect {shlex.quote(network)} {shlex.quote(spec.name)}"
