@@ -10,7 +10,7 @@ from pyinfra.operations import server, systemd
 from pyinfra.operations.util import any_changed
 
 from gpufleet.deploying import fleet_for
-from operations import apt, docker, nvidia, preflight
+from operations import app, apt, docker, loadbalancer, milvus, monitoring, nvidia, preflight
 
 fleet = fleet_for(inventory)
 settings = fleet.hosts[host.name].settings
@@ -44,7 +44,37 @@ if "gpu_nodes" in host.groups:
     systemd.service(name="Restart Docker for the toolkit", service="docker", restarted=True,
                     _if=any_changed(toolkit, daemon_json))
 
+    # Monitoring before any GPU container: a unit change later needs a daemon-reload, which is
+    # refused while GPU containers run (operations/docker.py).
+    monitoring.gpu_monitor(name="gpu_monitor (NVML metrics)", gpu_count=settings.gpu_count,
+                           requirements=settings.gpu_monitor_requirements,
+                           pip_install_args=settings.monitor_pip_install_args, port=settings.gpu_monitor_port,
+                           listen_address=settings.metrics_listen_address, interval_s=settings.gpu_monitor_interval_s)
+    monitoring.dcgm_exporter(name="DCGM exporter", image=settings.dcgm_exporter_image, gpu_count=settings.gpu_count,
+                             port=settings.dcgm_exporter_port, listen_address=settings.metrics_listen_address)
+
     nvidia.nccl(name="NCCL pin on the host", version=settings.nccl_version, cuda_version=settings.nccl_cuda_version)
     nvidia.reboot_if_driver_stale(name="Reboot if the loaded driver is not the pinned one",
                                   version=settings.nvidia_driver_version,
                                   proc_version_path=settings.nvidia_proc_version_path, _serial=True)
+
+    # --- serving: vLLM replicas, Milvus, the RAG app ------------------------------------------
+    node = fleet.hosts[host.name]
+    milvus_address = settings.milvus_bind_address or node.address
+    milvus.standalone(name=f"Milvus ({settings.milvus_mode})", mode=settings.milvus_mode,
+                      image=settings.milvus_image, address=milvus_address, port=settings.milvus_port,
+                      health_port=settings.milvus_health_port, etcd_image=settings.milvus_etcd_image,
+                      minio_image=settings.milvus_minio_image, volume=settings.milvus_volume,
+                      etcd_volume=settings.milvus_etcd_volume, minio_volume=settings.milvus_minio_volume,
+                      network=settings.milvus_network)
+    milvus.ready(name="Milvus healthy (/healthz)", address=milvus_address,
+                 health_port=settings.milvus_health_port, timeout=settings.milvus_ready_timeout_s)
+
+# --- load balancers: nginx over every replica in the inventory, Prometheus over every target ------
+if "lb" in host.groups:
+    apt.packages(name="nginx and Prometheus",
+                 packages={"nginx": settings.lb_nginx_version, "prometheus": settings.prometheus_version})
+    loadbalancer.nginx(name="nginx: one upstream member per vLLM replica", **loadbalancer.lb_args(fleet, host.name))
+    systemd.service(name="nginx running", service="nginx", running=True, enabled=True)
+    monitoring.prometheus(name="Prometheus: scrape jobs from the inventory", **monitoring.prometheus_args(fleet, host.name))
+    systemd.service(name="Prometheus running", service="prometheus", running=True, enabled=True)

@@ -9,6 +9,11 @@ metrics; it never stops the monitor.
     gpu_monitor.py --once                 # print one dashboard and exit
     gpu_monitor.py --port 9401 --interval 5   # serve /metrics on :9401, redraw every 5 s
     gpu_monitor.py --port 0               # dashboard only, no metrics server
+    gpu_monitor.py --port 9401 --quiet    # metrics only (the systemd service)
+
+Without NVML (no driver loaded yet, or no libnvidia-ml at all) the metrics server stays up,
+reports gpufleet_nvml_up 0 and retries every interval, so a service never crash-loops; --once
+exits 1.
 """
 
 from __future__ import annotations
@@ -192,6 +197,12 @@ class Exporter:
         self.gauges = {
             key: Gauge(METRIC_PREFIX + name, doc, LABELS, registry=registry) for name, doc, key in GAUGES
         }
+        self.nvml_up = Gauge("gpufleet_nvml_up", "1 when NVML answers (driver loaded), else 0", registry=registry)
+        self.gpu_count = Gauge("gpufleet_nvml_gpus", "GPUs NVML reports", registry=registry)
+
+    def set_nvml(self, up: bool, gpus: int = 0) -> None:
+        self.nvml_up.set(1 if up else 0)
+        self.gpu_count.set(gpus)
 
     def update(self, samples: list[dict]) -> None:
         for s in samples:
@@ -206,47 +217,76 @@ class Exporter:
                     pass
 
 
+def init_nvml(report=None) -> bool:
+    """nvmlInit(); False (after reporting the error once per distinct message) when NVML is unavailable."""
+    try:
+        pynvml.nvmlInit()
+        return True
+    except pynvml.NVMLError as error:
+        if report is not None:
+            report(str(error))
+        return False
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--once", action="store_true", help="print one dashboard and exit")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between samples")
     parser.add_argument("--port", type=int, default=9401, help="metrics port (0: no metrics server)")
     parser.add_argument("--addr", default="0.0.0.0", help="metrics listen address")
+    parser.add_argument("--quiet", action="store_true", help="no dashboard on stdout (metrics only)")
     args = parser.parse_args(argv)
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as error:
-        print(f"gpu_monitor: NVML unavailable: {error}", file=sys.stderr)
-        return 1
-    try:
-        driver = _try(pynvml.nvmlSystemGetDriverVersion)
-        driver = _decode(driver) if driver is not None else None
-        count = pynvml.nvmlDeviceGetCount()
-        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
-        xid = XidWatcher(handles)
-        if args.once:
-            xid.poll()
-            print(render([sample(i, h, xid) for i, h in enumerate(handles)], driver))
-            return 0
-        exporter = None
-        if args.port:
-            from prometheus_client import start_http_server
 
-            exporter = Exporter()
-            start_http_server(args.port, addr=args.addr)
-        while True:
-            xid.poll()
-            samples = [sample(i, h, xid) for i, h in enumerate(handles)]
+    last_error = []
+
+    def report(message: str) -> None:
+        if not last_error or last_error[-1] != message:
+            print(f"gpu_monitor: NVML unavailable: {message}", file=sys.stderr, flush=True)
+            last_error.append(message)
+
+    if args.once:
+        if not init_nvml(report):
+            return 1
+    exporter = None
+    if args.port and not args.once:
+        from prometheus_client import start_http_server
+
+        exporter = Exporter()
+        start_http_server(args.port, addr=args.addr)
+    try:
+        if not args.once:
+            # No driver (yet): serve gpufleet_nvml_up 0 and retry, rather than exit and crash-loop.
+            while not init_nvml(report):
+                if exporter:
+                    exporter.set_nvml(False)
+                time.sleep(max(args.interval, 5.0))
+            print("gpu_monitor: NVML initialised", file=sys.stderr, flush=True)
+        try:
+            driver = _try(pynvml.nvmlSystemGetDriverVersion)
+            driver = _decode(driver) if driver is not None else None
+            count = pynvml.nvmlDeviceGetCount()
+            handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+            xid = XidWatcher(handles)
+            if args.once:
+                xid.poll()
+                print(render([sample(i, h, xid) for i, h in enumerate(handles)], driver))
+                return 0
             if exporter:
-                exporter.update(samples)
-            if sys.stdout.isatty():
-                print("\x1b[2J\x1b[H", end="")
-            print(render(samples, driver), flush=True)
-            time.sleep(args.interval)
+                exporter.set_nvml(True, count)
+            while True:
+                xid.poll()
+                samples = [sample(i, h, xid) for i, h in enumerate(handles)]
+                if exporter:
+                    exporter.update(samples)
+                if not args.quiet:
+                    if sys.stdout.isatty():
+                        print("\x1b[2J\x1b[H", end="")
+                    print(render(samples, driver), flush=True)
+                time.sleep(args.interval)
+        finally:
+            pynvml.nvmlShutdown()
     except KeyboardInterrupt:
         return 0
-    finally:
-        pynvml.nvmlShutdown()
 
 
 if __name__ == "__main__":

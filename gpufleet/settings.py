@@ -232,6 +232,10 @@ class HostSettings(VllmSettings, DataSettings, EdgeSettings):
                 )
             problems.extend(self._replica_problems())
             problems.extend(self._fit_problems())
+        # The serving roles' own combinations (settings_vllm.py, settings_data.py, settings_edge.py).
+        problems.extend(self.vllm_problems())
+        problems.extend(self.data_problems())
+        problems.extend(self.edge_consistency_problems())
         return problems
 
     def _fit_problems(self) -> list[tuple[str, Any, str]]:

@@ -1,9 +1,114 @@
-"""Settings for Milvus and the RAG application: a mixin of gpufleet.settings.HostSettings (flat keys, validated)."""
+"""Settings for Milvus and the RAG application: a mixin of gpufleet.settings.HostSettings (flat keys, validated).
+
+Milvus (operations/milvus.py) runs in one of Milvus's two standalone modes:
+
+- ``milvus_mode = "standalone"`` (the production default): three containers as in Milvus's
+  official standalone docker-compose file — etcd (``milvus_etcd_image``), MinIO as the object
+  store (``milvus_minio_image``) and Milvus (``milvus_image``, ``milvus run standalone``) — on a
+  private Docker network (``milvus_network``); only Milvus publishes ports.
+- ``milvus_mode = "embedded"``: one container with embedded etcd and local storage, as in
+  Milvus's ``standalone_embed.sh``. The lab uses it (its Milvus image is PyPI's packaged server).
+
+``milvus_image`` and ``milvus_port`` live in settings.py (the core keys). Ports are published on
+``milvus_bind_address`` / ``app_bind_address``; None means the host's ``private_address``
+(default: its inventory name), resolved *on the host* to an IPv4 address at deploy time. A name
+that resolves to a loopback address (Debian maps the host name to 127.0.1.1) is refused: set
+``private_address`` to the host's private IP. "0.0.0.0" is accepted only when set explicitly,
+for hosts whose firewall already closes those ports to the world.
+
+The RAG application (operations/app.py) is the operator's own image (``app_image``); None means
+no application container on the node.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import ipaddress
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+VOLUME_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$"
+DOCKER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$"
+# What operations/app.py sets in the app's environment from the settings; app_env may not override it.
+APP_MANAGED_ENV = ("VLLM_API_URL", "VLLM_MODEL", "MILVUS_URI", "APP_PORT", "MILVUS_COLLECTION", "RAG_TOP_K")
+
+
+def check_pinned_image(v: str) -> str:
+    """The pinned-image rule of settings.py: an explicit tag (not :latest) or an @sha256 digest."""
+    from gpufleet.settings import IMAGE_REF  # settings.py imports this module; import at call time
+
+    last = v.rsplit("/", 1)[-1]
+    if not IMAGE_REF.match(v) or (":" not in last and "@sha256:" not in v):
+        raise ValueError("an image reference with an explicit tag or @sha256 digest")
+    if last.split("@")[0].endswith(":latest"):
+        raise ValueError("a pinned tag or digest, not :latest")
+    return v
 
 
 class DataSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    # --- Milvus ----------------------------------------------------------------------------------
+    milvus_mode: Literal["standalone", "embedded"] = "standalone"
+    # Pinned as in milvus-io/milvus deployments/docker/standalone/docker-compose.yml.
+    milvus_etcd_image: str = "quay.io/coreos/etcd:v3.5.25"
+    milvus_minio_image: str = "minio/minio:RELEASE.2024-05-28T17-19-04Z"
+    milvus_health_port: int = Field(9091, ge=1024, le=65535)  # /healthz and /metrics
+    milvus_bind_address: str | None = None  # None: private_address, resolved on the host
+    milvus_volume: str = Field("milvus-data", pattern=VOLUME_NAME)  # /var/lib/milvus
+    milvus_etcd_volume: str = Field("milvus-etcd", pattern=VOLUME_NAME)  # standalone mode only
+    milvus_minio_volume: str = Field("milvus-minio", pattern=VOLUME_NAME)  # standalone mode only
+    milvus_network: str = Field("milvus", pattern=DOCKER_NAME)  # standalone mode: etcd+minio+milvus
+    milvus_ready_timeout_s: int = Field(180, ge=10, le=3600)  # compose: start_period 90s
+
+    # --- RAG application -------------------------------------------------------------------------
+    app_image: str | None = None  # None: no application container
+    app_port: int = Field(8080, ge=1024, le=65535)
+    app_bind_address: str | None = None  # None: private_address, resolved on the host
+    # "node": the replica on the same node (first one); "lb": the first load balancer's lb_port.
+    app_vllm_target: Literal["node", "lb"] = "node"
+    app_collection: str = Field("gpufleet_docs", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+    app_top_k: int = Field(4, ge=1, le=50)
+    app_env: dict[str, str] = Field(default_factory=dict)  # extra, non-secret environment
+    app_ready_timeout_s: int = Field(180, ge=10, le=3600)
+
+    @field_validator("milvus_etcd_image", "milvus_minio_image", "app_image")
+    @classmethod
+    def _data_image_pinned(cls, v: str | None) -> str | None:
+        return None if v is None else check_pinned_image(v)
+
+    @field_validator("milvus_bind_address", "app_bind_address")
+    @classmethod
+    def _bind_is_ip(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            address = ipaddress.ip_address(v)
+        except ValueError:
+            raise ValueError("an IP address literal (or leave unset for the host's private_address)") from None
+        if address.version != 4:
+            raise ValueError("an IPv4 address (Docker publishes IPv6 differently)")
+        return v
+
+    @field_validator("app_env")
+    @classmethod
+    def _app_env_not_ours(cls, v: dict[str, str]) -> dict[str, str]:
+        clash = sorted(set(v) & set(APP_MANAGED_ENV))
+        if clash:
+            raise ValueError(f"no keys the deploy sets itself ({', '.join(clash)}); use the matching setting")
+        return v
+
+    def data_problems(self) -> list[tuple[str, Any, str]]:
+        """Port clashes between Milvus, the app and the vLLM replicas of the same host."""
+        problems = []
+        used: dict[int, str] = {self.milvus_port: "milvus_port"}  # type: ignore[attr-defined]
+        if self.milvus_health_port in used:
+            problems.append(("milvus_health_port", self.milvus_health_port,
+                             f"a port other than {used[self.milvus_health_port]}"))
+        used[self.milvus_health_port] = "milvus_health_port"
+        replicas = self.replicas_declared() if hasattr(self, "replicas_declared") else []
+        for replica in replicas:
+            used.setdefault(replica.port, f"vLLM replica {replica.name}")
+        if self.app_image and self.app_port in used:
+            problems.append(("app_port", self.app_port, f"a port other than {used[self.app_port]}'s"))
+        return problems

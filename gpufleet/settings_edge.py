@@ -1,9 +1,103 @@
-"""Settings for the nginx load balancer and monitoring (DCGM exporter, gpu_monitor, Prometheus): a mixin of gpufleet.settings.HostSettings (flat keys, validated)."""
+"""Settings for the nginx load balancer and monitoring (DCGM exporter, gpu_monitor, Prometheus): a mixin of gpufleet.settings.HostSettings (flat keys, validated).
+
+Production defaults. The lab overrides only what differs there (group_data/lab.py): the DCGM
+exporter image (a stand-in in the lab registry) and where pip finds gpu_monitor's wheels.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# An image reference with an explicit tag or digest (settings.py has the same rule for vLLM/Milvus).
+_IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*[a-z0-9](:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(@sha256:[0-9a-f]{64})?$")
+_NGINX_SIZE = re.compile(r"^[0-9]+[kKmMgG]?$")
 
 
 class EdgeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    # --- nginx on lb hosts (operations/loadbalancer.py) -------------------------------------------
+    lb_nginx_version: str | None = None  # exact Debian version of `nginx`; None: the distribution's
+    lb_max_fails: int = Field(3, ge=0, le=100)  # passive check: failures within lb_fail_timeout_s ...
+    lb_fail_timeout_s: int = Field(10, ge=1, le=3600)  # ... mark a member down for this long
+    lb_connect_timeout_s: int = Field(5, ge=1, le=60)  # a dead node fails over fast
+    lb_read_timeout_s: int = Field(600, ge=10, le=86400)  # streamed completions: long gaps allowed
+    lb_next_upstream_tries: int = Field(3, ge=1, le=16)  # retries on error/timeout/502/503, never after bytes
+    lb_next_upstream_timeout_s: int = Field(30, ge=0, le=3600)  # 0: no limit on retrying
+    lb_client_max_body_size: str = "64m"  # long prompts, base64 images
+    lb_upstream_keepalive: int = Field(64, ge=0, le=10000)  # idle upstream connections per worker
+    lb_upstream_keepalive_timeout_s: int = Field(4, ge=1, le=3600)  # below uvicorn's 5 s (vLLM)
+    lb_status_port: int = Field(8081, ge=1, le=65535)  # stub_status and config id, 127.0.0.1 only
+    lb_worker_connections: int = Field(8192, ge=512, le=1_000_000)
+
+    # --- GPU nodes: DCGM exporter, gpu_monitor (operations/monitoring.py) -------------------------
+    dcgm_exporter_image: str = "nvcr.io/nvidia/k8s/dcgm-exporter:4.5.3-4.8.2-distroless"
+    dcgm_exporter_port: int = Field(9400, ge=1024, le=65535)
+    gpu_monitor_port: int = Field(9401, ge=1024, le=65535)
+    gpu_monitor_interval_s: float = Field(5.0, ge=0.5, le=3600)
+    # Exact pins of gpu_monitor's venv; they match pyproject.toml, where the unit tests run them.
+    gpu_monitor_requirements: list[str] = Field(
+        default_factory=lambda: ["nvidia-ml-py==13.615.71", "prometheus-client==0.23.1"])
+    # Extra `pip install` arguments for that venv: a mirror (--index-url URL) or, air-gapped and in
+    # the lab, a wheel directory (--no-index --find-links URL --trusted-host HOST).
+    monitor_pip_install_args: list[str] = Field(default_factory=list)
+    # Where the exporters on GPU nodes listen; set a node's private address to keep them off others.
+    metrics_listen_address: str = "0.0.0.0"
+    # Milvus's /metrics: scraped on milvus_health_port (settings_data.py), where /healthz is too.
+
+    # --- Prometheus on lb hosts --------------------------------------------------------------------
+    prometheus_version: str | None = None  # exact Debian version of `prometheus`; None: the distribution's
+    prometheus_port: int = Field(9090, ge=1, le=65535)
+    prometheus_scrape_interval_s: int = Field(15, ge=1, le=3600)
+    prometheus_retention: str = Field("15d", pattern=r"^[0-9]+(ms|s|m|h|d|w|y)$")
+
+    @field_validator("dcgm_exporter_image")
+    @classmethod
+    def _dcgm_image_pinned(cls, v: str) -> str:
+        last = v.rsplit("/", 1)[-1]
+        if not _IMAGE_REF.match(v) or (":" not in last and "@sha256:" not in v):
+            raise ValueError("an image reference with an explicit tag or @sha256 digest")
+        if last.split("@")[0].endswith(":latest"):
+            raise ValueError("a pinned tag or digest, not :latest")
+        return v
+
+    @field_validator("lb_client_max_body_size")
+    @classmethod
+    def _nginx_size(cls, v: str) -> str:
+        if not _NGINX_SIZE.match(v):
+            raise ValueError("an nginx size such as 64m, 512k or 1g")
+        return v
+
+    @field_validator("gpu_monitor_requirements")
+    @classmethod
+    def _requirements_pinned(cls, v: list[str]) -> list[str]:
+        loose = [r for r in v if not re.match(r"^[A-Za-z0-9._-]+==[A-Za-z0-9.+!-]+$", r)]
+        if loose:
+            raise ValueError(f"exact pins such as prometheus-client==0.23.1, not {loose}")
+        return v
+
+    def edge_consistency_problems(self) -> list[tuple[str, Any, str]]:
+        """Port clashes between the load balancer's and the exporters' listeners.
+
+        Called from HostSettings.consistency_problems (settings.py).
+        """
+        problems: list[tuple[str, Any, str]] = []
+        lb_ports = {"lb_port": getattr(self, "lb_port", 80), "lb_status_port": self.lb_status_port,
+                    "prometheus_port": self.prometheus_port}
+        node_ports = {"dcgm_exporter_port": self.dcgm_exporter_port, "gpu_monitor_port": self.gpu_monitor_port,
+                      "milvus_health_port": getattr(self, "milvus_health_port", 9091)}
+        if getattr(self, "gpu_count", 0):
+            replicas = getattr(self, "replicas_declared", lambda: [])()
+            node_ports.update({f"vllm port of {r.name}": r.port for r in replicas})
+        for ports in (lb_ports, node_ports):
+            seen: dict[int, str] = {}
+            for key, port in ports.items():
+                if port in seen and not key.startswith("vllm"):
+                    problems.append((key, port, f"a port not already used by {seen[port]}"))
+                elif port in seen:
+                    problems.append(("vllm_replicas", port, f"a port not already used by {seen[port]}"))
+                seen.setdefault(port, key)
+        return problems

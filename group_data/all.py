@@ -27,6 +27,10 @@ docker_engine_version = "20.10.24+dfsg1-1+deb12u1+b6"
 # Merged into /etc/docker/daemon.json with the nvidia runtime; other keys on a host are kept.
 docker_daemon_config = {"log-driver": "json-file", "log-opts": {"max-size": "100m", "max-file": "3"}}
 
+# --- load balancer hosts (Debian 12's packages) ----------------------------------------------------
+lb_nginx_version = "1.22.1-9+deb12u11"
+prometheus_version = "2.42.0+ds-5+deb12u1"
+
 # --- serving ------------------------------------------------------------------------------------
 vllm_image = "vllm/vllm-openai:v0.11.0"
 vllm_model = "Qwen/Qwen3-32B-AWQ"
@@ -37,6 +41,9 @@ vllm_max_model_len = 32768
 vllm_gpu_memory_utilization = 0.80
 vllm_port = 8000
 milvus_image = "milvusdb/milvus:v2.6.11"
+milvus_mode = "standalone"  # etcd + MinIO + Milvus, as Milvus's official standalone compose
+milvus_etcd_image = "quay.io/coreos/etcd:v3.5.25"
+milvus_minio_image = "minio/minio:RELEASE.2024-05-28T17-19-04Z"
 milvus_port = 19530
 lb_port = 80
 

@@ -27,3 +27,11 @@ nvidia_proc_version_path = "/run/gpufleet-lab/nvidia/version"
 nvidia_kernel_headers = False
 # The stand-in GPUs are not on this machine's PCI bus; the lab writes them as an `lspci -x` dump.
 pci_dump_file = "/etc/gpufleet-lab/lspci.dump"
+# STAND-IN DCGM exporter (gpufleet/lab/images_monitoring.py); production pulls NVIDIA's image.
+dcgm_exporter_image = "lab-registry:5000/gpufleet-lab/dcgm-exporter:4.5.3-4.8.2"
+# gpu_monitor's wheels from the lab repository (no PyPI in the lab).
+monitor_pip_install_args = ["--no-index", "--find-links", "http://lab-repo/wheels/", "--trusted-host", "lab-repo"]
+# Milvus in its embedded mode from the Milvus server build on PyPI, and the lab's small RAG app.
+milvus_mode = "embedded"
+milvus_image = "lab-registry:5000/gpufleet-lab/milvus:2.3.5"
+app_image = "lab-registry:5000/gpufleet-lab/rag-app:1"

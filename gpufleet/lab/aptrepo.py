@@ -29,7 +29,7 @@ GNUPG_HOME = STATE_DIR / "gnupg"
 
 def build_repository() -> Path:
     """Build (or rebuild, when lab/standins changed) the signed repository; return its root."""
-    inputs = _inputs_digest()
+    inputs = inputs_digest()
     out = REPO_DIR / REPO_PATH
     stamp = REPO_DIR / ".inputs"
     if stamp.exists() and stamp.read_text() == inputs and (out / "InRelease").exists():
@@ -50,7 +50,7 @@ def build_repository() -> Path:
     return REPO_DIR
 
 
-def _inputs_digest() -> str:
+def inputs_digest() -> str:
     h = hashlib.sha256()
     for f in sorted(p for p in STANDINS.rglob("*") if p.is_file()):
         h.update(f.name.encode() + f.read_bytes())

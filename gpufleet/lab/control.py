@@ -59,10 +59,10 @@ def up(nodes: int, lbs: int) -> list[LabHost]:
         if container.labels.get(LABEL) == "host" and container.name not in wanted_names:
             say(f"removing {container.name} (not in the requested lab)")
             container.remove(force=True)
-            _remove_volume(client, hosts.volume_name(LabHost(container.name, "", 0)))
+            hosts._remove_volume(client, hosts.volume_name(LabHost(container.name, "", 0)))
     with step(f"start {len(wanted)} stand-in hosts"):
         for host in wanted:
-            outcome = hosts.ensure_host(client, host, base, public_key)
+            outcome = hosts.ensure_host(client, host, base, public_key, aptrepo.inputs_digest())
             say(f"{host.name}: {outcome} (ssh 127.0.0.1:{host.ssh_port})")
     write_hosts_file(wanted)
     _write_lab_gpus(client, wanted)
@@ -157,13 +157,6 @@ def _write_lab_gpus(client: docker.DockerClient, wanted: list[LabHost]) -> None:
         hosts.run(container, "mkdir -p /etc/gpufleet-lab")
         hosts.put_file(container, "/etc/gpufleet-lab/gpus.json", (json.dumps(gpus, indent=2) + "\n").encode())
         hosts.put_file(container, "/etc/gpufleet-lab/lspci.dump", lspci_dump(gpus).encode())
-
-
-def _remove_volume(client, name: str) -> None:
-    try:
-        client.volumes.get(name).remove(force=True)
-    except docker.errors.NotFound:
-        pass
 
 
 def down(purge: bool = False) -> list[str]:

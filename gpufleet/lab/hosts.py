@@ -26,13 +26,15 @@ def volume_name(host: LabHost) -> str:
     return f"gpufleet-lab-{host.name}-docker"
 
 
-def _spec(host: LabHost, image: str) -> str:
-    return hashlib.sha256(json.dumps([host.name, host.ssh_port, image, 1]).encode()).hexdigest()[:16]
+def _spec(host: LabHost, image: str, standins: str) -> str:
+    # The stand-in packages' digest is part of it: a host that installed an older build of a
+    # stand-in (same version string, other content) is replaced rather than kept.
+    return hashlib.sha256(json.dumps([host.name, host.ssh_port, image, standins, 1]).encode()).hexdigest()[:16]
 
 
-def ensure_host(client: docker.DockerClient, host: LabHost, image: str, authorized_key: str) -> str:
+def ensure_host(client: docker.DockerClient, host: LabHost, image: str, authorized_key: str, standins: str) -> str:
     """Start (or adopt) one stand-in host; return "adopted", "started" or "replaced"."""
-    spec = _spec(host, image)
+    spec = _spec(host, image, standins)
     outcome = "started"
     try:
         existing = client.containers.get(host.name)
@@ -46,6 +48,7 @@ def ensure_host(client: docker.DockerClient, host: LabHost, image: str, authoriz
             put_file(existing, "/root/.ssh/authorized_keys", authorized_key.encode(), 0o600)
             return "adopted"
         existing.remove(force=True)
+        _remove_volume(client, volume_name(host))  # a replaced machine starts with empty disks
         outcome = "replaced"
     container = client.containers.run(
         image,
@@ -70,6 +73,13 @@ def ensure_host(client: docker.DockerClient, host: LabHost, image: str, authoriz
     )
     put_file(container, "/root/.ssh/authorized_keys", authorized_key.encode(), 0o600)
     return outcome
+
+
+def _remove_volume(client, name: str) -> None:
+    try:
+        client.volumes.get(name).remove(force=True)
+    except docker.errors.NotFound:
+        pass
 
 
 def put_file(container, path: str, data: bytes, mode: int = 0o644) -> None:

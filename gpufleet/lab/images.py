@@ -78,6 +78,7 @@ def _customise_rootfs(rootfs: Path) -> None:
     # No host keys in the image: each host makes its own on first boot.
     for key in (rootfs / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
+    shutil.copy(LAB_DIR / "base" / "sources.list", rootfs / "etc/apt/sources.list")
     unit = "lab-ssh-hostkeys.service"
     shutil.copy(LAB_DIR / "base" / unit, rootfs / "lib/systemd/system" / unit)
     wants = rootfs / "etc/systemd/system/multi-user.target.wants"

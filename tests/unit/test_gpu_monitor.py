@@ -71,3 +71,16 @@ def test_metrics_exported_only_for_supported_fields(monitor):
     assert "gpufleet_gpu_power_watts{" in text
     assert "gpufleet_gpu_ecc_errors_corrected_total{" not in text
     assert "gpufleet_gpu_fan_speed_ratio{" not in text
+
+
+def test_without_nvml_init_reports_and_metrics_say_down(monitor):
+    def no_library():
+        raise NVMLError("NVML Shared Library Not Found")
+
+    monitor.pynvml.nvmlInit = no_library
+    seen = []
+    assert monitor.init_nvml(seen.append) is False and seen == ["NVML Shared Library Not Found"]
+    registry = CollectorRegistry()
+    exporter = monitor.Exporter(registry)
+    exporter.set_nvml(False)
+    assert "gpufleet_nvml_up 0.0" in generate_latest(registry).decode()

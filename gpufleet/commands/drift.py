@@ -1,0 +1,73 @@
+"""``gpufleet drift INVENTORY``: the nightly comparison of every host with the repository."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from gpufleet.commands.validate import DATA_HELP
+from gpufleet.fleet import parse_data_overrides
+from gpufleet.settings import SettingsError, format_issues
+
+
+class _DriftGroup(click.Group):
+    """`gpufleet drift INVENTORY ...` runs the check; `gpufleet drift install-timer ...` the installer."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["check", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DriftGroup)
+def drift() -> None:
+    """Compare every host with the repository (`gpufleet drift INVENTORY`), or install the nightly timer."""
+
+
+@drift.command("check")
+@click.argument("inventory_path", metavar="INVENTORY")
+@click.option("--limit", multiple=True, help="Host, group or glob; repeatable (as pyinfra's --limit).")
+@click.option("--data", "data", multiple=True, metavar="KEY=VALUE", help=DATA_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--prometheus", "prometheus_file", metavar="FILE", help="Write textfile-collector metrics.")
+@click.option("--junit", "junit_file", metavar="FILE", help="Write a JUnit XML report (one case per host).")
+@click.option("--report", "report_file", metavar="FILE", help="Also write the JSON report to FILE.")
+@click.option("--fix", is_flag=True, help="Re-converge the drifted hosts (only those) after reporting.")
+def check(inventory_path, limit, data, as_json, prometheus_file, junit_file, report_file, fix) -> None:
+    """Report every host whose state differs from the repository. Exit 0 clean, 2 drift, 1 not checked."""
+    from gpufleet import drift as engine
+
+    try:
+        report = engine.check(inventory_path, limit, parse_data_overrides(data), fix=fix)
+    except SettingsError as exc:
+        click.echo(format_issues(exc.issues), err=True)
+        sys.exit(1)
+    payload = json.dumps(report.as_dict(), indent=2)
+    if report_file:
+        with open(report_file, "w") as handle:
+            handle.write(payload + "\n")
+    if prometheus_file:
+        engine.write_prometheus(report, prometheus_file)
+    if junit_file:
+        engine.write_junit(report, junit_file)
+    click.echo(payload if as_json else engine.render_text(report))
+    sys.exit(report.exit_code)
+
+
+@drift.command("install-timer")
+@click.argument("inventory_path", metavar="INVENTORY")
+@click.option("--on-calendar", default="*-*-* 03:00:00", show_default=True, help="systemd OnCalendar= expression.")
+@click.option("--unit-dir", default="/etc/systemd/system", show_default=True)
+@click.option("--state-dir", default="/var/lib/gpufleet/drift", show_default=True, help="Where last.json is kept.")
+@click.option("--textfile-dir", default="/var/lib/prometheus/node-exporter", show_default=True,
+              help="node_exporter's textfile collector directory.")
+@click.option("--fix", is_flag=True, help="Let the nightly run re-converge drifted hosts (off by default).")
+@click.option("--no-enable", is_flag=True, help="Write the units only; do not reload systemd or enable the timer.")
+def install_timer(inventory_path, on_calendar, unit_dir, state_dir, textfile_dir, fix, no_enable) -> None:
+    """Install the nightly drift check as a systemd service + timer on this (control) host."""
+    from gpufleet.nightly import install
+
+    for path in install(inventory_path, on_calendar, unit_dir, state_dir, textfile_dir, fix, enable=not no_enable):
+        click.echo(f"wrote {path}")

@@ -1,0 +1,218 @@
+"""`gpufleet drift`: compare every host with what the repository declares, read-only.
+
+Two kinds of drift are reported per host:
+
+* **plan**: the same deploy.py, planned through pyinfra's API (gpufleet.planrun), would change
+  something. Each such operation is reported with its cause: the commands it would run, and for
+  managed files a unified diff of the host's file against the repository's (secrets never shown).
+  Operations gated by ``_if`` are consequences of another operation's change and not reported.
+* **runtime**: what a plan cannot see (gpufleet.runtime_checks): a driver installed but not
+  loaded, GPUs missing or unhealthy, containers exited, restarting or running another image than
+  the pinned tag names, NCCL inside the running vLLM container, nginx upstreams.
+
+Nothing is executed on a host but reads. Exit codes: 0 clean, 2 drift, 1 some host could not be
+checked (the others are still checked and reported).
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from gpufleet.planrun import Plan, planned
+
+# Uploads to these paths hold secrets: say that they differ, never show how.
+SECRET_PATH = re.compile(r"(token|secret|password|passwd|api[-_]?key|credential|\.env$)", re.IGNORECASE)
+MAX_COMMAND = 400
+
+
+@dataclass
+class DriftItem:
+    kind: str  # "plan" | "runtime"
+    check: str  # operation name, or runtime check name
+    cause: str
+    details: list[str] = field(default_factory=list)
+
+
+@dataclass
+class HostDrift:
+    host: str
+    reachable: bool = True
+    error: str | None = None
+    items: list[DriftItem] = field(default_factory=list)
+
+    @property
+    def checked(self) -> bool:
+        return self.reachable and self.error is None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "reachable": self.reachable, "error": self.error, "drifted": bool(self.items),
+                "drift": [asdict(i) for i in self.items]}
+
+
+@dataclass
+class DriftReport:
+    hosts: list[HostDrift]
+    started: float
+    duration: float = 0.0
+    fixed: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        if any(not h.checked for h in self.hosts):
+            return 1
+        return 2 if any(h.items for h in self.hosts) else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.exit_code == 0,
+            "exit_code": self.exit_code,
+            "drifted_hosts": [h.host for h in self.hosts if h.items],
+            "unchecked_hosts": [h.host for h in self.hosts if not h.checked],
+            "started": self.started,
+            "duration_seconds": round(self.duration, 3),
+            "hosts": [h.as_dict() for h in self.hosts],
+            **({"fixed": self.fixed} if self.fixed else {}),
+        }
+
+
+# ------------------------------------------------------------------------- plan causes ---------
+
+def describe_command(host, command) -> tuple[str, list[str]]:
+    """(one line, detail lines) for a command an operation would run."""
+    from pyinfra.api.command import FileUploadCommand, FunctionCommand, StringCommand
+
+    if isinstance(command, FileUploadCommand):
+        return _describe_upload(host, command)
+    if isinstance(command, FunctionCommand):
+        return f"call {getattr(command.function, '__name__', 'function')}{tuple(command.args)!r}", []
+    if isinstance(command, StringCommand):
+        text = command.get_masked_value()
+        return (text if len(text) <= MAX_COMMAND else text[:MAX_COMMAND] + " ..."), []
+    return str(command), []
+
+
+def _describe_upload(host, command) -> tuple[str, list[str]]:
+    from pyinfra.facts.files import FileContents
+
+    dest = command.dest
+    if SECRET_PATH.search(dest):
+        return f"{dest}: content differs (secret, not shown)", []
+    src = command.src
+    if isinstance(src, io.IOBase) or hasattr(src, "read"):
+        src.seek(0)
+        wanted = src.read()
+        wanted = wanted.decode(errors="replace") if isinstance(wanted, bytes) else wanted
+    else:
+        with open(src, errors="replace") as handle:
+            wanted = handle.read()
+    current = host.get_fact(FileContents, path=dest)
+    if current is None:
+        return f"{dest}: missing", []
+    diff = list(difflib.unified_diff([line + "\n" for line in current], wanted.splitlines(keepends=True),
+                                     fromfile=f"{host.name}:{dest}", tofile=f"repository:{dest}"))
+    return f"{dest}: content differs", [line.rstrip("\n") for line in diff][:80]
+
+
+def plan_drift(plan: Plan, host) -> list[DriftItem]:
+    items = []
+    for op in plan.ops(host):
+        if not op.will_change or op.conditional:
+            continue
+        lines: list[str] = []
+        details: list[str] = []
+        for command in plan.commands(host, op.op_hash):
+            line, more = describe_command(host, command)
+            lines.append(line)
+            details += more
+        cause = lines[0] if len(lines) == 1 else f"{len(lines)} commands, first: {lines[0]}" if lines else "would change"
+        items.append(DriftItem("plan", op.name, cause, details + [f"$ {line}" for line in lines]))
+    return items
+
+
+# ------------------------------------------------------------------------------- running ---------
+
+def check(inventory_path: str, limit=(), overrides: dict[str, Any] | None = None, fix: bool = False) -> DriftReport:
+    from gpufleet import runtime_checks
+    from gpufleet.remote import run_parallel
+
+    started = time.time()
+    with planned(inventory_path, limit, overrides) as plan:
+        results = run_parallel(plan.state, plan.hosts, lambda h: plan_drift(plan, h) + runtime_checks.run(
+            h, plan.fleet.hosts[h.name].settings, plan.fleet))
+        hosts = [HostDrift(name, reachable=False, error="unreachable over SSH") for name in plan.unreachable]
+        hosts += [HostDrift(name, error=f"could not plan: {why}") for name, why in plan.errors.items()]
+        for name, result in results.items():
+            if isinstance(result, Exception):
+                hosts.append(HostDrift(name, error=f"could not check: {type(result).__name__}: {result}"))
+            else:
+                hosts.append(HostDrift(name, items=result))
+        report = DriftReport(sorted(hosts, key=lambda h: h.host), started)
+        if fix:
+            drifted = [h.host for h in report.hosts if h.items]
+            if drifted:
+                from gpufleet.planrun import execute
+
+                report.fixed = execute(plan, drifted)
+    report.duration = time.time() - started
+    return report
+
+
+# ------------------------------------------------------------------------------- outputs ---------
+
+def render_text(report: DriftReport) -> str:
+    lines = []
+    for h in report.hosts:
+        if not h.checked:
+            lines.append(f"{h.host}: NOT CHECKED: {h.error}")
+        elif not h.items:
+            lines.append(f"{h.host}: clean")
+        else:
+            lines.append(f"{h.host}: {len(h.items)} drifted")
+            for item in h.items:
+                lines.append(f"  [{item.kind}] {item.check}: {item.cause}")
+                lines += [f"      {d}" for d in item.details if not d.startswith("$ ")][:40]
+    drifted = sum(1 for h in report.hosts if h.items)
+    lines.append(f"\n{len(report.hosts)} hosts: {drifted} drifted, "
+                 f"{sum(1 for h in report.hosts if not h.checked)} not checked ({report.duration:.1f}s)")
+    return "\n".join(lines)
+
+
+def write_prometheus(report: DriftReport, path: str) -> None:
+    """Textfile-collector metrics, written atomically (node_exporter reads the directory)."""
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+    registry = CollectorRegistry()
+    drifted = Gauge("gpufleet_drift_operations", "Drifted operations and runtime checks per host", ["host"],
+                    registry=registry)
+    unreachable = Gauge("gpufleet_drift_host_unchecked", "1 when the host could not be checked", ["host"],
+                        registry=registry)
+    for h in report.hosts:
+        drifted.labels(h.host).set(len(h.items))
+        unreachable.labels(h.host).set(0 if h.checked else 1)
+    Gauge("gpufleet_drift_last_run_timestamp_seconds", "When the drift check started", registry=registry).set(
+        report.started)
+    Gauge("gpufleet_drift_duration_seconds", "How long the drift check took", registry=registry).set(report.duration)
+    Gauge("gpufleet_drift_exit_code", "0 clean, 2 drift, 1 not checked", registry=registry).set(report.exit_code)
+    write_to_textfile(path, registry)
+
+
+def write_junit(report: DriftReport, path: str) -> None:
+    """One test case per host: a failure per drifted item, an error when it could not be checked."""
+    from xml.etree import ElementTree as ET
+
+    suite = ET.Element("testsuite", name="gpufleet-drift", tests=str(len(report.hosts)),
+                       failures=str(sum(1 for h in report.hosts if h.items)),
+                       errors=str(sum(1 for h in report.hosts if not h.checked)), time=f"{report.duration:.3f}")
+    for h in report.hosts:
+        case = ET.SubElement(suite, "testcase", classname="drift", name=h.host)
+        if not h.checked:
+            ET.SubElement(case, "error", message=h.error or "not checked")
+        for item in h.items:
+            failure = ET.SubElement(case, "failure", message=f"[{item.kind}] {item.check}: {item.cause}")
+            failure.text = "\n".join(item.details)
+    ET.ElementTree(suite).write(path, encoding="unicode", xml_declaration=True)

@@ -1,0 +1,67 @@
+"""The nightly drift check as a systemd timer on the control host (where this repository lives).
+
+The service runs `gpufleet drift` from this checkout, keeps the last JSON report and writes
+Prometheus textfile metrics for node_exporter's textfile collector; exit 2 (drift found) is not
+a unit failure: alerting reads the metrics (gpufleet_drift_operations > 0, gpufleet_drift_host_unchecked).
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from gpufleet import PROJECT_ROOT
+
+UNIT = "gpufleet-drift"
+
+
+def units(inventory: str, on_calendar: str, state_dir: str, textfile_dir: str, fix: bool) -> dict[str, str]:
+    gpufleet_bin = Path(sys.executable).with_name("gpufleet")
+    command = [str(gpufleet_bin), "drift", inventory, "--report", f"{state_dir}/last.json",
+               "--prometheus", f"{textfile_dir}/gpufleet_drift.prom"] + (["--fix"] if fix else [])
+    service = f"""# Managed by `gpufleet drift install-timer`.
+[Unit]
+Description=gpufleet nightly drift check ({inventory})
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+WorkingDirectory={PROJECT_ROOT}
+ExecStartPre=/usr/bin/mkdir -p {state_dir} {textfile_dir}
+ExecStart={" ".join(shlex.quote(c) for c in command)}
+# 2 = drift found: reported through the metrics and the report, not a unit failure.
+SuccessExitStatus=2
+Nice=10
+"""
+    timer = f"""# Managed by `gpufleet drift install-timer`.
+[Unit]
+Description=Run the gpufleet drift check nightly
+
+[Timer]
+OnCalendar={on_calendar}
+RandomizedDelaySec=15m
+Persistent=true
+
+[Install]
+WantedBy=timers.target
+"""
+    return {f"{UNIT}.service": service, f"{UNIT}.timer": timer}
+
+
+def install(inventory: str, on_calendar: str = "*-*-* 03:00:00", unit_dir: str = "/etc/systemd/system",
+            state_dir: str = "/var/lib/gpufleet/drift",
+            textfile_dir: str = "/var/lib/prometheus/node-exporter", fix: bool = False, enable: bool = True) -> list[str]:
+    written = []
+    for name, text in units(inventory, on_calendar, state_dir, textfile_dir, fix).items():
+        path = Path(unit_dir) / name
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+            written.append(str(path))
+    if enable:
+        if written:
+            subprocess.run(["systemctl", "daemon-reload"], check=True)
+        subprocess.run(["systemctl", "enable", "--now", f"{UNIT}.timer"], check=True)
+    return written

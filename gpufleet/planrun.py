@@ -1,0 +1,140 @@
+"""Run deploy.py through pyinfra's API as a plan (Prepare only) or for real, host failures isolated.
+
+`pyinfra --dry` exits 0 with pending changes and its JSON has no per-host failures, so the
+checking commands drive the same deploy in-process instead: the inventory and group_data load as
+pyinfra's CLI loads them, deploy.py is executed per host exactly as the CLI executes it, and the
+resulting per-host operation metadata is read directly. A host that cannot be reached, or whose
+deploy code raises while planning, is reported and the others go on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+import pyinfra
+from pyinfra.api import Config, State
+from pyinfra.api.connect import connect_all, disconnect_all
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api.operations import run_ops
+from pyinfra.api.state import StateStage
+from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
+
+from gpufleet import PROJECT_ROOT
+from gpufleet.fleet import Fleet, fleet_from_inventory, load_inventory
+from gpufleet.remote import select
+
+DEPLOY_FILE = "deploy.py"
+
+
+@dataclass
+class PlannedOp:
+    name: str
+    will_change: bool
+    conditional: bool  # gated by `_if`: runs only if another operation changes
+    op_hash: str
+
+
+@dataclass
+class Plan:
+    state: State
+    fleet: Fleet
+    hosts: list  # pyinfra Host objects that were planned
+    unreachable: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # host -> why planning failed
+
+    def ops(self, host) -> list[PlannedOp]:
+        out = []
+        for op_hash in host.op_hash_order:
+            data = self.state.ops[host].get(op_hash)
+            if data is None:
+                continue
+            name = sorted(self.state.op_meta[op_hash].names)[0]
+            conditional = data.global_arguments.get("_if") not in (None, [])
+            out.append(PlannedOp(name, bool(data.operation_meta._maybe_is_change), conditional, op_hash))
+        return out
+
+    def commands(self, host, op_hash: str) -> list:
+        """The commands an operation would run now (its generator run again, facts re-read)."""
+        data = self.state.ops[host][op_hash]
+        with ctx_state.use(self.state), ctx_host.use(host):
+            return list(data.command_generator())
+
+
+@contextmanager
+def _cli_mode():
+    # deploy.py is CLI-style code (operations called at module level); pyinfra orders such
+    # operations by call site only in CLI mode, so the same deploy must load the same way here.
+    previous = pyinfra.is_cli
+    pyinfra.is_cli = True
+    try:
+        yield
+    finally:
+        pyinfra.is_cli = previous
+
+
+@contextmanager
+def planned(inventory_path: str, limit=(), overrides: dict[str, Any] | None = None,
+            check_for_changes: bool = True, connect_timeout: int = 10) -> Iterator[Plan]:
+    """Connect, load deploy.py for every reachable host (Prepare), yield the Plan, disconnect."""
+    cwd = str(PROJECT_ROOT)
+    inventory = load_inventory(inventory_path, overrides, cwd=cwd)
+    fleet = fleet_from_inventory(inventory)  # bad data stops here, before any connection
+    wanted = select(inventory, limit)
+    state = State(check_for_changes=check_for_changes)
+    state.cwd = cwd
+    config = Config(CONNECT_TIMEOUT=connect_timeout, FAIL_PERCENT=None)
+    state.init(inventory, config, initial_limit=wanted)
+    with ctx_state.use(state), ctx_inventory.use(inventory), ctx_config.use(config), _cli_mode():
+        state.set_stage(StateStage.Connect)
+        try:
+            connect_all(state)
+        except PyinfraError:
+            pass  # no host reachable: reported below
+        reachable = [h for h in wanted if h.connected]
+        plan = Plan(state, fleet, reachable, unreachable=[h.name for h in wanted if not h.connected])
+        state.set_stage(StateStage.Prepare)
+        plan.errors = _load_deploy(state, reachable)
+        plan.hosts = [h for h in reachable if h.name not in plan.errors]
+        try:
+            yield plan
+        finally:
+            state.set_stage(StateStage.Disconnect)
+            disconnect_all(state)
+
+
+def _load_deploy(state: State, hosts: list) -> dict[str, str]:
+    """Execute deploy.py once per host, as pyinfra's CLI does, keeping each host's failure apart."""
+    from pyinfra_cli.util import exec_file
+
+    path = os.path.join(state.cwd, DEPLOY_FILE)
+    state.current_deploy_filename = path
+
+    def load(host):
+        try:
+            with ctx_config.use(state.config.copy()), ctx_host.use(host):
+                exec_file(path)
+            return None
+        except Exception as exc:  # noqa: BLE001 - one host's failure must not stop the others
+            return f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
+
+    greenlets = {host.name: state.pool.spawn(load, host) for host in hosts}
+    gevent.joinall(list(greenlets.values()))
+    return {name: g.value for name, g in greenlets.items() if g.value}
+
+
+def execute(plan: Plan, host_names: list[str]) -> dict[str, bool]:
+    """Run the planned deploy on some hosts only (`drift --fix`); {host: succeeded}."""
+    state = plan.state
+    keep = {h for h in plan.hosts if h.name in host_names}
+    for host in list(state.active_hosts):
+        if host not in keep:
+            state.active_hosts.discard(host)
+    with ctx_state.use(state), _cli_mode():
+        state.set_stage(StateStage.Execute)
+        run_ops(state)
+    return {h.name: h not in state.failed_hosts for h in keep}

@@ -1,0 +1,61 @@
+"""Drift a deploy plan cannot see: what the running host is doing, not what is on its disk.
+
+Each check reads facts (never changes anything) and returns DriftItems. The checks that look at
+serving containers use the names the serving operations give them (gpufleet.names).
+"""
+
+from __future__ import annotations
+
+from gpufleet.drift import DriftItem
+from gpufleet.fleet import Fleet
+from gpufleet.settings import HostSettings
+
+
+def run(host, settings: HostSettings, fleet: Fleet) -> list[DriftItem]:
+    items: list[DriftItem] = []
+    if settings.gpu_count:
+        items += driver_loaded(host, settings)
+        items += gpu_health(host, settings)
+    for check in EXTRA_CHECKS:
+        items += check(host, settings, fleet)
+    return items
+
+
+def driver_loaded(host, settings: HostSettings) -> list[DriftItem]:
+    """The driver package on disk is not the module in the kernel: a reboot is pending."""
+    from operations.facts.apt import PackageStates
+    from operations.facts.gpu import NvidiaDriver
+
+    loaded = host.get_fact(NvidiaDriver, path=settings.nvidia_proc_version_path)
+    package = settings.nvidia_driver_packages[0]
+    installed = host.get_fact(PackageStates, packages=[package]).get(package, {}).get("version")
+    upstream = installed.split(":")[-1].split("-")[0] if installed else None
+    if not loaded.get("loaded"):
+        return [DriftItem("runtime", "driver loaded", f"no NVIDIA kernel module loaded ({upstream or 'none'} installed)")]
+    if upstream and loaded["version"] != upstream:
+        return [DriftItem("runtime", "driver loaded",
+                          f"reboot pending: driver {upstream} installed, {loaded['version']} loaded")]
+    return []
+
+
+def gpu_health(host, settings: HostSettings) -> list[DriftItem]:
+    from operations.facts.gpu_health import GpuHealth
+
+    health = host.get_fact(GpuHealth)
+    if health["status"] != "ok":
+        return [DriftItem("runtime", "gpus", f"nvidia-smi {health['status']}: {health['error']}")]
+    items = []
+    if len(health["gpus"]) != settings.gpu_count:
+        items.append(DriftItem("runtime", "gpus", f"{len(health['gpus'])} GPUs visible, expected {settings.gpu_count}"))
+    for gpu in health["gpus"]:
+        if gpu["ecc_uncorrected"]:
+            items.append(DriftItem("runtime", "gpus", f"GPU {gpu['index']}: {gpu['ecc_uncorrected']} uncorrected ECC errors"))
+        if gpu["throttle"]:
+            items.append(DriftItem("runtime", "gpus", f"GPU {gpu['index']} throttled: {', '.join(gpu['throttle'])}"))
+    if health["xid_events"]:
+        items.append(DriftItem("runtime", "gpus", f"{health['xid_events']} NVIDIA XID events in the kernel log"))
+    return items
+
+
+# Checks contributed by the serving roles (containers, NCCL in the image, nginx upstreams).
+EXTRA_CHECKS: list = []

@@ -1,0 +1,189 @@
+"""A small, real RAG service: documents in Milvus, answers from vLLM's OpenAI API.
+
+Configuration (environment; operations/app.py sets it):
+
+    VLLM_API_URL       OpenAI base URL, e.g. http://10.0.0.5:8000/v1 (the node's replica or the LB)
+    VLLM_MODEL         the served model name (vLLM --served-model-name)
+    MILVUS_URI         http://10.0.0.5:19530
+    APP_PORT           port to listen on (default 8080)
+    MILVUS_COLLECTION  collection name (default gpufleet_docs)
+    RAG_TOP_K          chunks retrieved per question (default 4)
+    EMBED_DIM          hashing-embedding size (default 256; see rag.py)
+    DOCS_DIR           *.md / *.txt files indexed at start (default: the documents shipped in the image)
+    VLLM_MAX_TOKENS    completion length (default 256); VLLM_TIMEOUT_S (default 120)
+
+On start it connects to Milvus (retrying while Milvus comes up), creates the collection if it is
+missing, upserts every chunk of the documents (stable ids: restarting never duplicates) and
+deletes the chunks of documents that changed or went away.
+Until that is done ``GET /health`` answers 503; then 200.
+
+``POST /query {"question": "...", "top_k": 4}`` embeds the question, searches Milvus with
+consistency_level="Strong" (a search right after an insert sees it), asks
+``/chat/completions`` with the retrieved chunks as context and returns
+``{"answer", "sources": [{"source", "score", "text"}], "model"}``. vLLM failing gives 502,
+Milvus failing 503, a bad request 400 — always JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import rag
+
+log = logging.getLogger("rag-app")
+
+VLLM_API_URL = os.environ.get("VLLM_API_URL", "http://127.0.0.1:8000/v1").rstrip("/")
+VLLM_MODEL = os.environ.get("VLLM_MODEL", "")
+MILVUS_URI = os.environ.get("MILVUS_URI", "http://127.0.0.1:19530")
+APP_PORT = int(os.environ.get("APP_PORT", "8080"))
+COLLECTION = os.environ.get("MILVUS_COLLECTION", "gpufleet_docs")
+TOP_K = int(os.environ.get("RAG_TOP_K", "4"))
+EMBED_DIM = int(os.environ.get("EMBED_DIM", str(rag.DEFAULT_DIM)))
+DOCS_DIR = Path(os.environ.get("DOCS_DIR", str(Path(__file__).with_name("docs"))))
+MAX_TOKENS = int(os.environ.get("VLLM_MAX_TOKENS", "256"))
+VLLM_TIMEOUT_S = float(os.environ.get("VLLM_TIMEOUT_S", "120"))
+MILVUS_WAIT_S = float(os.environ.get("MILVUS_WAIT_S", "600"))
+
+
+class State:
+    status = "starting"
+    error: str | None = None
+    documents = 0
+    chunks = 0
+    client = None
+
+
+STATE = State()
+
+
+def load_documents(directory: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(directory.glob("*")) if p.suffix in (".md", ".txt")}
+
+
+def index_documents() -> None:
+    """Connect to Milvus (retrying), create the collection if missing, upsert every chunk."""
+    from pymilvus import MilvusClient
+
+    deadline = time.monotonic() + MILVUS_WAIT_S
+    while True:
+        try:
+            client = MilvusClient(uri=MILVUS_URI, timeout=10)
+            if not client.has_collection(COLLECTION):
+                client.create_collection(COLLECTION, dimension=EMBED_DIM, metric_type="COSINE",
+                                         consistency_level="Strong")
+                log.info("created collection %s (dim %d)", COLLECTION, EMBED_DIM)
+            documents = load_documents(DOCS_DIR)
+            rows = rag.documents_to_rows(documents, EMBED_DIM)
+            if rows:
+                client.upsert(COLLECTION, rows)
+            # Chunks of documents that changed or went away since the last start.
+            keep = ", ".join(str(row["id"]) for row in rows)
+            client.delete(COLLECTION, filter=f"id not in [{keep}]" if rows else "id >= 0")
+            STATE.client, STATE.documents, STATE.chunks = client, len(documents), len(rows)
+            STATE.status, STATE.error = "ok", None
+            log.info("indexed %d chunks of %d documents into %s at %s", len(rows), len(documents), COLLECTION,
+                     MILVUS_URI)
+            return
+        except Exception as exc:  # Milvus not up yet, or refusing: retry until the deadline
+            STATE.error = f"milvus at {MILVUS_URI}: {exc}"
+            if time.monotonic() > deadline:
+                STATE.status = "error"
+                log.error("giving up: %s", STATE.error)
+                return
+            log.warning("waiting for Milvus: %s", exc)
+            time.sleep(3)
+
+
+def retrieve(question: str, top_k: int) -> list[dict]:
+    result = STATE.client.search(COLLECTION, [rag.embed(question, EMBED_DIM)], limit=top_k,
+                                 output_fields=["text", "source"], consistency_level="Strong")
+    return [{"source": hit["entity"].get("source"), "text": hit["entity"].get("text"),
+             "score": round(float(hit["distance"]), 4)} for hit in result[0]]
+
+
+def ask_vllm(messages: list[dict]) -> tuple[str, str]:
+    body = {"messages": messages, "max_tokens": MAX_TOKENS, "temperature": 0}
+    if VLLM_MODEL:
+        body["model"] = VLLM_MODEL
+    request = urllib.request.Request(f"{VLLM_API_URL}/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=VLLM_TIMEOUT_S) as response:
+        reply = json.load(response)
+    return reply["choices"][0]["message"]["content"], reply.get("model", VLLM_MODEL)
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "gpufleet-rag/1"
+
+    def _send(self, code: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, fmt, *args):  # one line per request, on stderr, through logging
+        log.info("%s %s", self.address_string(), fmt % args)
+
+    def do_GET(self):
+        if self.path.split("?")[0] == "/health":
+            payload = {"status": STATE.status, "collection": COLLECTION, "documents": STATE.documents,
+                       "chunks": STATE.chunks, "milvus": MILVUS_URI, "vllm": VLLM_API_URL, "model": VLLM_MODEL}
+            if STATE.error and STATE.status != "ok":
+                payload["error"] = STATE.error
+            self._send(200 if STATE.status == "ok" else 503, payload)
+        else:
+            self._send(404, {"error": "not found; try GET /health or POST /query"})
+
+    def do_POST(self):
+        if self.path.split("?")[0] != "/query":
+            return self._send(404, {"error": "not found; try POST /query"})
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            request = json.loads(self.rfile.read(length) or b"{}")
+            question = request.get("question")
+            top_k = int(request.get("top_k", TOP_K))
+        except (ValueError, AttributeError) as exc:
+            return self._send(400, {"error": f"expected a JSON object with a question: {exc}"})
+        if not isinstance(question, str) or not rag.words(question):
+            return self._send(400, {"error": "question must be a non-empty string"})
+        if not 1 <= top_k <= 50:
+            return self._send(400, {"error": "top_k must be between 1 and 50"})
+        if STATE.status != "ok":
+            return self._send(503, {"error": f"not ready ({STATE.status}): {STATE.error}"})
+        try:
+            hits = retrieve(question, top_k)
+        except Exception as exc:
+            return self._send(503, {"error": f"milvus search failed: {exc}"})
+        try:
+            answer, model = ask_vllm(rag.build_messages(question, hits))
+        except (urllib.error.URLError, OSError, KeyError, IndexError, ValueError) as exc:
+            return self._send(502, {"error": f"vLLM at {VLLM_API_URL} failed: {exc}", "sources": hits})
+        self._send(200, {"answer": answer, "sources": hits, "model": model})
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    server = ThreadingHTTPServer(("0.0.0.0", APP_PORT), Handler)
+    server.daemon_threads = True
+    # PID 1 ignores SIGTERM unless it handles it: stop serving cleanly on `docker stop`.
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    threading.Thread(target=index_documents, daemon=True).start()
+    log.info("listening on :%d; vLLM %s (model %s); Milvus %s", APP_PORT, VLLM_API_URL, VLLM_MODEL or "?", MILVUS_URI)
+    server.serve_forever()
+    log.info("stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""What the load balancer and monitoring operations read on a host (never failing the host)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from pyinfra.api import FactBase
+
+NGINX_CONF = "/etc/nginx/nginx.conf"
+DRAINED_DIR = "/etc/nginx/gpufleet/drained"  # one marker file per drained replica
+PROMETHEUS_CONF = "/etc/prometheus/prometheus.yml"
+
+
+def _sha1_line(key: str, path: str) -> str:
+    return f'echo "{key}=$(sha1sum {path} 2>/dev/null | cut -d" " -f1)"'
+
+
+class NginxState(FactBase):
+    """The load balancer's nginx: its config file's SHA-1, the drained replicas (marker files) and
+    the config id the running workers serve on 127.0.0.1:<status_port>/gpufleet-config.
+
+    .. code:: python
+
+        host.get_fact(NginxState, status_port=8081)
+        {"config_sha1": "5f1c...", "drained": ["gpu-node-01-vllm-0"], "live_config_id": "a1b2c3d4e5f60718"}
+
+    No nginx config: ``config_sha1`` None; nginx not running (or not ours): ``live_config_id`` None.
+    """
+
+    def command(self, status_port: int) -> str:
+        return "; ".join([
+            _sha1_line("config_sha1", NGINX_CONF),
+            f'for f in {DRAINED_DIR}/*; do [ -f "$f" ] && echo "drained=${{f##*/}}"; done',
+            f'echo "live=$(curl -fsS -m 3 http://127.0.0.1:{int(status_port)}/gpufleet-config 2>/dev/null)"',
+            "true",
+        ])
+
+    @staticmethod
+    def default():
+        return {"config_sha1": None, "drained": [], "live_config_id": None}
+
+    def process(self, output):
+        state = self.default()
+        for line in output:
+            key, _, value = line.strip().partition("=")
+            value = value.strip()
+            if key == "config_sha1":
+                state["config_sha1"] = value or None
+            elif key == "drained" and value:
+                state["drained"].append(value)
+            elif key == "live":
+                state["live_config_id"] = value or None
+        state["drained"] = sorted(set(state["drained"]))
+        return state
+
+
+class PrometheusState(FactBase):
+    """Prometheus on this host: its config file's SHA-1 and whether its last (re)load succeeded.
+
+    .. code:: python
+
+        host.get_fact(PrometheusState, port=9090)
+        {"config_sha1": "0b7e...", "reload_ok": True}
+
+    ``reload_ok`` is None when Prometheus does not answer on 127.0.0.1:<port>.
+    """
+
+    def command(self, port: int) -> str:
+        return "; ".join([
+            _sha1_line("config_sha1", PROMETHEUS_CONF),
+            f"echo \"reload=$(curl -fsS -m 3 http://127.0.0.1:{int(port)}/metrics 2>/dev/null "
+            "| awk '/^prometheus_config_last_reload_successful /{print $2}')\"",
+            "true",
+        ])
+
+    @staticmethod
+    def default():
+        return {"config_sha1": None, "reload_ok": None}
+
+    def process(self, output):
+        state = self.default()
+        for line in output:
+            key, _, value = line.strip().partition("=")
+            value = value.strip()
+            if key == "config_sha1":
+                state["config_sha1"] = value or None
+            elif key == "reload":
+                state["reload_ok"] = None if not value else value in ("1", "1.0")
+        return state
+
+
+class ServiceState(FactBase):
+    """One systemd unit: ``{"active": "active"|"inactive"|"failed"|..., "enabled": "enabled"|"disabled"|...}``."""
+
+    def command(self, service: str) -> str:
+        s = shlex.quote(service)
+        return (f'echo "active=$(systemctl is-active {s} 2>/dev/null)"; '
+                f'echo "enabled=$(systemctl is-enabled {s} 2>/dev/null)"; true')
+
+    @staticmethod
+    def default():
+        return {"active": None, "enabled": None}
+
+    def process(self, output):
+        state = self.default()
+        for line in output:
+            key, _, value = line.strip().partition("=")
+            if key in state:
+                state[key] = value.strip() or None
+        return state
+
+
+def parse_targets(text: str) -> list[dict]:
+    """Prometheus /api/v1/targets JSON -> ``[{"job", "instance", "health", "error"}]`` (active targets)."""
+    data = json.loads(text)
+    return [{"job": t.get("labels", {}).get("job") or t.get("scrapePool"),
+             "instance": t.get("labels", {}).get("instance") or t.get("scrapeUrl"),
+             "health": t.get("health"), "error": t.get("lastError") or None}
+            for t in data.get("data", {}).get("activeTargets", [])]

@@ -1,0 +1,228 @@
+"""nginx in front of the vLLM replicas: one upstream member per replica, drain and undrain.
+
+Decisions (see also files/nginx/nginx.conf.j2):
+
+- gpufleet owns the whole ``/etc/nginx/nginx.conf`` on lb hosts. A new file is written beside it
+  (``nginx.conf.gpufleet-new``) and tested with ``nginx -t -c`` *before* it replaces the live one;
+  after ``systemctl reload-or-restart nginx`` the operation waits until the running workers serve
+  the new config id on 127.0.0.1:<lb_status_port>/gpufleet-config. A failed test leaves the live
+  file untouched; a failed reload puts the old file back and reloads again (dstack's write_conf,
+  with the test first). Nothing runs when the rendered file equals the host's and nginx serves it.
+- Passive health checks only (nginx OSS): ``max_fails``/``fail_timeout`` per member, retries on
+  ``error timeout http_502 http_503`` with a tries limit; never for a POST that reached a member,
+  never after bytes went to the client.
+- The drained set is state on the lb host: one marker file per replica in
+  ``/etc/nginx/gpufleet/drained/<replica>`` (its content says when and why). Every render reads
+  it, so a deploy keeps a drained member ``down`` (it never undrains silently), ``ls`` shows it,
+  and drift reads it through the ``NginxState`` fact. ``drain``/``undrain`` change the marker
+  first and then the config: if the reload fails, the intent is recorded and the next deploy
+  applies it. A marker for a replica no longer in the inventory is ignored (and left in place).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from pyinfra import host
+from pyinfra.api import FileUploadCommand, OperationError, StringCommand, operation
+
+from operations.facts.edge import DRAINED_DIR, NGINX_CONF, NginxState
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "files" / "nginx" / "nginx.conf.j2"
+NEW = f"{NGINX_CONF}.gpufleet-new"
+OLD = f"{NGINX_CONF}.gpufleet-old"
+
+# Keys of ``options`` and their defaults; lb_options() fills them from a host's settings.
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "listen_port": 80, "status_port": 8081, "max_fails": 3, "fail_timeout_s": 10, "connect_timeout_s": 5,
+    "read_timeout_s": 600, "next_upstream_tries": 3, "next_upstream_timeout_s": 30,
+    "client_max_body_size": "64m", "keepalive": 64, "keepalive_timeout_s": 4, "worker_connections": 8192,
+}
+
+
+def lb_options(settings) -> dict[str, Any]:
+    """The nginx options of an lb host's settings (gpufleet.settings.HostSettings)."""
+    return {
+        "listen_port": settings.lb_port, "status_port": settings.lb_status_port,
+        "max_fails": settings.lb_max_fails, "fail_timeout_s": settings.lb_fail_timeout_s,
+        "connect_timeout_s": settings.lb_connect_timeout_s, "read_timeout_s": settings.lb_read_timeout_s,
+        "next_upstream_tries": settings.lb_next_upstream_tries,
+        "next_upstream_timeout_s": settings.lb_next_upstream_timeout_s,
+        "client_max_body_size": settings.lb_client_max_body_size, "keepalive": settings.lb_upstream_keepalive,
+        "keepalive_timeout_s": settings.lb_upstream_keepalive_timeout_s,
+        "worker_connections": settings.lb_worker_connections,
+    }
+
+
+def lb_args(fleet, host_name: str) -> dict[str, Any]:
+    """``replicas`` and ``options`` for nginx/drain/undrain on one lb host of a gpufleet Fleet."""
+    return {"replicas": members(fleet.replicas), "options": lb_options(fleet.hosts[host_name].settings)}
+
+
+def members(replicas) -> list[dict[str, Any]]:
+    """Replicas (gpufleet Replica objects or dicts) as ``[{"name", "address", "port"}]``."""
+    out = []
+    for r in replicas:
+        d = r if isinstance(r, dict) else r.model_dump()
+        out.append({"name": d["name"], "address": d.get("address") or d.get("node"), "port": int(d["port"])})
+    return out
+
+
+def render(replicas, drained=(), options: dict | None = None) -> tuple[str, str]:
+    """``(nginx.conf text, config id)``; members named in ``drained`` are marked ``down``."""
+    opts = {**DEFAULT_OPTIONS, **(options or {})}
+    wanted = members(replicas)
+    if not wanted:
+        raise OperationError("no vLLM replica in the inventory: an upstream needs at least one member")
+    drained = set(drained)
+    rows = [{**m, "drained": m["name"] in drained} for m in wanted]
+    config_id = hashlib.sha256(json.dumps([rows, opts], sort_keys=True).encode()).hexdigest()[:16]
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    text = env.from_string(TEMPLATE.read_text()).render(
+        members=rows, config_id=config_id, drained_dir=DRAINED_DIR, **opts)
+    return text, config_id
+
+
+def _sha1(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def apply_script(config_id: str, status_port: int, test_new: bool = True) -> str:
+    """Shell text: test the new file, move it in, reload, wait for the new config id; roll back on failure."""
+    url = f"http://127.0.0.1:{int(status_port)}/gpufleet-config"
+    steps = ["set -u"]
+    if test_new:
+        steps += [
+            f'if ! out=$(nginx -t -q -c {NEW} 2>&1); then rm -f {NEW}; '
+            f'echo "gpufleet: nginx -t rejects the new config, {NGINX_CONF} unchanged: $out" >&2; exit 1; fi',
+            f"if [ -e {NGINX_CONF} ]; then cp -p {NGINX_CONF} {OLD}; fi",
+            f"mv -f {NEW} {NGINX_CONF}",
+        ]
+    steps += [
+        "ok=0",
+        "if systemctl reload-or-restart nginx; then for i in $(seq 1 40); do "
+        f'if [ "$(curl -fsS -m 2 {url} 2>/dev/null)" = {config_id} ]; then ok=1; break; fi; sleep 0.25; done; fi',
+        f'if [ "$ok" = 1 ]; then rm -f {OLD}; exit 0; fi',
+        f'echo "gpufleet: nginx does not serve config {config_id} after reload; rolling back" >&2',
+        f"if [ -e {OLD} ]; then mv -f {OLD} {NGINX_CONF}; systemctl reload-or-restart nginx || true; fi",
+        "exit 1",
+    ]
+    return "\n".join(steps)
+
+
+def _converge(text: str, config_id: str, status_port: int, state: dict):
+    if state["config_sha1"] != _sha1(text):
+        yield FileUploadCommand(StringIO(text), NEW)
+        yield StringCommand(apply_script(config_id, status_port))
+    elif state["live_config_id"] != config_id:
+        # The file is right but the running nginx serves something else (stopped, never reloaded).
+        yield StringCommand(apply_script(config_id, status_port, test_new=False))
+
+
+@operation()
+def nginx(replicas: list, options: dict | None = None):
+    """
+    Render /etc/nginx/nginx.conf from the inventory's replicas; test, swap in, reload, roll back.
+
+    + replicas: every load-balanced replica (``Fleet.replicas`` or ``[{"name", "address", "port"}]``)
+    + options: nginx tuning, see ``DEFAULT_OPTIONS`` and ``lb_options(settings)``
+
+    Replicas drained on this host (marker files in /etc/nginx/gpufleet/drained/) stay ``down``.
+
+    **Example:**
+
+    .. code:: python
+
+        loadbalancer.nginx(**loadbalancer.lb_args(fleet, host.name))
+    """
+    opts = {**DEFAULT_OPTIONS, **(options or {})}
+    state = host.get_fact(NginxState, status_port=opts["status_port"])
+    text, config_id = render(replicas, state["drained"], opts)
+    commands = list(_converge(text, config_id, opts["status_port"], state))
+    if not commands:
+        drained = [m["name"] for m in members(replicas) if m["name"] in state["drained"]]
+        host.noop(f"nginx serves config {config_id} ({len(replicas)} members"
+                  + (f", drained: {', '.join(drained)})" if drained else ")"))
+        return
+    yield from commands
+
+
+def _check_known(replica: str, replicas) -> None:
+    names = [m["name"] for m in members(replicas)]
+    if replica not in names:
+        raise OperationError(f"no replica {replica!r} in the inventory (replicas: {', '.join(names)})")
+
+
+@operation()
+def drain(replica: str, replicas: list, options: dict | None = None, reason: str = "rollout",
+          allow_no_live_member: bool = False):
+    """
+    Take one replica out of the load balancer: record it as drained, render it ``down``, reload.
+
+    + replica: the replica's name, e.g. ``gpu-node-01-vllm-0`` (``gpufleet inventory`` lists them)
+    + replicas, options: as for ``nginx``
+    + reason: written into the marker file (``cat /etc/nginx/gpufleet/drained/<replica>``)
+    + allow_no_live_member: drain even when no other member would be left to serve
+
+    After a reload nginx sends no new request to the member; requests in flight finish on the
+    old workers (up to read timeout + 60 s). Wait for the replica's ``vllm:num_requests_running``
+    to reach 0 before stopping it.
+
+    **Example:**
+
+    .. code:: python
+
+        loadbalancer.drain(replica="gpu-node-01-vllm-0", reason="vLLM v0.11.1", **lb_args)
+    """
+    _check_known(replica, replicas)
+    opts = {**DEFAULT_OPTIONS, **(options or {})}
+    state = host.get_fact(NginxState, status_port=opts["status_port"])
+    drained = set(state["drained"]) | {replica}
+    live = [m["name"] for m in members(replicas) if m["name"] not in drained]
+    if not live and not allow_no_live_member:
+        raise OperationError(f"draining {replica} would leave no live member behind the load balancer "
+                             "(pass allow_no_live_member=True to accept the outage)")
+    text, config_id = render(replicas, drained, opts)
+    commands = list(_converge(text, config_id, opts["status_port"], state))
+    if replica in state["drained"] and not commands:
+        host.noop(f"{replica} is drained")
+        return
+    if replica not in state["drained"]:
+        marker = f"{DRAINED_DIR}/{replica}"
+        note = f"drained by gpufleet: {reason}"
+        yield (f"install -d -m 0755 {DRAINED_DIR} && "
+               f'printf "%s at %s\\n" {shlex.quote(note)} "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > {marker}')
+    yield from commands
+
+
+@operation()
+def undrain(replica: str, replicas: list, options: dict | None = None):
+    """
+    Put a drained replica back into the load balancer (remove its marker, render it live, reload).
+
+    + replica, replicas, options: as for ``drain``
+
+    **Example:**
+
+    .. code:: python
+
+        loadbalancer.undrain(replica="gpu-node-01-vllm-0", **lb_args)
+    """
+    _check_known(replica, replicas)
+    opts = {**DEFAULT_OPTIONS, **(options or {})}
+    state = host.get_fact(NginxState, status_port=opts["status_port"])
+    drained = set(state["drained"]) - {replica}
+    text, config_id = render(replicas, drained, opts)
+    commands = list(_converge(text, config_id, opts["status_port"], state))
+    if replica not in state["drained"] and not commands:
+        host.noop(f"{replica} is not drained")
+        return
+    if replica in state["drained"]:
+        yield f"rm -f {DRAINED_DIR}/{replica}"
+    yield from commands

@@ -1,0 +1,216 @@
+"""Milvus standalone on a GPU node, in either of Milvus's two single-node modes; and its health gate.
+
+``mode="standalone"`` is Milvus's official docker-compose file (milvus-io/milvus
+deployments/docker/standalone/docker-compose.yml) as three containers on a private Docker network:
+
+- ``milvus-etcd``: etcd with the compose file's compaction/quota settings, data on a named volume;
+- ``milvus-minio``: MinIO (``minio server /minio_data``), data on a named volume;
+- ``milvus-standalone``: ``milvus run standalone`` with ``ETCD_ENDPOINTS=milvus-etcd:2379`` and
+  ``MINIO_ADDRESS=milvus-minio:9000``, data on a named volume at /var/lib/milvus.
+
+``mode="embedded"`` is Milvus's ``scripts/standalone_embed.sh``: one ``milvus-standalone``
+container with ``ETCD_USE_EMBED=true``, ``COMMON_STORAGETYPE=local`` and the script's
+embedEtcd.yaml (written to /etc/gpufleet/milvus/ on the host and mounted read-only).
+
+Both modes run the same command, ``milvus run standalone``; the lab's Milvus image (PyPI's packaged
+server, lab/images/milvus) accepts and ignores it, so the lab passes exactly these arguments.
+
+Ports: only Milvus publishes, and only 19530 (gRPC + REST) and 9091 (/healthz, /metrics), both on
+the host's private address — never 0.0.0.0 unless an operator sets ``milvus_bind_address`` to it.
+etcd (2379) and MinIO (9000/9001) are not published at all: in standalone mode they are reachable
+only from containers on the private network; the embedded etcd stays inside its container.
+A host *name* is resolved on the host (``getent ahostsv4``), because ``docker run -p`` needs an
+IP; a name that resolves to loopback (Debian's 127.0.1.1 for the host name) is refused rather than
+silently publishing Milvus where no other host can reach it.
+
+Switching modes removes the other mode's containers; data is not migrated between the modes
+(embedded keeps etcd and segments under /var/lib/milvus, standalone in etcd and MinIO volumes).
+MinIO keeps its default credentials: it is not published and only the private network reaches it.
+Every container goes through operations.containers (spec digest label: recreated when it changes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import shlex
+
+from pyinfra import host
+from pyinfra.api import OperationError, operation
+from pyinfra.facts.docker import DockerNetwork
+
+from operations.apt import _put_text
+from operations.containers import ContainerSpec
+from operations.containers import container as _container
+from operations.facts.docker import ContainerState
+from operations.facts.net import HttpOk, ResolvedAddress
+
+MILVUS = "milvus-standalone"
+ETCD = "milvus-etcd"
+MINIO = "milvus-minio"
+MILVUS_COMMAND = ["milvus", "run", "standalone"]
+CONFIG_DIR = "/etc/gpufleet/milvus"
+DATA_DIR = "/var/lib/milvus"
+
+# scripts/standalone_embed.sh's embedEtcd.yaml; 2379 stays inside the container (not published).
+EMBED_ETCD_YAML = """\
+listen-client-urls: http://0.0.0.0:2379
+advertise-client-urls: http://0.0.0.0:2379
+quota-backend-bytes: 4294967296
+auto-compaction-mode: revision
+auto-compaction-retention: '1000'
+"""
+
+# The compose file's health check, so `docker ps` shows (healthy) like an upstream install.
+HEALTH_ARGS = ["--health-cmd", "curl -f http://localhost:9091/healthz", "--health-interval", "30s",
+               "--health-start-period", "90s", "--health-timeout", "20s", "--health-retries", "3"]
+
+
+def bind_address(address: str) -> str:
+    """The IPv4 address to publish on: ``address`` itself if it is an IP, else what it resolves to on the host."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        pass
+    resolved = host.get_fact(ResolvedAddress, name_or_ip=address)
+    if not resolved:
+        raise OperationError(f"{address!r} does not resolve on the host; set private_address to the host's private IP")
+    if ipaddress.ip_address(resolved).is_loopback:
+        raise OperationError(
+            f"{address!r} resolves to {resolved} (loopback) on the host: other hosts could not reach it. "
+            "Set private_address (or the *_bind_address setting) to the host's private IP")
+    return resolved
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def milvus_specs(mode: str, image: str, address: str, port: int = 19530, health_port: int = 9091,
+                 etcd_image: str = "quay.io/coreos/etcd:v3.5.25",
+                 minio_image: str = "minio/minio:RELEASE.2024-05-28T17-19-04Z",
+                 volume: str = "milvus-data", etcd_volume: str = "milvus-etcd", minio_volume: str = "milvus-minio",
+                 network: str = "milvus", prefix: str = "milvus", config_dir: str = CONFIG_DIR) -> list[ContainerSpec]:
+    """The containers of one Milvus, in start order (pure: ``address`` is already an IP).
+
+    ``prefix`` and ``config_dir`` exist for tests beside a real install; the operation uses the defaults.
+    """
+    names = {"milvus": f"{prefix}-standalone", "etcd": f"{prefix}-etcd", "minio": f"{prefix}-minio"}
+    ports = [f"{address}:{port}:19530", f"{address}:{health_port}:9091"]
+    common = {"restart": "unless-stopped", "labels": {"io.gpufleet.role": "milvus"}}
+    if mode == "embedded":
+        return [ContainerSpec(
+            name=names["milvus"], image=image, command=list(MILVUS_COMMAND), ports=ports,
+            env={"ETCD_USE_EMBED": "true", "ETCD_DATA_DIR": f"{DATA_DIR}/etcd",
+                 "ETCD_CONFIG_PATH": "/milvus/configs/embedEtcd.yaml", "COMMON_STORAGETYPE": "local",
+                 "DEPLOY_MODE": "STANDALONE"},
+            volumes=[f"{volume}:{DATA_DIR}", f"{config_dir}/embedEtcd.yaml:/milvus/configs/embedEtcd.yaml:ro"],
+            extra_args=["--security-opt", "seccomp=unconfined", *HEALTH_ARGS],
+            **{**common, "labels": {**common["labels"], "io.gpufleet.config": _digest(EMBED_ETCD_YAML)}},
+        )]
+    if mode != "standalone":
+        raise OperationError(f"milvus mode {mode!r}: expected 'standalone' or 'embedded'")
+    etcd = ContainerSpec(
+        name=names["etcd"], image=etcd_image, networks=[network], volumes=[f"{etcd_volume}:/etcd"],
+        env={"ETCD_AUTO_COMPACTION_MODE": "revision", "ETCD_AUTO_COMPACTION_RETENTION": "1000",
+             "ETCD_QUOTA_BACKEND_BYTES": "4294967296", "ETCD_SNAPSHOT_COUNT": "50000"},
+        command=["etcd", f"-advertise-client-urls=http://{names['etcd']}:2379", "-listen-client-urls",
+                 "http://0.0.0.0:2379", "--data-dir", "/etcd"],
+        extra_args=["--health-cmd", "etcdctl endpoint health", "--health-interval", "30s",
+                    "--health-timeout", "20s", "--health-retries", "3"],
+        **common)
+    minio = ContainerSpec(
+        name=names["minio"], image=minio_image, networks=[network], volumes=[f"{minio_volume}:/minio_data"],
+        env={"MINIO_ACCESS_KEY": "minioadmin", "MINIO_SECRET_KEY": "minioadmin"},
+        command=["minio", "server", "/minio_data", "--console-address", ":9001"],
+        extra_args=["--health-cmd", "curl -f http://localhost:9000/minio/health/live", "--health-interval", "30s",
+                    "--health-timeout", "20s", "--health-retries", "3"],
+        **common)
+    milvus = ContainerSpec(
+        name=names["milvus"], image=image, command=list(MILVUS_COMMAND), ports=ports, networks=[network],
+        env={"ETCD_ENDPOINTS": f"{names['etcd']}:2379", "MINIO_ADDRESS": f"{names['minio']}:9000"},
+        volumes=[f"{volume}:{DATA_DIR}"], extra_args=["--security-opt", "seccomp=unconfined", *HEALTH_ARGS],
+        **common)
+    return [etcd, minio, milvus]
+
+
+@operation()
+def standalone(mode: str, image: str, address: str, port: int = 19530, health_port: int = 9091,
+               etcd_image: str = "quay.io/coreos/etcd:v3.5.25",
+               minio_image: str = "minio/minio:RELEASE.2024-05-28T17-19-04Z",
+               volume: str = "milvus-data", etcd_volume: str = "milvus-etcd", minio_volume: str = "milvus-minio",
+               network: str = "milvus"):
+    """
+    Run Milvus standalone: etcd + MinIO + Milvus (``mode="standalone"``) or one embedded container.
+
+    + mode: ``"standalone"`` (official compose: three containers) or ``"embedded"`` (standalone_embed.sh)
+    + image: Milvus image (``milvus_image``); etcd_image / minio_image for standalone mode
+    + address: where to publish 19530 and 9091: an IP, or a name resolved on the host (not loopback)
+    + port / health_port: host ports for gRPC+REST and for /healthz
+    + volume / etcd_volume / minio_volume: named volumes for the data
+    + network: the private Docker network of standalone mode
+
+    Converged: no command. A changed setting recreates only the containers whose spec changed;
+    switching modes removes the other mode's containers (data is not migrated).
+
+    **Example:**
+
+    .. code:: python
+
+        milvus.standalone(name="Milvus", mode="standalone", image="milvusdb/milvus:v2.6.11",
+                          address="10.0.0.5")
+    """
+    ip = bind_address(address)
+    specs = milvus_specs(mode, image, ip, port, health_port, etcd_image, minio_image, volume, etcd_volume,
+                         minio_volume, network)
+    commands: list = []  # strings and the config file's upload command
+    if mode == "embedded":
+        commands += list(_put_text(f"{CONFIG_DIR}/embedEtcd.yaml", EMBED_ETCD_YAML))
+        stale = [ETCD, MINIO]
+    else:
+        if not host.get_fact(DockerNetwork, object_id=network):
+            commands.append(f"docker network create {shlex.quote(network)}")
+        stale = []
+    for name in stale:
+        if host.get_fact(ContainerState, container=name)["exists"]:
+            commands.append(f"docker rm -f {shlex.quote(name)} >/dev/null")
+    for spec in specs:
+        commands += list(_container._inner(spec=spec))
+    if not commands:
+        host.noop(f"milvus ({mode}) runs as declared on {ip}:{port}")
+        return
+    yield from commands
+
+
+def wait_commands(url: str, container: str, timeout: int, what: str) -> str:
+    """Shell text that polls ``url`` until it answers 2xx, or fails after ``timeout`` s with the logs."""
+    q_url, q_name = shlex.quote(url), shlex.quote(container)
+    return (
+        f"deadline=$(( $(date +%s) + {int(timeout)} )); "
+        f"until curl -fs -m 5 -o /dev/null {q_url}; do "
+        f"if [ $(date +%s) -ge $deadline ]; then "
+        f"echo \"{what} not healthy at {url} after {int(timeout)}s; last log lines of {container}:\" >&2; "
+        f"docker logs --tail 40 {q_name} >&2 2>&1; exit 1; fi; sleep 2; done"
+    )
+
+
+@operation()
+def ready(address: str, health_port: int = 9091, timeout: int = 180, container: str = MILVUS):
+    """
+    Wait until Milvus answers ``GET /healthz`` on its published health port, or fail with its last log lines.
+
+    + address: the address Milvus publishes on (an IP, or a name resolved on the host)
+    + health_port: the host port of 9091
+    + timeout: seconds to wait
+    + container: whose logs to show on failure
+
+    Healthy now: no command (so a converged host shows no change in a drift check). Otherwise the
+    wait runs on the host with curl. Gate it on the container op if you like: ``_if=milvus.did_change``.
+    """
+    ip = bind_address(address)
+    ip = "127.0.0.1" if ip == "0.0.0.0" else ip
+    url = f"http://{ip}:{health_port}/healthz"
+    if host.get_fact(HttpOk, url=url):
+        host.noop(f"milvus healthy at {url}")
+        return
+    yield wait_commands(url, container, timeout, "milvus")

@@ -1,0 +1,127 @@
+"""Regenerate the milvus.* and app.* operation cases: `.venv/bin/python tests/operations/make_data_cases.py` from the repo root.
+
+Digests and `docker run` lines come from operations/milvus.py and operations/app.py; review the diff
+of the JSON files before committing it (that review is the test).
+"""
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, ".")
+from operations.app import app_spec  # noqa: E402
+from operations.milvus import EMBED_ETCD_YAML, milvus_specs, wait_commands  # noqa: E402
+
+T = Path("tests/operations")
+IMG = "milvusdb/milvus:v2.6.11"
+CFG = "/etc/gpufleet/milvus/embedEtcd.yaml"
+SHA1 = hashlib.sha1(EMBED_ETCD_YAML.encode()).hexdigest()
+
+def running(spec_digest, image):
+    return {"exists": True, "running": True, "status": "running", "restarting": False, "spec": spec_digest,
+            "image_id": "sha256:aa", "image": image, "restart_count": 0}
+ABSENT = {"exists": False, "running": False, "status": None, "restarting": False, "spec": None,
+          "image_id": None, "image": None, "restart_count": 0}
+CFG_FACTS = {"files.File": {f"path={CFG}": {"mode": 644, "user": "root", "group": "root"}},
+             "files.Sha1File": {f"path={CFG}": SHA1},
+             "files.Directory": {"path=/etc/gpufleet/milvus": {"mode": 755}}}
+NO_CFG_FACTS = {"files.File": {f"path={CFG}": None}, "files.Sha1File": {f"path={CFG}": None},
+                "files.Directory": {"path=/etc/gpufleet/milvus": None, f"path={CFG}": None}}
+NET = {"object_id=milvus": [{"Name": "milvus", "Driver": "bridge"}]}
+def states(**kw):
+    return {f"container={k}": v for k, v in kw.items()}
+def write(folder, name, case):
+    (T / folder / f"{name}.json").write_text(json.dumps(case, indent=2) + "\n")
+
+emb = milvus_specs("embedded", IMG, "10.0.0.5")
+std = milvus_specs("standalone", IMG, "10.0.0.5")
+emb_kw = {"mode": "embedded", "image": IMG, "address": "10.0.0.5"}
+std_kw = {"mode": "standalone", "image": IMG, "address": "10.0.0.5"}
+
+write("milvus.standalone", "embedded_fresh_host_runs_one_container", {
+    "kwargs": emb_kw,
+    "facts": {**NO_CFG_FACTS, "docker.ContainerState": states(**{"milvus-etcd": ABSENT, "milvus-minio": ABSENT, "milvus-standalone": ABSENT})},
+    "commands": ["mkdir -p /etc/gpufleet/milvus", "chown root:root /etc/gpufleet/milvus", ["upload", EMBED_ETCD_YAML, CFG],
+                 "chown root:root " + CFG, "chmod 644 " + CFG, emb[0].run_command()]})
+write("milvus.standalone", "embedded_converged_is_noop", {
+    "kwargs": emb_kw,
+    "facts": {**CFG_FACTS, "docker.ContainerState": states(**{"milvus-etcd": ABSENT, "milvus-minio": ABSENT,
+              "milvus-standalone": running(emb[0].digest(), IMG)})},
+    "commands": [], "noop_description": "milvus (embedded) runs as declared on 10.0.0.5:19530"})
+write("milvus.standalone", "standalone_fresh_host_runs_etcd_minio_milvus_on_private_network", {
+    "kwargs": std_kw,
+    "facts": {"docker.DockerNetwork": {"object_id=milvus": []},
+              "docker.ContainerState": states(**{"milvus-etcd": ABSENT, "milvus-minio": ABSENT, "milvus-standalone": ABSENT})},
+    "commands": ["docker network create milvus", std[0].run_command(), std[1].run_command(), std[2].run_command()]})
+write("milvus.standalone", "standalone_converged_is_noop", {
+    "kwargs": std_kw,
+    "facts": {"docker.DockerNetwork": NET, "docker.ContainerState": states(**{
+        "milvus-etcd": running(std[0].digest(), std[0].image), "milvus-minio": running(std[1].digest(), std[1].image),
+        "milvus-standalone": running(std[2].digest(), IMG)})},
+    "commands": [], "noop_description": "milvus (standalone) runs as declared on 10.0.0.5:19530"})
+new_img = "milvusdb/milvus:v2.6.12"
+std_new = milvus_specs("standalone", new_img, "10.0.0.5")
+write("milvus.standalone", "changed_image_recreates_only_milvus", {
+    "kwargs": {**std_kw, "image": new_img},
+    "facts": {"docker.DockerNetwork": NET, "docker.ContainerState": states(**{
+        "milvus-etcd": running(std[0].digest(), std[0].image), "milvus-minio": running(std[1].digest(), std[1].image),
+        "milvus-standalone": running(std[2].digest(), IMG)})},
+    "commands": ["docker stop milvus-standalone >/dev/null; docker rm -f milvus-standalone >/dev/null",
+                 std_new[2].run_command()]})
+write("milvus.standalone", "switch_to_embedded_removes_etcd_and_minio", {
+    "kwargs": emb_kw,
+    "facts": {**CFG_FACTS, "docker.ContainerState": states(**{
+        "milvus-etcd": running(std[0].digest(), std[0].image), "milvus-minio": running(std[1].digest(), std[1].image),
+        "milvus-standalone": running(std[2].digest(), IMG)})},
+    "commands": ["docker rm -f milvus-etcd >/dev/null", "docker rm -f milvus-minio >/dev/null",
+                 "docker stop milvus-standalone >/dev/null; docker rm -f milvus-standalone >/dev/null",
+                 emb[0].run_command()]})
+named = milvus_specs("embedded", IMG, "172.20.0.5")
+write("milvus.standalone", "host_name_resolved_on_host_for_the_bind", {
+    "kwargs": {**emb_kw, "address": "gpu-node-1"},
+    "facts": {**CFG_FACTS, "net.ResolvedAddress": {"name_or_ip=gpu-node-1": "172.20.0.5"},
+              "docker.ContainerState": states(**{"milvus-etcd": ABSENT, "milvus-minio": ABSENT, "milvus-standalone": ABSENT})},
+    "commands": [named[0].run_command()]})
+write("milvus.standalone", "loopback_resolution_refused", {
+    "kwargs": {**emb_kw, "address": "gpu-node-1"},
+    "facts": {"net.ResolvedAddress": {"name_or_ip=gpu-node-1": "127.0.1.1"}},
+    "exception": {"name": "OperationError", "message": "'gpu-node-1' resolves to 127.0.1.1 (loopback) on the host: other hosts could not reach it. Set private_address (or the *_bind_address setting) to the host's private IP"}})
+
+write("milvus.ready", "healthy_is_noop", {
+    "kwargs": {"address": "10.0.0.5", "health_port": 9091, "timeout": 180},
+    "facts": {"net.HttpOk": {"url=http://10.0.0.5:9091/healthz": True}},
+    "commands": [], "noop_description": "milvus healthy at http://10.0.0.5:9091/healthz"})
+write("milvus.ready", "unhealthy_waits_then_fails_with_logs", {
+    "kwargs": {"address": "10.0.0.5", "health_port": 9091, "timeout": 180},
+    "facts": {"net.HttpOk": {"url=http://10.0.0.5:9091/healthz": False}},
+    "commands": [wait_commands("http://10.0.0.5:9091/healthz", "milvus-standalone", 180, "milvus")]})
+
+APP_IMG = "registry.internal/rag-app:1.4.2"
+app_kw = {"image": APP_IMG, "address": "10.0.0.5", "port": 8080, "vllm_address": "10.0.0.5", "vllm_port": 8000,
+          "model": "qwen3-32b-awq", "milvus_address": "10.0.0.5"}
+a = app_spec(APP_IMG, "10.0.0.5", 8080, "http://10.0.0.5:8000/v1", "qwen3-32b-awq", "http://10.0.0.5:19530")
+write("app.container", "fresh_host_runs_app_wired_to_node_replica", {
+    "kwargs": app_kw, "facts": {"docker.ContainerState": states(**{"rag-app": ABSENT})},
+    "commands": [a.run_command()]})
+write("app.container", "converged_is_noop", {
+    "kwargs": app_kw, "facts": {"docker.ContainerState": states(**{"rag-app": running(a.digest(), APP_IMG)})},
+    "commands": [], "noop_description": f"rag-app runs spec {a.digest()}"})
+lb = app_spec(APP_IMG, "10.0.0.5", 8080, "http://10.0.1.10:80/v1", "qwen3-32b-awq", "http://10.0.0.5:19530")
+write("app.container", "lb_target_recreates_with_lb_url", {
+    "kwargs": {**app_kw, "vllm_address": "lb-1", "vllm_port": 80},
+    "facts": {"net.ResolvedAddress": {"name_or_ip=lb-1": "10.0.1.10"},
+              "docker.ContainerState": states(**{"rag-app": running(a.digest(), APP_IMG)})},
+    "commands": ["docker stop -t 30 rag-app >/dev/null; docker rm -f rag-app >/dev/null", lb.run_command()]})
+a2 = app_spec("registry.internal/rag-app:1.5.0", "10.0.0.5", 8080, "http://10.0.0.5:8000/v1", "qwen3-32b-awq", "http://10.0.0.5:19530")
+write("app.container", "changed_image_recreates", {
+    "kwargs": {**app_kw, "image": "registry.internal/rag-app:1.5.0"},
+    "facts": {"docker.ContainerState": states(**{"rag-app": running(a.digest(), APP_IMG)})},
+    "commands": ["docker stop -t 30 rag-app >/dev/null; docker rm -f rag-app >/dev/null", a2.run_command()]})
+write("app.ready", "healthy_is_noop", {
+    "kwargs": {"address": "10.0.0.5", "port": 8080},
+    "facts": {"net.HttpOk": {"url=http://10.0.0.5:8080/health": True}},
+    "commands": [], "noop_description": "rag app healthy at http://10.0.0.5:8080/health"})
+write("app.ready", "unhealthy_waits_then_fails_with_logs", {
+    "kwargs": {"address": "10.0.0.5", "port": 8080, "timeout": 120},
+    "facts": {"net.HttpOk": {"url=http://10.0.0.5:8080/health": False}},
+    "commands": [wait_commands("http://10.0.0.5:8080/health", "rag-app", 120, "rag app")]})

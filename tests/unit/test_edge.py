@@ -1,0 +1,122 @@
+"""The load balancer's nginx config and Prometheus's scrape config, rendered from the production
+inventory; target checks on a real /api/v1/targets answer; edge settings."""
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+from gpufleet import PROJECT_ROOT
+from gpufleet.fleet import load_fleet
+from gpufleet.settings import HostSettings
+from operations import loadbalancer, monitoring
+from operations.facts.edge import parse_targets
+
+PROD = str(PROJECT_ROOT / "inventory" / "prod.py")
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "prometheus"
+SERVER = re.compile(r"^\s*server (\S+):(\d+)( down| max_fails=(\d+) fail_timeout=(\d+)s);\s+# (\S+)", re.M)
+
+
+def _upstream(text):
+    return text[text.index("upstream vllm {"):text.index("}", text.index("upstream vllm {"))]
+
+
+def test_nginx_has_one_member_per_replica_of_the_inventory():
+    fleet = load_fleet(PROD, cwd=str(PROJECT_ROOT))
+    args = loadbalancer.lb_args(fleet, "lb-01")
+    text, config_id = loadbalancer.render(args["replicas"], [], args["options"])
+    found = [(m[0], int(m[1]), m[5]) for m in SERVER.findall(_upstream(text))]
+    assert found == [(r.address, r.port, r.name) for r in fleet.replicas]
+    assert len(found) == 4 and all(" down" not in line for line in _upstream(text).splitlines())
+    assert "least_conn;" in text and "keepalive 64;" in text and "proxy_buffering off;" in text
+    assert "proxy_next_upstream error timeout http_502 http_503;" in text and "non_idempotent" not in text.split(
+        "proxy_next_upstream error")[1].split(";")[0]
+    assert "listen 80 default_server;" in text and "listen 127.0.0.1:8081;" in text
+    assert f'return 200 "{config_id}\\n";' in text
+
+
+def test_drained_member_is_down_and_changes_the_config_id():
+    fleet = load_fleet(PROD, cwd=str(PROJECT_ROOT))
+    args = loadbalancer.lb_args(fleet, "lb-01")
+    live, live_id = loadbalancer.render(args["replicas"], [], args["options"])
+    drained, drained_id = loadbalancer.render(args["replicas"], ["gpu-node-02-vllm-0", "gone-vllm-0"], args["options"])
+    rows = {m[5]: m[2] for m in SERVER.findall(_upstream(drained))}
+    assert rows["gpu-node-02-vllm-0"] == " down" and rows["gpu-node-01-vllm-0"].startswith(" max_fails=3")
+    assert drained_id != live_id and len(rows) == 4  # a marker for an unknown replica adds nothing
+
+
+def test_split_node_gives_two_members_on_two_ports():
+    fleet = load_fleet(PROD, cwd=str(PROJECT_ROOT), overrides={
+        "vllm_tensor_parallel_size": 1, "vllm_model": "Qwen/Qwen3-8B-AWQ", "vllm_quantization": "awq_marlin",
+        "vllm_replicas": [{"name": "vllm-0", "gpus": [0], "port": 8000}, {"name": "vllm-1", "gpus": [1], "port": 8001}]})
+    args = loadbalancer.lb_args(fleet, "lb-01")
+    text, _ = loadbalancer.render(args["replicas"], [], args["options"])
+    assert len(SERVER.findall(_upstream(text))) == 8 == len(fleet.replicas)
+    prom = yaml.safe_load(monitoring.render_prometheus(**monitoring.prometheus_args(fleet, "lb-01")))
+    jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
+    assert len(jobs["vllm"]["static_configs"]) == 8 and len(jobs["dcgm"]["static_configs"]) == 4
+
+
+def test_prometheus_has_a_target_per_replica_and_per_node_exporter():
+    fleet = load_fleet(PROD, cwd=str(PROJECT_ROOT))
+    args = monitoring.prometheus_args(fleet, "lb-01")
+    prom = yaml.safe_load(monitoring.render_prometheus(**args))
+    jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
+    assert prom["global"]["scrape_interval"] == "15s"
+    assert [(c["targets"], c["labels"]["replica"]) for c in jobs["vllm"]["static_configs"]] == [
+        ([f"{r.address}:{r.port}"], r.name) for r in fleet.replicas]
+    for job, port in (("dcgm", 9400), ("gpu_monitor", 9401), ("milvus", 9091)):
+        assert [c["targets"] for c in jobs[job]["static_configs"]] == [[f"{n.address}:{port}"] for n in fleet.nodes]
+    assert jobs["prometheus"]["static_configs"][0]["targets"] == ["127.0.0.1:9090"]
+    assert len(monitoring.expected_targets(args)) == 4 + 3 * 4
+
+
+def test_target_check_on_a_real_targets_answer():
+    # Captured from Debian's prometheus 2.42 scraping the prod config's (unreachable) addresses.
+    targets = parse_targets((FIXTURES / "targets_unreachable.json").read_text())
+    assert len(targets) == 17
+    problems = monitoring.target_problems(targets, ["10.40.1.11:8000", "10.9.9.9:8000"])
+    assert any(p.startswith("vllm 10.40.1.11:8000: ") for p in problems)
+    assert "10.9.9.9:8000: not a Prometheus target" in problems
+    # Seconds after start: some targets scraped (down, with the connect error), the rest unknown.
+    assert {t["health"] for t in targets} == {"down", "unknown"} and len(problems) == 17 + 1
+    assert all(t["error"] for t in targets if t["health"] == "down")
+    up = [{"job": "vllm", "instance": "a:8000", "health": "up", "error": None}]
+    assert monitoring.target_problems(up, ["a:8000"]) == []
+
+
+def test_edge_settings_defaults_and_port_clashes():
+    s = HostSettings()
+    assert (s.dcgm_exporter_port, s.gpu_monitor_port, s.prometheus_port) == (9400, 9401, 9090)
+    assert s.dcgm_exporter_image.startswith("nvcr.io/nvidia/k8s/dcgm-exporter:4.5.3-4.8.2")
+    clash = HostSettings(lb_status_port=80)
+    assert ("lb_status_port", 80, "a port not already used by lb_port") in clash.edge_consistency_problems()
+    node = HostSettings(gpu_count=2, gpu_monitor_port=8000)
+    assert any(k == "vllm_replicas" for k, _, _ in node.edge_consistency_problems())
+
+
+def test_edge_settings_refuse_loose_pins():
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        HostSettings(dcgm_exporter_image="nvcr.io/nvidia/k8s/dcgm-exporter:latest")
+    with pytest.raises(ValidationError):
+        HostSettings(gpu_monitor_requirements=["prometheus-client>=0.20"])
+
+
+def test_dcgm_counters_are_dev_fields_only():
+    rows = [line.split(",")[0].strip() for line in monitoring.dcgm_counters().splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert rows and all(r.startswith("DCGM_FI_DEV_") for r in rows)
+    spec = monitoring.dcgm_spec("img:1", 9400, "x")
+    cmd = spec.run_command()
+    assert "--gpus all" in cmd and "--cap-add SYS_ADMIN" in cmd and "0.0.0.0:9400:9400" in cmd
+
+
+def test_unit_runs_the_venv_python_quietly():
+    unit = monitoring.monitor_unit(9401, "0.0.0.0", 5.0)
+    assert "ExecStart=/opt/gpufleet/gpu-monitor/venv/bin/python /opt/gpufleet/gpu-monitor/gpu_monitor.py" in unit
+    assert "--port 9401 --addr 0.0.0.0 --interval 5.0 --quiet" in unit and "Restart=always" in unit
+    json.dumps(monitoring.prometheus_args(load_fleet(PROD, cwd=str(PROJECT_ROOT)), "lb-01"))  # JSON-safe args

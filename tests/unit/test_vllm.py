@@ -1,0 +1,167 @@
+"""operations/vllm.py and files/vllm_nccl_check.py without a host (the command-level cases are in
+tests/operations/vllm.*; regenerate them with tests/operations/make_vllm_cases.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+from pyinfra.api import OperationValueError
+
+from gpufleet.settings import validate_host_data
+from operations import vllm
+
+ROOT = Path(__file__).resolve().parents[2]
+CASES = ROOT / "tests" / "operations"
+TOKEN = (ROOT / "tests/fixtures/vllm/hf-token").read_text().strip()
+API_KEY = (ROOT / "tests/fixtures/vllm/api-key").read_text().strip()
+
+
+def _check_module():
+    spec = importlib.util.spec_from_file_location("vllm_nccl_check", ROOT / "files" / "vllm_nccl_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _spec(**over):
+    kw = dict(name="vllm-n1-vllm-0", image="gpufleet/vllm-rtx5090:abc", model="Qwen/Qwen3-32B-AWQ",
+              served_model_name="qwen3-32b-awq", port=8000, gpus=[0, 1], bind_address="10.0.0.11",
+              tensor_parallel_size=2, max_model_len=32768, gpu_memory_utilization=0.8, quantization="awq_marlin")
+    kw.update(over)
+    return vllm.replica_spec(**kw)
+
+
+# ----------------------------------------------------------------------------- the NCCL check -----
+@pytest.mark.parametrize("code,version", [(22707, "2.27.7"), (22703, "2.27.3"), (23007, "2.30.7"), (2708, "2.7.8")])
+def test_nccl_version_codes(code, version):
+    assert _check_module().decode(code) == version
+
+
+def test_check_without_nccl_fails_with_a_reason(capsys):
+    # This venv has neither torch nor an NCCL wheel: the check must say so, not crash.
+    rc = _check_module().main(["--expect-nccl", "2.27.7", "--require-arch", "sm_120"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 1 and not report["ok"]
+    assert any("2.27.7" in p for p in report["problems"])
+
+
+# ----------------------------------------------------------------------------- image --------------
+def test_image_tag_follows_every_input():
+    base = vllm.image_tag("vllm/vllm-openai:v0.11.0", "2.27.7")
+    assert base.startswith("gpufleet/vllm-rtx5090:")
+    assert vllm.image_tag("vllm/vllm-openai:v0.11.0", "2.27.3") != base
+    assert vllm.image_tag("vllm/vllm-openai:v0.12.0", "2.27.7") != base
+    assert vllm.image_tag("vllm/vllm-openai:v0.11.0", "2.27.7", "--index-url http://m/simple") != base
+    assert vllm.image_tag("vllm/vllm-openai:v0.11.0", "2.27.7") == base
+
+
+def test_image_cases_are_current():
+    case = json.loads((CASES / "vllm.image" / "exists_is_noop.json").read_text())
+    ref = next(iter(case["facts"]["docker.ImageState"]))
+    assert ref == f"ref={vllm.image_tag(**case['kwargs'])}", (
+        "files/Dockerfile.vllm_rtx5090 or files/vllm_nccl_check.py changed: "
+        "run .venv/bin/python tests/operations/make_vllm_cases.py and review the diff")
+
+
+def test_check_command_fails_and_removes_a_bad_image():
+    cmd = vllm.check_command("gpufleet/vllm-rtx5090:x", "2.27.7", "sm_120")
+    assert "--expect-nccl 2.27.7 --require-arch sm_120" in cmd
+    assert "docker image rm gpufleet/vllm-rtx5090:x" in cmd and cmd.rstrip().endswith("exit 1; fi")
+    assert vllm.arch_of("12.0") == "sm_120" and vllm.arch_of("9.0") == "sm_90"
+
+
+# ----------------------------------------------------------------------------- replica ------------
+def test_replica_command_line():
+    spec = _spec(extra_args=["--enable-prefix-caching"], env={"NCCL_P2P_DISABLE": "1"})
+    args = shlex.split(spec.run_command())
+    assert args[args.index("--gpus") + 1] == '"device=0,1"'
+    assert args[args.index("--publish") + 1] == "10.0.0.11:8000:8000"
+    assert args[args.index("--shm-size") + 1] == "16g"
+    assert args[args.index("--stop-timeout") + 1] == "45"  # shutdown 30 + 15
+    tail = args[args.index("gpufleet/vllm-rtx5090:abc") + 1:]
+    assert tail[0] == "Qwen/Qwen3-32B-AWQ"
+    for flag, value in [("--tensor-parallel-size", "2"), ("--quantization", "awq_marlin"),
+                        ("--max-model-len", "32768"), ("--gpu-memory-utilization", "0.8"),
+                        ("--shutdown-timeout", "30"), ("--served-model-name", "qwen3-32b-awq")]:
+        assert tail[tail.index(flag) + 1] == value
+    assert tail[-1] == "--enable-prefix-caching"
+    assert "NCCL_P2P_DISABLE=1" in args and "/var/lib/gpufleet/hf-cache:/root/.cache/huggingface" in args
+
+
+def test_replica_options_left_out():
+    args = shlex.split(_spec(quantization=None, shutdown_timeout=None, hf_cache_dir=None, shm_size=None).run_command())
+    for flag in ("--quantization", "--shutdown-timeout", "--stop-timeout", "--volume", "--shm-size"):
+        assert flag not in args
+
+
+@pytest.mark.parametrize("extra", [["--api-key", "x"], ["--api-key=x"], ["--max-model-len", "4096"]])
+def test_replica_refuses_secrets_and_duplicate_flags(extra):
+    with pytest.raises(OperationValueError):
+        _spec(extra_args=extra)
+
+
+def test_replica_needs_an_ip_to_publish_on():
+    with pytest.raises(OperationValueError, match="not an IP"):
+        _spec(bind_address="gpu-node-1")
+    assert "[fd00::5]:8000:8000" in _spec(bind_address="fd00::5").ports
+
+
+def test_secrets_never_in_shell_commands():
+    """Every vllm.replica case: the token and key appear in no shell command (only in uploads)."""
+    for path in sorted((CASES / "vllm.replica").glob("*.json")):
+        for command in json.loads(path.read_text()).get("commands", []):
+            if isinstance(command, str):
+                assert TOKEN not in command and API_KEY not in command, path.name
+                assert "--api-key" not in command
+
+
+def test_rotated_secret_changes_the_spec():
+    a = _spec(env_files={vllm.HF_TOKEN_ENV_FILE: vllm.content_digest("HF_TOKEN=a\n")})
+    b = _spec(env_files={vllm.HF_TOKEN_ENV_FILE: vllm.content_digest("HF_TOKEN=b\n")})
+    assert a.digest() != b.digest() and "--env-file /etc/gpufleet/hf-token.env" in a.run_command()
+
+
+def test_read_secret(tmp_path):
+    f = tmp_path / "t"
+    f.write_text("  abc \n")
+    assert vllm.read_secret(str(f)) == "abc"
+    f.write_text("a\nb\n")
+    with pytest.raises(OperationValueError):
+        vllm.read_secret(str(f))
+    with pytest.raises(OperationValueError, match="cannot read"):
+        vllm.read_secret(str(tmp_path / "missing"))
+
+
+# ----------------------------------------------------------------------------- ready --------------
+def test_probe_script_reads_the_key_from_its_file():
+    script = vllm.probe_script("c", "http://10.0.0.11:8000", "m", vllm.API_KEY_ENV_FILE)
+    assert "-H @-" in script and vllm.API_KEY_ENV_FILE in script
+    assert "/health" in script and "/v1/models" in script and "/v1/completions" in script
+    assert "Authorization" not in vllm.probe_script("c", "http://x:1", "m", None)
+
+
+# ----------------------------------------------------------------------------- settings -----------
+def test_vllm_settings_defaults_and_checks():
+    settings, issues = validate_host_data("n", {"gpu_count": 2, "vllm_image": "vllm/vllm-openai:v0.20.1"})
+    assert settings is not None and not issues
+    assert settings.vllm_stop_timeout_effective() == 45
+    _, issues = validate_host_data("n", {"vllm_shutdown_timeout": 60, "vllm_stop_timeout": 30})
+    assert [i.key for i in issues if i.severity == "error"] == ["vllm_stop_timeout"]
+    _, issues = validate_host_data("n", {"vllm_shm_size": "lots"})
+    assert [i.key for i in issues] == ["vllm_shm_size"]
+    _, issues = validate_host_data("n", {"pip_install_args": "--index-url https://u:p@mirror/simple"})
+    assert [i.key for i in issues] == ["pip_install_args"]
+
+
+def test_old_image_with_shutdown_timeout_is_flagged():
+    settings, _ = validate_host_data("n", {"gpu_count": 2, "vllm_image": "vllm/vllm-openai:v0.11.0"})
+    assert [k for k, _, _ in settings.vllm_warnings()] == ["vllm_shutdown_timeout"]
+    settings, _ = validate_host_data("n", {"gpu_count": 2, "vllm_image": "vllm/vllm-openai:v0.11.0",
+                                           "vllm_shutdown_timeout": None})
+    assert settings.vllm_warnings() == []
+    settings, _ = validate_host_data("n", {"gpu_count": 2, "vllm_image": "vllm/vllm-openai:v0.20.1"})
+    assert settings.vllm_warnings() == []
