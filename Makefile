@@ -8,9 +8,10 @@ INVENTORY ?= inventory/lab.py
 LAB_NODES ?= 2
 LAB_LBS   ?= 1
 PYTEST_ARGS ?=
+BENCH_SIZES ?= 1 2 4
 
 .PHONY: help install deploy deploy-dry validate inventory lab-up lab-down lab-purge lab-status \
-        test test-unit test-lab lint plan clean
+        test test-unit test-lab lint plan clean bench
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -67,3 +68,6 @@ lint: install  ## ruff over the project
 
 clean:  ## remove the venv and caches (not the lab: see lab-down)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+bench: install lab-up  ## floor vs no-op converge vs drift on 1, 2 and 4 lab nodes (prints a table)
+	$(BIN)/python -m gpufleet.bench $(BENCH_SIZES)

@@ -10,7 +10,8 @@ from pyinfra.operations import server, systemd
 from pyinfra.operations.util import any_changed
 
 from gpufleet.deploying import fleet_for
-from operations import app, apt, docker, loadbalancer, milvus, monitoring, nvidia, preflight
+from gpufleet.fleet import replicas_of
+from operations import app, apt, docker, loadbalancer, milvus, monitoring, nvidia, preflight, vllm
 
 fleet = fleet_for(inventory)
 settings = fleet.hosts[host.name].settings
@@ -60,6 +61,26 @@ if "gpu_nodes" in host.groups:
 
     # --- serving: vLLM replicas, Milvus, the RAG app ------------------------------------------
     node = fleet.hosts[host.name]
+    vllm.image(name="vLLM image (NCCL pinned inside)", base_image=settings.vllm_image,
+               nccl_version=settings.nccl_version, pip_install_args=settings.pip_install_args,
+               build_dir=settings.vllm_build_dir, require_arch=vllm.arch_of(settings.gpu_compute_capability))
+    vllm_tag = vllm.image_tag(settings.vllm_image, settings.nccl_version, settings.pip_install_args)
+    for r in host.loop(replicas_of(node)):
+        replica = vllm.replica(
+            name=f"vLLM replica {r.name}", container=f"vllm-{r.name}", image=vllm_tag, model=settings.vllm_model,
+            served_model_name=settings.vllm_served_model_name, port=r.port, gpus=r.gpus,
+            bind_address=settings.vllm_bind_address or r.address,
+            tensor_parallel_size=settings.vllm_tensor_parallel_size, max_model_len=settings.vllm_max_model_len,
+            gpu_memory_utilization=settings.vllm_gpu_memory_utilization, quantization=settings.vllm_quantization,
+            extra_args=settings.vllm_extra_args, env=settings.vllm_env, shm_size=settings.vllm_shm_size,
+            hf_cache_dir=settings.vllm_hf_cache_dir, hf_token_file=settings.vllm_hf_token_file,
+            api_key_file=settings.vllm_api_key_file, shutdown_timeout=settings.vllm_shutdown_timeout,
+            stop_timeout=settings.vllm_stop_timeout_effective(), restart=settings.vllm_restart_policy)
+        vllm.ready(name=f"vLLM replica {r.name} ready", container=f"vllm-{r.name}",
+                   url=f"http://{r.address}:{r.port}", served_model_name=settings.vllm_served_model_name,
+                   timeout=settings.vllm_ready_timeout, api_key=settings.vllm_api_key_file is not None,
+                   _if=replica.did_change)
+
     milvus_address = settings.milvus_bind_address or node.address
     milvus.standalone(name=f"Milvus ({settings.milvus_mode})", mode=settings.milvus_mode,
                       image=settings.milvus_image, address=milvus_address, port=settings.milvus_port,
@@ -69,6 +90,20 @@ if "gpu_nodes" in host.groups:
                       network=settings.milvus_network)
     milvus.ready(name="Milvus healthy (/healthz)", address=milvus_address,
                  health_port=settings.milvus_health_port, timeout=settings.milvus_ready_timeout_s)
+    if settings.app_image:
+        lb = fleet.load_balancers[0] if fleet.load_balancers else None
+        replica_address = (settings.vllm_bind_address
+                           if settings.vllm_bind_address not in (None, "0.0.0.0") else node.address)
+        vllm_address, vllm_port = app.vllm_url(
+            settings.app_vllm_target, replica_address, settings.replicas_declared()[0].port,
+            lb.address if lb else None, lb.settings.lb_port if lb else 80)
+        app_address = settings.app_bind_address or node.address
+        app.container(name="RAG app", image=settings.app_image, address=app_address, port=settings.app_port,
+                      vllm_address=vllm_address, vllm_port=vllm_port, model=settings.vllm_served_model_name,
+                      milvus_address=milvus_address, milvus_port=settings.milvus_port,
+                      collection=settings.app_collection, top_k=settings.app_top_k, env=settings.app_env)
+        app.ready(name="RAG app healthy (/health)", address=app_address, port=settings.app_port,
+                  timeout=settings.app_ready_timeout_s)
 
 # --- load balancers: nginx over every replica in the inventory, Prometheus over every target ------
 if "lb" in host.groups:

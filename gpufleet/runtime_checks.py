@@ -57,5 +57,39 @@ def gpu_health(host, settings: HostSettings) -> list[DriftItem]:
     return items
 
 
-# Checks contributed by the serving roles (containers, NCCL in the image, nginx upstreams).
-EXTRA_CHECKS: list = []
+RESTARTS_ALARM = 3  # restarts since creation that mean a crash loop, not a reboot
+
+
+def containers(host, settings: HostSettings, fleet: Fleet) -> list[DriftItem]:
+    """Managed containers that are not running, crash-looping, or run another image than their tag."""
+    from operations.facts.docker import ManagedContainers
+
+    found = host.get_fact(ManagedContainers)
+    if found["status"] == "missing":
+        return []
+    items = []
+    for c in found["containers"]:
+        check = f"container {c['name']}"
+        if c["restarting"] or c["restart_count"] >= RESTARTS_ALARM:
+            items.append(DriftItem("runtime", check, f"restarting ({c['restart_count']} restarts)"))
+        elif c["status"] != "running":
+            items.append(DriftItem("runtime", check, f"{c['status']}, not running"))
+        if c["tag_id"] and c["tag_id"] != c["image_id"]:
+            items.append(DriftItem("runtime", check, f"runs image {c['image_id'][:19]}, but {c['image']} is now "
+                                                     f"{c['tag_id'][:19]} (another image under the pinned tag)"))
+    return items
+
+
+def drained_replicas(host, settings: HostSettings, fleet: Fleet) -> list[DriftItem]:
+    """Replicas an lb keeps out of rotation (a rollout that did not finish, or a manual drain)."""
+    if not host.groups or "lb" not in host.groups:
+        return []
+    from operations.facts.edge import NginxState
+
+    state = host.get_fact(NginxState, status_port=settings.lb_status_port)
+    return [DriftItem("runtime", "nginx upstream", f"replica {name} is drained (out of rotation)")
+            for name in state.get("drained", [])]
+
+
+# Checks every host gets; the serving roles add theirs here.
+EXTRA_CHECKS: list = [containers, drained_replicas]

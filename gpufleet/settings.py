@@ -119,7 +119,7 @@ class HostSettings(VllmSettings, DataSettings, EdgeSettings):
     nccl_cuda_version: str = "12.9"
 
     # --- vLLM ------------------------------------------------------------------------------------
-    vllm_image: str = "vllm/vllm-openai:v0.11.0"
+    vllm_image: str = "vllm/vllm-openai:v0.21.0"
     vllm_model: str = "Qwen/Qwen3-32B-AWQ"
     vllm_served_model_name: str = "qwen3-32b-awq"
     vllm_tensor_parallel_size: int = Field(2, ge=1, le=16)
@@ -234,6 +234,8 @@ class HostSettings(VllmSettings, DataSettings, EdgeSettings):
             problems.extend(self._fit_problems())
         # The serving roles' own combinations (settings_vllm.py, settings_data.py, settings_edge.py).
         problems.extend(self.vllm_problems())
+        # An image too old for --shutdown-timeout crash-loops on start: an error, not a warning.
+        problems.extend(self.vllm_warnings())
         problems.extend(self.data_problems())
         problems.extend(self.edge_consistency_problems())
         return problems

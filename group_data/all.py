@@ -32,7 +32,10 @@ lb_nginx_version = "1.22.1-9+deb12u11"
 prometheus_version = "2.42.0+ds-5+deb12u1"
 
 # --- serving ------------------------------------------------------------------------------------
-vllm_image = "vllm/vllm-openai:v0.11.0"
+# A CUDA 12.9 build with sm_120 kernels and --shutdown-timeout (vLLM >= 0.18). The image gpufleet
+# runs is built on it with NCCL pinned (files/Dockerfile.vllm_rtx5090); the build fails if the NCCL
+# vLLM loads is not nccl_version, or if torch has no sm_120 kernels.
+vllm_image = "vllm/vllm-openai:v0.21.0"
 vllm_model = "Qwen/Qwen3-32B-AWQ"
 vllm_served_model_name = "qwen3-32b-awq"
 vllm_quantization = "awq_marlin"

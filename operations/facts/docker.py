@@ -186,3 +186,44 @@ class ImageState(FactBase):
         except ValueError:
             parsed = {}
         return {"exists": True, "id": image_id, "labels": parsed}
+
+
+class ManagedContainers(FactBase):
+    """Every container gpufleet runs (those with the spec label), with the image its tag names now.
+
+    .. code:: python
+
+        host.get_fact(ManagedContainers)
+        {"status": "ok", "containers": [{"name": "milvus", "status": "running", "restarting": False,
+          "restart_count": 0, "image_id": "sha256:aa..", "image": "milvusdb/milvus:v2.6.11",
+          "tag_id": "sha256:aa.."}]}
+
+    ``tag_id`` differs from ``image_id`` when another image was put under the pinned tag after
+    the container started; it is None when the tag no longer exists locally.
+    """
+
+    command = wrap(
+        "docker",
+        f"for c in $(docker ps -aq --filter label={SPEC_LABEL}); do "
+        "docker inspect --format '{{.Name}}|{{.State.Status}}|{{.State.Restarting}}|{{.RestartCount}}|"
+        "{{.Image}}|{{.Config.Image}}' \"$c\" | while IFS='|' read -r n s r k i ref; do "
+        "t=$(docker image inspect --format '{{.Id}}' \"$ref\" 2>/dev/null); "
+        "echo \"$n|$s|$r|$k|$i|$ref|$t\"; done; done",
+    )
+
+    @staticmethod
+    def default():
+        return {"status": "missing", "exit_code": None, "error": "docker not installed", "containers": []}
+
+    def process(self, output):
+        result, body = envelope(output)
+        containers = []
+        for line in body:
+            parts = line.strip().split("|")
+            if len(parts) != 7:
+                continue
+            name, status, restarting, restarts, image_id, ref, tag_id = parts
+            containers.append({"name": name.lstrip("/"), "status": status, "restarting": restarting == "true",
+                               "restart_count": int(restarts or 0), "image_id": image_id, "image": ref,
+                               "tag_id": tag_id or None})
+        return {**result, "containers": sorted(containers, key=lambda c: c["name"])}

@@ -3,11 +3,14 @@
 Run it after editing files/Dockerfile.vllm_rtx5090 or files/vllm_nccl_check.py (their digest is the
 image tag) or operations/vllm.py; review the diff of the JSON files before committing it.
 """
+import hashlib
+import json
 import sys
-sys.path.insert(0, ".")
-import hashlib, json
 from pathlib import Path
-from operations import vllm
+
+sys.path.insert(0, ".")
+from operations import vllm  # noqa: E402
+from operations.facts.docker import ContainerState  # noqa: E402
 
 OUT = Path("tests/operations")
 NAME = "vllm-gpu-node-1-vllm-0"
@@ -20,8 +23,10 @@ DIR_OK = {"mode": 755, "user": "root", "group": "root"}
 NO_SECRETS = {"path=/etc/gpufleet/hf-token.env": None, "path=/etc/gpufleet/vllm-api-key.env": None}
 
 def spec_of(kw, env_files=None):
-    k = dict(kw); k["name"] = k.pop("container")
-    for x in ("hf_token_file", "api_key_file"): k.pop(x, None)
+    k = dict(kw)
+    k["name"] = k.pop("container")
+    for x in ("hf_token_file", "api_key_file"):
+        k.pop(x, None)
     return vllm.replica_spec(**k, env_files=env_files or {})
 
 def running(digest):
@@ -49,13 +54,19 @@ write("vllm.replica", "max_model_len_change_recreates", {
     "commands": [f"docker stop -t 45 {NAME} >/dev/null; docker rm -f {NAME} >/dev/null", newspec.run_command()]})
 
 # 3. first run, token + API key already on the host: only --env-file paths and digests on the command line
-tok = "tests/fixtures/vllm/hf-token"; key = "tests/fixtures/vllm/api-key"
+tok = "tests/fixtures/vllm/hf-token"
+key = "tests/fixtures/vllm/api-key"
 tok_text = vllm.secret_env_text(vllm.read_secret(tok), vllm.HF_TOKEN_VARIABLES)
 key_text = vllm.secret_env_text(vllm.read_secret(key), vllm.API_KEY_VARIABLES)
 sec = dict(BASE, hf_token_file=tok, api_key_file=key)
 files_ok = {"path=/etc/gpufleet/hf-token.env": {"mode": 600, "user": "root", "group": "root"},
             "path=/etc/gpufleet/vllm-api-key.env": {"mode": 600, "user": "root", "group": "root"}}
-sha1 = lambda t: hashlib.sha1(t.encode()).hexdigest()
+
+
+def sha1(t):
+    return hashlib.sha1(t.encode()).hexdigest()
+
+
 envf = {vllm.HF_TOKEN_ENV_FILE: vllm.content_digest(tok_text), vllm.API_KEY_ENV_FILE: vllm.content_digest(key_text)}
 secspec = spec_of(sec, envf)
 write("vllm.replica", "secrets_only_as_env_files", {
@@ -64,7 +75,7 @@ write("vllm.replica", "secrets_only_as_env_files", {
               "files.Sha1File": {"path=/etc/gpufleet/hf-token.env": sha1(tok_text),
                                  "path=/etc/gpufleet/vllm-api-key.env": sha1(key_text)},
               "files.Directory": {"path=/var/lib/gpufleet/hf-cache": DIR_OK, "path=/etc/gpufleet": DIR_OK},
-              "docker.ContainerState": {f"container={NAME}": __import__("operations.facts.docker", fromlist=["x"]).ContainerState.default()}},
+              "docker.ContainerState": {f"container={NAME}": ContainerState.default()}},
     "commands": [secspec.run_command()]})
 
 # 4. token rotated on the control side: new 0600 file uploaded, container recreated (digest changed)
@@ -85,13 +96,14 @@ write("vllm.replica", "rotated_token_recreates", {
 write("vllm.replica", "api_key_on_command_line_refused", {
     "kwargs": dict(BASE, extra_args=["--api-key", "sk-123"]),
     "facts": {"files.File": NO_SECRETS, "files.Directory": {"path=/var/lib/gpufleet/hf-cache": DIR_OK},
-              "docker.ContainerState": {f"container={NAME}": __import__("operations.facts.docker", fromlist=["x"]).ContainerState.default()}},
+              "docker.ContainerState": {f"container={NAME}": ContainerState.default()}},
     "exception": {"name": "OperationValueError",
                   "message": "--api-key must not be a command-line argument (it would show in `ps` and `docker inspect`); use vllm_api_key_file / vllm_hf_token_file"}})
 
 # image: exists -> noop; missing -> build + check
 IMG = dict(base_image="vllm/vllm-openai:v0.11.0", nccl_version="2.27.7", pip_install_args="")
-digest = vllm.inputs_digest(**IMG); tag = f"gpufleet/vllm-rtx5090:{digest}"
+digest = vllm.inputs_digest(**IMG)
+tag = f"gpufleet/vllm-rtx5090:{digest}"
 write("vllm.image", "exists_is_noop", {
     "kwargs": IMG,
     "facts": {"docker.ImageState": {f"ref={tag}": {"exists": True, "id": "sha256:bb", "labels": {"io.gpufleet.inputs": digest}}}},
@@ -108,8 +120,9 @@ write("vllm.image", "missing_builds_then_checks", {
     "commands": [vllm.build_command(tag, IMG["base_image"], "2.27.7", "", digest),
                  vllm.check_command(tag, "2.27.7", "sm_120")]})
 LAB = dict(base_image="lab-registry:5000/gpufleet-lab/vllm-cpu:0.32.0", nccl_version="2.27.3",
-           pip_install_args="--no-index --find-links http://lab-repo/wheels/")
-ld = vllm.inputs_digest(**LAB); ltag = f"gpufleet/vllm-rtx5090:{ld}"
+           pip_install_args="--no-index --find-links http://lab-repo/wheels/ --trusted-host lab-repo")
+ld = vllm.inputs_digest(**LAB)
+ltag = f"gpufleet/vllm-rtx5090:{ld}"
 write("vllm.image", "pin_bump_builds_new_tag", {
     "kwargs": LAB,
     "facts": {"docker.ImageState": {f"ref={ltag}": {"exists": False, "id": None, "labels": {}}},
@@ -126,4 +139,4 @@ write("vllm.ready", "waits_with_function", {
     "facts": {},
     "commands": [["_wait_ready", [NAME, "http://10.0.0.11:8000", "qwen3-32b-awq", 600, vllm.API_KEY_ENV_FILE],
                   {"interval": 5, "log_lines": 40}]]})
-print("tag", tag)
+print("image tag", tag)

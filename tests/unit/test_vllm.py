@@ -157,9 +157,11 @@ def test_vllm_settings_defaults_and_checks():
     assert [i.key for i in issues] == ["pip_install_args"]
 
 
-def test_old_image_with_shutdown_timeout_is_flagged():
-    settings, _ = validate_host_data("n", {"gpu_count": 2, "vllm_image": "vllm/vllm-openai:v0.11.0"})
-    assert [k for k, _, _ in settings.vllm_warnings()] == ["vllm_shutdown_timeout"]
+def test_old_image_with_shutdown_timeout_is_refused():
+    # vLLM < 0.18 exits on the unknown flag and the container crash-loops: an error, not a warning.
+    settings, issues = validate_host_data("n", {"gpu_count": 2, "vllm_image": "vllm/vllm-openai:v0.11.0"})
+    assert settings is None
+    assert [(i.key, i.severity) for i in issues] == [("vllm_shutdown_timeout", "error")]
     settings, _ = validate_host_data("n", {"gpu_count": 2, "vllm_image": "vllm/vllm-openai:v0.11.0",
                                            "vllm_shutdown_timeout": None})
     assert settings.vllm_warnings() == []

@@ -1,0 +1,112 @@
+"""`make bench`: how long a fleet-wide run takes against the lab, and how many commands it sends.
+
+For N lab GPU nodes (default 1, 2, 4; plus the load balancer), on a converged lab, measures
+in one process:
+
+  (a) floor     connect to every host and read one fact (pyinfra's minimum)
+  (b) converge  a no-op converge of the whole stack (deploy.py planned and executed, nothing changes)
+  (c) drift     `gpufleet drift` (the same plan plus the runtime checks; read-only)
+
+and prints the wall times, (b)/(a), (c)/(b), N=max/N=min for each, and the commands sent per host
+(every shell command pyinfra runs over SSH, counted at the connector). Targets from the issue:
+(b)/(a) <= 2, (c)/(b) <= 1.2, N=4/N=1 <= 1.5. Timings are noisy on shared machines: each number is
+the median of --repeat runs, and the ratios come from the same run.
+"""
+
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()  # before anything opens a socket, as pyinfra's CLI does
+
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+
+INVENTORY = "inventory/lab.py"
+
+
+@contextmanager
+def counting():
+    from pyinfra.connectors.ssh import SSHConnector
+
+    counts: Counter = Counter()
+    original = SSHConnector.run_shell_command
+
+    def counted(self, command, *args, **kwargs):
+        counts[self.host.name] += 1
+        return original(self, command, *args, **kwargs)
+
+    SSHConnector.run_shell_command = counted
+    try:
+        yield counts
+    finally:
+        SSHConnector.run_shell_command = original
+
+
+def floor() -> None:
+    from pyinfra.facts.server import Hostname
+
+    from gpufleet.remote import connected, run_parallel
+
+    with connected(INVENTORY) as (state, _, reachable, _unreachable):
+        run_parallel(state, reachable, lambda h: h.get_fact(Hostname))
+
+
+def converge() -> None:
+    from gpufleet.planrun import execute, planned
+
+    with planned(INVENTORY, check_for_changes=False) as plan:
+        results = execute(plan, [h.name for h in plan.hosts])
+    if not all(results.values()):
+        raise RuntimeError(f"converge failed: {results}")
+
+
+def drift() -> None:
+    from gpufleet.drift import check
+
+    report = check(INVENTORY)
+    if report.exit_code != 0:
+        raise RuntimeError(f"the lab is not clean: {report.as_dict()['drifted_hosts']}")
+
+
+def measure(fn, repeat: int) -> tuple[float, float]:
+    times, per_host = [], []
+    for _ in range(repeat):
+        with counting() as counts:
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        per_host.append(max(counts.values()) if counts else 0)
+    return statistics.median(times), statistics.median(per_host)
+
+
+def main(sizes: list[int], repeat: int = 3) -> int:
+    from gpufleet.lab.control import up
+    from gpufleet.table import render_table
+
+    rows, results = [], {}
+    for n in sizes:
+        up(n, 1)
+        converge()  # bring new hosts to the declared state first; not measured
+        a, ca = measure(floor, repeat)
+        b, cb = measure(converge, repeat)
+        c, cc = measure(drift, repeat)
+        results[n] = (a, b, c)
+        rows.append([n, f"{a:.2f}s", f"{b:.2f}s", f"{c:.2f}s", f"{b / a:.2f}", f"{c / b:.2f}",
+                     f"{ca:.0f} / {cb:.0f} / {cc:.0f}"])
+    print(render_table(["NODES", "(a) FLOOR", "(b) CONVERGE", "(c) DRIFT", "(b)/(a)", "(c)/(b)",
+                        "CMDS/HOST a/b/c"], rows))
+    lo, hi = min(sizes), max(sizes)
+    if hi != lo:
+        scale = [results[hi][i] / results[lo][i] for i in range(3)]
+        print(f"\nN={hi}/N={lo}: floor {scale[0]:.2f}, converge {scale[1]:.2f}, drift {scale[2]:.2f}")
+    print("targets: (b)/(a) <= 2, (c)/(b) <= 1.2, N=4/N=1 <= 1.5")
+    return 0
+
+
+if __name__ == "__main__":
+    args = [int(a) for a in sys.argv[1:]] or [1, 2, 4]
+    sys.exit(main(args))

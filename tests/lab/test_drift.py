@@ -1,0 +1,171 @@
+"""Nightly drift on the lab: a catalog of injected drifts, each found on the right host with the
+right cause; clean means exit 0; an unreachable host means exit 1 with the others still checked;
+and drift itself never changes a host."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.lab.conftest import deploy, gpufleet
+
+NODE = "gpu-node-2"
+GPUS_JSON = "/etc/gpufleet-lab/gpus.json"
+
+
+def drift(*args: str) -> tuple[int, dict]:
+    run = gpufleet("drift", "inventory/lab.py", "--json", *args, check=False, timeout=600)
+    return run.returncode, json.loads(run.stdout)
+
+
+def causes(report: dict, host: str) -> list[str]:
+    entry = next(h for h in report["hosts"] if h["host"] == host)
+    return [f"[{d['kind']}] {d['check']}: {d['cause']} {' '.join(d['details'])}" for d in entry["drift"]]
+
+
+@pytest.fixture(scope="module")
+def converged(deployed, hosts):
+    result = deploy()
+    assert result["rc"] == 0, result["stderr"][-3000:]
+    code, report = drift()
+    assert code == 0, report
+    return hosts
+
+
+def test_clean_lab_reports_nothing_and_exits_0(converged):
+    code, report = drift()
+    assert code == 0 and report["ok"] is True
+    assert report["drifted_hosts"] == [] and all(h["drift"] == [] for h in report["hosts"])
+
+
+# (id, host, inject, expected text in one cause, how to put it back: None = a deploy of that host)
+CATALOG = [
+    ("managed-file-edited", NODE, "sed -i 's/modeset=0/modeset=1/' /etc/modprobe.d/gpufleet-blacklist-nouveau.conf",
+     "Blacklist nouveau: /etc/modprobe.d/gpufleet-blacklist-nouveau.conf: content differs", None),
+    ("package-downgraded", NODE,
+     "apt-get install -y -q --allow-downgrades --allow-change-held-packages nvidia-container-toolkit=1.17.7-1",
+     "NVIDIA Container Toolkit: ", None),
+    ("hold-removed", NODE, "apt-mark unhold libnccl2", "NCCL pin on the host: apt-mark hold libnccl2", None),
+    ("nccl-pin-removed", NODE, "rm /etc/apt/preferences.d/gpufleet-nccl",
+     "NCCL pin on the host: /etc/apt/preferences.d/gpufleet-nccl: missing", None),
+    ("nvidia-runtime-removed", NODE,
+     "python3 -c \"import json;p='/etc/docker/daemon.json';d=json.load(open(p));d.pop('runtimes');"
+     "json.dump(d,open(p,'w'))\"",
+     "Docker daemon.json: nvidia runtime: /etc/docker/daemon.json: content differs", None),
+    ("container-stopped", NODE, "docker stop milvus-standalone", "docker start milvus-standalone", None),
+    ("container-recreated-with-another-flag", NODE,
+     "img=$(docker inspect --format '{{.Config.Image}}' milvus-standalone); docker rm -f milvus-standalone && "
+     "docker run -d --name milvus-standalone --restart no \"$img\" milvus run standalone",
+     "docker run -d --name milvus-standalone", None),
+    ("another-image-under-the-pinned-tag", NODE,
+     "img=$(docker inspect --format '{{.Config.Image}}' milvus-standalone); "
+     "docker tag \"$img\" gpufleet-test/milvus-original:1 && "
+     "docker tag lab-registry:5000/gpufleet-lab/toolkit-check:1 \"$img\"",
+     "another image under the pinned tag",
+     "img=$(docker inspect --format '{{.Config.Image}}' milvus-standalone); "
+     "docker tag gpufleet-test/milvus-original:1 \"$img\" && docker rmi gpufleet-test/milvus-original:1"),
+    ("nginx-upstream-edited", "lb-1", "sed -i '0,/server gpu-node-1/s//server gpu-node-9/' /etc/nginx/nginx.conf",
+     "/etc/nginx/nginx.conf: content differs", None),
+    ("unit-disabled", NODE, "systemctl disable --no-reload nvidia-persistenced 2>/dev/null || systemctl disable nvidia-persistenced",
+     "NVIDIA persistence daemon: systemctl enable nvidia-persistenced", None),
+    ("driver-upgraded-without-reboot", NODE,
+     "apt-get install -y -q --allow-change-held-packages nvidia-open=580.82.07-1",
+     "driver loaded: reboot pending: driver 580.82.07 installed, 580.95.05 loaded", None),
+    ("gpu-missing", NODE,
+     f"cp {GPUS_JSON} /root/gpus.json.bak && python3 -c \"import json;p='{GPUS_JSON}';"
+     "json.dump(json.load(open(p))[:1],open(p,'w'))\"",
+     "gpus: 1 GPUs visible, expected 2", f"mv /root/gpus.json.bak {GPUS_JSON}"),
+    ("gpu-throttled", NODE,
+     f"cp {GPUS_JSON} /root/gpus.json.bak && python3 -c \"import json;p='{GPUS_JSON}';g=json.load(open(p));"
+     "g[1]['throttle']='0x0000000000000040';json.dump(g,open(p,'w'))\"",
+     "GPU 1 throttled: hardware thermal slowdown", f"mv /root/gpus.json.bak {GPUS_JSON}"),
+]
+
+
+@pytest.mark.parametrize(("host_name", "inject", "expected", "repair"),
+                         [c[1:] for c in CATALOG], ids=[c[0] for c in CATALOG])
+def test_injected_drift_is_found_on_the_right_host_with_its_cause(converged, host_name, inject, expected, repair):
+    target = converged[host_name]
+    injected = target.run(inject)
+    assert injected.rc == 0, injected.stderr
+    try:
+        code, report = drift()
+        assert code == 2, report
+        assert report["drifted_hosts"] == [host_name]
+        found = causes(report, host_name)
+        assert any(expected in c for c in found), found
+    finally:
+        if repair:
+            assert target.run(repair).rc == 0
+        else:
+            fixed = deploy("--limit", host_name)
+            assert fixed["rc"] == 0, fixed["stderr"][-2000:]
+    code, report = drift()
+    assert code == 0, report
+
+
+def test_unreachable_host_exits_1_and_the_others_are_still_checked(converged):
+    import docker
+
+    client = docker.from_env()
+    client.containers.get("lb-1").stop(timeout=5)
+    try:
+        converged[NODE].run("sed -i 's/modeset=0/modeset=1/' /etc/modprobe.d/gpufleet-blacklist-nouveau.conf")
+        code, report = drift()
+        assert code == 1
+        by_host = {h["host"]: h for h in report["hosts"]}
+        assert by_host["lb-1"]["reachable"] is False
+        assert by_host[NODE]["drifted"] is True and by_host["gpu-node-1"]["drift"] == []
+    finally:
+        client.containers.get("lb-1").start()
+        deploy("--limit", NODE)
+    from gpufleet.lab.control import up
+
+    up(2, 1)  # wait for lb-1's systemd and sshd again
+
+
+def test_drift_outputs_prometheus_and_junit_files(converged, tmp_path):
+    prom, junit = tmp_path / "drift.prom", tmp_path / "drift.xml"
+    code, _ = drift("--prometheus", str(prom), "--junit", str(junit))
+    assert code == 0
+    assert 'gpufleet_drift_operations{host="gpu-node-1"} 0.0' in prom.read_text()
+    assert 'tests="3"' in junit.read_text() and 'failures="0"' in junit.read_text()
+
+
+MUTATING = (r"apt-get (install|remove|purge|update|upgrade)|apt-mark (hold|unhold)|dpkg -i|"
+            r"docker (run|start|stop|rm|restart|pull|build|tag|rmi|network connect)|"
+            r"systemctl (start|stop|restart|reload|enable|disable|daemon-reload|reboot)|\breboot\b|"
+            r"\bmv |\bcp |\brm -|\btee |install -d|\bchmod |\bchown |\bmkdir |\btouch |sed -i|nginx -s")
+
+
+def test_drift_only_reads(converged, monkeypatch):
+    """In-process, every command drift sends is recorded: none may change anything, none uploads."""
+    import re
+
+    from pyinfra.connectors.ssh import SSHConnector
+
+    from gpufleet import drift as engine
+
+    sent: list[str] = []
+    original = SSHConnector.run_shell_command
+
+    def record(self, command, *args, **kwargs):
+        sent.append(command.get_raw_value() if hasattr(command, "get_raw_value") else str(command))
+        return original(self, command, *args, **kwargs)
+
+    def refuse_upload(*args, **kwargs):
+        raise AssertionError("drift uploaded a file")
+
+    monkeypatch.setattr(SSHConnector, "run_shell_command", record)
+    monkeypatch.setattr(SSHConnector, "put_file", refuse_upload)
+    converged[NODE].run("sed -i 's/modeset=0/modeset=1/' /etc/modprobe.d/gpufleet-blacklist-nouveau.conf")
+    try:
+        report = engine.check("inventory/lab.py")
+        assert report.exit_code == 2 and [h.host for h in report.hosts if h.items] == [NODE]
+    finally:
+        monkeypatch.undo()
+        deploy("--limit", NODE)
+    assert sent, "no command recorded: the check did not reach the hosts"
+    changing = [c for c in sent if re.search(MUTATING, c)]
+    assert changing == [], changing[:5]
