@@ -80,6 +80,17 @@ def containers(host, settings: HostSettings, fleet: Fleet) -> list[DriftItem]:
     return items
 
 
+def nccl_in_vllm(host, settings: HostSettings, fleet: Fleet) -> list[DriftItem]:
+    """The NCCL the running vLLM loads is the pin (the host's libnccl2 does not decide it)."""
+    if not settings.gpu_count:
+        return []
+    from operations.facts.docker import VllmNcclVersions
+
+    found = host.get_fact(VllmNcclVersions)["containers"]
+    return [DriftItem("runtime", f"container {name}", f"loads NCCL {version or 'unknown'}, pinned {settings.nccl_version}")
+            for name, version in sorted(found.items()) if version != settings.nccl_version]
+
+
 def drained_replicas(host, settings: HostSettings, fleet: Fleet) -> list[DriftItem]:
     """Replicas an lb keeps out of rotation (a rollout that did not finish, or a manual drain)."""
     if not host.groups or "lb" not in host.groups:
@@ -92,4 +103,4 @@ def drained_replicas(host, settings: HostSettings, fleet: Fleet) -> list[DriftIt
 
 
 # Checks every host gets; the serving roles add theirs here.
-EXTRA_CHECKS: list = [containers, drained_replicas]
+EXTRA_CHECKS: list = [containers, nccl_in_vllm, drained_replicas]

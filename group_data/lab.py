@@ -49,3 +49,6 @@ vllm_shm_size = "2g"
 vllm_bind_address = "0.0.0.0"  # lab hosts are known by name on the lab network, not by a fixed IP
 vllm_ready_timeout = 600
 pip_install_args = "--no-index --find-links http://lab-repo/wheels/ --trusted-host lab-repo"
+# The tiny model has a 512-token window and a byte-level tokenizer: fewer, shorter retrievals.
+app_top_k = 2
+app_env = {"VLLM_MAX_TOKENS": "32"}

@@ -1,8 +1,14 @@
 """Test layout: tests/unit and tests/operations need nothing; tests/lab needs the fleet lab."""
 
-from pathlib import Path
+# pyinfra (and gpufleet's CLI) run on gevent: patch the stdlib once, before anything else imports
+# it, as pyinfra's own CLI does. Patching later, from inside an import, breaks import locks.
+from gevent import monkey
 
-import pytest
+monkey.patch_all()
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 
 LAB_TESTS = Path(__file__).parent / "lab"
 

@@ -227,3 +227,40 @@ class ManagedContainers(FactBase):
                                "restart_count": int(restarts or 0), "image_id": image_id, "image": ref,
                                "tag_id": tag_id or None})
         return {**result, "containers": sorted(containers, key=lambda c: c["name"])}
+
+
+class VllmNcclVersions(FactBase):
+    """The NCCL version each running vLLM container loads, read inside the container.
+
+    Runs the image's own check (files/vllm_nccl_check.py, which finds the library the way vLLM
+    does) in every running gpufleet container named ``vllm-*``.
+
+    .. code:: python
+
+        host.get_fact(VllmNcclVersions)
+        {"status": "ok", "containers": {"vllm-gpu-node-1-vllm-0": "2.27.7"}}
+
+    A container whose check cannot run reports None.
+    """
+
+    command = wrap(
+        "docker",
+        f"for c in $(docker ps -q --filter label={SPEC_LABEL} --filter name=^vllm-); do "
+        "n=$(docker inspect --format '{{.Name}}' \"$c\"); "
+        "v=$(docker exec \"$c\" python3 /opt/gpufleet/vllm_nccl_check.py 2>/dev/null | "
+        "python3 -c 'import json,sys; print(json.load(sys.stdin).get(\"nccl_version\") or \"\")' 2>/dev/null); "
+        "echo \"nccl|${n#/}|$v\"; done",
+    )
+
+    @staticmethod
+    def default():
+        return {"status": "missing", "exit_code": None, "error": "docker not installed", "containers": {}}
+
+    def process(self, output):
+        result, body = envelope(output)
+        found = {}
+        for line in body:
+            parts = line.strip().split("|")
+            if len(parts) == 3 and parts[0] == "nccl":
+                found[parts[1]] = parts[2] or None
+        return {**result, "containers": found}

@@ -1,0 +1,143 @@
+"""The serving stack on the lab: vLLM behind nginx, Milvus, the RAG app, Prometheus — all real."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from gpufleet import PROJECT_ROOT
+from gpufleet.fleet import load_fleet
+from tests.lab.conftest import deploy
+
+NODES = ("gpu-node-1", "gpu-node-2")
+
+
+@pytest.fixture(scope="module")
+def serving(deployed, hosts):
+    return hosts
+
+
+def containers(node) -> dict[str, str]:
+    out = node.run("docker ps --format '{{.Names}} {{.ID}}'").stdout
+    return dict(line.split() for line in out.splitlines())
+
+
+def test_completion_through_the_load_balancer(serving):
+    lb = serving["lb-1"]
+    body = json.dumps({"model": "qwen3-tiny", "prompt": "The fleet", "max_tokens": 8})
+    seen = set()
+    for _ in range(4):  # least_conn over both replicas: both answer through nginx
+        out = lb.run(f"curl -fsS -m 120 -H 'Content-Type: application/json' -d '{body}' http://127.0.0.1/v1/completions")
+        assert out.rc == 0, out.stderr
+        answer = json.loads(out.stdout)
+        assert answer["model"] == "qwen3-tiny" and answer["usage"]["completion_tokens"] == 8
+    conf = lb.file("/etc/nginx/nginx.conf").content_string
+    assert len(re.findall(r"server gpu-node-\d:8000", conf)) == 2
+    seen.add(answer["id"])
+
+
+def test_streamed_completion_through_the_load_balancer(serving):
+    body = json.dumps({"model": "qwen3-tiny", "prompt": "Hi", "max_tokens": 6, "stream": True})
+    out = serving["lb-1"].run(f"curl -fsSN -m 120 -H 'Content-Type: application/json' -d '{body}' "
+                              "http://127.0.0.1/v1/completions")
+    assert out.rc == 0 and out.stdout.count("data: ") >= 6 and "data: [DONE]" in out.stdout
+
+
+def test_rag_app_answers_a_query_from_milvus_and_vllm(serving):
+    node = serving["gpu-node-1"]
+    out = node.run("curl -fsS -m 120 -X POST -d '{\"question\": \"How is NCCL pinned?\"}' http://gpu-node-1:8080/query")
+    assert out.rc == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["model"] == "qwen3-tiny" and isinstance(answer["answer"], str)
+    assert answer["sources"] and any("NCCL" in s["text"] for s in answer["sources"])
+
+
+def test_milvus_is_healthy_and_stores_and_finds_vectors(serving):
+    node = serving["gpu-node-2"]
+    assert node.run("curl -fsS http://gpu-node-2:9091/healthz").stdout.strip() == "OK"
+    client = (Path(__file__).parent / "milvus_client.py").read_text()
+    node.run(f"cat > /root/milvus_client.py <<'PYEOF'\n{client}\nPYEOF")
+    ip = node.run("getent ahostsv4 gpu-node-2 | awk 'NR==1{print $1}'").stdout.strip()
+    out = node.run(f"docker exec -i rag-app /opt/rag/bin/python - http://{ip}:19530 < /root/milvus_client.py")
+    assert out.rc == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["ok"] is True and result["inserted"] == 100
+    assert result["found_self"] == len(result["checked"]) == 5
+
+
+def test_prometheus_scrapes_every_target_from_the_inventory(serving):
+    fleet = load_fleet(str(PROJECT_ROOT / "inventory/lab.py"), cwd=str(PROJECT_ROOT))
+    out = serving["lb-1"].run("curl -fsS http://127.0.0.1:9090/api/v1/targets")
+    targets = json.loads(out.stdout)["data"]["activeTargets"]
+    scraped = {(t["labels"]["job"], t["scrapeUrl"].split("/")[2]) for t in targets}
+    for r in fleet.replicas:
+        assert ("vllm", f"{r.address}:{r.port}") in scraped
+    for node in fleet.nodes:
+        for job, port in (("dcgm", 9400), ("gpu_monitor", 9401), ("milvus", 9091)):
+            assert (job, f"{node.address}:{port}") in scraped
+    down = [(t["scrapeUrl"], t["lastError"]) for t in targets if t["health"] != "up"]
+    assert down == []
+
+
+def test_nccl_inside_the_running_vllm_is_the_pin(serving):
+    for name in NODES:
+        out = serving[name].run(f"docker exec vllm-{name}-vllm-0 python3 /opt/gpufleet/vllm_nccl_check.py")
+        assert json.loads(out.stdout)["nccl_version"] == "2.27.7"
+
+
+def test_kv_cache_per_token_matches_the_planner(serving):
+    from gpufleet.planner import plan_replica
+
+    log = serving["gpu-node-1"].run("docker logs vllm-gpu-node-1-vllm-0 2>&1 | grep 'KV cache size'").stdout
+    tokens = int(re.search(r"KV cache size: ([\d,]+) tokens", log).group(1).replace(",", ""))
+    plan = plan_replica("lab-tiny-qwen3", 2, 32, 2, 512, 0.8)
+    # VLLM_CPU_KVCACHE_SPACE=1 (GiB) per rank, split by the bytes each rank keeps per token.
+    assert tokens == 2**30 // plan.kv_bytes_per_token_per_gpu
+
+
+def test_changing_max_model_len_recreates_exactly_the_vllm_containers(serving):
+    before = {n: containers(serving[n]) for n in NODES}
+    changed = deploy("--data", "vllm_max_model_len=384")
+    try:
+        assert changed["rc"] == 0, changed["stderr"][-3000:]
+        # pyinfra merges the per-replica operations of one call site under one name: look at hosts.
+        assert all(op.startswith("vLLM replica ") for op in changed["changed"]), changed["changed"]
+        assert {h for hosts in changed["changed"].values() for h in hosts} == set(NODES)
+        for n in NODES:
+            after = containers(serving[n])
+            assert set(after) == set(before[n])
+            recreated = {name for name in after if after[name] != before[n][name]}
+            assert recreated == {f"vllm-{n}-vllm-0"}
+        args = serving["gpu-node-1"].run("docker inspect --format '{{json .Args}}' vllm-gpu-node-1-vllm-0").stdout
+        assert '"--max-model-len","384"' in args.replace(" ", "")
+    finally:
+        restored = deploy()
+    assert restored["rc"] == 0
+    assert deploy()["changed"] == {}
+
+
+def test_hf_token_reaches_the_container_but_never_output_or_arguments(serving, tmp_path):
+    secret = "hf_gpufleetLabSecret0123456789"
+    token_file = tmp_path / "hf-token"
+    token_file.write_text(secret + "\n")
+    token_file.chmod(0o600)
+    run = deploy("--limit", "gpu-node-1", "--data", f"vllm_hf_token_file={token_file}")
+    try:
+        assert run["rc"] == 0, run["stderr"][-3000:]
+        assert secret not in run["stderr"] and secret not in json.dumps(run["changed"])
+        node = serving["gpu-node-1"]
+        # Not in the container's command line nor in any process's on the host (`ps`). Its
+        # environment holds it, as Docker keeps --env-file values: docker access is root access.
+        args = node.run("docker inspect --format '{{json .Path}} {{json .Args}}' vllm-gpu-node-1-vllm-0").stdout
+        assert secret not in args and "--env-file" not in args
+        assert secret not in node.run("ps -eo args").stdout
+        env = node.run("docker exec vllm-gpu-node-1-vllm-0 printenv HF_TOKEN").stdout.strip()
+        assert env == secret
+        files = node.run("grep -rl gpufleetLabSecret /etc/gpufleet").stdout.split()
+        assert files and all(node.file(f).mode == 0o600 and node.file(f).user == "root" for f in files)
+    finally:
+        restored = deploy("--limit", "gpu-node-1")
+    assert restored["rc"] == 0
