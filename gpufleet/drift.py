@@ -100,6 +100,8 @@ def _describe_upload(host, command) -> tuple[str, list[str]]:
     from pyinfra.facts.files import FileContents
 
     dest = command.dest
+    # Files staged beside their target (written aside, tested, then moved in) replace the target.
+    dest = dest.removesuffix(".gpufleet-new")
     if SECRET_PATH.search(dest):
         return f"{dest}: content differs (secret, not shown)", []
     src = command.src
@@ -125,11 +127,14 @@ def plan_drift(plan: Plan, host) -> list[DriftItem]:
             continue
         lines: list[str] = []
         details: list[str] = []
+        uploads: list[str] = []
         for command in plan.commands(host, op.op_hash):
             line, more = describe_command(host, command)
-            lines.append(line)
+            (uploads if more or line.endswith((": missing", "not shown)")) else lines).append(line)
             details += more
-        cause = lines[0] if len(lines) == 1 else f"{len(lines)} commands, first: {lines[0]}" if lines else "would change"
+        lines = uploads + lines  # a file's difference says more than the commands around it
+        more = f" (+{len(lines) - 1} more commands)" if len(lines) > 1 else ""
+        cause = lines[0] + more if lines else "would change"
         items.append(DriftItem("plan", op.name, cause, details + [f"$ {line}" for line in lines]))
     return items
 

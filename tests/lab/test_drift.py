@@ -39,13 +39,16 @@ def test_clean_lab_reports_nothing_and_exits_0(converged):
     assert report["drifted_hosts"] == [] and all(h["drift"] == [] for h in report["hosts"])
 
 
-# (id, host, inject, expected text in one cause, how to put it back: None = a deploy of that host)
+# (id, host, inject, expected text in one cause, how to put it back: None = a deploy of that host;
+# "drain" = stop its GPU containers first: the deploy refuses to reinstall the driver under them)
+DRAIN = "docker stop $(docker ps -q --filter label=io.gpufleet.spec --filter name=^vllm- --filter name=^dcgm-)"
 CATALOG = [
     ("managed-file-edited", NODE, "sed -i 's/modeset=0/modeset=1/' /etc/modprobe.d/gpufleet-blacklist-nouveau.conf",
      "Blacklist nouveau: /etc/modprobe.d/gpufleet-blacklist-nouveau.conf: content differs", None),
     ("package-downgraded", NODE,
-     "apt-get install -y -q --allow-downgrades --allow-change-held-packages nvidia-container-toolkit=1.17.7-1",
-     "NVIDIA Container Toolkit: ", None),
+     "apt-get install -y -q --allow-downgrades --allow-change-held-packages "
+     "libnccl2=2.27.3-1+cuda12.9 libnccl-dev=2.27.3-1+cuda12.9",
+     "NCCL pin on the host: ", None),
     ("hold-removed", NODE, "apt-mark unhold libnccl2", "NCCL pin on the host: apt-mark hold libnccl2", None),
     ("nccl-pin-removed", NODE, "rm /etc/apt/preferences.d/gpufleet-nccl",
      "NCCL pin on the host: /etc/apt/preferences.d/gpufleet-nccl: missing", None),
@@ -61,17 +64,17 @@ CATALOG = [
     ("another-image-under-the-pinned-tag", NODE,
      "img=$(docker inspect --format '{{.Config.Image}}' milvus-standalone); "
      "docker tag \"$img\" gpufleet-test/milvus-original:1 && "
-     "docker tag lab-registry:5000/gpufleet-lab/toolkit-check:1 \"$img\"",
+     "docker tag \"$(docker inspect --format '{{.Config.Image}}' rag-app)\" \"$img\"",
      "another image under the pinned tag",
      "img=$(docker inspect --format '{{.Config.Image}}' milvus-standalone); "
      "docker tag gpufleet-test/milvus-original:1 \"$img\" && docker rmi gpufleet-test/milvus-original:1"),
     ("nginx-upstream-edited", "lb-1", "sed -i '0,/server gpu-node-1/s//server gpu-node-9/' /etc/nginx/nginx.conf",
      "/etc/nginx/nginx.conf: content differs", None),
-    ("unit-disabled", NODE, "systemctl disable --no-reload nvidia-persistenced 2>/dev/null || systemctl disable nvidia-persistenced",
+    ("unit-disabled", NODE, "systemctl disable nvidia-persistenced",
      "NVIDIA persistence daemon: systemctl enable nvidia-persistenced", None),
     ("driver-upgraded-without-reboot", NODE,
-     "apt-get install -y -q --allow-change-held-packages nvidia-open=580.82.07-1",
-     "driver loaded: reboot pending: driver 580.82.07 installed, 580.95.05 loaded", None),
+     "apt-get install -y -q --allow-change-held-packages nvidia-open=580.105.08-1",
+     "driver loaded: reboot pending: driver 580.105.08 installed, 580.95.05 loaded", "drain"),
     ("gpu-missing", NODE,
      f"cp {GPUS_JSON} /root/gpus.json.bak && python3 -c \"import json;p='{GPUS_JSON}';"
      "json.dump(json.load(open(p))[:1],open(p,'w'))\"",
@@ -96,9 +99,11 @@ def test_injected_drift_is_found_on_the_right_host_with_its_cause(converged, hos
         found = causes(report, host_name)
         assert any(expected in c for c in found), found
     finally:
-        if repair:
+        if repair and repair != "drain":
             assert target.run(repair).rc == 0
         else:
+            if repair == "drain":
+                assert target.run(DRAIN).rc == 0
             fixed = deploy("--limit", host_name)
             assert fixed["rc"] == 0, fixed["stderr"][-2000:]
     code, report = drift()
