@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from pyinfra import logger
@@ -37,6 +38,8 @@ def reboot(reason: str, delay: int = 3, timeout: int = 600):
 
 def _wait_for_reboot(state, host, reason: str, delay: int, timeout: int) -> bool:  # pragma: no cover - needs a host
     logger.info(f"{host.print_prefix}rebooting: {reason}")
+    # While the host is down, paramiko logs every refused banner with a traceback: expected noise.
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     time.sleep(delay)
     host.disconnect()
     deadline = time.monotonic() + timeout
