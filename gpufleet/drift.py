@@ -155,7 +155,9 @@ def check(inventory_path: str, limit=(), overrides: dict[str, Any] | None = None
             if isinstance(result, Exception):
                 hosts.append(HostDrift(name, error=f"could not check: {type(result).__name__}: {result}"))
             else:
-                hosts.append(HostDrift(name, items=result))
+                refused = plan.refusals.get(name)
+                items = ([DriftItem("plan", "deploy would stop", refused)] if refused else []) + result
+                hosts.append(HostDrift(name, items=items))
         report = DriftReport(sorted(hosts, key=lambda h: h.host), started)
         if fix:
             drifted = [h.host for h in report.hosts if h.items]

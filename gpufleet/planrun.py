@@ -46,6 +46,9 @@ class Plan:
     hosts: list  # pyinfra Host objects that were planned
     unreachable: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # host -> why planning failed
+    # host -> why the deploy itself would stop there (an operation refused, e.g. a daemon-reload
+    # under running GPU containers): the host was read and is drifted, not unchecked.
+    refusals: dict[str, str] = field(default_factory=dict)
 
     def ops(self, host) -> list[PlannedOp]:
         out = []
@@ -98,7 +101,9 @@ def planned(inventory_path: str, limit=(), overrides: dict[str, Any] | None = No
         reachable = [h for h in wanted if h.connected]
         plan = Plan(state, fleet, reachable, unreachable=[h.name for h in wanted if not h.connected])
         state.set_stage(StateStage.Prepare)
-        plan.errors = _load_deploy(state, reachable)
+        failures = _load_deploy(state, reachable)
+        plan.refusals = {n: msg for n, (refused, msg) in failures.items() if refused}
+        plan.errors = {n: msg for n, (refused, msg) in failures.items() if not refused}
         plan.hosts = [h for h in reachable if h.name not in plan.errors]
         try:
             yield plan
@@ -107,8 +112,13 @@ def planned(inventory_path: str, limit=(), overrides: dict[str, Any] | None = No
             disconnect_all(state)
 
 
-def _load_deploy(state: State, hosts: list) -> dict[str, str]:
-    """Execute deploy.py once per host, as pyinfra's CLI does, keeping each host's failure apart."""
+def _load_deploy(state: State, hosts: list) -> dict[str, tuple[bool, str]]:
+    """Execute deploy.py once per host, as pyinfra's CLI does, keeping each host's failure apart.
+
+    Returns {host: (refused, message)}: refused is True when an operation raised OperationError
+    (the deploy would stop on that host), False for anything else (could not plan it).
+    """
+    from pyinfra.api.exceptions import OperationError
     from pyinfra_cli.util import exec_file
 
     path = os.path.join(state.cwd, DEPLOY_FILE)
@@ -119,8 +129,10 @@ def _load_deploy(state: State, hosts: list) -> dict[str, str]:
             with ctx_config.use(state.config.copy()), ctx_host.use(host):
                 exec_file(path)
             return None
+        except OperationError as exc:
+            return True, str(exc)
         except Exception as exc:  # noqa: BLE001 - one host's failure must not stop the others
-            return f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
+            return False, f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
 
     greenlets = {host.name: state.pool.spawn(load, host) for host in hosts}
     gevent.joinall(list(greenlets.values()))
