@@ -90,30 +90,51 @@ def measure(fn, repeat: int) -> tuple[float, float]:
     return statistics.median(times), statistics.median(per_host)
 
 
-def main(sizes: list[int], repeat: int = 3) -> int:
+def one_size(n: int, repeat: int) -> dict:
+    """Bring the lab to N nodes, converge it (not measured), then measure (a), (b), (c)."""
     from gpufleet.lab.control import up
+
+    up(n, 1)
+    converge()
+    a, ca = measure(floor, repeat)
+    b, cb = measure(converge, repeat)
+    c, cc = measure(drift, repeat)
+    return {"nodes": n, "floor": a, "converge": b, "drift": c, "cmds": [ca, cb, cc]}
+
+
+def main(sizes: list[int], repeat: int = 3) -> int:
+    import json
+    import subprocess
+
     from gpufleet.table import render_table
 
-    rows, results = [], {}
+    results = {}
     for n in sizes:
-        up(n, 1)
-        converge()  # bring new hosts to the declared state first; not measured
-        a, ca = measure(floor, repeat)
-        b, cb = measure(converge, repeat)
-        c, cc = measure(drift, repeat)
-        results[n] = (a, b, c)
+        # One process per size: pyinfra's SSH client caches known_hosts per process, and the lab
+        # gives re-created hosts new host keys.
+        run = subprocess.run([sys.executable, "-m", "gpufleet.bench", "--one", str(n), str(repeat)],
+                             stdout=subprocess.PIPE, text=True, check=True)
+        results[n] = json.loads(run.stdout.strip().splitlines()[-1])
+    rows = []
+    for n, r in results.items():
+        a, b, c = r["floor"], r["converge"], r["drift"]
         rows.append([n, f"{a:.2f}s", f"{b:.2f}s", f"{c:.2f}s", f"{b / a:.2f}", f"{c / b:.2f}",
-                     f"{ca:.0f} / {cb:.0f} / {cc:.0f}"])
+                     " / ".join(f"{x:.0f}" for x in r["cmds"])])
     print(render_table(["NODES", "(a) FLOOR", "(b) CONVERGE", "(c) DRIFT", "(b)/(a)", "(c)/(b)",
                         "CMDS/HOST a/b/c"], rows))
     lo, hi = min(sizes), max(sizes)
     if hi != lo:
-        scale = [results[hi][i] / results[lo][i] for i in range(3)]
+        scale = [results[hi][k] / results[lo][k] for k in ("floor", "converge", "drift")]
         print(f"\nN={hi}/N={lo}: floor {scale[0]:.2f}, converge {scale[1]:.2f}, drift {scale[2]:.2f}")
     print("targets: (b)/(a) <= 2, (c)/(b) <= 1.2, N=4/N=1 <= 1.5")
     return 0
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--one"]:
+        import json
+
+        print(json.dumps(one_size(int(sys.argv[2]), int(sys.argv[3]))))
+        sys.exit(0)
     args = [int(a) for a in sys.argv[1:]] or [1, 2, 4]
     sys.exit(main(args))
