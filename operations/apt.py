@@ -8,6 +8,7 @@ from pyinfra import host
 from pyinfra.api import operation
 
 from operations.facts.apt import PackageStates
+from operations.util import put_text
 
 APT_GET = (
     "DEBIAN_FRONTEND=noninteractive apt-get -y -q "
@@ -66,15 +67,6 @@ def packages(packages: dict[str, str | None] | list[str], hold: bool = False, up
         yield "apt-mark hold " + " ".join(shlex.quote(p) for p in to_hold)
 
 
-def _put_text(dest: str, text: str, mode: str = "644"):
-    """Yield the commands that make `dest` hold `text` (nothing when it already does)."""
-    from io import StringIO
-
-    from pyinfra.operations import files
-
-    yield from files.put._inner(src=StringIO(text), dest=dest, user="root", group="root", mode=mode)
-
-
 def preferences_text(packages: list[str], version: str, priority: int = 1001) -> str:
     return (
         "# Managed by gpufleet (group_data/all.py): pinned so that no dependency, upgrade or other\n"
@@ -100,7 +92,7 @@ def preferences(filename: str, packages: list[str], version: str, priority: int 
         apt.preferences(filename="gpufleet-nccl", packages=["libnccl2", "libnccl-dev"],
                         version="2.27.7-1+cuda12.9")
     """
-    yield from _put_text(f"/etc/apt/preferences.d/{filename}", preferences_text(packages, version, priority))
+    yield from put_text(f"/etc/apt/preferences.d/{filename}", preferences_text(packages, version, priority))
 
 
 def deb822_source_text(uri: str, keyring: str, suite: str = "/", components: list[str] | None = None) -> str:
@@ -142,5 +134,5 @@ def signed_source(filename: str, uri: str, key_url: str, suite: str = "/", compo
             f"install -d -m 0755 /etc/apt/keyrings && curl -fsSL {shlex.quote(key_url)} | gpg --dearmor --yes "
             f"-o {keyring}.tmp && chmod 0644 {keyring}.tmp && mv {keyring}.tmp {keyring}"
         )
-    yield from _put_text(f"/etc/apt/sources.list.d/{filename}.sources",
+    yield from put_text(f"/etc/apt/sources.list.d/{filename}.sources",
                          deb822_source_text(uri, keyring, suite, components))

@@ -8,7 +8,7 @@ import json
 from pyinfra import host
 from pyinfra.api import OperationError, operation
 
-from operations.apt import _put_text
+from operations.util import put_text
 from operations.facts.docker import DAEMON_JSON, DockerDaemonConfig, GpuContainers
 
 NVIDIA_RUNTIME = {"nvidia": {"args": [], "path": "nvidia-container-runtime"}}
@@ -83,4 +83,4 @@ def daemon_config(wanted: dict):
         host.noop(f"{DAEMON_JSON} has {', '.join(sorted(wanted))}")
         return
     yield "install -d -m 0755 /etc/docker"
-    yield from _put_text(DAEMON_JSON, render_daemon_json(config))
+    yield from put_text(DAEMON_JSON, render_daemon_json(config))

@@ -39,7 +39,7 @@ from pyinfra import host
 from pyinfra.api import OperationError, operation
 from pyinfra.facts.docker import DockerNetwork
 
-from operations.apt import _put_text
+from operations.util import put_text
 from operations.containers import ContainerSpec
 from operations.containers import container as _container
 from operations.facts.docker import ContainerState
@@ -165,7 +165,7 @@ def standalone(mode: str, image: str, address: str, port: int = 19530, health_po
                          minio_volume, network)
     commands: list = []  # strings and the config file's upload command
     if mode == "embedded":
-        commands += list(_put_text(f"{CONFIG_DIR}/embedEtcd.yaml", EMBED_ETCD_YAML))
+        commands += list(put_text(f"{CONFIG_DIR}/embedEtcd.yaml", EMBED_ETCD_YAML))
         stale = [ETCD, MINIO]
     else:
         if not host.get_fact(DockerNetwork, object_id=network):

@@ -32,7 +32,7 @@ from pyinfra.api import FileUploadCommand, OperationError, StringCommand, operat
 from pyinfra.facts.files import FileContents
 
 from operations import apt, containers
-from operations.apt import _put_text
+from operations.util import put_text
 from operations.docker import refuse_daemon_reload_under_gpu_containers
 from operations.facts.edge import PROMETHEUS_CONF, PrometheusState, ServiceState
 
@@ -95,7 +95,7 @@ def dcgm_exporter(image: str, gpu_count: int, port: int = 9400, counters: str | 
         host.noop("no GPUs on this host: no DCGM exporter")
         return
     counters = dcgm_counters() if counters is None else counters
-    yield from _put_text(DCGM_COUNTERS, counters)
+    yield from put_text(DCGM_COUNTERS, counters)
     yield from containers.container._inner(spec=dcgm_spec(image, port, counters, listen_address))
 
 
@@ -143,7 +143,7 @@ def gpu_monitor(gpu_count: int, requirements: list[str], pip_install_args: list[
     script = gpu_monitor_script() if script is None else script
     yield from apt.packages._inner(packages=["python3-venv"])
 
-    commands = list(_put_text(f"{MONITOR_DIR}/gpu_monitor.py", script, mode="755"))
+    commands = list(put_text(f"{MONITOR_DIR}/gpu_monitor.py", script, mode="755"))
     changed = bool(commands)
     yield from commands
 
@@ -153,7 +153,7 @@ def gpu_monitor(gpu_count: int, requirements: list[str], pip_install_args: list[
         changed = True
         yield venv_command(requirements, pip_install_args or [], digest)
 
-    unit = list(_put_text(MONITOR_UNIT, monitor_unit(port, listen_address, interval_s)))
+    unit = list(put_text(MONITOR_UNIT, monitor_unit(port, listen_address, interval_s)))
     if unit:
         refuse_daemon_reload_under_gpu_containers(f"writing {MONITOR_UNIT}")
         changed = True
@@ -251,7 +251,7 @@ def prometheus(replicas: list, nodes: list, options: dict | None = None):
         monitoring.prometheus(**monitoring.prometheus_args(fleet, host.name))
     """
     opts = {"port": 9090, "scrape_interval_s": 15, "retention": "15d", **(options or {})}
-    defaults = list(_put_text(PROMETHEUS_DEFAULTS, prometheus_defaults(opts["port"], opts["retention"])))
+    defaults = list(put_text(PROMETHEUS_DEFAULTS, prometheus_defaults(opts["port"], opts["retention"])))
     yield from defaults
     text = render_prometheus(replicas, nodes, opts)
     state = host.get_fact(PrometheusState, port=opts["port"])

@@ -7,7 +7,7 @@ from pyinfra.api import OperationError, operation
 from pyinfra.facts.server import KernelVersion, LinuxDistribution
 
 from operations import apt, server
-from operations.apt import _put_text
+from operations.util import put_text
 from operations.docker import refuse_daemon_reload_under_gpu_containers
 from operations.facts.apt import PackageStates
 from operations.facts.gpu import NvidiaDriver
@@ -100,7 +100,7 @@ def blacklist_nouveau():
         bl = nvidia.blacklist_nouveau()
         server.shell(commands=["update-initramfs -u"], _if=bl.did_change)
     """
-    yield from _put_text(NOUVEAU_BLACKLIST, "# Managed by gpufleet.\nblacklist nouveau\noptions nouveau modeset=0\n")
+    yield from put_text(NOUVEAU_BLACKLIST, "# Managed by gpufleet.\nblacklist nouveau\noptions nouveau modeset=0\n")
 
 
 @operation()
@@ -117,7 +117,7 @@ def no_unattended_upgrades(patterns: list[str]):
         nvidia.no_unattended_upgrades(patterns=["nvidia-", "libnvidia-", "cuda-", "libnccl"])
     """
     body = "".join(f'    "{p}";\n' for p in patterns)
-    yield from _put_text(UNATTENDED_CONF, "// Managed by gpufleet: pinned packages move only with a deploy.\n"
+    yield from put_text(UNATTENDED_CONF, "// Managed by gpufleet: pinned packages move only with a deploy.\n"
                          f"Unattended-Upgrade::Package-Blacklist {{\n{body}}};\n")
 
 

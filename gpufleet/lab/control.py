@@ -59,7 +59,7 @@ def up(nodes: int, lbs: int) -> list[LabHost]:
         if container.labels.get(LABEL) == "host" and container.name not in wanted_names:
             say(f"removing {container.name} (not in the requested lab)")
             container.remove(force=True)
-            hosts._remove_volume(client, hosts.volume_name(LabHost(container.name, "", 0)))
+            hosts.remove_volume(client, hosts.volume_name(LabHost(container.name, "", 0)))
     with step(f"start {len(wanted)} stand-in hosts"):
         for host in wanted:
             outcome = hosts.ensure_host(client, host, base, public_key, aptrepo.inputs_digest())

@@ -48,7 +48,7 @@ def ensure_host(client: docker.DockerClient, host: LabHost, image: str, authoriz
             put_file(existing, "/root/.ssh/authorized_keys", authorized_key.encode(), 0o600)
             return "adopted"
         existing.remove(force=True)
-        _remove_volume(client, volume_name(host))  # a replaced machine starts with empty disks
+        remove_volume(client, volume_name(host))  # a replaced machine starts with empty disks
         outcome = "replaced"
     container = client.containers.run(
         image,
@@ -75,7 +75,7 @@ def ensure_host(client: docker.DockerClient, host: LabHost, image: str, authoriz
     return outcome
 
 
-def _remove_volume(client, name: str) -> None:
+def remove_volume(client, name: str) -> None:
     try:
         client.volumes.get(name).remove(force=True)
     except docker.errors.NotFound:
