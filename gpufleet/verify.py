@@ -66,6 +66,7 @@ class HostProbe:
 
     def __init__(self, host, settings: HostSettings):
         self.host, self.settings = host, settings
+        self._packages: dict | None = None
 
     def pci(self) -> dict:
         from operations.facts.pci import NvidiaPciDevices
@@ -83,9 +84,17 @@ class HostProbe:
         return self.host.get_fact(NvidiaDriver, path=self.settings.nvidia_proc_version_path)
 
     def packages(self, names: list[str]) -> dict:
+        # One read for every package the ladder asks about (driver and NCCL steps): facts are
+        # not cached by pyinfra 3.10, and each read is an SSH round trip.
         from operations.facts.apt import PackageStates
 
-        return self.host.get_fact(PackageStates, packages=names)
+        if self._packages is None:
+            wanted = sorted({*self.settings.nvidia_driver_packages, "libnccl2", "libnccl-dev", *names})
+            self._packages = self.host.get_fact(PackageStates, packages=wanted)
+        missing = [n for n in names if n not in self._packages]
+        if missing:
+            self._packages.update(self.host.get_fact(PackageStates, packages=missing))
+        return {n: self._packages[n] for n in names if n in self._packages}
 
     def toolkit(self, image: str) -> tuple[bool, str]:
         from gpufleet.remote import shell

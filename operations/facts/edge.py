@@ -16,6 +16,19 @@ def _sha1_line(key: str, path: str) -> str:
     return f'echo "{key}=$(sha1sum {path} 2>/dev/null | cut -d" " -f1)"'
 
 
+
+def key_values(output: list[str]) -> list[tuple[str, str]]:
+    """``key=value`` lines (what these facts' commands echo) as stripped pairs.
+
+    >>> key_values(["live=abc ", "drained=gpu-node-1-vllm-0"])
+    [('live', 'abc'), ('drained', 'gpu-node-1-vllm-0')]
+    """
+    pairs = []
+    for line in output:
+        key, _, value = line.strip().partition("=")
+        pairs.append((key, value.strip()))
+    return pairs
+
 class NginxState(FactBase):
     """The load balancer's nginx: its config file's SHA-1, the drained replicas (marker files) and
     the config id the running workers serve on 127.0.0.1:<status_port>/gpufleet-config.
@@ -42,9 +55,7 @@ class NginxState(FactBase):
 
     def process(self, output):
         state = self.default()
-        for line in output:
-            key, _, value = line.strip().partition("=")
-            value = value.strip()
+        for key, value in key_values(output):
             if key == "config_sha1":
                 state["config_sha1"] = value or None
             elif key == "drained" and value:
@@ -80,9 +91,7 @@ class PrometheusState(FactBase):
 
     def process(self, output):
         state = self.default()
-        for line in output:
-            key, _, value = line.strip().partition("=")
-            value = value.strip()
+        for key, value in key_values(output):
             if key == "config_sha1":
                 state["config_sha1"] = value or None
             elif key == "reload":
@@ -104,10 +113,9 @@ class ServiceState(FactBase):
 
     def process(self, output):
         state = self.default()
-        for line in output:
-            key, _, value = line.strip().partition("=")
+        for key, value in key_values(output):
             if key in state:
-                state[key] = value.strip() or None
+                state[key] = value or None
         return state
 
 
