@@ -25,6 +25,7 @@ install: $(BIN)/gpufleet  ## create .venv with gpufleet and its test tools
 
 deploy: install lab-up-if-lab  ## converge $(INVENTORY) (default: the lab, started if needed)
 	$(BIN)/pyinfra -y $(INVENTORY) deploy.py
+	@if [ "$(INVENTORY)" = inventory/lab.py ]; then $(BIN)/gpufleet lab welcome; fi
 
 deploy-dry: install  ## show what a deploy would change, change nothing
 	$(BIN)/pyinfra --dry $(INVENTORY) deploy.py

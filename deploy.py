@@ -11,7 +11,7 @@ from pyinfra.operations.util import any_changed
 
 from gpufleet.deploying import fleet_for
 from gpufleet.fleet import replicas_of
-from operations import app, apt, docker, loadbalancer, milvus, monitoring, nvidia, preflight, vllm
+from operations import app, apt, distro_packages, docker, loadbalancer, milvus, monitoring, nvidia, preflight, vllm
 
 fleet = fleet_for(inventory)
 settings = fleet.hosts[host.name].settings
@@ -34,9 +34,9 @@ if "gpu_nodes" in host.groups:
                   kernel_modules=settings.nvidia_kernel_modules, kernel_headers=settings.nvidia_kernel_headers)
     systemd.service(name="NVIDIA persistence daemon", service="nvidia-persistenced", running=True, enabled=True)
 
-    engine = apt.packages(name="Docker engine",
-                          packages={settings.docker_engine_package: settings.docker_engine_version},
-                          hold=settings.docker_engine_version is not None)
+    distro_packages.install(
+        name="Docker engine", packages={settings.docker_engine_package: settings.docker_engine_min_version},
+        preferences_name="gpufleet-docker")
     systemd.service(name="Docker running", service="docker", running=True, enabled=True)
     toolkit = nvidia.container_toolkit(name="NVIDIA Container Toolkit", version=settings.container_toolkit_version)
     daemon_json = docker.daemon_config(name="Docker daemon.json: nvidia runtime",
@@ -107,8 +107,10 @@ if "gpu_nodes" in host.groups:
 
 # --- load balancers: nginx over every replica in the inventory, Prometheus over every target ------
 if "lb" in host.groups:
-    apt.packages(name="nginx and Prometheus",
-                 packages={"nginx": settings.lb_nginx_version, "prometheus": settings.prometheus_version})
+    distro_packages.install(name="nginx and Prometheus",
+                            packages={"nginx": settings.lb_nginx_min_version,
+                                      "prometheus": settings.prometheus_min_version},
+                            preferences_name="gpufleet-lb")
     loadbalancer.nginx(name="nginx: one upstream member per vLLM replica", **loadbalancer.lb_args(fleet, host.name))
     systemd.service(name="nginx running", service="nginx", running=True, enabled=True)
     monitoring.prometheus(name="Prometheus: scrape jobs from the inventory", **monitoring.prometheus_args(fleet, host.name))

@@ -1,6 +1,6 @@
 """`gpufleet drift`: compare every host with what the repository declares, read-only.
 
-Two kinds of drift are reported per host:
+Three kinds of drift are reported per host:
 
 * **plan**: the same deploy.py, planned through pyinfra's API (gpufleet.planrun), would change
   something. Each such operation is reported with its cause: the commands it would run, and for
@@ -9,6 +9,9 @@ Two kinds of drift are reported per host:
 * **runtime**: what a plan cannot see (gpufleet.runtime_checks): a driver installed but not
   loaded, GPUs missing or unhealthy, containers exited, restarting or running another image than
   the pinned tag names, NCCL inside the running vLLM container, nginx upstreams.
+* **security**: a held distribution package (docker.io, nginx, prometheus) that meets its floor
+  but is behind the build its archive now offers: a security update to roll out, reported apart
+  so that it is neither lost among plan drift nor mistaken for it.
 
 Nothing is executed on a host but reads. Exit codes: 0 clean, 2 drift, 1 some host could not be
 checked (the others are still checked and reported).
@@ -32,7 +35,7 @@ MAX_COMMAND = 400
 
 @dataclass
 class DriftItem:
-    kind: str  # "plan" | "runtime"
+    kind: str  # "plan" | "runtime" | "security" (a distribution package behind its archive's build)
     check: str  # operation name, or runtime check name
     cause: str
     details: list[str] = field(default_factory=list)
@@ -198,9 +201,12 @@ def write_prometheus(report: DriftReport, path: str) -> None:
                     registry=registry)
     unreachable = Gauge("gpufleet_drift_host_unchecked", "1 when the host could not be checked", ["host"],
                         registry=registry)
+    security = Gauge("gpufleet_drift_security_updates", "Held distribution packages behind the archive's build",
+                     ["host"], registry=registry)
     for h in report.hosts:
         drifted.labels(h.host).set(len(h.items))
         unreachable.labels(h.host).set(0 if h.checked else 1)
+        security.labels(h.host).set(sum(1 for i in h.items if i.kind == "security"))
     Gauge("gpufleet_drift_last_run_timestamp_seconds", "When the drift check started", registry=registry).set(
         report.started)
     Gauge("gpufleet_drift_duration_seconds", "How long the drift check took", registry=registry).set(report.duration)

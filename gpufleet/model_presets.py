@@ -101,8 +101,9 @@ _PRESETS: list[ModelArch] = [
         source_url="gpufleet lab: Qwen3Config(vocab_size=1024, hidden_size=64, intermediate_size=128, "
                    "num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32, "
                    "tie_word_embeddings=True)",
-        source_note="The lab's own config, bf16. KV 512 bytes/token, matching vLLM's CPU engine log "
-                    "'CPU KV cache size: 2,097,152 tokens' for 1 GiB.",
+        source_note="The lab's own config, saved in bf16. KV 512 bytes/token in bf16, matching vLLM's CPU "
+                    "engine log 'CPU KV cache size: 2,097,152 tokens' for 1 GiB; the lab serves it with "
+                    "--dtype float32, 1024 bytes/token.",
         num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
         num_key_value_heads=2, head_dim=32, vocab_size=1024, tie_word_embeddings=True,
         max_position_embeddings=40960),

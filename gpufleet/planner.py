@@ -45,8 +45,9 @@ their number. Vocabulary padding (to a multiple of 64) is ignored.
 
 ``layers_with_kv`` is every layer, except in Qwen3-Next: its linear-attention layers keep a
 fixed-size recurrent state per sequence instead of per-token KV, so only each
-``full_attention_interval``-th layer counts. kv_dtype_bytes is 2 for ``--kv-cache-dtype auto`` on a
-16-bit model, and 1 for fp8. For Qwen3-Next the per-sequence state is also charged, per GPU:
+``full_attention_interval``-th layer counts. kv_dtype_bytes follows the model's compute dtype
+for ``--kv-cache-dtype auto``: 2 on a 16-bit model, 4 with ``--dtype float32`` (the lab's CPU
+engine), and 1 for fp8. For Qwen3-Next the per-sequence state is also charged, per GPU:
 ``linear_layers x ((2*key_dim + value_dim)/TP x (kernel-1) + v_heads/TP x k_dim x v_dim) x 2 bytes``
 (conv state + SSM state at the model dtype, vLLM's ``mamba_ssm_cache_dtype=auto``).
 
@@ -253,6 +254,20 @@ def activation_bytes(m: ModelArch, tp: int, max_num_batched_tokens: int = DEFAUL
     return max_num_batched_tokens * per_token + logits
 
 
+# vLLM's --dtype values and their bytes per element; "auto" is the checkpoint's 16-bit dtype.
+DTYPE_BYTES = {"auto": 2, "bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4}
+
+
+def dtype_from_args(args: list[str]) -> str:
+    """The ``--dtype`` a vLLM command line sets (``--dtype X`` or ``--dtype=X``), else ``auto``."""
+    for i, arg in enumerate(args):
+        if arg == "--dtype" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--dtype="):
+            return arg.split("=", 1)[1]
+    return "auto"
+
+
 # ------------------------------------------------------------------------------------- result
 @dataclass
 class PlanResult:
@@ -342,14 +357,17 @@ def plan_replica(model: ModelArch | str, gpus: int, gpu_memory_gib: float, tp: i
                  max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
                  activation_reserve_gib: float | None = None,
                  runtime_reserve_gib: float = DEFAULT_RUNTIME_RESERVE_GIB,
-                 kv_cache_dtype: str = "auto") -> PlanResult:
+                 kv_cache_dtype: str = "auto", dtype: str = "auto") -> PlanResult:
     """Plan one vLLM replica of ``tp`` GPUs on a host of ``gpus`` GPUs of ``gpu_memory_gib`` each.
 
     ``quantization``: None keeps the model's own (its preset / config.json); ``awq``, ``awq_marlin``,
     ``gptq``, ``gptq_marlin``, ``fp8`` override it; ``none``/``bf16`` forces 16-bit weights.
-    Raises :class:`PlanError` on bad input.
+    ``dtype`` is vLLM's ``--dtype`` (see :func:`dtype_from_args`); with ``kv_cache_dtype="auto"``
+    the KV cache is kept in it. Raises :class:`PlanError` on bad input.
     """
     m = resolve_model(model)
+    if dtype not in DTYPE_BYTES:
+        raise PlanError(f"dtype must be one of {', '.join(DTYPE_BYTES)} (got {dtype!r})")
     if gpus < 1 or tp < 1:
         raise PlanError(f"gpus and tp must be >= 1 (got gpus={gpus}, tp={tp})")
     if not gpu_memory_gib > 0:
@@ -384,7 +402,7 @@ def plan_replica(model: ModelArch | str, gpus: int, gpu_memory_gib: float, tp: i
            else activation_bytes(m, tp, max_num_batched_tokens, max_num_seqs))
     runtime = int(runtime_reserve_gib * GIB)
     pool = budget - w_gpu - act - runtime
-    kv_dtype_bytes = 2 if kv_cache_dtype == "auto" else 1
+    kv_dtype_bytes = DTYPE_BYTES[dtype] if kv_cache_dtype == "auto" else 1
     bpt = kv_bytes_per_token(m, tp, kv_dtype_bytes)
     state = state_bytes_per_sequence(m, tp)
     block = BLOCK_SIZE * bpt
@@ -436,20 +454,22 @@ def plan_replica(model: ModelArch | str, gpus: int, gpu_memory_gib: float, tp: i
     )
 
 
-def check_fit(model_id_or_name: str, gpu_count: int, gpu_memory_gib: float, tp: int, max_model_len: int,
-              gpu_memory_utilization: float, quantization: str | None = None) -> list[str]:
-    """Reasons a replica cannot fit; empty when it fits *or the model is unknown* (caller warns).
+def check_fit(model_id_or_name: ModelArch | str, gpu_count: int, gpu_memory_gib: float, tp: int, max_model_len: int,
+              gpu_memory_utilization: float, quantization: str | None = None, dtype: str = "auto") -> list[str]:
+    """Reasons a replica cannot fit; empty when it fits *or the model is unknown* (caller refuses).
 
     For settings validation: ``quantization`` takes the fleet's ``vllm_quantization`` values
-    (``awq_marlin`` etc.; ``compressed-tensors`` or None keep the model's own).
+    (``awq_marlin`` etc.; ``compressed-tensors`` or None keep the model's own). A :class:`ModelArch`
+    (from a config.json, settings' ``vllm_model_config``) is always planned; a name only if it is a
+    preset (gpufleet/settings_input.py refuses a name that is not).
     """
-    if find_preset(model_id_or_name) is None:
+    if isinstance(model_id_or_name, str) and find_preset(model_id_or_name) is None:
         return []
     if (quantization or "").strip().lower() == "compressed-tensors":
         quantization = None
     try:
         result = plan_replica(model_id_or_name, max(gpu_count, 1), gpu_memory_gib, tp, max_model_len,
-                              gpu_memory_utilization, quantization)
+                              gpu_memory_utilization, quantization, dtype=dtype)
     except PlanError as exc:
         return [str(exc)]
     prefix = f"{result.hf_id} on TP={tp} x {gpu_memory_gib:g} GiB at {gpu_memory_utilization:.2f}: "

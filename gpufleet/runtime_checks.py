@@ -102,5 +102,36 @@ def drained_replicas(host, settings: HostSettings, fleet: Fleet) -> list[DriftIt
             for name in state.get("drained", [])]
 
 
+def distro_floors(settings: HostSettings, groups) -> dict[str, str]:
+    """The distribution packages a host of these groups holds at a security floor."""
+    floors = {}
+    if "gpu_nodes" in groups and settings.docker_engine_min_version:
+        floors[settings.docker_engine_package] = settings.docker_engine_min_version
+    if "lb" in groups:
+        floors.update({k: v for k, v in (("nginx", settings.lb_nginx_min_version),
+                                         ("prometheus", settings.prometheus_min_version)) if v})
+    return floors
+
+
+def security_updates(host, settings: HostSettings, fleet: Fleet) -> list[DriftItem]:
+    """A held distribution package whose archive now has a newer build: a security update to roll out.
+
+    Its own kind ("security"), apart from plan drift: the host still meets its floor, so a deploy
+    would change nothing, but it runs a build the distribution has superseded. The host's package
+    lists are as fresh as its last ``apt-get update`` (apt-daily refreshes them on real hosts).
+    """
+    from operations.distro_packages import behind
+    from operations.facts.apt import AptCandidates
+
+    floors = distro_floors(settings, host.groups or ())
+    if not floors:
+        return []
+    found = host.get_fact(AptCandidates, packages=sorted(floors))
+    return [DriftItem("security", f"package {name}",
+                      f"{state['installed']} installed, the archive has {state['candidate']}: raise the floor "
+                      f"(group_data) and roll it out")
+            for name, state in sorted(found.items()) if behind(state["installed"], state["candidate"])]
+
+
 # Checks every host gets; the serving roles add theirs here.
-EXTRA_CHECKS: list = [containers, nccl_in_vllm, drained_replicas]
+EXTRA_CHECKS: list = [containers, nccl_in_vllm, drained_replicas, security_updates]

@@ -28,13 +28,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gpufleet.settings_data import DataSettings
 from gpufleet.settings_edge import EdgeSettings
 from gpufleet.settings_vllm import VllmSettings
+from gpufleet.versions import exact_debian_version
 
 # Keys pyinfra owns (connectors, global arguments). They are not ours to validate.
 PYINFRA_KEY_PREFIXES = ("_", "ssh_", "dockerssh_", "podman_", "chroot_", "local_", "fake_", "winrm_")
 PYINFRA_KEYS = {"docker_platform", "docker_architecture"}  # @docker connector data; docker_* is ours
 
-# An exact pin: digits, dots, an optional Debian revision/epoch; no wildcards or ranges.
-EXACT_VERSION = re.compile(r"^(\d+:)?[0-9][0-9A-Za-z.+~]*(-[0-9A-Za-z.+~]+)?$")
 DRIVER_VERSION = re.compile(r"^\d{3}\.\d{2,3}(\.\d{2,3})?$")
 NCCL_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 CUDA_VERSION = re.compile(r"^\d+\.\d+$")
@@ -112,7 +111,8 @@ class HostSettings(VllmSettings, DataSettings, EdgeSettings):
         default_factory=lambda: ["nvidia-", "libnvidia-", "cuda-", "libcuda", "libnccl", "nvidia-container-toolkit"])
     container_toolkit_version: str = "1.17.8-1"
     docker_engine_package: str = "docker.io"
-    docker_engine_version: str | None = None  # None: whatever the distribution resolves (not held)
+    # A security floor, not an exact build (operations/distro_packages.py); None: unpinned, not held.
+    docker_engine_min_version: str | None = None
     docker_daemon_config: dict[str, Any] = Field(default_factory=dict)  # merged into daemon.json
     verify_toolkit_image: str = "ubuntu:24.04"  # `docker run --gpus all IMAGE nvidia-smi -L`
     nccl_version: str = "2.27.7"
@@ -163,12 +163,10 @@ class HostSettings(VllmSettings, DataSettings, EdgeSettings):
             raise ValueError("an exact driver version such as 580.95.05 (no wildcards or ranges)")
         return v
 
-    @field_validator("container_toolkit_version", "docker_engine_version")
+    @field_validator("container_toolkit_version", "docker_engine_min_version")
     @classmethod
     def _package_version_exact(cls, v: str | None) -> str | None:
-        if v is not None and not EXACT_VERSION.match(v):
-            raise ValueError("an exact Debian package version such as 1.17.8-1 (no wildcards or ranges)")
-        return v
+        return exact_debian_version(v)
 
     @field_validator("nccl_version")
     @classmethod

@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gpufleet.versions import exact_debian_version
+
 # An image reference with an explicit tag or digest (settings.py has the same rule for vLLM/Milvus).
 _IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*[a-z0-9](:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(@sha256:[0-9a-f]{64})?$")
 _NGINX_SIZE = re.compile(r"^[0-9]+[kKmMgG]?$")
@@ -20,7 +22,9 @@ class EdgeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # --- nginx on lb hosts (operations/loadbalancer.py) -------------------------------------------
-    lb_nginx_version: str | None = None  # exact Debian version of `nginx`; None: the distribution's
+    # Security floors of Debian's `nginx` and `prometheus` (operations/distro_packages.py): this build
+    # or a newer one of the same upstream version. None: whatever the distribution has, not held.
+    lb_nginx_min_version: str | None = None
     lb_max_fails: int = Field(3, ge=0, le=100)  # passive check: failures within lb_fail_timeout_s ...
     lb_fail_timeout_s: int = Field(10, ge=1, le=3600)  # ... mark a member down for this long
     lb_connect_timeout_s: int = Field(5, ge=1, le=60)  # a dead node fails over fast
@@ -49,10 +53,15 @@ class EdgeSettings(BaseModel):
     # Milvus's /metrics: scraped on milvus_health_port (settings_data.py), where /healthz is too.
 
     # --- Prometheus on lb hosts --------------------------------------------------------------------
-    prometheus_version: str | None = None  # exact Debian version of `prometheus`; None: the distribution's
+    prometheus_min_version: str | None = None  # see lb_nginx_min_version
     prometheus_port: int = Field(9090, ge=1, le=65535)
     prometheus_scrape_interval_s: int = Field(15, ge=1, le=3600)
     prometheus_retention: str = Field("15d", pattern=r"^[0-9]+(ms|s|m|h|d|w|y)$")
+
+    @field_validator("lb_nginx_min_version", "prometheus_min_version")
+    @classmethod
+    def _floor_exact(cls, v: str | None) -> str | None:
+        return exact_debian_version(v)
 
     @field_validator("dcgm_exporter_image")
     @classmethod

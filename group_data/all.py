@@ -1,7 +1,9 @@
 """Every version pin in the fleet, and the defaults every host shares.
 
 Change a pin here and the next deploy (or rollout) moves every host to it. Values are exact:
-gpufleet refuses wildcards and ranges, because a pin that matches several versions drifts.
+gpufleet refuses wildcards and ranges, because a pin that matches several versions drifts. The
+distribution's own packages (docker.io, nginx, prometheus) are the exception: their value is a
+security floor, written as one exact version (see below).
 """
 
 # pyinfra: verify SSH host keys. The lab writes its own known_hosts file (inventory/lab.py).
@@ -19,17 +21,23 @@ container_toolkit_version = "1.17.8-1"
 nccl_version = "2.27.7"
 nccl_cuda_version = "12.9"
 
+# --- Packages from the distribution's archive: security floors, not exact builds ---------------
+# A Debian mirror keeps only the newest build of each suite, so an exact pin breaks a fresh deploy
+# the day a security update lands. Each value is a floor: this build or a newer one of the same
+# upstream version (operations/distro_packages.py, README "Version pins"). Installed builds are
+# held; `gpufleet drift` reports a host behind the archive's security build as a `security` finding.
+# On Ubuntu, set the floors `apt-cache policy <package>` shows for the release the fleet runs.
+
 # --- Docker -------------------------------------------------------------------------------------
-# The distribution's engine (no extra repository). Debian 12's current build; on Ubuntu set the
-# version `apt-cache policy docker.io` shows for the release the fleet runs.
+# The distribution's engine (no extra repository).
 docker_engine_package = "docker.io"
-docker_engine_version = "20.10.24+dfsg1-1+deb12u1+b6"
+docker_engine_min_version = "20.10.24+dfsg1-1+deb12u1+b6"
 # Merged into /etc/docker/daemon.json with the nvidia runtime; other keys on a host are kept.
 docker_daemon_config = {"log-driver": "json-file", "log-opts": {"max-size": "100m", "max-file": "3"}}
 
-# --- load balancer hosts (Debian 12's packages) ----------------------------------------------------
-lb_nginx_version = "1.22.1-9+deb12u11"
-prometheus_version = "2.42.0+ds-5+deb12u1"
+# --- load balancer hosts (Debian 12's packages, floors as above) --------------------------------
+lb_nginx_min_version = "1.22.1-9+deb12u11"
+prometheus_min_version = "2.42.0+ds-5+deb12u1"
 
 # --- serving ------------------------------------------------------------------------------------
 # A CUDA 12.9 build with sm_120 kernels and --shutdown-timeout (vLLM >= 0.18). The image gpufleet

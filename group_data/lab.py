@@ -42,7 +42,11 @@ vllm_model = "/models/qwen3-tiny"
 vllm_served_model_name = "qwen3-tiny"
 vllm_max_model_len = 512
 vllm_quantization = None
-vllm_extra_args = ["--dtype", "bfloat16", "--enforce-eager"]  # CPU engine: no CUDA graphs anyway
+# float32, not bfloat16: vLLM's CPU bf16 kernels depend on the CPU (on a Xeon with AMX and
+# AVX512-BF16 the worker dies on the first completion), and the lab must run on any x86-64 that
+# CI gets. The KV cache follows the dtype (4 bytes per element; the planner's `dtype`).
+# --enforce-eager: the CPU engine has no CUDA graphs anyway.
+vllm_extra_args = ["--dtype", "float32", "--enforce-eager"]
 vllm_env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0|1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
             "HF_HUB_OFFLINE": "1", "TORCHDYNAMO_DISABLE": "1"}
 vllm_shm_size = "2g"

@@ -55,3 +55,11 @@ def status(as_json: bool) -> None:
                                 [[h["name"], h["group"], h["ssh_port"], h["state"]] for h in report["hosts"]]
                                 + [[s["name"], "service", "", s["state"]] for s in report["services"]]))
     sys.exit(0 if report["up"] else 1)
+
+
+@lab.command()
+def welcome() -> None:
+    """Print the lab's URLs on 127.0.0.1 and what to try next (`make deploy` ends with it)."""
+    from gpufleet.lab.welcome import welcome_text
+
+    click.echo(welcome_text())

@@ -16,6 +16,7 @@ from gpufleet.planner import (
     DEFAULT_MAX_NUM_BATCHED_TOKENS,
     DEFAULT_MAX_NUM_SEQS,
     DEFAULT_RUNTIME_RESERVE_GIB,
+    DTYPE_BYTES,
     GIB,
     PlanError,
     PlanResult,
@@ -95,6 +96,8 @@ def _list_models() -> str:
 @click.option("--quantization", default=None,
               help="Override the model's weights: awq, gptq, fp8 or bf16 [default: the model's own].")
 @click.option("--kv-cache-dtype", type=click.Choice(["auto", "fp8"]), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(list(DTYPE_BYTES)), default="auto", show_default=True,
+              help="vLLM's --dtype; an auto KV cache is kept in it (float32: 4 bytes per element).")
 @click.option("--max-num-batched-tokens", type=int, default=DEFAULT_MAX_NUM_BATCHED_TOKENS, show_default=True)
 @click.option("--max-num-seqs", type=int, default=DEFAULT_MAX_NUM_SEQS, show_default=True)
 @click.option("--activation-reserve-gib", type=float, default=None,
@@ -104,7 +107,7 @@ def _list_models() -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--list-models", is_flag=True, help="List the presets and exit.")
 def plan(model: str | None, config_path: str | None, gpus_spec: str, max_model_len: int,
-         gpu_memory_utilization: float, tp: int | None, quantization: str | None, kv_cache_dtype: str,
+         gpu_memory_utilization: float, tp: int | None, quantization: str | None, kv_cache_dtype: str, dtype: str,
          max_num_batched_tokens: int, max_num_seqs: int, activation_reserve_gib: float | None,
          runtime_reserve_gib: float, as_json: bool, list_models: bool) -> None:
     """Check that a model fits a vLLM replica and print its KV-cache capacity.
@@ -129,7 +132,7 @@ def plan(model: str | None, config_path: str | None, gpus_spec: str, max_model_l
                               gpu_memory_utilization, quantization,
                               max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
                               activation_reserve_gib=activation_reserve_gib,
-                              runtime_reserve_gib=runtime_reserve_gib, kv_cache_dtype=kv_cache_dtype)
+                              runtime_reserve_gib=runtime_reserve_gib, kv_cache_dtype=kv_cache_dtype, dtype=dtype)
     except (PlanError, ValueError) as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)

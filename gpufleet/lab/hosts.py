@@ -29,7 +29,8 @@ def volume_name(host: LabHost) -> str:
 def _spec(host: LabHost, image: str, standins: str) -> str:
     # The stand-in packages' digest is part of it: a host that installed an older build of a
     # stand-in (same version string, other content) is replaced rather than kept.
-    return hashlib.sha256(json.dumps([host.name, host.ssh_port, image, standins, 1]).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([host.name, host.ssh_port, host.service_ports(), image, standins, 1]
+                                     ).encode()).hexdigest()[:16]
 
 
 def ensure_host(client: docker.DockerClient, host: LabHost, image: str, authorized_key: str, standins: str) -> str:
@@ -66,7 +67,8 @@ def ensure_host(client: docker.DockerClient, host: LabHost, image: str, authoriz
             volume_name(host): {"bind": "/var/lib/docker", "mode": "rw"},
         },
         tmpfs={"/run": "", "/run/lock": "", "/tmp": ""},
-        ports={"22/tcp": ("127.0.0.1", host.ssh_port)},
+        ports={"22/tcp": ("127.0.0.1", host.ssh_port),
+               **{f"{inside}/tcp": ("127.0.0.1", local) for inside, local in host.service_ports().items()}},
         restart_policy={"Name": "unless-stopped"},
         network=NETWORK,
         stop_signal="SIGRTMIN+3",  # what systemd expects for a clean shutdown

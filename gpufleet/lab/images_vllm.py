@@ -33,6 +33,7 @@ from pathlib import Path
 
 import docker
 
+from gpufleet.lab import vllm_smoke
 from gpufleet.lab.progress import say, step
 from gpufleet.lab.topology import LAB_DIR, REPO_DIR
 
@@ -63,9 +64,14 @@ def build(client: docker.DockerClient, base_image: str, repo_dir: Path = REPO_DI
     try:
         client.images.get(tag)
         say(f"vllm-cpu image {tag} cached")
-        return published
     except docker.errors.ImageNotFound:
-        pass
+        _build_image(tag, base_image, wheels)
+    # Before any deploy depends on it: one real completion with the lab's flags on this CPU.
+    vllm_smoke.ensure_answers(client, tag)
+    return published
+
+
+def _build_image(tag: str, base_image: str, wheels: list[Path]) -> None:
     with tempfile.TemporaryDirectory(prefix="gpufleet-lab-vllm-", dir=WHEELS.parent) as tmp:
         ctx = Path(tmp)
         for f in CONTEXT.iterdir():
@@ -81,7 +87,6 @@ def build(client: docker.DockerClient, base_image: str, repo_dir: Path = REPO_DI
                  "--label", f"io.gpufleet.inputs={tag.rsplit('-', 1)[1]}", str(ctx)],
                 check=True, stdout=subprocess.DEVNULL,
             )
-    return published
 
 
 def vllm_wheelhouse() -> list[Path]:

@@ -22,6 +22,9 @@ REGISTRY_LOCAL_PORT = 5100  # published on 127.0.0.1 so the lab can push images 
 
 NODE_SSH_PORT_BASE = 2200  # gpu-node-N -> 2200+N
 LB_SSH_PORT_BASE = 2250  # lb-N -> 2250+N
+# Services a newcomer can try from this machine, published on 127.0.0.1 only:
+# lb-N's nginx (:80) on 18079+N, its Prometheus (:9090) on 19089+N; gpu-node-N's RAG app (:8080) on 18179+N.
+LB_HTTP_PORT_BASE, LB_PROMETHEUS_PORT_BASE, NODE_APP_PORT_BASE = 18079, 19089, 18179
 DEFAULT_NODES, DEFAULT_LBS = 2, 1
 
 
@@ -30,6 +33,16 @@ class LabHost:
     name: str
     group: str  # "gpu_nodes" or "lb"
     ssh_port: int
+
+    @property
+    def number(self) -> int:
+        return int(self.name.rsplit("-", 1)[1])
+
+    def service_ports(self) -> dict[int, int]:
+        """{port inside the host: port on 127.0.0.1} for the services published to this machine."""
+        if self.group == "lb":
+            return {80: LB_HTTP_PORT_BASE + self.number, 9090: LB_PROMETHEUS_PORT_BASE + self.number}
+        return {8080: NODE_APP_PORT_BASE + self.number}
 
     def connection_data(self) -> dict:
         return {
@@ -74,3 +87,11 @@ def inventory_groups() -> dict[str, list[tuple[str, dict]]]:
     for host in current_or_default_hosts():
         groups[host.group].append((host.name, host.connection_data()))
     return groups
+
+
+def lab_group_data() -> dict:
+    """group_data/lab.py's values, as pyinfra reads them (the file is plain Python assignments)."""
+    import runpy
+
+    values = runpy.run_path(str(PROJECT_ROOT / "group_data" / "lab.py"))
+    return {k: v for k, v in values.items() if not k.startswith("_")}

@@ -45,3 +45,36 @@ class PackageStates(FactBase):
         for name in held:
             states.setdefault(name, {"version": None, "held": False})["held"] = True
         return states
+
+
+class AptCandidates(FactBase):
+    """``{package: {"installed": str|None, "candidate": str|None}}`` as ``apt-cache policy`` sees them.
+
+    The candidate is what ``apt-get install <package>`` would take with the host's package lists
+    and apt preferences as they are now (no ``apt-get update``: a read must not change the host).
+    ``None`` means "(none)": not installed, or not in any configured archive.
+
+    Example::
+
+        host.get_fact(AptCandidates, packages=["nginx"])
+        # {"nginx": {"installed": "1.22.1-9+deb12u11", "candidate": "1.22.1-9+deb12u12"}}
+    """
+
+    def command(self, packages: list[str]) -> str:
+        return f"LC_ALL=C apt-cache policy {quote_all(packages)} 2>/dev/null; true"
+
+    @staticmethod
+    def default() -> dict:
+        return {}
+
+    def process(self, output: list[str]) -> dict:  # type: ignore[override]
+        found: dict[str, dict] = {}
+        current = None
+        for line in output:
+            if line and not line[0].isspace() and line.rstrip().endswith(":"):
+                current = found.setdefault(line.rstrip()[:-1].split(":")[0], {"installed": None, "candidate": None})
+                continue
+            key, _, value = line.strip().partition(": ")
+            if current is not None and key in ("Installed", "Candidate"):
+                current[key.lower()] = None if value == "(none)" else value
+        return found

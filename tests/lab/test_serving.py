@@ -10,6 +10,7 @@ import pytest
 
 from gpufleet import PROJECT_ROOT
 from gpufleet.fleet import load_fleet
+from gpufleet.lab.topology import lab_group_data
 from tests.lab.conftest import deploy
 
 NODES = ("gpu-node-1", "gpu-node-2")
@@ -89,11 +90,12 @@ def test_nccl_inside_the_running_vllm_is_the_pin(serving):
 
 
 def test_kv_cache_per_token_matches_the_planner(serving):
-    from gpufleet.planner import plan_replica
+    from gpufleet.planner import dtype_from_args, plan_replica
 
     log = serving["gpu-node-1"].run("docker logs vllm-gpu-node-1-vllm-0 2>&1 | grep 'KV cache size'").stdout
     tokens = int(re.search(r"KV cache size: ([\d,]+) tokens", log).group(1).replace(",", ""))
-    plan = plan_replica("lab-tiny-qwen3", 2, 32, 2, 512, 0.8)
+    lab = lab_group_data()
+    plan = plan_replica("lab-tiny-qwen3", 2, 32, 2, 512, 0.8, dtype=dtype_from_args(lab["vllm_extra_args"]))
     # VLLM_CPU_KVCACHE_SPACE=1 (GiB) per rank, split by the bytes each rank keeps per token.
     assert tokens == 2**30 // plan.kv_bytes_per_token_per_gpu
 
@@ -141,3 +143,22 @@ def test_hf_token_reaches_the_container_but_never_output_or_arguments(serving, t
     finally:
         restored = deploy("--limit", "gpu-node-1")
     assert restored["rc"] == 0
+
+
+def test_the_welcome_urls_answer_on_this_machine(serving):
+    """`make deploy` ends with URLs on 127.0.0.1: each one answers from here, as a newcomer would try it."""
+    import urllib.request
+
+    from gpufleet.lab.welcome import welcome_text
+
+    text = welcome_text()
+    urls = re.findall(r"http://127\.0\.0\.1:\d+/\S+", text)
+    assert len(urls) >= 5, text
+    completion = next(u for u in urls if u.endswith("/v1/completions"))
+    body = json.dumps({"model": "qwen3-tiny", "prompt": "The fleet", "max_tokens": 4}).encode()
+    request = urllib.request.Request(completion, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as answer:
+        assert json.load(answer)["choices"][0]["text"] is not None
+    for url in (u for u in urls if u.endswith(("/targets", "/health"))):
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            assert answer.status == 200, url

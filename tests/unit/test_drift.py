@@ -69,3 +69,45 @@ def test_prometheus_textfile_and_junit(tmp_path):
     assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("3", "1", "1")
     failure = suite.find("testcase[@name='b']/failure")
     assert failure is not None and "expected 2" in failure.get("message")
+
+
+class PackagesHost:
+    """A host whose package lists say what `apt-cache policy` would (the fact's parsed answer)."""
+
+    name = "lb-1"
+    groups = ("lb",)
+
+    def __init__(self, policy):
+        self.policy = policy
+        self.asked = []
+
+    def get_fact(self, fact, packages):
+        self.asked.append(packages)
+        return {name: self.policy[name] for name in packages if name in self.policy}
+
+
+def test_a_superseded_distro_build_is_a_security_finding_of_its_own():
+    from gpufleet.runtime_checks import security_updates
+    from gpufleet.settings import HostSettings
+
+    settings = HostSettings(lb_nginx_min_version="1.22.1-9+deb12u11", prometheus_min_version="2.42.0+ds-5+deb12u1")
+    host = PackagesHost({"nginx": {"installed": "1.22.1-9+deb12u11", "candidate": "1.22.1-9+deb12u12"},
+                         "prometheus": {"installed": "2.42.0+ds-5+deb12u1", "candidate": "2.42.0+ds-5+deb12u1"}})
+    [item] = security_updates(host, settings, fleet=None)
+    assert host.asked == [["nginx", "prometheus"]]
+    assert (item.kind, item.check) == ("security", "package nginx")
+    assert "1.22.1-9+deb12u11 installed" in item.cause and "1.22.1-9+deb12u12" in item.cause
+
+    report = DriftReport([HostDrift("lb-1", items=[item])], started=0.0)
+    assert report.exit_code == 2
+
+
+def test_security_findings_have_their_own_metric(tmp_path):
+    report = DriftReport([HostDrift("lb-1", items=[DriftItem("security", "package nginx", "behind"),
+                                                   DriftItem("plan", "nginx", "would change")]),
+                          HostDrift("gpu-node-1")], started=1.0)
+    path = tmp_path / "drift.prom"
+    write_prometheus(report, str(path))
+    text = path.read_text()
+    assert 'gpufleet_drift_security_updates{host="lb-1"} 1.0' in text
+    assert 'gpufleet_drift_security_updates{host="gpu-node-1"} 0.0' in text

@@ -187,3 +187,19 @@ def test_cli_json_and_list_models():
     assert data["fits"] is True and data["tp"] == 2 and data["kv_bytes_per_token_per_gpu"] == 131072
     listing = runner.invoke(plan, ["--list-models"])
     assert listing.exit_code == 0 and "Qwen/Qwen3-32B-AWQ" in listing.output
+
+
+def test_kv_cache_follows_the_engine_dtype():
+    """The lab runs --dtype float32 (CPU-independent): its KV cache is 4 bytes per element, 1024 per token."""
+    from gpufleet.planner import dtype_from_args, plan_replica
+
+    assert dtype_from_args(["--dtype", "float32", "--enforce-eager"]) == "float32"
+    assert dtype_from_args(["--dtype=bfloat16"]) == "bfloat16" and dtype_from_args([]) == "auto"
+    # 2 (K,V) x 2 layers x 2 KV heads x 32 head dim x 4 bytes = 1024 bytes per token at TP=1.
+    assert plan_replica("lab-tiny-qwen3", 2, 32, 1, 512, 0.8, dtype="float32").kv_bytes_per_token_per_gpu == 1024
+    assert plan_replica("lab-tiny-qwen3", 2, 32, 1, 512, 0.8).kv_bytes_per_token_per_gpu == 512
+    # An fp8 KV cache is 1 byte whatever the model computes in.
+    assert plan_replica("lab-tiny-qwen3", 2, 32, 1, 512, 0.8, dtype="float32",
+                        kv_cache_dtype="fp8").kv_bytes_per_token_per_gpu == 256
+    with pytest.raises(PlanError, match="dtype must be one of"):
+        plan_replica("lab-tiny-qwen3", 2, 32, 1, 512, 0.8, dtype="int3")

@@ -104,8 +104,8 @@ def test_debug_settings_are_warnings_not_errors():
 
 
 def test_docker_keys_are_ours_but_connector_keys_pass_through():
-    settings, issues = validate_host_data("n", {**GPU_NODE, "docker_engine_version": "20.10.24+dfsg1-1+deb12u1+b6",
+    settings, issues = validate_host_data("n", {**GPU_NODE, "docker_engine_min_version": "20.10.24+dfsg1-1+deb12u1+b6",
                                                 "docker_platform": "linux/amd64"})
-    assert issues == [] and settings.docker_engine_version == "20.10.24+dfsg1-1+deb12u1+b6"
+    assert issues == [] and settings.docker_engine_min_version == "20.10.24+dfsg1-1+deb12u1+b6"
     _, found = errors({"docker_enigne_version": "1"})
     assert ("docker_enigne_version", "error") in found
