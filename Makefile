@@ -65,7 +65,7 @@ test-lab: install  ## lab integration tests only
 	$(BIN)/python -m pytest -ra -m lab $(PYTEST_ARGS)
 
 lint: install  ## ruff over the project
-	$(BIN)/ruff check gpufleet operations tests deploy.py inventory group_data files
+	$(BIN)/ruff check gpufleet operations tests deploy.py config.py inventory group_data files
 
 clean:  ## remove the venv and caches (not the lab: see lab-down)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

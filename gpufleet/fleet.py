@@ -2,6 +2,12 @@
 
 The inventory is loaded with pyinfra's own loader (inventory file + group_data + ``--data``
 overrides), so the data gpufleet validates is exactly the data a deploy would see.
+
+group_data/ is read from the working directory, as pyinfra reads it. Run from elsewhere, gpufleet
+looks for it above the inventory file (``gpufleet validate ~/gpufleet/inventory/prod.py`` from
+any directory finds ~/gpufleet/group_data), and refuses when there is none rather than
+validating hosts without their group data. A Python error in an inventory or group_data file is
+one line naming the file and the line, not a traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from gpufleet.settings import HostSettings, Replica, SettingsError, SettingsIssue, validate_host_data
+
+GROUP_DATA = "group_data"
 
 GPU_GROUP = "gpu_nodes"
 LB_GROUP = "lb"
@@ -94,53 +102,78 @@ def parse_data_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return overrides
 
 
+def project_root(inventory_path: str | os.PathLike, cwd: str) -> str:
+    """Where group_data/ is: ``cwd`` (pyinfra's rule), else the nearest directory above the inventory file."""
+    if (Path(cwd) / GROUP_DATA).is_dir():
+        return cwd
+    path = Path(inventory_path)
+    if path.is_file():
+        for parent in path.resolve().parents:
+            if (parent / GROUP_DATA).is_dir():
+                return str(parent)
+    if str(inventory_path).startswith("@"):
+        return cwd  # an ad-hoc target (`gpufleet verify @local`): its data is on the command line
+    raise SettingsError([SettingsIssue("(command line)", GROUP_DATA, cwd,
+                                       f"a {GROUP_DATA}/ directory in the working directory or above "
+                                       f"{inventory_path}: run gpufleet from the repository root")])
+
+
+def python_error(exc: BaseException) -> SettingsIssue:
+    """One line for a Python error in an inventory or group_data file: the file, the line, the error."""
+    inner = getattr(exc, "exception", exc)  # pyinfra wraps errors in user code (UnexpectedExternalError)
+    filename, line = getattr(exc, "filename", None), None
+    if isinstance(inner, SyntaxError):
+        filename, line = inner.filename or filename, inner.lineno
+    else:
+        tb = inner.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == filename:
+                line = tb.tb_lineno
+            tb = tb.tb_next
+    what = f"{type(inner).__name__}: {getattr(inner, 'msg', None) or inner}"
+    return SettingsIssue("(file)", f"{filename}:{line}" if line else str(filename), what.splitlines()[0],
+                         "a valid Python inventory/group_data file (fix that line)")
+
+
 def load_inventory(inventory_path: str | os.PathLike, overrides: dict[str, Any] | None = None, cwd: str | None = None):
-    """A pyinfra Inventory, loaded as ``pyinfra INVENTORY ...`` would load it (group_data from cwd)."""
+    """A pyinfra Inventory, loaded as ``pyinfra INVENTORY ...`` would load it (group_data: :func:`project_root`)."""
     from pyinfra.api import State
     from pyinfra.context import ctx_state
+    from pyinfra_cli.exceptions import UnexpectedExternalError
     from pyinfra_cli.inventory import make_inventory
 
     path = Path(inventory_path)
     if not str(inventory_path).startswith("@") and not path.is_file():
         raise SettingsError([SettingsIssue("(command line)", "INVENTORY", str(path), "an inventory file that exists")])
+    root = project_root(inventory_path, cwd or os.getcwd())
     state = State()
     with ctx_state.use(state):
-        return make_inventory(str(path), override_data=overrides or {}, cwd=cwd or os.getcwd())
+        try:
+            return make_inventory(str(path), override_data=overrides or {}, cwd=root)
+        except (SyntaxError, UnexpectedExternalError) as exc:
+            raise SettingsError([python_error(exc)]) from None
 
 
 def fleet_from_inventory(inventory) -> Fleet:
     """Validate every host of a loaded inventory; raise SettingsError listing every error."""
+    from gpufleet.fleet_checks import inventory_problems
+
     hosts: dict[str, FleetHost] = {}
     issues: list[SettingsIssue] = []
     warnings: list[SettingsIssue] = []
+    every: list[tuple[str, list[str], dict[str, Any]]] = []
     for host in inventory:
         data = host.data.dict()
+        every.append((host.name, list(host.groups), data))
         settings, found = validate_host_data(host.name, data)
         issues.extend(i for i in found if i.severity == "error")
         warnings.extend(i for i in found if i.severity == "warning")
         if settings is not None:
             hosts[host.name] = FleetHost(host.name, list(host.groups), settings, data)
-    issues.extend(_fleet_problems(hosts))
+    issues.extend(inventory_problems(every, list(inventory.group_data), hosts))
     if issues:
         raise SettingsError(issues + warnings)
     return Fleet(hosts, warnings)
-
-
-def _fleet_problems(hosts: dict[str, FleetHost]) -> list[SettingsIssue]:
-    """Checks that span hosts: replica names and (address, port) pairs are unique fleet-wide."""
-    problems = []
-    seen_names: dict[str, str] = {}
-    for host in hosts.values():
-        if not host.is_gpu_node:
-            continue
-        for replica in replicas_of(host):
-            if replica.name in seen_names:
-                problems.append(SettingsIssue(host.name, "vllm_replicas", replica.name,
-                                              f"a replica name unique in the fleet (also on {seen_names[replica.name]})"))
-            seen_names[replica.name] = host.name
-        if host.settings.gpu_count == 0:
-            problems.append(SettingsIssue(host.name, "gpu_count", 0, f">= 1 for a host in group {GPU_GROUP}"))
-    return problems
 
 
 def load_fleet(inventory_path: str | os.PathLike, overrides: dict[str, Any] | None = None, cwd: str | None = None) -> Fleet:

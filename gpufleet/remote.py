@@ -21,13 +21,24 @@ from gpufleet.fleet import Fleet, fleet_from_inventory, load_inventory
 
 
 def select(inventory, limit: tuple[str, ...] | list[str]) -> list:
-    """Hosts matching any --limit pattern (host name, group name or glob), as pyinfra's --limit."""
+    """Hosts matching any --limit pattern (host name, group name or glob), as pyinfra's --limit.
+
+    A pattern that matches no host is an error (SettingsError naming the hosts that exist): a
+    check of nothing must not pass as a clean check.
+    """
     if not limit:
         return list(inventory)
     chosen = []
     for host in inventory:
         if any(fnmatch.fnmatch(host.name, p) or p in host.groups for p in limit):
             chosen.append(host)
+    unmatched = [p for p in limit if not any(fnmatch.fnmatch(h.name, p) or p in h.groups for h in inventory)]
+    if unmatched:
+        from gpufleet.settings import SettingsError, SettingsIssue
+
+        names = ", ".join(h.name for h in inventory)
+        raise SettingsError([SettingsIssue("(command line)", "--limit", p, f"a host, group or glob of the inventory "
+                                           f"(hosts: {names})") for p in unmatched])
     return chosen
 
 

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gpufleet.settings_data import DataSettings
 from gpufleet.settings_edge import EdgeSettings
+from gpufleet.settings_input import InputSettings, redact
 from gpufleet.settings_vllm import VllmSettings
 from gpufleet.versions import exact_debian_version
 
@@ -50,11 +51,8 @@ FORBIDDEN_ENV = {
     "NCCL_MAX_NRINGS": "deprecated NCCL variable; remove it (use NCCL_MAX_NCHANNELS if you must)",
     "NCCL_TREE_THRESHOLD": "deprecated NCCL variable; remove it (NCCL picks its algorithm itself)",
 }
-DEBUG_ENV = {
-    "CUDA_LAUNCH_BLOCKING": "a debugging setting that serialises every CUDA launch",
-    "NCCL_DEBUG": "a debugging setting (INFO logs every NCCL call)",
-}
-DEBUG_ARGS = {"--enforce-eager": "disables CUDA graphs: a debugging setting, slower in production"}
+# Debugging settings (CUDA_LAUNCH_BLOCKING, NCCL_DEBUG=INFO, VLLM_TEST_*, --enforce-eager...): see
+# gpufleet/settings_input.py, with the other refusals of bad input.
 
 
 class LabGpu(BaseModel):
@@ -80,11 +78,12 @@ class Replica(BaseModel):
     address: str = ""  # filled in from the node's private_address
 
 
-class HostSettings(VllmSettings, DataSettings, EdgeSettings):
+class HostSettings(VllmSettings, DataSettings, EdgeSettings, InputSettings):
     """Everything a host's data may say. See group_data/all.py for the fleet's values.
 
     Keys of the serving roles live in mixins beside this module (settings_vllm.py,
-    settings_data.py, settings_edge.py); all of them are one flat namespace.
+    settings_data.py, settings_edge.py), the refusals of bad input in settings_input.py; all of
+    them are one flat namespace.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
@@ -236,13 +235,14 @@ class HostSettings(VllmSettings, DataSettings, EdgeSettings):
         problems.extend(self.vllm_warnings())
         problems.extend(self.data_problems())
         problems.extend(self.edge_consistency_problems())
+        problems.extend(self.input_problems())
         return problems
 
     def _fit_problems(self) -> list[tuple[str, Any, str]]:
         """A replica that cannot hold its model and one max_model_len sequence is refused."""
         from gpufleet.planner import check_fit
 
-        reasons = check_fit(self.vllm_model, self.gpu_count, self.gpu_memory_gib, self.vllm_tensor_parallel_size,
+        reasons = check_fit(self.planner_model(), self.gpu_count, self.gpu_memory_gib, self.vllm_tensor_parallel_size,
                             self.vllm_max_model_len, self.vllm_gpu_memory_utilization, self.vllm_quantization)
         return [("vllm_model", self.vllm_model, f"a replica that fits (gpufleet plan): {r}") for r in reasons]
 
@@ -279,14 +279,7 @@ class HostSettings(VllmSettings, DataSettings, EdgeSettings):
 
     def warnings(self) -> list[tuple[str, Any, str]]:
         """Settings that are allowed but do not belong in production; shown, never fatal."""
-        found = []
-        for key, why in DEBUG_ENV.items():
-            if key in self.vllm_env:
-                found.append(("vllm_env", f"{key}={self.vllm_env[key]}", f"unset in production: {why}"))
-        for arg, why in DEBUG_ARGS.items():
-            if arg in self.vllm_extra_args:
-                found.append(("vllm_extra_args", arg, f"unset in production: {why}"))
-        return found
+        return self.input_warnings()
 
 
 @dataclass(frozen=True)
@@ -298,6 +291,10 @@ class SettingsIssue:
     value: Any
     expected: str
     severity: Literal["error", "warning"] = "error"
+
+    def __post_init__(self) -> None:
+        # Values are printed (validate, the deploy's refusal, JSON): never with a secret in them.
+        object.__setattr__(self, "value", redact(self.value))
 
     def as_dict(self) -> dict[str, Any]:
         return {"host": self.host, "key": self.key, "value": self.value,

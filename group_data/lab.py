@@ -40,6 +40,11 @@ app_image = "lab-registry:5000/gpufleet-lab/rag-app:1"
 vllm_image = "lab-registry:5000/gpufleet-lab/vllm-cpu:0.32.0"
 vllm_model = "/models/qwen3-tiny"
 vllm_served_model_name = "qwen3-tiny"
+# The planner has no preset for a local path: its config.json fields, as lab/images/vllm-cpu/
+# make_tiny_model.py writes them, so `validate` and the deploy run the fit check on it too.
+vllm_model_config = {"model_type": "qwen3", "vocab_size": 1024, "hidden_size": 64, "intermediate_size": 128,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
+                     "max_position_embeddings": 2048, "tie_word_embeddings": True}
 vllm_max_model_len = 512
 vllm_quantization = None
 # float32, not bfloat16: vLLM's CPU bf16 kernels depend on the CPU (on a Xeon with AMX and
@@ -51,6 +56,8 @@ vllm_env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0|1", "
             "HF_HUB_OFFLINE": "1", "TORCHDYNAMO_DISABLE": "1"}
 vllm_shm_size = "2g"
 vllm_bind_address = "0.0.0.0"  # lab hosts are known by name on the lab network, not by a fixed IP
+# ... so they have no private_address: their inventory names resolve on the lab's Docker network.
+private_address_from_name = True
 vllm_ready_timeout = 600
 pip_install_args = "--no-index --find-links http://lab-repo/wheels/ --trusted-host lab-repo"
 # The tiny model has a 512-token window and a byte-level tokenizer: fewer, shorter retrievals.

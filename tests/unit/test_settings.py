@@ -97,10 +97,16 @@ def test_every_error_is_reported_at_once_field_and_combination():
     assert {("vllm_prot", "error"), ("nccl_version", "error"), ("vllm_tensor_parallel_size", "error")} <= set(found)
 
 
-def test_debug_settings_are_warnings_not_errors():
+def test_debug_env_is_an_error_unless_a_debugging_session_says_so():
+    # gpufleet/settings_input.py: a fleet tool applies data to every node, so these are errors.
     settings, found = errors({"vllm_env": {"NCCL_DEBUG": "INFO"}, "vllm_extra_args": ["--enforce-eager"]})
-    assert settings is not None
-    assert ("vllm_env", "warning") in found and ("vllm_extra_args", "warning") in found
+    assert settings is None
+    assert "allow_debug_settings" in found[("vllm_env", "error")].expected
+    assert ("vllm_extra_args", "warning") in found  # --enforce-eager only costs speed: a warning
+    settings, found = errors({"vllm_env": {"NCCL_DEBUG": "INFO"}, "allow_debug_settings": True})
+    assert settings is not None and ("vllm_env", "warning") in found
+    settings, found = errors({"vllm_env": {"NCCL_DEBUG": "WARN"}})
+    assert settings is not None and found == {}
 
 
 def test_docker_keys_are_ours_but_connector_keys_pass_through():

@@ -1,0 +1,154 @@
+"""Checks that span an inventory's hosts and groups, run with every host's own settings checks.
+
+A host's settings (gpufleet/settings.py) cannot see the inventory around it. These checks do,
+and each stands for a way a deploy went wrong without a word:
+
+- a host listed twice in a group: pyinfra keeps the last entry's data, silently;
+- a host in no role group, or in a misspelt one (``gpu_node``): it gets preflight and base
+  packages and nothing else. Groups close to ``gpu_nodes``/``lb`` (a typo, a plural, ``lbs``) are
+  refused by name, in the inventory and in group_data/ alike (except a group of every host, which
+  may be the inventory file's own stem group, as for ``inventory/gpu.py``);
+- a host in both ``gpu_nodes`` and ``lb``: one role per host (a node cannot be its own load
+  balancer, and the two roles' group data disagree, e.g. ``gpu_count``);
+- a role host whose name is not a lower-case DNS name (it names containers and nginx upstreams);
+- a role host without ``private_address``, unless the data says names resolve on the private
+  network (``private_address_from_name``, the lab), and two hosts with the same address;
+- load balancers with no GPU node behind them, and ``app_vllm_target = "lb"`` with no balancer;
+- replica names that are not unique in the fleet, a GPU node with ``gpu_count = 0``.
+
+Hosts named on the command line instead of in an inventory file (``gpufleet verify @local``)
+belong to no group at all; they are ad-hoc targets and only their own settings are checked.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from gpufleet.settings import SettingsIssue
+
+if TYPE_CHECKING:
+    from gpufleet.fleet import FleetHost
+
+GPU_GROUP = "gpu_nodes"
+LB_GROUP = "lb"
+ROLE_GROUPS = (GPU_GROUP, LB_GROUP)
+NOT_ROLES = {"all", "lab"}  # pyinfra's group of every host; the lab inventory's file-stem group
+ALIASES = {
+    GPU_GROUP: {"gpu", "gpus", "nodes", "gpunode", "gpunodes", "gpu_hosts", "gpu_servers", "gpu_node_group"},
+    LB_GROUP: {"lbs", "loadbalancer", "loadbalancers", "load_balancer", "load_balancers", "balancers", "nginx"},
+}
+DNS_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+def _distance(a: str, b: str) -> int:
+    """Levenshtein distance (small strings only)."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def near_miss(group: str) -> str | None:
+    """The role group ``group`` was probably meant to be (``gpu_node`` -> ``gpu_nodes``), else None."""
+    if group in ROLE_GROUPS or group in NOT_ROLES:
+        return None
+    g = group.lower().replace("-", "_")
+    for role in ROLE_GROUPS:
+        if g == role or g in ALIASES[role] or (role == GPU_GROUP and _distance(g, role) <= 2):
+            return role
+    return None
+
+
+def inventory_problems(hosts: list[tuple[str, list[str], dict[str, Any]]], group_data_names: list[str],
+                       valid: dict[str, FleetHost]) -> list[SettingsIssue]:
+    """Every problem across ``hosts`` ((name, groups, data) of each, in inventory order)."""
+    problems: list[SettingsIssue] = []
+    in_groups = {g for _, groups, _ in hosts for g in groups}
+    # A group of every host is (or may be) the inventory file's own stem group: `gpu.py` is fine.
+    everyone = {g for g in in_groups if all(g in groups for _, groups, _ in hosts)}
+    for name, groups, data in hosts:
+        if groups:  # ad-hoc targets (no groups) are checked for their own settings only
+            problems += _host_problems(name, groups, data, everyone)
+    for group in sorted(set(group_data_names) - in_groups):
+        if near_miss(group):
+            problems.append(SettingsIssue("(group_data)", f"group_data/{group}.py", group,
+                                          f"a group gpufleet knows: did you mean {near_miss(group)}? "
+                                          "(this file's data reaches no host)"))
+    problems += _address_problems(hosts)
+    problems += _role_problems(hosts, valid)
+    return problems
+
+
+def _host_problems(name: str, groups: list[str], data: dict[str, Any], everyone: set[str]) -> list[SettingsIssue]:
+    problems = []
+    for group in sorted({g for g in groups if groups.count(g) > 1}):
+        problems.append(SettingsIssue(name, "groups", f"{group} x{groups.count(group)}",
+                                      f"each host listed once in {group} (pyinfra keeps the last entry's data)"))
+    roles = [g for g in ROLE_GROUPS if g in groups]
+    misses = {g: near_miss(g) for g in dict.fromkeys(groups) if near_miss(g)}
+    for group, meant in misses.items():
+        if not roles or group not in everyone:
+            problems.append(SettingsIssue(name, "groups", group, f"a group gpufleet knows: did you mean {meant}? "
+                                          "(a host in neither gpu_nodes nor lb gets no role)"))
+    if not roles and not misses:
+        problems.append(SettingsIssue(name, "groups", sorted(set(groups)),
+                                      "a role group: gpu_nodes or lb (a host in neither gets no role)"))
+    if len(roles) > 1:
+        problems.append(SettingsIssue(name, "groups", roles,
+                                      "one role: gpu_nodes or lb, not both (a node cannot be its own load balancer, "
+                                      "and the two roles' group data disagree, e.g. gpu_count)"))
+    if roles and not DNS_NAME.match(name):
+        problems.append(SettingsIssue(name, "inventory name", name,
+                                      "a lower-case DNS name (a-z, 0-9, '-' inside labels of <= 63, dots between): "
+                                      "it names the host's containers and nginx upstreams"))
+    if roles and data.get("private_address") is None and not data.get("private_address_from_name"):
+        problems.append(SettingsIssue(name, "private_address", None,
+                                      "the host's private IP, where the other hosts reach it (Docker publishes "
+                                      "vLLM, Milvus and the app on it); private_address_from_name = True only "
+                                      "where inventory names resolve, as in the lab"))
+    return problems
+
+
+def _address_problems(hosts: list[tuple[str, list[str], dict[str, Any]]]) -> list[SettingsIssue]:
+    seen: dict[str, str] = {}
+    problems = []
+    for name, _, data in hosts:
+        address = data.get("private_address")
+        if not isinstance(address, str) or not address:
+            continue
+        if address in seen:
+            problems.append(SettingsIssue(name, "private_address", address,
+                                          f"an address no other host has (also {seen[address]})"))
+        seen.setdefault(address, name)
+    return problems
+
+
+def _role_problems(hosts: list[tuple[str, list[str], dict[str, Any]]],
+                   valid: dict[str, FleetHost]) -> list[SettingsIssue]:
+    problems = []
+    nodes = [n for n, groups, _ in hosts if GPU_GROUP in groups]
+    lbs = [n for n, groups, _ in hosts if LB_GROUP in groups]
+    if lbs and not nodes:
+        problems += [SettingsIssue(lb, "groups", [LB_GROUP], "an inventory with a host in gpu_nodes: a load balancer "
+                                   "with no replica behind it has nothing to serve") for lb in lbs]
+    seen_names: dict[str, str] = {}
+    for host in valid.values():
+        if not host.is_gpu_node:
+            continue
+        s = host.settings
+        if s.app_image and s.app_vllm_target == "lb" and not lbs:
+            problems.append(SettingsIssue(host.name, "app_vllm_target", "lb",
+                                          "'node', or a host in group lb for the app to reach vLLM through"))
+        if s.gpu_count == 0 and not host.is_lb:
+            problems.append(SettingsIssue(host.name, "gpu_count", 0, f">= 1 for a host in group {GPU_GROUP}"))
+        from gpufleet.fleet import replicas_of
+
+        for replica in replicas_of(host):
+            if replica.name in seen_names:
+                problems.append(SettingsIssue(host.name, "vllm_replicas", replica.name,
+                                              f"a replica name unique in the fleet (also on {seen_names[replica.name]})"))
+            seen_names[replica.name] = host.name
+    return problems
