@@ -91,6 +91,8 @@ def describe_command(host, command) -> tuple[str, list[str]]:
 
     if isinstance(command, FileUploadCommand):
         return _describe_upload(host, command)
+    if getattr(command, "secret_dest", None):  # operations.secrets.SecretWrite: content on stdin
+        return f"{command.secret_dest}: {command.reason} (secret, not shown)", []
     if isinstance(command, FunctionCommand):
         return f"call {getattr(command.function, '__name__', 'function')}{tuple(command.args)!r}", []
     if isinstance(command, StringCommand):

@@ -7,7 +7,12 @@ The image is the operator's (``app_image``); the deploy gives it, as environment
   rollout of the local replica, at the price of a hop);
 - ``VLLM_MODEL``: the served model name (``vllm_served_model_name``);
 - ``MILVUS_URI``: ``http://<node>:<milvus_port>``;
-- ``APP_PORT``, ``MILVUS_COLLECTION``, ``RAG_TOP_K``; plus ``app_env`` (non-secret extras).
+- ``APP_PORT``, ``MILVUS_COLLECTION``, ``RAG_TOP_K``; plus ``app_env`` (non-secret extras);
+- with an API key (``vllm_api_key_file``): its own root-only env file, /etc/gpufleet/<name>.env
+  (:func:`operations.secrets.env_file`: 0600, atomic, never shown), passed with ``--env-file``,
+  holding ``VLLM_API_KEY`` (the app sends it to vLLM as ``Authorization: Bearer``) and
+  ``APP_API_KEY`` (the same key: the app then refuses every request but ``GET /health`` without
+  it, so :8080 is no unauthenticated way around vLLM's key). The key never goes on a command line.
 
 Every address is resolved on the host to an IP before it goes into the container: the app runs in
 the host's Docker, whose containers need not resolve the fleet's host names (the lab's do not).
@@ -21,6 +26,7 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import operation
 
+from operations import secrets
 from operations.containers import ContainerSpec
 from operations.containers import container as _container
 from operations.facts.net import HttpOk
@@ -28,6 +34,13 @@ from operations.milvus import bind_address, wait_commands
 
 APP = "rag-app"
 CONTAINER_PORT = 8080
+# The app's own env file holds these (both the key from vllm_api_key_file): outgoing, incoming.
+API_KEY_VARIABLES = ("VLLM_API_KEY", "APP_API_KEY")
+
+
+def env_file_path(name: str = APP) -> str:
+    """The app container's root-only env file on the host."""
+    return f"{secrets.SECRETS_DIR}/{name}.env"
 
 
 def vllm_url(target: str, node_address: str, replica_port: int, lb_address: str | None = None,
@@ -44,12 +57,13 @@ def vllm_url(target: str, node_address: str, replica_port: int, lb_address: str 
 
 def app_spec(image: str, bind_ip: str, port: int, vllm_api_url: str, model: str, milvus_uri: str,
              collection: str = "gpufleet_docs", top_k: int = 4, env: dict[str, str] | None = None,
-             name: str = APP) -> ContainerSpec:
-    """The app's container (pure: every address is already an IP)."""
+             name: str = APP, env_files: dict[str, str] | None = None) -> ContainerSpec:
+    """The app's container (pure: every address is already an IP; env_files: path -> content digest)."""
     return ContainerSpec(
         name=name, image=image, ports=[f"{bind_ip}:{port}:{CONTAINER_PORT}"],
         env={**(env or {}), "VLLM_API_URL": vllm_api_url, "VLLM_MODEL": model, "MILVUS_URI": milvus_uri,
              "APP_PORT": str(CONTAINER_PORT), "MILVUS_COLLECTION": collection, "RAG_TOP_K": str(top_k)},
+        env_files=dict(env_files or {}),
         labels={"io.gpufleet.role": "rag-app"}, stop_timeout=30,
     )
 
@@ -57,7 +71,7 @@ def app_spec(image: str, bind_ip: str, port: int, vllm_api_url: str, model: str,
 @operation()
 def container(image: str, address: str, port: int, vllm_address: str, vllm_port: int, model: str,
               milvus_address: str, milvus_port: int = 19530, collection: str = "gpufleet_docs", top_k: int = 4,
-              env: dict[str, str] | None = None, name: str = APP):
+              env: dict[str, str] | None = None, name: str = APP, api_key_file: str | None = None):
     """
     Run the RAG application, wired to vLLM and Milvus.
 
@@ -68,6 +82,9 @@ def container(image: str, address: str, port: int, vllm_address: str, vllm_port:
     + model: the served model name
     + milvus_address / milvus_port: Milvus's gRPC/REST endpoint
     + collection / top_k / env: the app's collection, retrieval depth and extra environment
+    + api_key_file: *control-side* file with vLLM's API key (``vllm_api_key_file``). The app gets it
+      from its own env file (/etc/gpufleet/<name>.env, root, 0600) as ``VLLM_API_KEY`` (sent to
+      vLLM) and ``APP_API_KEY`` (required from the app's clients); None removes that file
 
     **Example:**
 
@@ -75,11 +92,16 @@ def container(image: str, address: str, port: int, vllm_address: str, vllm_port:
 
         app.container(name="RAG app", image="registry.internal/rag-app:1.4.2", address="10.0.0.5",
                       port=8080, vllm_address="10.0.0.5", vllm_port=8000, model="qwen3-32b-awq",
-                      milvus_address="10.0.0.5")
+                      milvus_address="10.0.0.5", api_key_file="~/.config/gpufleet/vllm-api-key")
     """
-    spec = app_spec(image, bind_address(address), port,
-                    f"http://{bind_address(vllm_address)}:{vllm_port}/v1", model,
-                    f"http://{bind_address(milvus_address)}:{milvus_port}", collection, top_k, env, name)
+    # Every refusal (an address, an unreadable key file) comes before the first change.
+    ips = [bind_address(a) for a in (address, vllm_address, milvus_address)]
+    env_file = env_file_path(name)
+    variables = dict.fromkeys(API_KEY_VARIABLES, api_key_file) if api_key_file else None
+    env_files = {env_file: secrets.content_digest(secrets.env_text(variables))} if variables else None
+    spec = app_spec(image, ips[0], port, f"http://{ips[1]}:{vllm_port}/v1", model, f"http://{ips[2]}:{milvus_port}",
+                    collection, top_k, env, name, env_files=env_files)
+    yield from secrets.env_file._inner(dest=env_file, variables=variables)
     yield from _container._inner(spec=spec)
 
 

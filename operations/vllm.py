@@ -7,7 +7,8 @@
 - :func:`replica` runs one ``vllm serve`` container per replica through
   :func:`operations.containers.container` (spec digest label: any change recreates it, nothing
   else touches it). Secrets (Hugging Face token, API key) reach it only through root-only env
-  files; their content digests are part of the spec, so rotating one recreates the container.
+  files written by :mod:`operations.secrets` (compared by digest, written atomically, never
+  shown); their content digests are part of the spec, so rotating one recreates the container.
 - :func:`ready` waits until /health is 200, /v1/models lists the served name and one completion
   comes back; on timeout it fails with the container's last log lines. Gate it on the replica:
   ``vllm.ready(..., _if=replica_op.did_change)``.
@@ -33,7 +34,7 @@ from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationValueError, StringCommand, operation
 from pyinfra.operations import files
 
-from operations import containers
+from operations import containers, secrets
 from operations.containers import ContainerSpec
 from operations.facts.docker import ImageState
 
@@ -47,9 +48,8 @@ BUILD_DIR = "/var/lib/gpufleet/build/vllm"
 
 CONTAINER_PORT = 8000
 HF_HOME = "/root/.cache/huggingface"  # the upstream image runs as root
-SECRETS_DIR = "/etc/gpufleet"
-HF_TOKEN_ENV_FILE = f"{SECRETS_DIR}/hf-token.env"
-API_KEY_ENV_FILE = f"{SECRETS_DIR}/vllm-api-key.env"
+HF_TOKEN_ENV_FILE = f"{secrets.SECRETS_DIR}/hf-token.env"
+API_KEY_ENV_FILE = f"{secrets.SECRETS_DIR}/vllm-api-key.env"
 HF_TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")  # huggingface_hub, and older readers
 API_KEY_VARIABLES = ("VLLM_API_KEY",)  # vLLM's server reads it when --api-key is not given
 # Never on a command line (`ps`, `docker inspect .Args`, pyinfra's output): use the files above.
@@ -144,25 +144,6 @@ def image(base_image: str, nccl_version: str, pip_install_args: str = "", tag: s
 
 
 # ------------------------------------------------------------------------------- replica ----------
-def secret_env_text(secret: str, variables: tuple[str, ...]) -> str:
-    return "".join(f"{v}={secret}\n" for v in variables)
-
-
-def read_secret(path: str) -> str:
-    """One secret from a control-side file (surrounding whitespace removed)."""
-    try:
-        value = Path(path).expanduser().read_text().strip()
-    except OSError as exc:
-        raise OperationValueError(f"cannot read secret file {path}: {exc.strerror}") from None
-    if not value or "\n" in value:
-        raise OperationValueError(f"secret file {path} must hold exactly one non-empty line")
-    return value
-
-
-def content_digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def replica_spec(*, name: str, image: str, model: str, served_model_name: str, port: int, gpus: list[int],
                  bind_address: str, tensor_parallel_size: int, max_model_len: int, gpu_memory_utilization: float,
                  quantization: str | None = None, extra_args: list[str] | None = None,
@@ -208,16 +189,6 @@ def replica_spec(*, name: str, image: str, model: str, served_model_name: str, p
     )
 
 
-def _secret_file(control_path: str | None, host_path: str, variables: tuple[str, ...]):
-    """Commands that put (or remove) one root-only env file; returns its content digest or None."""
-    if control_path is None:
-        yield from files.file._inner(path=host_path, present=False)
-        return None
-    text = secret_env_text(read_secret(control_path), variables)
-    yield from files.put._inner(src=StringIO(text), dest=host_path, user="root", group="root", mode="600")
-    return content_digest(text)
-
-
 @operation()
 def replica(container: str, image: str, model: str, served_model_name: str, port: int, gpus: list[int],
             bind_address: str, tensor_parallel_size: int = 2, max_model_len: int = 32768,
@@ -240,9 +211,10 @@ def replica(container: str, image: str, model: str, served_model_name: str, port
     + env: environment (NCCL_*, VLLM_*); HF_HOME points at the mounted cache
     + shm_size: ``--shm-size`` (NCCL's SHM transport between the two GPUs uses /dev/shm)
     + hf_cache_dir: host directory mounted as the Hugging Face cache; None: no volume
-    + hf_token_file, api_key_file: *control-side* files with one secret each; uploaded to
-      /etc/gpufleet/hf-token.env and /etc/gpufleet/vllm-api-key.env (root, 0600) and passed with
-      ``--env-file`` (HF_TOKEN/HUGGING_FACE_HUB_TOKEN, VLLM_API_KEY); None removes the host file
+    + hf_token_file, api_key_file: *control-side* files with one secret each; written to
+      /etc/gpufleet/hf-token.env and /etc/gpufleet/vllm-api-key.env (root, 0600, atomically, see
+      :func:`operations.secrets.env_file`) and passed with ``--env-file``
+      (HF_TOKEN/HUGGING_FACE_HUB_TOKEN, VLLM_API_KEY); None removes the host file
     + shutdown_timeout: ``--shutdown-timeout`` — on SIGTERM vLLM drains in-flight requests this long
     + stop_timeout: seconds ``docker stop`` waits before SIGKILL (default shutdown_timeout + 15)
     + restart: Docker restart policy
@@ -261,21 +233,20 @@ def replica(container: str, image: str, model: str, served_model_name: str, port
                                gpus=[0, 1], bind_address="10.0.0.11", quantization="awq_marlin",
                                hf_token_file="~/.config/gpufleet/hf-token")
     """
-    env_files = {}
-    digest = yield from _secret_file(hf_token_file, HF_TOKEN_ENV_FILE, HF_TOKEN_VARIABLES)
-    if digest:
-        env_files[HF_TOKEN_ENV_FILE] = digest
-    digest = yield from _secret_file(api_key_file, API_KEY_ENV_FILE, API_KEY_VARIABLES)
-    if digest:
-        env_files[API_KEY_ENV_FILE] = digest
-    if hf_cache_dir:
-        yield from files.directory._inner(path=hf_cache_dir, user="root", group="root", mode="755")
+    # Every refusal (bad flags, bind address, unreadable secret file) comes before the first change.
+    wanted = {HF_TOKEN_ENV_FILE: dict.fromkeys(HF_TOKEN_VARIABLES, hf_token_file) if hf_token_file else None,
+              API_KEY_ENV_FILE: dict.fromkeys(API_KEY_VARIABLES, api_key_file) if api_key_file else None}
+    env_files = {path: secrets.content_digest(secrets.env_text(v)) for path, v in wanted.items() if v}
     spec = replica_spec(name=container, image=image, model=model, served_model_name=served_model_name, port=port,
                         gpus=gpus, bind_address=bind_address, tensor_parallel_size=tensor_parallel_size,
                         max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
                         quantization=quantization, extra_args=extra_args, env=env, shm_size=shm_size,
                         hf_cache_dir=hf_cache_dir, shutdown_timeout=shutdown_timeout, stop_timeout=stop_timeout,
                         restart=restart, env_files=env_files)
+    for path, variables in wanted.items():
+        yield from secrets.env_file._inner(dest=path, variables=variables)
+    if hf_cache_dir:
+        yield from files.directory._inner(path=hf_cache_dir, user="root", group="root", mode="755")
     yield from containers.container._inner(spec=spec)
 
 

@@ -3,13 +3,15 @@
 Digests and `docker run` lines come from operations/milvus.py and operations/app.py; review the diff
 of the JSON files before committing it (that review is the test).
 """
+import base64
 import hashlib
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, ".")
-from operations.app import app_spec  # noqa: E402
+from operations import secrets  # noqa: E402
+from operations.app import API_KEY_VARIABLES, app_spec, env_file_path  # noqa: E402
 from operations.milvus import EMBED_ETCD_YAML, milvus_specs, wait_commands  # noqa: E402
 
 T = Path("tests/operations")
@@ -99,23 +101,49 @@ write("milvus.ready", "unhealthy_waits_then_fails_with_logs", {
 APP_IMG = "registry.internal/rag-app:1.4.2"
 app_kw = {"image": APP_IMG, "address": "10.0.0.5", "port": 8080, "vllm_address": "10.0.0.5", "vllm_port": 8000,
           "model": "qwen3-32b-awq", "milvus_address": "10.0.0.5"}
+APP_ENV = env_file_path()
+NO_KEY = {"files.File": {f"path={APP_ENV}": None}}
 a = app_spec(APP_IMG, "10.0.0.5", 8080, "http://10.0.0.5:8000/v1", "qwen3-32b-awq", "http://10.0.0.5:19530")
 write("app.container", "fresh_host_runs_app_wired_to_node_replica", {
-    "kwargs": app_kw, "facts": {"docker.ContainerState": states(**{"rag-app": ABSENT})},
+    "kwargs": app_kw, "facts": {**NO_KEY, "docker.ContainerState": states(**{"rag-app": ABSENT})},
     "commands": [a.run_command()]})
 write("app.container", "converged_is_noop", {
-    "kwargs": app_kw, "facts": {"docker.ContainerState": states(**{"rag-app": running(a.digest(), APP_IMG)})},
+    "kwargs": app_kw, "facts": {**NO_KEY, "docker.ContainerState": states(**{"rag-app": running(a.digest(), APP_IMG)})},
     "commands": [], "noop_description": f"rag-app runs spec {a.digest()}"})
+# The API key on: the app gets its own 0600 env file (content base64 on stdin, never in a command)
+# holding VLLM_API_KEY and APP_API_KEY, passed with --env-file; the container is recreated.
+KEY_FILE = "tests/fixtures/vllm/api-key"
+key_text = secrets.env_text(dict.fromkeys(API_KEY_VARIABLES, KEY_FILE))
+keyed = app_spec(APP_IMG, "10.0.0.5", 8080, "http://10.0.0.5:8000/v1", "qwen3-32b-awq", "http://10.0.0.5:19530",
+                 env_files={APP_ENV: secrets.content_digest(key_text)})
+write("app.container", "api_key_on_writes_env_file_and_recreates", {
+    "kwargs": {**app_kw, "api_key_file": KEY_FILE},
+    "facts": {**NO_KEY, "docker.ContainerState": states(**{"rag-app": running(a.digest(), APP_IMG)})},
+    "commands": [{"_stdin": base64.b64encode(key_text.encode()).decode() + "\n", "_get_pty": False,
+                  "command": secrets.write_command(APP_ENV)},
+                 "docker stop -t 30 rag-app >/dev/null; docker rm -f rag-app >/dev/null", keyed.run_command()]})
+write("app.container", "api_key_converged_is_noop", {
+    "kwargs": {**app_kw, "api_key_file": KEY_FILE},
+    "facts": {"files.File": {f"path={APP_ENV}": {"mode": 600, "user": "root", "group": "root"}},
+              "files.Sha256File": {f"path={APP_ENV}": hashlib.sha256(key_text.encode()).hexdigest()},
+              "docker.ContainerState": states(**{"rag-app": running(keyed.digest(), APP_IMG)})},
+    "commands": [], "noop_description": f"rag-app runs spec {keyed.digest()}"})
+write("app.container", "api_key_off_removes_env_file_and_recreates", {
+    "kwargs": app_kw,
+    "facts": {"files.File": {f"path={APP_ENV}": {"mode": 600, "user": "root", "group": "root"}},
+              "docker.ContainerState": states(**{"rag-app": running(keyed.digest(), APP_IMG)})},
+    "commands": [f"rm -f {APP_ENV}", "docker stop -t 30 rag-app >/dev/null; docker rm -f rag-app >/dev/null",
+                 a.run_command()]})
 lb = app_spec(APP_IMG, "10.0.0.5", 8080, "http://10.0.1.10:80/v1", "qwen3-32b-awq", "http://10.0.0.5:19530")
 write("app.container", "lb_target_recreates_with_lb_url", {
     "kwargs": {**app_kw, "vllm_address": "lb-1", "vllm_port": 80},
-    "facts": {"net.ResolvedAddress": {"name_or_ip=lb-1": "10.0.1.10"},
+    "facts": {**NO_KEY, "net.ResolvedAddress": {"name_or_ip=lb-1": "10.0.1.10"},
               "docker.ContainerState": states(**{"rag-app": running(a.digest(), APP_IMG)})},
     "commands": ["docker stop -t 30 rag-app >/dev/null; docker rm -f rag-app >/dev/null", lb.run_command()]})
 a2 = app_spec("registry.internal/rag-app:1.5.0", "10.0.0.5", 8080, "http://10.0.0.5:8000/v1", "qwen3-32b-awq", "http://10.0.0.5:19530")
 write("app.container", "changed_image_recreates", {
     "kwargs": {**app_kw, "image": "registry.internal/rag-app:1.5.0"},
-    "facts": {"docker.ContainerState": states(**{"rag-app": running(a.digest(), APP_IMG)})},
+    "facts": {**NO_KEY, "docker.ContainerState": states(**{"rag-app": running(a.digest(), APP_IMG)})},
     "commands": ["docker stop -t 30 rag-app >/dev/null; docker rm -f rag-app >/dev/null", a2.run_command()]})
 write("app.ready", "healthy_is_noop", {
     "kwargs": {"address": "10.0.0.5", "port": 8080},

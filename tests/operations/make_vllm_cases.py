@@ -3,13 +3,14 @@
 Run it after editing files/Dockerfile.vllm_rtx5090 or files/vllm_nccl_check.py (their digest is the
 image tag) or operations/vllm.py; review the diff of the JSON files before committing it.
 """
+import base64
 import hashlib
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, ".")
-from operations import vllm  # noqa: E402
+from operations import secrets, vllm  # noqa: E402
 from operations.facts.docker import ContainerState  # noqa: E402
 
 OUT = Path("tests/operations")
@@ -56,40 +57,46 @@ write("vllm.replica", "max_model_len_change_recreates", {
 # 3. first run, token + API key already on the host: only --env-file paths and digests on the command line
 tok = "tests/fixtures/vllm/hf-token"
 key = "tests/fixtures/vllm/api-key"
-tok_text = vllm.secret_env_text(vllm.read_secret(tok), vllm.HF_TOKEN_VARIABLES)
-key_text = vllm.secret_env_text(vllm.read_secret(key), vllm.API_KEY_VARIABLES)
+tok_text = secrets.env_text(dict.fromkeys(vllm.HF_TOKEN_VARIABLES, tok))
+key_text = secrets.env_text(dict.fromkeys(vllm.API_KEY_VARIABLES, key))
 sec = dict(BASE, hf_token_file=tok, api_key_file=key)
 files_ok = {"path=/etc/gpufleet/hf-token.env": {"mode": 600, "user": "root", "group": "root"},
             "path=/etc/gpufleet/vllm-api-key.env": {"mode": 600, "user": "root", "group": "root"}}
 
 
-def sha1(t):
-    return hashlib.sha1(t.encode()).hexdigest()
+def sha256(t):
+    return hashlib.sha256(t.encode()).hexdigest()
 
 
-envf = {vllm.HF_TOKEN_ENV_FILE: vllm.content_digest(tok_text), vllm.API_KEY_ENV_FILE: vllm.content_digest(key_text)}
+def secret_write(dest, text):
+    """How the harness shows operations.secrets.SecretWrite: the content only base64 on stdin."""
+    return {"_stdin": base64.b64encode(text.encode()).decode() + "\n", "_get_pty": False,
+            "command": secrets.write_command(dest)}
+
+
+envf = {vllm.HF_TOKEN_ENV_FILE: secrets.content_digest(tok_text), vllm.API_KEY_ENV_FILE: secrets.content_digest(key_text)}
 secspec = spec_of(sec, envf)
 write("vllm.replica", "secrets_only_as_env_files", {
     "kwargs": sec,
     "facts": {"files.File": files_ok,
-              "files.Sha1File": {"path=/etc/gpufleet/hf-token.env": sha1(tok_text),
-                                 "path=/etc/gpufleet/vllm-api-key.env": sha1(key_text)},
-              "files.Directory": {"path=/var/lib/gpufleet/hf-cache": DIR_OK, "path=/etc/gpufleet": DIR_OK},
+              "files.Sha256File": {"path=/etc/gpufleet/hf-token.env": sha256(tok_text),
+                                   "path=/etc/gpufleet/vllm-api-key.env": sha256(key_text)},
+              "files.Directory": {"path=/var/lib/gpufleet/hf-cache": DIR_OK},
               "docker.ContainerState": {f"container={NAME}": ContainerState.default()}},
     "commands": [secspec.run_command()]})
 
-# 4. token rotated on the control side: new 0600 file uploaded, container recreated (digest changed)
-old_tok_text = vllm.secret_env_text("hf_oldtoken", vllm.HF_TOKEN_VARIABLES)
-oldspec = spec_of(sec, {**envf, vllm.HF_TOKEN_ENV_FILE: vllm.content_digest(old_tok_text)})
+# 4. token rotated on the control side: the file is rewritten atomically (content on stdin, never in
+# a command or a diff), container recreated (digest changed)
+old_tok_text = "HF_TOKEN=hf_oldtoken\nHUGGING_FACE_HUB_TOKEN=hf_oldtoken\n"
+oldspec = spec_of(sec, {**envf, vllm.HF_TOKEN_ENV_FILE: secrets.content_digest(old_tok_text)})
 write("vllm.replica", "rotated_token_recreates", {
     "kwargs": sec,
     "facts": {"files.File": files_ok,
-              "files.Sha1File": {"path=/etc/gpufleet/hf-token.env": sha1(old_tok_text),
-                                 "path=/etc/gpufleet/vllm-api-key.env": sha1(key_text)},
-              "files.Directory": {"path=/var/lib/gpufleet/hf-cache": DIR_OK, "path=/etc/gpufleet": DIR_OK},
+              "files.Sha256File": {"path=/etc/gpufleet/hf-token.env": sha256(old_tok_text),
+                                   "path=/etc/gpufleet/vllm-api-key.env": sha256(key_text)},
+              "files.Directory": {"path=/var/lib/gpufleet/hf-cache": DIR_OK},
               "docker.ContainerState": {f"container={NAME}": running(oldspec.digest())}},
-    "commands": [["upload", tok_text, "/etc/gpufleet/hf-token.env"],
-                 "chown root:root /etc/gpufleet/hf-token.env", "chmod 600 /etc/gpufleet/hf-token.env",
+    "commands": [secret_write(vllm.HF_TOKEN_ENV_FILE, tok_text),
                  f"docker stop -t 45 {NAME} >/dev/null; docker rm -f {NAME} >/dev/null", secspec.run_command()]})
 
 # 5. --api-key in extra args is refused

@@ -12,7 +12,7 @@ import pytest
 from pyinfra.api import OperationValueError
 
 from gpufleet.settings import validate_host_data
-from operations import vllm
+from operations import secrets, vllm
 
 ROOT = Path(__file__).resolve().parents[2]
 CASES = ROOT / "tests" / "operations"
@@ -111,29 +111,20 @@ def test_replica_needs_an_ip_to_publish_on():
 
 
 def test_secrets_never_in_shell_commands():
-    """Every vllm.replica case: the token and key appear in no shell command (only in uploads)."""
+    """Every vllm.replica case: the token and key appear in no command and no upload (a secret
+    file's content travels base64-encoded on the write command's stdin; tests/unit/test_secrets.py)."""
     for path in sorted((CASES / "vllm.replica").glob("*.json")):
         for command in json.loads(path.read_text()).get("commands", []):
-            if isinstance(command, str):
-                assert TOKEN not in command and API_KEY not in command, path.name
-                assert "--api-key" not in command
+            shown = json.dumps({k: v for k, v in command.items() if k != "_stdin"}
+                               if isinstance(command, dict) else command)
+            assert TOKEN not in shown and API_KEY not in shown, path.name
+            assert "--api-key" not in shown and '"upload"' not in shown
 
 
 def test_rotated_secret_changes_the_spec():
-    a = _spec(env_files={vllm.HF_TOKEN_ENV_FILE: vllm.content_digest("HF_TOKEN=a\n")})
-    b = _spec(env_files={vllm.HF_TOKEN_ENV_FILE: vllm.content_digest("HF_TOKEN=b\n")})
+    a = _spec(env_files={vllm.HF_TOKEN_ENV_FILE: secrets.content_digest("HF_TOKEN=a\n")})
+    b = _spec(env_files={vllm.HF_TOKEN_ENV_FILE: secrets.content_digest("HF_TOKEN=b\n")})
     assert a.digest() != b.digest() and "--env-file /etc/gpufleet/hf-token.env" in a.run_command()
-
-
-def test_read_secret(tmp_path):
-    f = tmp_path / "t"
-    f.write_text("  abc \n")
-    assert vllm.read_secret(str(f)) == "abc"
-    f.write_text("a\nb\n")
-    with pytest.raises(OperationValueError):
-        vllm.read_secret(str(f))
-    with pytest.raises(OperationValueError, match="cannot read"):
-        vllm.read_secret(str(tmp_path / "missing"))
 
 
 # ----------------------------------------------------------------------------- ready --------------

@@ -11,11 +11,22 @@ Configuration (environment; operations/app.py sets it):
     EMBED_DIM          hashing-embedding size (default 256; see rag.py)
     DOCS_DIR           *.md / *.txt files indexed at start (default: the documents shipped in the image)
     VLLM_MAX_TOKENS    completion length (default 256); VLLM_TIMEOUT_S (default 120)
+    VLLM_API_KEY       sent to vLLM as ``Authorization: Bearer`` (vLLM's --api-key / VLLM_API_KEY)
+    APP_API_KEY        required from clients as ``Authorization: Bearer`` on every request but
+                       ``GET /health``; unset: no authentication (a lab or a trusted network only)
+
+Both keys come from a root-only env file (``docker run --env-file``, operations/app.py), never
+from a command line; the app never logs or returns them. With vLLM's key on, the deploy sets
+APP_API_KEY to the same key, so :8080 is no unauthenticated way to the model.
 
 On start it connects to Milvus (retrying while Milvus comes up), creates the collection if it is
 missing, upserts every chunk of the documents (stable ids: restarting never duplicates) and
 deletes the chunks of documents that changed or went away.
 Until that is done ``GET /health`` answers 503; then 200.
+
+``GET /health`` stays open (liveness checks, the Docker HEALTHCHECK, the deploy's gate); it says
+whether authentication is on, never the key. A request without the right key gets 401 with
+``WWW-Authenticate: Bearer`` before anything else is looked at.
 
 ``POST /query {"question": "...", "top_k": 4}`` embeds the question, searches Milvus with
 consistency_level="Strong" (a search right after an insert sees it), asks
@@ -53,6 +64,8 @@ DOCS_DIR = Path(os.environ.get("DOCS_DIR", str(Path(__file__).with_name("docs"))
 MAX_TOKENS = int(os.environ.get("VLLM_MAX_TOKENS", "256"))
 VLLM_TIMEOUT_S = float(os.environ.get("VLLM_TIMEOUT_S", "120"))
 MILVUS_WAIT_S = float(os.environ.get("MILVUS_WAIT_S", "600"))
+VLLM_API_KEY = os.environ.get("VLLM_API_KEY", "").strip()
+APP_API_KEY = os.environ.get("APP_API_KEY", "").strip()
 
 
 class State:
@@ -115,8 +128,11 @@ def ask_vllm(messages: list[dict]) -> tuple[str, str]:
     body = {"messages": messages, "max_tokens": MAX_TOKENS, "temperature": 0}
     if VLLM_MODEL:
         body["model"] = VLLM_MODEL
+    headers = {"Content-Type": "application/json"}
+    if VLLM_API_KEY:
+        headers["Authorization"] = f"Bearer {VLLM_API_KEY}"
     request = urllib.request.Request(f"{VLLM_API_URL}/chat/completions", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+                                     headers=headers, method="POST")
     with urllib.request.urlopen(request, timeout=VLLM_TIMEOUT_S) as response:
         reply = json.load(response)
     return reply["choices"][0]["message"]["content"], reply.get("model", VLLM_MODEL)
@@ -133,20 +149,36 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, fmt, *args):  # one line per request, on stderr, through logging
+    def log_message(self, fmt, *args):  # one line per request (the request line: no headers, no key)
         log.info("%s %s", self.address_string(), fmt % args)
+
+    def _authorized(self) -> bool:
+        """True when no key is required or the request carries it; otherwise answer 401 and say False."""
+        if rag.bearer_ok(self.headers.get("Authorization"), APP_API_KEY):
+            return True
+        data = json.dumps({"error": "missing or wrong API key (Authorization: Bearer <key>)"}).encode()
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Bearer realm="gpufleet-rag"')
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        return False
 
     def do_GET(self):
         if self.path.split("?")[0] == "/health":
             payload = {"status": STATE.status, "collection": COLLECTION, "documents": STATE.documents,
-                       "chunks": STATE.chunks, "milvus": MILVUS_URI, "vllm": VLLM_API_URL, "model": VLLM_MODEL}
+                       "chunks": STATE.chunks, "milvus": MILVUS_URI, "vllm": VLLM_API_URL, "model": VLLM_MODEL,
+                       "auth": "bearer" if APP_API_KEY else "off"}
             if STATE.error and STATE.status != "ok":
                 payload["error"] = STATE.error
             self._send(200 if STATE.status == "ok" else 503, payload)
-        else:
+        elif self._authorized():
             self._send(404, {"error": "not found; try GET /health or POST /query"})
 
     def do_POST(self):
+        if not self._authorized():
+            return None
         if self.path.split("?")[0] != "/query":
             return self._send(404, {"error": "not found; try POST /query"})
         try:
@@ -180,7 +212,9 @@ def main() -> None:
     # PID 1 ignores SIGTERM unless it handles it: stop serving cleanly on `docker stop`.
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     threading.Thread(target=index_documents, daemon=True).start()
-    log.info("listening on :%d; vLLM %s (model %s); Milvus %s", APP_PORT, VLLM_API_URL, VLLM_MODEL or "?", MILVUS_URI)
+    log.info("listening on :%d; vLLM %s (model %s, key %s); Milvus %s; clients' key %s", APP_PORT, VLLM_API_URL,
+             VLLM_MODEL or "?", "sent" if VLLM_API_KEY else "none", MILVUS_URI,
+             "required" if APP_API_KEY else "not required")
     server.serve_forever()
     log.info("stopped")
 

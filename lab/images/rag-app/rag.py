@@ -1,4 +1,4 @@
-"""The RAG app's pure logic: chunking, a hashing embedding, and the prompt. No I/O, stdlib only.
+"""The RAG app's pure logic: chunking, a hashing embedding, the prompt, the key check. No I/O, stdlib only.
 
 The embedding is **feature hashing**, not a neural model: lower-cased word unigrams and bigrams
 are hashed (BLAKE2b) into ``dim`` buckets with a hash-derived sign, counted, and L2-normalised.
@@ -11,6 +11,7 @@ the lab; a production app would use an embedding model instead and keep the same
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
 import re
 
@@ -117,3 +118,19 @@ def build_messages(question: str, hits: list[dict]) -> list[dict]:
     context = "\n\n".join(f"[{i}] ({h['source']}) {h['text']}" for i, h in enumerate(hits, 1))
     user = f"Context:\n{context or '(no documents matched)'}\n\nQuestion: {question}"
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def bearer_ok(authorization: str | None, key: str) -> bool:
+    """Whether an ``Authorization`` header carries ``Bearer <key>`` (constant-time compare).
+
+    An empty ``key`` means no authentication: everything passes.
+
+    >>> bearer_ok("Bearer s3cret", "s3cret"), bearer_ok("bearer s3cret", "s3cret"), bearer_ok(None, "s3cret")
+    (True, True, False)
+    >>> bearer_ok("Basic s3cret", "s3cret"), bearer_ok("Bearer s3cre", "s3cret"), bearer_ok(None, "")
+    (False, False, True)
+    """
+    if not key:
+        return True
+    scheme, _, given = (authorization or "").strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.encode())
