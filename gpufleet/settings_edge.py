@@ -57,6 +57,10 @@ class EdgeSettings(BaseModel):
     prometheus_port: int = Field(9090, ge=1, le=65535)
     prometheus_scrape_interval_s: int = Field(15, ge=1, le=3600)
     prometheus_retention: str = Field("15d", pattern=r"^[0-9]+(ms|s|m|h|d|w|y)$")
+    # Alertmanager (Debian's prometheus-alertmanager) beside Prometheus: a *control-side* file whose one
+    # line is the webhook URL alerts are posted to (a secret: such URLs carry tokens; never printed).
+    # None: no Alertmanager; alerts are evaluated and shown in Prometheus only.
+    alertmanager_webhook_url_file: str | None = None
 
     @field_validator("lb_nginx_min_version", "prometheus_min_version")
     @classmethod

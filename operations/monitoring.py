@@ -11,16 +11,25 @@
   when the script, the venv or the unit changed. A unit change needs ``systemctl daemon-reload``,
   which is refused while GPU containers run without CDI; enabling uses ``--no-reload``.
 - Prometheus (Debian's ``prometheus``) on lb hosts: scrape jobs generated from the inventory (vLLM
-  per replica, DCGM exporter, gpu_monitor and Milvus per GPU node). The new config is checked
-  with ``promtool check config`` before it replaces the live one; after the reload the operation
-  waits for ``prometheus_config_last_reload_successful 1`` with a fresh timestamp, and puts the
-  old file back (and reloads) if that does not come.
+  per replica, DCGM exporter, gpu_monitor and Milvus per GPU node) and the alert rules of
+  files/prometheus/alerts.yml (unit-tested with ``promtool test rules``, see alerts_test.yml there)
+  as /etc/prometheus/gpufleet-alerts.yml, named in the config's ``rule_files``. A new rules file is
+  checked with ``promtool check rules`` and a new config with ``promtool check config`` before
+  either replaces the live one; after the reload the operation waits for
+  ``prometheus_config_last_reload_successful 1`` with a fresh timestamp (a rules file that fails
+  to load fails the reload too), and puts the old files back (and reloads) if that does not come.
+- Alertmanager (Debian's ``prometheus-alertmanager``) on lb hosts, only where
+  ``alertmanager_webhook_url_file`` names a control-side file with a webhook URL: one webhook
+  receiver (files/prometheus/alertmanager.yml.j2), listening on 127.0.0.1:9093 without gossip; that
+  lb's Prometheus sends its alerts there. The URL is a secret: the config holding it is written by
+  operations/secrets.py (root:prometheus 0640, compared by digest, never shown or diffed).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shlex
 from io import StringIO
 from pathlib import Path
@@ -28,13 +37,14 @@ from typing import Any
 
 import jinja2
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, OperationError, StringCommand, operation
-from pyinfra.facts.files import FileContents
+from pyinfra.api import FileUploadCommand, OperationError, OperationValueError, StringCommand, operation
+from pyinfra.facts.files import FileContents, Sha1File
 
 from operations import apt, containers
 from operations.util import put_text
 from operations.docker import refuse_daemon_reload_under_gpu_containers
 from operations.facts.edge import PROMETHEUS_CONF, PrometheusState, ServiceState
+from operations.secrets import read_secret, secret_file
 
 FILES = Path(__file__).resolve().parents[1] / "files"
 DCGM_COUNTERS = "/etc/gpufleet/dcgm-exporter/counters.csv"
@@ -47,6 +57,16 @@ MONITOR_UNIT = f"/etc/systemd/system/{MONITOR_SERVICE}"
 PROMETHEUS_DEFAULTS = "/etc/default/prometheus"
 PROM_NEW = f"{PROMETHEUS_CONF}.gpufleet-new"
 PROM_OLD = f"{PROMETHEUS_CONF}.gpufleet-old"
+# Named relative to the config's directory in rule_files, so that a new config can be checked
+# together with the rules it will load (a copy of both in a scratch directory).
+RULES_NAME = "gpufleet-alerts.yml"
+PROMETHEUS_RULES = f"/etc/prometheus/{RULES_NAME}"
+RULES_NEW = f"{PROMETHEUS_RULES}.gpufleet-new"
+RULES_OLD = f"{PROMETHEUS_RULES}.gpufleet-old"
+ALERTMANAGER_CONF = "/etc/prometheus/alertmanager.yml"  # Debian's path
+ALERTMANAGER_DEFAULTS = "/etc/default/prometheus-alertmanager"
+ALERTMANAGER_SERVICE = "prometheus-alertmanager"
+ALERTMANAGER_LISTEN = "127.0.0.1:9093"
 
 
 def _render(template: str, **values) -> str:
@@ -193,14 +213,21 @@ def prometheus_args(fleet, host_name: str) -> dict[str, Any]:
     replicas = [{"name": r.name, "node": r.node, "address": r.address, "port": r.port} for r in fleet.replicas]
     return {"replicas": replicas, "nodes": nodes,
             "options": {"port": s.prometheus_port, "scrape_interval_s": s.prometheus_scrape_interval_s,
-                        "retention": s.prometheus_retention}}
+                        "retention": s.prometheus_retention,
+                        "alertmanager": ALERTMANAGER_LISTEN if s.alertmanager_webhook_url_file else None}}
 
 
 def render_prometheus(replicas: list, nodes: list, options: dict | None = None) -> str:
     opts = {"port": 9090, "scrape_interval_s": 15, **(options or {})}
     rows = [r if isinstance(r, dict) else r.model_dump() for r in replicas]
     return _render("prometheus/prometheus.yml.j2", replicas=rows, nodes=nodes, node_jobs=NODE_JOBS,
-                   prometheus_port=opts["port"], scrape_interval_s=opts["scrape_interval_s"])
+                   prometheus_port=opts["port"], scrape_interval_s=opts["scrape_interval_s"],
+                   rule_files=[RULES_NAME], alertmanager=opts.get("alertmanager"))
+
+
+def alert_rules() -> str:
+    """files/prometheus/alerts.yml: the alert rules every lb host's Prometheus evaluates."""
+    return (FILES / "prometheus" / "alerts.yml").read_text()
 
 
 def prometheus_defaults(port: int, retention: str) -> str:
@@ -208,18 +235,36 @@ def prometheus_defaults(port: int, retention: str) -> str:
             f'ARGS="--web.listen-address=:{int(port)} --storage.tsdb.retention.time={retention}"\n')
 
 
-def prometheus_script(port: int, restart: bool, test_new: bool = True) -> str:
-    """Shell text: promtool-check the new file, swap it in, reload, wait for a successful load; roll back."""
+def prometheus_script(port: int, restart: bool, test_new: bool = True, rules: bool = False) -> str:
+    """Shell text: promtool-check the new file(s), swap them in, reload, wait for a successful load; roll back.
+
+    ``test_new``: a new config is in PROM_NEW; ``rules``: new alert rules are in RULES_NEW. Every
+    new file is checked before any is swapped in. Neither: reload (or restart) and wait only.
+    """
     verb = "restart" if restart else "reload-or-restart"
     metrics = f"http://127.0.0.1:{int(port)}/metrics"
+    uploaded = " ".join(([RULES_NEW] if rules else []) + ([PROM_NEW] if test_new else []))
     steps = ["set -u"]
+    if rules:
+        steps.append(f'if ! out=$(promtool check rules {RULES_NEW} 2>&1); then rm -f {uploaded}; '
+                     f'echo "gpufleet: promtool rejects the new rules, {PROMETHEUS_RULES} unchanged: $out" >&2; exit 1; fi')
     if test_new:
+        # promtool also loads the rule files a config names: check the new config beside the rules
+        # it will run with (the new ones, or the live ones when they do not change).
         steps += [
-            f'if ! out=$(promtool check config {PROM_NEW} 2>&1); then rm -f {PROM_NEW}; '
+            "check=$(mktemp -d) || exit 1",
+            f'cp {PROM_NEW} "$check/prometheus.yml"; cp {RULES_NEW if rules else PROMETHEUS_RULES} "$check/{RULES_NAME}"',
+            f'if ! out=$(promtool check config "$check/prometheus.yml" 2>&1); then rm -rf "$check" {uploaded}; '
             f'echo "gpufleet: promtool rejects the new config, {PROMETHEUS_CONF} unchanged: $out" >&2; exit 1; fi',
-            f"if [ -e {PROMETHEUS_CONF} ]; then cp -p {PROMETHEUS_CONF} {PROM_OLD}; fi",
-            f"mv -f {PROM_NEW} {PROMETHEUS_CONF}",
+            'rm -rf "$check"',
         ]
+    if rules:
+        # No rules file before: none after a roll-back either (an old copy is never left over).
+        steps += [f"if [ -e {PROMETHEUS_RULES} ]; then cp -p {PROMETHEUS_RULES} {RULES_OLD}; else rm -f {RULES_OLD}; fi",
+                  f"mv -f {RULES_NEW} {PROMETHEUS_RULES}"]
+    if test_new:
+        steps += [f"if [ -e {PROMETHEUS_CONF} ]; then cp -p {PROMETHEUS_CONF} {PROM_OLD}; fi",
+                  f"mv -f {PROM_NEW} {PROMETHEUS_CONF}"]
     steps += [
         "since=$(date +%s); ok=0",
         f"if systemctl {verb} prometheus; then for i in $(seq 1 240); do "
@@ -227,22 +272,33 @@ def prometheus_script(port: int, restart: bool, test_new: bool = True) -> str:
         "r=$(echo \"$m\" | awk '/^prometheus_config_last_reload_successful /{print $2}'); "
         "t=$(echo \"$m\" | awk '/^prometheus_config_last_reload_success_timestamp_seconds /{printf \"%d\", $2}'); "
         'if [ "$r" = 1 ] && [ "${t:-0}" -ge "$since" ]; then ok=1; break; fi; sleep 0.5; done; fi',
-        f'if [ "$ok" = 1 ]; then rm -f {PROM_OLD}; exit 0; fi',
+        f'if [ "$ok" = 1 ]; then rm -f {PROM_OLD}{f" {RULES_OLD}" if rules else ""}; exit 0; fi',
         'echo "gpufleet: prometheus did not load the new config; rolling back" >&2',
-        f"if [ -e {PROM_OLD} ]; then mv -f {PROM_OLD} {PROMETHEUS_CONF}; systemctl {verb} prometheus || true; fi",
-        "exit 1",
     ]
+    if not rules:
+        steps.append(f"if [ -e {PROM_OLD} ]; then mv -f {PROM_OLD} {PROMETHEUS_CONF}; "
+                     f"systemctl {verb} prometheus || true; fi")
+    else:
+        if test_new:
+            steps.append(f"if [ -e {PROM_OLD} ]; then mv -f {PROM_OLD} {PROMETHEUS_CONF}; fi")
+        steps += [f"if [ -e {RULES_OLD} ]; then mv -f {RULES_OLD} {PROMETHEUS_RULES}; else rm -f {PROMETHEUS_RULES}; fi",
+                  f"systemctl {verb} prometheus || true"]
+    steps.append("exit 1")
     return "\n".join(steps)
 
 
 @operation()
-def prometheus(replicas: list, nodes: list, options: dict | None = None):
+def prometheus(replicas: list, nodes: list, options: dict | None = None, rules: str | None = None):
     """
-    /etc/prometheus/prometheus.yml from the inventory: check, swap in, reload, roll back on failure.
+    /etc/prometheus/prometheus.yml from the inventory and the alert rules: check, swap in, reload,
+    roll back on failure.
 
     + replicas: ``[{"name", "node", "address", "port"}]`` (one vLLM target each)
     + nodes: ``[{"name", "address", "dcgm_exporter_port", "gpu_monitor_port", "milvus_metrics_port"}]``
-    + options: ``port`` (9090), ``scrape_interval_s`` (15), ``retention`` (15d)
+    + options: ``port`` (9090), ``scrape_interval_s`` (15), ``retention`` (15d), ``alertmanager``
+      (``host:port`` alerts are sent to; None: none)
+    + rules: the alert rules' text, installed as /etc/prometheus/gpufleet-alerts.yml
+      (default: files/prometheus/alerts.yml)
 
     **Example:**
 
@@ -251,17 +307,106 @@ def prometheus(replicas: list, nodes: list, options: dict | None = None):
         monitoring.prometheus(**monitoring.prometheus_args(fleet, host.name))
     """
     opts = {"port": 9090, "scrape_interval_s": 15, "retention": "15d", **(options or {})}
+    rules = alert_rules() if rules is None else rules
     defaults = list(put_text(PROMETHEUS_DEFAULTS, prometheus_defaults(opts["port"], opts["retention"])))
     yield from defaults
     text = render_prometheus(replicas, nodes, opts)
     state = host.get_fact(PrometheusState, port=opts["port"])
-    if state["config_sha1"] != hashlib.sha1(text.encode()).hexdigest():
-        yield FileUploadCommand(StringIO(text), PROM_NEW)
-        yield StringCommand(prometheus_script(opts["port"], restart=bool(defaults)))
+    new_config = state["config_sha1"] != hashlib.sha1(text.encode()).hexdigest()
+    new_rules = host.get_fact(Sha1File, path=PROMETHEUS_RULES) != hashlib.sha1(rules.encode()).hexdigest()
+    if new_config or new_rules:
+        if new_rules:
+            yield FileUploadCommand(StringIO(rules), RULES_NEW)
+        if new_config:
+            yield FileUploadCommand(StringIO(text), PROM_NEW)
+        yield StringCommand(prometheus_script(opts["port"], restart=bool(defaults), test_new=new_config,
+                                              rules=new_rules))
     elif defaults or state["reload_ok"] is not True:
         yield StringCommand(prometheus_script(opts["port"], restart=bool(defaults), test_new=False))
     elif not defaults:
-        host.noop(f"prometheus runs its config ({len(replicas)} vLLM targets, {len(nodes)} GPU nodes)")
+        n_rules = sum(1 for line in rules.splitlines() if line.strip().startswith("- alert:"))
+        host.noop(f"prometheus runs its config ({len(replicas)} vLLM targets, {len(nodes)} GPU nodes, "
+                  f"{n_rules} alert rules)")
+
+
+# --- Alertmanager on lb hosts ------------------------------------------------------------------
+
+_WEBHOOK_URL = re.compile(r"^https?://[^\s\"]+$")
+
+
+def alertmanager_args(fleet, host_name: str) -> dict[str, Any]:
+    """``webhook_url_file`` for ``alertmanager`` on one lb host of a gpufleet Fleet."""
+    return {"webhook_url_file": fleet.hosts[host_name].settings.alertmanager_webhook_url_file}
+
+
+def render_alertmanager(webhook_url: str) -> str:
+    return _render("prometheus/alertmanager.yml.j2", webhook_url=webhook_url)
+
+
+def alertmanager_defaults(listen: str) -> str:
+    return ("# Managed by gpufleet (operations/monitoring.py): arguments of Debian's prometheus-alertmanager unit.\n"
+            "# One Alertmanager per lb host, for that host's Prometheus only: no gossip cluster.\n"
+            f'ARGS="--web.listen-address={listen} --cluster.listen-address="\n')
+
+
+def alertmanager_script(listen: str, restart: bool) -> str:
+    """Shell text: amtool-check the config (its output, which may quote the URL, is not shown), (re)load, wait."""
+    verb = "restart" if restart else "reload-or-restart"
+    return "\n".join([
+        "set -u",
+        f"if ! amtool check-config {ALERTMANAGER_CONF} >/dev/null 2>&1; then "
+        f'echo "gpufleet: amtool rejects {ALERTMANAGER_CONF} (output not shown: it holds the webhook URL)" >&2; exit 1; fi',
+        "since=$(date +%s); ok=0",
+        f"if systemctl {verb} {ALERTMANAGER_SERVICE}; then for i in $(seq 1 120); do "
+        f"m=$(curl -fsS -m 2 http://{listen}/metrics 2>/dev/null || true); "
+        "r=$(echo \"$m\" | awk '/^alertmanager_config_last_reload_successful /{print $2}'); "
+        "t=$(echo \"$m\" | awk '/^alertmanager_config_last_reload_success_timestamp_seconds /{printf \"%d\", $2}'); "
+        'if [ "$r" = 1 ] && [ "${t:-0}" -ge "$since" ]; then ok=1; break; fi; sleep 0.5; done; fi',
+        'if [ "$ok" = 1 ]; then exit 0; fi',
+        f'echo "gpufleet: {ALERTMANAGER_SERVICE} did not load {ALERTMANAGER_CONF}" >&2',
+        "exit 1",
+    ])
+
+
+@operation()
+def alertmanager(webhook_url_file: str | None, listen: str = ALERTMANAGER_LISTEN):
+    """
+    Alertmanager with one webhook receiver, for the Prometheus on the same lb host; off without a URL.
+
+    + webhook_url_file: *control-side* file whose one line is the webhook URL (``http(s)://...``);
+      None: no Alertmanager (nothing is installed or changed)
+    + listen: ``address:port`` of its API (the Prometheus config's ``alerting`` target)
+
+    The URL is read on the control host when the operation runs and written only into
+    /etc/prometheus/alertmanager.yml (root:prometheus 0640) through operations/secrets.py: compared
+    by sha256, never printed, diffed or put on a command line.
+
+    **Example:**
+
+    .. code:: python
+
+        monitoring.alertmanager(**monitoring.alertmanager_args(fleet, host.name))
+    """
+    if webhook_url_file is None:
+        host.noop("no alertmanager_webhook_url_file: no Alertmanager (alerts stay in Prometheus)")
+        return
+    url = read_secret(webhook_url_file)
+    if not _WEBHOOK_URL.match(url):
+        raise OperationValueError(f"secret file {webhook_url_file}: one http:// or https:// URL expected "
+                                  "(the value is not shown)")
+    yield from apt.packages._inner(packages=["prometheus-alertmanager"])
+    defaults = list(put_text(ALERTMANAGER_DEFAULTS, alertmanager_defaults(listen)))
+    yield from defaults
+    config = list(secret_file(ALERTMANAGER_CONF, render_alertmanager(url), user="root", group="prometheus",
+                              mode="640"))
+    yield from config
+    service = host.get_fact(ServiceState, service=ALERTMANAGER_SERVICE)
+    if service["enabled"] != "enabled":
+        yield f"systemctl enable {ALERTMANAGER_SERVICE}"
+    if defaults or config or service["active"] != "active":
+        yield StringCommand(alertmanager_script(listen, restart=bool(defaults)))
+    elif service["enabled"] == "enabled":
+        host.noop(f"{ALERTMANAGER_SERVICE} runs on {listen} with its webhook receiver")
 
 
 def target_problems(targets: list[dict], expected: list[str] | None = None) -> list[str]:

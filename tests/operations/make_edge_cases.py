@@ -117,12 +117,38 @@ NODES2 = NODES + [{**NODES[0], "name": "gpu-node-2", "address": "gpu-node-2"}]
 RP2 = RP + [{"name": "gpu-node-2-vllm-0", "node": "gpu-node-2", "address": "gpu-node-2", "port": 8000}]
 popts = {"port": 9090, "scrape_interval_s": 15, "retention": "15d"}
 defaults = mon.prometheus_defaults(9090, "15d")
-def pf(text, ok=True, defaults_ok=True):
+RULES = "groups:\n  - name: test\n    rules:\n      - alert: Down\n        expr: up == 0\n"
+def pf(text, ok=True, defaults_ok=True, rules=RULES):
     return {"files.File": {f"path={mon.PROMETHEUS_DEFAULTS}": {"mode": 644, "user": "root", "group": "root"}},
-            "files.Sha1File": {f"path={mon.PROMETHEUS_DEFAULTS}": sha1(defaults) if defaults_ok else "0000"},
+            "files.Sha1File": {f"path={mon.PROMETHEUS_DEFAULTS}": sha1(defaults) if defaults_ok else "0000",
+                               f"path={mon.PROMETHEUS_RULES}": sha1(rules) if rules is not None else None},
             "files.Directory": {"path=/etc/default": {"mode": 755}},
-            "edge.PrometheusState": {"port=9090": {"config_sha1": sha1(text), "reload_ok": ok}}}
+            "edge.PrometheusState": {"port=9090": {"config_sha1": sha1(text) if text is not None else None, "reload_ok": ok}}}
 one = mon.render_prometheus(RP, NODES, popts)
-write("monitoring.prometheus", "converged_is_noop", {"kwargs": {"replicas": RP, "nodes": NODES, "options": popts}, "facts": pf(one)})
-write("monitoring.prometheus", "new_node_checks_swaps_and_reloads", {"kwargs": {"replicas": RP2, "nodes": NODES2, "options": popts}, "facts": pf(one)})
-write("monitoring.prometheus", "new_listen_args_restart", {"kwargs": {"replicas": RP, "nodes": NODES, "options": popts}, "facts": pf(one, defaults_ok=False)})
+PK = {"replicas": RP, "nodes": NODES, "options": popts, "rules": RULES}
+write("monitoring.prometheus", "converged_is_noop", {"kwargs": PK, "facts": pf(one)})
+write("monitoring.prometheus", "new_node_checks_swaps_and_reloads", {"kwargs": {**PK, "replicas": RP2, "nodes": NODES2}, "facts": pf(one)})
+write("monitoring.prometheus", "new_listen_args_restart", {"kwargs": PK, "facts": pf(one, defaults_ok=False)})
+write("monitoring.prometheus", "new_rules_checked_swapped_and_reloaded", {"kwargs": PK, "facts": pf(one, rules="groups: []\n")})
+write("monitoring.prometheus", "fresh_host_uploads_rules_and_config", {"kwargs": PK, "facts": pf(None, ok=None, rules=None)})
+write("monitoring.prometheus", "failed_reload_reloads_again", {"kwargs": PK, "facts": pf(one, ok=False)})
+
+# --- monitoring.alertmanager (the webhook URL is a control-side secret file)
+URL_FILE = "tests/fixtures/prometheus/webhook-url"
+URL = (T.parent / "fixtures/prometheus/webhook-url").read_text().strip()
+AM = mon.render_alertmanager(URL)
+AMD = mon.alertmanager_defaults(mon.ALERTMANAGER_LISTEN)
+def am(installed=True, conf=AM, defaults_ok=True, active="active", enabled="enabled"):
+    sha256 = lambda t: hashlib.sha256(t.encode()).hexdigest()
+    return {"apt.PackageStates": {"packages=['prometheus-alertmanager']": {"prometheus-alertmanager": {"version": "0.25.0-1+b4", "held": False}} if installed else {}},
+            "files.File": {f"path={mon.ALERTMANAGER_DEFAULTS}": {"mode": 644, "user": "root", "group": "root"},
+                           f"path={mon.ALERTMANAGER_CONF}": {"mode": 640, "user": "root", "group": "prometheus"} if conf is not None else None},
+            "files.Sha1File": {f"path={mon.ALERTMANAGER_DEFAULTS}": sha1(AMD) if defaults_ok else "0000"},
+            "files.Sha256File": {f"path={mon.ALERTMANAGER_CONF}": sha256(conf) if conf is not None else None},
+            "files.Directory": {"path=/etc/default": {"mode": 755}},
+            "edge.ServiceState": {f"service={mon.ALERTMANAGER_SERVICE}": {"active": active, "enabled": enabled}}}
+write("monitoring.alertmanager", "no_webhook_no_alertmanager", {"kwargs": {"webhook_url_file": None}, "facts": {}})
+write("monitoring.alertmanager", "converged_is_noop", {"kwargs": {"webhook_url_file": URL_FILE}, "facts": am()})
+write("monitoring.alertmanager", "fresh_lb_installs_configures_and_starts", {"kwargs": {"webhook_url_file": URL_FILE}, "facts": am(installed=False, conf=None, defaults_ok=False, active="inactive", enabled="disabled")})
+write("monitoring.alertmanager", "rotated_url_rewrites_config_and_reloads", {"kwargs": {"webhook_url_file": URL_FILE}, "facts": am(conf=mon.render_alertmanager("https://old.example.internal/hook"))})
+write("monitoring.alertmanager", "not_a_url_refused_without_showing_it", {"kwargs": {"webhook_url_file": "tests/fixtures/prometheus/webhook-url-not-a-url"}, "facts": {}})
