@@ -1,6 +1,6 @@
 """`gpufleet verify`: the pre-deployment checklist as an ordered ladder per GPU node.
 
-    PCI (GPUs present) -> driver -> toolkit -> NCCL -> topology
+    PCI (GPUs present) -> driver -> toolkit -> NCCL -> topology [-> nccl-acceptance, with --nccl]
 
 Each step reads what the host reports and compares it with the host's settings; the first
 failed step stops that host's ladder, says why and what to do. Warnings (ACS on a P2P path,
@@ -8,18 +8,32 @@ NVLink where none is expected) never stop the ladder. The steps are pure functio
 :class:`Probe`, so they run the same against a live host (:class:`HostProbe`) and against
 captured outputs (tests, fixtures from real GPUs).
 
+``--nccl`` adds the NCCL acceptance test as the last step: files/nccl_acceptance.py is uploaded to
+a temporary file and run inside the node's vLLM image (``docker run --gpus all``, the serving
+containers' NCCL_* variables and --shm-size), so it measures the NCCL vLLM loads. It all-reduces
+1 MiB .. 1 GiB across the node's GPUs, checks the sums and judges busbw against the topology's
+expectation (the script's EXPECTATIONS table). It needs the GPUs' memory: run it on a node out of
+rotation (drained, or before its replicas start). A failure names what the script saw (the
+transport NCCL used, PCIe link width, NCCL variables) and, from the host, PCIe ACS.
+
 Exit codes: 0 every host passed, 2 some host failed a check, 1 some host could not be checked.
 """
 
 from __future__ import annotations
 
+import json
+import shlex
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from gpufleet.settings import BLACKWELL_MIN_DRIVER_BRANCH, HostSettings
 
-STEPS = ("pci", "driver", "toolkit", "nccl", "topology")
+STEPS = ("pci", "driver", "toolkit", "nccl", "topology", "nccl-acceptance")
+ACCEPTANCE_SCRIPT = Path(__file__).resolve().parents[1] / "files" / "nccl_acceptance.py"
+ACCEPTANCE_IN_IMAGE = "/opt/gpufleet/nccl_acceptance.py"
+ACCEPTANCE_TIMEOUT = 900  # seconds for the whole docker run (the script's own limit is 600)
 
 
 @dataclass
@@ -59,6 +73,7 @@ class Probe(Protocol):
     def toolkit(self, image: str) -> tuple[bool, str]: ...
     def topology(self) -> dict: ...
     def acs(self) -> dict: ...
+    def nccl_acceptance(self) -> tuple[bool, str]: ...
 
 
 class HostProbe:
@@ -110,6 +125,17 @@ class HostProbe:
         from operations.facts.pci import PcieAcs
 
         return self.host.get_fact(PcieAcs)
+
+    def nccl_acceptance(self) -> tuple[bool, str]:
+        from gpufleet.remote import shell
+
+        remote = self.host.get_temp_filename("gpufleet-nccl-acceptance")
+        if not self.host.put_file(str(ACCEPTANCE_SCRIPT), remote):
+            return False, f"could not upload {ACCEPTANCE_SCRIPT.name} to {remote}"
+        try:
+            return shell(self.host, nccl_acceptance_command(self.settings, remote), timeout=ACCEPTANCE_TIMEOUT)
+        finally:
+            shell(self.host, f"rm -f {shlex.quote(remote)}")
 
 
 # ------------------------------------------------------------------------------------ steps ----
@@ -223,18 +249,92 @@ def check_topology(s: HostSettings, probe: Probe) -> list[Check]:
     return checks
 
 
+def nccl_acceptance_command(s: HostSettings, script_path: str) -> str:
+    """`docker run` of the acceptance script in the node's vLLM image, with serving's NCCL env and shm."""
+    from operations.vllm import image_tag
+
+    image = image_tag(s.vllm_image, s.nccl_version, s.pip_install_args)
+    args = ["docker", "run", "--rm", "--gpus", "all", "--shm-size", s.vllm_shm_size]
+    for key, value in sorted(s.vllm_env.items()):
+        if key.startswith("NCCL_"):
+            args += ["-e", f"{key}={value}"]
+    args += ["-v", f"{script_path}:{ACCEPTANCE_IN_IMAGE}:ro", "--entrypoint", "python3", image, ACCEPTANCE_IN_IMAGE,
+             "--json", "--world-size", str(s.gpu_count)]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def parse_acceptance_output(output: str) -> dict | None:
+    """The script's JSON report from `docker run`'s output (pull progress or warnings may precede it)."""
+    decoder = json.JSONDecoder()
+    for i, line in enumerate(lines := output.splitlines()):
+        if line.startswith("{"):
+            try:
+                report, _ = decoder.raw_decode("\n".join(lines[i:]))
+            except ValueError:
+                continue
+            if isinstance(report, dict) and "verdict" in report:
+                return report
+    return None
+
+
+# What a `docker run` that never reached the script says, and what to do about it.
+_RUN_FAILURES = (
+    ("Unable to find image", "the vLLM image is not on the node: run the deploy (operations/vllm.image builds it)"),
+    ("No such image", "the vLLM image is not on the node: run the deploy (operations/vllm.image builds it)"),
+    ("could not select device driver", "the nvidia runtime is missing from Docker: see the toolkit step"),
+    ("out of memory", "GPU memory is taken, most likely by serving replicas: drain the node first "
+                      "(gpufleet rollout), then run verify --nccl"),
+)
+
+
+def check_nccl_acceptance(s: HostSettings, probe: Probe) -> list[Check]:
+    ok, output = probe.nccl_acceptance()
+    report = parse_acceptance_output(output)
+    step = "nccl-acceptance"
+    if report is None:
+        last = output.strip().splitlines()[-1] if output.strip() else "no output"
+        fix = next((f for marker, f in _RUN_FAILURES if marker.lower() in output.lower()),
+                   "run the command by hand on the node and read its output")
+        return [Check(step, "fail", f"the NCCL acceptance test did not run: {last}", fix)]
+    v = report["verdict"]
+    log = report.get("nccl_log") or {}
+    via = ", ".join(log.get("details") or []) or "transport not logged"
+    what = (f"all-reduce over {report.get('world_size')} GPU(s), NCCL {report.get('nccl_version') or '?'} "
+            f"({v.get('class')}, {via})")
+    if v["status"] == "pass":
+        if v.get("floor_gbps") is not None:
+            what += f": busbw {v['busbw_gbps']:.1f} GB/s at {v['judged_bytes']} B >= floor {v['floor_gbps']:.1f} GB/s"
+        return [Check(step, "pass", what + ", sums correct")]
+    problems = "; ".join(v.get("problems") or []) or v["status"]
+    causes = list(v.get("causes") or [])
+    if v["status"] in ("fail", "error"):
+        acs = probe.acs()
+        if acs.get("acs_enabled"):
+            causes.insert(0, f"ACS: PCIe ACS redirects P2P traffic on bridges {', '.join(acs['redirecting'])}: "
+                             "disable it (BIOS, pci=noacs, setpci) or set NCCL_P2P_DISABLE=1 in vllm_env")
+        elif acs.get("status") == "ok" and acs.get("gpus") and not acs.get("caps_readable"):
+            causes.append("ACS: state unknown (reading it needs root): run verify as root")
+    if v["status"] == "unjudged":
+        return [Check(step, "warn", f"{what}: sums correct, bandwidth not judged: "
+                                    f"{'; '.join(v.get('notes') or []) or problems}",
+                      "pass --floor-gbps to the script, or fix what hides the PCIe link")]
+    return [Check(step, "fail", f"{what}: {problems}", "; ".join(causes) or None)]
+
+
 LADDER: list[tuple[str, Callable[[HostSettings, Probe], list[Check]]]] = [
     ("pci", check_pci), ("driver", check_driver), ("toolkit", check_toolkit), ("nccl", check_nccl),
     ("topology", check_topology),
 ]
 
 
-def run_ladder(host_name: str, settings: HostSettings, probe: Probe) -> NodeReport:
+def run_ladder(host_name: str, settings: HostSettings, probe: Probe, nccl: bool = False) -> NodeReport:
+    """The ladder on one host; ``nccl`` adds the acceptance test as its last step."""
     report = NodeReport(host_name)
     if settings.gpu_count == 0:
         report.checks.append(Check("pci", "pass", "no GPUs expected on this host"))
         return report
-    for _, step in LADDER:
+    steps = LADDER + ([("nccl-acceptance", check_nccl_acceptance)] if nccl else [])
+    for _, step in steps:
         checks = step(settings, probe)
         report.checks.extend(checks)
         if any(c.status == "fail" for c in checks):
@@ -242,13 +342,15 @@ def run_ladder(host_name: str, settings: HostSettings, probe: Probe) -> NodeRepo
     return report
 
 
-def verify(inventory_path: str, limit=(), overrides: dict[str, Any] | None = None) -> list[NodeReport]:
+def verify(inventory_path: str, limit=(), overrides: dict[str, Any] | None = None,
+           nccl: bool = False) -> list[NodeReport]:
     from gpufleet.remote import connected, run_parallel
 
     with connected(inventory_path, limit, overrides) as (state, fleet, reachable, unreachable):
         results = run_parallel(
             state, reachable,
-            lambda h: run_ladder(h.name, fleet.hosts[h.name].settings, HostProbe(h, fleet.hosts[h.name].settings)),
+            lambda h: run_ladder(h.name, fleet.hosts[h.name].settings, HostProbe(h, fleet.hosts[h.name].settings),
+                                 nccl=nccl),
         )
     reports = []
     for name, result in results.items():

@@ -1,4 +1,4 @@
-"""``gpufleet verify INVENTORY [--limit ...] [--json]``: the per-host checklist, PCI to topology."""
+"""``gpufleet verify INVENTORY [--limit ...] [--nccl] [--json]``: the per-host checklist, PCI to topology."""
 
 from __future__ import annotations
 
@@ -19,13 +19,18 @@ MARK = {"pass": "ok", "fail": "FAIL", "warn": "warn"}
 @click.argument("inventory_path", metavar="INVENTORY")
 @click.option("--limit", multiple=True, help="Host, group or glob; repeatable (as pyinfra's --limit).")
 @click.option("--data", "data", multiple=True, metavar="KEY=VALUE", help=DATA_HELP)
+@click.option("--nccl", is_flag=True,
+              help="Last step: the NCCL acceptance test (all-reduce 1 MiB..1 GiB) in the node's vLLM image. "
+                   "Needs the GPUs free: drain the node first.")
 @click.option("--json", "as_json", is_flag=True, help="Print {ok, failures[], nodes[]}.")
-def verify(inventory_path: str, limit: tuple[str, ...], data: tuple[str, ...], as_json: bool) -> None:
-    """Check each host: PCI -> driver -> toolkit -> NCCL -> topology. Exit 0 pass, 2 fail, 1 unreachable."""
+def verify(inventory_path: str, limit: tuple[str, ...], data: tuple[str, ...], nccl: bool, as_json: bool) -> None:
+    """Check each host: PCI -> driver -> toolkit -> NCCL -> topology [-> NCCL acceptance].
+
+    Exit 0 pass, 2 fail, 1 unreachable."""
     from gpufleet import verify as ladder
 
     try:
-        reports = ladder.verify(inventory_path, limit, parse_data_overrides(data))
+        reports = ladder.verify(inventory_path, limit, parse_data_overrides(data), nccl=nccl)
     except SettingsError as exc:
         click.echo(format_issues(exc.issues), err=True)
         sys.exit(1)
