@@ -101,7 +101,8 @@ if "gpu_nodes" in host.groups:
         app.container(name="RAG app", image=settings.app_image, address=app_address, port=settings.app_port,
                       vllm_address=vllm_address, vllm_port=vllm_port, model=settings.vllm_served_model_name,
                       milvus_address=milvus_address, milvus_port=settings.milvus_port,
-                      collection=settings.app_collection, top_k=settings.app_top_k, env=settings.app_env)
+                      collection=settings.app_collection, top_k=settings.app_top_k, env=settings.app_env,
+                      api_key_file=settings.vllm_api_key_file)
         app.ready(name="RAG app healthy (/health)", address=app_address, port=settings.app_port,
                   timeout=settings.app_ready_timeout_s)
 
@@ -113,5 +114,6 @@ if "lb" in host.groups:
                             preferences_name="gpufleet-lb")
     loadbalancer.nginx(name="nginx: one upstream member per vLLM replica", **loadbalancer.lb_args(fleet, host.name))
     systemd.service(name="nginx running", service="nginx", running=True, enabled=True)
+    monitoring.alertmanager(name="Alertmanager: webhook receiver", **monitoring.alertmanager_args(fleet, host.name))
     monitoring.prometheus(name="Prometheus: scrape jobs from the inventory", **monitoring.prometheus_args(fleet, host.name))
     systemd.service(name="Prometheus running", service="prometheus", running=True, enabled=True)
