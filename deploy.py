@@ -9,9 +9,11 @@ from pyinfra import host, inventory
 from pyinfra.operations import server, systemd
 from pyinfra.operations.util import any_changed
 
+from gpufleet.deploy_args import vllm_image_args
 from gpufleet.deploying import fleet_for
 from gpufleet.fleet import replicas_of
 from operations import app, apt, distro_packages, docker, loadbalancer, milvus, monitoring, nvidia, preflight, vllm
+from operations.serving_gate import ServingGate
 
 fleet = fleet_for(inventory)
 settings = fleet.hosts[host.name].settings
@@ -22,6 +24,9 @@ apt.packages(name="Base packages", packages=settings.base_packages)
 
 # --- GPU nodes: driver, Docker with the Container Toolkit, NCCL ----------------------------------
 if "gpu_nodes" in host.groups:
+    # Refuses, before anything runs, a node another rollout holds, and any step below that would
+    # interrupt live replicas outside a rollout (operations/serving_gate.py).
+    gate = ServingGate(allow=settings.allow_serving_disruption, rollout_id=settings.rollout_id)
     nvidia.cuda_repository(name="NVIDIA CUDA repository", apt_mirror=settings.apt_mirror,
                            key_name=settings.nvidia_repo_key_name)
     nvidia.no_unattended_upgrades(name="Keep unattended-upgrades off NVIDIA packages",
@@ -29,18 +34,22 @@ if "gpu_nodes" in host.groups:
     nouveau = nvidia.blacklist_nouveau(name="Blacklist nouveau")
     server.shell(name="Rebuild initramfs without nouveau", _if=nouveau.did_change,
                  commands=["if command -v update-initramfs >/dev/null; then update-initramfs -u; fi"])
-    nvidia.driver(name="NVIDIA driver (open modules)", version=settings.nvidia_driver_version,
-                  packages=settings.nvidia_driver_packages, revision=settings.nvidia_driver_package_revision,
-                  kernel_modules=settings.nvidia_kernel_modules, kernel_headers=settings.nvidia_kernel_headers)
+    driver = nvidia.driver(name="NVIDIA driver (open modules)", version=settings.nvidia_driver_version,
+                           packages=settings.nvidia_driver_packages, revision=settings.nvidia_driver_package_revision,
+                           kernel_modules=settings.nvidia_kernel_modules, kernel_headers=settings.nvidia_kernel_headers)
+    gate.check(driver, "NVIDIA driver (open modules)")
     systemd.service(name="NVIDIA persistence daemon", service="nvidia-persistenced", running=True, enabled=True)
 
-    distro_packages.install(
+    engine = distro_packages.install(
         name="Docker engine", packages={settings.docker_engine_package: settings.docker_engine_min_version},
         preferences_name="gpufleet-docker")
+    gate.check(engine, "Docker engine")
     systemd.service(name="Docker running", service="docker", running=True, enabled=True)
     toolkit = nvidia.container_toolkit(name="NVIDIA Container Toolkit", version=settings.container_toolkit_version)
     daemon_json = docker.daemon_config(name="Docker daemon.json: nvidia runtime",
                                        wanted={**settings.docker_daemon_config, "runtimes": docker.NVIDIA_RUNTIME})
+    gate.check(toolkit, "NVIDIA Container Toolkit")
+    gate.check(daemon_json, "Docker daemon.json (restarts Docker)")
     # Docker finds the toolkit's hook and reads daemon.json only at start-up.
     systemd.service(name="Restart Docker for the toolkit", service="docker", restarted=True,
                     _if=any_changed(toolkit, daemon_json))
@@ -55,15 +64,14 @@ if "gpu_nodes" in host.groups:
                              port=settings.dcgm_exporter_port, listen_address=settings.metrics_listen_address)
 
     nvidia.nccl(name="NCCL pin on the host", version=settings.nccl_version, cuda_version=settings.nccl_cuda_version)
-    nvidia.reboot_if_driver_stale(name="Reboot if the loaded driver is not the pinned one",
-                                  version=settings.nvidia_driver_version,
-                                  proc_version_path=settings.nvidia_proc_version_path, _serial=True)
+    reboot = nvidia.reboot_if_driver_stale(name="Reboot if the loaded driver is not the pinned one",
+                                           version=settings.nvidia_driver_version,
+                                           proc_version_path=settings.nvidia_proc_version_path, _serial=True)
+    gate.check(reboot, "Reboot")
 
     # --- serving: vLLM replicas, Milvus, the RAG app ------------------------------------------
     node = fleet.hosts[host.name]
-    vllm.image(name="vLLM image (NCCL pinned inside)", base_image=settings.vllm_image,
-               nccl_version=settings.nccl_version, pip_install_args=settings.pip_install_args,
-               build_dir=settings.vllm_build_dir, require_arch=vllm.arch_of(settings.gpu_compute_capability))
+    vllm.image(name="vLLM image (NCCL pinned inside)", **vllm_image_args(settings))
     vllm_tag = vllm.image_tag(settings.vllm_image, settings.nccl_version, settings.pip_install_args)
     for r in host.loop(replicas_of(node)):
         replica = vllm.replica(
@@ -76,6 +84,7 @@ if "gpu_nodes" in host.groups:
             hf_cache_dir=settings.vllm_hf_cache_dir, hf_token_file=settings.vllm_hf_token_file,
             api_key_file=settings.vllm_api_key_file, shutdown_timeout=settings.vllm_shutdown_timeout,
             stop_timeout=settings.vllm_stop_timeout_effective(), restart=settings.vllm_restart_policy)
+        gate.check(replica, f"vLLM replica {r.name} (recreate)")
         vllm.ready(name=f"vLLM replica {r.name} ready", container=f"vllm-{r.name}",
                    url=f"http://{r.address}:{r.port}", served_model_name=settings.vllm_served_model_name,
                    timeout=settings.vllm_ready_timeout, api_key=settings.vllm_api_key_file is not None,

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gpufleet.settings_data import DataSettings
 from gpufleet.settings_edge import EdgeSettings
 from gpufleet.settings_input import InputSettings, redact
+from gpufleet.settings_rollout import RolloutSettings
 from gpufleet.settings_vllm import VllmSettings
 from gpufleet.versions import exact_debian_version
 
@@ -78,7 +79,7 @@ class Replica(BaseModel):
     address: str = ""  # filled in from the node's private_address
 
 
-class HostSettings(VllmSettings, DataSettings, EdgeSettings, InputSettings):
+class HostSettings(VllmSettings, DataSettings, EdgeSettings, InputSettings, RolloutSettings):
     """Everything a host's data may say. See group_data/all.py for the fleet's values.
 
     Keys of the serving roles live in mixins beside this module (settings_vllm.py,

@@ -81,12 +81,36 @@ class ContainerSpec:
         return " ".join(shlex.quote(a) for a in args)
 
 
+PREVIOUS_SUFFIX = ".gpufleet-previous"
+
+
+def previous_name(name: str) -> str:
+    """The stopped container a recreate keeps for rollback (``<name>.gpufleet-previous``)."""
+    return f"{name}{PREVIOUS_SUFFIX}"
+
+
+def rollback_command(name: str, stop_timeout: int | None = None) -> str:
+    """Shell that puts the kept previous container back in place of ``name`` and starts it.
+
+    Exits 3 with a message when there is nothing to roll back to.
+    """
+    q, prev = shlex.quote(name), shlex.quote(previous_name(name))
+    timeout = f" -t {int(stop_timeout)}" if stop_timeout is not None else ""
+    return (f"docker inspect --type container {prev} >/dev/null 2>&1 || "
+            f"{{ echo 'no previous container {previous_name(name)} to roll back to' >&2; exit 3; }}; "
+            f"docker stop{timeout} {q} >/dev/null 2>&1; docker rm -f {q} >/dev/null 2>&1; "
+            f"docker rename {prev} {q} && docker start {q} >/dev/null")
+
+
 @operation()
-def container(spec: ContainerSpec):
+def container(spec: ContainerSpec, keep_previous: bool = False):
     """
     Make one container match ``spec``: run it, start it, or recreate it when the spec changed.
 
     + spec: a :class:`ContainerSpec`; its digest is stored as the ``io.gpufleet.spec`` label
+    + keep_previous: on a recreate, keep the old container, stopped, as ``<name>.gpufleet-previous``
+      (its exact configuration and image stay on the host for ``gpufleet rollout`` to roll back to;
+      a stopped container holds no GPU and is not restarted by its restart policy)
 
     A running container with the same digest is left alone (no command at all); a stopped one
     is started; any other difference removes it (``docker stop -t <stop_timeout>`` first, so a
@@ -109,7 +133,13 @@ def container(spec: ContainerSpec):
         return
     if state["exists"]:
         timeout = f" -t {spec.stop_timeout}" if spec.stop_timeout is not None else ""
-        yield f"docker stop{timeout} {shlex.quote(spec.name)} >/dev/null; docker rm -f {shlex.quote(spec.name)} >/dev/null"
+        name = shlex.quote(spec.name)
+        if keep_previous:
+            prev = shlex.quote(previous_name(spec.name))
+            yield (f"docker stop{timeout} {name} >/dev/null; docker rm -f {prev} >/dev/null 2>&1; "
+                   f"docker rename {name} {prev}")
+        else:
+            yield f"docker stop{timeout} {name} >/dev/null; docker rm -f {name} >/dev/null"
     yield spec.run_command()
     for network in spec.networks[1:]:
         yield f"docker network connect {shlex.quote(network)} {shlex.quote(spec.name)}"

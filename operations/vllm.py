@@ -247,7 +247,8 @@ def replica(container: str, image: str, model: str, served_model_name: str, port
         yield from secrets.env_file._inner(dest=path, variables=variables)
     if hf_cache_dir:
         yield from files.directory._inner(path=hf_cache_dir, user="root", group="root", mode="755")
-    yield from containers.container._inner(spec=spec)
+    # The replaced container is kept, stopped, so that a rollout can roll this replica back.
+    yield from containers.container._inner(spec=spec, keep_previous=True)
 
 
 # ------------------------------------------------------------------------------- ready ------------

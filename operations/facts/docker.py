@@ -223,6 +223,8 @@ class ManagedContainers(FactBase):
             if len(parts) != 7:
                 continue
             name, status, restarting, restarts, image_id, ref, tag_id = parts
+            if name.endswith(".gpufleet-previous"):
+                continue  # kept, stopped, for a rollout to roll back to (operations/containers.py)
             containers.append({"name": name.lstrip("/"), "status": status, "restarting": restarting == "true",
                                "restart_count": int(restarts or 0), "image_id": image_id, "image": ref,
                                "tag_id": tag_id or None})

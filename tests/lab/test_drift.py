@@ -104,7 +104,7 @@ def test_injected_drift_is_found_on_the_right_host_with_its_cause(converged, hos
         else:
             if repair == "drain":
                 assert target.run(DRAIN).rc == 0
-            fixed = deploy("--limit", host_name)
+            fixed = deploy("--limit", host_name, "--data", "allow_serving_disruption=true")
             assert fixed["rc"] == 0, fixed["stderr"][-2000:]
     code, report = drift()
     assert code == 0, report

@@ -66,7 +66,7 @@ def nccl_in_vllm(node, name: str) -> str:
 def test_bumping_the_nccl_pin_moves_every_node_host_and_image_and_back(deployed, hosts):
     """One key in group_data: the host packages move, and so does the NCCL inside vLLM's image."""
     nodes = ("gpu-node-1", "gpu-node-2")
-    bumped = deploy("--data", "nccl_version=2.27.3")
+    bumped = deploy("--data", "nccl_version=2.27.3", "--data", "allow_serving_disruption=true")
     try:
         assert bumped["rc"] == 0, bumped["stderr"][-2000:]
         assert {"NCCL pin on the host", "vLLM image (NCCL pinned inside)"} <= set(bumped["changed"])
@@ -77,7 +77,7 @@ def test_bumping_the_nccl_pin_moves_every_node_host_and_image_and_back(deployed,
             assert {"libnccl2", "libnccl-dev"} <= set(hosts[name].run("apt-mark showhold").stdout.split())
             assert nccl_in_vllm(hosts[name], name) == "2.27.3"
     finally:
-        back = deploy()
+        back = deploy("--data", "allow_serving_disruption=true")
     assert back["rc"] == 0
     assert set(back["changed"]["NCCL pin on the host"]) == set(nodes)
     assert hosts["gpu-node-2"].package("libnccl2").version == "2.27.7-1+cuda12.9"
@@ -89,7 +89,7 @@ def test_a_stale_loaded_driver_reboots_exactly_that_node(deployed, hosts):
     node.run("sed -i 's/580.95.05/575.57.08/' /run/gpufleet-lab/nvidia/version")
     boot_marker = "/run/gpufleet-test-boot-marker"
     node.run(f"touch {boot_marker}")
-    result = deploy()
+    result = deploy("--data", "allow_serving_disruption=true")
     assert result["rc"] == 0, result["stderr"][-2000:]
     assert result["changed"]["Reboot if the loaded driver is not the pinned one"] == ["gpu-node-1"]
     # After the reboot only the serving containers' readiness may be waited for, on that node.

@@ -122,8 +122,10 @@ def secret_run(deployed, hosts, tmp_path_factory):
         path.write_text(value + "\n")
         path.chmod(0o600)
         files[name] = path
-    data_a = ["--data", f"vllm_hf_token_file={files['token_a']}", "--data", f"vllm_api_key_file={files['key_a']}"]
-    data_b = ["--data", f"vllm_hf_token_file={files['token_b']}", "--data", f"vllm_api_key_file={files['key_b']}"]
+    # A maintenance window: these deploys recreate live replicas on purpose (operations/serving_gate.py).
+    window = ["--data", "allow_serving_disruption=true"]
+    data_a = [*window, "--data", f"vllm_hf_token_file={files['token_a']}", "--data", f"vllm_api_key_file={files['key_a']}"]
+    data_b = [*window, "--data", f"vllm_hf_token_file={files['token_b']}", "--data", f"vllm_api_key_file={files['key_b']}"]
     started = time.time() - 1
     # The app image may have been rebuilt (the lab rebuilds it from lab/images/rag-app): pull it, so
     # that the recreated app container runs the image that checks keys.
@@ -164,7 +166,7 @@ def secret_run(deployed, hosts, tmp_path_factory):
         yield result
     finally:
         node.run(f"rm -f {PATTERNS}")
-        restored = deploy("--limit", NODE)
+        restored = deploy("--limit", NODE, *window)
         assert restored["rc"] == 0, restored["stderr"][-3000:]
         for path in ENV_FILES:
             assert not node.file(path).exists, f"{path} left after a deploy without secrets"

@@ -102,7 +102,7 @@ def test_kv_cache_per_token_matches_the_planner(serving):
 
 def test_changing_max_model_len_recreates_exactly_the_vllm_containers(serving):
     before = {n: containers(serving[n]) for n in NODES}
-    changed = deploy("--data", "vllm_max_model_len=384")
+    changed = deploy("--data", "vllm_max_model_len=384", "--data", "allow_serving_disruption=true")
     try:
         assert changed["rc"] == 0, changed["stderr"][-3000:]
         # pyinfra merges the per-replica operations of one call site under one name: look at hosts.
@@ -116,7 +116,7 @@ def test_changing_max_model_len_recreates_exactly_the_vllm_containers(serving):
         args = serving["gpu-node-1"].run("docker inspect --format '{{json .Args}}' vllm-gpu-node-1-vllm-0").stdout
         assert '"--max-model-len","384"' in args.replace(" ", "")
     finally:
-        restored = deploy()
+        restored = deploy("--data", "allow_serving_disruption=true")
     assert restored["rc"] == 0
     assert deploy()["changed"] == {}
 
@@ -126,7 +126,7 @@ def test_hf_token_reaches_the_container_but_never_output_or_arguments(serving, t
     token_file = tmp_path / "hf-token"
     token_file.write_text(secret + "\n")
     token_file.chmod(0o600)
-    run = deploy("--limit", "gpu-node-1", "--data", f"vllm_hf_token_file={token_file}")
+    run = deploy("--limit", "gpu-node-1", "--data", f"vllm_hf_token_file={token_file}", "--data", "allow_serving_disruption=true")
     try:
         assert run["rc"] == 0, run["stderr"][-3000:]
         assert secret not in run["stderr"] and secret not in json.dumps(run["changed"])
@@ -141,7 +141,7 @@ def test_hf_token_reaches_the_container_but_never_output_or_arguments(serving, t
         files = node.run("grep -rl gpufleetLabSecret /etc/gpufleet").stdout.split()
         assert files and all(node.file(f).mode == 0o600 and node.file(f).user == "root" for f in files)
     finally:
-        restored = deploy("--limit", "gpu-node-1")
+        restored = deploy("--limit", "gpu-node-1", "--data", "allow_serving_disruption=true")
     assert restored["rc"] == 0
 
 

@@ -1,0 +1,244 @@
+"""`gpufleet rollout`: change a live fleet node by node, with no failed requests.
+
+The states a node goes through, as in the NVIDIA GPU Operator's upgrade controller::
+
+    pending -> draining -> updating -> validating -> undraining -> done
+                               \\            \\
+                                \\            -> rolled-back (container/config change: previous spec back, undrained)
+                                 -> failed    (driver/toolkit/engine change, or unreachable: stays drained)
+
+The policy:
+
+* **plan** first: the same deploy.py, planned through pyinfra's API. A node whose plan is
+  refused by the serving gate (operations/serving_gate.py) has a *disruptive* change: it is
+  drained before it is updated. A node with only harmless changes is updated in place.
+* **prepare** every changed node in parallel without disruption: build the vLLM image.
+* **batches**: ``canary`` nodes first, then at most ``max_unavailable`` at a time, and never a
+  batch that would leave no live replica behind the load balancers.
+* per node: take its lock (gpufleet/node_lock.py) -> drain its replicas on every load balancer
+  and wait until they have nothing running or waiting (vLLM's /metrics) -> converge it with
+  deploy.py -> validate (readiness by a real completion, the NCCL vLLM loads, the verify
+  ladder) -> undrain -> release the lock.
+* **failure** stops the rollout (exit 2): a container or configuration change is rolled back to
+  the container the update replaced (kept stopped as ``<name>.gpufleet-previous``) and the node
+  is undrained once ready; a driver, toolkit or engine change, or an unreachable node, stays
+  drained and failed. The rest of the fleet keeps serving.
+
+The state lives on the control host (one JSON file per rollout, ``GPUFLEET_STATE_DIR`` or
+``~/.local/state/gpufleet/rollouts``) and in a lock on each node; ``--resume`` continues the
+last unfinished rollout of an inventory from its file: done nodes stay done, the others start
+again from ``draining`` (every step is idempotent). Exit codes: 0 done, 2 stopped after a
+failure, 1 could not start.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import secrets
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+PENDING, DRAINING, UPDATING, VALIDATING, UNDRAINING = "pending", "draining", "updating", "validating", "undraining"
+DONE, FAILED, ROLLED_BACK = "done", "failed", "rolled-back"
+FINAL = (DONE, FAILED, ROLLED_BACK)
+# Changes that are not rolled back automatically: a driver is never downgraded by a machine.
+NO_ROLLBACK_OPS = ("NVIDIA driver", "NVIDIA Container Toolkit", "Docker engine", "Reboot")
+
+EXIT_DONE, EXIT_CANNOT_START, EXIT_STOPPED = 0, 1, 2
+
+
+class RolloutError(Exception):
+    """The rollout cannot start (bad input, a lock held by another rollout, nothing reachable)."""
+
+
+@dataclass
+class NodeRollout:
+    name: str
+    changes: list[str] = field(default_factory=list)
+    disruptive: bool = False
+    state: str = PENDING
+    error: str | None = None
+    history: list[tuple[str, float]] = field(default_factory=list)  # (state, seconds since start)
+
+    @property
+    def rollback_allowed(self) -> bool:
+        return not any(c.startswith(NO_ROLLBACK_OPS) for c in self.changes)
+
+
+@dataclass
+class Rollout:
+    id: str
+    inventory: str
+    overrides: dict[str, Any]
+    holder: str
+    since: str
+    canary: int
+    max_unavailable: int
+    nodes: dict[str, NodeRollout]
+    batches: list[list[str]] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    exit_code: int | None = None
+
+    # ------------------------------------------------------------------ state file ------------
+    def path(self) -> Path:
+        return state_dir() / f"{self.id}.json"
+
+    def save(self) -> None:
+        path = self.path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
+        os.replace(tmp, path)  # a control host that dies mid-write leaves the previous state
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["nodes"] = {n: asdict(v) for n, v in self.nodes.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Rollout:
+        nodes = {n: NodeRollout(**{**v, "history": [tuple(h) for h in v["history"]]}) for n, v in d["nodes"].items()}
+        return cls(**{**d, "nodes": nodes})
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("GPUFLEET_STATE_DIR") or Path.home() / ".local/state/gpufleet") / "rollouts"
+
+
+def last_unfinished(inventory: str) -> Rollout | None:
+    found = []
+    for path in state_dir().glob("r-*.json"):
+        data = json.loads(path.read_text())
+        if data["inventory"] == inventory and data.get("finished") is None:
+            found.append(Rollout.from_dict(data))
+    return max(found, key=lambda r: r.started) if found else None
+
+
+def new_id() -> str:
+    return time.strftime("r-%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(2)
+
+
+# ----------------------------------------------------------------------------------- policy ------
+
+def make_batches(nodes: list[str], canary: int, max_unavailable: int) -> list[list[str]]:
+    """The canary batch first, then batches of at most ``max_unavailable`` nodes, in inventory order."""
+    if canary < 0 or max_unavailable < 1:
+        raise RolloutError(f"--canary must be >= 0 and --max-unavailable >= 1 (got {canary}, {max_unavailable})")
+    batches = [nodes[:canary]] if canary else []
+    rest = nodes[canary:]
+    batches += [rest[i:i + max_unavailable] for i in range(0, len(rest), max_unavailable)]
+    return [b for b in batches if b]
+
+
+def check_capacity(batches: list[list[str]], node_replicas: dict[str, list[str]], all_replicas: list[str]) -> None:
+    """Refuse a plan in which a drained batch would leave no live replica behind the load balancers."""
+    for batch in batches:
+        drained = {r for n in batch for r in node_replicas.get(n, [])}
+        if drained and not set(all_replicas) - drained:
+            raise RolloutError(f"draining {', '.join(batch)} together would leave no live replica behind the load "
+                               "balancers: lower --max-unavailable/--canary, or add a replica")
+
+
+# ----------------------------------------------------------------------------------- running -----
+
+class Runner:
+    """Carries one rollout through its states, saving the state file at every transition."""
+
+    def __init__(self, rollout: Rollout, say: Callable[[str], None] = print):
+        self.rollout = rollout
+        self.say = say
+
+    def node_state(self, node: NodeRollout, state: str, error: str | None = None) -> None:
+        node.state, node.error = state, error
+        elapsed = time.time() - self.rollout.started
+        node.history.append((state, round(elapsed, 1)))
+        self.rollout.save()
+        self.say(f"{elapsed:7.1f}s  {node.name:<16} {state}" + (f": {error}" if error else ""))
+
+    def run(self) -> int:
+        from gpufleet import rollout_steps as steps
+
+        r = self.rollout
+        todo = [n for b in r.batches for n in b if r.nodes[n].state not in (DONE,)]
+        if todo:
+            self.say(f"{r.id}: preparing {', '.join(todo)} (image builds, nothing interrupted)")
+            for name, why in steps.prepare(r, todo).items():
+                if why:
+                    self.node_state(r.nodes[name], FAILED, f"prepare: {why}")
+                    return self.finish(EXIT_STOPPED)
+        for batch in r.batches:
+            nodes = [r.nodes[n] for n in batch if r.nodes[n].state != DONE]
+            if not nodes:
+                continue
+            for node in nodes:
+                if not self.roll_node(node, steps):
+                    return self.finish(EXIT_STOPPED)
+        return self.finish(EXIT_DONE)
+
+    def roll_node(self, node: NodeRollout, steps) -> bool:
+        r = self.rollout
+        try:
+            steps.lock(r, node.name, DRAINING)
+            if node.disruptive:
+                self.node_state(node, DRAINING)
+                steps.drain(r, node.name)
+            self.node_state(node, UPDATING)
+            updated, why = steps.update(r, node.name)
+            if updated:
+                self.node_state(node, VALIDATING)
+                updated, why = steps.validate(r, node.name)
+            if not updated:
+                return self.fail(node, why, steps)
+            if node.disruptive:
+                self.node_state(node, UNDRAINING)
+                steps.undrain(r, node.name)
+            steps.unlock(r, node.name)
+            self.node_state(node, DONE)
+            return True
+        except steps.StepError as exc:
+            return self.fail(node, str(exc), steps)
+
+    def fail(self, node: NodeRollout, why: str, steps) -> bool:
+        if node.state == DRAINING:  # nothing changed yet: put it back into rotation
+            try:
+                steps.undrain(self.rollout, node.name)
+                steps.unlock(self.rollout, node.name)
+            except steps.StepError as exc:
+                why = f"{why}; undrain failed too: {exc}"
+            self.node_state(node, FAILED, why)
+            return False
+        if node.rollback_allowed and node.disruptive and node.state in (UPDATING, VALIDATING):
+            self.say(f"{'':7}   {node.name:<16} rolling back: {why}")
+            try:
+                steps.rollback(self.rollout, node.name)
+                steps.undrain(self.rollout, node.name)
+                steps.unlock(self.rollout, node.name)
+                self.node_state(node, ROLLED_BACK, why)
+                return False
+            except steps.StepError as exc:
+                why = f"{why}; the rollback failed too: {exc}"
+        self.node_state(node, FAILED, f"{why} (the node stays drained and locked; fix it, then --resume)"
+                        if node.state not in (PENDING,) else why)
+        return False
+
+    def finish(self, code: int) -> int:
+        self.rollout.finished = time.time()
+        self.rollout.exit_code = code
+        self.rollout.save()
+        return code
+
+
+def holder() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def report(rollout: Rollout) -> dict[str, Any]:
+    return {"id": rollout.id, "exit_code": rollout.exit_code, "ok": rollout.exit_code == EXIT_DONE,
+            "duration_seconds": round((rollout.finished or time.time()) - rollout.started, 1),
+            "state_file": str(rollout.path()), **rollout.as_dict()}

@@ -1,0 +1,223 @@
+"""The work of each rollout state, done by the modules that own each component.
+
+gpufleet/rollout.py decides *when*; this module says *how*, in terms of what already exists:
+the node's lock (gpufleet/node_lock.py), nginx drain/undrain (operations/loadbalancer.py, run on
+every load balancer through gpufleet/apply.py), requests in flight (gpufleet/vllm_control.py),
+the node's deploy (deploy.py through gpufleet/planrun.py), readiness (operations/vllm.ready),
+the NCCL vLLM loads (operations/facts/docker.VllmNcclVersions), the verify ladder
+(gpufleet/verify.py), and the rollback command (operations/containers.py).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any
+
+from pyinfra.context import ctx_host, ctx_state
+
+from gpufleet import node_lock
+from gpufleet.apply import run_on
+from gpufleet.fleet import load_fleet, replicas_of
+from gpufleet.remote import connected, shell
+
+
+class StepError(Exception):
+    """A step failed on a node; the message says what and where."""
+
+
+def _overrides(rollout, **more) -> dict[str, Any]:
+    return {**rollout.overrides, "rollout_id": rollout.id, **more}
+
+
+def _fleet(rollout):
+    return load_fleet(rollout.inventory, _overrides(rollout))
+
+
+@contextmanager
+def _on_node(rollout, name: str):
+    with connected(rollout.inventory, [name], _overrides(rollout)) as (state, fleet, reachable, unreachable):
+        if not reachable:
+            raise StepError(f"{name} is unreachable over SSH")
+        host = reachable[0]
+        with ctx_state.use(state), ctx_host.use(host):
+            yield host, fleet
+
+
+# ------------------------------------------------------------------------------ plan -------------
+
+def plan(inventory: str, overrides: dict[str, Any], limit: tuple[str, ...], rollout_id: str) -> dict[str, Any]:
+    """``{"nodes": {node: (changes, disruptive)}, "unreachable": [...], "blocked": {node: why}, "lbs": {lb: changes}}``.
+
+    Planned with the rollout's id and no lock yet: the serving gate refuses exactly the nodes
+    whose changes would interrupt live replicas, which is what makes them disruptive.
+    """
+    from gpufleet.planrun import planned
+
+    out: dict[str, Any] = {"nodes": {}, "unreachable": [], "blocked": {}, "lbs": {}}
+    with planned(inventory, limit, {**overrides, "rollout_id": rollout_id}) as p:
+        out["unreachable"] = sorted(p.unreachable)
+        out["blocked"].update(p.errors)
+        for host in p.hosts:
+            changes = [op.name for op in p.ops(host) if op.will_change and not op.conditional]
+            refused = p.refusals.get(host.name)
+            if refused and "would interrupt serving" not in refused:
+                out["blocked"][host.name] = refused  # e.g. another rollout's lock
+                continue
+            if "gpu_nodes" in host.groups:
+                if refused:
+                    changes.append(refused.split(" would interrupt serving")[0])
+                if changes:
+                    out["nodes"][host.name] = (changes, bool(refused))
+            elif changes:
+                out["lbs"][host.name] = changes
+        out["fleet"] = p.fleet
+    return out
+
+
+# ------------------------------------------------------------------------------ prepare ----------
+
+def prepare(rollout, nodes: list[str]) -> dict[str, str | None]:
+    """Build the vLLM image on every node that changes, in parallel; nothing running is touched."""
+    from gpufleet.deploy_args import vllm_image_args
+    from operations import vllm
+
+    fleet = _fleet(rollout)
+    return run_on(rollout.inventory, nodes, vllm.image,
+                  lambda n: {"name": "vLLM image (prepare)", **vllm_image_args(fleet.hosts[n].settings)},
+                  overrides=_overrides(rollout))
+
+
+# ------------------------------------------------------------------------------ lock -------------
+
+def lock(rollout, name: str, state: str) -> None:
+    with _on_node(rollout, name) as (host, _):
+        try:
+            node_lock.acquire(host, rollout.id, rollout.holder, rollout.since, state)
+        except node_lock.LockHeld as exc:
+            raise StepError(str(exc)) from None
+
+
+def unlock(rollout, name: str) -> None:
+    with _on_node(rollout, name) as (host, _):
+        node_lock.release(host, rollout.id)
+
+
+# ------------------------------------------------------------------------------ drain ------------
+
+def _lb_step(rollout, name: str, op_name: str) -> None:
+    from operations import loadbalancer
+
+    fleet = _fleet(rollout)
+    lbs = [lb.name for lb in fleet.load_balancers]
+    if not lbs:
+        return
+    replicas = [r.name for r in replicas_of(fleet.hosts[name])]
+    op = getattr(loadbalancer, op_name)
+    for replica in replicas:
+        extra = {"reason": f"rollout {rollout.id}"} if op_name == "drain" else {}
+        results = run_on(rollout.inventory, lbs, op,
+                         lambda lb: {"name": f"{op_name} {replica}", "replica": replica,
+                                     **loadbalancer.lb_args(fleet, lb), **extra},
+                         overrides=_overrides(rollout))
+        failed = {lb: why for lb, why in results.items() if why}
+        if failed:
+            raise StepError(f"{op_name} {replica}: " + "; ".join(f"{lb}: {why}" for lb, why in failed.items()))
+
+
+def drain(rollout, name: str) -> None:
+    """Mark the node's replicas down on every load balancer, then wait until nothing is in flight."""
+    from gpufleet.vllm_control import wait_idle
+
+    _lb_step(rollout, name, "drain")
+    with _on_node(rollout, name) as (host, fleet):
+        node = fleet.hosts[name]
+        urls = [f"http://{r.address}:{r.port}" for r in replicas_of(node)]
+        idle, seen = wait_idle(host, urls, timeout=node.settings.rollout_drain_timeout_s)
+    if not idle:
+        raise StepError(f"drain: {seen}")
+
+
+def undrain(rollout, name: str) -> None:
+    _lb_step(rollout, name, "undrain")
+
+
+# ------------------------------------------------------------------------------ update -----------
+
+def update(rollout, name: str) -> tuple[bool, str]:
+    """Converge the node with deploy.py (the rollout's id lets the serving gate through)."""
+    from gpufleet.planrun import execute, planned
+
+    with planned(rollout.inventory, [name], _overrides(rollout)) as p:
+        if name in p.unreachable:
+            raise StepError(f"{name} is unreachable over SSH")
+        why = p.errors.get(name) or p.refusals.get(name)
+        if why:
+            return False, f"deploy refused: {why}"
+        ok = execute(p, [name]).get(name, False)
+    return ok, "" if ok else "the deploy failed on the node (see the output above)"
+
+
+# ------------------------------------------------------------------------------ validate ---------
+
+def validate(rollout, name: str) -> tuple[bool, str]:
+    """Readiness by a real completion, the NCCL vLLM loads, and the verify ladder."""
+    from gpufleet import verify
+    from operations import vllm
+    from operations.facts.docker import VllmNcclVersions
+
+    fleet = _fleet(rollout)
+    node = fleet.hosts[name]
+    s = node.settings
+    for r in replicas_of(node):
+        ready = run_on(rollout.inventory, [name], vllm.ready,
+                       lambda _: {"name": f"validate {r.name}", "container": f"vllm-{r.name}",
+                                  "url": f"http://{r.address}:{r.port}", "served_model_name": s.vllm_served_model_name,
+                                  "timeout": s.vllm_ready_timeout, "api_key": s.vllm_api_key_file is not None},
+                       overrides=_overrides(rollout))
+        if ready.get(name):
+            return False, f"{r.name} is not ready: {ready[name]}"
+    with _on_node(rollout, name) as (host, _):
+        loaded = host.get_fact(VllmNcclVersions)["containers"]
+    wrong = {c: v for c, v in loaded.items() if v != s.nccl_version}
+    if wrong:
+        return False, "NCCL inside the container is not the pin: " + ", ".join(f"{c} loads {v}" for c, v in wrong.items())
+    [report] = verify.verify(rollout.inventory, [name], _overrides(rollout))
+    if not report.ok:
+        return False, f"verify failed at {report.failed_step}"
+    return True, ""
+
+
+# ------------------------------------------------------------------------------ rollback ---------
+
+def rollback(rollout, name: str) -> None:
+    """Put back the container each replica had before the update, and wait until it is ready."""
+    from operations.containers import rollback_command
+
+    fleet = _fleet(rollout)
+    node = fleet.hosts[name]
+    with _on_node(rollout, name) as (host, _):
+        for r in replicas_of(node):
+            ok, out = shell(host, rollback_command(f"vllm-{r.name}", node.settings.vllm_stop_timeout_effective()),
+                            timeout=600)
+            if not ok:
+                raise StepError(f"rollback of vllm-{r.name}: {out.strip()[-300:]}")
+    ok, why = validate_ready_only(rollout, name)
+    if not ok:
+        raise StepError(why)
+
+
+def validate_ready_only(rollout, name: str) -> tuple[bool, str]:
+    from operations import vllm
+
+    fleet = _fleet(rollout)
+    node = fleet.hosts[name]
+    s = node.settings
+    for r in replicas_of(node):
+        ready = run_on(rollout.inventory, [name], vllm.ready,
+                       lambda _: {"name": f"ready {r.name}", "container": f"vllm-{r.name}",
+                                  "url": f"http://{r.address}:{r.port}", "served_model_name": s.vllm_served_model_name,
+                                  "timeout": s.vllm_ready_timeout, "api_key": s.vllm_api_key_file is not None},
+                       overrides=_overrides(rollout))
+        if ready.get(name):
+            return False, f"{r.name} is not ready after the rollback: {ready[name]}"
+    return True, ""

@@ -1,0 +1,151 @@
+"""Rollouts on the live lab, under steady load through lb-1: every request is checked.
+
+The order matters: a canary that cannot start is rolled back (the lab stays as deployed), then
+a change is rolled over both nodes, repeated (nothing to do), tried as a plain deploy (nothing
+to do), and finally rolled back to the repository's values for the tests that follow.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+from dataclasses import dataclass, field
+
+import pytest
+
+from gpufleet.lab.topology import LB_HTTP_PORT_BASE, lab_group_data
+from tests.lab.conftest import deploy
+
+NODES = ("gpu-node-1", "gpu-node-2")
+LB_URL = f"http://127.0.0.1:{LB_HTTP_PORT_BASE + 1}"
+
+
+@dataclass
+class SteadyLoad:
+    """Clients sending completions through the load balancer without pause, each answer checked."""
+
+    clients: int = 2
+    ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def __enter__(self):
+        for i in range(self.clients):
+            t = threading.Thread(target=self._client, args=(i % 2 == 1,), daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=200)
+
+    def _client(self, stream: bool) -> None:
+        model = lab_group_data()["vllm_served_model_name"]
+        while not self._stop.is_set():
+            body = {"model": model, "prompt": "The fleet", "max_tokens": 8, "stream": stream}
+            request = urllib.request.Request(f"{LB_URL}/v1/completions", data=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=180) as answer:
+                    text = answer.read().decode()
+                good = ("data: [DONE]" in text) if stream else bool(json.loads(text)["choices"])
+            except Exception as exc:  # noqa: BLE001 - every failure is counted, whatever it is
+                self.failures.append(f"{'stream' if stream else 'plain'}: {type(exc).__name__}: {exc}")
+                continue
+            if good:
+                self.ok += 1
+            else:
+                self.failures.append(f"{'stream' if stream else 'plain'}: incomplete answer {text[-200:]!r}")
+
+
+def container_ids(hosts) -> dict[str, str]:
+    return {n: hosts[n].run(f"docker inspect --format '{{{{.Id}}}}' vllm-{n}-vllm-0").stdout.strip() for n in NODES}
+
+
+def drained(hosts) -> list[str]:
+    return hosts["lb-1"].run("ls /etc/nginx/gpufleet/drained 2>/dev/null").stdout.split()
+
+
+def rollout(*args: str, state_dir) -> tuple[int, dict, str]:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from gpufleet import PROJECT_ROOT
+
+    run = subprocess.run([str(Path(sys.executable).parent / "gpufleet"), "rollout", "inventory/lab.py", "--yes",
+                          "--json", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1800,
+                         env={**os.environ, "GPUFLEET_STATE_DIR": str(state_dir)})
+    report = json.loads(run.stdout) if run.stdout.strip().startswith("{") else {}
+    return run.returncode, report, run.stderr
+
+
+@pytest.fixture(scope="module")
+def live(deployed, hosts):
+    return hosts
+
+
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("rollouts")
+
+
+def test_a_canary_that_cannot_start_is_rolled_back_with_no_failed_request(live, state_dir):
+    before = container_ids(live)
+    # Valid data, but vLLM refuses the flag at start: the new container exits, again and again.
+    args = [*lab_group_data()["vllm_extra_args"], "--kv-cache-dtype", "no-such-dtype"]
+    with SteadyLoad() as load:
+        code, report, err = rollout("--data", f"vllm_extra_args={json.dumps(args)}", state_dir=state_dir)
+    assert code == 2, err[-3000:]
+    assert report["nodes"]["gpu-node-1"]["state"] == "rolled-back", report
+    assert report["nodes"]["gpu-node-2"]["state"] == "pending"
+    after = container_ids(live)
+    assert after["gpu-node-2"] == before["gpu-node-2"]  # the second node was never touched
+    assert after["gpu-node-1"] == before["gpu-node-1"]  # the very container that served before
+    assert drained(live) == [] and not load.failures, load.failures[:5]
+    assert load.ok > 0
+    assert "held by rollout" not in deploy("--dry")["stderr"]  # the canary's lock was released
+
+
+def test_a_plain_deploy_that_would_recreate_live_replicas_is_refused(live):
+    before = container_ids(live)
+    refused = deploy("--data", "vllm_max_model_len=384")
+    assert refused["rc"] != 0
+    assert "would interrupt serving" in refused["stderr"] and "gpufleet rollout" in refused["stderr"]
+    assert refused["changed"] == {}
+    assert container_ids(live) == before
+
+
+def test_rolling_a_change_over_both_nodes_fails_no_request(live, state_dir):
+    before = container_ids(live)
+    with SteadyLoad(clients=3) as load:
+        code, report, err = rollout("--data", "vllm_max_model_len=384", state_dir=state_dir)
+    assert code == 0, err[-3000:]
+    assert [report["nodes"][n]["state"] for n in NODES] == ["done", "done"]
+    after = container_ids(live)
+    assert all(after[n] != before[n] for n in NODES)
+    assert drained(live) == []
+    assert not load.failures, load.failures[:5]
+    assert load.ok > 10
+    states = [s for s, _ in report["nodes"]["gpu-node-1"]["history"]]
+    assert states == ["draining", "updating", "validating", "undraining", "done"]
+
+
+def test_a_second_rollout_and_the_plain_deploy_then_change_nothing(live, state_dir):
+    code, report, err = rollout("--data", "vllm_max_model_len=384", state_dir=state_dir)
+    assert code == 0 and "nothing to roll out" in err
+    again = deploy("--data", "vllm_max_model_len=384")
+    assert again["rc"] == 0 and again["changed"] == {}, again
+
+
+def test_rolling_back_to_the_repository_values(live, state_dir):
+    with SteadyLoad() as load:
+        code, report, err = rollout(state_dir=state_dir)
+    assert code == 0, err[-3000:]
+    assert not load.failures, load.failures[:5]
+    assert deploy()["changed"] == {}
