@@ -140,13 +140,23 @@ def _load_deploy(state: State, hosts: list) -> dict[str, tuple[bool, str]]:
 
 
 def execute(plan: Plan, host_names: list[str]) -> dict[str, bool]:
-    """Run the planned deploy on some hosts only (`drift --fix`); {host: succeeded}."""
+    """Run the planned deploy on some hosts only (`drift --fix`, a rollout's node); {host: succeeded}.
+
+    A host whose deploy refused while it was planned (the serving gate, a held lock) is never
+    executed: its plan stops where it refused, and running the part before would half-apply it.
+    """
     state = plan.state
-    keep = {h for h in plan.hosts if h.name in host_names}
+    keep = {h for h in plan.hosts if h.name in host_names and h.name not in plan.refusals}
     for host in list(state.active_hosts):
         if host not in keep:
             state.active_hosts.discard(host)
+    if not keep:
+        return {name: False for name in host_names}
     with ctx_state.use(state), _cli_mode():
         state.set_stage(StateStage.Execute)
-        run_ops(state)
-    return {h.name: h not in state.failed_hosts for h in keep}
+        try:
+            run_ops(state)
+        except PyinfraError:
+            pass  # "No hosts remaining!" when every kept host failed: reported per host below
+    result = {h.name: h not in state.failed_hosts for h in keep}
+    return {**{name: False for name in host_names if name not in result}, **result}

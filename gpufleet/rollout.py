@@ -64,6 +64,8 @@ class NodeRollout:
     state: str = PENDING
     error: str | None = None
     history: list[tuple[str, float]] = field(default_factory=list)  # (state, seconds since start)
+    # Replica container ids before the update: a rollback puts back only what the update replaced.
+    before: dict[str, str] = field(default_factory=dict)
 
     @property
     def rollback_allowed(self) -> bool:
@@ -112,10 +114,13 @@ def state_dir() -> Path:
 
 
 def last_unfinished(inventory: str) -> Rollout | None:
+    """The latest rollout of ``inventory`` that did not end with every node done (interrupted or stopped)."""
     found = []
     for path in state_dir().glob("r-*.json"):
         data = json.loads(path.read_text())
-        if data["inventory"] == inventory and data.get("finished") is None:
+        if data["inventory"] != inventory:
+            continue
+        if data.get("exit_code") != EXIT_DONE and any(n["state"] != DONE for n in data["nodes"].values()):
             found.append(Rollout.from_dict(data))
     return max(found, key=lambda r: r.started) if found else None
 
@@ -188,6 +193,8 @@ class Runner:
             if node.disruptive:
                 self.node_state(node, DRAINING)
                 steps.drain(r, node.name)
+            if not node.before:  # on --resume, keep what was there before the first attempt
+                node.before = steps.container_ids(r, node.name)
             self.node_state(node, UPDATING)
             updated, why = steps.update(r, node.name)
             if updated:
@@ -195,6 +202,7 @@ class Runner:
                 updated, why = steps.validate(r, node.name)
             if not updated:
                 return self.fail(node, why, steps)
+            steps.forget_previous(r, node.name)
             if node.disruptive:
                 self.node_state(node, UNDRAINING)
                 steps.undrain(r, node.name)
@@ -203,27 +211,30 @@ class Runner:
             return True
         except steps.StepError as exc:
             return self.fail(node, str(exc), steps)
+        except Exception as exc:  # noqa: BLE001 - whatever breaks, the node gets a state and the fleet a report
+            return self.fail(node, f"{type(exc).__name__}: {exc}", steps)
 
     def fail(self, node: NodeRollout, why: str, steps) -> bool:
         if node.state == DRAINING:  # nothing changed yet: put it back into rotation
             try:
                 steps.undrain(self.rollout, node.name)
                 steps.unlock(self.rollout, node.name)
-            except steps.StepError as exc:
+            except Exception as exc:  # noqa: BLE001
                 why = f"{why}; undrain failed too: {exc}"
             self.node_state(node, FAILED, why)
             return False
         if node.rollback_allowed and node.disruptive and node.state in (UPDATING, VALIDATING):
             self.say(f"{'':7}   {node.name:<16} rolling back: {why}")
             try:
-                steps.rollback(self.rollout, node.name)
+                steps.rollback(self.rollout, node.name, node.before)
                 steps.undrain(self.rollout, node.name)
                 steps.unlock(self.rollout, node.name)
                 self.node_state(node, ROLLED_BACK, why)
                 return False
-            except steps.StepError as exc:
+            except Exception as exc:  # noqa: BLE001
                 why = f"{why}; the rollback failed too: {exc}"
-        self.node_state(node, FAILED, f"{why} (the node stays drained and locked; fix it, then --resume)"
+        kept = "drained and locked" if node.disruptive else "locked"
+        self.node_state(node, FAILED, f"{why} (the node stays {kept}; fix it, then --resume)"
                         if node.state not in (PENDING,) else why)
         return False
 

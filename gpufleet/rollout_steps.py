@@ -10,6 +10,7 @@ the NCCL vLLM loads (operations/facts/docker.VllmNcclVersions), the verify ladde
 
 from __future__ import annotations
 
+import shlex
 from contextlib import contextmanager
 from typing import Any
 
@@ -189,18 +190,47 @@ def validate(rollout, name: str) -> tuple[bool, str]:
 
 # ------------------------------------------------------------------------------ rollback ---------
 
-def rollback(rollout, name: str) -> None:
-    """Put back the container each replica had before the update, and wait until it is ready."""
+def container_ids(rollout, name: str) -> dict[str, str]:
+    """``{container: id}`` of the node's replica containers now (missing ones left out)."""
+    fleet = _fleet(rollout)
+    names = [f"vllm-{r.name}" for r in replicas_of(fleet.hosts[name])]
+    with _on_node(rollout, name) as (host, _):
+        ok, out = shell(host, "for c in " + " ".join(shlex.quote(n) for n in names) + "; do "
+                        "printf '%s %s\\n' \"$c\" \"$(docker inspect --format '{{.Id}}' \"$c\" 2>/dev/null)\"; done")
+    return {parts[0]: parts[1] for parts in (line.split() for line in out.splitlines()) if len(parts) == 2}
+
+
+def forget_previous(rollout, name: str) -> None:
+    """After a validated update, the kept previous containers are not needed (nor their images' disk)."""
+    from operations.containers import previous_name
+
+    fleet = _fleet(rollout)
+    names = [previous_name(f"vllm-{r.name}") for r in replicas_of(fleet.hosts[name])]
+    with _on_node(rollout, name) as (host, _):
+        shell(host, "docker rm -f " + " ".join(shlex.quote(n) for n in names) + " >/dev/null 2>&1; true")
+
+
+def rollback(rollout, name: str, before: dict[str, str]) -> None:
+    """Put back each container the update replaced (its id changed) and wait until it is ready.
+
+    A replica whose container is the one that ran before the update is left alone: the kept
+    ``.gpufleet-previous`` may be older than it.
+    """
     from operations.containers import rollback_command
 
     fleet = _fleet(rollout)
     node = fleet.hosts[name]
+    now = container_ids(rollout, name)
     with _on_node(rollout, name) as (host, _):
         for r in replicas_of(node):
-            ok, out = shell(host, rollback_command(f"vllm-{r.name}", node.settings.vllm_stop_timeout_effective()),
-                            timeout=600)
+            container = f"vllm-{r.name}"
+            if container in before and now.get(container) == before[container]:
+                continue
+            ok, out = shell(host, rollback_command(container, node.settings.vllm_restart_policy,
+                                                   node.settings.vllm_stop_timeout_effective()),
+                            timeout=node.settings.vllm_stop_timeout_effective() + 120)
             if not ok:
-                raise StepError(f"rollback of vllm-{r.name}: {out.strip()[-300:]}")
+                raise StepError(f"rollback of {container}: {out.strip()[-300:]}")
     ok, why = validate_ready_only(rollout, name)
     if not ok:
         raise StepError(why)

@@ -22,19 +22,23 @@ def parse_in_flight(text: str) -> int | None:
         return None
 
 
-def wait_idle(host, urls: list[str], timeout: float, interval: float = 1.0) -> tuple[bool, str]:
+def wait_idle(host, urls: list[str], timeout: float, interval: float = 1.0, quiet_reads: int = 3) -> tuple[bool, str]:
     """Wait until every replica has no request running or waiting; ``(idle, what was seen last)``.
 
-    A replica that does not answer /metrics has nothing in flight that a drain could save.
+    Idle means ``quiet_reads`` readings in a row, so that a request nginx sent just before the
+    reload is counted. A replica that does not answer /metrics has nothing in flight that a
+    drain could save.
     """
     started = time.monotonic()
+    quiet = 0
     while True:
         counts = {}
         for url in urls:
             ok, out = shell(host, in_flight_command(url), timeout=30)
             counts[url] = parse_in_flight(out) if ok else None
         busy = {u: n for u, n in counts.items() if n}
-        if not busy:
+        quiet = 0 if busy else quiet + 1
+        if quiet >= quiet_reads:
             return True, f"idle after {time.monotonic() - started:.1f}s"
         if time.monotonic() - started >= timeout:
             return False, f"still busy after {timeout:.0f}s: " + ", ".join(f"{u} {n} requests" for u, n in busy.items())

@@ -89,17 +89,20 @@ def previous_name(name: str) -> str:
     return f"{name}{PREVIOUS_SUFFIX}"
 
 
-def rollback_command(name: str, stop_timeout: int | None = None) -> str:
+def rollback_command(name: str, restart: str, stop_timeout: int | None = None) -> str:
     """Shell that puts the kept previous container back in place of ``name`` and starts it.
 
-    Exits 3 with a message when there is nothing to roll back to.
+    The kept container was set to ``--restart no`` (so that no Docker restart or reboot brings
+    it back beside its successor); it gets ``restart`` back. Exits 3 when there is nothing to
+    roll back to.
     """
     q, prev = shlex.quote(name), shlex.quote(previous_name(name))
     timeout = f" -t {int(stop_timeout)}" if stop_timeout is not None else ""
     return (f"docker inspect --type container {prev} >/dev/null 2>&1 || "
             f"{{ echo 'no previous container {previous_name(name)} to roll back to' >&2; exit 3; }}; "
             f"docker stop{timeout} {q} >/dev/null 2>&1; docker rm -f {q} >/dev/null 2>&1; "
-            f"docker rename {prev} {q} && docker start {q} >/dev/null")
+            f"docker rename {prev} {q} && docker update --restart {shlex.quote(restart)} {q} >/dev/null && "
+            f"docker start {q} >/dev/null")
 
 
 @operation()
@@ -136,8 +139,9 @@ def container(spec: ContainerSpec, keep_previous: bool = False):
         name = shlex.quote(spec.name)
         if keep_previous:
             prev = shlex.quote(previous_name(spec.name))
+            # Kept with --restart no: a Docker restart or reboot must not start it beside its successor.
             yield (f"docker stop{timeout} {name} >/dev/null; docker rm -f {prev} >/dev/null 2>&1; "
-                   f"docker rename {name} {prev}")
+                   f"docker rename {name} {prev} && docker update --restart no {prev} >/dev/null")
         else:
             yield f"docker stop{timeout} {name} >/dev/null; docker rm -f {name} >/dev/null"
     yield spec.run_command()

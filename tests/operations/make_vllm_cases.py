@@ -52,7 +52,7 @@ write("vllm.replica", "max_model_len_change_recreates", {
     "kwargs": new,
     "facts": {"files.File": NO_SECRETS, "files.Directory": {"path=/var/lib/gpufleet/hf-cache": DIR_OK},
               "docker.ContainerState": {f"container={NAME}": running(spec.digest())}},
-    "commands": [f"docker stop -t 45 {NAME} >/dev/null; docker rm -f {NAME}.gpufleet-previous >/dev/null 2>&1; docker rename {NAME} {NAME}.gpufleet-previous", newspec.run_command()]})
+    "commands": [f"docker stop -t 45 {NAME} >/dev/null; docker rm -f {NAME}.gpufleet-previous >/dev/null 2>&1; docker rename {NAME} {NAME}.gpufleet-previous && docker update --restart no {NAME}.gpufleet-previous >/dev/null", newspec.run_command()]})
 
 # 3. first run, token + API key already on the host: only --env-file paths and digests on the command line
 tok = "tests/fixtures/vllm/hf-token"
@@ -97,7 +97,7 @@ write("vllm.replica", "rotated_token_recreates", {
               "files.Directory": {"path=/var/lib/gpufleet/hf-cache": DIR_OK},
               "docker.ContainerState": {f"container={NAME}": running(oldspec.digest())}},
     "commands": [secret_write(vllm.HF_TOKEN_ENV_FILE, tok_text),
-                 f"docker stop -t 45 {NAME} >/dev/null; docker rm -f {NAME}.gpufleet-previous >/dev/null 2>&1; docker rename {NAME} {NAME}.gpufleet-previous", secspec.run_command()]})
+                 f"docker stop -t 45 {NAME} >/dev/null; docker rm -f {NAME}.gpufleet-previous >/dev/null 2>&1; docker rename {NAME} {NAME}.gpufleet-previous && docker update --restart no {NAME}.gpufleet-previous >/dev/null", secspec.run_command()]})
 
 # 5. --api-key in extra args is refused
 write("vllm.replica", "api_key_on_command_line_refused", {

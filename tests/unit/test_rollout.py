@@ -81,3 +81,116 @@ def test_the_gate_lets_fresh_nodes_and_the_lock_holder_through(monkeypatch):
         gate_module.ServingGate()
     with pytest.raises(OperationError, match="held by rollout"):
         gate_module.ServingGate(rollout_id="r-other")
+
+
+class FakeSteps:
+    """The rollout's steps, recorded; ``fail`` names a step and a node that fail."""
+
+    class StepError(Exception):
+        pass
+
+    def __init__(self, fail=()):
+        self.fail = set(fail)
+        self.calls = []
+
+    def _do(self, step, name):
+        self.calls.append((step, name))
+        if (step, name) in self.fail:
+            raise self.StepError(f"{step} failed on {name}")
+
+    def prepare(self, rollout, nodes):
+        self.calls.append(("prepare", tuple(nodes)))
+        return {n: None for n in nodes}
+
+    def lock(self, rollout, name, state):
+        self._do("lock", name)
+
+    def unlock(self, rollout, name):
+        self._do("unlock", name)
+
+    def drain(self, rollout, name):
+        self._do("drain", name)
+
+    def undrain(self, rollout, name):
+        self._do("undrain", name)
+
+    def container_ids(self, rollout, name):
+        return {f"vllm-{name}-vllm-0": "old"}
+
+    def update(self, rollout, name):
+        self.calls.append(("update", name))
+        return ("update", name) not in self.fail, "the deploy failed"
+
+    def validate(self, rollout, name):
+        self.calls.append(("validate", name))
+        return ("validate", name) not in self.fail, "not ready"
+
+    def rollback(self, rollout, name, before):
+        self._do("rollback", name)
+        assert before == {f"vllm-{name}-vllm-0": "old"}
+
+    def forget_previous(self, rollout, name):
+        self.calls.append(("forget_previous", name))
+
+
+def _rollout(tmp_path, monkeypatch, changes=("vLLM replica x",)):
+    monkeypatch.setenv("GPUFLEET_STATE_DIR", str(tmp_path))
+    nodes = {n: NodeRollout(n, changes=list(changes), disruptive=True) for n in ("n1", "n2")}
+    return Rollout("r-test", "inventory/lab.py", {}, "me@ctl", "t0", 1, 1, nodes, [["n1"], ["n2"]])
+
+
+def _run(rollout, fake, monkeypatch):
+    import sys
+
+    import gpufleet
+    from gpufleet import rollout as rl
+
+    # Runner.run imports gpufleet.rollout_steps when it starts: hand it the fake instead.
+    monkeypatch.setitem(sys.modules, "gpufleet.rollout_steps", fake)
+    monkeypatch.setattr(gpufleet, "rollout_steps", fake, raising=False)
+    return rl.Runner(rollout, say=lambda line: None).run()
+
+
+def test_every_node_goes_through_the_states_in_order(tmp_path, monkeypatch):
+    r = _rollout(tmp_path, monkeypatch)
+    fake = FakeSteps()
+    assert _run(r, fake, monkeypatch) == 0
+    assert [s for s, _ in r.nodes["n1"].history] == ["draining", "updating", "validating", "undraining", "done"]
+    n1 = [c for c in fake.calls if c[1] == "n1"]
+    assert n1 == [("lock", "n1"), ("drain", "n1"), ("update", "n1"), ("validate", "n1"),
+                  ("forget_previous", "n1"), ("undrain", "n1"), ("unlock", "n1")]
+    assert fake.calls.index(("unlock", "n1")) < fake.calls.index(("lock", "n2"))  # one node at a time
+
+
+def test_a_failed_canary_is_rolled_back_undrained_and_stops_the_rollout(tmp_path, monkeypatch):
+    r = _rollout(tmp_path, monkeypatch)
+    fake = FakeSteps(fail={("validate", "n1")})
+    assert _run(r, fake, monkeypatch) == 2
+    assert r.nodes["n1"].state == "rolled-back" and r.nodes["n2"].state == "pending"
+    assert ("rollback", "n1") in fake.calls and ("undrain", "n1") in fake.calls
+    assert not any(c[1] == "n2" for c in fake.calls)
+    assert last_unfinished("inventory/lab.py").id == "r-test"  # --resume finds it
+
+
+def test_a_driver_change_that_fails_stays_drained_and_is_never_rolled_back(tmp_path, monkeypatch):
+    r = _rollout(tmp_path, monkeypatch, changes=("NVIDIA driver (open modules)",))
+    fake = FakeSteps(fail={("update", "n1")})
+    assert _run(r, fake, monkeypatch) == 2
+    assert r.nodes["n1"].state == "failed" and "stays drained and locked" in r.nodes["n1"].error
+    assert ("rollback", "n1") not in fake.calls and ("undrain", "n1") not in fake.calls
+
+
+def test_a_drain_that_times_out_puts_the_node_back_unchanged(tmp_path, monkeypatch):
+    r = _rollout(tmp_path, monkeypatch)
+    fake = FakeSteps(fail={("drain", "n1")})
+    assert _run(r, fake, monkeypatch) == 2
+    assert r.nodes["n1"].state == "failed"
+    assert ("update", "n1") not in fake.calls and ("undrain", "n1") in fake.calls
+
+
+def test_resume_skips_done_nodes(tmp_path, monkeypatch):
+    r = _rollout(tmp_path, monkeypatch)
+    r.nodes["n1"].state = "done"
+    fake = FakeSteps()
+    assert _run(r, fake, monkeypatch) == 0
+    assert not any(c[1] == "n1" for c in fake.calls if c[0] != "prepare")
