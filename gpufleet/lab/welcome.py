@@ -19,7 +19,8 @@ def welcome_text(hosts: list[LabHost] | None = None, data: dict | None = None) -
         lines += [
             f"  vLLM behind nginx ({lbs[0].name}):  {lb_url}/v1",
             f"    curl -s {lb_url}/v1/completions -H 'Content-Type: application/json' -d '{body}'",
-            f"  Prometheus ({lbs[0].name}):         http://127.0.0.1:{lbs[0].service_ports()[9090]}/targets",
+            f"  Prometheus ({lbs[0].name}):         http://127.0.0.1:{lbs[0].service_ports()[9090]}/api/v1/targets"
+            "  (Debian builds Prometheus without its web UI: the HTTP API answers)",
         ]
     if nodes and data.get("app_image"):
         app_url = f"http://127.0.0.1:{nodes[0].service_ports()[8080]}"
