@@ -163,20 +163,12 @@ def update(rollout, name: str) -> tuple[bool, str]:
 def validate(rollout, name: str) -> tuple[bool, str]:
     """Readiness by a real completion, the NCCL vLLM loads, and the verify ladder."""
     from gpufleet import verify
-    from operations import vllm
     from operations.facts.docker import VllmNcclVersions
 
-    fleet = _fleet(rollout)
-    node = fleet.hosts[name]
-    s = node.settings
-    for r in replicas_of(node):
-        ready = run_on(rollout.inventory, [name], vllm.ready,
-                       lambda _: {"name": f"validate {r.name}", "container": f"vllm-{r.name}",
-                                  "url": f"http://{r.address}:{r.port}", "served_model_name": s.vllm_served_model_name,
-                                  "timeout": s.vllm_ready_timeout, "api_key": s.vllm_api_key_file is not None},
-                       overrides=_overrides(rollout))
-        if ready.get(name):
-            return False, f"{r.name} is not ready: {ready[name]}"
+    ready, why = replicas_ready(rollout, name)
+    if not ready:
+        return False, why
+    s = _fleet(rollout).hosts[name].settings
     with _on_node(rollout, name) as (host, _):
         loaded = host.get_fact(VllmNcclVersions)["containers"]
     wrong = {c: v for c, v in loaded.items() if v != s.nccl_version}
@@ -231,16 +223,16 @@ def rollback(rollout, name: str, before: dict[str, str]) -> None:
                             timeout=node.settings.vllm_stop_timeout_effective() + 120)
             if not ok:
                 raise StepError(f"rollback of {container}: {out.strip()[-300:]}")
-    ok, why = validate_ready_only(rollout, name)
+    ok, why = replicas_ready(rollout, name)
     if not ok:
-        raise StepError(why)
+        raise StepError(f"after the rollback: {why}")
 
 
-def validate_ready_only(rollout, name: str) -> tuple[bool, str]:
+def replicas_ready(rollout, name: str) -> tuple[bool, str]:
+    """Each replica of the node answers /health, lists its model and completes a prompt (operations/vllm.ready)."""
     from operations import vllm
 
-    fleet = _fleet(rollout)
-    node = fleet.hosts[name]
+    node = _fleet(rollout).hosts[name]
     s = node.settings
     for r in replicas_of(node):
         ready = run_on(rollout.inventory, [name], vllm.ready,
@@ -249,5 +241,5 @@ def validate_ready_only(rollout, name: str) -> tuple[bool, str]:
                                   "timeout": s.vllm_ready_timeout, "api_key": s.vllm_api_key_file is not None},
                        overrides=_overrides(rollout))
         if ready.get(name):
-            return False, f"{r.name} is not ready after the rollback: {ready[name]}"
+            return False, f"{r.name} is not ready: {ready[name]}"
     return True, ""
