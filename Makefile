@@ -8,9 +8,10 @@ INVENTORY ?= inventory/lab.py
 LAB_NODES ?= 2
 LAB_LBS   ?= 1
 PYTEST_ARGS ?=
+ROLLOUT_ARGS ?=
 BENCH_SIZES ?= 1 2 4
 
-.PHONY: help install deploy deploy-dry validate inventory lab-up lab-down lab-purge lab-status \
+.PHONY: help install deploy deploy-dry validate verify drift rollout inventory lab-up lab-down lab-purge lab-status \
         test test-unit test-lab lint plan clean bench
 
 help:  ## list the verbs
@@ -32,6 +33,15 @@ deploy-dry: install  ## show what a deploy would change, change nothing
 
 validate: install  ## check every host's data in $(INVENTORY); exit 1 on any error
 	$(BIN)/gpufleet validate $(INVENTORY)
+
+verify: install  ## the verify ladder on every GPU node of $(INVENTORY) (exit 0 pass, 2 a check failed, 1 unreachable)
+	$(BIN)/gpufleet verify $(INVENTORY)
+
+drift: install  ## compare every host of $(INVENTORY) with the repository (exit 0 clean, 2 drift, 1 not checked)
+	$(BIN)/gpufleet drift $(INVENTORY)
+
+rollout: install  ## roll a change across $(INVENTORY) node by node: make rollout ROLLOUT_ARGS="--data k=v"
+	$(BIN)/gpufleet rollout $(INVENTORY) $(ROLLOUT_ARGS)
 
 inventory: install  ## list nodes and load-balanced replicas of $(INVENTORY)
 	$(BIN)/gpufleet inventory $(INVENTORY)
