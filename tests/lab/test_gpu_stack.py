@@ -49,7 +49,11 @@ def test_daemon_json_is_merged_as_data_and_foreign_keys_survive(deployed, hosts)
     # Docker restart restarts the node's containers, so readiness gates may wait for them too.)
     del config["runtimes"]
     node.run(f"printf '%s' '{json.dumps(config)}' > /etc/docker/daemon.json")
-    result = deploy("--limit", "gpu-node-1")
+    # On a live node the serving gate refuses a Docker restart outside a rollout...
+    refused = deploy("--limit", "gpu-node-1")
+    assert refused["rc"] != 0 and "would interrupt serving" in refused["stderr"], refused["stderr"][-2000:]
+    # ... and a maintenance window lets it through.
+    result = deploy("--limit", "gpu-node-1", "--data", "allow_serving_disruption=true")
     assert {"Docker daemon.json: nvidia runtime", "Restart Docker for the toolkit"} <= set(result["changed"])
     assert all(op.startswith(("Docker daemon.json", "Restart Docker")) or "healthy" in op or "ready" in op
                for op in result["changed"]), result["changed"]
