@@ -22,7 +22,9 @@ from pyinfra.api.exceptions import PyinfraError
 from gpufleet.fleet import GROUP_DATA, Fleet, fleet_from_inventory
 from gpufleet.settings import HostSettings, SettingsError, SettingsIssue, format_issues
 
-_validated: dict[int, Fleet | SettingsError] = {}
+# id(inventory) -> (the inventory, its result). The object is kept with its result: an id can be
+# reused once an inventory is gone (several in-process runs), and a stale fleet must never match.
+_validated: dict[int, tuple[object, Fleet | SettingsError]] = {}
 
 
 class InventoryDataError(PyinfraError):
@@ -45,12 +47,13 @@ def _validate(inventory) -> Fleet | SettingsError:
 def fleet_for(inventory) -> Fleet:
     """The validated fleet, or InventoryDataError (every problem, as a table) before anything runs."""
     key = id(inventory)
-    if key not in _validated:
-        _validated[key] = _validate(inventory)
-        result = _validated[key]
+    cached = _validated.get(key)
+    if cached is None or cached[0] is not inventory:
+        result = _validate(inventory)
+        _validated[key] = (inventory, result)
         if isinstance(result, Fleet) and result.warnings:
             logger.warning("gpufleet: allowed, but not for production:\n" + format_issues(result.warnings))
-    result = _validated[key]
+    result = _validated[key][1]
     if isinstance(result, SettingsError):
         raise InventoryDataError(
             "invalid inventory data; no host was changed. Fix these and run again:\n" + str(result)

@@ -243,8 +243,11 @@ def replica(container: str, image: str, model: str, served_model_name: str, port
                         quantization=quantization, extra_args=extra_args, env=env, shm_size=shm_size,
                         hf_cache_dir=hf_cache_dir, shutdown_timeout=shutdown_timeout, stop_timeout=stop_timeout,
                         restart=restart, env_files=env_files)
-    for path, variables in wanted.items():
-        yield from secrets.env_file._inner(dest=path, variables=variables)
+    # Every secret file is looked at before the first command: a plan (`--dry`) stops reading an
+    # operation at its first command, and each file must still say that it differs.
+    secret_commands = [c for path, variables in wanted.items()
+                       for c in secrets.env_file._inner(dest=path, variables=variables)]
+    yield from secret_commands
     if hf_cache_dir:
         yield from files.directory._inner(path=hf_cache_dir, user="root", group="root", mode="755")
     # The replaced container is kept, stopped, so that a rollout can roll this replica back.
