@@ -10,13 +10,13 @@ from pyinfra.operations import server, systemd
 from pyinfra.operations.util import any_changed
 
 from gpufleet.deploy_args import vllm_image_args
-from gpufleet.deploying import fleet_for
+from gpufleet.deploying import fleet_for, host_settings
 from gpufleet.fleet import replicas_of
 from operations import app, apt, distro_packages, docker, loadbalancer, milvus, monitoring, nvidia, preflight, vllm
 from operations.serving_gate import ServingGate
 
 fleet = fleet_for(inventory)
-settings = fleet.hosts[host.name].settings
+settings = host_settings(fleet, host)
 
 # --- every host -----------------------------------------------------------------------------------
 preflight.supported_os(name="Preflight: supported OS", supported=settings.supported_os)

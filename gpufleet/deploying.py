@@ -61,6 +61,16 @@ def fleet_for(inventory) -> Fleet:
     return result
 
 
+def host_settings(fleet: Fleet, host) -> HostSettings:
+    """The host's validated settings; a host the validated fleet does not hold stops the deploy."""
+    try:
+        return fleet.hosts[host.name].settings
+    except KeyError:
+        raise InventoryDataError(
+            f"{host.name} is not in the validated inventory; no host was changed. "
+            "run pyinfra from the repository root (group_data/ beside deploy.py)") from None
+
+
 def settings_for(inventory, host) -> HostSettings:
     return fleet_for(inventory).hosts[host.name].settings
 
