@@ -16,13 +16,15 @@ The policy:
 * **batches**: ``canary`` nodes first, then at most ``max_unavailable`` at a time, and never a
   batch that would leave no live replica behind the load balancers.
 * per node: take its lock (gpufleet/node_lock.py) -> drain its replicas on every load balancer
-  and wait until they have nothing running or waiting (vLLM's /metrics) -> converge it with
-  deploy.py -> validate (readiness by a real completion, the NCCL vLLM loads, the verify
-  ladder) -> undrain -> release the lock.
-* **failure** stops the rollout (exit 2): a container or configuration change is rolled back to
-  the container the update replaced (kept stopped as ``<name>.gpufleet-previous``) and the node
-  is undrained once ready; a driver, toolkit or engine change, or an unreachable node, stays
-  drained and failed. The rest of the fleet keeps serving.
+  and wait until they have nothing running or waiting (vLLM's /metrics) -> for a GPU-stack
+  change (driver, toolkit, engine, daemon.json), stop the node's GPU containers -> converge it
+  with deploy.py (which reboots when the loaded driver is not the pin, and checks the new one
+  loaded) -> validate (readiness by a real completion, the loaded driver and the NCCL vLLM loads
+  are the pins, the verify ladder) -> undrain -> release the lock.
+* **failure** stops the rollout (exit 2): a replica change is rolled back to the container the
+  update replaced (kept stopped as ``<name>.gpufleet-previous``) and the node is undrained once
+  ready; a GPU-stack change, or an unreachable node, stays drained and failed. The rest of the
+  fleet keeps serving.
 
 The state lives on the control host (one JSON file per rollout, ``GPUFLEET_STATE_DIR`` or
 ``~/.local/state/gpufleet/rollouts``) and in a lock on each node; ``--resume`` continues the
@@ -46,8 +48,8 @@ from typing import Any, Callable
 PENDING, DRAINING, UPDATING, VALIDATING, UNDRAINING = "pending", "draining", "updating", "validating", "undraining"
 DONE, FAILED, ROLLED_BACK = "done", "failed", "rolled-back"
 FINAL = (DONE, FAILED, ROLLED_BACK)
-# Changes that are not rolled back automatically: a driver is never downgraded by a machine.
-NO_ROLLBACK_OPS = ("NVIDIA driver", "NVIDIA Container Toolkit", "Docker engine", "Reboot")
+# What a disruptive change needs, from the serving gate's typed refusal (operations/serving_gate.py).
+REPLICAS, GPU_STACK = "replicas", "gpu-stack"
 
 EXIT_DONE, EXIT_CANNOT_START, EXIT_STOPPED = 0, 1, 2
 
@@ -61,6 +63,9 @@ class NodeRollout:
     name: str
     changes: list[str] = field(default_factory=list)
     disruptive: bool = False
+    # REPLICAS (recreated; rolled back on failure) or GPU_STACK (driver, toolkit, engine,
+    # daemon.json, reboot: GPU containers stopped first, never rolled back automatically).
+    kind: str = ""
     state: str = PENDING
     error: str | None = None
     history: list[tuple[str, float]] = field(default_factory=list)  # (state, seconds since start)
@@ -69,7 +74,7 @@ class NodeRollout:
 
     @property
     def rollback_allowed(self) -> bool:
-        return not any(c.startswith(NO_ROLLBACK_OPS) for c in self.changes)
+        return self.kind != GPU_STACK  # a machine never downgrades a driver
 
 
 @dataclass
@@ -141,13 +146,20 @@ def make_batches(nodes: list[str], canary: int, max_unavailable: int) -> list[li
     return [b for b in batches if b]
 
 
-def check_capacity(batches: list[list[str]], node_replicas: dict[str, list[str]], all_replicas: list[str]) -> None:
-    """Refuse a plan in which a drained batch would leave no live replica behind the load balancers."""
+def check_capacity(batches: list[list[str]], node_replicas: dict[str, list[str]], live_replicas: list[str]) -> None:
+    """Refuse a plan in which a drained batch would leave no live replica behind the load balancers.
+
+    ``live_replicas`` are the replicas running *now* (read from the nodes while planning), not the
+    inventory's: a replica that is down or on an unreachable node does not carry traffic.
+    """
     for batch in batches:
         drained = {r for n in batch for r in node_replicas.get(n, [])}
-        if drained and not set(all_replicas) - drained:
-            raise RolloutError(f"draining {', '.join(batch)} together would leave no live replica behind the load "
-                               "balancers: lower --max-unavailable/--canary, or add a replica")
+        left = set(live_replicas) - drained
+        if drained and not left:
+            live = ", ".join(sorted(live_replicas)) or "none"
+            raise RolloutError(f"draining {', '.join(batch)} would leave no live replica behind the load "
+                               f"balancers (live now: {live}): lower --max-unavailable/--canary, bring a replica "
+                               "back, or add one")
 
 
 # ----------------------------------------------------------------------------------- running -----
@@ -196,6 +208,8 @@ class Runner:
             if not node.before:  # on --resume, keep what was there before the first attempt
                 node.before = steps.container_ids(r, node.name)
             self.node_state(node, UPDATING)
+            if node.kind == GPU_STACK:  # a new driver or a daemon-reload takes the GPUs from running containers
+                steps.stop_gpu_containers(r, node.name)
             updated, why = steps.update(r, node.name)
             if updated:
                 self.node_state(node, VALIDATING)

@@ -30,8 +30,14 @@ def _overrides(rollout, **more) -> dict[str, Any]:
     return {**rollout.overrides, "rollout_id": rollout.id, **more}
 
 
+_fleets: dict[str, Any] = {}
+
+
 def _fleet(rollout):
-    return load_fleet(rollout.inventory, _overrides(rollout))
+    """The rollout's validated fleet, loaded once per rollout (its data never changes mid-rollout)."""
+    if rollout.id not in _fleets:
+        _fleets[rollout.id] = load_fleet(rollout.inventory, _overrides(rollout))
+    return _fleets[rollout.id]
 
 
 @contextmanager
@@ -47,28 +53,37 @@ def _on_node(rollout, name: str):
 # ------------------------------------------------------------------------------ plan -------------
 
 def plan(inventory: str, overrides: dict[str, Any], limit: tuple[str, ...], rollout_id: str) -> dict[str, Any]:
-    """``{"nodes": {node: (changes, disruptive)}, "unreachable": [...], "blocked": {node: why}, "lbs": {lb: changes}}``.
+    """What to roll, read from the nodes as deploy.py plans them.
+
+    ``{"nodes": {node: (changes, kind)}, "live": [replica running now], "unreachable": [...],
+    "blocked": {node: why}, "lbs": {lb: changes}, "fleet": Fleet}``; ``kind`` is ``""`` for a
+    change made in place, else the serving gate's kind (``replicas`` or ``gpu-stack``).
 
     Planned with the rollout's id and no lock yet: the serving gate refuses exactly the nodes
-    whose changes would interrupt live replicas, which is what makes them disruptive.
+    whose changes would interrupt live replicas (a typed ServingInterruption), which is what
+    makes them disruptive. Any other refusal (another rollout's lock) blocks the rollout.
     """
     from gpufleet.planrun import planned
+    from operations.facts.rollout import LiveReplicas
 
-    out: dict[str, Any] = {"nodes": {}, "unreachable": [], "blocked": {}, "lbs": {}}
+    out: dict[str, Any] = {"nodes": {}, "live": [], "unreachable": [], "blocked": {}, "lbs": {}}
     with planned(inventory, limit, {**overrides, "rollout_id": rollout_id}) as p:
         out["unreachable"] = sorted(p.unreachable)
         out["blocked"].update(p.errors)
         for host in p.hosts:
             changes = [op.name for op in p.ops(host) if op.will_change and not op.conditional]
-            refused = p.refusals.get(host.name)
-            if refused and "would interrupt serving" not in refused:
-                out["blocked"][host.name] = refused  # e.g. another rollout's lock
+            interruption = p.interruptions.get(host.name)
+            if host.name in p.refusals and interruption is None:
+                out["blocked"][host.name] = p.refusals[host.name]  # e.g. another rollout's lock
                 continue
             if "gpu_nodes" in host.groups:
-                if refused:
-                    changes.append(refused.split(" would interrupt serving")[0])
+                with ctx_state.use(p.state), ctx_host.use(host):
+                    running = host.get_fact(LiveReplicas)
+                out["live"] += [r.name for r in replicas_of(p.fleet.hosts[host.name]) if f"vllm-{r.name}" in running]
+                if interruption is not None:
+                    changes.append(interruption.what)
                 if changes:
-                    out["nodes"][host.name] = (changes, bool(refused))
+                    out["nodes"][host.name] = (changes, interruption.kind if interruption else "")
             elif changes:
                 out["lbs"][host.name] = changes
         out["fleet"] = p.fleet
@@ -142,6 +157,26 @@ def undrain(rollout, name: str) -> None:
     _lb_step(rollout, name, "undrain")
 
 
+def stop_gpu_containers(rollout, name: str) -> None:
+    """Stop every running container that holds a GPU on the drained node (each with its stop timeout).
+
+    A GPU-stack change needs them stopped: a new driver, a toolkit upgrade or a daemon-reload
+    takes the GPUs away from running containers. They stay stopped (not removed): deploy.py
+    starts them again once the stack is converged, with the same spec.
+    """
+    from operations.facts.docker import GpuContainers
+
+    timeout = _fleet(rollout).hosts[name].settings.vllm_stop_timeout_effective()
+    with _on_node(rollout, name) as (host, _):
+        running = host.get_fact(GpuContainers)["containers"]
+        if not running:
+            return
+        ok, out = shell(host, f"docker stop -t {timeout} " + " ".join(shlex.quote(c) for c in running),
+                        timeout=timeout + 60)
+    if not ok:
+        raise StepError(f"stopping the GPU containers {', '.join(running)}: {out.strip()[-300:]}")
+
+
 # ------------------------------------------------------------------------------ update -----------
 
 def update(rollout, name: str) -> tuple[bool, str]:
@@ -161,16 +196,20 @@ def update(rollout, name: str) -> tuple[bool, str]:
 # ------------------------------------------------------------------------------ validate ---------
 
 def validate(rollout, name: str) -> tuple[bool, str]:
-    """Readiness by a real completion, the NCCL vLLM loads, and the verify ladder."""
+    """Readiness by a real completion, the loaded driver and the NCCL vLLM loads are the pins, the verify ladder."""
     from gpufleet import verify
     from operations.facts.docker import VllmNcclVersions
+    from operations.facts.gpu import NvidiaDriver
 
     ready, why = replicas_ready(rollout, name)
     if not ready:
         return False, why
     s = _fleet(rollout).hosts[name].settings
     with _on_node(rollout, name) as (host, _):
+        driver = host.get_fact(NvidiaDriver, path=s.nvidia_proc_version_path)
         loaded = host.get_fact(VllmNcclVersions)["containers"]
+    if driver.get("version") != s.nvidia_driver_version:
+        return False, f"the loaded driver is {driver.get('version') or 'none'}, not the pin {s.nvidia_driver_version}"
     wrong = {c: v for c, v in loaded.items() if v != s.nccl_version}
     if wrong:
         return False, "NCCL inside the container is not the pin: " + ", ".join(f"{c} loads {v}" for c, v in wrong.items())

@@ -6,8 +6,8 @@ import pytest
 from pyinfra.api import OperationError
 
 import operations.serving_gate as gate_module
-from gpufleet.rollout import (DONE, FAILED, PENDING, NodeRollout, Rollout, RolloutError, check_capacity,
-                              last_unfinished, make_batches)
+from gpufleet.rollout import (DONE, FAILED, GPU_STACK, PENDING, REPLICAS, NodeRollout, Rollout, RolloutError,
+                              check_capacity, last_unfinished, make_batches)
 
 
 def test_canary_first_then_batches_of_max_unavailable():
@@ -26,9 +26,38 @@ def test_a_batch_that_would_leave_no_live_replica_is_refused():
         check_capacity([["n1", "n2"]], replicas, ["n1-vllm-0", "n2-vllm-0"])
 
 
-def test_driver_changes_are_never_rolled_back_automatically():
-    assert NodeRollout("n1", changes=["vLLM replica n1-vllm-0"]).rollback_allowed
-    assert not NodeRollout("n1", changes=["NVIDIA driver (open modules)", "vLLM replica x"]).rollback_allowed
+def test_capacity_counts_the_replicas_running_now_not_the_inventory():
+    replicas = {"n1": ["n1-vllm-0"], "n2": ["n2-vllm-0"], "n3": ["n3-vllm-0"]}
+    check_capacity([["n1"], ["n2", "n3"]], replicas, ["n1-vllm-0", "n2-vllm-0", "n3-vllm-0"])
+    # n1's replica is down: draining n2 and n3 together would leave nothing serving.
+    with pytest.raises(RolloutError, match=r"live now: n2-vllm-0, n3-vllm-0"):
+        check_capacity([["n1"], ["n2", "n3"]], replicas, ["n2-vllm-0", "n3-vllm-0"])
+
+
+def test_gpu_stack_changes_are_never_rolled_back_automatically():
+    assert NodeRollout("n1", changes=["vLLM replica n1-vllm-0"], kind=REPLICAS).rollback_allowed
+    assert not NodeRollout("n1", changes=["NVIDIA driver (open modules)"], kind=GPU_STACK).rollback_allowed
+
+
+def test_the_refusals_say_what_a_rollout_must_do_by_type(monkeypatch):
+    from operations import docker
+
+    monkeypatch.setattr(gate_module, "host", FakeHost(None, ["vllm-gpu-node-1-vllm-0"]))
+    with pytest.raises(gate_module.ServingInterruption) as refused:
+        gate_module.ServingGate().check(Meta(True), "vLLM replica x (recreate)", kind=gate_module.REPLICAS)
+    assert (refused.value.what, refused.value.kind) == ("vLLM replica x (recreate)", REPLICAS)
+    with pytest.raises(gate_module.ServingInterruption) as refused:
+        gate_module.ServingGate().check(Meta(True), "NVIDIA driver (open modules)")
+    assert refused.value.kind == GPU_STACK
+
+    class Host:  # GPU containers run, no CDI: a daemon-reload would take their GPUs
+        def get_fact(self, fact):
+            return {"GpuContainers": {"containers": ["vllm-a"]}, "DockerDaemonConfig": {"config": {}}}[fact.__name__]
+
+    monkeypatch.setattr(docker, "host", Host())
+    with pytest.raises(gate_module.ServingInterruption) as refused:
+        docker.refuse_daemon_reload_under_gpu_containers("installing nvidia-open=580.105.08-1")
+    assert refused.value.kind == GPU_STACK and "vllm-a" in str(refused.value)
 
 
 def test_state_file_round_trip_and_resume_finds_the_unfinished_one(tmp_path, monkeypatch):
@@ -132,10 +161,13 @@ class FakeSteps:
     def forget_previous(self, rollout, name):
         self.calls.append(("forget_previous", name))
 
+    def stop_gpu_containers(self, rollout, name):
+        self._do("stop_gpu_containers", name)
 
-def _rollout(tmp_path, monkeypatch, changes=("vLLM replica x",)):
+
+def _rollout(tmp_path, monkeypatch, changes=("vLLM replica x",), kind=REPLICAS):
     monkeypatch.setenv("GPUFLEET_STATE_DIR", str(tmp_path))
-    nodes = {n: NodeRollout(n, changes=list(changes), disruptive=True) for n in ("n1", "n2")}
+    nodes = {n: NodeRollout(n, changes=list(changes), disruptive=True, kind=kind) for n in ("n1", "n2")}
     return Rollout("r-test", "inventory/lab.py", {}, "me@ctl", "t0", 1, 1, nodes, [["n1"], ["n2"]])
 
 
@@ -172,12 +204,25 @@ def test_a_failed_canary_is_rolled_back_undrained_and_stops_the_rollout(tmp_path
     assert last_unfinished("inventory/lab.py").id == "r-test"  # --resume finds it
 
 
+def test_a_driver_change_stops_the_gpu_containers_after_draining(tmp_path, monkeypatch):
+    r = _rollout(tmp_path, monkeypatch, changes=("NVIDIA driver (open modules)",), kind=GPU_STACK)
+    fake = FakeSteps()
+    assert _run(r, fake, monkeypatch) == 0
+    n1 = [c[0] for c in fake.calls if c[1] == "n1"]
+    assert n1 == ["lock", "drain", "stop_gpu_containers", "update", "validate", "forget_previous", "undrain", "unlock"]
+    replica_only = _rollout(tmp_path, monkeypatch)
+    fake = FakeSteps()
+    assert _run(replica_only, fake, monkeypatch) == 0
+    assert not any(c[0] == "stop_gpu_containers" for c in fake.calls)  # a recreate stops its own container
+
+
 def test_a_driver_change_that_fails_stays_drained_and_is_never_rolled_back(tmp_path, monkeypatch):
-    r = _rollout(tmp_path, monkeypatch, changes=("NVIDIA driver (open modules)",))
-    fake = FakeSteps(fail={("update", "n1")})
+    r = _rollout(tmp_path, monkeypatch, changes=("NVIDIA driver (open modules)",), kind=GPU_STACK)
+    fake = FakeSteps(fail={("validate", "n1")})
     assert _run(r, fake, monkeypatch) == 2
     assert r.nodes["n1"].state == "failed" and "stays drained and locked" in r.nodes["n1"].error
     assert ("rollback", "n1") not in fake.calls and ("undrain", "n1") not in fake.calls
+    assert not any(c[1] == "n2" for c in fake.calls if c[0] != "prepare")
 
 
 def test_a_drain_that_times_out_puts_the_node_back_unchanged(tmp_path, monkeypatch):
