@@ -19,7 +19,7 @@ from pyinfra.context import ctx_host, ctx_state
 from gpufleet import node_lock
 from gpufleet.apply import run_on
 from gpufleet.fleet import load_fleet, replicas_of
-from gpufleet.remote import connected, shell
+from gpufleet.remote import connected, run_parallel, shell
 
 
 class StepError(Exception):
@@ -87,7 +87,22 @@ def plan(inventory: str, overrides: dict[str, Any], limit: tuple[str, ...], roll
             elif changes:
                 out["lbs"][host.name] = changes
         out["fleet"] = p.fleet
+        planned_nodes = {h.name for h in p.hosts}
+    # Nodes left out by --limit still carry traffic while the limited ones are drained.
+    others = [n.name for n in out["fleet"].nodes if n.name not in planned_nodes and n.name not in out["unreachable"]]
+    if others:
+        out["live"] += live_replicas(inventory, others, overrides)
     return out
+
+
+def live_replicas(inventory: str, nodes: list[str], overrides: dict[str, Any]) -> list[str]:
+    """The replicas of ``nodes`` whose containers run now (an unreachable node's count as down)."""
+    from operations.facts.rollout import LiveReplicas
+
+    with connected(inventory, nodes, overrides) as (state, fleet, reachable, _):
+        running = run_parallel(state, reachable, lambda host: host.get_fact(LiveReplicas))
+    return [r.name for name, names in running.items() if isinstance(names, list)
+            for r in replicas_of(fleet.hosts[name]) if f"vllm-{r.name}" in names]
 
 
 # ------------------------------------------------------------------------------ prepare ----------
