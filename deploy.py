@@ -75,6 +75,11 @@ if "gpu_nodes" in host.groups:
     node = fleet.hosts[host.name]
     vllm.image(name="vLLM image (NCCL pinned inside)", **vllm_image_args(settings))
     vllm_tag = vllm.image_tag(settings.vllm_image, settings.nccl_version, settings.pip_install_args)
+    # First: a removed replica frees its GPUs and port for the ones below.
+    retired = vllm.retire_replicas(name="vLLM replicas removed from the inventory",
+                                   keep=[f"vllm-{r.name}" for r in replicas_of(node)],
+                                   stop_timeout=settings.vllm_stop_timeout_effective())
+    gate.check(retired, "vLLM replicas removed from the inventory (stop and remove)", kind=REPLICAS)
     for r in host.loop(replicas_of(node)):
         replica = vllm.replica(
             name=f"vLLM replica {r.name}", container=f"vllm-{r.name}", image=vllm_tag, model=settings.vllm_model,

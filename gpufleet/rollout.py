@@ -71,6 +71,8 @@ class NodeRollout:
     history: list[tuple[str, float]] = field(default_factory=list)  # (state, seconds since start)
     # Replica container ids before the update: a rollback puts back only what the update replaced.
     before: dict[str, str] = field(default_factory=dict)
+    # Replicas removed from the inventory that ran on the node when it was drained (retired by the update).
+    retiring: list[str] = field(default_factory=list)
 
     @property
     def rollback_allowed(self) -> bool:
@@ -204,7 +206,7 @@ class Runner:
             steps.lock(r, node.name, DRAINING)
             if node.disruptive:
                 self.node_state(node, DRAINING)
-                steps.drain(r, node.name)
+                node.retiring = sorted(set(node.retiring) | set(steps.drain(r, node.name) or []))
             if not node.before:  # on --resume, keep what was there before the first attempt
                 node.before = steps.container_ids(r, node.name)
             self.node_state(node, UPDATING)
@@ -219,7 +221,7 @@ class Runner:
             steps.forget_previous(r, node.name)
             if node.disruptive:
                 self.node_state(node, UNDRAINING)
-                steps.undrain(r, node.name)
+                steps.undrain(r, node.name, node.retiring)
             steps.unlock(r, node.name)
             self.node_state(node, DONE)
             return True
@@ -231,7 +233,7 @@ class Runner:
     def fail(self, node: NodeRollout, why: str, steps) -> bool:
         if node.state == DRAINING:  # nothing changed yet: put it back into rotation
             try:
-                steps.undrain(self.rollout, node.name)
+                steps.undrain(self.rollout, node.name, node.retiring)
                 steps.unlock(self.rollout, node.name)
             except Exception as exc:  # noqa: BLE001
                 why = f"{why}; undrain failed too: {exc}"
@@ -241,7 +243,7 @@ class Runner:
             self.say(f"{'':7}   {node.name:<16} rolling back: {why}")
             try:
                 steps.rollback(self.rollout, node.name, node.before)
-                steps.undrain(self.rollout, node.name)
+                steps.undrain(self.rollout, node.name, node.retiring)
                 steps.unlock(self.rollout, node.name)
                 self.node_state(node, ROLLED_BACK, why)
                 return False

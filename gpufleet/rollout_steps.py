@@ -55,7 +55,7 @@ def _on_node(rollout, name: str):
 def plan(inventory: str, overrides: dict[str, Any], limit: tuple[str, ...], rollout_id: str) -> dict[str, Any]:
     """What to roll, read from the nodes as deploy.py plans them.
 
-    ``{"nodes": {node: (changes, kind)}, "live": [replica running now], "unreachable": [...],
+    ``{"nodes": {node: (changes, kind)}, "live": {node: [replicas running now]}, "unreachable": [...],
     "blocked": {node: why}, "lbs": {lb: changes}, "fleet": Fleet}``; ``kind`` is ``""`` for a
     change made in place, else the serving gate's kind (``replicas`` or ``gpu-stack``).
 
@@ -66,7 +66,7 @@ def plan(inventory: str, overrides: dict[str, Any], limit: tuple[str, ...], roll
     from gpufleet.planrun import planned
     from operations.facts.rollout import LiveReplicas
 
-    out: dict[str, Any] = {"nodes": {}, "live": [], "unreachable": [], "blocked": {}, "lbs": {}}
+    out: dict[str, Any] = {"nodes": {}, "live": {}, "unreachable": [], "blocked": {}, "lbs": {}}
     with planned(inventory, limit, {**overrides, "rollout_id": rollout_id}) as p:
         out["unreachable"] = sorted(p.unreachable)
         out["blocked"].update(p.errors)
@@ -79,7 +79,7 @@ def plan(inventory: str, overrides: dict[str, Any], limit: tuple[str, ...], roll
             if "gpu_nodes" in host.groups:
                 with ctx_state.use(p.state), ctx_host.use(host):
                     running = host.get_fact(LiveReplicas)
-                out["live"] += [r.name for r in replicas_of(p.fleet.hosts[host.name]) if f"vllm-{r.name}" in running]
+                out["live"][host.name] = _replica_names(running)
                 if interruption is not None:
                     changes.append(interruption.what)
                 if changes:
@@ -91,18 +91,22 @@ def plan(inventory: str, overrides: dict[str, Any], limit: tuple[str, ...], roll
     # Nodes left out by --limit still carry traffic while the limited ones are drained.
     others = [n.name for n in out["fleet"].nodes if n.name not in planned_nodes and n.name not in out["unreachable"]]
     if others:
-        out["live"] += live_replicas(inventory, others, overrides)
+        out["live"].update(live_replicas(inventory, others, overrides))
     return out
 
 
-def live_replicas(inventory: str, nodes: list[str], overrides: dict[str, Any]) -> list[str]:
-    """The replicas of ``nodes`` whose containers run now (an unreachable node's count as down)."""
+def _replica_names(containers: list[str]) -> list[str]:
+    # Running replicas count whether the inventory still names them or not: they carry traffic.
+    return sorted(c.removeprefix("vllm-") for c in containers)
+
+
+def live_replicas(inventory: str, nodes: list[str], overrides: dict[str, Any]) -> dict[str, list[str]]:
+    """``{node: [replicas whose containers run now]}`` (an unreachable node is left out: nothing of it is live)."""
     from operations.facts.rollout import LiveReplicas
 
-    with connected(inventory, nodes, overrides) as (state, fleet, reachable, _):
+    with connected(inventory, nodes, overrides) as (state, _, reachable, _unreachable):
         running = run_parallel(state, reachable, lambda host: host.get_fact(LiveReplicas))
-    return [r.name for name, names in running.items() if isinstance(names, list)
-            for r in replicas_of(fleet.hosts[name]) if f"vllm-{r.name}" in names]
+    return {name: _replica_names(names) for name, names in running.items() if isinstance(names, list)}
 
 
 # ------------------------------------------------------------------------------ prepare ----------
@@ -135,17 +139,21 @@ def unlock(rollout, name: str) -> None:
 
 # ------------------------------------------------------------------------------ drain ------------
 
-def _lb_step(rollout, name: str, op_name: str) -> None:
+def _lb_step(rollout, name: str, op_name: str, retiring: list[str] = ()) -> None:
+    """``drain``/``undrain`` every replica of the node on every lb: the inventory's, and ``retiring``
+    (removed from the inventory, still running on the node: drained only where they are members)."""
     from operations import loadbalancer
 
     fleet = _fleet(rollout)
     lbs = [lb.name for lb in fleet.load_balancers]
     if not lbs:
         return
-    replicas = [r.name for r in replicas_of(fleet.hosts[name])]
+    replicas = [r.name for r in replicas_of(fleet.hosts[name])] + list(retiring)
     op = getattr(loadbalancer, op_name)
     for replica in replicas:
         extra = {"reason": f"rollout {rollout.id}"} if op_name == "drain" else {}
+        if op_name == "drain" and replica in retiring:
+            extra["only_if_member"] = True
         results = run_on(rollout.inventory, lbs, op,
                          lambda lb: {"name": f"{op_name} {replica}", "replica": replica,
                                      **loadbalancer.lb_args(fleet, lb), **extra},
@@ -155,21 +163,37 @@ def _lb_step(rollout, name: str, op_name: str) -> None:
             raise StepError(f"{op_name} {replica}: " + "; ".join(f"{lb}: {why}" for lb, why in failed.items()))
 
 
-def drain(rollout, name: str) -> None:
-    """Mark the node's replicas down on every load balancer, then wait until nothing is in flight."""
+def retiring_replicas(rollout, name: str) -> list[str]:
+    """Replicas whose containers run on the node but which the inventory no longer names."""
+    from operations.facts.rollout import ReplicaContainers
+
+    declared = {f"vllm-{r.name}" for r in replicas_of(_fleet(rollout).hosts[name])}
+    with _on_node(rollout, name) as (host, _):
+        present = host.get_fact(ReplicaContainers)
+    return [c.removeprefix("vllm-") for c in present if c not in declared]
+
+
+def drain(rollout, name: str) -> list[str]:
+    """Mark the node's replicas down on every load balancer, then wait until nothing is in flight.
+
+    Returns the node's retiring replicas (drained too; undrain them with the others once the
+    update removed them, which drops them from the lb config).
+    """
     from gpufleet.vllm_control import wait_idle
 
-    _lb_step(rollout, name, "drain")
+    retiring = retiring_replicas(rollout, name)
+    _lb_step(rollout, name, "drain", retiring)
     with _on_node(rollout, name) as (host, fleet):
         node = fleet.hosts[name]
         urls = [f"http://{r.address}:{r.port}" for r in replicas_of(node)]
         idle, seen = wait_idle(host, urls, timeout=node.settings.rollout_drain_timeout_s)
     if not idle:
         raise StepError(f"drain: {seen}")
+    return retiring
 
 
-def undrain(rollout, name: str) -> None:
-    _lb_step(rollout, name, "undrain")
+def undrain(rollout, name: str, retiring: list[str] = ()) -> None:
+    _lb_step(rollout, name, "undrain", retiring)
 
 
 def stop_gpu_containers(rollout, name: str) -> None:

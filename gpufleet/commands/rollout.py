@@ -81,8 +81,9 @@ def _plan(inventory_path, overrides, limit, canary, max_unavailable, say, steps,
         say("nothing to roll out: every node matches the repository")
         return None
     batches = rl.make_batches(changed, canary, max_unavailable)
-    node_replicas = {n.name: [r.name for r in replicas_of(n)] for n in fleet.nodes}
-    rl.check_capacity(batches, node_replicas, planned["live"])
+    live = planned["live"]  # {node: replicas running now, named in the inventory or being retired}
+    node_replicas = {n.name: sorted({r.name for r in replicas_of(n)} | set(live.get(n.name, []))) for n in fleet.nodes}
+    rl.check_capacity(batches, node_replicas, [r for names in live.values() for r in names])
     nodes = {n: rl.NodeRollout(n, changes=planned["nodes"][n][0], disruptive=bool(planned["nodes"][n][1]),
                                kind=planned["nodes"][n][1]) for n in changed}
     r = rl.Rollout(id=rollout_id, inventory=inventory_path, overrides=overrides, holder=rl.holder(),

@@ -222,3 +222,34 @@ def test_a_driver_version_is_rolled_out_with_no_failed_request(live, state_dir):
     assert loaded_driver("gpu-node-1") == pinned
     assert drained(live) == [] and not load.failures, load.failures[:5]
     assert load.ok > 10
+
+
+def lb_members(hosts) -> dict[str, str]:
+    """``{replica: "live" | "down"}`` from the nginx config in place on lb-1."""
+    lines = hosts["lb-1"].run("grep -E '^ +server .*;  # ' /etc/nginx/nginx.conf").stdout.splitlines()
+    return {line.split("# ", 1)[1].split()[0]: ("down" if " down;" in line else "live") for line in lines}
+
+
+def replica_containers(hosts, node: str) -> list[str]:
+    out = hosts[node].run("docker ps -a --filter label=io.gpufleet.role=vllm --format '{{.Names}}'").stdout
+    return sorted(out.split())
+
+
+def test_a_replaced_replica_is_retired_drained_and_the_new_one_joins_once_ready(live, state_dir):
+    """gpu-node-1's replica vllm-0 (port 8000) is replaced by vllm-1 (port 8001), then put back."""
+    moved = json.dumps([{"name": "vllm-1", "gpus": [0, 1], "port": 8001}])
+    with SteadyLoad() as load:
+        code, report, err = rollout("--data", f"vllm_replicas={moved}", "--limit", "gpu-node-1", state_dir=state_dir)
+        assert code == 0, err[-3000:]
+        assert report["nodes"]["gpu-node-1"]["retiring"] == ["gpu-node-1-vllm-0"]
+        assert replica_containers(live, "gpu-node-1") == ["vllm-gpu-node-1-vllm-1"]  # the old one is gone
+        members = lb_members(live)
+        assert members["gpu-node-1-vllm-1"] == "live" and "gpu-node-1-vllm-0" not in members
+        # gpu-node-2 was not rolled: its old replica keeps serving, its new one waits (not running yet).
+        assert members["gpu-node-2-vllm-0"] == "live" and members["gpu-node-2-vllm-1"] == "down"
+        code, report, err = rollout("--limit", "gpu-node-1", state_dir=state_dir)  # back to the inventory
+        assert code == 0, err[-3000:]
+    assert replica_containers(live, "gpu-node-1") == ["vllm-gpu-node-1-vllm-0"]
+    assert lb_members(live) == {"gpu-node-1-vllm-0": "live", "gpu-node-2-vllm-0": "live"}
+    assert drained(live) == [] and not load.failures, load.failures[:5]
+    assert deploy()["changed"] == {}

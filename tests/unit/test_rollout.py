@@ -139,9 +139,11 @@ class FakeSteps:
 
     def drain(self, rollout, name):
         self._do("drain", name)
+        return [f"{name}-vllm-old"]  # a replica removed from the inventory, still running
 
-    def undrain(self, rollout, name):
+    def undrain(self, rollout, name, retiring=()):
         self._do("undrain", name)
+        self.undrained_retiring = list(retiring)
 
     def container_ids(self, rollout, name):
         return {f"vllm-{name}-vllm-0": "old"}
@@ -192,6 +194,8 @@ def test_every_node_goes_through_the_states_in_order(tmp_path, monkeypatch):
     assert n1 == [("lock", "n1"), ("drain", "n1"), ("update", "n1"), ("validate", "n1"),
                   ("forget_previous", "n1"), ("undrain", "n1"), ("unlock", "n1")]
     assert fake.calls.index(("unlock", "n1")) < fake.calls.index(("lock", "n2"))  # one node at a time
+    # The replica removed from the inventory, drained with the node, is undrained (dropped) once retired.
+    assert r.nodes["n2"].retiring == ["n2-vllm-old"] and fake.undrained_retiring == ["n2-vllm-old"]
 
 
 def test_a_failed_canary_is_rolled_back_undrained_and_stops_the_rollout(tmp_path, monkeypatch):
