@@ -28,7 +28,8 @@ if "gpu_nodes" in host.groups:
     # interrupt live replicas outside a rollout (operations/serving_gate.py).
     gate = ServingGate(allow=settings.allow_serving_disruption, rollout_id=settings.rollout_id)
     nvidia.cuda_repository(name="NVIDIA CUDA repository", apt_mirror=settings.apt_mirror,
-                           key_name=settings.nvidia_repo_key_name)
+                           key_name=settings.nvidia_repo_key_name,
+                           key_fingerprint=settings.nvidia_repo_key_fingerprint)
     nvidia.no_unattended_upgrades(name="Keep unattended-upgrades off NVIDIA packages",
                                   patterns=settings.unattended_upgrades_blacklist)
     nouveau = nvidia.blacklist_nouveau(name="Blacklist nouveau")

@@ -38,21 +38,24 @@ def cuda_repo_uri(apt_mirror: str | None, distro: dict, arch: str = "x86_64") ->
 
 
 @operation()
-def cuda_repository(apt_mirror: str | None = None, key_name: str = "3bf863cc.pub"):
+def cuda_repository(key_fingerprint: str, apt_mirror: str | None = None, key_name: str = "3bf863cc.pub"):
     """
     NVIDIA's CUDA apt repository for this host's OS (driver, toolkit and NCCL packages).
 
     + apt_mirror: base URL that replaces https://developer.download.nvidia.com (air-gapped sites, the lab)
     + key_name: the repository's signing key file, published beside its index
+    + key_fingerprint: that key's fingerprint; any other key is refused (operations/apt.signed_source)
 
     **Example:**
 
     .. code:: python
 
-        nvidia.cuda_repository(apt_mirror=None)  # developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/
+        # developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/, NVIDIA's key pinned
+        nvidia.cuda_repository(key_fingerprint="EB693B3035CD5710E231E123A4B469963BF863CC")
     """
     uri = cuda_repo_uri(apt_mirror, host.get_fact(LinuxDistribution))
-    yield from apt.signed_source._inner(filename="nvidia-cuda", uri=uri, key_url=uri + key_name)
+    yield from apt.signed_source._inner(filename="nvidia-cuda", uri=uri, key_url=uri + key_name,
+                                        key_fingerprint=key_fingerprint)
 
 
 @operation()
