@@ -14,7 +14,9 @@ The policy:
   drained before it is updated. A node with only harmless changes is updated in place.
 * **prepare** every changed node in parallel without disruption: build the vLLM image.
 * **batches**: ``canary`` nodes first, then at most ``max_unavailable`` at a time, and never a
-  batch that would leave no live replica behind the load balancers.
+  batch that would leave no live replica behind the load balancers. The nodes of a batch are
+  drained one by one, converged by one deploy together (in parallel, as pyinfra runs every
+  operation on all its hosts), then validated and undrained one by one.
 * per node: take its lock (gpufleet/node_lock.py) -> drain its replicas on every load balancer
   and wait until they have nothing running or waiting (vLLM's /metrics) -> for a GPU-stack
   change (driver, toolkit, engine, daemon.json), stop the node's GPU containers -> converge it
@@ -193,42 +195,65 @@ class Runner:
                     return self.finish(EXIT_STOPPED)
         for batch in r.batches:
             nodes = [r.nodes[n] for n in batch if r.nodes[n].state != DONE]
-            if not nodes:
-                continue
-            for node in nodes:
-                if not self.roll_node(node, steps):
-                    return self.finish(EXIT_STOPPED)
+            if nodes and not self.roll_batch(nodes, steps):
+                return self.finish(EXIT_STOPPED)
         return self.finish(EXIT_DONE)
 
-    def roll_node(self, node: NodeRollout, steps) -> bool:
+    def roll_batch(self, nodes: list[NodeRollout], steps) -> bool:
+        """Roll the nodes of one batch together: each is locked and drained, then one deploy
+        converges them all at once (pyinfra runs each operation on every host in parallel), then
+        each is validated and undrained. A node that fails gets its own failure handling; the
+        others of the batch finish. True when every node is done."""
         r = self.rollout
+        ready = [node for node in nodes if self._step(node, steps, self._prepare_node)]
+        if ready:
+            try:
+                results = steps.update(r, [node.name for node in ready])
+            except Exception as exc:  # noqa: BLE001 - the whole batch's deploy could not run
+                results = {node.name: (False, f"{type(exc).__name__}: {exc}") for node in ready}
+            for node in ready:
+                updated, why = results.get(node.name, (False, "the deploy did not report this node"))
+                if not updated:
+                    self.fail(node, why, steps)
+                    continue
+                self._step(node, steps, self._finish_node)
+        return all(node.state == DONE for node in nodes)
+
+    def _step(self, node: NodeRollout, steps, work) -> bool:
         try:
-            steps.lock(r, node.name, DRAINING)
-            if node.disruptive:
-                self.node_state(node, DRAINING)
-                node.retiring = sorted(set(node.retiring) | set(steps.drain(r, node.name) or []))
-            if not node.before:  # on --resume, keep what was there before the first attempt
-                node.before = steps.container_ids(r, node.name)
-            self.node_state(node, UPDATING)
-            if node.kind == GPU_STACK:  # a new driver or a daemon-reload takes the GPUs from running containers
-                steps.stop_gpu_containers(r, node.name)
-            updated, why = steps.update(r, node.name)
-            if updated:
-                self.node_state(node, VALIDATING)
-                updated, why = steps.validate(r, node.name)
-            if not updated:
-                return self.fail(node, why, steps)
-            steps.forget_previous(r, node.name)
-            if node.disruptive:
-                self.node_state(node, UNDRAINING)
-                steps.undrain(r, node.name, node.retiring)
-            steps.unlock(r, node.name)
-            self.node_state(node, DONE)
-            return True
-        except steps.StepError as exc:
-            return self.fail(node, str(exc), steps)
+            return work(node, steps)
         except Exception as exc:  # noqa: BLE001 - whatever breaks, the node gets a state and the fleet a report
-            return self.fail(node, f"{type(exc).__name__}: {exc}", steps)
+            why = str(exc) if isinstance(exc, steps.StepError) else f"{type(exc).__name__}: {exc}"
+            return self.fail(node, why, steps)
+
+    def _prepare_node(self, node: NodeRollout, steps) -> bool:
+        """lock -> draining -> updating (GPU containers stopped for a GPU-stack change)."""
+        r = self.rollout
+        steps.lock(r, node.name, DRAINING)
+        if node.disruptive:
+            self.node_state(node, DRAINING)
+            node.retiring = sorted(set(node.retiring) | set(steps.drain(r, node.name) or []))
+        if not node.before:  # on --resume, keep what was there before the first attempt
+            node.before = steps.container_ids(r, node.name)
+        self.node_state(node, UPDATING)
+        if node.kind == GPU_STACK:  # a new driver or a daemon-reload takes the GPUs from running containers
+            steps.stop_gpu_containers(r, node.name)
+        return True
+
+    def _finish_node(self, node: NodeRollout, steps) -> bool:
+        """validating -> undraining -> done (or the node's failure handling)."""
+        r = self.rollout
+        self.node_state(node, VALIDATING)
+        valid, why = steps.validate(r, node.name)
+        if not valid:
+            return self.fail(node, why, steps)
+        steps.forget_previous(r, node.name)
+        if node.disruptive:
+            self.node_state(node, UNDRAINING)
+            steps.undrain(r, node.name, node.retiring)
+        steps.unlock(r, node.name)
+        self.node_state(node, DONE)
+        return True
 
     def fail(self, node: NodeRollout, why: str, steps) -> bool:
         if node.state == DRAINING:  # nothing changed yet: put it back into rotation

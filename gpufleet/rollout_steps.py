@@ -218,18 +218,25 @@ def stop_gpu_containers(rollout, name: str) -> None:
 
 # ------------------------------------------------------------------------------ update -----------
 
-def update(rollout, name: str) -> tuple[bool, str]:
-    """Converge the node with deploy.py (the rollout's id lets the serving gate through)."""
+def update(rollout, names: list[str]) -> dict[str, tuple[bool, str]]:
+    """Converge the batch's nodes with one deploy.py run (the rollout's id lets the serving gate through).
+
+    ``{node: (converged, why not)}``; pyinfra runs each operation on all of them in parallel.
+    """
     from gpufleet.planrun import execute, planned
 
-    with planned(rollout.inventory, [name], _overrides(rollout)) as p:
-        if name in p.unreachable:
-            raise StepError(f"{name} is unreachable over SSH")
-        why = p.errors.get(name) or p.refusals.get(name)
-        if why:
-            return False, f"deploy refused: {why}"
-        ok = execute(p, [name]).get(name, False)
-    return ok, "" if ok else "the deploy failed on the node (see the output above)"
+    out: dict[str, tuple[bool, str]] = {}
+    with planned(rollout.inventory, list(names), _overrides(rollout)) as p:
+        for name in names:
+            if name in p.unreachable:
+                out[name] = (False, f"{name} is unreachable over SSH")
+            elif p.errors.get(name) or p.refusals.get(name):
+                out[name] = (False, f"deploy refused: {p.errors.get(name) or p.refusals.get(name)}")
+        runnable = [n for n in names if n not in out]
+        if runnable:
+            for name, ok in execute(p, runnable).items():
+                out[name] = (ok, "" if ok else "the deploy failed on the node (see the output above)")
+    return out
 
 
 # ------------------------------------------------------------------------------ validate ---------

@@ -148,9 +148,9 @@ class FakeSteps:
     def container_ids(self, rollout, name):
         return {f"vllm-{name}-vllm-0": "old"}
 
-    def update(self, rollout, name):
-        self.calls.append(("update", name))
-        return ("update", name) not in self.fail, "the deploy failed"
+    def update(self, rollout, names):
+        self.calls.append(("update", tuple(names)))
+        return {n: (("update", n) not in self.fail, "the deploy failed") for n in names}
 
     def validate(self, rollout, name):
         self.calls.append(("validate", name))
@@ -190,8 +190,8 @@ def test_every_node_goes_through_the_states_in_order(tmp_path, monkeypatch):
     fake = FakeSteps()
     assert _run(r, fake, monkeypatch) == 0
     assert [s for s, _ in r.nodes["n1"].history] == ["draining", "updating", "validating", "undraining", "done"]
-    n1 = [c for c in fake.calls if c[1] == "n1"]
-    assert n1 == [("lock", "n1"), ("drain", "n1"), ("update", "n1"), ("validate", "n1"),
+    n1 = [c for c in fake.calls if c[1] in ("n1", ("n1",))]
+    assert n1 == [("lock", "n1"), ("drain", "n1"), ("update", ("n1",)), ("validate", "n1"),
                   ("forget_previous", "n1"), ("undrain", "n1"), ("unlock", "n1")]
     assert fake.calls.index(("unlock", "n1")) < fake.calls.index(("lock", "n2"))  # one node at a time
     # The replica removed from the inventory, drained with the node, is undrained (dropped) once retired.
@@ -212,7 +212,7 @@ def test_a_driver_change_stops_the_gpu_containers_after_draining(tmp_path, monke
     r = _rollout(tmp_path, monkeypatch, changes=("NVIDIA driver (open modules)",), kind=GPU_STACK)
     fake = FakeSteps()
     assert _run(r, fake, monkeypatch) == 0
-    n1 = [c[0] for c in fake.calls if c[1] == "n1"]
+    n1 = [c[0] for c in fake.calls if c[1] in ("n1", ("n1",))]
     assert n1 == ["lock", "drain", "stop_gpu_containers", "update", "validate", "forget_previous", "undrain", "unlock"]
     replica_only = _rollout(tmp_path, monkeypatch)
     fake = FakeSteps()
@@ -234,7 +234,7 @@ def test_a_drain_that_times_out_puts_the_node_back_unchanged(tmp_path, monkeypat
     fake = FakeSteps(fail={("drain", "n1")})
     assert _run(r, fake, monkeypatch) == 2
     assert r.nodes["n1"].state == "failed"
-    assert ("update", "n1") not in fake.calls and ("undrain", "n1") in fake.calls
+    assert ("update", ("n1",)) not in fake.calls and ("undrain", "n1") in fake.calls
 
 
 def test_resume_skips_done_nodes(tmp_path, monkeypatch):
@@ -243,3 +243,28 @@ def test_resume_skips_done_nodes(tmp_path, monkeypatch):
     fake = FakeSteps()
     assert _run(r, fake, monkeypatch) == 0
     assert not any(c[1] == "n1" for c in fake.calls if c[0] != "prepare")
+
+
+def test_the_nodes_of_a_batch_are_converged_by_one_deploy_and_a_failure_stays_theirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPUFLEET_STATE_DIR", str(tmp_path))
+    names = ("n1", "n2", "n3")
+    nodes = {n: NodeRollout(n, changes=["vLLM replica x"], disruptive=True, kind=REPLICAS) for n in names}
+    r = Rollout("r-batch", "inventory/lab.py", {}, "me@ctl", "t0", 0, 2, nodes, [["n1", "n2"], ["n3"]])
+    fake = FakeSteps(fail={("validate", "n2")})
+    assert _run(r, fake, monkeypatch) == 2
+    assert ("update", ("n1", "n2")) in fake.calls  # one deploy for the batch
+    # Both drained before the deploy, each validated and undrained after it.
+    assert fake.calls.index(("drain", "n2")) < fake.calls.index(("update", ("n1", "n2"))) < fake.calls.index(
+        ("validate", "n1"))
+    assert r.nodes["n1"].state == "done" and r.nodes["n2"].state == "rolled-back"
+    assert r.nodes["n3"].state == "pending" and not any(c[1] == "n3" for c in fake.calls if c[0] != "prepare")
+
+
+def test_the_rollout_bench_reads_docker_times_and_the_state_history():
+    from gpufleet.bench_rollout import _epoch, phases
+
+    # Docker's RFC 3339 with nanoseconds; 2026-12-04T21:00:00Z is 1796418000.
+    assert abs(_epoch("2026-12-04T21:00:01.250000000Z") - 1796418001.25) < 1e-6
+    report = {"nodes": {"n1": {"history": [["draining", 0.3], ["updating", 3.3], ["validating", 150.3],
+                                           ["undraining", 155.4], ["done", 156.0]]}}}
+    assert phases(report) == {"n1": {"draining": 3.0, "updating": 147.0, "validating": 5.1, "undraining": 0.6}}
