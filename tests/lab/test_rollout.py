@@ -1,11 +1,10 @@
 """Rollouts on the live lab, under steady load through lb-1: every request is checked.
 
-The order matters: a canary that cannot start is rolled back (the lab stays as deployed), then
-a change is rolled over both nodes, repeated (nothing to do), tried as a plain deploy (nothing
-to do); the lab goes back to the repository's values by a rollout during which gpu-node-2 loses
-SSH (stopped, then resumed); and a driver version is rolled forward and back on one node. (The
-maintenance window, `allow_serving_disruption=true`, is what the other lab tests use to change a
-live lab at once.)
+The order matters: a canary that cannot start is rolled back (the lab stays as deployed); a
+plain deploy is refused; a change is rolled over both nodes while gpu-node-2 loses SSH (stopped,
+then resumed with --resume), repeated (nothing to do), tried as a plain deploy (nothing to do);
+the lab goes back to the repository's values in a maintenance window; a driver version is
+rolled forward and back on one node; and one node's replica is replaced by another and back.
 """
 
 from __future__ import annotations
@@ -158,32 +157,12 @@ def test_a_plain_deploy_that_would_recreate_live_replicas_is_refused(live):
     assert container_ids(live) == before
 
 
-def test_rolling_a_change_over_both_nodes_fails_no_request(live, state_dir):
+def test_rolling_a_change_over_both_nodes_fails_no_request_even_when_a_node_drops_out(live, state_dir):
+    """gpu-node-2 loses SSH while gpu-node-1 is updated: the rollout stops, the fleet keeps serving,
+    and `--resume` finishes it once gpu-node-2 is back."""
     before = container_ids(live)
     with SteadyLoad() as load:
-        code, report, err = rollout("--data", "vllm_max_model_len=384", state_dir=state_dir)
-    assert code == 0, err[-3000:]
-    assert [report["nodes"][n]["state"] for n in NODES] == ["done", "done"]
-    after = container_ids(live)
-    assert all(after[n] != before[n] for n in NODES)
-    assert drained(live) == []
-    assert not load.failures, load.failures[:5]
-    assert load.ok > 10
-    states = [s for s, _ in report["nodes"]["gpu-node-1"]["history"]]
-    assert states == ["draining", "updating", "validating", "undraining", "done"]
-
-
-def test_a_second_rollout_and_the_plain_deploy_then_change_nothing(live, state_dir):
-    code, report, err = rollout("--data", "vllm_max_model_len=384", state_dir=state_dir)
-    assert code == 0 and "nothing to roll out" in err
-    again = deploy("--data", "vllm_max_model_len=384")
-    assert again["rc"] == 0 and again["changed"] == {}, again
-
-
-def test_an_unreachable_node_stops_the_rollout_and_resume_finishes_it(live, state_dir):
-    """Back to group_data's values by rollout; gpu-node-2 loses SSH while gpu-node-1 is updated."""
-    with SteadyLoad() as load:
-        run = start_rollout(state_dir=state_dir)
+        run = start_rollout("--data", "vllm_max_model_len=384", state_dir=state_dir)
         try:
             wait_for_state(state_dir, "gpu-node-1", "updating")
             ssh_service("gpu-node-2", "stop")
@@ -194,12 +173,32 @@ def test_an_unreachable_node_stops_the_rollout_and_resume_finishes_it(live, stat
         assert report["nodes"]["gpu-node-1"]["state"] == "done"
         assert report["nodes"]["gpu-node-2"]["state"] == "failed"
         assert "unreachable" in report["nodes"]["gpu-node-2"]["error"]
-        assert drained(live) == []  # it was never drained: it kept serving with its old spec
+        assert drained(live) == []  # never drained: it kept serving its old spec
+        assert container_ids(live)["gpu-node-2"] == before["gpu-node-2"]
         code, report, err = rollout("--resume", state_dir=state_dir)
     assert code == 0, err[-3000:]
     assert [report["nodes"][n]["state"] for n in NODES] == ["done", "done"]
+    after = container_ids(live)
+    assert all(after[n] != before[n] for n in NODES)
+    assert drained(live) == []
     assert not load.failures, load.failures[:5]
-    assert deploy()["changed"] == {}  # the repository's values everywhere
+    assert load.ok > 10
+    states = [s for s, _ in report["nodes"]["gpu-node-2"]["history"]]
+    assert states[-5:] == ["draining", "updating", "validating", "undraining", "done"]
+
+
+def test_a_second_rollout_and_the_plain_deploy_then_change_nothing(live, state_dir):
+    code, report, err = rollout("--data", "vllm_max_model_len=384", state_dir=state_dir)
+    assert code == 0 and "nothing to roll out" in err
+    again = deploy("--data", "vllm_max_model_len=384")
+    assert again["rc"] == 0 and again["changed"] == {}, again
+
+
+def test_back_to_the_repository_values_in_a_maintenance_window(live):
+    """The lab goes back to group_data's values for the tests that follow: both nodes at once, on purpose."""
+    restored = deploy("--data", "allow_serving_disruption=true")
+    assert restored["rc"] == 0, restored["stderr"][-3000:]
+    assert deploy()["changed"] == {}
 
 
 def test_a_driver_version_is_rolled_out_with_no_failed_request(live, state_dir):
