@@ -84,14 +84,15 @@ def membership(replicas, state: dict) -> tuple[list[dict[str, Any]], set[str]]:
     """``(members, joining)``: the inventory's replicas plus the removed ones that still serve.
 
     Read against the config in place (``state["members"]``, the NginxState fact): a replica not
-    in it is *joining* and rendered ``down`` until it answers ``/health`` from this host; a member
+    in it, or rendered there as joining, is *joining* and rendered ``down`` until it answers
+    ``/health`` from this host; a member
     no longer in the inventory is kept while it answers (its node has not retired it yet).
     Health is asked only when there is such a difference, so a converged lb sends no probe.
     """
     wanted = members(replicas)
     current = state.get("members") or []
     names = {m["name"] for m in wanted}
-    known = {m["name"] for m in current}
+    known = {m["name"] for m in current if not m.get("joining")}  # a joining member is new until it answers
     new = [m for m in wanted if m["name"] not in known] if current else []
     removed = [m for m in current if m["name"] not in names]
     if not new and not removed:

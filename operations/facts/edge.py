@@ -47,7 +47,7 @@ class NginxState(FactBase):
             f'for f in {DRAINED_DIR}/*; do [ -f "$f" ] && echo "drained=${{f##*/}}"; done',
             f'echo "live=$(curl -fsS -m 3 http://127.0.0.1:{int(status_port)}/gpufleet-config 2>/dev/null)"',
             # The members of the config in place (files/nginx/nginx.conf.j2 ends each with "# <name>").
-            f"sed -n 's/^ *server \\([^ ;]*\\).*;  # \\([^ ]*\\).*$/member=\\2 \\1/p' {NGINX_CONF} 2>/dev/null",
+            f"sed -n 's/^ *server \\([^ ;]*\\).*;  # \\([^ ]*\\)\\(.*\\)$/member=\\2 \\1\\3/p' {NGINX_CONF} 2>/dev/null",
             "true",
         ])
 
@@ -65,10 +65,13 @@ class NginxState(FactBase):
             elif key == "live":
                 state["live_config_id"] = value or None
             elif key == "member" and " " in value:
-                name, target = value.split(" ", 1)
+                name, target, *flags = value.split()
                 address, _, port = target.rpartition(":")
                 if port.isdigit():
-                    state["members"].append({"name": name, "address": address, "port": int(port)})
+                    member = {"name": name, "address": address, "port": int(port)}
+                    if "JOINING" in flags:  # rendered down until it answers (operations/loadbalancer.membership)
+                        member["joining"] = True
+                    state["members"].append(member)
         state["drained"] = sorted(set(state["drained"]))
         return state
 

@@ -56,6 +56,13 @@ def test_a_new_replica_joins_down_until_it_answers(lb):
     assert "server 10.0.0.1:8001 max_fails=3 fail_timeout=10s;  # gpu-node-1-vllm-1" in member_lines(rows)
 
 
+def test_a_joining_member_stays_down_across_renders_until_it_answers(lb):
+    fake = lb(health={})
+    in_place = [NODE1, {**NODE1_NEW, "joining": True}, NODE2]  # rendered JOINING by an earlier step
+    rows, joining = loadbalancer.membership([NODE1, NODE1_NEW, NODE2], {"members": in_place})
+    assert joining == {"gpu-node-1-vllm-1"} and fake.asked == [["gpu-node-1-vllm-1"]]
+
+
 def test_a_removed_replica_stays_while_it_serves_and_leaves_when_gone(lb):
     lb(health={"gpu-node-1-vllm-1": True})
     rows, _ = loadbalancer.membership([NODE1, NODE2], {"members": [NODE1, NODE1_NEW, NODE2]})
@@ -83,4 +90,4 @@ def test_the_nginx_fact_reads_the_members_of_the_config_in_place():
     sed = command[command.index("sed -n"):command.index(" /etc/nginx/nginx.conf 2>/dev/null; true")]
     out = subprocess.run(["sh", "-c", sed], input="\n".join(lines) + "\n", capture_output=True, text=True).stdout
     state = NginxState().process(out.splitlines())
-    assert state["members"] == [NODE1, NODE1_NEW]
+    assert state["members"] == [NODE1, {**NODE1_NEW, "joining": True}]
