@@ -80,8 +80,8 @@ def plan(inventory: str, overrides: dict[str, Any], limit: tuple[str, ...], roll
                 with ctx_state.use(p.state), ctx_host.use(host):
                     running = host.get_fact(LiveReplicas)
                 out["live"][host.name] = _replica_names(running)
-                if interruption is not None:
-                    changes.append(interruption.what)
+                if interruption is not None and not any(interruption.what.startswith(c) for c in changes):
+                    changes.append(interruption.what)  # the refused operation, when it was not added
                 if changes:
                     out["nodes"][host.name] = (changes, interruption.kind if interruption else "")
             elif changes:
