@@ -74,6 +74,7 @@ CLASSES: tuple[LogClass, ...] = (
        "another process listens on the replica's port: find it (`ss -ltnp`) or change the replica's port"),
 )
 
+_SOURCE = re.compile(r"\braise\b|File \"")
 HOST_OOM = LogClass("host-oom", "killed by the kernel's OOM killer (host RAM)", re.compile(r"$^"),
                     "the container used more host memory than the node has: lower --max-num-seqs/swap space, "
                     "or add RAM; `dmesg` shows the OOM kill")
@@ -89,7 +90,9 @@ def classify(lines: list[str], oom_killed: bool = False) -> dict:
     if oom_killed:
         return {"class": HOST_OOM.name, "label": HOST_OOM.label, "line": None, "fix": HOST_OOM.fix}
     for klass in CLASSES:
-        for line in lines:
-            if klass.pattern.search(line):
-                return {"class": klass.name, "label": klass.label, "line": line.strip(), "fix": klass.fix}
+        matches = [line for line in lines if klass.pattern.search(line)]
+        if matches:
+            # The exception's own message, not the source line that raised it (`raise RuntimeError(f"NCCL error: ...`).
+            said = [line for line in matches if not _SOURCE.search(line)] or matches
+            return {"class": klass.name, "label": klass.label, "line": said[-1].strip(), "fix": klass.fix}
     return {"class": UNKNOWN.name, "label": UNKNOWN.label, "line": None, "fix": UNKNOWN.fix}

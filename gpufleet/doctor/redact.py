@@ -6,7 +6,8 @@ host name, its ``ssh_hostname`` and addresses, the names the nodes report for th
 the *contents* of the secret files the settings name (``vllm_hf_token_file``,
 ``vllm_api_key_file``, ``alertmanager_webhook_url_file``). Patterns then catch what no list
 holds: Hugging Face tokens (``hf_...``), OpenAI-style keys (``sk-...``), ``Bearer ...``,
-``password=...``-style pairs, URLs with credentials, and every IPv4/IPv6 address.
+``password=...``-style pairs, URLs with credentials, and every IPv4/IPv6 address (but 0.0.0.0, ``::``
+and loopback, which identify nothing and keep a bind address readable).
 
 Two levels: :meth:`Redactor.secrets` hides secrets only (the terminal and ``--json`` output, where
 the operator needs host names), :meth:`Redactor.all` hides secrets, host names and addresses (the
@@ -54,6 +55,14 @@ def _valid_ip(text: str) -> bool:
     return True
 
 
+def _identifying_ip(text: str) -> bool:
+    """An address that says something about the site: not 0.0.0.0, ::, loopback (they stay readable)."""
+    if not _valid_ip(text):
+        return False
+    ip = ipaddress.ip_address(text.split("%")[0])
+    return not (ip.is_unspecified or ip.is_loopback)
+
+
 class Redactor:
     """Replace known values and secret-looking patterns; see the module docstring."""
 
@@ -88,8 +97,8 @@ class Redactor:
             text = _replace_name(text, name, self.host_aliases[name])
         for value in self.addresses:
             text = text.replace(value, ADDRESS)
-        text = _IPV4.sub(lambda m: ADDRESS if _valid_ip(m.group(0)) else m.group(0), text)
-        return _IPV6.sub(lambda m: ADDRESS if ":" in m.group(0) and _valid_ip(m.group(0)) else m.group(0), text)
+        text = _IPV4.sub(lambda m: ADDRESS if _identifying_ip(m.group(0)) else m.group(0), text)
+        return _IPV6.sub(lambda m: ADDRESS if ":" in m.group(0) and _identifying_ip(m.group(0)) else m.group(0), text)
 
 
 def _replace_name(text: str, name: str, alias: str) -> str:
