@@ -20,7 +20,7 @@ GPUs not visible in containers               toolkit.missing, toolkit.runtime-no
                                              toolkit.docker-restart-pending, toolkit.daemon-reload-pending,
                                              toolkit.gpus-lost-in-container, docker.down
 driver installed but not loaded              driver.reboot-pending, driver.secure-boot, driver.not-loaded,
-                                             gpu.missing
+                                             gpu.missing, gpu.nvidia-smi-failed
 debug flags left in production               config.debug-env, config.deprecated-env
 a replica crash-looping                      replica.crash-loop, replica.exited, replica.missing
 ===========================================  ==========================================================
@@ -224,6 +224,19 @@ def docker_down(ev: dict, out: _Out) -> None:
 def gpu_missing(ev: dict, out: _Out) -> None:
     want = (ev.get("declared") or {}).get("gpu_count") or 0
     gpus = ev.get("gpus") or {}
+    loaded = (ev.get("driver") or {}).get("loaded")
+    package = ((ev.get("packages") or {}).get((ev.get("declared") or {}).get("driver_package")) or {}).get("version")
+    mismatch = loaded and _upstream(package) and _upstream(package) != (ev.get("driver") or {}).get("version")
+    if want and gpus.get("status") == "failed" and loaded and not mismatch:
+        hung = gpus.get("exit_code") in (124, 137)
+        out.find("gpu.nvidia-smi-failed", "error",
+                 "nvidia-smi does not answer: a GPU is wedged" if hung else
+                 f"nvidia-smi fails with the driver loaded (exit {gpus.get('exit_code')})",
+                 [("nvidia-smi --query-gpu", "the node", gpus.get("error")),
+                  ("kernel log", "dmesg | grep -i nvidia", " | ".join((ev.get("kernel_log") or [])[-3:]) or "nothing")],
+                 "look for Xid errors in `dmesg` (79: fallen off the bus, 48/63/64: memory); a wedged GPU needs "
+                 "the node drained and rebooted (`gpufleet rollout`); persistent Xids mean a hardware ticket")
+        return
     if want and gpus.get("status") == "ok" and len(gpus.get("gpus") or []) < want:
         seen = ", ".join(f"{g['index']}:{g['pci_bus_id']}" for g in gpus["gpus"]) or "none"
         out.find("gpu.missing", "error", f"{len(gpus['gpus'])} of {want} GPUs visible to the driver",
@@ -727,7 +740,7 @@ RULES: list[Callable[[dict, _Out], None]] = [
     tp1_idle, pcie_link, throttling, enforce_eager, debug_env,
 ]
 RULE_IDS = (
-    "docker.down", "gpu.missing", "driver.reboot-pending", "driver.secure-boot", "driver.not-loaded",
+    "docker.down", "gpu.missing", "gpu.nvidia-smi-failed", "driver.reboot-pending", "driver.secure-boot", "driver.not-loaded",
     "toolkit.missing", "toolkit.runtime-not-configured", "toolkit.docker-restart-pending",
     "toolkit.daemon-reload-pending", "toolkit.gpus-lost-in-container", "replica.missing", "replica.crash-loop",
     "replica.exited", "nccl.version-not-pinned", "nccl.acs-redirect", "nccl.shm-too-small", "cuda.arch-missing",

@@ -60,6 +60,16 @@ VLLM_IDS = ("{ docker ps -aq --filter label=io.gpufleet.role=vllm; docker ps -aq
             "| sort -u")
 # A helper every section may use: run a command under coreutils' timeout where there is one.
 PRELUDE = 'T() { if command -v timeout >/dev/null 2>&1; then timeout -k 2 "$@"; else shift; "$@"; fi; }'
+# The snapshot asks nvidia-smi and docker several times. A wedged GPU or a hung dockerd would make
+# each ask wait its full timeout, and the round trip would run out before the rest is read: each
+# tool is probed once, and a tool that hung is skipped afterwards (its sections say so, rc 124).
+PROBE_HUNG = "\n".join([
+    'H() { if [ "$1" = no ]; then echo "$2 did not answer within 20 s (skipped)"; return 124; fi; }',
+    "smi_up=yes; if command -v nvidia-smi >/dev/null 2>&1; then T 20 nvidia-smi -L >/dev/null 2>&1; "
+    "case $? in 124|137) smi_up=no ;; esac; fi",
+    "docker_up=yes; if command -v docker >/dev/null 2>&1; then T 20 docker version >/dev/null 2>&1; "
+    "case $? in 124|137) docker_up=no ;; esac; fi",
+])
 
 
 # ------------------------------------------------------------------------------- scripts ---------
@@ -70,7 +80,8 @@ def _section(name: str, body: str) -> str:
 
 def snapshot_script(proc_version_path: str = "/proc/driver/nvidia/version", packages: tuple[str, ...] = ()) -> str:
     """The host round trip: every section in order, read-only."""
-    smi = "T 20 nvidia-smi"
+    smi = 'H "$smi_up" nvidia-smi && T 20 nvidia-smi'
+    dock = 'H "$docker_up" docker && '  # a hung dockerd: skip every docker call
     pkgs = PackageStates().command(sorted({"nvidia-container-toolkit", "libnccl2", *packages}))
     sections = [
         ("hostname", 'uname -n; hostname -f 2>/dev/null; echo "' + RC + '0"'),
@@ -89,19 +100,20 @@ def snapshot_script(proc_version_path: str = "/proc/driver/nvidia/version", pack
                        "| grep -iE 'xid|key was rejected|verification failed|unsigned module|required key|"
                        "fail|error' | tail -n 20"),
         ("acs", PcieAcs.command),
-        ("docker_info", wrap("docker", "T 20 docker info --format '{{json .Runtimes}}|{{.DefaultRuntime}}|"
+        ("docker_info", wrap("docker", dock + "T 20 docker info --format '{{json .Runtimes}}|{{.DefaultRuntime}}|"
                                        "{{.ServerVersion}}'")),
         ("daemon_json", wrap_file(DAEMON_JSON)),
         ("units", "for u in " + " ".join(UNITS) + "; do systemctl show -p Id -p NeedDaemonReload -p ActiveState "
                   "\"$u\" 2>/dev/null; echo; done"),
         ("toolkit", "for b in " + " ".join(TOOLKIT_BINARIES) + "; do printf '%s\\t%s\\n' \"$b\" "
                     "\"$(command -v \"$b\" || true)\"; done"),
-        ("containers", wrap("docker", f"ids=$({VLLM_IDS}); [ -z \"$ids\" ] && echo '[]' || T 20 docker inspect $ids")),
-        ("logs", wrap("docker", f"for c in $({VLLM_IDS}); do echo \"{LOG_MARK}$(docker inspect --format "
+        ("containers", wrap("docker", f"{dock}{{ ids=$({VLLM_IDS}); [ -z \"$ids\" ] && echo '[]' || T 20 docker inspect "
+                                      "$ids; }")),
+        ("logs", wrap("docker", f"{dock}for c in $({VLLM_IDS}); do echo \"{LOG_MARK}$(docker inspect --format "
                                 "'{{.Name}}' \"$c\" | sed 's,^/,,')\"; T 20 docker logs --tail "
                                 f"{LOG_LINES} \"$c\" 2>&1 | cut -c1-{LOG_LINE_CHARS}; done")),
     ]
-    return "\n".join([PRELUDE, *(_section(name, body) for name, body in sections)])
+    return "\n".join([PRELUDE, PROBE_HUNG, *(_section(name, body) for name, body in sections)])
 
 
 def probes_script(containers: list[dict]) -> str:

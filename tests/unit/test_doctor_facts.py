@@ -201,3 +201,27 @@ def test_every_tool_that_can_hang_runs_under_timeout():
         for tool in ("nvidia-smi --query", "nvidia-smi topo", "docker info", "docker inspect $ids", "docker logs"):
             if tool in line:
                 assert f"T 20 {tool}" in line, line
+
+
+def test_a_hung_nvidia_smi_is_asked_once_and_its_sections_say_so(tmp_path):
+    # A stub `timeout` that plays a wedged GPU: every nvidia-smi call "times out" (124) at once.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (bin_dir / "timeout").write_text(
+        "#!/bin/sh\n"
+        f'case "$*" in *nvidia-smi*) echo "$*" >> {calls}; exit 124 ;; esac\n'
+        'while [ "${1#-}" != "$1" ]; do shift 2; done; shift; exec "$@"\n')
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "docker").write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2; exit 1\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
+    run = subprocess.run(["sh", "-c", doctor.snapshot_script()], capture_output=True, text=True, timeout=60,
+                         env={"PATH": f"{bin_dir}:/usr/bin:/bin", "LC_ALL": "C", "HOME": str(tmp_path)})
+    ev = doctor.parse_snapshot(run.stdout.splitlines())
+    assert calls.read_text().splitlines() == ["-k 2 20 nvidia-smi -L"], "only the probe may wait on a hung tool"
+    for section in ("gpus", "gpu_perf", "pcie", "topology"):
+        value = ev[section]
+        assert (value["status"], value["exit_code"]) == ("failed", 124), section
+        assert "nvidia-smi did not answer within 20 s" in value["error"]
+    assert ev["docker"]["status"] == "failed" and "Cannot connect to the Docker daemon" in ev["docker"]["error"]

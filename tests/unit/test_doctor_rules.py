@@ -144,6 +144,12 @@ def text_line(i: int) -> str:
     return text(NODE / "nvidia-smi-query-gpu.csv")[i]
 
 
+def smi_hung(ev):
+    ev.update(parse_snapshot(snapshot_lines(gpus=["nvidia-smi did not answer within 20 s (skipped)", f"{RC}124"],
+                                            kernel_log=["[8812.4] NVRM: Xid (PCI:0000:02:00): 79, pid=0, GPU has "
+                                                        "fallen off the bus."])))
+
+
 def debug_env(ev):
     container(ev)["env"].update(NCCL_DEBUG="INFO", CUDA_LAUNCH_BLOCKING="1", VLLM_TEST_FORCE_FP8_MARLIN="1")
 
@@ -195,6 +201,7 @@ FAULTS = [
     (secure_boot_blocks, "driver.secure-boot", "error"),
     (not_loaded, "driver.not-loaded", "error"),
     (one_gpu_gone, "gpu.missing", "error"),
+    (smi_hung, "gpu.nvidia-smi-failed", "error"),
     (debug_env, "config.debug-env", "error"),
     (deprecated_env, "config.deprecated-env", "warning"),
     (crash_loop, "replica.crash-loop", "error"),
@@ -296,6 +303,13 @@ def test_secure_boot_reads_the_kernel_log():
     assert "driver.reboot-pending" not in ids(ev) and "driver.not-loaded" not in ids(ev)
 
 
+def test_a_hung_nvidia_smi_is_a_wedged_gpu_with_its_xid():
+    ev = healthy_evidence()
+    smi_hung(ev)
+    f = finding(ev, "gpu.nvidia-smi-failed")
+    assert "wedged" in f.title and "fallen off the bus" in f.evidence[1].value
+
+
 def test_docker_down_hides_the_container_rules():
     ev = healthy_evidence()
     docker_dead(ev)
@@ -383,6 +397,12 @@ def not_loaded_fresh(ev):
     ev["reboot"] = {"required": True, "packages": ["nvidia-open"]}
 
 
+def smi_fails_after_upgrade(ev):
+    driver_upgraded(ev)
+    ev.update({k: v for k, v in parse_snapshot(snapshot_lines(gpus=[
+        "Failed to initialize NVML: Driver/library version mismatch", f"{RC}18"])).items() if k == "gpus"})
+
+
 def nccl_debug_warn(ev):
     container(ev)["env"]["NCCL_DEBUG"] = "WARN"
 
@@ -407,6 +427,7 @@ NEIGHBOURS = [
     (smi_not_in_image, "toolkit.gpus-lost-in-container"),
     (secure_boot_but_signed, "driver.secure-boot"),
     (not_loaded_fresh, "driver.not-loaded"),
+    (smi_fails_after_upgrade, "gpu.nvidia-smi-failed"),
     (nccl_debug_warn, "config.debug-env"),
     (restarted_twice_running, "replica.crash-loop"),
 ]
