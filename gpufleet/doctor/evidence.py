@@ -9,7 +9,8 @@ Two shell round trips per node (operations/facts/doctor.py), each with its own t
    one the NCCL vLLM loads and torch's architectures, the GPUs and the /dev/shm it sees.
 
 Both run under ``sudo`` when the host's data sets ``_sudo`` (Docker, dmesg and ACS need root).
-Nothing on the node changes. A round trip that fails or times out is recorded in
+Nothing on the node changes; the one thing started is, for a replica that is down, a throw-away
+``docker run --rm --network none`` of its image (no GPU) to read the NCCL and torch it ships. A round trip that fails or times out is recorded in
 ``evidence["read"]`` and the node counts as not (fully) checked: doctor exits 1.
 
 The evidence is a plain dict (JSON-serialisable), so the rules are tested on dicts alone.
