@@ -189,7 +189,7 @@ def _probe(ev: dict, name: str) -> dict:
 
 def _gpus(ev: dict) -> list[dict]:
     gpus = ev.get("gpus") or {}
-    return gpus.get("gpus") or [] if gpus.get("status") == "ok" else []
+    return (gpus.get("gpus") or []) if gpus.get("status") == "ok" else []
 
 
 def _upstream(version: str | None) -> str | None:
@@ -377,7 +377,7 @@ def nccl_version(ev: dict, out: _Out) -> None:
             out.find("nccl.version-not-pinned", "error", f"{c['name']} loads NCCL {version}, the pin is {pin}",
                      [("NCCL vLLM loads", f"{where} {c['name']} python3 /opt/gpufleet/vllm_nccl_check.py",
                        f"{version} via {report.get('method')} ({report.get('library') or 'library not mapped'})"),
-                      ("VLLM_NCCL_SO_PATH", "docker inspect Config.Env", report.get("vllm_nccl_so_path") or "unset"),
+                      ("VLLM_NCCL_SO_PATH", "the container's environment", report.get("vllm_nccl_so_path") or "unset"),
                       ("pin", "settings nccl_version", pin)],
                      "roll out the image built with the pin (`gpufleet rollout`: operations/vllm.image installs "
                      "nvidia-nccl-cu12==nccl_version); the host's libnccl2 does not change what vLLM loads",
