@@ -30,6 +30,10 @@ def doctor(inventory_path: str, limit: tuple[str, ...], data: tuple[str, ...], a
     except SettingsError as exc:
         click.echo(format_issues(exc.issues), err=True)
         sys.exit(1)
+    if not run.nodes:  # a check of nothing must not pass as a clean check
+        click.echo(f"no GPU node (group gpu_nodes) in {inventory_path}"
+                   + (f" matching {', '.join(limit)}" if limit else ""), err=True)
+        sys.exit(1)
     reported = {n.host: n.evidence.get("hostnames") or [] for n in run.nodes}
     redactor = redact.from_fleet(fleet, reported)
     if report_file:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-import pytest
 from click.testing import CliRunner
 
 from gpufleet.cli import main
@@ -164,7 +163,7 @@ def test_bad_inventory_is_exit_1_before_any_connection(tmp_path):
     assert result.exit_code == 1 and "an inventory file that exists" in result.output
 
 
-@pytest.mark.parametrize("evidence,code", [({}, 0)])
-def test_no_gpu_node_selected_is_healthy(monkeypatch, evidence, code):
-    fake_read(monkeypatch, evidence)
-    assert invoke().exit_code == code
+def test_no_gpu_node_selected_is_not_a_clean_check(monkeypatch):
+    fake_read(monkeypatch, {})
+    result = invoke("--limit", "lb-01")
+    assert result.exit_code == 1 and "no GPU node (group gpu_nodes) in inventory/prod.py matching lb-01" in result.output
