@@ -25,7 +25,7 @@ main.add_command(validate_cmd.validate)
 main.add_command(lab_cmd.lab)
 
 # Commands contributed by optional modules register themselves only if present.
-for _module in ("plan", "verify", "drift", "rollout"):
+for _module in ("plan", "verify", "drift", "rollout", "doctor", "bench"):
     try:
         _mod = __import__(f"gpufleet.commands.{_module}", fromlist=[_module])
     except ModuleNotFoundError as exc:  # pragma: no cover - only while a command is being built

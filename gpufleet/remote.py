@@ -78,10 +78,14 @@ def run_parallel(state: State, hosts: list, work: Callable[[Any], Any]) -> dict[
     return {name: g.value for name, g in greenlets.items()}
 
 
-def shell(host, command: str, timeout: int = 300) -> tuple[bool, str]:
-    """Run one read-only command; return (exit status 0, stdout+stderr text)."""
+def shell(host, command: str, timeout: int = 300, **arguments) -> tuple[bool, str]:
+    """Run one read-only command; return (exit status 0, stdout+stderr text).
+
+    ``arguments`` are pyinfra's connector arguments (``_sudo=True``...). A command that runs past
+    ``timeout`` seconds raises TimeoutError.
+    """
     from pyinfra.api import StringCommand
 
-    ok, output = host.run_shell_command(StringCommand(command), _timeout=timeout)
+    ok, output = host.run_shell_command(StringCommand(command), _timeout=timeout, **arguments)
     text = "\n".join(line.line for line in output.combined_lines)
     return ok, text
