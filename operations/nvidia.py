@@ -12,6 +12,7 @@ from operations.util import put_text
 from operations.docker import refuse_daemon_reload_under_gpu_containers
 from operations.facts.apt import PackageStates
 from operations.facts.gpu import NvidiaDriver
+from operations.facts.kernel import SecureBoot
 
 NVIDIA_DOWNLOAD = "https://developer.download.nvidia.com"
 NOUVEAU_BLACKLIST = "/etc/modprobe.d/gpufleet-blacklist-nouveau.conf"
@@ -193,16 +194,24 @@ def reboot_if_driver_stale(version: str, proc_version_path: str = "/proc/driver/
         return
     marker = f"{REBOOT_MARKER_DIR}/{version}"
     if host.get_fact(File, path=marker):
-        raise OperationError(driver_not_loaded(version, loaded.get("version"), after_reboot=True))
+        sb = host.get_fact(SecureBoot)
+        raise OperationError(driver_not_loaded(version, loaded.get("version"), after_reboot=True,
+                                               secure_boot=sb.get("detail") or "" if sb.get("state") == "enabled" else ""))
     reason = f"driver {version} installed, {loaded.get('version') or 'none'} loaded"
     yield f"install -d -m 0755 {REBOOT_MARKER_DIR} && date -u +%FT%TZ > {marker}"
     yield from server.reboot._inner(reason=reason)
     yield FunctionCommand(_check_loaded, (version, proc_version_path), {})
 
 
-def driver_not_loaded(version: str, loaded: str | None, after_reboot: bool) -> str:
+def driver_not_loaded(version: str, loaded: str | None, after_reboot: bool, secure_boot: str = "") -> str:
     """What to look at when the pinned driver is not the loaded one after its reboot."""
     when = "after its reboot" if after_reboot else "now"
+    if "enabled" in secure_boot:
+        return (f"driver {version} is installed but {loaded or 'no driver'} is loaded {when}: {secure_boot} "
+                "(mokutil --sb-state), and the kernel refuses a module not signed with an enrolled key. Enroll "
+                "the DKMS signing key with MOK (`mokutil --import /var/lib/dkms/mok.pub`, then confirm it in the "
+                "MOK manager at the next boot) or turn Secure Boot off; not rebooting again until then. Once "
+                f"fixed, `rm {REBOOT_MARKER_DIR}/{version}` and deploy again")
     return (f"driver {version} is installed but {loaded or 'no driver'} is loaded {when}; not rebooting again. "
             "Look at: Secure Boot (`mokutil --sb-state`: an unsigned module is refused; enroll the DKMS key "
             "with MOK or sign the module), the module build (`dkms status`, headers for `uname -r`), and "
@@ -215,6 +224,7 @@ def _check_loaded(state, host, version: str, proc_version_path: str) -> bool:  #
     ok, output = host.run_shell_command(StringCommand(f"cat {proc_version_path}"))
     found = parse_driver_version(output.stdout.splitlines()).get("version") if ok else None
     if found != version:
-        raise OperationError(driver_not_loaded(version, found, after_reboot=True))
+        _, sb = host.run_shell_command(StringCommand("mokutil --sb-state 2>/dev/null || true"))
+        raise OperationError(driver_not_loaded(version, found, after_reboot=True, secure_boot=sb.stdout.strip()))
     host.run_shell_command(StringCommand(f"rm -f {REBOOT_MARKER_DIR}/{version}"))
     return True

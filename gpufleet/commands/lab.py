@@ -1,4 +1,4 @@
-"""``gpufleet lab up|down|status``: the local fleet lab of stand-in bare-metal hosts."""
+"""``gpufleet lab up|down|status|secure-boot``: the local fleet lab of stand-in bare-metal hosts."""
 
 from __future__ import annotations
 
@@ -63,3 +63,14 @@ def welcome() -> None:
     from gpufleet.lab.welcome import welcome_text
 
     click.echo(welcome_text())
+
+
+@lab.command("secure-boot")
+@click.argument("node")
+@click.argument("state", type=click.Choice(["on", "off"]))
+def secure_boot(node: str, state: str) -> None:
+    """Turn a lab node's stand-in Secure Boot on or off: with it on, the driver does not load at the next boot."""
+    from gpufleet.lab.faults import secure_boot as switch
+
+    switch(node, state == "on")
+    click.echo(f"{node}: Secure Boot {state} (the stand-in driver loads, or not, at the next boot)")

@@ -48,8 +48,10 @@ class LiveReplicas(FactBase):
         ["vllm-gpu-node-1-vllm-0"]
     """
 
-    command = (f"command -v docker >/dev/null 2>&1 && docker ps --filter label={VLLM_ROLE_LABEL} "
-               "--format '{{.Names}}' 2>/dev/null; true")
+    # No Docker (a fresh host) is "none"; a Docker that fails or hangs is no answer at all: the
+    # fact fails, and so does the deploy that asked (the serving gate must never read "none").
+    command = (f"command -v docker >/dev/null 2>&1 || exit 0; timeout -k 5 60 docker ps --filter label={VLLM_ROLE_LABEL} "
+               "--format '{{.Names}}'")
 
     @staticmethod
     def default():
@@ -69,8 +71,8 @@ class ReplicaContainers(FactBase):
         ["vllm-gpu-node-1-vllm-0", "vllm-gpu-node-1-vllm-1"]
     """
 
-    command = (f"command -v docker >/dev/null 2>&1 && docker ps -a --filter label={VLLM_ROLE_LABEL} "
-               "--format '{{.Names}}' 2>/dev/null; true")
+    command = (f"command -v docker >/dev/null 2>&1 || exit 0; timeout -k 5 60 docker ps -a "
+               f"--filter label={VLLM_ROLE_LABEL} --format '{{{{.Names}}}}'")
 
     @staticmethod
     def default():

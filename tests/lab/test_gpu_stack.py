@@ -105,6 +105,35 @@ def test_a_stale_loaded_driver_reboots_exactly_that_node(deployed, hosts):
     assert deploy()["changed"] == {}
 
 
+def test_secure_boot_stops_the_deploy_after_the_reboot_and_it_never_reboots_twice(deployed, hosts):
+    """A node whose module is refused at boot (stand-in Secure Boot, no MOK): one reboot, then a
+    clear stop naming MOK; the next deploy stops at once instead of rebooting again."""
+    from gpufleet.lab.faults import secure_boot
+
+    node = hosts["gpu-node-2"]
+    pinned = "580.95.05"
+    node.run(f"sed -i 's/{pinned}/575.57.08/' /run/gpufleet-lab/nvidia/version")  # stale: a reboot is due
+    secure_boot("gpu-node-2", True)
+    try:
+        first = deploy("--limit", "gpu-node-2", "--data", "allow_serving_disruption=true")
+        assert first["rc"] != 0
+        assert "SecureBoot enabled" in first["stderr"] and "mokutil --import" in first["stderr"], first["stderr"][-2000:]
+        assert not node.file("/run/gpufleet-lab/nvidia/version").exists  # rebooted, and nothing loaded
+        # GPU containers cannot start without the driver, as on a real host.
+        assert node.run("docker run --rm --gpus all lab-registry:5000/gpufleet-lab/toolkit-check:1 true").rc != 0
+        node.run("touch /run/gpufleet-test-boot-marker")
+        second = deploy("--limit", "gpu-node-2", "--data", "allow_serving_disruption=true")
+        assert second["rc"] != 0 and "not rebooting again" in second["stderr"]
+        assert node.file("/run/gpufleet-test-boot-marker").exists, "the second deploy rebooted the node"
+    finally:
+        secure_boot("gpu-node-2", False)
+        node.run(f"rm -f /var/lib/gpufleet/driver-reboots/{pinned}")
+    fixed = deploy("--limit", "gpu-node-2", "--data", "allow_serving_disruption=true")  # the operator's fix
+    assert fixed["rc"] == 0, fixed["stderr"][-3000:]
+    assert pinned in node.file("/run/gpufleet-lab/nvidia/version").content_string
+    assert deploy()["changed"] == {}
+
+
 def test_verify_passes_and_a_stopped_driver_fails_exactly_that_host(deployed, hosts):
     ok = gpufleet("verify", "inventory/lab.py", "--json", check=False)
     assert ok.returncode == 0, ok.stdout

@@ -268,3 +268,22 @@ def test_the_rollout_bench_reads_docker_times_and_the_state_history():
     report = {"nodes": {"n1": {"history": [["draining", 0.3], ["updating", 3.3], ["validating", 150.3],
                                            ["undraining", 155.4], ["done", 156.0]]}}}
     assert phases(report) == {"n1": {"draining": 3.0, "updating": 147.0, "validating": 5.1, "undraining": 0.6}}
+
+
+@pytest.mark.parametrize("fact", ["LiveReplicas", "ReplicaContainers"])
+def test_a_docker_that_fails_is_no_answer_never_no_replicas(tmp_path, fact):
+    import subprocess
+
+    from operations.facts import rollout as facts
+
+    command = getattr(facts, fact).command
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    no_docker = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, env={"PATH": str(bin_dir)})
+    assert no_docker.returncode == 0 and no_docker.stdout == ""  # a fresh host: nothing runs
+    docker = bin_dir / "docker"
+    docker.write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n")
+    docker.chmod(0o755)
+    broken = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True,
+                            env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert broken.returncode != 0  # pyinfra fails the fact, and the deploy that asked
