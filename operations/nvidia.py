@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationError, StringCommand, operation
 from pyinfra.facts.files import File
 from pyinfra.facts.server import KernelVersion, LinuxDistribution
@@ -225,6 +225,9 @@ def _check_loaded(state, host, version: str, proc_version_path: str) -> bool:  #
     found = parse_driver_version(output.stdout.splitlines()).get("version") if ok else None
     if found != version:
         _, sb = host.run_shell_command(StringCommand("mokutil --sb-state 2>/dev/null || true"))
-        raise OperationError(driver_not_loaded(version, found, after_reboot=True, secure_boot=sb.stdout.strip()))
+        # Logged and failed here (not raised: pyinfra would call it an unexpected callback error).
+        logger.error(f"{host.print_prefix}" + driver_not_loaded(version, found, after_reboot=True,
+                                                               secure_boot=sb.stdout.strip()))
+        return False
     host.run_shell_command(StringCommand(f"rm -f {REBOOT_MARKER_DIR}/{version}"))
     return True
