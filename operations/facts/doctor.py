@@ -39,7 +39,14 @@ from .gpu import QUERY_FIELDS, NvidiaDriver, NvidiaGpus, NvidiaTopology
 from .gpu_health import throttle_causes
 from .kernel import GpuKernelModules, SecureBoot
 from .pci import PcieAcs
-from .util import MISSING, RC, envelope, wrap, wrap_file
+from .util import MISSING, RC, envelope, wrap_file
+
+def wrap(tool: str, command: str) -> str:
+    """Like operations.facts.util's envelope (missing marker, output, rc marker), but in *this* shell:
+    the sections call the script's own time-limited helpers (``T``, ``H``), which a ``sh -c`` of the
+    generic wrapper would not see."""
+    return f"command -v {tool} >/dev/null 2>&1 || {{ echo {MISSING}; exit 0; }}; {{ {command}; }} 2>&1; echo \"{RC}$?\""
+
 
 SECTION = "__gpufleet_doctor="
 LOG_MARK = "__gpufleet_log="
