@@ -62,13 +62,15 @@ if "gpu_nodes" in host.groups:
                     _if=any_changed(toolkit, daemon_json))
 
     # Monitoring before any GPU container: a unit change later needs a daemon-reload, which is
-    # refused while GPU containers run (operations/docker.py).
+    # refused while GPU containers run (operations/docker.py). The exporters listen on the private
+    # address only, unless the data says otherwise.
+    metrics_address = settings.metrics_listen_address or fleet.hosts[host.name].address
     monitoring.gpu_monitor(name="gpu_monitor (NVML metrics)", gpu_count=settings.gpu_count,
                            requirements=settings.gpu_monitor_requirements,
                            pip_install_args=settings.monitor_pip_install_args, port=settings.gpu_monitor_port,
-                           listen_address=settings.metrics_listen_address, interval_s=settings.gpu_monitor_interval_s)
+                           listen_address=metrics_address, interval_s=settings.gpu_monitor_interval_s)
     monitoring.dcgm_exporter(name="DCGM exporter", image=settings.dcgm_exporter_image, gpu_count=settings.gpu_count,
-                             port=settings.dcgm_exporter_port, listen_address=settings.metrics_listen_address)
+                             port=settings.dcgm_exporter_port, listen_address=metrics_address)
 
     nvidia.nccl(name="NCCL pin on the host", version=settings.nccl_version, cuda_version=settings.nccl_cuda_version)
 

@@ -48,8 +48,10 @@ class EdgeSettings(BaseModel):
     # Extra `pip install` arguments for that venv: a mirror (--index-url URL) or, air-gapped and in
     # the lab, a wheel directory (--no-index --find-links URL --trusted-host HOST).
     monitor_pip_install_args: list[str] = Field(default_factory=list)
-    # Where the exporters on GPU nodes listen; set a node's private address to keep them off others.
-    metrics_listen_address: str = "0.0.0.0"
+    # Where the exporters on GPU nodes (DCGM exporter, gpu_monitor) listen. Unset: the node's
+    # private address (Prometheus scrapes them there), never every interface; "0.0.0.0" only where
+    # the private network is the only one (the lab, whose hosts are known by name).
+    metrics_listen_address: str | None = None
     # Milvus's /metrics: scraped on milvus_health_port (settings_data.py), where /healthz is too.
 
     # --- Prometheus on lb hosts --------------------------------------------------------------------

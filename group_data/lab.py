@@ -56,6 +56,7 @@ vllm_env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0|1", "
             "HF_HUB_OFFLINE": "1", "TORCHDYNAMO_DISABLE": "1"}
 vllm_shm_size = "2g"
 vllm_bind_address = "0.0.0.0"  # lab hosts are known by name on the lab network, not by a fixed IP
+metrics_listen_address = "0.0.0.0"  # the same: an exporter binds to an IP, and the lab network is the only one
 # ... so they have no private_address: their inventory names resolve on the lab's Docker network.
 private_address_from_name = True
 vllm_ready_timeout = 600

@@ -1,9 +1,10 @@
 """GPU monitoring: the DCGM exporter and gpu_monitor on GPU nodes, Prometheus on lb hosts.
 
-- DCGM exporter (:9400): a container (operations/containers.py) with ``--gpus all`` and
-  ``--cap-add SYS_ADMIN``, its counters CSV (files/dcgm/counters.csv, ``DCGM_FI_DEV_*`` only:
-  GeForce has no profiling fields) mounted over the image's default-counters.csv. The CSV's
-  digest is a label, so a changed CSV recreates the container. Never started without GPUs.
+- DCGM exporter (:9400): a container (operations/containers.py) with ``--gpus all``, its counters
+  CSV (files/dcgm/counters.csv, ``DCGM_FI_DEV_*`` only: GeForce has no profiling fields) mounted
+  over the image's default-counters.csv. The CSV's digest is a label, so a changed CSV recreates
+  the container. Never started without GPUs. No ``--cap-add SYS_ADMIN``: NVIDIA's docs ask for it
+  only for the profiling (DCP, ``DCGM_FI_PROF_*``) metrics, which the CSV does not collect.
 - gpu_monitor (:9401): files/gpu_monitor.py under /opt/gpufleet/gpu-monitor/, in a venv made with
   python3-venv from pinned requirements and ``monitor_pip_install_args`` (a mirror, or a wheel
   directory in air-gapped sites and the lab); a systemd unit from files/systemd/. A venv is
@@ -86,7 +87,7 @@ def dcgm_counters() -> str:
 
 def dcgm_spec(image: str, port: int = 9400, counters: str = "", listen_address: str = "0.0.0.0"):
     return containers.ContainerSpec(
-        name=DCGM_CONTAINER, image=image, gpus="all", extra_args=["--cap-add", "SYS_ADMIN"],
+        name=DCGM_CONTAINER, image=image, gpus="all",
         ports=[f"{listen_address}:{port}:9400"],
         volumes=[f"{DCGM_COUNTERS}:/etc/dcgm-exporter/default-counters.csv:ro"],
         labels={"io.gpufleet.counters": hashlib.sha256(counters.encode()).hexdigest()[:16]},
