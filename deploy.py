@@ -12,7 +12,8 @@ from pyinfra.operations.util import any_changed
 from gpufleet.deploy_args import vllm_image_args
 from gpufleet.deploying import fleet_for, host_settings
 from gpufleet.fleet import replicas_of
-from operations import app, apt, distro_packages, docker, loadbalancer, milvus, monitoring, nvidia, preflight, vllm
+from operations import (app, distro_packages, docker_daemon, loadbalancer, milvus, monitoring, nvidia, pinned_apt,
+                        preflight, vllm)
 from operations.serving_gate import REPLICAS, ServingGate
 
 fleet = fleet_for(inventory)
@@ -20,7 +21,7 @@ settings = host_settings(fleet, host)
 
 # --- every host -----------------------------------------------------------------------------------
 preflight.supported_os(name="Preflight: supported OS", supported=settings.supported_os)
-apt.packages(name="Base packages", packages=settings.base_packages)
+pinned_apt.packages(name="Base packages", packages=settings.base_packages)
 
 # --- GPU nodes: driver, Docker with the Container Toolkit, NCCL ----------------------------------
 if "gpu_nodes" in host.groups:
@@ -53,8 +54,8 @@ if "gpu_nodes" in host.groups:
     gate.check(engine, "Docker engine")
     systemd.service(name="Docker running", service="docker", running=True, enabled=True)
     toolkit = nvidia.container_toolkit(name="NVIDIA Container Toolkit", version=settings.container_toolkit_version)
-    daemon_json = docker.daemon_config(name="Docker daemon.json: nvidia runtime",
-                                       wanted={**settings.docker_daemon_config, "runtimes": docker.NVIDIA_RUNTIME})
+    daemon_json = docker_daemon.daemon_config(name="Docker daemon.json: nvidia runtime",
+                                       wanted={**settings.docker_daemon_config, "runtimes": docker_daemon.NVIDIA_RUNTIME})
     gate.check(toolkit, "NVIDIA Container Toolkit")
     gate.check(daemon_json, "Docker daemon.json (restarts Docker)")
     # Docker finds the toolkit's hook and reads daemon.json only at start-up.
@@ -62,7 +63,7 @@ if "gpu_nodes" in host.groups:
                     _if=any_changed(toolkit, daemon_json))
 
     # Monitoring before any GPU container: a unit change later needs a daemon-reload, which is
-    # refused while GPU containers run (operations/docker.py). The exporters listen on the private
+    # refused while GPU containers run (operations/docker_daemon.py). The exporters listen on the private
     # address only, unless the data says otherwise.
     metrics_address = settings.metrics_listen_address or fleet.hosts[host.name].address
     monitoring.gpu_monitor(name="gpu_monitor (NVML metrics)", gpu_count=settings.gpu_count,

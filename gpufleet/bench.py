@@ -63,7 +63,7 @@ def floor() -> None:
 
 
 def converge() -> None:
-    from gpufleet.planrun import execute, planned
+    from gpufleet.deploy_run import execute, planned
 
     with planned(INVENTORY, overrides=OVERRIDES, check_for_changes=False) as plan:
         results = execute(plan, [h.name for h in plan.hosts])

@@ -2,7 +2,7 @@
 
 Three kinds of drift are reported per host:
 
-* **plan**: the same deploy.py, planned through pyinfra's API (gpufleet.planrun), would change
+* **plan**: the same deploy.py, planned through pyinfra's API (gpufleet.deploy_run), would change
   something. Each such operation is reported with its cause: the commands it would run, and for
   managed files a unified diff of the host's file against the repository's (secrets never shown).
   Operations gated by ``_if`` are consequences of another operation's change and not reported.
@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gpufleet.planrun import Plan, planned
+from gpufleet.deploy_run import Plan, planned
 
 # Uploads to these paths hold secrets: say that they differ, never show how.
 SECRET_PATH = re.compile(r"(token|secret|password|passwd|api[-_]?key|credential|\.env$)", re.IGNORECASE)
@@ -167,7 +167,7 @@ def check(inventory_path: str, limit=(), overrides: dict[str, Any] | None = None
         if fix:
             drifted = [h.host for h in report.hosts if h.items]
             if drifted:
-                from gpufleet.planrun import execute
+                from gpufleet.deploy_run import execute
 
                 report.fixed = execute(plan, drifted)
     report.duration = time.time() - started

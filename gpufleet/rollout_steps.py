@@ -3,7 +3,7 @@
 gpufleet/rollout.py decides *when*; this module says *how*, in terms of what already exists:
 the node's lock (gpufleet/node_lock.py), nginx drain/undrain (operations/loadbalancer.py, run on
 every load balancer through gpufleet/apply.py), requests in flight (gpufleet/vllm_control.py),
-the node's deploy (deploy.py through gpufleet/planrun.py), readiness (operations/vllm.ready),
+the node's deploy (deploy.py through gpufleet/deploy_run.py), readiness (operations/vllm.ready),
 the NCCL vLLM loads (operations/facts/docker.VllmNcclVersions), the verify ladder
 (gpufleet/verify.py), and the rollback command (operations/containers.py).
 """
@@ -63,7 +63,7 @@ def plan(inventory: str, overrides: dict[str, Any], limit: tuple[str, ...], roll
     whose changes would interrupt live replicas (a typed ServingInterruption), which is what
     makes them disruptive. Any other refusal (another rollout's lock) blocks the rollout.
     """
-    from gpufleet.planrun import planned
+    from gpufleet.deploy_run import planned
     from operations.facts.rollout import LiveReplicas
 
     out: dict[str, Any] = {"nodes": {}, "live": {}, "unreachable": [], "blocked": {}, "lbs": {}}
@@ -223,7 +223,7 @@ def update(rollout, names: list[str]) -> dict[str, tuple[bool, str]]:
 
     ``{node: (converged, why not)}``; pyinfra runs each operation on all of them in parallel.
     """
-    from gpufleet.planrun import execute, planned
+    from gpufleet.deploy_run import execute, planned
 
     out: dict[str, tuple[bool, str]] = {}
     with planned(rollout.inventory, list(names), _overrides(rollout)) as p:

@@ -11,7 +11,7 @@ are not in it.
 
 Two keys are refused although dockerd knows them, because the deploy owns them:
 
-- ``runtimes``: the deploy writes the nvidia runtime there itself (operations/docker.py); a value
+- ``runtimes``: the deploy writes the nvidia runtime there itself (operations/docker_daemon.py); a value
   here would be replaced without a word.
 - ``hosts``: Debian's and Ubuntu's docker.service start dockerd with ``-H fd://``, and dockerd
   refuses to start when a directive is given both as a flag and in daemon.json.
@@ -55,7 +55,7 @@ DAEMON_KEYS: dict[str, tuple[str, Any]] = {
 }
 
 OWNED_BY_THE_DEPLOY = {
-    "runtimes": "a key the deploy sets itself (the nvidia runtime, operations/docker.py); remove it",
+    "runtimes": "a key the deploy sets itself (the nvidia runtime, operations/docker_daemon.py); remove it",
     "hosts": "no 'hosts': docker.service already passes -H fd:// and dockerd refuses to start with both",
 }
 

@@ -28,7 +28,7 @@ from debian.debian_support import Version
 from pyinfra import host
 from pyinfra.api import operation
 
-from operations.apt import APT_GET
+from operations.pinned_apt import APT_GET
 from operations.facts.apt import PackageStates
 from operations.util import put_text
 

@@ -41,9 +41,9 @@ from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationError, OperationValueError, StringCommand, operation
 from pyinfra.facts.files import FileContents, Sha1File
 
-from operations import apt, containers
+from operations import containers, pinned_apt
 from operations.util import put_text
-from operations.docker import refuse_daemon_reload_under_gpu_containers
+from operations.docker_daemon import refuse_daemon_reload_under_gpu_containers
 from operations.facts.edge import PROMETHEUS_CONF, PrometheusState, ServiceState
 from operations.secrets import read_secret, secret_file
 
@@ -162,7 +162,7 @@ def gpu_monitor(gpu_count: int, requirements: list[str], pip_install_args: list[
         host.noop("no GPUs on this host: no gpu_monitor")
         return
     script = gpu_monitor_script() if script is None else script
-    yield from apt.packages._inner(packages=["python3-venv"])
+    yield from pinned_apt.packages._inner(packages=["python3-venv"])
 
     commands = list(put_text(f"{MONITOR_DIR}/gpu_monitor.py", script, mode="755"))
     changed = bool(commands)
@@ -395,7 +395,7 @@ def alertmanager(webhook_url_file: str | None, listen: str = ALERTMANAGER_LISTEN
     if not _WEBHOOK_URL.match(url):
         raise OperationValueError(f"secret file {webhook_url_file}: one http:// or https:// URL expected "
                                   "(the value is not shown)")
-    yield from apt.packages._inner(packages=["prometheus-alertmanager"])
+    yield from pinned_apt.packages._inner(packages=["prometheus-alertmanager"])
     defaults = list(put_text(ALERTMANAGER_DEFAULTS, alertmanager_defaults(listen)))
     yield from defaults
     config = list(secret_file(ALERTMANAGER_CONF, render_alertmanager(url), user="root", group="prometheus",

@@ -7,9 +7,9 @@ from pyinfra.api import FunctionCommand, OperationError, StringCommand, operatio
 from pyinfra.facts.files import File
 from pyinfra.facts.server import KernelVersion, LinuxDistribution
 
-from operations import apt, server
+from operations import host_reboot, pinned_apt
 from operations.util import put_text
-from operations.docker import refuse_daemon_reload_under_gpu_containers
+from operations.docker_daemon import refuse_daemon_reload_under_gpu_containers
 from operations.facts.apt import PackageStates
 from operations.facts.gpu import NvidiaDriver
 from operations.facts.kernel import SecureBoot
@@ -45,7 +45,7 @@ def cuda_repository(key_fingerprint: str, apt_mirror: str | None = None, key_nam
 
     + apt_mirror: base URL that replaces https://developer.download.nvidia.com (air-gapped sites, the lab)
     + key_name: the repository's signing key file, published beside its index
-    + key_fingerprint: that key's fingerprint; any other key is refused (operations/apt.signed_source)
+    + key_fingerprint: that key's fingerprint; any other key is refused (operations/pinned_apt.signed_source)
 
     **Example:**
 
@@ -55,7 +55,7 @@ def cuda_repository(key_fingerprint: str, apt_mirror: str | None = None, key_nam
         nvidia.cuda_repository(key_fingerprint="EB693B3035CD5710E231E123A4B469963BF863CC")
     """
     uri = cuda_repo_uri(apt_mirror, host.get_fact(LinuxDistribution))
-    yield from apt.signed_source._inner(filename="nvidia-cuda", uri=uri, key_url=uri + key_name,
+    yield from pinned_apt.signed_source._inner(filename="nvidia-cuda", uri=uri, key_url=uri + key_name,
                                         key_fingerprint=key_fingerprint)
 
 
@@ -85,12 +85,12 @@ def driver(version: str, packages: list[str], revision: str = "1", kernel_module
     if kernel_headers:
         wanted[f"linux-headers-{host.get_fact(KernelVersion)}"] = None
     states = host.get_fact(PackageStates, packages=sorted(wanted))
-    install, _ = apt._plan(wanted, states, hold=True)
+    install, _ = pinned_apt._plan(wanted, states, hold=True)
     if install:  # refused before the first change: a refused host keeps its old pin too
         refuse_daemon_reload_under_gpu_containers(f"installing {', '.join(install)}")
-    yield from apt.preferences._inner(filename="gpufleet-nvidia-driver", packages=DRIVER_PIN_PATTERNS, version=full)
+    yield from pinned_apt.preferences._inner(filename="gpufleet-nvidia-driver", packages=DRIVER_PIN_PATTERNS, version=full)
     # Held, headers included: their name carries the kernel release, so kernel upgrades still work.
-    yield from apt.packages._inner(packages=wanted, hold=True)
+    yield from pinned_apt.packages._inner(packages=wanted, hold=True)
 
 
 @operation()
@@ -142,8 +142,8 @@ def nccl(version: str, cuda_version: str):
     """
     full = f"{version}-1+cuda{cuda_version}"
     names = ["libnccl2", "libnccl-dev"]
-    yield from apt.preferences._inner(filename="gpufleet-nccl", packages=names, version=full)
-    yield from apt.packages._inner(packages=dict.fromkeys(names, full), hold=True)
+    yield from pinned_apt.preferences._inner(filename="gpufleet-nccl", packages=names, version=full)
+    yield from pinned_apt.packages._inner(packages=dict.fromkeys(names, full), hold=True)
 
 
 @operation()
@@ -160,7 +160,7 @@ def container_toolkit(version: str):
     states = host.get_fact(PackageStates, packages=["nvidia-container-toolkit"])
     if states.get("nvidia-container-toolkit", {}).get("version") != version:
         refuse_daemon_reload_under_gpu_containers(f"installing nvidia-container-toolkit={version}")
-    yield from apt.packages._inner(packages={"nvidia-container-toolkit": version}, hold=True)
+    yield from pinned_apt.packages._inner(packages={"nvidia-container-toolkit": version}, hold=True)
 
 
 REBOOT_MARKER_DIR = "/var/lib/gpufleet/driver-reboots"
@@ -199,7 +199,7 @@ def reboot_if_driver_stale(version: str, proc_version_path: str = "/proc/driver/
                                                secure_boot=sb.get("detail") or "" if sb.get("state") == "enabled" else ""))
     reason = f"driver {version} installed, {loaded.get('version') or 'none'} loaded"
     yield f"install -d -m 0755 {REBOOT_MARKER_DIR} && date -u +%FT%TZ > {marker}"
-    yield from server.reboot._inner(reason=reason)
+    yield from host_reboot.reboot._inner(reason=reason)
     yield FunctionCommand(_check_loaded, (version, proc_version_path), {})
 
 

@@ -67,7 +67,7 @@ def check(inventory_path, limit, data, as_json, prometheus_file, junit_file, rep
 @click.option("--no-enable", is_flag=True, help="Write the units only; do not reload systemd or enable the timer.")
 def install_timer(inventory_path, on_calendar, unit_dir, state_dir, textfile_dir, fix, no_enable) -> None:
     """Install the nightly drift check as a systemd service + timer on this (control) host."""
-    from gpufleet.nightly import install
+    from gpufleet.drift_timer import install
 
     for path in install(inventory_path, on_calendar, unit_dir, state_dir, textfile_dir, fix, enable=not no_enable):
         click.echo(f"wrote {path}")

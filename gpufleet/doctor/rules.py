@@ -218,7 +218,7 @@ def docker_down(ev: dict, out: _Out) -> None:
                  "systemctl status docker; journalctl -u docker (a daemon.json dockerd refuses keeps it down)")
     elif docker.get("status") == "missing":
         out.find("docker.down", "error", "Docker is not installed", [("docker", "PATH on the node", "not found")],
-                 "run the deploy (operations/docker.py installs the engine)")
+                 "run the deploy (operations/docker_daemon.py installs the engine)")
 
 
 def gpu_missing(ev: dict, out: _Out) -> None:

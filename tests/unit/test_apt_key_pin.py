@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from operations.apt import fetch_key_command
+from operations.pinned_apt import fetch_key_command
 from operations.facts.apt import KeyringFingerprints
 
 pytestmark = pytest.mark.skipif(shutil.which("gpg") is None or shutil.which("curl") is None,

@@ -2,7 +2,7 @@
 
 import subprocess
 
-from operations.docker import merged
+from operations.docker_daemon import merged
 from operations.facts.docker import DockerDaemonConfig, DockerRuntimes, GpuContainers
 from operations.facts.util import wrap_file
 

@@ -40,7 +40,7 @@ def test_gpu_stack_changes_are_never_rolled_back_automatically():
 
 
 def test_the_refusals_say_what_a_rollout_must_do_by_type(monkeypatch):
-    from operations import docker
+    from operations import docker_daemon as docker
 
     monkeypatch.setattr(gate_module, "host", FakeHost(None, ["vllm-gpu-node-1-vllm-0"]))
     with pytest.raises(gate_module.ServingInterruption) as refused:
