@@ -10,8 +10,6 @@ into the spec so that a rotated secret recreates the container.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shlex
 from dataclasses import asdict, dataclass, field
 
@@ -19,6 +17,7 @@ from pyinfra import host
 from pyinfra.api import operation
 
 from operations.facts.docker import SPEC_LABEL, ContainerState
+from operations.digests import short_digest
 
 
 @dataclass
@@ -44,7 +43,7 @@ class ContainerSpec:
     extra_args: list[str] = field(default_factory=list)  # anything else `docker run` takes
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return short_digest(asdict(self))
 
     def run_command(self) -> str:
         args = ["docker", "run", "-d", "--name", self.name, "--restart", self.restart,

@@ -28,7 +28,6 @@ Decisions (see also files/nginx/nginx.conf.j2):
 from __future__ import annotations
 
 import hashlib
-import json
 import shlex
 from io import StringIO
 from pathlib import Path
@@ -39,6 +38,7 @@ from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationError, StringCommand, operation
 
 from operations.facts.edge import DRAINED_DIR, NGINX_CONF, NginxState, UpstreamHealth
+from operations.digests import short_digest
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "files" / "nginx" / "nginx.conf.j2"
 NEW = f"{NGINX_CONF}.gpufleet-new"
@@ -112,7 +112,7 @@ def render(replicas, drained=(), options: dict | None = None, joining=()) -> tup
     # "joining" only where it is true: the config id of every config without one stays the same.
     rows = [{**m, "drained": m["name"] in drained | joining, **({"joining": True} if m["name"] in joining else {})}
             for m in wanted]
-    config_id = hashlib.sha256(json.dumps([rows, opts], sort_keys=True).encode()).hexdigest()[:16]
+    config_id = short_digest([rows, opts])
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     text = env.from_string(TEMPLATE.read_text()).render(
         members=rows, config_id=config_id, drained_dir=DRAINED_DIR, **opts)

@@ -31,7 +31,6 @@ Every container goes through operations.containers (spec digest label: recreated
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import shlex
 
@@ -44,6 +43,7 @@ from operations.containers import ContainerSpec
 from operations.containers import container as _container
 from operations.facts.docker import ContainerState
 from operations.facts.net import HttpOk, ResolvedAddress
+from operations.digests import short_digest
 
 MILVUS = "milvus-standalone"
 ETCD = "milvus-etcd"
@@ -83,7 +83,7 @@ def bind_address(address: str) -> str:
 
 
 def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return short_digest(text)
 
 
 def milvus_specs(mode: str, image: str, address: str, port: int = 19530, health_port: int = 9091,

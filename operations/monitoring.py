@@ -29,7 +29,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shlex
 from io import StringIO
@@ -46,6 +45,7 @@ from operations.util import put_text
 from operations.docker_daemon import refuse_daemon_reload_under_gpu_containers
 from operations.facts.edge import PROMETHEUS_CONF, PrometheusState, ServiceState
 from operations.secrets import read_secret, secret_file
+from operations.digests import short_digest
 
 FILES = Path(__file__).resolve().parents[1] / "files"
 DCGM_COUNTERS = "/etc/gpufleet/dcgm-exporter/counters.csv"
@@ -76,7 +76,7 @@ def _render(template: str, **values) -> str:
 
 
 def _digest(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return short_digest(parts)
 
 
 # --- DCGM exporter -------------------------------------------------------------------------------
@@ -90,7 +90,7 @@ def dcgm_spec(image: str, port: int = 9400, counters: str = "", listen_address: 
         name=DCGM_CONTAINER, image=image, gpus="all",
         ports=[f"{listen_address}:{port}:9400"],
         volumes=[f"{DCGM_COUNTERS}:/etc/dcgm-exporter/default-counters.csv:ro"],
-        labels={"io.gpufleet.counters": hashlib.sha256(counters.encode()).hexdigest()[:16]},
+        labels={"io.gpufleet.counters": short_digest(counters)},
     )
 
 

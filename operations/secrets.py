@@ -30,6 +30,7 @@ it is shown by ``-vvv`` (fact output), so a key must be a random string, not a g
 """
 
 from __future__ import annotations
+from operations.digests import short_digest
 
 import base64
 import hashlib
@@ -96,7 +97,7 @@ def env_text(variables: dict[str, str]) -> str:
 
 def content_digest(text: str) -> str:
     """Short digest of a secret file's content, for a container spec: a rotation recreates it."""
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return short_digest(text)
 
 
 def write_command(dest: str, user: str = "root", group: str = "root", mode: str = "600") -> str:
