@@ -14,7 +14,8 @@ MARKER = "/run/gpufleet-reboot-pending"
 @operation(is_idempotent=False)
 def reboot(reason: str, delay: int = 3, timeout: int = 600):
     """
-    Reboot and wait until the host is back: SSH answers and a marker left in /run is gone.
+    Reboot and wait until the host is back: SSH answers, a marker left in /run is gone, and
+    systemd has finished booting (``systemctl is-system-running --wait``).
 
     + reason: logged, so the run says why a host went down
     + delay: seconds before the first reconnect attempt
@@ -29,7 +30,7 @@ def reboot(reason: str, delay: int = 3, timeout: int = 600):
 
     .. code:: python
 
-        server.reboot(reason="driver 580.95.05 installed, 575.57.08 loaded", _serial=True)
+        host_reboot.reboot(reason="driver 580.95.05 installed, 575.57.08 loaded", _serial=True)
     """
     yield StringCommand(f"touch {MARKER}")
     yield StringCommand("( sleep 1 && systemctl reboot ) </dev/null >/dev/null 2>&1 &")
@@ -48,6 +49,10 @@ def _wait_for_reboot(state, host, reason: str, delay: int, timeout: int) -> bool
         if host.connected:
             ok, output = host.run_shell_command(StringCommand(f"test -e {MARKER} && echo pending || echo rebooted"))
             if ok and "rebooted" in output.stdout:
+                # SSH answers before boot has finished: wait for systemd's start-up jobs (Docker and
+                # the units the next operations look at), "degraded" included, within the time left.
+                left = max(1, int(deadline - time.monotonic()))
+                host.run_shell_command(StringCommand(f"timeout {left} systemctl is-system-running --wait || true"))
                 return True
             host.disconnect()
         time.sleep(1)

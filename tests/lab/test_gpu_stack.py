@@ -88,48 +88,36 @@ def test_bumping_the_nccl_pin_moves_every_node_host_and_image_and_back(deployed,
     assert nccl_in_vllm(hosts["gpu-node-2"], "gpu-node-2") == "2.27.7"
 
 
-def test_a_stale_loaded_driver_reboots_exactly_that_node(deployed, hosts):
-    node = hosts["gpu-node-1"]
-    node.run("sed -i 's/580.95.05/575.57.08/' /run/gpufleet-lab/nvidia/version")
-    boot_marker = "/run/gpufleet-test-boot-marker"
-    node.run(f"touch {boot_marker}")
-    result = deploy("--data", "allow_serving_disruption=true")
-    assert result["rc"] == 0, result["stderr"][-2000:]
-    assert result["changed"]["Reboot if the loaded driver is not the pinned one"] == ["gpu-node-1"]
-    # After the reboot only the serving containers' readiness may be waited for, on that node.
-    others = {op: h for op, h in result["changed"].items() if not op.startswith("Reboot")}
-    assert all(h == ["gpu-node-1"] and ("healthy" in op or "ready" in op or op.startswith("vLLM replica"))
-               for op, h in others.items()), others
-    assert not node.file(boot_marker).exists, "gpu-node-1 did not reboot"
-    assert "580.95.05" in node.file("/run/gpufleet-lab/nvidia/version").content_string
-    assert deploy()["changed"] == {}
-
-
-def test_secure_boot_stops_the_deploy_after_the_reboot_and_it_never_reboots_twice(deployed, hosts):
-    """A node whose module is refused at boot (stand-in Secure Boot, no MOK): one reboot, then a
-    clear stop naming MOK; the next deploy stops at once instead of rebooting again."""
+def test_a_stale_driver_reboots_exactly_that_node_and_secure_boot_stops_it_without_a_reboot_loop(deployed, hosts):
+    """gpu-node-1's loaded driver is stale, and its (stand-in) Secure Boot refuses the unsigned module:
+    one reboot, then a stop naming MOK; the next deploy stops at once instead of rebooting again.
+    Once the operator fixed it, a deploy reboots exactly that node and it serves again."""
     from gpufleet.lab.faults import secure_boot
 
-    node = hosts["gpu-node-2"]
+    node = hosts["gpu-node-1"]
     pinned = "580.95.05"
-    node.run(f"sed -i 's/{pinned}/575.57.08/' /run/gpufleet-lab/nvidia/version")  # stale: a reboot is due
-    secure_boot("gpu-node-2", True)
+    boot_marker = "/run/gpufleet-test-boot-marker"
+    node.run(f"sed -i 's/{pinned}/575.57.08/' /run/gpufleet-lab/nvidia/version")
+    secure_boot("gpu-node-1", True)
     try:
-        first = deploy("--limit", "gpu-node-2", "--data", "allow_serving_disruption=true")
+        first = deploy("--data", "allow_serving_disruption=true")
         assert first["rc"] != 0
-        assert "SecureBoot enabled" in first["stderr"] and "mokutil --import" in first["stderr"], first["stderr"][-2000:]
+        assert "SecureBoot enabled" in first["stderr"] and "mokutil --import" in first["stderr"], first["stderr"][-3000:]
         assert not node.file("/run/gpufleet-lab/nvidia/version").exists  # rebooted, and nothing loaded
         # GPU containers cannot start without the driver, as on a real host.
         assert node.run("docker run --rm --gpus all lab-registry:5000/gpufleet-lab/toolkit-check:1 true").rc != 0
-        node.run("touch /run/gpufleet-test-boot-marker")
-        second = deploy("--limit", "gpu-node-2", "--data", "allow_serving_disruption=true")
-        assert second["rc"] != 0 and "not rebooting again" in second["stderr"]
-        assert node.file("/run/gpufleet-test-boot-marker").exists, "the second deploy rebooted the node"
+        node.run(f"touch {boot_marker}")
+        second = deploy("--limit", "gpu-node-1", "--data", "allow_serving_disruption=true")
+        assert second["rc"] != 0 and "not rebooting again" in second["stderr"], second["stderr"][-3000:]
+        assert node.file(boot_marker).exists, "the second deploy rebooted the node again"
     finally:
-        secure_boot("gpu-node-2", False)
+        secure_boot("gpu-node-1", False)
         node.run(f"rm -f /var/lib/gpufleet/driver-reboots/{pinned}")
-    fixed = deploy("--limit", "gpu-node-2", "--data", "allow_serving_disruption=true")  # the operator's fix
+    fixed = deploy("--data", "allow_serving_disruption=true")
     assert fixed["rc"] == 0, fixed["stderr"][-3000:]
+    assert fixed["changed"]["Reboot if the loaded driver is not the pinned one"] == ["gpu-node-1"]
+    assert all(h == ["gpu-node-1"] for h in fixed["changed"].values()), fixed["changed"]  # exactly that node
+    assert not node.file(boot_marker).exists, "gpu-node-1 did not reboot"
     assert pinned in node.file("/run/gpufleet-lab/nvidia/version").content_string
     assert deploy()["changed"] == {}
 
