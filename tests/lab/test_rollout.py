@@ -3,8 +3,8 @@
 The order matters: a canary that cannot start is rolled back (the lab stays as deployed); a
 plain deploy is refused; a change is rolled over both nodes while gpu-node-2 loses SSH (stopped,
 then resumed with --resume), repeated (nothing to do), tried as a plain deploy (nothing to do);
-the lab goes back to the repository's values in a maintenance window; a driver version is
-rolled forward and back on one node; and one node's replica is replaced by another and back.
+the lab goes back to the repository's values in a maintenance window; and one node gets another
+driver and another replica in one rollout, then goes back.
 """
 
 from __future__ import annotations
@@ -201,28 +201,6 @@ def test_back_to_the_repository_values_in_a_maintenance_window(live):
     assert deploy()["changed"] == {}
 
 
-def test_a_driver_version_is_rolled_out_with_no_failed_request(live, state_dir):
-    from gpufleet.fleet import load_fleet
-
-    pinned = load_fleet("inventory/lab.py").hosts["gpu-node-1"].settings.nvidia_driver_version
-    other = "580.105.08"  # the lab repository carries it (lab/standins/packages.toml)
-    before = container_ids(live)
-    with SteadyLoad() as load:
-        code, report, err = rollout("--data", f"nvidia_driver_version={other}", "--limit", "gpu-node-1",
-                                    state_dir=state_dir)
-        assert code == 0, err[-3000:]
-        node = report["nodes"]["gpu-node-1"]
-        assert node["kind"] == "gpu-stack" and node["state"] == "done"
-        assert loaded_driver("gpu-node-1") == other and loaded_driver("gpu-node-2") == pinned
-        # Stopped, not recreated: the same container started again on the new driver.
-        assert container_ids(live)["gpu-node-1"] == before["gpu-node-1"]
-        code, report, err = rollout("--limit", "gpu-node-1", state_dir=state_dir)  # back to the pin
-        assert code == 0, err[-3000:]
-    assert loaded_driver("gpu-node-1") == pinned
-    assert drained(live) == [] and not load.failures, load.failures[:5]
-    assert load.ok > 10
-
-
 def lb_members(hosts) -> dict[str, str]:
     """``{replica: "live" | "down"}`` from the nginx config in place on lb-1."""
     lines = hosts["lb-1"].run("grep -E '^ +server .*;  # ' /etc/nginx/nginx.conf").stdout.splitlines()
@@ -234,21 +212,37 @@ def replica_containers(hosts, node: str) -> list[str]:
     return sorted(out.split())
 
 
-def test_a_replaced_replica_is_retired_drained_and_the_new_one_joins_once_ready(live, state_dir):
-    """gpu-node-1's replica vllm-0 (port 8000) is replaced by vllm-1 (port 8001), then put back."""
+def test_a_driver_version_and_a_replaced_replica_are_rolled_out_and_back_with_no_failed_request(live, state_dir):
+    """gpu-node-1 gets another driver (drain, stop its GPU containers, install, reboot, check the
+    loaded version) and, in the same rollout, its replica vllm-0 (port 8000) is replaced by vllm-1
+    (port 8001): the old one is retired, the new one joins the load balancer once ready. Then back."""
+    from gpufleet.fleet import load_fleet
+
+    pinned = load_fleet("inventory/lab.py").hosts["gpu-node-1"].settings.nvidia_driver_version
+    other = "580.105.08"  # the lab repository carries it (lab/standins/packages.toml)
     moved = json.dumps([{"name": "vllm-1", "gpus": [0, 1], "port": 8001}])
+    exporter = "docker inspect --format '{{.Id}}' dcgm-exporter"
+    exporter_before = live["gpu-node-1"].run(exporter).stdout
     with SteadyLoad() as load:
-        code, report, err = rollout("--data", f"vllm_replicas={moved}", "--limit", "gpu-node-1", state_dir=state_dir)
+        code, report, err = rollout("--data", f"nvidia_driver_version={other}", "--data", f"vllm_replicas={moved}",
+                                    "--limit", "gpu-node-1", state_dir=state_dir)
         assert code == 0, err[-3000:]
-        assert report["nodes"]["gpu-node-1"]["retiring"] == ["gpu-node-1-vllm-0"]
+        node = report["nodes"]["gpu-node-1"]
+        assert node["kind"] == "gpu-stack" and node["state"] == "done"
+        assert loaded_driver("gpu-node-1") == other and loaded_driver("gpu-node-2") == pinned
+        # The GPU containers were stopped for the driver and started again, not recreated.
+        assert live["gpu-node-1"].run(exporter).stdout == exporter_before
+        assert node["retiring"] == ["gpu-node-1-vllm-0"]
         assert replica_containers(live, "gpu-node-1") == ["vllm-gpu-node-1-vllm-1"]  # the old one is gone
         members = lb_members(live)
         assert members["gpu-node-1-vllm-1"] == "live" and "gpu-node-1-vllm-0" not in members
         # gpu-node-2 was not rolled: its old replica keeps serving, its new one waits (not running yet).
         assert members["gpu-node-2-vllm-0"] == "live" and members["gpu-node-2-vllm-1"] == "down"
-        code, report, err = rollout("--limit", "gpu-node-1", state_dir=state_dir)  # back to the inventory
+        code, report, err = rollout("--limit", "gpu-node-1", state_dir=state_dir)  # back to the repository
         assert code == 0, err[-3000:]
+    assert loaded_driver("gpu-node-1") == pinned
     assert replica_containers(live, "gpu-node-1") == ["vllm-gpu-node-1-vllm-0"]
     assert lb_members(live) == {"gpu-node-1-vllm-0": "live", "gpu-node-2-vllm-0": "live"}
     assert drained(live) == [] and not load.failures, load.failures[:5]
+    assert load.ok > 10
     assert deploy()["changed"] == {}
