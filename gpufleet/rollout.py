@@ -47,12 +47,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+# What a disruptive change needs: the serving gate's typed refusal says which (re-exported here).
+from operations.serving_gate import GPU_STACK, REPLICAS  # noqa: F401
+
 PENDING, DRAINING, UPDATING, VALIDATING, UNDRAINING = "pending", "draining", "updating", "validating", "undraining"
 DONE, FAILED, ROLLED_BACK = "done", "failed", "rolled-back"
 FINAL = (DONE, FAILED, ROLLED_BACK)
-# What a disruptive change needs, from the serving gate's typed refusal (operations/serving_gate.py).
-REPLICAS, GPU_STACK = "replicas", "gpu-stack"
-
 EXIT_DONE, EXIT_CANNOT_START, EXIT_STOPPED = 0, 1, 2
 
 
@@ -153,8 +153,11 @@ def make_batches(nodes: list[str], canary: int, max_unavailable: int) -> list[li
 def check_capacity(batches: list[list[str]], node_replicas: dict[str, list[str]], live_replicas: list[str]) -> None:
     """Refuse a plan in which a drained batch would leave no live replica behind the load balancers.
 
-    ``live_replicas`` are the replicas running *now* (read from the nodes while planning), not the
-    inventory's: a replica that is down or on an unreachable node does not carry traffic.
+    ``node_replicas``: what draining each node takes out of rotation (its live replicas; nothing
+    for a node changed in place). ``live_replicas``: the replicas running *now* (read from the
+    nodes while planning), not the inventory's: a replica that is down or on an unreachable node
+    carries no traffic. A batch that takes nothing live out is never refused, so the rollout that
+    repairs an outage can run.
     """
     for batch in batches:
         drained = {r for n in batch for r in node_replicas.get(n, [])}
@@ -231,8 +234,10 @@ class Runner:
         r = self.rollout
         steps.lock(r, node.name, DRAINING)
         if node.disruptive:
+            # Recorded before anything is drained: a failure from here on undrains them too.
+            node.retiring = sorted(set(node.retiring) | set(steps.retiring_replicas(r, node.name)))
             self.node_state(node, DRAINING)
-            node.retiring = sorted(set(node.retiring) | set(steps.drain(r, node.name) or []))
+            steps.drain(r, node.name, node.retiring)
         if not node.before:  # on --resume, keep what was there before the first attempt
             node.before = steps.container_ids(r, node.name)
         self.node_state(node, UPDATING)
@@ -256,7 +261,15 @@ class Runner:
         return True
 
     def fail(self, node: NodeRollout, why: str, steps) -> bool:
-        if node.state == DRAINING:  # nothing changed yet: put it back into rotation
+        updated_before = any(state == UPDATING for state, _ in node.history)
+        if node.state == PENDING:  # its lock may be taken, nothing else happened: give it back
+            try:
+                steps.unlock(self.rollout, node.name)
+            except Exception:  # noqa: BLE001 - unreachable: its lock is released with --resume
+                pass
+            self.node_state(node, FAILED, why)
+            return False
+        if node.state == DRAINING and not updated_before:  # nothing changed yet: put it back into rotation
             try:
                 steps.undrain(self.rollout, node.name, node.retiring)
                 steps.unlock(self.rollout, node.name)

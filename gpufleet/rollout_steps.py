@@ -33,6 +33,11 @@ def _overrides(rollout, **more) -> dict[str, Any]:
 _fleets: dict[str, Any] = {}
 
 
+def _sudo(host) -> dict[str, bool]:
+    # Raw shell calls do not take _sudo from host data as operations do (vllm._wait_ready neither).
+    return {"_sudo": True} if host.data.get("_sudo") else {}
+
+
 def _fleet(rollout):
     """The rollout's validated fleet, loaded once per rollout (its data never changes mid-rollout)."""
     if rollout.id not in _fleets:
@@ -80,7 +85,8 @@ def plan(inventory: str, overrides: dict[str, Any], limit: tuple[str, ...], roll
                 with ctx_state.use(p.state), ctx_host.use(host):
                     running = host.get_fact(LiveReplicas)
                 out["live"][host.name] = _replica_names(running)
-                if interruption is not None and not any(interruption.what.startswith(c) for c in changes):
+                if interruption is not None and not any(c.startswith(interruption.what) or interruption.what.startswith(c)
+                                                        for c in changes):
                     changes.append(interruption.what)  # the refused operation, when it was not added
                 if changes:
                     out["nodes"][host.name] = (changes, interruption.kind if interruption else "")
@@ -173,16 +179,16 @@ def retiring_replicas(rollout, name: str) -> list[str]:
     return [c.removeprefix("vllm-") for c in present if c not in declared]
 
 
-def drain(rollout, name: str) -> list[str]:
+def drain(rollout, name: str, retiring: list[str] = ()) -> None:
     """Mark the node's replicas down on every load balancer, then wait until nothing is in flight.
 
-    Returns the node's retiring replicas (drained too; undrain them with the others once the
-    update removed them, which drops them from the lb config).
+    ``retiring`` (:func:`retiring_replicas`) are drained too, where an lb has them; undrain them
+    with the others once the update removed them, which drops them from the lb config. Their
+    requests in flight get vLLM's graceful shutdown (``docker stop -t``) when they are retired.
     """
     from gpufleet.vllm_control import wait_idle
 
-    retiring = retiring_replicas(rollout, name)
-    _lb_step(rollout, name, "drain", retiring)
+    _lb_step(rollout, name, "drain", list(retiring))
     with _on_node(rollout, name) as (host, fleet):
         node = fleet.hosts[name]
         urls = [f"http://{r.address}:{r.port}" for r in replicas_of(node)]
@@ -197,11 +203,14 @@ def undrain(rollout, name: str, retiring: list[str] = ()) -> None:
 
 
 def stop_gpu_containers(rollout, name: str) -> None:
-    """Stop every running container that holds a GPU on the drained node (each with its stop timeout).
+    """Stop every running container that holds a GPU on the drained node (``docker stop -t`` with
+    the vLLM stop timeout, so a replica finishes what it has).
 
     A GPU-stack change needs them stopped: a new driver, a toolkit upgrade or a daemon-reload
-    takes the GPUs away from running containers. They stay stopped (not removed): deploy.py
-    starts them again once the stack is converged, with the same spec.
+    takes the GPUs away from running containers. They stay stopped (not removed): deploy.py starts
+    the ones it manages again once the stack is converged (same spec: ``docker start``); others
+    stay stopped. With ``vllm_restart_policy=always`` Docker itself would restart them on a
+    Docker restart or reboot: the default ``unless-stopped`` does not.
     """
     from operations.facts.docker import GpuContainers
 
@@ -211,7 +220,7 @@ def stop_gpu_containers(rollout, name: str) -> None:
         if not running:
             return
         ok, out = shell(host, f"docker stop -t {timeout} " + " ".join(shlex.quote(c) for c in running),
-                        timeout=timeout + 60)
+                        timeout=timeout + 60, **_sudo(host))
     if not ok:
         raise StepError(f"stopping the GPU containers {', '.join(running)}: {out.strip()[-300:]}")
 
@@ -273,7 +282,8 @@ def container_ids(rollout, name: str) -> dict[str, str]:
     names = [f"vllm-{r.name}" for r in replicas_of(fleet.hosts[name])]
     with _on_node(rollout, name) as (host, _):
         ok, out = shell(host, "for c in " + " ".join(shlex.quote(n) for n in names) + "; do "
-                        "printf '%s %s\\n' \"$c\" \"$(docker inspect --format '{{.Id}}' \"$c\" 2>/dev/null)\"; done")
+                        "printf '%s %s\\n' \"$c\" \"$(docker inspect --format '{{.Id}}' \"$c\" 2>/dev/null)\"; done",
+                        **_sudo(host))
     return {parts[0]: parts[1] for parts in (line.split() for line in out.splitlines()) if len(parts) == 2}
 
 
@@ -284,7 +294,7 @@ def forget_previous(rollout, name: str) -> None:
     fleet = _fleet(rollout)
     names = [previous_name(f"vllm-{r.name}") for r in replicas_of(fleet.hosts[name])]
     with _on_node(rollout, name) as (host, _):
-        shell(host, "docker rm -f " + " ".join(shlex.quote(n) for n in names) + " >/dev/null 2>&1; true")
+        shell(host, "docker rm -f " + " ".join(shlex.quote(n) for n in names) + " >/dev/null 2>&1; true", **_sudo(host))
 
 
 def rollback(rollout, name: str, before: dict[str, str]) -> None:
@@ -305,7 +315,7 @@ def rollback(rollout, name: str, before: dict[str, str]) -> None:
                 continue
             ok, out = shell(host, rollback_command(container, node.settings.vllm_restart_policy,
                                                    node.settings.vllm_stop_timeout_effective()),
-                            timeout=node.settings.vllm_stop_timeout_effective() + 120)
+                            timeout=node.settings.vllm_stop_timeout_effective() + 120, **_sudo(host))
             if not ok:
                 raise StepError(f"rollback of {container}: {out.strip()[-300:]}")
     ok, why = replicas_ready(rollout, name)

@@ -81,9 +81,12 @@ MODEL_CONFIG_REQUIRED = ("hidden_size", "num_attention_heads", "num_hidden_layer
 
 def _ip(v: str, what: str) -> str:
     try:
-        ipaddress.ip_address(v)
+        address = ipaddress.ip_address(v)
     except ValueError:
         raise ValueError(what) from None
+    if address.version == 6:
+        # nginx members ("server ADDR:PORT") and every health URL would need brackets: not done yet.
+        raise ValueError(f"{what}; IPv4 only for now (IPv6 addresses are not supported yet)")
     return v
 
 

@@ -257,8 +257,11 @@ def undrain(replica: str, replicas: list, options: dict | None = None):
     opts = {**DEFAULT_OPTIONS, **(options or {})}
     state = host.get_fact(NginxState, status_port=opts["status_port"])
     rows, joining = membership(replicas, state)
-    if replica not in state["drained"]:
-        _check_known(replica, rows)  # a retired replica's marker may outlive its member: removed below
+    if replica not in state["drained"] and replica not in {m["name"] for m in rows}:
+        if replica in {m["name"] for m in members(replicas)}:
+            _check_known(replica, rows)
+        host.noop(f"{replica} is neither drained nor a member")  # e.g. a retired replica this lb never had
+        return
     drained = set(state["drained"]) - {replica}
     text, config_id = render(rows, drained, opts, joining)
     commands = list(_converge(text, config_id, opts["status_port"], state))

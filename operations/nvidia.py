@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationError, StringCommand, operation
-from pyinfra.facts.files import File
 from pyinfra.facts.server import KernelVersion, LinuxDistribution
 
 from operations import host_reboot, pinned_apt
 from operations.util import put_text
 from operations.docker_daemon import refuse_daemon_reload_under_gpu_containers
 from operations.facts.apt import PackageStates
-from operations.facts.gpu import NvidiaDriver
+from operations.facts.gpu import DriverRebootMarker, NvidiaDriver
 from operations.facts.kernel import SecureBoot
 
 NVIDIA_DOWNLOAD = "https://developer.download.nvidia.com"
@@ -178,8 +177,9 @@ def reboot_if_driver_stale(version: str, proc_version_path: str = "/proc/driver/
     was upgraded behind our back (loaded != installed) does. After the reboot the loaded version
     must be the pin; if it is not (Secure Boot refusing an unsigned module, a DKMS build that
     failed), the host stops here with the cause to look at. The reboot is recorded on the host
-    (``/var/lib/gpufleet/driver-reboots/<version>``): a host that already rebooted for this
-    version and still does not load it is never rebooted again (no reboot loops). Run with
+    (``/var/lib/gpufleet/driver-reboots/<version>``, with a twin in /run that a real reboot
+    clears): a host that already rebooted for this version and still does not load it is never
+    rebooted again (no reboot loops); one whose reboot never happened is rebooted. Run with
     ``_serial=True``: one host at a time goes down.
 
     **Example:**
@@ -193,12 +193,14 @@ def reboot_if_driver_stale(version: str, proc_version_path: str = "/proc/driver/
         host.noop(f"driver {version} loaded")
         return
     marker = f"{REBOOT_MARKER_DIR}/{version}"
-    if host.get_fact(File, path=marker):
+    if host.get_fact(DriverRebootMarker, version=version)["rebooted_since"]:
         sb = host.get_fact(SecureBoot)
         raise OperationError(driver_not_loaded(version, loaded.get("version"), after_reboot=True,
                                                secure_boot=sb.get("detail") or "" if sb.get("state") == "enabled" else ""))
     reason = f"driver {version} installed, {loaded.get('version') or 'none'} loaded"
-    yield f"install -d -m 0755 {REBOOT_MARKER_DIR} && date -u +%FT%TZ > {marker}"
+    # The /run twin disappears with a real reboot: a marker without it means "rebooted already".
+    yield (f"install -d -m 0755 {REBOOT_MARKER_DIR} /run/gpufleet-driver-reboot && date -u +%FT%TZ > {marker} "
+           f"&& touch /run/gpufleet-driver-reboot/{version}")
     yield from host_reboot.reboot._inner(reason=reason)
     yield FunctionCommand(_check_loaded, (version, proc_version_path), {})
 
@@ -221,13 +223,18 @@ def driver_not_loaded(version: str, loaded: str | None, after_reboot: bool, secu
 def _check_loaded(state, host, version: str, proc_version_path: str) -> bool:  # pragma: no cover - needs a host
     from operations.facts.gpu import parse_driver_version
 
-    ok, output = host.run_shell_command(StringCommand(f"cat {proc_version_path}"))
+    sudo = {"_sudo": True} if host.data.get("_sudo") else {}
+    ok, output = host.run_shell_command(StringCommand(f"cat {proc_version_path}"), **sudo)
     found = parse_driver_version(output.stdout.splitlines()).get("version") if ok else None
     if found != version:
-        _, sb = host.run_shell_command(StringCommand("mokutil --sb-state 2>/dev/null || true"))
+        _, sb = host.run_shell_command(StringCommand("mokutil --sb-state 2>/dev/null || true"), **sudo)
         # Logged and failed here (not raised: pyinfra would call it an unexpected callback error).
         logger.error(f"{host.print_prefix}" + driver_not_loaded(version, found, after_reboot=True,
                                                                secure_boot=sb.stdout.strip()))
         return False
-    host.run_shell_command(StringCommand(f"rm -f {REBOOT_MARKER_DIR}/{version}"))
+    sudo = {"_sudo": True} if host.data.get("_sudo") else {}
+    cleared, _ = host.run_shell_command(StringCommand(f"rm -f {REBOOT_MARKER_DIR}/{version}"), **sudo)
+    if not cleared:
+        logger.error(f"{host.print_prefix}driver {version} loaded, but {REBOOT_MARKER_DIR}/{version} could not be removed")
+        return False
     return True

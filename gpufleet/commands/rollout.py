@@ -9,7 +9,7 @@ import time
 import click
 
 from gpufleet.commands.validate import DATA_HELP
-from gpufleet.fleet import parse_data_overrides, replicas_of
+from gpufleet.fleet import parse_data_overrides
 from gpufleet.settings import SettingsError, format_issues
 
 
@@ -82,8 +82,10 @@ def _plan(inventory_path, overrides, limit, canary, max_unavailable, say, steps,
         return None
     batches = rl.make_batches(changed, canary, max_unavailable)
     live = planned["live"]  # {node: replicas running now, named in the inventory or being retired}
-    node_replicas = {n.name: sorted({r.name for r in replicas_of(n)} | set(live.get(n.name, []))) for n in fleet.nodes}
-    rl.check_capacity(batches, node_replicas, [r for names in live.values() for r in names])
+    # What a batch takes out of rotation: the live replicas of its disruptive nodes (a node
+    # changed in place is never drained, and a replica that is down carries nothing).
+    taken_out = {n: live.get(n, []) for n in changed if planned["nodes"][n][1]}
+    rl.check_capacity(batches, taken_out, [r for names in live.values() for r in names])
     nodes = {n: rl.NodeRollout(n, changes=planned["nodes"][n][0], disruptive=bool(planned["nodes"][n][1]),
                                kind=planned["nodes"][n][1]) for n in changed}
     r = rl.Rollout(id=rollout_id, inventory=inventory_path, overrides=overrides, holder=rl.holder(),

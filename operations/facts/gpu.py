@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import re
+import shlex
 
 from pyinfra.api import FactBase
 
@@ -247,3 +248,31 @@ class NvidiaDriver(FactBase):
             return {**self.default(), **result, "error": "not loaded"}
         parsed = parse_driver_version(body)
         return {**result, "loaded": result["status"] == "ok" and parsed["version"] is not None, **parsed}
+
+
+class DriverRebootMarker(FactBase):
+    """Whether this host already rebooted for a driver version, and whether that reboot happened.
+
+    ``/var/lib/gpufleet/driver-reboots/<version>`` is written just before the reboot that should
+    load ``version``, beside ``/run/gpufleet-driver-reboot/<version>``; /run is a tmpfs, so the
+    second is gone once the host really rebooted. Both present: the reboot never happened (the
+    control host died first, or the wait gave up): rebooting again is right.
+
+    .. code:: python
+
+        host.get_fact(DriverRebootMarker, version="580.95.05")
+        {"marker": True, "rebooted_since": True}
+    """
+
+    def command(self, version: str) -> str:
+        v = shlex.quote(version)
+        return (f"[ -f /var/lib/gpufleet/driver-reboots/{v} ] && echo marker; "
+                f"[ -e /run/gpufleet-driver-reboot/{v} ] && echo pending; true")
+
+    @staticmethod
+    def default():
+        return {"marker": False, "rebooted_since": False}
+
+    def process(self, output):
+        lines = {line.strip() for line in output}
+        return {"marker": "marker" in lines, "rebooted_since": "marker" in lines and "pending" not in lines}

@@ -8,6 +8,13 @@ from pyinfra.api import FactBase
 
 LOCK_PATH = "/var/lib/gpufleet/rollout.lock"
 VLLM_ROLE_LABEL = "io.gpufleet.role=vllm"
+# No Docker (a fresh host), or dockerd stopped by systemd without live-restore (its containers
+# stopped with it): nothing runs, and a deploy may start Docker again. Any other failure of
+# `docker ps` is no answer, and the fact fails (never "no live replicas").
+DOCKER_GUARD = ('command -v docker >/dev/null 2>&1 || exit 0; '
+                'case "$(systemctl is-system-running 2>/dev/null)" in running|degraded|starting|maintenance) '
+                'systemctl is-active --quiet docker || '
+                'grep -qs \'"live-restore": *true\' /etc/docker/daemon.json || exit 0;; esac; ')
 
 
 class RolloutLock(FactBase):
@@ -48,10 +55,9 @@ class LiveReplicas(FactBase):
         ["vllm-gpu-node-1-vllm-0"]
     """
 
-    # No Docker (a fresh host) is "none"; a Docker that fails or hangs is no answer at all: the
-    # fact fails, and so does the deploy that asked (the serving gate must never read "none").
-    command = (f"command -v docker >/dev/null 2>&1 || exit 0; timeout -k 5 60 docker ps --filter label={VLLM_ROLE_LABEL} "
-               "--format '{{.Names}}'")
+    # A Docker that fails or hangs is no answer: the fact fails, and so does the deploy that asked
+    # (the serving gate must never read "none" from a Docker it could not ask).
+    command = (f"{DOCKER_GUARD}timeout -k 5 60 docker ps --filter label={VLLM_ROLE_LABEL} --format '{{{{.Names}}}}'")
 
     @staticmethod
     def default():
@@ -71,8 +77,7 @@ class ReplicaContainers(FactBase):
         ["vllm-gpu-node-1-vllm-0", "vllm-gpu-node-1-vllm-1"]
     """
 
-    command = (f"command -v docker >/dev/null 2>&1 || exit 0; timeout -k 5 60 docker ps -a "
-               f"--filter label={VLLM_ROLE_LABEL} --format '{{{{.Names}}}}'")
+    command = f"{DOCKER_GUARD}timeout -k 5 60 docker ps -a --filter label={VLLM_ROLE_LABEL} --format '{{{{.Names}}}}'"
 
     @staticmethod
     def default():

@@ -120,6 +120,8 @@ CASES = [
          data={"private_address": ""}),
     Case("private-address-a-name", "gpu-node-01", "private_address", "gpu-node-01.internal", "IP address literal",
          data={"private_address": "gpu-node-01.internal"}),
+    Case("private-address-ipv6", "gpu-node-01", "private_address", "fd00::11", "IPv4 only for now",
+         data={"private_address": "fd00::11"}),
     Case("private-address-missing-on-node", "gpu-node-01", "private_address", "None", "the host's private IP",
          text=lambda t: inventory([("gpu-node-01", {"ssh_hostname": "10.40.1.11"}), node(2)])),
     Case("private-address-missing-on-lb", "lb-01", "private_address", "None", "the host's private IP",

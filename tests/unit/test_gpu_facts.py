@@ -314,3 +314,11 @@ def test_load_driver_writes_the_package_version(tmp_path):
     assert (parsed["version"], parsed["flavor"]) == ("580.95.05", "open")
     subprocess.run(["sh", str(LOAD_DRIVER), "unload"], check=True, env=env)
     assert not version_file.exists()
+
+
+def test_the_driver_reboot_marker_tells_a_reboot_that_happened_from_one_that_did_not():
+    fact = gpu.DriverRebootMarker()
+    assert fact.process([]) == {"marker": False, "rebooted_since": False}
+    assert fact.process(["marker"]) == {"marker": True, "rebooted_since": True}  # /run twin gone: rebooted
+    assert fact.process(["marker", "pending"]) == {"marker": True, "rebooted_since": False}  # never rebooted
+    assert "/run/gpufleet-driver-reboot/580.95.05" in fact.command("580.95.05")

@@ -91,3 +91,25 @@ def test_the_nginx_fact_reads_the_members_of_the_config_in_place():
     out = subprocess.run(["sh", "-c", sed], input="\n".join(lines) + "\n", capture_output=True, text=True).stdout
     state = NginxState().process(out.splitlines())
     assert state["members"] == [NODE1, {**NODE1_NEW, "joining": True}]
+
+
+def test_undrain_of_a_retired_replica_this_lb_never_had_changes_nothing(monkeypatch):
+    state = {"config_sha1": None, "drained": [], "live_config_id": None, "members": [NODE1, NODE2]}
+
+    class Host(LbHost):
+        def __init__(self):
+            super().__init__(health={})
+            self.noops = []
+
+        def get_fact(self, fact, **kwargs):
+            if fact.__name__ == "NginxState":
+                return state
+            return super().get_fact(fact, **kwargs)
+
+        def noop(self, text):
+            self.noops.append(text)
+
+    fake = Host()
+    monkeypatch.setattr(loadbalancer, "host", fake)
+    commands = list(loadbalancer.undrain._inner(replica="gpu-node-3-vllm-0", replicas=[NODE1, NODE2]))
+    assert commands == [] and fake.noops == ["gpu-node-3-vllm-0 is neither drained nor a member"]

@@ -137,9 +137,12 @@ class FakeSteps:
     def unlock(self, rollout, name):
         self._do("unlock", name)
 
-    def drain(self, rollout, name):
-        self._do("drain", name)
+    def retiring_replicas(self, rollout, name):
         return [f"{name}-vllm-old"]  # a replica removed from the inventory, still running
+
+    def drain(self, rollout, name, retiring=()):
+        self._do("drain", name)
+        assert list(retiring) == [f"{name}-vllm-old"]  # drained with the node
 
     def undrain(self, rollout, name, retiring=()):
         self._do("undrain", name)
@@ -284,6 +287,51 @@ def test_a_docker_that_fails_is_no_answer_never_no_replicas(tmp_path, fact):
     docker = bin_dir / "docker"
     docker.write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n")
     docker.chmod(0o755)
+    systemctl = bin_dir / "systemctl"  # a booted host whose docker.service is active, yet docker fails
+    systemctl.write_text('#!/bin/sh\ncase "$1" in is-system-running) echo running;; is-active) exit 0;; esac\n')
+    systemctl.chmod(0o755)
     broken = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True,
                             env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
     assert broken.returncode != 0  # pyinfra fails the fact, and the deploy that asked
+
+
+def test_a_node_that_fails_at_its_lock_gives_the_lock_back_and_a_resumed_node_is_never_undrained_half_updated(
+        tmp_path, monkeypatch):
+    r = _rollout(tmp_path, monkeypatch, changes=("NVIDIA driver (open modules)",), kind=GPU_STACK)
+    fake = FakeSteps(fail={("container_ids", "n1")})
+    fake.container_ids = lambda rollout, name: fake._do("container_ids", name)
+    r.nodes["n1"].history = [("draining", 1.0), ("updating", 2.0), ("failed", 3.0)]  # a resumed node
+    assert _run(r, fake, monkeypatch) == 2
+    assert r.nodes["n1"].state == "failed" and ("undrain", "n1") not in fake.calls  # half updated: stays drained
+    in_place = _rollout(tmp_path, monkeypatch)
+    for node in in_place.nodes.values():
+        node.disruptive, node.kind = False, ""
+    fake = FakeSteps(fail={("container_ids", "n1")})
+    fake.container_ids = lambda rollout, name: fake._do("container_ids", name)
+    assert _run(in_place, fake, monkeypatch) == 2
+    assert ("unlock", "n1") in fake.calls  # its lock was given back
+
+
+def test_a_rollout_that_takes_nothing_live_out_is_never_refused():
+    # A full outage: nothing runs, so draining takes nothing out; the repairing rollout may run.
+    check_capacity([["n1", "n2"]], {"n1": [], "n2": []}, [])
+    # Only the batch's own replica is live and it is changed in place (never drained): allowed too.
+    check_capacity([["n1"]], {}, ["n1-vllm-0"])
+
+
+def test_a_stopped_docker_service_without_live_restore_runs_nothing(tmp_path):
+    """dockerd stopped by systemd: its containers stopped with it, so "none" is the truth, and the
+    deploy that starts Docker again is not blocked by a fact that cannot ask."""
+    import subprocess
+
+    from operations.facts.rollout import LiveReplicas
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "systemctl").write_text('#!/bin/sh\ncase "$1" in is-system-running) echo degraded;; is-active) exit 3;; esac\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    run = subprocess.run(["/bin/sh", "-c", LiveReplicas.command], capture_output=True, text=True,
+                         env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert run.returncode == 0 and run.stdout == ""
