@@ -20,6 +20,7 @@ from gpufleet import node_lock
 from gpufleet.apply import run_on
 from gpufleet.fleet import load_fleet, replicas_of
 from gpufleet.remote import connected, run_parallel, shell
+from operations.util import sudo_arguments
 
 
 class StepError(Exception):
@@ -31,11 +32,6 @@ def _overrides(rollout, **more) -> dict[str, Any]:
 
 
 _fleets: dict[str, Any] = {}
-
-
-def _sudo(host) -> dict[str, bool]:
-    # Raw shell calls do not take _sudo from host data as operations do (vllm._wait_ready neither).
-    return {"_sudo": True} if host.data.get("_sudo") else {}
 
 
 def _fleet(rollout):
@@ -220,7 +216,7 @@ def stop_gpu_containers(rollout, name: str) -> None:
         if not running:
             return
         ok, out = shell(host, f"docker stop -t {timeout} " + " ".join(shlex.quote(c) for c in running),
-                        timeout=timeout + 60, **_sudo(host))
+                        timeout=timeout + 60, **sudo_arguments(host))
     if not ok:
         raise StepError(f"stopping the GPU containers {', '.join(running)}: {out.strip()[-300:]}")
 
@@ -283,7 +279,7 @@ def container_ids(rollout, name: str) -> dict[str, str]:
     with _on_node(rollout, name) as (host, _):
         ok, out = shell(host, "for c in " + " ".join(shlex.quote(n) for n in names) + "; do "
                         "printf '%s %s\\n' \"$c\" \"$(docker inspect --format '{{.Id}}' \"$c\" 2>/dev/null)\"; done",
-                        **_sudo(host))
+                        **sudo_arguments(host))
     return {parts[0]: parts[1] for parts in (line.split() for line in out.splitlines()) if len(parts) == 2}
 
 
@@ -294,7 +290,7 @@ def forget_previous(rollout, name: str) -> None:
     fleet = _fleet(rollout)
     names = [previous_name(f"vllm-{r.name}") for r in replicas_of(fleet.hosts[name])]
     with _on_node(rollout, name) as (host, _):
-        shell(host, "docker rm -f " + " ".join(shlex.quote(n) for n in names) + " >/dev/null 2>&1; true", **_sudo(host))
+        shell(host, "docker rm -f " + " ".join(shlex.quote(n) for n in names) + " >/dev/null 2>&1; true", **sudo_arguments(host))
 
 
 def rollback(rollout, name: str, before: dict[str, str]) -> None:
@@ -315,7 +311,7 @@ def rollback(rollout, name: str, before: dict[str, str]) -> None:
                 continue
             ok, out = shell(host, rollback_command(container, node.settings.vllm_restart_policy,
                                                    node.settings.vllm_stop_timeout_effective()),
-                            timeout=node.settings.vllm_stop_timeout_effective() + 120, **_sudo(host))
+                            timeout=node.settings.vllm_stop_timeout_effective() + 120, **sudo_arguments(host))
             if not ok:
                 raise StepError(f"rollback of {container}: {out.strip()[-300:]}")
     ok, why = replicas_ready(rollout, name)

@@ -12,6 +12,7 @@ from operations.docker_daemon import refuse_daemon_reload_under_gpu_containers
 from operations.facts.apt import PackageStates
 from operations.facts.gpu import DriverRebootMarker, NvidiaDriver
 from operations.facts.kernel import SecureBoot
+from operations.util import sudo_arguments
 
 NVIDIA_DOWNLOAD = "https://developer.download.nvidia.com"
 NOUVEAU_BLACKLIST = "/etc/modprobe.d/gpufleet-blacklist-nouveau.conf"
@@ -223,7 +224,7 @@ def driver_not_loaded(version: str, loaded: str | None, after_reboot: bool, secu
 def _check_loaded(state, host, version: str, proc_version_path: str) -> bool:  # pragma: no cover - needs a host
     from operations.facts.gpu import parse_driver_version
 
-    sudo = {"_sudo": True} if host.data.get("_sudo") else {}
+    sudo = sudo_arguments(host)
     ok, output = host.run_shell_command(StringCommand(f"cat {proc_version_path}"), **sudo)
     found = parse_driver_version(output.stdout.splitlines()).get("version") if ok else None
     if found != version:
@@ -232,7 +233,7 @@ def _check_loaded(state, host, version: str, proc_version_path: str) -> bool:  #
         logger.error(f"{host.print_prefix}" + driver_not_loaded(version, found, after_reboot=True,
                                                                secure_boot=sb.stdout.strip()))
         return False
-    sudo = {"_sudo": True} if host.data.get("_sudo") else {}
+    sudo = sudo_arguments(host)
     cleared, _ = host.run_shell_command(StringCommand(f"rm -f {REBOOT_MARKER_DIR}/{version}"), **sudo)
     if not cleared:
         logger.error(f"{host.print_prefix}driver {version} loaded, but {REBOOT_MARKER_DIR}/{version} could not be removed")

@@ -38,6 +38,7 @@ from operations import containers, secrets
 from operations.containers import ContainerSpec
 from operations.facts.docker import ImageState
 from operations.facts.rollout import ReplicaContainers
+from operations.util import sudo_arguments
 
 FILES = Path(__file__).resolve().parents[1] / "files"
 DOCKERFILE = "Dockerfile.vllm_rtx5090"
@@ -288,7 +289,7 @@ def probe_script(container: str, url: str, served_model_name: str, api_key_env_f
 
 def _wait_ready(state, host, container: str, url: str, served_model_name: str, timeout: int,
                 api_key_env_file: str | None, interval: float = 5, log_lines: int = 40):
-    sudo = {"_sudo": True} if host.data.get("_sudo") else {}
+    sudo = sudo_arguments(host)
     script = probe_script(container, url, served_model_name, api_key_env_file)
     started = time.monotonic()
     last_shown, last = -1e9, None

@@ -34,6 +34,7 @@ from typing import Any
 from gpufleet import PROJECT_ROOT
 from gpufleet.fleet import FleetHost, replicas_of
 from operations.facts.doctor import DoctorProbes, DoctorSnapshot, size_bytes
+from operations.util import sudo_arguments
 
 SNAPSHOT_TIMEOUT = 90  # seconds for the host round trip (every tool in it has its own 20 s limit)
 PROBES_TIMEOUT = 420  # the NCCL check imports torch in each container (up to 180 s in a fresh one)
@@ -111,7 +112,7 @@ def _round_trip(host, name: str, command: str, timeout: int, sudo: dict, read: d
 def read_node(host, node: FleetHost) -> dict[str, Any]:
     """The evidence dict for one connected pyinfra host (see the module docstring)."""
     s = node.settings
-    sudo = {"_sudo": True} if host.data.get("_sudo") else {}
+    sudo = sudo_arguments(host)
     evidence: dict[str, Any] = {"host": node.name, "declared": declared(node),
                                 "read": {"complete": True, "errors": [], "round_trips": []}}
     snapshot = DoctorSnapshot()
