@@ -64,9 +64,9 @@ class RolloutError(Exception):
 class NodeRollout:
     name: str
     changes: list[str] = field(default_factory=list)
-    disruptive: bool = False
     # REPLICAS (recreated; rolled back on failure) or GPU_STACK (driver, toolkit, engine,
-    # daemon.json, reboot: GPU containers stopped first, never rolled back automatically).
+    # daemon.json, reboot: GPU containers stopped first, never rolled back automatically);
+    # "" for a change made in place (nothing drained).
     kind: str = ""
     state: str = PENDING
     error: str | None = None
@@ -75,6 +75,11 @@ class NodeRollout:
     before: dict[str, str] = field(default_factory=dict)
     # Replicas removed from the inventory that ran on the node when it was drained (retired by the update).
     retiring: list[str] = field(default_factory=list)
+
+    @property
+    def disruptive(self) -> bool:
+        """Drained before it is updated: whatever its kind, the change interrupts serving."""
+        return bool(self.kind)
 
     @property
     def rollback_allowed(self) -> bool:
@@ -114,8 +119,21 @@ class Rollout:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Rollout:
-        nodes = {n: NodeRollout(**{**v, "history": [tuple(h) for h in v["history"]]}) for n, v in d["nodes"].items()}
+        nodes = {n: NodeRollout(**{**_with_kind(v), "history": [tuple(h) for h in v["history"]]})
+                 for n, v in d["nodes"].items()}
         return cls(**{**d, "nodes": nodes})
+
+
+# A state file written before kinds existed says only "disruptive": these changes were never rolled back then.
+_OLD_NO_ROLLBACK = ("NVIDIA driver", "NVIDIA Container Toolkit", "Docker engine", "Reboot")
+
+
+def _with_kind(node: dict[str, Any]) -> dict[str, Any]:
+    node = dict(node)
+    if node.pop("disruptive", False) and not node.get("kind"):
+        old_gpu_stack = any(c.startswith(_OLD_NO_ROLLBACK) for c in node.get("changes", []))
+        node["kind"] = GPU_STACK if old_gpu_stack else REPLICAS
+    return node
 
 
 def state_dir() -> Path:

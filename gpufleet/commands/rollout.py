@@ -86,8 +86,7 @@ def _plan(inventory_path, overrides, limit, canary, max_unavailable, say, steps,
     # changed in place is never drained, and a replica that is down carries nothing).
     taken_out = {n: live.get(n, []) for n in changed if planned["nodes"][n][1]}
     rl.check_capacity(batches, taken_out, [r for names in live.values() for r in names])
-    nodes = {n: rl.NodeRollout(n, changes=planned["nodes"][n][0], disruptive=bool(planned["nodes"][n][1]),
-                               kind=planned["nodes"][n][1]) for n in changed}
+    nodes = {n: rl.NodeRollout(n, changes=planned["nodes"][n][0], kind=planned["nodes"][n][1]) for n in changed}
     r = rl.Rollout(id=rollout_id, inventory=inventory_path, overrides=overrides, holder=rl.holder(),
                    since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), canary=canary,
                    max_unavailable=max_unavailable, nodes=nodes, batches=batches)

@@ -172,7 +172,7 @@ class FakeSteps:
 
 def _rollout(tmp_path, monkeypatch, changes=("vLLM replica x",), kind=REPLICAS):
     monkeypatch.setenv("GPUFLEET_STATE_DIR", str(tmp_path))
-    nodes = {n: NodeRollout(n, changes=list(changes), disruptive=True, kind=kind) for n in ("n1", "n2")}
+    nodes = {n: NodeRollout(n, changes=list(changes), kind=kind) for n in ("n1", "n2")}
     return Rollout("r-test", "inventory/lab.py", {}, "me@ctl", "t0", 1, 1, nodes, [["n1"], ["n2"]])
 
 
@@ -251,7 +251,7 @@ def test_resume_skips_done_nodes(tmp_path, monkeypatch):
 def test_the_nodes_of_a_batch_are_converged_by_one_deploy_and_a_failure_stays_theirs(tmp_path, monkeypatch):
     monkeypatch.setenv("GPUFLEET_STATE_DIR", str(tmp_path))
     names = ("n1", "n2", "n3")
-    nodes = {n: NodeRollout(n, changes=["vLLM replica x"], disruptive=True, kind=REPLICAS) for n in names}
+    nodes = {n: NodeRollout(n, changes=["vLLM replica x"], kind=REPLICAS) for n in names}
     r = Rollout("r-batch", "inventory/lab.py", {}, "me@ctl", "t0", 0, 2, nodes, [["n1", "n2"], ["n3"]])
     fake = FakeSteps(fail={("validate", "n2")})
     assert _run(r, fake, monkeypatch) == 2
@@ -305,7 +305,7 @@ def test_a_node_that_fails_at_its_lock_gives_the_lock_back_and_a_resumed_node_is
     assert r.nodes["n1"].state == "failed" and ("undrain", "n1") not in fake.calls  # half updated: stays drained
     in_place = _rollout(tmp_path, monkeypatch)
     for node in in_place.nodes.values():
-        node.disruptive, node.kind = False, ""
+        node.kind = ""
     fake = FakeSteps(fail={("container_ids", "n1")})
     fake.container_ids = lambda rollout, name: fake._do("container_ids", name)
     assert _run(in_place, fake, monkeypatch) == 2
@@ -335,3 +335,20 @@ def test_a_stopped_docker_service_without_live_restore_runs_nothing(tmp_path):
     run = subprocess.run(["/bin/sh", "-c", LiveReplicas.command], capture_output=True, text=True,
                          env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
     assert run.returncode == 0 and run.stdout == ""
+
+
+def test_a_state_file_from_before_kinds_resumes_with_the_kind_it_meant(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPUFLEET_STATE_DIR", str(tmp_path))
+    old = {"id": "r-old", "inventory": "inventory/lab.py", "overrides": {}, "holder": "me@ctl", "since": "t0",
+           "canary": 1, "max_unavailable": 1, "batches": [["n1"], ["n2"], ["n3"]], "started": 1.0,
+           "finished": None, "exit_code": None,
+           "nodes": {"n1": {"name": "n1", "changes": ["NVIDIA driver (open modules)"], "disruptive": True,
+                            "state": "failed", "error": None, "history": [], "before": {}},
+                     "n2": {"name": "n2", "changes": ["vLLM replica x"], "disruptive": True, "state": "pending",
+                            "error": None, "history": [], "before": {}},
+                     "n3": {"name": "n3", "changes": ["Base packages"], "disruptive": False, "state": "pending",
+                            "error": None, "history": [], "before": {}}}}
+    r = Rollout.from_dict(old)
+    assert (r.nodes["n1"].kind, r.nodes["n1"].rollback_allowed) == (GPU_STACK, False)
+    assert (r.nodes["n2"].kind, r.nodes["n2"].disruptive) == (REPLICAS, True)
+    assert (r.nodes["n3"].kind, r.nodes["n3"].disruptive) == ("", False)
