@@ -29,8 +29,9 @@ def containers(node) -> dict[str, str]:
 
 def test_completion_through_the_load_balancer(serving):
     lb = serving["lb-1"]
-    body = json.dumps({"model": "qwen3-tiny", "prompt": "The fleet", "max_tokens": 8})
-    seen = set()
+    # ignore_eos (a vLLM extension): the lab's tiny model may sample EOS early; the token count is
+    # asserted exactly, so every answer must run to max_tokens.
+    body = json.dumps({"model": "qwen3-tiny", "prompt": "The fleet", "max_tokens": 8, "ignore_eos": True})
     for _ in range(4):  # least_conn over both replicas: both answer through nginx
         out = lb.run(f"curl -fsS -m 120 -H 'Content-Type: application/json' -d '{body}' http://127.0.0.1/v1/completions")
         assert out.rc == 0, out.stderr
@@ -38,11 +39,11 @@ def test_completion_through_the_load_balancer(serving):
         assert answer["model"] == "qwen3-tiny" and answer["usage"]["completion_tokens"] == 8
     conf = lb.file("/etc/nginx/nginx.conf").content_string
     assert len(re.findall(r"server gpu-node-\d:8000", conf)) == 2
-    seen.add(answer["id"])
 
 
 def test_streamed_completion_through_the_load_balancer(serving):
-    body = json.dumps({"model": "qwen3-tiny", "prompt": "Hi", "max_tokens": 6, "stream": True})
+    body = json.dumps({"model": "qwen3-tiny", "prompt": "Hi", "max_tokens": 6, "stream": True,
+                       "ignore_eos": True})
     out = serving["lb-1"].run(f"curl -fsSN -m 120 -H 'Content-Type: application/json' -d '{body}' "
                               "http://127.0.0.1/v1/completions")
     assert out.rc == 0 and out.stdout.count("data: ") >= 6 and "data: [DONE]" in out.stdout
