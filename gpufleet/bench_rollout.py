@@ -4,9 +4,10 @@ On a converged fleet (the lab by default), in one run:
 
 1. roll a replica-recreating change (``vllm_max_model_len``) over every node with the real
    ``gpufleet rollout --yes --json`` command, and time it (wall);
-2. read, from each node's Docker, how long each replica was away: from the old container's
-   ``die`` event to the new container's ``Application startup complete`` log line
-   (restart-to-ready; the completion the rollout then checks adds well under a second);
+2. read, from each node's Docker, how long each replica took to restart: from the old
+   container's ``kill`` event (``docker stop`` sends SIGTERM: the restart begins, and vLLM's
+   graceful shutdown is part of it) to the new container's ``Application startup complete`` log
+   line (restart-to-ready; the completion the rollout then checks adds well under a second);
 3. roll back to the repository's values and measure the same again.
 
 It prints one row per rollout: wall time, the sum of restart-to-ready, their ratio (goal <= 1.2:
@@ -53,7 +54,7 @@ def _epoch(rfc3339: str) -> float:
 
 
 def restart_to_ready(inventory: str, since: float) -> dict[str, float]:
-    """``{replica: seconds from the old container's death to the new one's start-up complete}``."""
+    """``{replica: seconds from the old container's stop (SIGTERM) to the new one's start-up complete}``."""
     from gpufleet.fleet import replicas_of
     from gpufleet.remote import connected, shell
 
@@ -64,12 +65,12 @@ def restart_to_ready(inventory: str, since: float) -> dict[str, float]:
                 continue
             for r in replicas_of(fleet.hosts[host.name]):
                 name = f"vllm-{r.name}"
-                ok, died = shell(host, f"docker events --since {since:.0f} --until {time.time():.0f} "
-                                       f"--filter container={name} --filter event=die --format '{{{{.TimeNano}}}}'")
+                ok, stopped = shell(host, f"docker events --since {since:.0f} --until {time.time():.0f} "
+                                          f"--filter container={name} --filter event=kill --format '{{{{.TimeNano}}}}'")
                 ok2, ready = shell(host, f"docker logs --timestamps {name} 2>&1 | grep -m1 'Application startup complete'")
-                if not (ok and ok2 and died.split() and ready.split()):
-                    raise SystemExit(f"{r.name}: no die event or start-up line since the rollout began")
-                out[r.name] = _epoch(ready.split()[0]) - int(died.split()[0]) / 1e9
+                if not (ok and ok2 and stopped.split() and ready.split()):
+                    raise SystemExit(f"{r.name}: no kill event or start-up line since the rollout began")
+                out[r.name] = _epoch(ready.split()[0]) - int(stopped.split()[0]) / 1e9  # the first SIGTERM
     return out
 
 

@@ -161,6 +161,8 @@ def execute(plan: Plan, host_names: list[str]) -> dict[str, bool]:
             state.active_hosts.discard(host)
     if not keep:
         return {name: False for name in host_names}
+    for host in keep:
+        _skip_unchanged_prefix(plan, host)
     with ctx_state.use(state), _cli_mode():
         state.set_stage(StateStage.Execute)
         try:
@@ -169,3 +171,28 @@ def execute(plan: Plan, host_names: list[str]) -> dict[str, bool]:
             pass  # "No hosts remaining!" when every kept host failed: reported per host below
     result = {h.name: h not in state.failed_hosts for h in keep}
     return {**{name: False for name in host_names if name not in result}, **result}
+
+
+def _nothing():
+    return iter(())
+
+
+def _skip_unchanged_prefix(plan: Plan, host) -> int:
+    """Execute from the host's first changing operation on; how many were skipped.
+
+    pyinfra 3 runs every operation's generator again at execution (its facts read again), so
+    that an operation sees what the operations before it changed. The operations *before the
+    first change* have nothing before them that changed: their plan, made moments ago, is what
+    they would find, and they yield nothing (pyinfra 2 executed every plan this way). A rollout
+    executes while the node is drained: reading those facts again cost a few seconds of every
+    node's time out of rotation. An operation gated by ``_if`` in that prefix depends on earlier
+    operations only, none of which changed, so it would not run either. Skipped operations report
+    "No changes", and ``did_change()`` is False for them, as it would be.
+    """
+    skipped = 0
+    for op in plan.ops(host):
+        if op.will_change and not op.conditional:
+            break
+        plan.state.ops[host][op.op_hash].command_generator = _nothing
+        skipped += 1
+    return skipped

@@ -247,14 +247,33 @@ def update(rollout, names: list[str]) -> dict[str, tuple[bool, str]]:
 # ------------------------------------------------------------------------------ validate ---------
 
 def validate(rollout, name: str) -> tuple[bool, str]:
-    """Readiness by a real completion, the loaded driver and the NCCL vLLM loads are the pins, the verify ladder."""
+    """Readiness by a real completion, the loaded driver and the NCCL vLLM loads are the pins, the verify ladder.
+
+    The three read different things and change nothing, so they run at the same time (the
+    node is out of rotation while they run); a failure is reported in that order.
+    """
+    import gevent
+
     from gpufleet import verify
+
+    checks = [gevent.spawn(replicas_ready, rollout, name), gevent.spawn(_loaded_pins, rollout, name),
+              gevent.spawn(verify.verify, rollout.inventory, [name], _overrides(rollout))]
+    gevent.joinall(checks, raise_error=True)
+    (ready, why), (pinned, wrong), [report] = (g.value for g in checks)
+    if not ready:
+        return False, why
+    if not pinned:
+        return False, wrong
+    if not report.ok:
+        return False, f"verify failed at {report.failed_step}"
+    return True, ""
+
+
+def _loaded_pins(rollout, name: str) -> tuple[bool, str]:
+    """The loaded driver is the pin, and so is the NCCL every vLLM container loads."""
     from operations.facts.docker import VllmNcclVersions
     from operations.facts.gpu import NvidiaDriver
 
-    ready, why = replicas_ready(rollout, name)
-    if not ready:
-        return False, why
     s = _fleet(rollout).hosts[name].settings
     with _on_node(rollout, name) as (host, _):
         driver = host.get_fact(NvidiaDriver, path=s.nvidia_proc_version_path)
@@ -264,9 +283,6 @@ def validate(rollout, name: str) -> tuple[bool, str]:
     wrong = {c: v for c, v in loaded.items() if v != s.nccl_version}
     if wrong:
         return False, "NCCL inside the container is not the pin: " + ", ".join(f"{c} loads {v}" for c, v in wrong.items())
-    [report] = verify.verify(rollout.inventory, [name], _overrides(rollout))
-    if not report.ok:
-        return False, f"verify failed at {report.failed_step}"
     return True, ""
 
 

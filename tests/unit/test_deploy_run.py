@@ -1,0 +1,49 @@
+"""deploy_run.execute: what a plan executes, against real pyinfra operations on this machine (@local)."""
+
+from __future__ import annotations
+
+import pytest
+from pyinfra.api import Config, Inventory, State
+from pyinfra.api.connect import connect_all, disconnect_all
+from pyinfra.api.operation import add_op
+from pyinfra.operations import files
+
+from gpufleet.deploy_run import Plan, execute
+
+
+@pytest.fixture
+def local_state():
+    state = State(Inventory((["@local"], {})), Config())
+    connect_all(state)
+    yield state
+    disconnect_all(state)
+
+
+def test_execute_starts_at_the_first_change_and_reevaluates_from_there(tmp_path, local_state):
+    before, first, after = tmp_path / "before", tmp_path / "first", tmp_path / "after"
+    before.mkdir()
+    after.mkdir()
+    for path in (before, first, after):
+        add_op(local_state, files.directory, path=str(path))
+    [host] = list(local_state.inventory)
+    plan = Plan(local_state, fleet=None, hosts=[host])
+    assert [op.will_change for op in plan.ops(host)] == [False, True, False]
+
+    # Changed behind the plan's back: the operation before the first change keeps its plan
+    # (skipped, not read again); the one after it is evaluated again at execution, as pyinfra does.
+    before.rmdir()
+    after.rmdir()
+    assert execute(plan, [host.name]) == {host.name: True}
+    assert first.is_dir() and after.is_dir()
+    assert not before.exists()
+
+
+def test_execute_without_any_change_runs_nothing(tmp_path, local_state):
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    add_op(local_state, files.directory, path=str(kept))
+    [host] = list(local_state.inventory)
+    plan = Plan(local_state, fleet=None, hosts=[host])
+    kept.rmdir()
+    assert execute(plan, [host.name]) == {host.name: True}
+    assert not kept.exists()
