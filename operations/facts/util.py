@@ -4,7 +4,12 @@ pyinfra fails a host when a fact's command exits non-zero. Hardware tools do exa
 something is wrong (nvidia-smi exits 9 when the driver is not loaded), which is when we most want
 the fact. So every fact command is wrapped in sh so that it always exits 0 and reports the tool's
 real exit status on a marker line; `envelope()` turns that back into
-`{"status": "ok"|"failed"|"missing", "exit_code": N, "error": str|None}`.
+`{"status": "ok"|"failed"|"missing"|"timeout", "exit_code": N, "error": str|None}`.
+
+Every remote read has a time limit on the host (`timed`: coreutils `timeout`, TERM then KILL), so a
+hung tool (``nvidia-smi`` with a GPU fallen off the bus, a wedged dockerd) reports ``"timeout"``
+instead of stalling the run. A process stuck in the kernel (D state) ignores even KILL: the
+control side's own limit on each command (``_timeout``, gpufleet.host_reads) covers that case.
 """
 
 from __future__ import annotations
@@ -13,27 +18,57 @@ import re
 
 MISSING = "__gpufleet_missing"
 RC = "__gpufleet_rc="
+TIMED_OUT = "__gpufleet_timeout="
+READ_LIMIT_S = 60  # per remote read; the control side waits longer (gpufleet.host_reads.READ_TIMEOUT_S)
+KILL_AFTER_S = 5
+# coreutils timeout: 124 when it sent TERM, 137 (128 + KILL) when the tool ignored TERM.
+TIMEOUT_CODES = (124, 137)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
-def wrap(tool: str, command: str) -> str:
+def timed(command: str, limit: int = READ_LIMIT_S) -> str:
+    """`command` (shell text) under a time limit: TERM after `limit` seconds, KILL 5 s later.
+
+    >>> timed("nvidia-smi -L", 30)
+    "timeout -k 5 30 sh -c 'nvidia-smi -L'"
+    """
+    import shlex
+
+    return f"timeout -k {KILL_AFTER_S} {int(limit)} sh -c {shlex.quote(command)}"
+
+
+def _status_lines(limit: int, then: str = "") -> str:
+    # Right after the timed command: keep its status, run `then`, say whether it timed out (with
+    # the limit), then print its exit status.
+    codes = " ".join(str(c) for c in TIMEOUT_CODES)
+    return (f'rc=$?; {then}for t in {codes}; do [ "$rc" != "$t" ] || echo "{TIMED_OUT}{int(limit)}"; done; '
+            f'echo "{RC}$rc"')
+
+
+def wrap(tool: str, command: str, limit: int = READ_LIMIT_S) -> str:
     """Shell text that runs `command` (which uses `tool`) and always exits 0.
 
     Prints `__gpufleet_missing` when `tool` is not on the PATH, otherwise the command's stdout and
-    stderr followed by `__gpufleet_rc=<exit status>`.
+    stderr followed by `__gpufleet_rc=<exit status>`; the command is killed after `limit` seconds
+    (then `__gpufleet_timeout=<limit>` comes before the rc line).
     """
     return (
         f"command -v {tool} >/dev/null 2>&1 || {{ echo {MISSING}; exit 0; }}; "
-        f'{{ {command}; }} 2>&1; echo "{RC}$?"'
+        f"{timed(command, limit)} 2>&1; {_status_lines(limit)}"
     )
 
 
-def wrap_file(path: str) -> str:
-    """Shell text that prints a readable file followed by the rc marker, or the missing marker."""
-    # A file without a final newline must not swallow the marker line (it would read as garbage).
-    return (f'if [ -r {path} ]; then cat {path} 2>&1; rc=$?; [ -z "$(tail -c1 {path})" ] || echo; '
-            f'echo "{RC}$rc"; else echo {MISSING}; fi')
+def wrap_file(path: str, limit: int = READ_LIMIT_S) -> str:
+    """Shell text that prints a readable file followed by the rc marker, or the missing marker.
+
+    The read is time-limited too: /proc files of a wedged driver can block their readers.
+    """
+    # $(...) drops trailing newlines and printf puts one back: a file without a final newline
+    # cannot swallow the marker line.
+    show = 'printf "%s\\n" "$out"; '
+    return (f"if [ -r {path} ]; then out=$(timeout -k {KILL_AFTER_S} {int(limit)} cat {path} 2>&1); "
+            f"{_status_lines(limit, then=show)}; else echo {MISSING}; fi")
 
 
 def strip_ansi(text: str) -> str:
@@ -47,13 +82,19 @@ def envelope(output: list[str], missing: str = "command not found") -> tuple[dic
     ({'status': 'ok', 'exit_code': 0, 'error': None}, ['GPU 0: x'])
     >>> envelope(["__gpufleet_missing"])[0]["status"]
     'missing'
+    >>> envelope(["__gpufleet_timeout=60", "__gpufleet_rc=124"])[0]
+    {'status': 'timeout', 'exit_code': 124, 'error': 'no answer within 60 s (killed)'}
     """
     lines = list(output)
     if any(line.strip() == MISSING for line in lines):
         return {"status": "missing", "exit_code": None, "error": missing}, []
     exit_code = None
+    limit = None
     body = []
     for line in lines:
+        if line.startswith(TIMED_OUT):
+            limit = line[len(TIMED_OUT):].strip()
+            continue
         if line.startswith(RC):
             try:
                 exit_code = int(line[len(RC):].strip())
@@ -63,6 +104,8 @@ def envelope(output: list[str], missing: str = "command not found") -> tuple[dic
         body.append(line)
     if exit_code == 0:
         return {"status": "ok", "exit_code": 0, "error": None}, body
+    if limit is not None:
+        return {"status": "timeout", "exit_code": exit_code, "error": f"no answer within {limit} s (killed)"}, body
     error = " ".join(line.strip() for line in body if line.strip()) or "no output"
     return {"status": "failed", "exit_code": exit_code, "error": error}, body
 
