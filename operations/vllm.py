@@ -106,7 +106,7 @@ def build_command(tag: str, base_image: str, nccl_version: str, pip_install_args
             f"base_digests=$(docker image inspect --format '{{{{join .RepoDigests \",\"}}}}' {base}) && {build}")
 
 
-def check_command(tag: str, nccl_version: str, require_arch: str | None) -> str:
+def check_command(tag: str, nccl_version: str, require_arch: str | None, checked_dir: str = CHECKED_DIR) -> str:
     """Run the check in the image. On success write its checked marker (the check's own report,
     atomically, under the image's id); on failure print why, remove the image (so the next deploy
     builds again instead of trusting it) and exit 1."""
@@ -115,10 +115,10 @@ def check_command(tag: str, nccl_version: str, require_arch: str | None) -> str:
     if require_arch:
         check += ["--require-arch", require_arch]
     q = shlex.quote(tag)
-    marker = f"{CHECKED_DIR}/${{id#sha256:}}.json"
+    marker = f"{checked_dir}/${{id#sha256:}}.json"
     return (f"id=$(docker image inspect --format '{{{{.Id}}}}' {q}) || exit 1; "
             f"if out=$({' '.join(shlex.quote(a) for a in check)} 2>&1); then echo \"$out\"; "
-            f"install -d -m 0755 {CHECKED_DIR} && printf '%s\\n' \"$out\" > \"{marker}.tmp\" && "
+            f"install -d -m 0755 {shlex.quote(checked_dir)} && printf '%s\\n' \"$out\" > \"{marker}.tmp\" && "
             f"mv -f \"{marker}.tmp\" \"{marker}\" || exit 1; else "
             f"echo \"$out\" >&2; docker image rm {q} >/dev/null 2>&1; "
             f"echo \"gpufleet: {tag} failed its NCCL/architecture check (pin: NCCL {nccl_version}"

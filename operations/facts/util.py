@@ -30,12 +30,18 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 def timed(command: str, limit: int = READ_LIMIT_S) -> str:
     """`command` (shell text) under a time limit: TERM after `limit` seconds, KILL 5 s later.
 
+    ``timeout`` puts the command in a process group of its own; whatever is left in that group when
+    it returns (a child that ignored TERM while its parent shell died) is killed too, so that no
+    straggler keeps the output open and the read waiting. The exit status is the command's, or
+    ``timeout``'s 124/137.
+
     >>> timed("nvidia-smi -L", 30)
-    "timeout -k 5 30 sh -c 'nvidia-smi -L'"
+    "( timeout -k 5 30 sh -c 'nvidia-smi -L' & t=$!; wait $t; rc=$?; kill -KILL -$t 2>/dev/null; exit $rc )"
     """
     import shlex
 
-    return f"timeout -k {KILL_AFTER_S} {int(limit)} sh -c {shlex.quote(command)}"
+    return (f"( timeout -k {KILL_AFTER_S} {int(limit)} sh -c {shlex.quote(command)} & t=$!; wait $t; rc=$?; "
+            "kill -KILL -$t 2>/dev/null; exit $rc )")
 
 
 def _status_lines(limit: int, then: str = "") -> str:
