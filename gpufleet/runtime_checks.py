@@ -111,6 +111,9 @@ def kernel_xids(host, settings: HostSettings, ctx: HostContext) -> list[DriftIte
 
 
 RESTARTS_ALARM = 3  # restarts since the last run that mean a crash loop, not one crash
+IN_PLACE_FIX = ("its spec label still matches, so a deploy (and --fix) leaves it as it is: put it back with "
+                "`docker update` / `docker network connect`, or recreate it (`docker rm -f` it and deploy; for a "
+                "vLLM replica, through `gpufleet rollout`)")
 
 
 def containers(host, settings: HostSettings, fleet: Fleet, ctx: HostContext | None = None) -> list[DriftItem]:
@@ -160,8 +163,7 @@ def container_config(host, settings: HostSettings, ctx: HostContext) -> list[Dri
                                                                         f"({c['restart_count']} since created): crash loop"))
         spec = ctx.specs.get(c["name"])
         if spec is not None and c["spec"] == spec.digest():
-            items += [DriftItem("runtime", f"container {c['name']}", f"{why} (changed in place: its spec label still "
-                                                                     "matches; the deploy recreates it)")
+            items += [DriftItem("runtime", f"container {c['name']}", f"{why} (changed in place)", [IN_PLACE_FIX])
                       for why in runtime_differences(spec, c)]
     ctx.seen.now["restarts"] = restarts
     items += [DriftItem("runtime", f"container {c['name']}", f"holds GPUs ({describe_gpus(c)}) but is not one "

@@ -94,6 +94,30 @@ def test_a_container_changed_in_place_is_reported_against_its_spec(spec, observe
         assert all("changed in place" in f for f in found)
 
 
+def test_the_spec_compared_is_the_one_the_planned_deploy_reconciles():
+    """Planning containers.container (pyinfra's API, an @fake host answering `docker inspect`)
+    leaves its spec for drift to compare with: the same object the deploy would run."""
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.api.connect import connect_all
+    from pyinfra.api.operation import add_op
+
+    from operations import containers
+
+    answer = [f"running|false|{ETCD.digest()}|sha256:aa|{ETCD.image}|0", RC0]
+    inventory = Inventory((["@fake/gpu-node-2"], {"fake_delay": 0, "fake_delay_jitter": 0,
+                                                   "fake_responses": {"docker inspect --type container": answer}}))
+    state = State(inventory, Config())
+    connect_all(state)
+    host = inventory.get_host("@fake/gpu-node-2")
+    assert containers.planned_specs(host) == {}
+    meta = add_op(state, containers.container, spec=ETCD, host=host)
+    assert meta[host].will_change is False  # label matches: the plan sees nothing ...
+    specs = containers.planned_specs(host)
+    assert specs == {ETCD.name: ETCD}
+    found, _ = config_items([inspect_line(ETCD.name, ETCD.digest(), networks=())], specs)
+    assert found == [f"container {ETCD.name}: not connected to network milvus (changed in place)"]  # ... drift does
+
+
 def test_a_container_whose_label_no_longer_matches_is_left_to_the_plan():
     # Its spec changed in the repository: the plan recreates it; comparing it with the new spec
     # field by field would report the same change twice.
