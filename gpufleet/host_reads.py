@@ -3,7 +3,8 @@
 Two limits, because one is not enough:
 
 * on the host, every fact's tool runs under coreutils ``timeout`` (operations/facts/util.py): a
-  hung ``nvidia-smi`` is killed after 60 s and its fact says ``"status": "timeout"``;
+  hung ``nvidia-smi`` is killed after 60 s and its fact fails (pyinfra marks the host failed; an
+  unanswered read is never taken for an answer);
 * on the control host, every command of a check gets pyinfra's ``_timeout`` (``READ_TIMEOUT_S``,
   longer than the host's limits): a tool stuck in the kernel (D state, as with a GPU fallen off the
   bus) ignores even SIGKILL, and so does the shell waiting for it. pyinfra then gives up on the
@@ -28,7 +29,8 @@ READ_TIMEOUT_S = 300  # control side, per command; above every limit on the host
 
 _PREFIX = re.compile(r"^\[(?P<host>[^\]\s]+)\]\s*(?:nested\s+)?(?P<text>.*)$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_TIMED_OUT = re.compile(r"timed out after (\d+)s")
+# pyinfra's own limit ("Command timed out after 300s"), or the host's (util.raise_on_timeout)
+_TIMED_OUT = re.compile(r"timed out after (\d+)s|no answer within (\d+) s")
 _FACT = re.compile(r"could not (?:load|process) fact: (\S+)(.*)$")
 
 
@@ -51,7 +53,7 @@ class ReadFailures(logging.Handler):
     def describe(self, host_name: str) -> str | None:
         """"timed out reading fact X (no answer within 300 s)", "could not read fact X", or None."""
         lines = self.lines.get(host_name) or []
-        limit = next((m.group(1) for m in map(_TIMED_OUT.search, lines) if m), None)
+        limit = next((m.group(1) or m.group(2) for m in map(_TIMED_OUT.search, lines) if m), None)
         fact = next((f"{m.group(1)}{m.group(2).rstrip()}" for m in map(_FACT.search, lines) if m), None)
         if limit:
             return f"timed out reading {f'fact {fact}' if fact else 'the host'} (no answer within {limit} s)"
@@ -75,9 +77,10 @@ def watching() -> Iterator[ReadFailures]:
 def read(host, fact, what: str, failures: ReadFailures | None = None, **kwargs):
     """``host.get_fact(fact, **kwargs)``, or :class:`NotChecked` naming ``what`` when it did not answer.
 
-    A fact that says ``"status": "timeout"`` (killed on the host) and a command the control side gave
-    up on (the host is then in pyinfra's failed hosts) both raise; so does a read after which
-    pyinfra had no host left ("No hosts remaining!").
+    A fact killed by the host's own limit (it raises FactProcessError) and a command the control
+    side gave up on both leave the host in pyinfra's failed hosts: both raise, named from pyinfra's
+    error lines; so does a read after which pyinfra had no host left ("No hosts remaining!"). A fact
+    that reports ``"status": "timeout"`` as data raises too.
 
     Example::
 
@@ -101,8 +104,10 @@ def read(host, fact, what: str, failures: ReadFailures | None = None, **kwargs):
 
 
 def _why(host, what: str, failures: ReadFailures | None, elapsed: float) -> str | None:
-    limit = (getattr(host, "data", None) and host.data.get("_timeout")) or None
     described = failures.describe(host.name) if failures else None
-    if (described and described.startswith("timed out")) or (limit and elapsed >= limit * 0.95):
-        return f"timed out reading {what} (no answer within {limit or '?'} s)"
+    if described and described.startswith("timed out"):
+        return f"timed out reading {what} {described[described.rindex('(no answer'):]}"
+    limit = (getattr(host, "data", None) and host.data.get("_timeout")) or None
+    if limit and elapsed >= limit * 0.95:
+        return f"timed out reading {what} (no answer within {limit} s)"
     return None

@@ -36,7 +36,7 @@ class GpuHealth(FactBase):
          "gpus": [{"index": 0, "uuid": "GPU-...", "ecc_uncorrected": None, "throttle": []}]}
 
     ``ecc_uncorrected`` is None where the board has no ECC (GeForce). nvidia-smi that does not
-    answer within 60 s: ``"status": "timeout"``.
+    answer within 60 s is killed and the fact fails (FactProcessError: pyinfra fails the host).
     """
 
     command = wrap("nvidia-smi", f"nvidia-smi --query-gpu={HEALTH_FIELDS} --format=csv,noheader")

@@ -4,12 +4,15 @@ pyinfra fails a host when a fact's command exits non-zero. Hardware tools do exa
 something is wrong (nvidia-smi exits 9 when the driver is not loaded), which is when we most want
 the fact. So every fact command is wrapped in sh so that it always exits 0 and reports the tool's
 real exit status on a marker line; `envelope()` turns that back into
-`{"status": "ok"|"failed"|"missing"|"timeout", "exit_code": N, "error": str|None}`.
+`{"status": "ok"|"failed"|"missing", "exit_code": N, "error": str|None}`.
 
 Every remote read has a time limit on the host (`timed`: coreutils `timeout`, TERM then KILL), so a
-hung tool (``nvidia-smi`` with a GPU fallen off the bus, a wedged dockerd) reports ``"timeout"``
-instead of stalling the run. A process stuck in the kernel (D state) ignores even KILL: the
-control side's own limit on each command (``_timeout``, gpufleet.host_reads) covers that case.
+hung tool (``nvidia-smi`` with a GPU fallen off the bus, a wedged dockerd) cannot stall the run. A
+read that timed out is never taken for an answer ("no containers", "driver not loaded" would make
+operations act: recreate, reboot): `envelope()` raises pyinfra's FactProcessError, so pyinfra fails
+that host (nothing runs on it) and ``gpufleet drift`` reports it "not checked", naming the read. A
+process stuck in the kernel (D state) ignores even KILL: the control side's own limit on each
+command (``_timeout``, gpufleet.host_reads) covers that case.
 """
 
 from __future__ import annotations
@@ -42,6 +45,29 @@ def timed(command: str, limit: int = READ_LIMIT_S) -> str:
 
     return (f"( timeout -k {KILL_AFTER_S} {int(limit)} sh -c {shlex.quote(command)} & t=$!; wait $t; rc=$?; "
             "kill -KILL -$t 2>/dev/null; exit $rc )")
+
+
+def timed_step(command: str, limit: int = READ_LIMIT_S) -> str:
+    """One step of a fact that prints several things: `command` under the limit, and a line
+    ``__gpufleet_timeout=<limit>`` if it was killed (see :func:`raise_on_timeout`)."""
+    codes = " ".join(str(c) for c in TIMEOUT_CODES)
+    return (f'{timed(command, limit)}; rc=$?; for t in {codes}; do [ "$rc" != "$t" ] || '
+            f'echo "{TIMED_OUT}{int(limit)}"; done')
+
+
+def raise_on_timeout(output: list[str]) -> None:
+    """Raise FactProcessError when a step of the fact was killed for taking too long.
+
+    >>> raise_on_timeout(["ii libnccl2", "__gpufleet_timeout=60"])
+    Traceback (most recent call last):
+    ...
+    pyinfra.api.exceptions.FactProcessError: no answer within 60 s (killed on the host)
+    """
+    from pyinfra.api.exceptions import FactProcessError
+
+    for line in output:
+        if line.startswith(TIMED_OUT):
+            raise FactProcessError(f"no answer within {line[len(TIMED_OUT):].strip()} s (killed on the host)")
 
 
 def _status_lines(limit: int, then: str = "") -> str:
@@ -88,8 +114,10 @@ def envelope(output: list[str], missing: str = "command not found") -> tuple[dic
     ({'status': 'ok', 'exit_code': 0, 'error': None}, ['GPU 0: x'])
     >>> envelope(["__gpufleet_missing"])[0]["status"]
     'missing'
-    >>> envelope(["__gpufleet_timeout=60", "__gpufleet_rc=124"])[0]
-    {'status': 'timeout', 'exit_code': 124, 'error': 'no answer within 60 s (killed)'}
+    >>> envelope(["__gpufleet_timeout=60", "__gpufleet_rc=124"])
+    Traceback (most recent call last):
+    ...
+    pyinfra.api.exceptions.FactProcessError: no answer within 60 s (killed on the host)
     """
     lines = list(output)
     if any(line.strip() == MISSING for line in lines):
@@ -111,7 +139,7 @@ def envelope(output: list[str], missing: str = "command not found") -> tuple[dic
     if exit_code == 0:
         return {"status": "ok", "exit_code": 0, "error": None}, body
     if limit is not None:
-        return {"status": "timeout", "exit_code": exit_code, "error": f"no answer within {limit} s (killed)"}, body
+        raise_on_timeout([f"{TIMED_OUT}{limit}"])
     error = " ".join(line.strip() for line in body if line.strip()) or "no output"
     return {"status": "failed", "exit_code": exit_code, "error": error}, body
 
