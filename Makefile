@@ -12,7 +12,7 @@ ROLLOUT_ARGS ?=
 BENCH_SIZES ?= 1 2 4
 
 .PHONY: help install deploy deploy-dry validate verify drift rollout inventory lab-up lab-down lab-purge lab-status \
-        test test-unit test-lab lint plan clean bench
+        test test-unit test-lab lint plan clean bench bench-rollout
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -82,3 +82,6 @@ clean:  ## remove the venv and caches (not the lab: see lab-down)
 
 bench: install lab-up  ## floor vs no-op converge vs drift on 1, 2 and 4 lab nodes (prints a table)
 	$(BIN)/python -m gpufleet.bench $(BENCH_SIZES)
+
+bench-rollout: install  ## rollout wall time vs the sum of replica restart-to-ready, on $(INVENTORY) (converged)
+	$(BIN)/python -m gpufleet.bench_rollout $(INVENTORY)

@@ -13,7 +13,7 @@ from gpufleet.deploy_args import vllm_image_args
 from gpufleet.deploying import fleet_for, host_settings
 from gpufleet.fleet import replicas_of
 from operations import app, apt, distro_packages, docker, loadbalancer, milvus, monitoring, nvidia, preflight, vllm
-from operations.serving_gate import ServingGate
+from operations.serving_gate import REPLICAS, ServingGate
 
 fleet = fleet_for(inventory)
 settings = host_settings(fleet, host)
@@ -28,7 +28,8 @@ if "gpu_nodes" in host.groups:
     # interrupt live replicas outside a rollout (operations/serving_gate.py).
     gate = ServingGate(allow=settings.allow_serving_disruption, rollout_id=settings.rollout_id)
     nvidia.cuda_repository(name="NVIDIA CUDA repository", apt_mirror=settings.apt_mirror,
-                           key_name=settings.nvidia_repo_key_name)
+                           key_name=settings.nvidia_repo_key_name,
+                           key_fingerprint=settings.nvidia_repo_key_fingerprint)
     nvidia.no_unattended_upgrades(name="Keep unattended-upgrades off NVIDIA packages",
                                   patterns=settings.unattended_upgrades_blacklist)
     nouveau = nvidia.blacklist_nouveau(name="Blacklist nouveau")
@@ -38,6 +39,12 @@ if "gpu_nodes" in host.groups:
                            packages=settings.nvidia_driver_packages, revision=settings.nvidia_driver_package_revision,
                            kernel_modules=settings.nvidia_kernel_modules, kernel_headers=settings.nvidia_kernel_headers)
     gate.check(driver, "NVIDIA driver (open modules)")
+    # Right after the driver: nothing below needs a loaded driver before this reboot loads it
+    # (persistenced, the toolkit's hook and every GPU container fail with "driver not loaded").
+    reboot = nvidia.reboot_if_driver_stale(name="Reboot if the loaded driver is not the pinned one",
+                                           version=settings.nvidia_driver_version,
+                                           proc_version_path=settings.nvidia_proc_version_path, _serial=True)
+    gate.check(reboot, "Reboot")
     systemd.service(name="NVIDIA persistence daemon", service="nvidia-persistenced", running=True, enabled=True)
 
     engine = distro_packages.install(
@@ -64,15 +71,16 @@ if "gpu_nodes" in host.groups:
                              port=settings.dcgm_exporter_port, listen_address=settings.metrics_listen_address)
 
     nvidia.nccl(name="NCCL pin on the host", version=settings.nccl_version, cuda_version=settings.nccl_cuda_version)
-    reboot = nvidia.reboot_if_driver_stale(name="Reboot if the loaded driver is not the pinned one",
-                                           version=settings.nvidia_driver_version,
-                                           proc_version_path=settings.nvidia_proc_version_path, _serial=True)
-    gate.check(reboot, "Reboot")
 
     # --- serving: vLLM replicas, Milvus, the RAG app ------------------------------------------
     node = fleet.hosts[host.name]
     vllm.image(name="vLLM image (NCCL pinned inside)", **vllm_image_args(settings))
     vllm_tag = vllm.image_tag(settings.vllm_image, settings.nccl_version, settings.pip_install_args)
+    # First: a removed replica frees its GPUs and port for the ones below.
+    retired = vllm.retire_replicas(name="vLLM replicas removed from the inventory",
+                                   keep=[f"vllm-{r.name}" for r in replicas_of(node)],
+                                   stop_timeout=settings.vllm_stop_timeout_effective())
+    gate.check(retired, "vLLM replicas removed from the inventory (stop and remove)", kind=REPLICAS)
     for r in host.loop(replicas_of(node)):
         replica = vllm.replica(
             name=f"vLLM replica {r.name}", container=f"vllm-{r.name}", image=vllm_tag, model=settings.vllm_model,
@@ -84,7 +92,7 @@ if "gpu_nodes" in host.groups:
             hf_cache_dir=settings.vllm_hf_cache_dir, hf_token_file=settings.vllm_hf_token_file,
             api_key_file=settings.vllm_api_key_file, shutdown_timeout=settings.vllm_shutdown_timeout,
             stop_timeout=settings.vllm_stop_timeout_effective(), restart=settings.vllm_restart_policy)
-        gate.check(replica, f"vLLM replica {r.name} (recreate)")
+        gate.check(replica, f"vLLM replica {r.name} (recreate)", kind=REPLICAS)
         vllm.ready(name=f"vLLM replica {r.name} ready", container=f"vllm-{r.name}",
                    url=f"http://{r.address}:{r.port}", served_model_name=settings.vllm_served_model_name,
                    timeout=settings.vllm_ready_timeout, api_key=settings.vllm_api_key_file is not None,

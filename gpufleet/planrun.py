@@ -27,6 +27,7 @@ from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
 from gpufleet import PROJECT_ROOT
 from gpufleet.fleet import Fleet, fleet_from_inventory, load_inventory
 from gpufleet.remote import select
+from operations.serving_gate import ServingInterruption
 
 DEPLOY_FILE = "deploy.py"
 
@@ -49,6 +50,9 @@ class Plan:
     # host -> why the deploy itself would stop there (an operation refused, e.g. a daemon-reload
     # under running GPU containers): the host was read and is drifted, not unchecked.
     refusals: dict[str, str] = field(default_factory=dict)
+    # host -> the refusal, when it was because live replicas would be interrupted
+    # (operations/serving_gate.ServingInterruption: what and which kind of change).
+    interruptions: dict[str, Any] = field(default_factory=dict)
 
     def ops(self, host) -> list[PlannedOp]:
         out = []
@@ -102,8 +106,9 @@ def planned(inventory_path: str, limit=(), overrides: dict[str, Any] | None = No
         plan = Plan(state, fleet, reachable, unreachable=[h.name for h in wanted if not h.connected])
         state.set_stage(StateStage.Prepare)
         failures = _load_deploy(state, reachable)
-        plan.refusals = {n: msg for n, (refused, msg) in failures.items() if refused}
-        plan.errors = {n: msg for n, (refused, msg) in failures.items() if not refused}
+        plan.refusals = {n: str(exc) for n, (refused, exc) in failures.items() if refused}
+        plan.errors = {n: _message(exc) for n, (refused, exc) in failures.items() if not refused}
+        plan.interruptions = {n: exc for n, (_, exc) in failures.items() if isinstance(exc, ServingInterruption)}
         plan.hosts = [h for h in reachable if h.name not in plan.errors]
         try:
             yield plan
@@ -112,10 +117,10 @@ def planned(inventory_path: str, limit=(), overrides: dict[str, Any] | None = No
             disconnect_all(state)
 
 
-def _load_deploy(state: State, hosts: list) -> dict[str, tuple[bool, str]]:
+def _load_deploy(state: State, hosts: list) -> dict[str, tuple[bool, Exception]]:
     """Execute deploy.py once per host, as pyinfra's CLI does, keeping each host's failure apart.
 
-    Returns {host: (refused, message)}: refused is True when an operation raised OperationError
+    Returns {host: (refused, exception)}: refused is True when an operation raised OperationError
     (the deploy would stop on that host), False for anything else (could not plan it).
     """
     from pyinfra.api.exceptions import OperationError
@@ -130,13 +135,17 @@ def _load_deploy(state: State, hosts: list) -> dict[str, tuple[bool, str]]:
                 exec_file(path)
             return None
         except OperationError as exc:
-            return True, str(exc)
+            return True, exc
         except Exception as exc:  # noqa: BLE001 - one host's failure must not stop the others
-            return False, f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
+            return False, exc
 
     greenlets = {host.name: state.pool.spawn(load, host) for host in hosts}
     gevent.joinall(list(greenlets.values()))
     return {name: g.value for name, g in greenlets.items() if g.value}
+
+
+def _message(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
 
 
 def execute(plan: Plan, host_names: list[str]) -> dict[str, bool]:

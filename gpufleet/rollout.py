@@ -14,15 +14,19 @@ The policy:
   drained before it is updated. A node with only harmless changes is updated in place.
 * **prepare** every changed node in parallel without disruption: build the vLLM image.
 * **batches**: ``canary`` nodes first, then at most ``max_unavailable`` at a time, and never a
-  batch that would leave no live replica behind the load balancers.
+  batch that would leave no live replica behind the load balancers. The nodes of a batch are
+  drained one by one, converged by one deploy together (in parallel, as pyinfra runs every
+  operation on all its hosts), then validated and undrained one by one.
 * per node: take its lock (gpufleet/node_lock.py) -> drain its replicas on every load balancer
-  and wait until they have nothing running or waiting (vLLM's /metrics) -> converge it with
-  deploy.py -> validate (readiness by a real completion, the NCCL vLLM loads, the verify
-  ladder) -> undrain -> release the lock.
-* **failure** stops the rollout (exit 2): a container or configuration change is rolled back to
-  the container the update replaced (kept stopped as ``<name>.gpufleet-previous``) and the node
-  is undrained once ready; a driver, toolkit or engine change, or an unreachable node, stays
-  drained and failed. The rest of the fleet keeps serving.
+  and wait until they have nothing running or waiting (vLLM's /metrics) -> for a GPU-stack
+  change (driver, toolkit, engine, daemon.json), stop the node's GPU containers -> converge it
+  with deploy.py (which reboots when the loaded driver is not the pin, and checks the new one
+  loaded) -> validate (readiness by a real completion, the loaded driver and the NCCL vLLM loads
+  are the pins, the verify ladder) -> undrain -> release the lock.
+* **failure** stops the rollout (exit 2): a replica change is rolled back to the container the
+  update replaced (kept stopped as ``<name>.gpufleet-previous``) and the node is undrained once
+  ready; a GPU-stack change, or an unreachable node, stays drained and failed. The rest of the
+  fleet keeps serving.
 
 The state lives on the control host (one JSON file per rollout, ``GPUFLEET_STATE_DIR`` or
 ``~/.local/state/gpufleet/rollouts``) and in a lock on each node; ``--resume`` continues the
@@ -46,8 +50,8 @@ from typing import Any, Callable
 PENDING, DRAINING, UPDATING, VALIDATING, UNDRAINING = "pending", "draining", "updating", "validating", "undraining"
 DONE, FAILED, ROLLED_BACK = "done", "failed", "rolled-back"
 FINAL = (DONE, FAILED, ROLLED_BACK)
-# Changes that are not rolled back automatically: a driver is never downgraded by a machine.
-NO_ROLLBACK_OPS = ("NVIDIA driver", "NVIDIA Container Toolkit", "Docker engine", "Reboot")
+# What a disruptive change needs, from the serving gate's typed refusal (operations/serving_gate.py).
+REPLICAS, GPU_STACK = "replicas", "gpu-stack"
 
 EXIT_DONE, EXIT_CANNOT_START, EXIT_STOPPED = 0, 1, 2
 
@@ -61,15 +65,20 @@ class NodeRollout:
     name: str
     changes: list[str] = field(default_factory=list)
     disruptive: bool = False
+    # REPLICAS (recreated; rolled back on failure) or GPU_STACK (driver, toolkit, engine,
+    # daemon.json, reboot: GPU containers stopped first, never rolled back automatically).
+    kind: str = ""
     state: str = PENDING
     error: str | None = None
     history: list[tuple[str, float]] = field(default_factory=list)  # (state, seconds since start)
     # Replica container ids before the update: a rollback puts back only what the update replaced.
     before: dict[str, str] = field(default_factory=dict)
+    # Replicas removed from the inventory that ran on the node when it was drained (retired by the update).
+    retiring: list[str] = field(default_factory=list)
 
     @property
     def rollback_allowed(self) -> bool:
-        return not any(c.startswith(NO_ROLLBACK_OPS) for c in self.changes)
+        return self.kind != GPU_STACK  # a machine never downgrades a driver
 
 
 @dataclass
@@ -141,13 +150,20 @@ def make_batches(nodes: list[str], canary: int, max_unavailable: int) -> list[li
     return [b for b in batches if b]
 
 
-def check_capacity(batches: list[list[str]], node_replicas: dict[str, list[str]], all_replicas: list[str]) -> None:
-    """Refuse a plan in which a drained batch would leave no live replica behind the load balancers."""
+def check_capacity(batches: list[list[str]], node_replicas: dict[str, list[str]], live_replicas: list[str]) -> None:
+    """Refuse a plan in which a drained batch would leave no live replica behind the load balancers.
+
+    ``live_replicas`` are the replicas running *now* (read from the nodes while planning), not the
+    inventory's: a replica that is down or on an unreachable node does not carry traffic.
+    """
     for batch in batches:
         drained = {r for n in batch for r in node_replicas.get(n, [])}
-        if drained and not set(all_replicas) - drained:
-            raise RolloutError(f"draining {', '.join(batch)} together would leave no live replica behind the load "
-                               "balancers: lower --max-unavailable/--canary, or add a replica")
+        left = set(live_replicas) - drained
+        if drained and not left:
+            live = ", ".join(sorted(live_replicas)) or "none"
+            raise RolloutError(f"draining {', '.join(batch)} would leave no live replica behind the load "
+                               f"balancers (live now: {live}): lower --max-unavailable/--canary, bring a replica "
+                               "back, or add one")
 
 
 # ----------------------------------------------------------------------------------- running -----
@@ -179,45 +195,70 @@ class Runner:
                     return self.finish(EXIT_STOPPED)
         for batch in r.batches:
             nodes = [r.nodes[n] for n in batch if r.nodes[n].state != DONE]
-            if not nodes:
-                continue
-            for node in nodes:
-                if not self.roll_node(node, steps):
-                    return self.finish(EXIT_STOPPED)
+            if nodes and not self.roll_batch(nodes, steps):
+                return self.finish(EXIT_STOPPED)
         return self.finish(EXIT_DONE)
 
-    def roll_node(self, node: NodeRollout, steps) -> bool:
+    def roll_batch(self, nodes: list[NodeRollout], steps) -> bool:
+        """Roll the nodes of one batch together: each is locked and drained, then one deploy
+        converges them all at once (pyinfra runs each operation on every host in parallel), then
+        each is validated and undrained. A node that fails gets its own failure handling; the
+        others of the batch finish. True when every node is done."""
         r = self.rollout
+        ready = [node for node in nodes if self._step(node, steps, self._prepare_node)]
+        if ready:
+            try:
+                results = steps.update(r, [node.name for node in ready])
+            except Exception as exc:  # noqa: BLE001 - the whole batch's deploy could not run
+                results = {node.name: (False, f"{type(exc).__name__}: {exc}") for node in ready}
+            for node in ready:
+                updated, why = results.get(node.name, (False, "the deploy did not report this node"))
+                if not updated:
+                    self.fail(node, why, steps)
+                    continue
+                self._step(node, steps, self._finish_node)
+        return all(node.state == DONE for node in nodes)
+
+    def _step(self, node: NodeRollout, steps, work) -> bool:
         try:
-            steps.lock(r, node.name, DRAINING)
-            if node.disruptive:
-                self.node_state(node, DRAINING)
-                steps.drain(r, node.name)
-            if not node.before:  # on --resume, keep what was there before the first attempt
-                node.before = steps.container_ids(r, node.name)
-            self.node_state(node, UPDATING)
-            updated, why = steps.update(r, node.name)
-            if updated:
-                self.node_state(node, VALIDATING)
-                updated, why = steps.validate(r, node.name)
-            if not updated:
-                return self.fail(node, why, steps)
-            steps.forget_previous(r, node.name)
-            if node.disruptive:
-                self.node_state(node, UNDRAINING)
-                steps.undrain(r, node.name)
-            steps.unlock(r, node.name)
-            self.node_state(node, DONE)
-            return True
-        except steps.StepError as exc:
-            return self.fail(node, str(exc), steps)
+            return work(node, steps)
         except Exception as exc:  # noqa: BLE001 - whatever breaks, the node gets a state and the fleet a report
-            return self.fail(node, f"{type(exc).__name__}: {exc}", steps)
+            why = str(exc) if isinstance(exc, steps.StepError) else f"{type(exc).__name__}: {exc}"
+            return self.fail(node, why, steps)
+
+    def _prepare_node(self, node: NodeRollout, steps) -> bool:
+        """lock -> draining -> updating (GPU containers stopped for a GPU-stack change)."""
+        r = self.rollout
+        steps.lock(r, node.name, DRAINING)
+        if node.disruptive:
+            self.node_state(node, DRAINING)
+            node.retiring = sorted(set(node.retiring) | set(steps.drain(r, node.name) or []))
+        if not node.before:  # on --resume, keep what was there before the first attempt
+            node.before = steps.container_ids(r, node.name)
+        self.node_state(node, UPDATING)
+        if node.kind == GPU_STACK:  # a new driver or a daemon-reload takes the GPUs from running containers
+            steps.stop_gpu_containers(r, node.name)
+        return True
+
+    def _finish_node(self, node: NodeRollout, steps) -> bool:
+        """validating -> undraining -> done (or the node's failure handling)."""
+        r = self.rollout
+        self.node_state(node, VALIDATING)
+        valid, why = steps.validate(r, node.name)
+        if not valid:
+            return self.fail(node, why, steps)
+        steps.forget_previous(r, node.name)
+        if node.disruptive:
+            self.node_state(node, UNDRAINING)
+            steps.undrain(r, node.name, node.retiring)
+        steps.unlock(r, node.name)
+        self.node_state(node, DONE)
+        return True
 
     def fail(self, node: NodeRollout, why: str, steps) -> bool:
         if node.state == DRAINING:  # nothing changed yet: put it back into rotation
             try:
-                steps.undrain(self.rollout, node.name)
+                steps.undrain(self.rollout, node.name, node.retiring)
                 steps.unlock(self.rollout, node.name)
             except Exception as exc:  # noqa: BLE001
                 why = f"{why}; undrain failed too: {exc}"
@@ -227,7 +268,7 @@ class Runner:
             self.say(f"{'':7}   {node.name:<16} rolling back: {why}")
             try:
                 steps.rollback(self.rollout, node.name, node.before)
-                steps.undrain(self.rollout, node.name)
+                steps.undrain(self.rollout, node.name, node.retiring)
                 steps.unlock(self.rollout, node.name)
                 self.node_state(node, ROLLED_BACK, why)
                 return False

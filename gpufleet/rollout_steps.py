@@ -19,7 +19,7 @@ from pyinfra.context import ctx_host, ctx_state
 from gpufleet import node_lock
 from gpufleet.apply import run_on
 from gpufleet.fleet import load_fleet, replicas_of
-from gpufleet.remote import connected, shell
+from gpufleet.remote import connected, run_parallel, shell
 
 
 class StepError(Exception):
@@ -30,8 +30,14 @@ def _overrides(rollout, **more) -> dict[str, Any]:
     return {**rollout.overrides, "rollout_id": rollout.id, **more}
 
 
+_fleets: dict[str, Any] = {}
+
+
 def _fleet(rollout):
-    return load_fleet(rollout.inventory, _overrides(rollout))
+    """The rollout's validated fleet, loaded once per rollout (its data never changes mid-rollout)."""
+    if rollout.id not in _fleets:
+        _fleets[rollout.id] = load_fleet(rollout.inventory, _overrides(rollout))
+    return _fleets[rollout.id]
 
 
 @contextmanager
@@ -47,32 +53,60 @@ def _on_node(rollout, name: str):
 # ------------------------------------------------------------------------------ plan -------------
 
 def plan(inventory: str, overrides: dict[str, Any], limit: tuple[str, ...], rollout_id: str) -> dict[str, Any]:
-    """``{"nodes": {node: (changes, disruptive)}, "unreachable": [...], "blocked": {node: why}, "lbs": {lb: changes}}``.
+    """What to roll, read from the nodes as deploy.py plans them.
+
+    ``{"nodes": {node: (changes, kind)}, "live": {node: [replicas running now]}, "unreachable": [...],
+    "blocked": {node: why}, "lbs": {lb: changes}, "fleet": Fleet}``; ``kind`` is ``""`` for a
+    change made in place, else the serving gate's kind (``replicas`` or ``gpu-stack``).
 
     Planned with the rollout's id and no lock yet: the serving gate refuses exactly the nodes
-    whose changes would interrupt live replicas, which is what makes them disruptive.
+    whose changes would interrupt live replicas (a typed ServingInterruption), which is what
+    makes them disruptive. Any other refusal (another rollout's lock) blocks the rollout.
     """
     from gpufleet.planrun import planned
+    from operations.facts.rollout import LiveReplicas
 
-    out: dict[str, Any] = {"nodes": {}, "unreachable": [], "blocked": {}, "lbs": {}}
+    out: dict[str, Any] = {"nodes": {}, "live": {}, "unreachable": [], "blocked": {}, "lbs": {}}
     with planned(inventory, limit, {**overrides, "rollout_id": rollout_id}) as p:
         out["unreachable"] = sorted(p.unreachable)
         out["blocked"].update(p.errors)
         for host in p.hosts:
             changes = [op.name for op in p.ops(host) if op.will_change and not op.conditional]
-            refused = p.refusals.get(host.name)
-            if refused and "would interrupt serving" not in refused:
-                out["blocked"][host.name] = refused  # e.g. another rollout's lock
+            interruption = p.interruptions.get(host.name)
+            if host.name in p.refusals and interruption is None:
+                out["blocked"][host.name] = p.refusals[host.name]  # e.g. another rollout's lock
                 continue
             if "gpu_nodes" in host.groups:
-                if refused:
-                    changes.append(refused.split(" would interrupt serving")[0])
+                with ctx_state.use(p.state), ctx_host.use(host):
+                    running = host.get_fact(LiveReplicas)
+                out["live"][host.name] = _replica_names(running)
+                if interruption is not None and not any(interruption.what.startswith(c) for c in changes):
+                    changes.append(interruption.what)  # the refused operation, when it was not added
                 if changes:
-                    out["nodes"][host.name] = (changes, bool(refused))
+                    out["nodes"][host.name] = (changes, interruption.kind if interruption else "")
             elif changes:
                 out["lbs"][host.name] = changes
         out["fleet"] = p.fleet
+        planned_nodes = {h.name for h in p.hosts}
+    # Nodes left out by --limit still carry traffic while the limited ones are drained.
+    others = [n.name for n in out["fleet"].nodes if n.name not in planned_nodes and n.name not in out["unreachable"]]
+    if others:
+        out["live"].update(live_replicas(inventory, others, overrides))
     return out
+
+
+def _replica_names(containers: list[str]) -> list[str]:
+    # Running replicas count whether the inventory still names them or not: they carry traffic.
+    return sorted(c.removeprefix("vllm-") for c in containers)
+
+
+def live_replicas(inventory: str, nodes: list[str], overrides: dict[str, Any]) -> dict[str, list[str]]:
+    """``{node: [replicas whose containers run now]}`` (an unreachable node is left out: nothing of it is live)."""
+    from operations.facts.rollout import LiveReplicas
+
+    with connected(inventory, nodes, overrides) as (state, _, reachable, _unreachable):
+        running = run_parallel(state, reachable, lambda host: host.get_fact(LiveReplicas))
+    return {name: _replica_names(names) for name, names in running.items() if isinstance(names, list)}
 
 
 # ------------------------------------------------------------------------------ prepare ----------
@@ -105,17 +139,21 @@ def unlock(rollout, name: str) -> None:
 
 # ------------------------------------------------------------------------------ drain ------------
 
-def _lb_step(rollout, name: str, op_name: str) -> None:
+def _lb_step(rollout, name: str, op_name: str, retiring: list[str] = ()) -> None:
+    """``drain``/``undrain`` every replica of the node on every lb: the inventory's, and ``retiring``
+    (removed from the inventory, still running on the node: drained only where they are members)."""
     from operations import loadbalancer
 
     fleet = _fleet(rollout)
     lbs = [lb.name for lb in fleet.load_balancers]
     if not lbs:
         return
-    replicas = [r.name for r in replicas_of(fleet.hosts[name])]
+    replicas = [r.name for r in replicas_of(fleet.hosts[name])] + list(retiring)
     op = getattr(loadbalancer, op_name)
     for replica in replicas:
         extra = {"reason": f"rollout {rollout.id}"} if op_name == "drain" else {}
+        if op_name == "drain" and replica in retiring:
+            extra["only_if_member"] = True
         results = run_on(rollout.inventory, lbs, op,
                          lambda lb: {"name": f"{op_name} {replica}", "replica": replica,
                                      **loadbalancer.lb_args(fleet, lb), **extra},
@@ -125,52 +163,99 @@ def _lb_step(rollout, name: str, op_name: str) -> None:
             raise StepError(f"{op_name} {replica}: " + "; ".join(f"{lb}: {why}" for lb, why in failed.items()))
 
 
-def drain(rollout, name: str) -> None:
-    """Mark the node's replicas down on every load balancer, then wait until nothing is in flight."""
+def retiring_replicas(rollout, name: str) -> list[str]:
+    """Replicas whose containers run on the node but which the inventory no longer names."""
+    from operations.facts.rollout import ReplicaContainers
+
+    declared = {f"vllm-{r.name}" for r in replicas_of(_fleet(rollout).hosts[name])}
+    with _on_node(rollout, name) as (host, _):
+        present = host.get_fact(ReplicaContainers)
+    return [c.removeprefix("vllm-") for c in present if c not in declared]
+
+
+def drain(rollout, name: str) -> list[str]:
+    """Mark the node's replicas down on every load balancer, then wait until nothing is in flight.
+
+    Returns the node's retiring replicas (drained too; undrain them with the others once the
+    update removed them, which drops them from the lb config).
+    """
     from gpufleet.vllm_control import wait_idle
 
-    _lb_step(rollout, name, "drain")
+    retiring = retiring_replicas(rollout, name)
+    _lb_step(rollout, name, "drain", retiring)
     with _on_node(rollout, name) as (host, fleet):
         node = fleet.hosts[name]
         urls = [f"http://{r.address}:{r.port}" for r in replicas_of(node)]
         idle, seen = wait_idle(host, urls, timeout=node.settings.rollout_drain_timeout_s)
     if not idle:
         raise StepError(f"drain: {seen}")
+    return retiring
 
 
-def undrain(rollout, name: str) -> None:
-    _lb_step(rollout, name, "undrain")
+def undrain(rollout, name: str, retiring: list[str] = ()) -> None:
+    _lb_step(rollout, name, "undrain", retiring)
+
+
+def stop_gpu_containers(rollout, name: str) -> None:
+    """Stop every running container that holds a GPU on the drained node (each with its stop timeout).
+
+    A GPU-stack change needs them stopped: a new driver, a toolkit upgrade or a daemon-reload
+    takes the GPUs away from running containers. They stay stopped (not removed): deploy.py
+    starts them again once the stack is converged, with the same spec.
+    """
+    from operations.facts.docker import GpuContainers
+
+    timeout = _fleet(rollout).hosts[name].settings.vllm_stop_timeout_effective()
+    with _on_node(rollout, name) as (host, _):
+        running = host.get_fact(GpuContainers)["containers"]
+        if not running:
+            return
+        ok, out = shell(host, f"docker stop -t {timeout} " + " ".join(shlex.quote(c) for c in running),
+                        timeout=timeout + 60)
+    if not ok:
+        raise StepError(f"stopping the GPU containers {', '.join(running)}: {out.strip()[-300:]}")
 
 
 # ------------------------------------------------------------------------------ update -----------
 
-def update(rollout, name: str) -> tuple[bool, str]:
-    """Converge the node with deploy.py (the rollout's id lets the serving gate through)."""
+def update(rollout, names: list[str]) -> dict[str, tuple[bool, str]]:
+    """Converge the batch's nodes with one deploy.py run (the rollout's id lets the serving gate through).
+
+    ``{node: (converged, why not)}``; pyinfra runs each operation on all of them in parallel.
+    """
     from gpufleet.planrun import execute, planned
 
-    with planned(rollout.inventory, [name], _overrides(rollout)) as p:
-        if name in p.unreachable:
-            raise StepError(f"{name} is unreachable over SSH")
-        why = p.errors.get(name) or p.refusals.get(name)
-        if why:
-            return False, f"deploy refused: {why}"
-        ok = execute(p, [name]).get(name, False)
-    return ok, "" if ok else "the deploy failed on the node (see the output above)"
+    out: dict[str, tuple[bool, str]] = {}
+    with planned(rollout.inventory, list(names), _overrides(rollout)) as p:
+        for name in names:
+            if name in p.unreachable:
+                out[name] = (False, f"{name} is unreachable over SSH")
+            elif p.errors.get(name) or p.refusals.get(name):
+                out[name] = (False, f"deploy refused: {p.errors.get(name) or p.refusals.get(name)}")
+        runnable = [n for n in names if n not in out]
+        if runnable:
+            for name, ok in execute(p, runnable).items():
+                out[name] = (ok, "" if ok else "the deploy failed on the node (see the output above)")
+    return out
 
 
 # ------------------------------------------------------------------------------ validate ---------
 
 def validate(rollout, name: str) -> tuple[bool, str]:
-    """Readiness by a real completion, the NCCL vLLM loads, and the verify ladder."""
+    """Readiness by a real completion, the loaded driver and the NCCL vLLM loads are the pins, the verify ladder."""
     from gpufleet import verify
     from operations.facts.docker import VllmNcclVersions
+    from operations.facts.gpu import NvidiaDriver
 
     ready, why = replicas_ready(rollout, name)
     if not ready:
         return False, why
     s = _fleet(rollout).hosts[name].settings
     with _on_node(rollout, name) as (host, _):
+        driver = host.get_fact(NvidiaDriver, path=s.nvidia_proc_version_path)
         loaded = host.get_fact(VllmNcclVersions)["containers"]
+    if driver.get("version") != s.nvidia_driver_version:
+        return False, f"the loaded driver is {driver.get('version') or 'none'}, not the pin {s.nvidia_driver_version}"
     wrong = {c: v for c, v in loaded.items() if v != s.nccl_version}
     if wrong:
         return False, "NCCL inside the container is not the pin: " + ", ".join(f"{c} loads {v}" for c, v in wrong.items())

@@ -105,6 +105,9 @@ class HostSettings(VllmSettings, DataSettings, EdgeSettings, InputSettings, Roll
     nvidia_driver_packages: list[str] = Field(default_factory=lambda: ["nvidia-open"], min_length=1)
     nvidia_driver_package_revision: str = Field("1", pattern=r"^[0-9A-Za-z.+~]+$")
     nvidia_repo_key_name: str = "3bf863cc.pub"  # the CUDA repository's signing key, beside its index
+    # Its fingerprint: the fetched key must be this one, and a keyring holding another is replaced.
+    nvidia_repo_key_fingerprint: str = Field(default="EB693B3035CD5710E231E123A4B469963BF863CC",
+                                             pattern=r"^[0-9A-F]{40}$")
     nvidia_proc_version_path: str = "/proc/driver/nvidia/version"  # where the loaded module reports
     nvidia_kernel_headers: bool = True  # linux-headers-$(uname -r) for DKMS
     unattended_upgrades_blacklist: list[str] = Field(

@@ -7,7 +7,7 @@ import shlex
 from pyinfra import host
 from pyinfra.api import operation
 
-from operations.facts.apt import PackageStates
+from operations.facts.apt import KeyringFingerprints, PackageStates
 from operations.util import put_text
 
 APT_GET = (
@@ -104,7 +104,8 @@ def deb822_source_text(uri: str, keyring: str, suite: str = "/", components: lis
 
 
 @operation()
-def signed_source(filename: str, uri: str, key_url: str, suite: str = "/", components: list[str] | None = None):
+def signed_source(filename: str, uri: str, key_url: str, key_fingerprint: str, suite: str = "/",
+                  components: list[str] | None = None):
     """
     An apt repository as a deb822 source with its own keyring (never the global trusted.gpg).
 
@@ -112,8 +113,11 @@ def signed_source(filename: str, uri: str, key_url: str, suite: str = "/", compo
       ``/etc/apt/keyrings/<filename>.gpg``
     + uri: the repository URL (for a flat repository such as NVIDIA's CUDA one, suite "/")
     + key_url: where the repository's public key is published (ASCII-armoured or binary)
+    + key_fingerprint: the key's full fingerprint (40 hex digits), pinned in group_data
 
-    The key is fetched only when the keyring is missing; the source file is rewritten only when
+    The key is fetched when the keyring is missing or holds another key, and installed only if
+    its fingerprint is the pin: a key swapped on the server (or a man in the middle) stops the
+    host with both fingerprints, the keyring unchanged. The source file is rewritten only when
     its content differs. The next package install refreshes the index (operations/apt.packages).
 
     **Example:**
@@ -124,15 +128,26 @@ def signed_source(filename: str, uri: str, key_url: str, suite: str = "/", compo
             filename="nvidia-cuda",
             uri="https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/",
             key_url="https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/3bf863cc.pub",
+            key_fingerprint="EB693B3035CD5710E231E123A4B469963BF863CC",
         )
     """
-    from pyinfra.facts.files import File
-
     keyring = f"/etc/apt/keyrings/{filename}.gpg"
-    if not host.get_fact(File, path=keyring):
-        yield (
-            f"install -d -m 0755 /etc/apt/keyrings && curl -fsSL {shlex.quote(key_url)} | gpg --dearmor --yes "
-            f"-o {keyring}.tmp && chmod 0644 {keyring}.tmp && mv {keyring}.tmp {keyring}"
-        )
+    pin = key_fingerprint.upper()
+    if pin not in host.get_fact(KeyringFingerprints, path=keyring):
+        yield fetch_key_command(key_url, pin, keyring)
     yield from put_text(f"/etc/apt/sources.list.d/{filename}.sources",
                          deb822_source_text(uri, keyring, suite, components))
+
+
+def fetch_key_command(key_url: str, fingerprint: str, keyring: str) -> str:
+    """Shell: fetch the key, refuse it unless its fingerprint is ``fingerprint``, install it as ``keyring`` (0644)."""
+    url = shlex.quote(key_url)
+    return (
+        f'set -e; install -d -m 0755 /etc/apt/keyrings; tmp=$(mktemp); trap \'rm -f "$tmp" {keyring}.tmp\' EXIT; '
+        f'curl -fsSL {url} -o "$tmp"; '
+        f'got=$(gpg --show-keys --with-colons "$tmp" 2>/dev/null | awk -F: \'/^fpr/ {{print $10; exit}}\'); '
+        f'if [ "$got" != {fingerprint} ]; then echo "gpufleet: the key at {key_url} has fingerprint '
+        f'${{got:-none}}, expected {fingerprint} (nvidia_repo_key_fingerprint); {keyring} unchanged" >&2; exit 1; fi; '
+        f'gpg --dearmor --yes -o {keyring}.tmp < "$tmp" 2>/dev/null || cp "$tmp" {keyring}.tmp; '
+        f"chmod 0644 {keyring}.tmp; mv {keyring}.tmp {keyring}"
+    )

@@ -8,8 +8,9 @@ import json
 from pyinfra import host
 from pyinfra.api import OperationError, operation
 
-from operations.util import put_text
 from operations.facts.docker import DAEMON_JSON, DockerDaemonConfig, GpuContainers
+from operations.serving_gate import GPU_STACK, ServingInterruption
+from operations.util import put_text
 
 NVIDIA_RUNTIME = {"nvidia": {"args": [], "path": "nvidia-container-runtime"}}
 
@@ -40,18 +41,20 @@ def refuse_daemon_reload_under_gpu_containers(what: str) -> None:
 
     ``systemctl daemon-reload`` (which package installs and unit changes trigger) takes the GPUs
     away from running containers unless the toolkit injects devices through CDI
-    (NVIDIA/nvidia-container-toolkit#48): drain the node first.
+    (NVIDIA/nvidia-container-toolkit#48): drain the node first. Raised as a
+    :class:`ServingInterruption` of kind ``GPU_STACK``: ``gpufleet rollout`` stops the node's GPU
+    containers after draining it, and this check then passes.
     """
     running = host.get_fact(GpuContainers)["containers"]
     if not running:
         return
     cdi = host.get_fact(DockerDaemonConfig)["config"].get("features", {}).get("cdi") is True
     if not cdi:
-        raise OperationError(
+        raise ServingInterruption(
             f"{what} would run `systemctl daemon-reload` while GPU containers run "
             f"({', '.join(running)}); that drops their GPUs (NVML: Unknown Error). "
-            "Drain the node first (stop its replicas, e.g. with `gpufleet rollout`) or enable CDI."
-        )
+            "Drain the node first (stop its replicas, e.g. with `gpufleet rollout`) or enable CDI.",
+            what, GPU_STACK)
 
 
 @operation()

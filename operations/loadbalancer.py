@@ -17,6 +17,12 @@ Decisions (see also files/nginx/nginx.conf.j2):
   and drift reads it through the ``NginxState`` fact. ``drain``/``undrain`` change the marker
   first and then the config: if the reload fails, the intent is recorded and the next deploy
   applies it. A marker for a replica no longer in the inventory is ignored (and left in place).
+- Membership follows the replicas, not only the inventory (:func:`membership`): a replica new to
+  the config in place *joins* ``down`` until it answers ``/health`` from the lb host, and one
+  removed from the inventory *stays* a member while it still answers, until the node that runs
+  it retires it. So a deploy or a rollout step on the lb never sends traffic to a replica that
+  does not run yet, and never cuts one that still serves; a replica is retired (drained, then
+  stopped by its node's deploy) and a new one undrained by ``gpufleet rollout``.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import jinja2
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationError, StringCommand, operation
 
-from operations.facts.edge import DRAINED_DIR, NGINX_CONF, NginxState
+from operations.facts.edge import DRAINED_DIR, NGINX_CONF, NginxState, UpstreamHealth
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "files" / "nginx" / "nginx.conf.j2"
 NEW = f"{NGINX_CONF}.gpufleet-new"
@@ -74,14 +80,38 @@ def members(replicas) -> list[dict[str, Any]]:
     return out
 
 
-def render(replicas, drained=(), options: dict | None = None) -> tuple[str, str]:
-    """``(nginx.conf text, config id)``; members named in ``drained`` are marked ``down``."""
+def membership(replicas, state: dict) -> tuple[list[dict[str, Any]], set[str]]:
+    """``(members, joining)``: the inventory's replicas plus the removed ones that still serve.
+
+    Read against the config in place (``state["members"]``, the NginxState fact): a replica not
+    in it, or rendered there as joining, is *joining* and rendered ``down`` until it answers
+    ``/health`` from this host; a member
+    no longer in the inventory is kept while it answers (its node has not retired it yet).
+    Health is asked only when there is such a difference, so a converged lb sends no probe.
+    """
+    wanted = members(replicas)
+    current = state.get("members") or []
+    names = {m["name"] for m in wanted}
+    known = {m["name"] for m in current if not m.get("joining")}  # a joining member is new until it answers
+    new = [m for m in wanted if m["name"] not in known] if current else []
+    removed = [m for m in current if m["name"] not in names]
+    if not new and not removed:
+        return wanted, set()
+    health = host.get_fact(UpstreamHealth, members=new + removed)
+    joining = {m["name"] for m in new if not health.get(m["name"])}
+    return wanted + [m for m in removed if health.get(m["name"])], joining
+
+
+def render(replicas, drained=(), options: dict | None = None, joining=()) -> tuple[str, str]:
+    """``(nginx.conf text, config id)``; members named in ``drained`` or ``joining`` are marked ``down``."""
     opts = {**DEFAULT_OPTIONS, **(options or {})}
     wanted = members(replicas)
     if not wanted:
         raise OperationError("no vLLM replica in the inventory: an upstream needs at least one member")
-    drained = set(drained)
-    rows = [{**m, "drained": m["name"] in drained} for m in wanted]
+    drained, joining = set(drained), set(joining)
+    # "joining" only where it is true: the config id of every config without one stays the same.
+    rows = [{**m, "drained": m["name"] in drained | joining, **({"joining": True} if m["name"] in joining else {})}
+            for m in wanted]
     config_id = hashlib.sha256(json.dumps([rows, opts], sort_keys=True).encode()).hexdigest()[:16]
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     text = env.from_string(TEMPLATE.read_text()).render(
@@ -143,25 +173,26 @@ def nginx(replicas: list, options: dict | None = None):
     """
     opts = {**DEFAULT_OPTIONS, **(options or {})}
     state = host.get_fact(NginxState, status_port=opts["status_port"])
-    text, config_id = render(replicas, state["drained"], opts)
+    rows, joining = membership(replicas, state)
+    text, config_id = render(rows, state["drained"], opts, joining)
     commands = list(_converge(text, config_id, opts["status_port"], state))
     if not commands:
-        drained = [m["name"] for m in members(replicas) if m["name"] in state["drained"]]
-        host.noop(f"nginx serves config {config_id} ({len(replicas)} members"
+        drained = [m["name"] for m in rows if m["name"] in state["drained"]]
+        host.noop(f"nginx serves config {config_id} ({len(rows)} members"
                   + (f", drained: {', '.join(drained)})" if drained else ")"))
         return
     yield from commands
 
 
-def _check_known(replica: str, replicas) -> None:
-    names = [m["name"] for m in members(replicas)]
+def _check_known(replica: str, rows) -> None:
+    names = [m["name"] for m in rows]
     if replica not in names:
         raise OperationError(f"no replica {replica!r} in the inventory (replicas: {', '.join(names)})")
 
 
 @operation()
 def drain(replica: str, replicas: list, options: dict | None = None, reason: str = "rollout",
-          allow_no_live_member: bool = False):
+          allow_no_live_member: bool = False, only_if_member: bool = False):
     """
     Take one replica out of the load balancer: record it as drained, render it ``down``, reload.
 
@@ -169,6 +200,8 @@ def drain(replica: str, replicas: list, options: dict | None = None, reason: str
     + replicas, options: as for ``nginx``
     + reason: written into the marker file (``cat /etc/nginx/gpufleet/drained/<replica>``)
     + allow_no_live_member: drain even when no other member would be left to serve
+    + only_if_member: nothing to do (rather than an error) for a replica the config does not have,
+      e.g. one removed from the inventory that this lb never served
 
     After a reload nginx sends no new request to the member; requests in flight finish on the
     old workers (up to read timeout + 60 s). Wait for the replica's ``vllm:num_requests_running``
@@ -180,15 +213,19 @@ def drain(replica: str, replicas: list, options: dict | None = None, reason: str
 
         loadbalancer.drain(replica="gpu-node-01-vllm-0", reason="vLLM v0.11.1", **lb_args)
     """
-    _check_known(replica, replicas)
     opts = {**DEFAULT_OPTIONS, **(options or {})}
     state = host.get_fact(NginxState, status_port=opts["status_port"])
+    rows, joining = membership(replicas, state)
+    if only_if_member and replica not in {m["name"] for m in rows}:
+        host.noop(f"{replica} is not a member")
+        return
+    _check_known(replica, rows)
     drained = set(state["drained"]) | {replica}
-    live = [m["name"] for m in members(replicas) if m["name"] not in drained]
+    live = [m["name"] for m in rows if m["name"] not in drained | joining]
     if not live and not allow_no_live_member:
         raise OperationError(f"draining {replica} would leave no live member behind the load balancer "
                              "(pass allow_no_live_member=True to accept the outage)")
-    text, config_id = render(replicas, drained, opts)
+    text, config_id = render(rows, drained, opts, joining)
     commands = list(_converge(text, config_id, opts["status_port"], state))
     if replica in state["drained"] and not commands:
         host.noop(f"{replica} is drained")
@@ -208,17 +245,22 @@ def undrain(replica: str, replicas: list, options: dict | None = None):
 
     + replica, replicas, options: as for ``drain``
 
+    A replica that is new and does not answer ``/health`` yet stays ``down`` (joining); a retired
+    one (no longer in the inventory, no longer answering) loses its marker and leaves the config.
+
     **Example:**
 
     .. code:: python
 
         loadbalancer.undrain(replica="gpu-node-01-vllm-0", **lb_args)
     """
-    _check_known(replica, replicas)
     opts = {**DEFAULT_OPTIONS, **(options or {})}
     state = host.get_fact(NginxState, status_port=opts["status_port"])
+    rows, joining = membership(replicas, state)
+    if replica not in state["drained"]:
+        _check_known(replica, rows)  # a retired replica's marker may outlive its member: removed below
     drained = set(state["drained"]) - {replica}
-    text, config_id = render(replicas, drained, opts)
+    text, config_id = render(rows, drained, opts, joining)
     commands = list(_converge(text, config_id, opts["status_port"], state))
     if replica not in state["drained"] and not commands:
         host.noop(f"{replica} is not drained")

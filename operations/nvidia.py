@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pyinfra import host
-from pyinfra.api import OperationError, operation
+from pyinfra.api import FunctionCommand, OperationError, StringCommand, operation
+from pyinfra.facts.files import File
 from pyinfra.facts.server import KernelVersion, LinuxDistribution
 
 from operations import apt, server
@@ -37,21 +38,24 @@ def cuda_repo_uri(apt_mirror: str | None, distro: dict, arch: str = "x86_64") ->
 
 
 @operation()
-def cuda_repository(apt_mirror: str | None = None, key_name: str = "3bf863cc.pub"):
+def cuda_repository(key_fingerprint: str, apt_mirror: str | None = None, key_name: str = "3bf863cc.pub"):
     """
     NVIDIA's CUDA apt repository for this host's OS (driver, toolkit and NCCL packages).
 
     + apt_mirror: base URL that replaces https://developer.download.nvidia.com (air-gapped sites, the lab)
     + key_name: the repository's signing key file, published beside its index
+    + key_fingerprint: that key's fingerprint; any other key is refused (operations/apt.signed_source)
 
     **Example:**
 
     .. code:: python
 
-        nvidia.cuda_repository(apt_mirror=None)  # developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/
+        # developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/, NVIDIA's key pinned
+        nvidia.cuda_repository(key_fingerprint="EB693B3035CD5710E231E123A4B469963BF863CC")
     """
     uri = cuda_repo_uri(apt_mirror, host.get_fact(LinuxDistribution))
-    yield from apt.signed_source._inner(filename="nvidia-cuda", uri=uri, key_url=uri + key_name)
+    yield from apt.signed_source._inner(filename="nvidia-cuda", uri=uri, key_url=uri + key_name,
+                                        key_fingerprint=key_fingerprint)
 
 
 @operation()
@@ -76,14 +80,14 @@ def driver(version: str, packages: list[str], revision: str = "1", kernel_module
     if kernel_modules == "open" and not all("open" in p for p in packages if p.startswith(("nvidia-", "cuda-"))):
         raise OperationError(f"kernel_modules=open but the driver packages {packages} are not the open flavor")
     full = f"{version}-{revision}"
-    yield from apt.preferences._inner(filename="gpufleet-nvidia-driver", packages=DRIVER_PIN_PATTERNS, version=full)
     wanted = {p: full for p in packages}
     if kernel_headers:
         wanted[f"linux-headers-{host.get_fact(KernelVersion)}"] = None
     states = host.get_fact(PackageStates, packages=sorted(wanted))
     install, _ = apt._plan(wanted, states, hold=True)
-    if install:
+    if install:  # refused before the first change: a refused host keeps its old pin too
         refuse_daemon_reload_under_gpu_containers(f"installing {', '.join(install)}")
+    yield from apt.preferences._inner(filename="gpufleet-nvidia-driver", packages=DRIVER_PIN_PATTERNS, version=full)
     # Held, headers included: their name carries the kernel release, so kernel upgrades still work.
     yield from apt.packages._inner(packages=wanted, hold=True)
 
@@ -158,17 +162,24 @@ def container_toolkit(version: str):
     yield from apt.packages._inner(packages={"nvidia-container-toolkit": version}, hold=True)
 
 
+REBOOT_MARKER_DIR = "/var/lib/gpufleet/driver-reboots"
+
+
 @operation(is_idempotent=False)
 def reboot_if_driver_stale(version: str, proc_version_path: str = "/proc/driver/nvidia/version"):
     """
-    Reboot when the loaded kernel module is not the driver version the fleet pins.
+    Reboot when the loaded kernel module is not the driver version the fleet pins, then check it is.
 
     + version: the pinned upstream version (what ``driver`` installs)
     + proc_version_path: where the loaded module reports its version
 
     Decided from the loaded module, so a converged host never reboots and a host whose package
-    was upgraded behind our back (loaded != installed) does. Run with ``_serial=True``: one host
-    at a time goes down.
+    was upgraded behind our back (loaded != installed) does. After the reboot the loaded version
+    must be the pin; if it is not (Secure Boot refusing an unsigned module, a DKMS build that
+    failed), the host stops here with the cause to look at. The reboot is recorded on the host
+    (``/var/lib/gpufleet/driver-reboots/<version>``): a host that already rebooted for this
+    version and still does not load it is never rebooted again (no reboot loops). Run with
+    ``_serial=True``: one host at a time goes down.
 
     **Example:**
 
@@ -180,5 +191,30 @@ def reboot_if_driver_stale(version: str, proc_version_path: str = "/proc/driver/
     if loaded.get("loaded") and loaded.get("version") == version:
         host.noop(f"driver {version} loaded")
         return
+    marker = f"{REBOOT_MARKER_DIR}/{version}"
+    if host.get_fact(File, path=marker):
+        raise OperationError(driver_not_loaded(version, loaded.get("version"), after_reboot=True))
     reason = f"driver {version} installed, {loaded.get('version') or 'none'} loaded"
+    yield f"install -d -m 0755 {REBOOT_MARKER_DIR} && date -u +%FT%TZ > {marker}"
     yield from server.reboot._inner(reason=reason)
+    yield FunctionCommand(_check_loaded, (version, proc_version_path), {})
+
+
+def driver_not_loaded(version: str, loaded: str | None, after_reboot: bool) -> str:
+    """What to look at when the pinned driver is not the loaded one after its reboot."""
+    when = "after its reboot" if after_reboot else "now"
+    return (f"driver {version} is installed but {loaded or 'no driver'} is loaded {when}; not rebooting again. "
+            "Look at: Secure Boot (`mokutil --sb-state`: an unsigned module is refused; enroll the DKMS key "
+            "with MOK or sign the module), the module build (`dkms status`, headers for `uname -r`), and "
+            f"`journalctl -b -k | grep -i nvidia`. Once fixed, `rm {REBOOT_MARKER_DIR}/{version}` and deploy again")
+
+
+def _check_loaded(state, host, version: str, proc_version_path: str) -> bool:  # pragma: no cover - needs a host
+    from operations.facts.gpu import parse_driver_version
+
+    ok, output = host.run_shell_command(StringCommand(f"cat {proc_version_path}"))
+    found = parse_driver_version(output.stdout.splitlines()).get("version") if ok else None
+    if found != version:
+        raise OperationError(driver_not_loaded(version, found, after_reboot=True))
+    host.run_shell_command(StringCommand(f"rm -f {REBOOT_MARKER_DIR}/{version}"))
+    return True

@@ -13,8 +13,16 @@ before anything runs on any host:
   by the rollout that runs this deploy, and every node when ``allow_serving_disruption`` is set
   (a maintenance window).
 
-Refusals are :class:`OperationError` raised while deploy.py is loaded: pyinfra stops before it
-executes anything, and ``gpufleet drift`` reports the refusal as drift of that host.
+Refusals are raised while deploy.py is loaded: pyinfra stops before it executes anything, and
+``gpufleet drift`` reports the refusal as drift of that host. A refusal *because serving would be
+interrupted* is a :class:`ServingInterruption`, typed with what the change needs, so that
+``gpufleet rollout`` plans from the type and never from the message:
+
+* ``REPLICAS``: replica containers are recreated; drain the node, update it, and roll it back to
+  the previous containers if the new ones do not validate;
+* ``GPU_STACK``: the driver, toolkit, engine, daemon.json or a reboot; drain the node *and stop its
+  GPU containers* (a daemon-reload or a new driver takes the GPUs from running containers), and
+  never roll back automatically (a machine does not downgrade a driver).
 """
 
 from __future__ import annotations
@@ -23,6 +31,25 @@ from pyinfra import host
 from pyinfra.api import OperationError
 
 from operations.facts.rollout import LiveReplicas, RolloutLock
+
+
+REPLICAS, GPU_STACK = "replicas", "gpu-stack"
+
+
+class ServingInterruption(OperationError):
+    """An operation was refused because it would interrupt live replicas.
+
+    + what: the operation, as an operator reads it (``NVIDIA driver (open modules)``)
+    + kind: ``REPLICAS`` or ``GPU_STACK`` (what a rollout must do around it)
+    """
+
+    def __init__(self, message: str, what: str, kind: str):
+        super().__init__(message)
+        self.what, self.kind = what, kind
+
+
+class RolloutLockHeld(OperationError):
+    """The node is held by another rollout: nobody else may change it."""
 
 
 class ServingGate:
@@ -41,18 +68,18 @@ class ServingGate:
     def __init__(self, allow: bool = False, rollout_id: str | None = None):
         lock = host.get_fact(RolloutLock)
         if lock is not None and lock.get("id") != rollout_id:
-            raise OperationError(
+            raise RolloutLockHeld(
                 f"{host.name} is held by rollout {lock.get('id')} ({lock.get('holder')}, since {lock.get('since')}, "
                 f"state {lock.get('state')}): wait for it, or continue it with `gpufleet rollout --resume`")
         self.live = host.get_fact(LiveReplicas)
         self.allowed = allow or (lock is not None and rollout_id is not None)
 
-    def check(self, meta, what: str) -> None:
+    def check(self, meta, what: str, kind: str = GPU_STACK) -> None:
         """Refuse ``what`` when it would change while replicas are live and no rollout drained them."""
         if self.allowed or not self.live:
             return
         if meta.will_change:
-            raise OperationError(
+            raise ServingInterruption(
                 f"{what} would interrupt serving on {host.name}: its replicas {', '.join(self.live)} are live "
                 "behind the load balancers. Roll it out node by node with `gpufleet rollout INVENTORY`, "
-                "or allow it for a maintenance window with --data allow_serving_disruption=true")
+                "or allow it for a maintenance window with --data allow_serving_disruption=true", what, kind)

@@ -45,6 +45,7 @@ from operations import containers, secrets
 from operations.containers import ContainerSpec
 from operations.facts.docker import ImageState
 from operations.facts.images import BASE_DIGESTS_LABEL, BASE_ID_LABEL, CHECKED_DIR, checked_marker
+from operations.facts.rollout import ReplicaContainers
 
 FILES = Path(__file__).resolve().parents[1] / "files"
 DOCKERFILE = "Dockerfile.vllm_rtx5090"
@@ -372,3 +373,31 @@ def ready(container: str, url: str, served_model_name: str, timeout: int = 1200,
     yield FunctionCommand(_wait_ready, (container, url.rstrip("/"), served_model_name, timeout,
                                         API_KEY_ENV_FILE if api_key else None),
                           {"interval": interval, "log_lines": log_lines})
+
+
+@operation()
+def retire_replicas(keep: list[str], stop_timeout: int):
+    """
+    Stop and remove the replica containers the inventory no longer names (and their kept previous ones).
+
+    + keep: the replica containers this node should run (``vllm-<replica>``)
+    + stop_timeout: ``docker stop -t``: vLLM finishes its requests in flight (``--shutdown-timeout``)
+
+    A removed replica otherwise keeps its GPUs forever. On a live node this interrupts serving,
+    so deploy.py puts it behind the serving gate: ``gpufleet rollout`` drains it on every load
+    balancer first (operations/loadbalancer.py keeps a removed replica a member while it serves).
+
+    **Example:**
+
+    .. code:: python
+
+        vllm.retire_replicas(keep=["vllm-gpu-node-1-vllm-0"], stop_timeout=45)
+    """
+    gone = [c for c in host.get_fact(ReplicaContainers) if c not in keep]
+    if not gone:
+        host.noop("no replica container outside the inventory")
+        return
+    for container in gone:
+        name, previous = shlex.quote(container), shlex.quote(containers.previous_name(container))
+        yield (f"docker stop -t {int(stop_timeout)} {name} >/dev/null && docker rm {name} >/dev/null && "
+               f"{{ docker rm -f {previous} >/dev/null 2>&1 || true; }}")

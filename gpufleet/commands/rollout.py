@@ -81,15 +81,19 @@ def _plan(inventory_path, overrides, limit, canary, max_unavailable, say, steps,
         say("nothing to roll out: every node matches the repository")
         return None
     batches = rl.make_batches(changed, canary, max_unavailable)
-    node_replicas = {n.name: [r.name for r in replicas_of(n)] for n in fleet.nodes}
-    rl.check_capacity(batches, node_replicas, [r.name for r in fleet.replicas])
-    nodes = {n: rl.NodeRollout(n, changes=planned["nodes"][n][0], disruptive=planned["nodes"][n][1]) for n in changed}
+    live = planned["live"]  # {node: replicas running now, named in the inventory or being retired}
+    node_replicas = {n.name: sorted({r.name for r in replicas_of(n)} | set(live.get(n.name, []))) for n in fleet.nodes}
+    rl.check_capacity(batches, node_replicas, [r for names in live.values() for r in names])
+    nodes = {n: rl.NodeRollout(n, changes=planned["nodes"][n][0], disruptive=bool(planned["nodes"][n][1]),
+                               kind=planned["nodes"][n][1]) for n in changed}
     r = rl.Rollout(id=rollout_id, inventory=inventory_path, overrides=overrides, holder=rl.holder(),
                    since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), canary=canary,
                    max_unavailable=max_unavailable, nodes=nodes, batches=batches)
     say(f"rollout {r.id}: {len(changed)} node(s) in {len(batches)} batch(es): "
         + " | ".join(", ".join(b) for b in batches))
     for n in changed:
-        kind = "drain, update, validate, undrain" if nodes[n].disruptive else "update in place (nothing interrupted)"
+        kind = {rl.REPLICAS: "drain, update, validate, undrain (rolled back on failure)",
+                rl.GPU_STACK: "drain, stop GPU containers, update, validate, undrain (never rolled back)",
+                }.get(nodes[n].kind, "update in place (nothing interrupted)")
         say(f"  {n}: {kind}; changes: {', '.join(nodes[n].changes)}")
     return r

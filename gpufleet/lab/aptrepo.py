@@ -19,7 +19,7 @@ from email.utils import formatdate
 from pathlib import Path
 
 from gpufleet.lab.progress import step
-from gpufleet.lab.topology import REPO_DIR, STATE_DIR
+from gpufleet.lab.topology import REPO_DIR, REPO_KEY_FINGERPRINT, STATE_DIR
 
 STANDINS = Path(__file__).resolve().parents[2] / "lab" / "standins"
 REPO_PATH = "compute/cuda/repos/debian12/x86_64"  # the same path as NVIDIA's CUDA repository
@@ -33,6 +33,8 @@ def build_repository() -> Path:
     out = REPO_DIR / REPO_PATH
     stamp = REPO_DIR / ".inputs"
     if stamp.exists() and stamp.read_text() == inputs and (out / "InRelease").exists():
+        if not REPO_KEY_FINGERPRINT.exists():
+            _write_fingerprint()
         return REPO_DIR
     with step("build the stand-in NVIDIA apt repository"):
         # Empty the directory in place: the repository container bind-mounts it, and a
@@ -129,5 +131,13 @@ def _sign(out: Path) -> None:
         _gpg("--passphrase", "", "--quick-gen-key", "gpufleet lab repository <lab@gpufleet.invalid>",
              "ed25519", "sign", "never")
     (out / KEY_NAME).write_bytes(_gpg("--armor", "--export").stdout)
+    _write_fingerprint()
     _gpg("--yes", "--clearsign", "-o", str(out / "InRelease"), str(out / "Release"))
     _gpg("--yes", "-abs", "-o", str(out / "Release.gpg"), str(out / "Release"))
+
+
+def _write_fingerprint() -> None:
+    """The signing key's fingerprint, for inventory/lab.py's host data (the deploy pins it)."""
+    listing = _gpg("--with-colons", "--list-keys", text=True).stdout
+    fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr"))
+    REPO_KEY_FINGERPRINT.write_text(fingerprint + "\n")

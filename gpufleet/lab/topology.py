@@ -13,6 +13,7 @@ HOSTS_FILE = STATE_DIR / "hosts.json"
 SSH_KEY = STATE_DIR / "id_ed25519"
 KNOWN_HOSTS = STATE_DIR / "known_hosts"
 REPO_DIR = STATE_DIR / "repo"
+REPO_KEY_FINGERPRINT = STATE_DIR / "repo-key.fingerprint"  # of the lab's apt repository signing key
 
 NETWORK = "gpufleet-lab"
 LABEL = "gpufleet.lab"  # every container, volume and network the lab creates carries it
@@ -84,8 +85,11 @@ def current_or_default_hosts() -> list[LabHost]:
 def inventory_groups() -> dict[str, list[tuple[str, dict]]]:
     """{group: [(host, connection data)]} for inventory/lab.py."""
     groups: dict[str, list[tuple[str, dict]]] = {"gpu_nodes": [], "lb": []}
+    # The lab's repository key is made per checkout (lab/.state), so its pin is host data here.
+    pin = {"nvidia_repo_key_fingerprint": REPO_KEY_FINGERPRINT.read_text().strip()} \
+        if REPO_KEY_FINGERPRINT.exists() else {}
     for host in current_or_default_hosts():
-        groups[host.group].append((host.name, host.connection_data()))
+        groups[host.group].append((host.name, {**host.connection_data(), **pin}))
     return groups
 
 

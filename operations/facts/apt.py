@@ -81,3 +81,25 @@ class AptCandidates(FactBase):
             if current is not None and key in ("Installed", "Candidate"):
                 current[key.lower()] = None if value == "(none)" else value
         return found
+
+
+class KeyringFingerprints(FactBase):
+    """Fingerprints of the keys in an apt keyring file (empty when the file is missing or unreadable).
+
+    Example::
+
+        host.get_fact(KeyringFingerprints, path="/etc/apt/keyrings/nvidia-cuda.gpg")
+        # ["EB693B3035CD5710E231E123A4B469963BF863CC"]
+    """
+
+    def command(self, path: str) -> str:
+        quoted = quote_all([path])
+        return (f"[ -f {quoted} ] && gpg --show-keys --with-colons {quoted} 2>/dev/null "
+                "| awk -F: '/^fpr/ {print $10}'; true")
+
+    @staticmethod
+    def default() -> list:
+        return []
+
+    def process(self, output: list[str]) -> list:  # type: ignore[override]
+        return [line.strip().upper() for line in output if line.strip()]

@@ -48,12 +48,14 @@ class NginxState(FactBase):
             _sha1_line("config_sha1", NGINX_CONF),
             f'for f in {DRAINED_DIR}/*; do [ -f "$f" ] && echo "drained=${{f##*/}}"; done',
             f'echo "live=$(curl -fsS -m 3 http://127.0.0.1:{int(status_port)}/gpufleet-config 2>/dev/null)"',
+            # The members of the config in place (files/nginx/nginx.conf.j2 ends each with "# <name>").
+            f"sed -n 's/^ *server \\([^ ;]*\\).*;  # \\([^ ]*\\)\\(.*\\)$/member=\\2 \\1\\3/p' {NGINX_CONF} 2>/dev/null",
             "true",
         ])
 
     @staticmethod
     def default():
-        return {"config_sha1": None, "drained": [], "live_config_id": None}
+        return {"config_sha1": None, "drained": [], "live_config_id": None, "members": []}
 
     def process(self, output):
         state = self.default()
@@ -64,8 +66,40 @@ class NginxState(FactBase):
                 state["drained"].append(value)
             elif key == "live":
                 state["live_config_id"] = value or None
+            elif key == "member" and " " in value:
+                name, target, *flags = value.split()
+                address, _, port = target.rpartition(":")
+                if port.isdigit():
+                    member = {"name": name, "address": address, "port": int(port)}
+                    if "JOINING" in flags:  # rendered down until it answers (operations/loadbalancer.membership)
+                        member["joining"] = True
+                    state["members"].append(member)
         state["drained"] = sorted(set(state["drained"]))
         return state
+
+
+class UpstreamHealth(FactBase):
+    """Which replicas answer vLLM's ``/health`` from this host (the load balancer's view).
+
+    .. code:: python
+
+        host.get_fact(UpstreamHealth, members=[{"name": "gpu-node-1-vllm-1", "address": "10.0.0.5", "port": 8001}])
+        {"gpu-node-1-vllm-1": False}
+    """
+
+    def command(self, members: list) -> str:
+        checks = []
+        for m in members:
+            url = shlex.quote(f"http://{m['address']}:{int(m['port'])}/health")
+            checks.append(f'echo "{m["name"]}=$(curl -s -o /dev/null -m 3 -w "%{{http_code}}" {url})"')
+        return "; ".join([*checks, "true"])
+
+    @staticmethod
+    def default():
+        return {}
+
+    def process(self, output):
+        return {key: value == "200" for key, value in key_values(output) if key}
 
 
 class PrometheusState(FactBase):

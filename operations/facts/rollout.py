@@ -57,3 +57,24 @@ class LiveReplicas(FactBase):
 
     def process(self, output):
         return sorted(line.strip() for line in output if line.strip())
+
+
+class ReplicaContainers(FactBase):
+    """Names of every vLLM replica container on this host, running or not (the kept
+    ``.gpufleet-previous`` ones left out): what a deploy compares with the inventory's replicas.
+
+    .. code:: python
+
+        host.get_fact(ReplicaContainers)
+        ["vllm-gpu-node-1-vllm-0", "vllm-gpu-node-1-vllm-1"]
+    """
+
+    command = (f"command -v docker >/dev/null 2>&1 && docker ps -a --filter label={VLLM_ROLE_LABEL} "
+               "--format '{{.Names}}' 2>/dev/null; true")
+
+    @staticmethod
+    def default():
+        return []
+
+    def process(self, output):
+        return sorted(n.strip() for n in output if n.strip() and not n.strip().endswith(".gpufleet-previous"))

@@ -1,17 +1,23 @@
 """Rollouts on the live lab, under steady load through lb-1: every request is checked.
 
-The order matters: a canary that cannot start is rolled back (the lab stays as deployed), then
-a change is rolled over both nodes, repeated (nothing to do), tried as a plain deploy (nothing
-to do), and finally the lab goes back to the repository's values in a maintenance window.
+The order matters: a canary that cannot start is rolled back (the lab stays as deployed); a
+plain deploy is refused; a change is rolled over both nodes while gpu-node-2 loses SSH (stopped,
+then resumed with --resume), repeated (nothing to do), tried as a plain deploy (nothing to do);
+the lab goes back to the repository's values in a maintenance window; a driver version is
+rolled forward and back on one node; and one node's replica is replaced by another and back.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -75,20 +81,44 @@ def drained(hosts) -> list[str]:
     return hosts["lb-1"].run("ls /etc/nginx/gpufleet/drained 2>/dev/null").stdout.split()
 
 
-def rollout(*args: str, state_dir) -> tuple[int, dict, str]:
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
+def start_rollout(*args: str, state_dir) -> subprocess.Popen:
     from gpufleet import PROJECT_ROOT
 
-    run = subprocess.run([str(Path(sys.executable).parent / "gpufleet"), "rollout", "inventory/lab.py", "--yes",
-                          "--json", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1800,
-                         env={**os.environ, "GPUFLEET_STATE_DIR": str(state_dir)})
-    report = json.loads(run.stdout) if run.stdout.strip().startswith("{") else {}
-    (Path(state_dir) / f"rollout-{time.time():.0f}.log").write_text(run.stderr)  # kept for a post-mortem
-    return run.returncode, report, run.stderr
+    return subprocess.Popen([str(Path(sys.executable).parent / "gpufleet"), "rollout", "inventory/lab.py", "--yes",
+                             "--json", *args], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "GPUFLEET_STATE_DIR": str(state_dir)})
+
+
+def finish_rollout(run: subprocess.Popen, state_dir) -> tuple[int, dict, str]:
+    out, err = run.communicate(timeout=1800)
+    report = json.loads(out) if out.strip().startswith("{") else {}
+    (Path(state_dir) / f"rollout-{time.time():.0f}.log").write_text(err)  # kept for a post-mortem
+    return run.returncode, report, err
+
+
+def rollout(*args: str, state_dir) -> tuple[int, dict, str]:
+    return finish_rollout(start_rollout(*args, state_dir=state_dir), state_dir)
+
+
+def wait_for_state(state_dir, node: str, state: str, timeout: float = 600) -> None:
+    """Until the newest rollout's state file shows ``node`` in ``state``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        files = sorted((Path(state_dir) / "rollouts").glob("r-*.json"), key=lambda f: f.stat().st_mtime)
+        if files and json.loads(files[-1].read_text())["nodes"].get(node, {}).get("state") == state:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{node} never reached {state}")
+
+
+def ssh_service(node: str, action: str) -> None:
+    """Stop or start sshd on a lab node from outside (existing sessions survive, new ones are refused)."""
+    subprocess.run(["docker", "exec", node, "systemctl", action, "ssh"], check=True, timeout=60)
+
+
+def loaded_driver(node: str) -> str:
+    return subprocess.run(["docker", "exec", node, "nvidia-smi", "--query-gpu=driver_version",
+                           "--format=csv,noheader"], capture_output=True, text=True, timeout=60).stdout.split()[0]
 
 
 @pytest.fixture(scope="module")
@@ -127,10 +157,25 @@ def test_a_plain_deploy_that_would_recreate_live_replicas_is_refused(live):
     assert container_ids(live) == before
 
 
-def test_rolling_a_change_over_both_nodes_fails_no_request(live, state_dir):
+def test_rolling_a_change_over_both_nodes_fails_no_request_even_when_a_node_drops_out(live, state_dir):
+    """gpu-node-2 loses SSH while gpu-node-1 is updated: the rollout stops, the fleet keeps serving,
+    and `--resume` finishes it once gpu-node-2 is back."""
     before = container_ids(live)
     with SteadyLoad() as load:
-        code, report, err = rollout("--data", "vllm_max_model_len=384", state_dir=state_dir)
+        run = start_rollout("--data", "vllm_max_model_len=384", state_dir=state_dir)
+        try:
+            wait_for_state(state_dir, "gpu-node-1", "updating")
+            ssh_service("gpu-node-2", "stop")
+            code, report, err = finish_rollout(run, state_dir)
+        finally:
+            ssh_service("gpu-node-2", "start")
+        assert code == 2, err[-3000:]
+        assert report["nodes"]["gpu-node-1"]["state"] == "done"
+        assert report["nodes"]["gpu-node-2"]["state"] == "failed"
+        assert "unreachable" in report["nodes"]["gpu-node-2"]["error"]
+        assert drained(live) == []  # never drained: it kept serving its old spec
+        assert container_ids(live)["gpu-node-2"] == before["gpu-node-2"]
+        code, report, err = rollout("--resume", state_dir=state_dir)
     assert code == 0, err[-3000:]
     assert [report["nodes"][n]["state"] for n in NODES] == ["done", "done"]
     after = container_ids(live)
@@ -138,8 +183,8 @@ def test_rolling_a_change_over_both_nodes_fails_no_request(live, state_dir):
     assert drained(live) == []
     assert not load.failures, load.failures[:5]
     assert load.ok > 10
-    states = [s for s, _ in report["nodes"]["gpu-node-1"]["history"]]
-    assert states == ["draining", "updating", "validating", "undraining", "done"]
+    states = [s for s, _ in report["nodes"]["gpu-node-2"]["history"]]
+    assert states[-5:] == ["draining", "updating", "validating", "undraining", "done"]
 
 
 def test_a_second_rollout_and_the_plain_deploy_then_change_nothing(live, state_dir):
@@ -153,4 +198,57 @@ def test_back_to_the_repository_values_in_a_maintenance_window(live):
     """The lab goes back to group_data's values for the tests that follow: both nodes at once, on purpose."""
     restored = deploy("--data", "allow_serving_disruption=true")
     assert restored["rc"] == 0, restored["stderr"][-3000:]
+    assert deploy()["changed"] == {}
+
+
+def test_a_driver_version_is_rolled_out_with_no_failed_request(live, state_dir):
+    from gpufleet.fleet import load_fleet
+
+    pinned = load_fleet("inventory/lab.py").hosts["gpu-node-1"].settings.nvidia_driver_version
+    other = "580.105.08"  # the lab repository carries it (lab/standins/packages.toml)
+    before = container_ids(live)
+    with SteadyLoad() as load:
+        code, report, err = rollout("--data", f"nvidia_driver_version={other}", "--limit", "gpu-node-1",
+                                    state_dir=state_dir)
+        assert code == 0, err[-3000:]
+        node = report["nodes"]["gpu-node-1"]
+        assert node["kind"] == "gpu-stack" and node["state"] == "done"
+        assert loaded_driver("gpu-node-1") == other and loaded_driver("gpu-node-2") == pinned
+        # Stopped, not recreated: the same container started again on the new driver.
+        assert container_ids(live)["gpu-node-1"] == before["gpu-node-1"]
+        code, report, err = rollout("--limit", "gpu-node-1", state_dir=state_dir)  # back to the pin
+        assert code == 0, err[-3000:]
+    assert loaded_driver("gpu-node-1") == pinned
+    assert drained(live) == [] and not load.failures, load.failures[:5]
+    assert load.ok > 10
+
+
+def lb_members(hosts) -> dict[str, str]:
+    """``{replica: "live" | "down"}`` from the nginx config in place on lb-1."""
+    lines = hosts["lb-1"].run("grep -E '^ +server .*;  # ' /etc/nginx/nginx.conf").stdout.splitlines()
+    return {line.split("# ", 1)[1].split()[0]: ("down" if " down;" in line else "live") for line in lines}
+
+
+def replica_containers(hosts, node: str) -> list[str]:
+    out = hosts[node].run("docker ps -a --filter label=io.gpufleet.role=vllm --format '{{.Names}}'").stdout
+    return sorted(out.split())
+
+
+def test_a_replaced_replica_is_retired_drained_and_the_new_one_joins_once_ready(live, state_dir):
+    """gpu-node-1's replica vllm-0 (port 8000) is replaced by vllm-1 (port 8001), then put back."""
+    moved = json.dumps([{"name": "vllm-1", "gpus": [0, 1], "port": 8001}])
+    with SteadyLoad() as load:
+        code, report, err = rollout("--data", f"vllm_replicas={moved}", "--limit", "gpu-node-1", state_dir=state_dir)
+        assert code == 0, err[-3000:]
+        assert report["nodes"]["gpu-node-1"]["retiring"] == ["gpu-node-1-vllm-0"]
+        assert replica_containers(live, "gpu-node-1") == ["vllm-gpu-node-1-vllm-1"]  # the old one is gone
+        members = lb_members(live)
+        assert members["gpu-node-1-vllm-1"] == "live" and "gpu-node-1-vllm-0" not in members
+        # gpu-node-2 was not rolled: its old replica keeps serving, its new one waits (not running yet).
+        assert members["gpu-node-2-vllm-0"] == "live" and members["gpu-node-2-vllm-1"] == "down"
+        code, report, err = rollout("--limit", "gpu-node-1", state_dir=state_dir)  # back to the inventory
+        assert code == 0, err[-3000:]
+    assert replica_containers(live, "gpu-node-1") == ["vllm-gpu-node-1-vllm-0"]
+    assert lb_members(live) == {"gpu-node-1-vllm-0": "live", "gpu-node-2-vllm-0": "live"}
+    assert drained(live) == [] and not load.failures, load.failures[:5]
     assert deploy()["changed"] == {}

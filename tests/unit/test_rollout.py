@@ -6,8 +6,8 @@ import pytest
 from pyinfra.api import OperationError
 
 import operations.serving_gate as gate_module
-from gpufleet.rollout import (DONE, FAILED, PENDING, NodeRollout, Rollout, RolloutError, check_capacity,
-                              last_unfinished, make_batches)
+from gpufleet.rollout import (DONE, FAILED, GPU_STACK, PENDING, REPLICAS, NodeRollout, Rollout, RolloutError,
+                              check_capacity, last_unfinished, make_batches)
 
 
 def test_canary_first_then_batches_of_max_unavailable():
@@ -26,9 +26,38 @@ def test_a_batch_that_would_leave_no_live_replica_is_refused():
         check_capacity([["n1", "n2"]], replicas, ["n1-vllm-0", "n2-vllm-0"])
 
 
-def test_driver_changes_are_never_rolled_back_automatically():
-    assert NodeRollout("n1", changes=["vLLM replica n1-vllm-0"]).rollback_allowed
-    assert not NodeRollout("n1", changes=["NVIDIA driver (open modules)", "vLLM replica x"]).rollback_allowed
+def test_capacity_counts_the_replicas_running_now_not_the_inventory():
+    replicas = {"n1": ["n1-vllm-0"], "n2": ["n2-vllm-0"], "n3": ["n3-vllm-0"]}
+    check_capacity([["n1"], ["n2", "n3"]], replicas, ["n1-vllm-0", "n2-vllm-0", "n3-vllm-0"])
+    # n1's replica is down: draining n2 and n3 together would leave nothing serving.
+    with pytest.raises(RolloutError, match=r"live now: n2-vllm-0, n3-vllm-0"):
+        check_capacity([["n1"], ["n2", "n3"]], replicas, ["n2-vllm-0", "n3-vllm-0"])
+
+
+def test_gpu_stack_changes_are_never_rolled_back_automatically():
+    assert NodeRollout("n1", changes=["vLLM replica n1-vllm-0"], kind=REPLICAS).rollback_allowed
+    assert not NodeRollout("n1", changes=["NVIDIA driver (open modules)"], kind=GPU_STACK).rollback_allowed
+
+
+def test_the_refusals_say_what_a_rollout_must_do_by_type(monkeypatch):
+    from operations import docker
+
+    monkeypatch.setattr(gate_module, "host", FakeHost(None, ["vllm-gpu-node-1-vllm-0"]))
+    with pytest.raises(gate_module.ServingInterruption) as refused:
+        gate_module.ServingGate().check(Meta(True), "vLLM replica x (recreate)", kind=gate_module.REPLICAS)
+    assert (refused.value.what, refused.value.kind) == ("vLLM replica x (recreate)", REPLICAS)
+    with pytest.raises(gate_module.ServingInterruption) as refused:
+        gate_module.ServingGate().check(Meta(True), "NVIDIA driver (open modules)")
+    assert refused.value.kind == GPU_STACK
+
+    class Host:  # GPU containers run, no CDI: a daemon-reload would take their GPUs
+        def get_fact(self, fact):
+            return {"GpuContainers": {"containers": ["vllm-a"]}, "DockerDaemonConfig": {"config": {}}}[fact.__name__]
+
+    monkeypatch.setattr(docker, "host", Host())
+    with pytest.raises(gate_module.ServingInterruption) as refused:
+        docker.refuse_daemon_reload_under_gpu_containers("installing nvidia-open=580.105.08-1")
+    assert refused.value.kind == GPU_STACK and "vllm-a" in str(refused.value)
 
 
 def test_state_file_round_trip_and_resume_finds_the_unfinished_one(tmp_path, monkeypatch):
@@ -110,16 +139,18 @@ class FakeSteps:
 
     def drain(self, rollout, name):
         self._do("drain", name)
+        return [f"{name}-vllm-old"]  # a replica removed from the inventory, still running
 
-    def undrain(self, rollout, name):
+    def undrain(self, rollout, name, retiring=()):
         self._do("undrain", name)
+        self.undrained_retiring = list(retiring)
 
     def container_ids(self, rollout, name):
         return {f"vllm-{name}-vllm-0": "old"}
 
-    def update(self, rollout, name):
-        self.calls.append(("update", name))
-        return ("update", name) not in self.fail, "the deploy failed"
+    def update(self, rollout, names):
+        self.calls.append(("update", tuple(names)))
+        return {n: (("update", n) not in self.fail, "the deploy failed") for n in names}
 
     def validate(self, rollout, name):
         self.calls.append(("validate", name))
@@ -132,10 +163,13 @@ class FakeSteps:
     def forget_previous(self, rollout, name):
         self.calls.append(("forget_previous", name))
 
+    def stop_gpu_containers(self, rollout, name):
+        self._do("stop_gpu_containers", name)
 
-def _rollout(tmp_path, monkeypatch, changes=("vLLM replica x",)):
+
+def _rollout(tmp_path, monkeypatch, changes=("vLLM replica x",), kind=REPLICAS):
     monkeypatch.setenv("GPUFLEET_STATE_DIR", str(tmp_path))
-    nodes = {n: NodeRollout(n, changes=list(changes), disruptive=True) for n in ("n1", "n2")}
+    nodes = {n: NodeRollout(n, changes=list(changes), disruptive=True, kind=kind) for n in ("n1", "n2")}
     return Rollout("r-test", "inventory/lab.py", {}, "me@ctl", "t0", 1, 1, nodes, [["n1"], ["n2"]])
 
 
@@ -156,10 +190,12 @@ def test_every_node_goes_through_the_states_in_order(tmp_path, monkeypatch):
     fake = FakeSteps()
     assert _run(r, fake, monkeypatch) == 0
     assert [s for s, _ in r.nodes["n1"].history] == ["draining", "updating", "validating", "undraining", "done"]
-    n1 = [c for c in fake.calls if c[1] == "n1"]
-    assert n1 == [("lock", "n1"), ("drain", "n1"), ("update", "n1"), ("validate", "n1"),
+    n1 = [c for c in fake.calls if c[1] in ("n1", ("n1",))]
+    assert n1 == [("lock", "n1"), ("drain", "n1"), ("update", ("n1",)), ("validate", "n1"),
                   ("forget_previous", "n1"), ("undrain", "n1"), ("unlock", "n1")]
     assert fake.calls.index(("unlock", "n1")) < fake.calls.index(("lock", "n2"))  # one node at a time
+    # The replica removed from the inventory, drained with the node, is undrained (dropped) once retired.
+    assert r.nodes["n2"].retiring == ["n2-vllm-old"] and fake.undrained_retiring == ["n2-vllm-old"]
 
 
 def test_a_failed_canary_is_rolled_back_undrained_and_stops_the_rollout(tmp_path, monkeypatch):
@@ -172,12 +208,25 @@ def test_a_failed_canary_is_rolled_back_undrained_and_stops_the_rollout(tmp_path
     assert last_unfinished("inventory/lab.py").id == "r-test"  # --resume finds it
 
 
+def test_a_driver_change_stops_the_gpu_containers_after_draining(tmp_path, monkeypatch):
+    r = _rollout(tmp_path, monkeypatch, changes=("NVIDIA driver (open modules)",), kind=GPU_STACK)
+    fake = FakeSteps()
+    assert _run(r, fake, monkeypatch) == 0
+    n1 = [c[0] for c in fake.calls if c[1] in ("n1", ("n1",))]
+    assert n1 == ["lock", "drain", "stop_gpu_containers", "update", "validate", "forget_previous", "undrain", "unlock"]
+    replica_only = _rollout(tmp_path, monkeypatch)
+    fake = FakeSteps()
+    assert _run(replica_only, fake, monkeypatch) == 0
+    assert not any(c[0] == "stop_gpu_containers" for c in fake.calls)  # a recreate stops its own container
+
+
 def test_a_driver_change_that_fails_stays_drained_and_is_never_rolled_back(tmp_path, monkeypatch):
-    r = _rollout(tmp_path, monkeypatch, changes=("NVIDIA driver (open modules)",))
-    fake = FakeSteps(fail={("update", "n1")})
+    r = _rollout(tmp_path, monkeypatch, changes=("NVIDIA driver (open modules)",), kind=GPU_STACK)
+    fake = FakeSteps(fail={("validate", "n1")})
     assert _run(r, fake, monkeypatch) == 2
     assert r.nodes["n1"].state == "failed" and "stays drained and locked" in r.nodes["n1"].error
     assert ("rollback", "n1") not in fake.calls and ("undrain", "n1") not in fake.calls
+    assert not any(c[1] == "n2" for c in fake.calls if c[0] != "prepare")
 
 
 def test_a_drain_that_times_out_puts_the_node_back_unchanged(tmp_path, monkeypatch):
@@ -185,7 +234,7 @@ def test_a_drain_that_times_out_puts_the_node_back_unchanged(tmp_path, monkeypat
     fake = FakeSteps(fail={("drain", "n1")})
     assert _run(r, fake, monkeypatch) == 2
     assert r.nodes["n1"].state == "failed"
-    assert ("update", "n1") not in fake.calls and ("undrain", "n1") in fake.calls
+    assert ("update", ("n1",)) not in fake.calls and ("undrain", "n1") in fake.calls
 
 
 def test_resume_skips_done_nodes(tmp_path, monkeypatch):
@@ -194,3 +243,28 @@ def test_resume_skips_done_nodes(tmp_path, monkeypatch):
     fake = FakeSteps()
     assert _run(r, fake, monkeypatch) == 0
     assert not any(c[1] == "n1" for c in fake.calls if c[0] != "prepare")
+
+
+def test_the_nodes_of_a_batch_are_converged_by_one_deploy_and_a_failure_stays_theirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPUFLEET_STATE_DIR", str(tmp_path))
+    names = ("n1", "n2", "n3")
+    nodes = {n: NodeRollout(n, changes=["vLLM replica x"], disruptive=True, kind=REPLICAS) for n in names}
+    r = Rollout("r-batch", "inventory/lab.py", {}, "me@ctl", "t0", 0, 2, nodes, [["n1", "n2"], ["n3"]])
+    fake = FakeSteps(fail={("validate", "n2")})
+    assert _run(r, fake, monkeypatch) == 2
+    assert ("update", ("n1", "n2")) in fake.calls  # one deploy for the batch
+    # Both drained before the deploy, each validated and undrained after it.
+    assert fake.calls.index(("drain", "n2")) < fake.calls.index(("update", ("n1", "n2"))) < fake.calls.index(
+        ("validate", "n1"))
+    assert r.nodes["n1"].state == "done" and r.nodes["n2"].state == "rolled-back"
+    assert r.nodes["n3"].state == "pending" and not any(c[1] == "n3" for c in fake.calls if c[0] != "prepare")
+
+
+def test_the_rollout_bench_reads_docker_times_and_the_state_history():
+    from gpufleet.bench_rollout import _epoch, phases
+
+    # Docker's RFC 3339 with nanoseconds; 2026-12-04T21:00:00Z is 1796418000.
+    assert abs(_epoch("2026-12-04T21:00:01.250000000Z") - 1796418001.25) < 1e-6
+    report = {"nodes": {"n1": {"history": [["draining", 0.3], ["updating", 3.3], ["validating", 150.3],
+                                           ["undraining", 155.4], ["done", 156.0]]}}}
+    assert phases(report) == {"n1": {"draining": 3.0, "updating": 147.0, "validating": 5.1, "undraining": 0.6}}

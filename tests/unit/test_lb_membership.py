@@ -1,0 +1,93 @@
+"""Load-balancer membership follows the replicas: new ones join down until ready, removed ones leave when gone."""
+
+import pytest
+
+from operations import loadbalancer
+
+NODE1 = {"name": "gpu-node-1-vllm-0", "address": "10.0.0.1", "port": 8000}
+NODE1_NEW = {"name": "gpu-node-1-vllm-1", "address": "10.0.0.1", "port": 8001}
+NODE2 = {"name": "gpu-node-2-vllm-0", "address": "10.0.0.2", "port": 8000}
+
+
+class LbHost:
+    """The lb host's facts; ``health`` answers UpstreamHealth, and every probe is recorded."""
+
+    def __init__(self, health=None):
+        self.health = health
+        self.asked = []
+
+    def get_fact(self, fact, **kwargs):
+        assert fact.__name__ == "UpstreamHealth"
+        if self.health is None:
+            raise AssertionError("a converged lb must not probe its members")
+        self.asked.append([m["name"] for m in kwargs["members"]])
+        return {m["name"]: self.health.get(m["name"], False) for m in kwargs["members"]}
+
+
+def member_lines(rows, drained=(), joining=()):
+    text, _ = loadbalancer.render(rows, drained, None, joining)
+    return [line.strip() for line in text.splitlines() if line.strip().startswith("server 10.")]
+
+
+@pytest.fixture
+def lb(monkeypatch):
+    def use(health=None):
+        fake = LbHost(health)
+        monkeypatch.setattr(loadbalancer, "host", fake)
+        return fake
+    return use
+
+
+def test_a_converged_lb_asks_nothing(lb):
+    fake = lb(health=None)
+    rows, joining = loadbalancer.membership([NODE1, NODE2], {"members": [NODE1, NODE2]})
+    assert rows == [NODE1, NODE2] and joining == set() and fake.asked == []
+
+
+def test_a_new_replica_joins_down_until_it_answers(lb):
+    fake = lb(health={})
+    rows, joining = loadbalancer.membership([NODE1, NODE1_NEW, NODE2], {"members": [NODE1, NODE2]})
+    assert fake.asked == [["gpu-node-1-vllm-1"]]
+    assert joining == {"gpu-node-1-vllm-1"}
+    assert "server 10.0.0.1:8001 down;  # gpu-node-1-vllm-1 JOINING (not ready yet)" in member_lines(rows, (), joining)
+    lb(health={"gpu-node-1-vllm-1": True})
+    rows, joining = loadbalancer.membership([NODE1, NODE1_NEW, NODE2], {"members": [NODE1, NODE2]})
+    assert joining == set()
+    assert "server 10.0.0.1:8001 max_fails=3 fail_timeout=10s;  # gpu-node-1-vllm-1" in member_lines(rows)
+
+
+def test_a_joining_member_stays_down_across_renders_until_it_answers(lb):
+    fake = lb(health={})
+    in_place = [NODE1, {**NODE1_NEW, "joining": True}, NODE2]  # rendered JOINING by an earlier step
+    rows, joining = loadbalancer.membership([NODE1, NODE1_NEW, NODE2], {"members": in_place})
+    assert joining == {"gpu-node-1-vllm-1"} and fake.asked == [["gpu-node-1-vllm-1"]]
+
+
+def test_a_removed_replica_stays_while_it_serves_and_leaves_when_gone(lb):
+    lb(health={"gpu-node-1-vllm-1": True})
+    rows, _ = loadbalancer.membership([NODE1, NODE2], {"members": [NODE1, NODE1_NEW, NODE2]})
+    assert [r["name"] for r in rows] == ["gpu-node-1-vllm-0", "gpu-node-2-vllm-0", "gpu-node-1-vllm-1"]
+    lb(health={})
+    rows, _ = loadbalancer.membership([NODE1, NODE2], {"members": [NODE1, NODE1_NEW, NODE2]})
+    assert [r["name"] for r in rows] == ["gpu-node-1-vllm-0", "gpu-node-2-vllm-0"]
+
+
+def test_a_fresh_lb_renders_the_inventory_without_probing(lb):
+    fake = lb(health=None)
+    rows, joining = loadbalancer.membership([NODE1, NODE2], {"members": []})
+    assert rows == [NODE1, NODE2] and joining == set() and fake.asked == []
+
+
+def test_the_nginx_fact_reads_the_members_of_the_config_in_place():
+    from operations.facts.edge import NginxState
+
+    text, _ = loadbalancer.render([NODE1, NODE1_NEW], ["gpu-node-1-vllm-0"], None, {"gpu-node-1-vllm-1"})
+    lines = [line for line in text.splitlines() if line.strip().startswith("server 10.")]
+    # What the fact's sed prints for those lines, run here on the rendered text.
+    import subprocess
+
+    command = NginxState().command(8081)
+    sed = command[command.index("sed -n"):command.index(" /etc/nginx/nginx.conf 2>/dev/null; true")]
+    out = subprocess.run(["sh", "-c", sed], input="\n".join(lines) + "\n", capture_output=True, text=True).stdout
+    state = NginxState().process(out.splitlines())
+    assert state["members"] == [NODE1, {**NODE1_NEW, "joining": True}]
