@@ -44,8 +44,16 @@ def select(inventory, limit: tuple[str, ...] | list[str]) -> list:
 
 @contextmanager
 def connected(inventory_path: str, limit=(), overrides: dict[str, Any] | None = None,
-              connect_timeout: int = 10) -> Iterator[tuple[State, Fleet, list, list]]:
-    """Yield (state, fleet, reachable hosts, unreachable hosts); disconnect afterwards."""
+              connect_timeout: int = 10, read_timeout: int | None = None) -> Iterator[tuple[State, Fleet, list, list]]:
+    """Yield (state, fleet, reachable hosts, unreachable hosts); disconnect afterwards.
+
+    Every fact read through this state gives up after ``read_timeout`` seconds (default
+    gpufleet.host_reads.READ_TIMEOUT_S; pyinfra then marks the host failed): a hung tool on one
+    host cannot hang a check of the fleet. Commands run with :func:`shell` carry their own limit.
+    """
+    from gpufleet.host_reads import READ_TIMEOUT_S
+
+    overrides = {"_timeout": read_timeout or READ_TIMEOUT_S, **(overrides or {})}
     inventory = load_inventory(inventory_path, overrides)
     fleet = fleet_from_inventory(inventory)  # invalid data stops here, before any connection
     hosts = select(inventory, limit)

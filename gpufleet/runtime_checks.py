@@ -2,33 +2,68 @@
 
 Each check reads facts (never changes anything) and returns DriftItems. The checks that look at
 serving containers use the names the serving operations give them (gpufleet.names).
+
+Every read goes through :func:`gpufleet.host_reads.read`: a read that times out or fails raises
+:class:`~gpufleet.host_reads.NotChecked`, which :func:`run` records in ``ctx.problems`` (the host
+is then reported "not checked") while the other checks of the host still run.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from gpufleet.drift import DriftItem
+from gpufleet.drift_counters import Seen
 from gpufleet.fleet import Fleet
+from gpufleet.host_reads import NotChecked, ReadFailures, read
 from gpufleet.settings import HostSettings
 
 
-def run(host, settings: HostSettings, fleet: Fleet) -> list[DriftItem]:
+@dataclass
+class HostContext:
+    """What one host's checks share beyond its settings.
+
+    + specs: ``{container name: ContainerSpec}`` the planned deploy reconciles on this host
+    + seen: this host's counters from the last run, and this run's (gpufleet.drift_counters)
+    + failures: pyinfra's error lines, to name a read the control side gave up on
+    + problems: reads that timed out or failed (filled by :func:`run`): the host is not checked
+    + image: the node's BuiltImage reading, for the fleet-wide comparison (gpufleet.image_drift)
+    """
+
+    specs: dict = field(default_factory=dict)
+    seen: Seen = field(default_factory=Seen)
+    failures: ReadFailures | None = None
+    problems: list[str] = field(default_factory=list)
+    image: tuple | None = None
+
+
+def run(host, settings: HostSettings, fleet: Fleet, ctx: HostContext | None = None) -> list[DriftItem]:
+    ctx = ctx if ctx is not None else HostContext()
+    checks = [lambda: driver_loaded(host, settings, ctx), lambda: gpu_health(host, settings, ctx),
+              lambda: kernel_xids(host, settings, ctx)] if settings.gpu_count else []
+    checks += [lambda: containers(host, settings, fleet, ctx), lambda: container_config(host, settings, ctx),
+               lambda: vllm_image(host, settings, ctx)]
+    checks += [lambda check=check: check(host, settings, fleet) for check in EXTRA_CHECKS]
     items: list[DriftItem] = []
-    if settings.gpu_count:
-        items += driver_loaded(host, settings)
-        items += gpu_health(host, settings)
-    for check in EXTRA_CHECKS:
-        items += check(host, settings, fleet)
+    for check in checks:
+        try:
+            items += check()
+        except NotChecked as exc:
+            ctx.problems.append(str(exc))
     return items
 
 
-def driver_loaded(host, settings: HostSettings) -> list[DriftItem]:
+def driver_loaded(host, settings: HostSettings, ctx: HostContext | None = None) -> list[DriftItem]:
     """The driver package on disk is not the module in the kernel: a reboot is pending."""
     from operations.facts.apt import PackageStates
     from operations.facts.gpu import NvidiaDriver
 
-    loaded = host.get_fact(NvidiaDriver, path=settings.nvidia_proc_version_path)
+    failures = ctx.failures if ctx else None
+    loaded = read(host, NvidiaDriver, f"the loaded driver ({settings.nvidia_proc_version_path})", failures,
+                  path=settings.nvidia_proc_version_path)
     package = settings.nvidia_driver_packages[0]
-    installed = host.get_fact(PackageStates, packages=[package]).get(package, {}).get("version")
+    installed = read(host, PackageStates, "installed driver packages (dpkg)", failures,
+                     packages=[package]).get(package, {}).get("version")
     upstream = installed.split(":")[-1].split("-")[0] if installed else None
     if not loaded.get("loaded"):
         return [DriftItem("runtime", "driver loaded", f"no NVIDIA kernel module loaded ({upstream or 'none'} installed)")]
@@ -38,10 +73,10 @@ def driver_loaded(host, settings: HostSettings) -> list[DriftItem]:
     return []
 
 
-def gpu_health(host, settings: HostSettings) -> list[DriftItem]:
+def gpu_health(host, settings: HostSettings, ctx: HostContext | None = None) -> list[DriftItem]:
     from operations.facts.gpu_health import GpuHealth
 
-    health = host.get_fact(GpuHealth)
+    health = read(host, GpuHealth, "GPU health (nvidia-smi)", ctx.failures if ctx else None)
     if health["status"] != "ok":
         return [DriftItem("runtime", "gpus", f"nvidia-smi {health['status']}: {health['error']}")]
     items = []
@@ -52,25 +87,48 @@ def gpu_health(host, settings: HostSettings) -> list[DriftItem]:
             items.append(DriftItem("runtime", "gpus", f"GPU {gpu['index']}: {gpu['ecc_uncorrected']} uncorrected ECC errors"))
         if gpu["throttle"]:
             items.append(DriftItem("runtime", "gpus", f"GPU {gpu['index']} throttled: {', '.join(gpu['throttle'])}"))
-    if health["xid_events"]:
-        items.append(DriftItem("runtime", "gpus", f"{health['xid_events']} NVIDIA XID events in the kernel log"))
     return items
 
 
-RESTARTS_ALARM = 3  # restarts since creation that mean a crash loop, not a reboot
+def kernel_xids(host, settings: HostSettings, ctx: HostContext) -> list[DriftItem]:
+    """NVIDIA XID events new since the last run (gpufleet.drift_counters); an unreadable kernel log
+    is a read that failed (the host is not checked), never "0 events"."""
+    from gpufleet.drift_counters import new_xids, summarize_xids, xid_record
+    from operations.facts.kernel_log import KernelXids
+
+    reading = read(host, KernelXids, "the kernel log (XID events)", ctx.failures)
+    if not reading["readable"]:
+        raise NotChecked(f"could not read the kernel log, so XID events are unknown: {reading['error']}")
+    count, events, first = new_xids(ctx.seen.before, reading)
+    ctx.seen.now.update(xid_record(ctx.seen.before, reading))
+    if not count:
+        return []
+    which = summarize_xids(events) if events else "lines no longer in the log"
+    when = ("since boot (no earlier check of this boot)" if first
+            else f"since the last check ({reading['count']} since boot)")
+    return [DriftItem("runtime", "gpus", f"{count} new NVIDIA XID events {when}: {which}",
+                      [e["text"] for e in events[-10:]])]
 
 
-def containers(host, settings: HostSettings, fleet: Fleet) -> list[DriftItem]:
-    """Managed containers that are not running, crash-looping, or run another image than their tag."""
+RESTARTS_ALARM = 3  # restarts since the last run that mean a crash loop, not one crash
+IN_PLACE_FIX = ("its spec label still matches, so a deploy (and --fix) leaves it as it is: put it back with "
+                "`docker update` / `docker network connect`, or recreate it (`docker rm -f` it and deploy; for a "
+                "vLLM replica, through `gpufleet rollout`)")
+
+
+def containers(host, settings: HostSettings, fleet: Fleet, ctx: HostContext | None = None) -> list[DriftItem]:
+    """Managed containers that are not running, restarting now, or run another image than their tag."""
     from operations.facts.docker import ManagedContainers
 
-    found = host.get_fact(ManagedContainers)
+    found = read(host, ManagedContainers, "gpufleet's containers (docker)", ctx.failures if ctx else None)
     if found["status"] == "missing":
         return []
+    if found["status"] != "ok":
+        raise NotChecked(f"could not read gpufleet's containers: {found['error']}")
     items = []
     for c in found["containers"]:
         check = f"container {c['name']}"
-        if c["restarting"] or c["restart_count"] >= RESTARTS_ALARM:
+        if c["restarting"]:
             items.append(DriftItem("runtime", check, f"restarting ({c['restart_count']} restarts)"))
         elif c["status"] != "running":
             items.append(DriftItem("runtime", check, f"{c['status']}, not running"))
@@ -80,13 +138,66 @@ def containers(host, settings: HostSettings, fleet: Fleet) -> list[DriftItem]:
     return items
 
 
+def container_config(host, settings: HostSettings, ctx: HostContext) -> list[DriftItem]:
+    """Containers changed in place (``docker update``, a network disconnected) against the spec the
+    deploy reconciles them to; containers holding GPUs that gpufleet does not run; crash loops
+    (restarts new since the last run)."""
+    from gpufleet.container_drift import describe_gpus, runtime_differences, unmanaged_gpu_holders
+    from gpufleet.drift_counters import new_restarts
+    from operations.facts.container_runtime import ContainerRuntimes
+
+    found = read(host, ContainerRuntimes, "containers (docker inspect)", ctx.failures)
+    if found["status"] == "missing":
+        return []
+    if found["status"] != "ok":
+        raise NotChecked(f"could not read the containers: {found['error']}")
+    items = []
+    restarts = {}
+    for c in found["containers"]:
+        if not c["spec"]:
+            continue
+        restarts[c["id"]] = c["restart_count"]
+        new = new_restarts(ctx.seen.before, c["id"], c["restart_count"])
+        if new >= RESTARTS_ALARM:
+            items.append(DriftItem("runtime", f"container {c['name']}", f"restarted {new} times since the last check "
+                                                                        f"({c['restart_count']} since created): crash loop"))
+        spec = ctx.specs.get(c["name"])
+        if spec is not None and c["spec"] == spec.digest():
+            items += [DriftItem("runtime", f"container {c['name']}", f"{why} (changed in place)", [IN_PLACE_FIX])
+                      for why in runtime_differences(spec, c)]
+    ctx.seen.now["restarts"] = restarts
+    items += [DriftItem("runtime", f"container {c['name']}", f"holds GPUs ({describe_gpus(c)}) but is not one "
+                                                             "gpufleet runs: it takes GPU memory from the replicas")
+              for c in unmanaged_gpu_holders(found["containers"])]
+    return items
+
+
+def vllm_image(host, settings: HostSettings, ctx: HostContext) -> list[DriftItem]:
+    """The node's vLLM image: built but never checked, or built on an upstream tag that moved since."""
+    if "gpu_nodes" not in (host.groups or ()):
+        return []
+    from gpufleet.image_drift import image_findings
+    from operations.facts.images import BuiltImage
+    from operations.vllm import image_tag
+
+    tag = image_tag(settings.vllm_image, settings.nccl_version, settings.pip_install_args)
+    found = read(host, BuiltImage, "the vLLM image (docker image inspect)", ctx.failures, ref=tag,
+                 base=settings.vllm_image)
+    if found["status"] == "missing":
+        return []
+    if found["status"] != "ok":
+        raise NotChecked(f"could not read the vLLM image: {found['error']}")
+    ctx.image = (tag, settings.vllm_image, found)
+    return [DriftItem("runtime", "vLLM image", why) for why in image_findings(tag, settings.vllm_image, found)]
+
+
 def nccl_in_vllm(host, settings: HostSettings, fleet: Fleet) -> list[DriftItem]:
     """The NCCL the running vLLM loads is the pin (the host's libnccl2 does not decide it)."""
     if not settings.gpu_count:
         return []
     from operations.facts.docker import VllmNcclVersions
 
-    found = host.get_fact(VllmNcclVersions)["containers"]
+    found = read(host, VllmNcclVersions, "NCCL inside the vLLM containers (docker exec)")["containers"]
     return [DriftItem("runtime", f"container {name}", f"loads NCCL {version or 'unknown'}, pinned {settings.nccl_version}")
             for name, version in sorted(found.items()) if version != settings.nccl_version]
 
@@ -97,7 +208,7 @@ def drained_replicas(host, settings: HostSettings, fleet: Fleet) -> list[DriftIt
         return []
     from operations.facts.edge import NginxState
 
-    state = host.get_fact(NginxState, status_port=settings.lb_status_port)
+    state = read(host, NginxState, "nginx's state", status_port=settings.lb_status_port)
     return [DriftItem("runtime", "nginx upstream", f"replica {name} is drained (out of rotation)")
             for name in state.get("drained", [])]
 
@@ -126,12 +237,12 @@ def security_updates(host, settings: HostSettings, fleet: Fleet) -> list[DriftIt
     floors = distro_floors(settings, host.groups or ())
     if not floors:
         return []
-    found = host.get_fact(AptCandidates, packages=sorted(floors))
+    found = read(host, AptCandidates, "apt's candidates (apt-cache policy)", packages=sorted(floors))
     return [DriftItem("security", f"package {name}",
                       f"{state['installed']} installed, the archive has {state['candidate']}: raise the floor "
                       f"(group_data) and roll it out")
             for name, state in sorted(found.items()) if behind(state["installed"], state["candidate"])]
 
 
-# Checks every host gets; the serving roles add theirs here.
-EXTRA_CHECKS: list = [containers, nccl_in_vllm, drained_replicas, security_updates]
+# Checks every host gets, ``check(host, settings, fleet)``; the serving roles add theirs here.
+EXTRA_CHECKS: list = [nccl_in_vllm, drained_replicas, security_updates]

@@ -344,19 +344,22 @@ def run_ladder(host_name: str, settings: HostSettings, probe: Probe, nccl: bool 
 
 def verify(inventory_path: str, limit=(), overrides: dict[str, Any] | None = None,
            nccl: bool = False) -> list[NodeReport]:
+    from gpufleet.host_reads import watching
     from gpufleet.remote import connected, run_parallel
 
-    with connected(inventory_path, limit, overrides) as (state, fleet, reachable, unreachable):
+    with watching() as failures, connected(inventory_path, limit, overrides) as (state, fleet, reachable, unreachable):
         results = run_parallel(
             state, reachable,
             lambda h: run_ladder(h.name, fleet.hosts[h.name].settings, HostProbe(h, fleet.hosts[h.name].settings),
                                  nccl=nccl),
         )
+        failed = {h.name for h in state.failed_hosts}  # a read gave up (its fact's value is a default)
     reports = []
     for name, result in results.items():
-        if isinstance(result, Exception):
-            reports.append(NodeReport(name, reachable=False,
-                                      checks=[Check("connect", "fail", f"could not check: {result}")]))
+        if isinstance(result, Exception) or name in failed:
+            why = failures.describe(name) or (f"could not check: {result}" if isinstance(result, Exception)
+                                              else "a read failed (see the log)")
+            reports.append(NodeReport(name, reachable=False, checks=[Check("connect", "fail", why)]))
         else:
             reports.append(result)
     reports += [NodeReport(h.name, reachable=False, checks=[Check("connect", "fail", "unreachable over SSH",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import asdict, dataclass, field
+from weakref import WeakKeyDictionary
 
 from pyinfra import host
 from pyinfra.api import operation
@@ -80,6 +81,31 @@ class ContainerSpec:
         return " ".join(shlex.quote(a) for a in args)
 
 
+# host -> {container name: the spec the deploy reconciles it to}, filled while deploy.py is planned,
+# so that `gpufleet drift` compares each running container with that very spec (gpufleet.container_drift).
+_PLANNED: WeakKeyDictionary = WeakKeyDictionary()
+
+
+def planned_specs(pyinfra_host) -> dict[str, ContainerSpec]:
+    """The specs :func:`container` was given for this host while deploy.py was planned (or run).
+
+    An operation's code runs to its end while it is planned when it changes nothing, and only up to
+    its first command otherwise; ``gpufleet drift`` reads every changing operation's commands
+    (drift.plan_drift) before it asks for these.
+    """
+    return dict(_PLANNED.get(pyinfra_host, {}))
+
+
+def _remember(spec: ContainerSpec) -> None:
+    from pyinfra.context import ctx_host
+
+    current = ctx_host.get() if ctx_host.isset() else None
+    try:
+        _PLANNED.setdefault(current, {})[spec.name] = spec
+    except TypeError:  # no host, or one that cannot be weakly referenced (test harness stand-ins)
+        pass
+
+
 PREVIOUS_SUFFIX = ".gpufleet-previous"
 
 
@@ -125,6 +151,7 @@ def container(spec: ContainerSpec, keep_previous: bool = False):
         containers.container(spec=ContainerSpec(name="milvus", image="milvusdb/milvus:v2.6.11",
                                                 ports=["10.0.0.5:19530:19530"]))
     """
+    _remember(spec)
     state = host.get_fact(ContainerState, container=spec.name)
     digest = spec.digest()
     if state["exists"] and state["spec"] == digest:

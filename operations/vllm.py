@@ -4,6 +4,9 @@
   files/Dockerfile.vllm_rtx5090 (the upstream vllm-openai image plus the pinned
   ``nvidia-nccl-cu12`` wheel, which is the NCCL vLLM loads; the host's libnccl2 is not), then runs
   files/vllm_nccl_check.py inside it and fails unless NCCL is the pin and torch lists sm_120.
+  Only a passed check writes the image's *checked marker*
+  (``/var/lib/gpufleet/images/checked/<image id>.json``); an image without one (a deploy
+  interrupted between build and check) is checked again, never trusted.
 - :func:`replica` runs one ``vllm serve`` container per replica through
   :func:`operations.containers.container` (spec digest label: any change recreates it, nothing
   else touches it). Secrets (Hugging Face token, API key) reach it only through root-only env
@@ -16,7 +19,10 @@
 Decisions: the image is built on each node rather than pushed from a build host, so a node
 needs only the upstream image (or its mirror) and a Python index (or wheel mirror, see
 ``pip_install_args``); the build is skipped whenever the tag exists, so it costs one
-``docker image inspect`` per deploy. The server binds 0.0.0.0 *inside* the container; the host
+``docker image inspect`` per deploy (and one ``stat`` of the checked marker). The build records the
+upstream image it used as labels (``io.gpufleet.base-id``, ``io.gpufleet.base-digests``), because
+the tag hashes ``vllm_image`` as a string: a tag re-pushed upstream gives the same tag on top of
+different bits, which ``gpufleet drift`` then reports (gpufleet/image_drift.py). The server binds 0.0.0.0 *inside* the container; the host
 publishes it on the replica's address only (the node's private address), never on every interface
 unless ``bind_address`` says so.
 """
@@ -32,11 +38,13 @@ from pathlib import Path
 
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationValueError, StringCommand, operation
+from pyinfra.facts.files import File
 from pyinfra.operations import files
 
 from operations import containers, secrets
 from operations.containers import ContainerSpec
 from operations.facts.docker import ImageState
+from operations.facts.images import BASE_DIGESTS_LABEL, BASE_ID_LABEL, CHECKED_DIR, checked_marker
 from operations.facts.rollout import ReplicaContainers
 from operations.util import sudo_arguments
 
@@ -81,24 +89,39 @@ def arch_of(compute_capability: str) -> str:
 
 def build_command(tag: str, base_image: str, nccl_version: str, pip_install_args: str, digest: str,
                   build_dir: str = BUILD_DIR) -> str:
+    """Shell that builds ``tag`` on ``base_image`` and labels it with the base's id and repo digests.
+
+    The base is pulled first when missing (the build would pull it anyway), so that the labels name
+    exactly the image the build starts from.
+    """
     # --network host: RUN steps reach the package mirror the way the host does (its DNS, its
     # routes); in the lab that is how http://lab-repo/ resolves from inside a stand-in host.
     args = ["docker", "build", "--network", "host", "--label", f"{INPUTS_LABEL}={digest}", "-t", tag,
             "--build-arg", f"BASE_IMAGE={base_image}", "--build-arg", f"NCCL_VERSION={nccl_version}",
             "--build-arg", f"PIP_INSTALL_ARGS={pip_install_args}", "--build-arg", f"INPUTS_DIGEST={digest}",
             "-f", f"{build_dir}/{DOCKERFILE}", build_dir]
-    return " ".join(shlex.quote(a) for a in args)
+    base = shlex.quote(base_image)
+    labels = f'--label "{BASE_ID_LABEL}=$base_id" --label "{BASE_DIGESTS_LABEL}=$base_digests"'
+    build = " ".join(shlex.quote(a) for a in args[:2]) + f" {labels} " + " ".join(shlex.quote(a) for a in args[2:])
+    return (f"docker image inspect {base} >/dev/null 2>&1 || docker pull -q {base} >/dev/null || exit 1; "
+            f"base_id=$(docker image inspect --format '{{{{.Id}}}}' {base}) && "
+            f"base_digests=$(docker image inspect --format '{{{{join .RepoDigests \",\"}}}}' {base}) && {build}")
 
 
-def check_command(tag: str, nccl_version: str, require_arch: str | None) -> str:
-    """Run the check in the image; on failure print why, remove the image (so the next deploy
+def check_command(tag: str, nccl_version: str, require_arch: str | None, checked_dir: str = CHECKED_DIR) -> str:
+    """Run the check in the image. On success write its checked marker (the check's own report,
+    atomically, under the image's id); on failure print why, remove the image (so the next deploy
     builds again instead of trusting it) and exit 1."""
     check = ["docker", "run", "--rm", "--network", "none", "--entrypoint", "python3", tag, CHECK_IN_IMAGE,
              "--expect-nccl", nccl_version]
     if require_arch:
         check += ["--require-arch", require_arch]
     q = shlex.quote(tag)
-    return (f"if out=$({' '.join(shlex.quote(a) for a in check)} 2>&1); then echo \"$out\"; else "
+    marker = f"{checked_dir}/${{id#sha256:}}.json"
+    return (f"id=$(docker image inspect --format '{{{{.Id}}}}' {q}) || exit 1; "
+            f"if out=$({' '.join(shlex.quote(a) for a in check)} 2>&1); then echo \"$out\"; "
+            f"install -d -m 0755 {shlex.quote(checked_dir)} && printf '%s\\n' \"$out\" > \"{marker}.tmp\" && "
+            f"mv -f \"{marker}.tmp\" \"{marker}\" || exit 1; else "
             f"echo \"$out\" >&2; docker image rm {q} >/dev/null 2>&1; "
             f"echo \"gpufleet: {tag} failed its NCCL/architecture check (pin: NCCL {nccl_version}"
             f"{', ' + require_arch if require_arch else ''}); image removed\" >&2; exit 1; fi")
@@ -119,10 +142,12 @@ def image(base_image: str, nccl_version: str, pip_install_args: str = "", tag: s
     + require_arch: the GPU architecture torch must be built for (``sm_120`` for RTX 5090);
       the check skips it, and says so, when the image's torch has no CUDA; None: no arch check
 
-    Nothing happens when an image with the tag exists and carries this inputs digest. Otherwise
-    the files are uploaded, the image built, and ``vllm_nccl_check.py`` run in it: the operation
-    fails when the NCCL vLLM loads is not ``nccl_version`` or the arch is missing, and the bad
-    image is removed.
+    Nothing happens when an image with the tag exists, carries this inputs digest and has its
+    checked marker. An image with the tag but no marker was built and never checked (a deploy
+    interrupted between the two): only the check runs. Otherwise the files are uploaded, the image
+    built (labelled with the upstream image it started from), and ``vllm_nccl_check.py`` run in it:
+    the operation fails when the NCCL vLLM loads is not ``nccl_version`` or the arch is missing, and
+    the bad image is removed; a passed check writes the marker.
 
     **Example:**
 
@@ -135,7 +160,11 @@ def image(base_image: str, nccl_version: str, pip_install_args: str = "", tag: s
     tag = tag or f"{IMAGE_REPO}:{digest}"
     state = host.get_fact(ImageState, ref=tag)
     if state["exists"] and state["labels"].get(INPUTS_LABEL) == digest:
-        host.noop(f"image {tag} exists (NCCL {nccl_version} on {base_image})")
+        if host.get_fact(File, path=checked_marker(state["id"])):
+            host.noop(f"image {tag} exists (NCCL {nccl_version} on {base_image})")
+            return
+        # Built, never checked: the deploy that built it stopped before the check. Check it now.
+        yield check_command(tag, nccl_version, require_arch)
         return
     yield from files.directory._inner(path=build_dir, user="root", group="root", mode="755")
     for name in (DOCKERFILE, CHECK_SCRIPT):

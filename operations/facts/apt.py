@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyinfra.api import FactBase
 
-from operations.facts.util import quote_all
+from operations.facts.util import quote_all, raise_on_timeout, timed_step
 
 
 class PackageStates(FactBase):
@@ -23,8 +23,9 @@ class PackageStates(FactBase):
         names = quote_all(packages)
         # dpkg-query exits 1 when a package is unknown: that is an answer, not an error.
         return (
-            f"dpkg-query -W -f='pkg\\t${{Package}}\\t${{Version}}\\t${{db:Status-Abbrev}}\\n' {names} 2>/dev/null; "
-            "apt-mark showhold 2>/dev/null | sed 's/^/hold\\t/'; true"
+            timed_step(f"dpkg-query -W -f='pkg\\t${{Package}}\\t${{Version}}\\t${{db:Status-Abbrev}}\\n' {names} "
+                       "2>/dev/null") + "; "
+            + timed_step("apt-mark showhold 2>/dev/null | sed 's/^/hold\\t/'") + "; true"
         )
 
     @staticmethod
@@ -32,6 +33,7 @@ class PackageStates(FactBase):
         return {}
 
     def process(self, output: list[str]) -> dict:  # type: ignore[override]
+        raise_on_timeout(output)
         states: dict[str, dict] = {}
         held = set()
         for line in output:
@@ -61,13 +63,14 @@ class AptCandidates(FactBase):
     """
 
     def command(self, packages: list[str]) -> str:
-        return f"LC_ALL=C apt-cache policy {quote_all(packages)} 2>/dev/null; true"
+        return timed_step(f"LC_ALL=C apt-cache policy {quote_all(packages)} 2>/dev/null") + "; true"
 
     @staticmethod
     def default() -> dict:
         return {}
 
     def process(self, output: list[str]) -> dict:  # type: ignore[override]
+        raise_on_timeout(output)
         found: dict[str, dict] = {}
         current = None
         for line in output:

@@ -252,6 +252,7 @@ class VllmNcclVersions(FactBase):
         "v=$(docker exec \"$c\" python3 /opt/gpufleet/vllm_nccl_check.py 2>/dev/null | "
         "python3 -c 'import json,sys; print(json.load(sys.stdin).get(\"nccl_version\") or \"\")' 2>/dev/null); "
         "echo \"nccl|${n#/}|$v\"; done",
+        limit=240,  # imports torch in each running replica
     )
 
     @staticmethod

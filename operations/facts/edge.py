@@ -7,6 +7,8 @@ import shlex
 
 from pyinfra.api import FactBase
 
+from .util import raise_on_timeout, timed_step
+
 NGINX_CONF = "/etc/nginx/nginx.conf"
 DRAINED_DIR = "/etc/nginx/gpufleet/drained"  # one marker file per drained replica
 PROMETHEUS_CONF = "/etc/prometheus/prometheus.yml"
@@ -138,14 +140,16 @@ class ServiceState(FactBase):
 
     def command(self, service: str) -> str:
         s = shlex.quote(service)
-        return (f'echo "active=$(systemctl is-active {s} 2>/dev/null)"; '
-                f'echo "enabled=$(systemctl is-enabled {s} 2>/dev/null)"; true')
+        # systemctl waits on PID 1; a wedged systemd must not hang the read (util.timed_step).
+        return (f"{timed_step(f'echo active=$(systemctl is-active {s} 2>/dev/null)')}; "
+                f"{timed_step(f'echo enabled=$(systemctl is-enabled {s} 2>/dev/null)')}; true")
 
     @staticmethod
     def default():
         return {"active": None, "enabled": None}
 
     def process(self, output):
+        raise_on_timeout(output)
         state = self.default()
         for key, value in key_values(output):
             if key in state:

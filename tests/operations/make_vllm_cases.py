@@ -111,10 +111,18 @@ write("vllm.replica", "api_key_on_command_line_refused", {
 IMG = dict(base_image="vllm/vllm-openai:v0.11.0", nccl_version="2.27.7", pip_install_args="")
 digest = vllm.inputs_digest(**IMG)
 tag = f"gpufleet/vllm-rtx5090:{digest}"
+CHECKED = {"mode": 644, "user": "root", "group": "root", "size": 240}
 write("vllm.image", "exists_is_noop", {
     "kwargs": IMG,
-    "facts": {"docker.ImageState": {f"ref={tag}": {"exists": True, "id": "sha256:bb", "labels": {"io.gpufleet.inputs": digest}}}},
+    "facts": {"docker.ImageState": {f"ref={tag}": {"exists": True, "id": "sha256:bb", "labels": {"io.gpufleet.inputs": digest}}},
+              "files.File": {f"path={vllm.checked_marker('sha256:bb')}": CHECKED}},
     "commands": [], "noop_description": f"image {tag} exists (NCCL 2.27.7 on vllm/vllm-openai:v0.11.0)"})
+# An interrupted deploy: built (tag and inputs label present) but the check never wrote its marker.
+write("vllm.image", "built_but_never_checked_is_checked", {
+    "kwargs": IMG,
+    "facts": {"docker.ImageState": {f"ref={tag}": {"exists": True, "id": "sha256:bb", "labels": {"io.gpufleet.inputs": digest}}},
+              "files.File": {f"path={vllm.checked_marker('sha256:bb')}": None}},
+    "commands": [vllm.check_command(tag, "2.27.7", "sm_120")]})
 files_sha = {f"path={vllm.BUILD_DIR}/{n}": hashlib.sha1((vllm.FILES / n).read_bytes()).hexdigest()
              for n in (vllm.DOCKERFILE, vllm.CHECK_SCRIPT)}
 write("vllm.image", "missing_builds_then_checks", {

@@ -1,0 +1,282 @@
+"""The drift catalog, extended by what drift used to miss: each miss is reported, and its nearest
+neighbour (the same situation one step to the side) is not.
+
+Hosts here answer with raw command output: every reading goes through the real fact's ``process``
+and the real runtime check. ``docker inspect`` lines are what the facts' Go templates print, in
+Docker's own field names (HostConfig.RestartPolicy, DeviceRequests, ...); the kernel log lines
+follow the NVIDIA driver's XID format (NVIDIA's XID documentation).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gpufleet.container_drift import runtime_differences
+from gpufleet.drift_counters import Seen
+from gpufleet.image_drift import fleet_findings, image_findings
+from gpufleet.runtime_checks import HostContext, container_config, kernel_xids, vllm_image
+from gpufleet.settings import HostSettings
+from operations.containers import ContainerSpec
+from operations.facts.container_runtime import ContainerRuntimes
+from operations.facts.images import BASE_DIGESTS_LABEL, BASE_ID_LABEL, BuiltImage
+from operations.facts.kernel_log import KernelXids
+from operations.milvus import milvus_specs
+from operations.vllm import image_tag, replica_spec
+
+
+class ReplayHost:
+    """A host that answers each fact with recorded output lines, processed by the fact itself."""
+
+    def __init__(self, outputs: dict, name: str = "gpu-node-2", groups=("gpu_nodes",)):
+        self.outputs, self.name, self.groups = outputs, name, groups
+        self.asked: list = []
+
+    def get_fact(self, fact, **kwargs):
+        self.asked.append((fact.__name__, kwargs))
+        return fact().process(self.outputs[fact])
+
+
+RC0 = "__gpufleet_rc=0"
+VLLM = replica_spec(name="vllm-gpu-node-2-vllm-0", image="gpufleet/vllm-rtx5090:6e73c2a55758470b",
+                    model="Qwen/Qwen3-32B-AWQ", served_model_name="qwen3-32b-awq", port=8000, gpus=[0, 1],
+                    bind_address="10.0.0.12", tensor_parallel_size=2, max_model_len=32768,
+                    gpu_memory_utilization=0.8)
+ETCD = milvus_specs("standalone", "milvusdb/milvus:v2.6.11", "10.0.0.12")[0]
+GPUS = [{"Driver": "", "Count": 0, "DeviceIDs": ["0", "1"], "Capabilities": [["gpu"]], "Options": {}}]
+NO_LIMITS = {"Memory": 0, "MemoryReservation": 0, "MemorySwap": 0, "NanoCpus": 0, "CpuShares": 0, "CpuPeriod": 0,
+             "CpuQuota": 0, "CpusetCpus": "", "CpusetMems": "", "PidsLimit": None, "BlkioWeight": 0}
+
+
+def inspect_line(name, spec=None, *, restart="unless-stopped", networks=("bridge",), status="running",
+                 requests=None, runtime="runc", limits=None, restarts=0, cid=None):
+    """One line as ContainerRuntimes' template prints it for a container."""
+    return json.dumps({
+        "id": cid or f"{abs(hash(name)):064x}"[:64], "name": f"/{name}", "spec": spec or "", "status": status,
+        "restart_count": restarts, "restart_policy": {"Name": restart, "MaximumRetryCount": 0}, "runtime": runtime,
+        "device_requests": requests, "devices": [], "network_mode": networks[0] if networks else "default",
+        "networks": {n: {"IPAddress": "172.18.0.2"} for n in networks}, "limits": {**NO_LIMITS, **(limits or {})}})
+
+
+def config_items(lines, specs=None, before=None):
+    host = ReplayHost({ContainerRuntimes: [*lines, RC0]})
+    ctx = HostContext(specs=specs or {}, seen=Seen(before=before or {}))
+    return [f"{i.check}: {i.cause}" for i in container_config(host, HostSettings(), ctx)], ctx
+
+
+# --------------------------------------------------------------------- changed in place ----------
+# (id, spec, the container as inspected now, expected text in one cause or None for "clean")
+IN_PLACE = [
+    ("restart-policy-updated", VLLM, dict(restart="no"), "restart policy no, the spec says unless-stopped"),
+    ("restart-policy-as-spec", VLLM, dict(), None),
+    ("memory-limit-added", VLLM, dict(limits={"Memory": 8 * 1024 ** 3}), "memory limit 8 GiB, the spec sets none"),
+    ("cpu-limit-added", VLLM, dict(limits={"NanoCpus": 4_000_000_000}), "CPU limit 4 CPUs, the spec sets none"),
+    ("memory-limit-the-spec-sets", ContainerSpec(name="app", image="app:1", extra_args=["--memory", "8g"]),
+     dict(limits={"Memory": 8 * 1024 ** 3, "MemorySwap": 16 * 1024 ** 3}), None),
+    ("memory-limit-changed-from-the-spec", ContainerSpec(name="app", image="app:1", extra_args=["--memory=8g"]),
+     dict(limits={"Memory": 4 * 1024 ** 3}), "memory limit 4 GiB, the spec says 8 GiB"),
+    ("pids-limit-unlimited-is-unset", VLLM, dict(limits={"PidsLimit": -1}), None),
+    ("network-disconnected", ETCD, dict(networks=()), "not connected to network milvus"),
+    ("network-connected", ETCD, dict(networks=("milvus",)), None),
+    ("extra-network-connected", ETCD, dict(networks=("milvus", "bridge")),
+     "connected to network bridge, which the spec does not name"),
+]
+
+
+@pytest.mark.parametrize(("spec", "observed", "expected"), [c[1:] for c in IN_PLACE], ids=[c[0] for c in IN_PLACE])
+def test_a_container_changed_in_place_is_reported_against_its_spec(spec, observed, expected):
+    found, _ = config_items([inspect_line(spec.name, spec.digest(), **observed)], {spec.name: spec})
+    if expected is None:
+        assert found == []
+    else:
+        assert any(expected in f and f.startswith(f"container {spec.name}") for f in found), found
+        assert all("changed in place" in f for f in found)
+
+
+def test_the_spec_compared_is_the_one_the_planned_deploy_reconciles():
+    """Planning containers.container (pyinfra's API, an @fake host answering `docker inspect`)
+    leaves its spec for drift to compare with: the same object the deploy would run."""
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.api.connect import connect_all
+    from pyinfra.api.operation import add_op
+
+    from operations import containers
+
+    answer = [f"running|false|{ETCD.digest()}|sha256:aa|{ETCD.image}|0", RC0]
+    inventory = Inventory((["@fake/gpu-node-2"], {"fake_delay": 0, "fake_delay_jitter": 0,
+                                                   "fake_responses": {"docker inspect --type container": answer}}))
+    state = State(inventory, Config())
+    connect_all(state)
+    host = inventory.get_host("@fake/gpu-node-2")
+    assert containers.planned_specs(host) == {}
+    meta = add_op(state, containers.container, spec=ETCD, host=host)
+    assert meta[host].will_change is False  # label matches: the plan sees nothing ...
+    specs = containers.planned_specs(host)
+    assert specs == {ETCD.name: ETCD}
+    found, _ = config_items([inspect_line(ETCD.name, ETCD.digest(), networks=())], specs)
+    assert found == [f"container {ETCD.name}: not connected to network milvus (changed in place)"]  # ... drift does
+
+
+def test_a_container_whose_label_no_longer_matches_is_left_to_the_plan():
+    # Its spec changed in the repository: the plan recreates it; comparing it with the new spec
+    # field by field would report the same change twice.
+    found, _ = config_items([inspect_line(VLLM.name, "0123456789abcdef", restart="no")], {VLLM.name: VLLM})
+    assert found == []
+
+
+def test_runtime_differences_name_every_updatable_change_at_once():
+    found = runtime_differences(ETCD, {"restart_policy": "on-failure", "restart_retries": 3, "networks": [],
+                                       "limits": {"Memory": 512 * 1024 ** 2, "CpusetCpus": "0-3"}})
+    assert found == ["restart policy on-failure:3, the spec says unless-stopped",
+                     "memory limit 512 MiB, the spec sets none", "CPU set 0-3, the spec sets none",
+                     "not connected to network milvus"]
+
+
+# -------------------------------------------------------------------- unmanaged GPU holders ------
+UNMANAGED = [
+    ("unlabelled-with-gpus", inspect_line("jupyter", requests=GPUS), "container jupyter: holds GPUs (--gpus device=0,1)"),
+    ("unlabelled-nvidia-runtime", inspect_line("legacy", runtime="nvidia"), "container legacy: holds GPUs (nvidia runtime)"),
+    ("unlabelled-gpus-all", inspect_line("bench", requests=[{**GPUS[0], "Count": -1, "DeviceIDs": None}]),
+     "container bench: holds GPUs (--gpus all)"),
+    ("unlabelled-stopped-with-gpus", inspect_line("jupyter", requests=GPUS, status="exited"), None),
+    ("unlabelled-without-gpus", inspect_line("node-exporter"), None),
+    ("managed-with-gpus", inspect_line(VLLM.name, VLLM.digest(), requests=GPUS), None),
+]
+
+
+@pytest.mark.parametrize(("line", "expected"), [c[1:] for c in UNMANAGED], ids=[c[0] for c in UNMANAGED])
+def test_a_container_holding_gpus_that_gpufleet_does_not_run_is_reported(line, expected):
+    found, _ = config_items([line], {VLLM.name: VLLM})
+    if expected is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and found[0].startswith(expected), found
+
+
+def test_a_container_removed_between_ps_and_inspect_is_no_error():
+    fact = ContainerRuntimes().process([inspect_line("milvus-etcd"), "Error: No such object: 4f2a", "__gpufleet_rc=1"])
+    assert fact["status"] == "ok" and [c["name"] for c in fact["containers"]] == ["milvus-etcd"]
+    assert ContainerRuntimes().process(["Cannot connect to the Docker daemon", "__gpufleet_rc=1"])["status"] == "failed"
+
+
+# ------------------------------------------------------------------------------- restarts --------
+def test_restarts_are_reported_when_new_since_the_last_run_and_cleared_after():
+    cid = "a" * 64
+    line = inspect_line(VLLM.name, VLLM.digest(), restarts=7, cid=cid)
+    found, ctx = config_items([line], {VLLM.name: VLLM}, before={"restarts": {cid: 3}})
+    assert found == [f"container {VLLM.name}: restarted 4 times since the last check (7 since created): crash loop"]
+    assert ctx.seen.now["restarts"] == {cid: 7}
+    # The neighbour: the next run, no new restart — the 7 since creation are history.
+    found, _ = config_items([line], {VLLM.name: VLLM}, before={"restarts": {cid: 7}})
+    assert found == []
+
+
+def test_a_recreated_container_counts_its_own_restarts_only():
+    found, _ = config_items([inspect_line(VLLM.name, VLLM.digest(), restarts=1, cid="b" * 64)], {VLLM.name: VLLM},
+                            before={"restarts": {"a" * 64: 40}})
+    assert found == []  # one restart of the new container is not a crash loop
+
+
+# ---------------------------------------------------------------------------------- XIDs ---------
+BOOT = "06101ead-7339-414c-8e1b-db2ca070f148"
+XID_79 = "[ 8523.121244] NVRM: Xid (PCI:0000:01:00): 79, pid=2207, name=python3, GPU has fallen off the bus."
+XID_13 = ("[ 9001.500000] NVRM: Xid (PCI:0000:02:00): 13, pid=3107, name=python3, Graphics SM Warp Exception on "
+          "(GPC 0, TPC 1, SM 0): Out Of Range Address")
+
+
+def kernel_output(*events, boot=BOOT):
+    return ([f"__gpufleet_kboot={boot}", "__gpufleet_ksource=dmesg", f"__gpufleet_kcount={len(events)}"]
+            + [f"__gpufleet_kevent={e}" for e in events])
+
+
+def xid_items(output, before):
+    ctx = HostContext(seen=Seen(before=before))
+    items = kernel_xids(ReplayHost({KernelXids: output}), HostSettings(gpu_count=2), ctx)
+    return [i.cause for i in items], ctx
+
+
+def test_xids_new_since_the_last_run_are_reported_and_old_ones_are_not():
+    before = {"boot_id": BOOT, "xid": {"count": 1, "last_t": 8523.121244}}
+    found, ctx = xid_items(kernel_output(XID_79, XID_13), before)
+    assert found == ["1 new NVIDIA XID events since the last check (2 since boot): Xid 13 on 0000:02:00"]
+    assert ctx.seen.now == {"boot_id": BOOT, "xid": {"count": 2, "last_t": 9001.5}}
+    found, _ = xid_items(kernel_output(XID_79, XID_13), ctx.seen.now)  # the neighbour: the night after
+    assert found == []
+
+
+def test_xids_of_a_new_boot_or_a_first_run_are_all_new():
+    found, _ = xid_items(kernel_output(XID_79), {"boot_id": "0ld-boot", "xid": {"count": 5, "last_t": 99999.0}})
+    assert found == ["1 new NVIDIA XID events since boot (no earlier check of this boot): Xid 79 on 0000:01:00"]
+    found, _ = xid_items(kernel_output(XID_79, XID_79), {})
+    assert found[0].startswith("2 new NVIDIA XID events since boot") and "Xid 79 on 0000:01:00 (x2)" in found[0]
+
+
+def test_an_unreadable_kernel_log_is_not_zero_events():
+    from gpufleet.host_reads import NotChecked
+
+    unreadable = [f"__gpufleet_kboot={BOOT}",
+                  "__gpufleet_kunreadable=dmesg (exit 1): dmesg: read kernel buffer failed: Operation not permitted; "
+                  "journalctl -k -b: No journal files were found."]
+    with pytest.raises(NotChecked, match="could not read the kernel log.*Operation not permitted"):
+        xid_items(unreadable, {})
+    found, _ = xid_items(kernel_output(), {})  # the neighbour: readable, and no XID at all
+    assert found == []
+
+
+# --------------------------------------------------------------------------- vLLM image ----------
+SETTINGS = HostSettings(gpu_count=2)
+TAG = image_tag(SETTINGS.vllm_image, SETTINGS.nccl_version, SETTINGS.pip_install_args)
+BASE_ID, NEW_BASE_ID = "sha256:51ac" + "0" * 60, "sha256:77fe" + "0" * 60
+BASE_LAYERS, NEW_LAYERS = ["sha256:l1", "sha256:l2"], ["sha256:l1", "sha256:l7"]
+
+
+def image_output(*, checked=True, recorded=BASE_ID, base_id=BASE_ID, base_layers=BASE_LAYERS, base=True):
+    labels = {"io.gpufleet.inputs": TAG.rsplit(":", 1)[1],
+              **({BASE_ID_LABEL: recorded, BASE_DIGESTS_LABEL: "vllm/vllm-openai@sha256:e1d0"} if recorded else {})}
+    image = {"id": "sha256:9a" + "0" * 62, "labels": labels, "digests": [], "layers": BASE_LAYERS + ["sha256:nccl"]}
+    lines = [f"image={json.dumps(image)}", f"checked={'yes' if checked else 'no'}"]
+    if base:
+        lines.append("base=" + json.dumps({"id": base_id, "labels": {}, "digests": ["vllm/vllm-openai@sha256:f00d"],
+                                           "layers": base_layers}))
+    return lines + [RC0]
+
+
+IMAGE = [
+    ("built-never-checked", dict(checked=False), "was built but never passed its NCCL/architecture check"),
+    ("built-and-checked", dict(), None),
+    ("upstream-tag-moved-recorded", dict(base_id=NEW_BASE_ID, base_layers=NEW_LAYERS),
+     "upstream tag vllm/vllm-openai:v0.21.0 is now sha256:77fe"),
+    ("upstream-tag-moved-unrecorded-build", dict(recorded=None, base_id=NEW_BASE_ID, base_layers=NEW_LAYERS),
+     "was built on another image: the tag was re-pushed upstream"),
+    ("upstream-tag-as-built-unrecorded", dict(recorded=None), None),
+    ("upstream-not-on-the-node", dict(base=False), None),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), [c[1:] for c in IMAGE], ids=[c[0] for c in IMAGE])
+def test_the_vllm_image_unchecked_or_built_on_a_moved_tag_is_reported(kwargs, expected):
+    host = ReplayHost({BuiltImage: image_output(**kwargs)})
+    found = [i.cause for i in vllm_image(host, SETTINGS, HostContext())]
+    assert host.asked == [("BuiltImage", {"ref": TAG, "base": SETTINGS.vllm_image})]
+    if expected is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and expected in found[0], found
+
+
+def test_a_vllm_image_pinned_by_digest_cannot_have_moved():
+    ref = "vllm/vllm-openai:v0.21.0@sha256:" + "e" * 64
+    fact = BuiltImage().process(image_output(base_id=NEW_BASE_ID, base_layers=NEW_LAYERS))
+    assert image_findings(TAG, ref, fact) == []
+
+
+def test_nodes_holding_one_tag_on_different_upstream_images_are_named():
+    old, new = (BuiltImage().process(image_output(recorded=r)) for r in (BASE_ID, NEW_BASE_ID))
+    ref = SETTINGS.vllm_image
+    found = fleet_findings({"gpu-node-1": (TAG, ref, old), "gpu-node-2": (TAG, ref, old),
+                            "gpu-node-3": (TAG, ref, new)})
+    assert list(found) == ["gpu-node-3"]
+    assert "on gpu-node-1, gpu-node-2 on sha256:51ac" in found["gpu-node-3"] and "re-pushed" in found["gpu-node-3"]
+    # The neighbour: the same upstream image everywhere.
+    assert fleet_findings({"gpu-node-1": (TAG, ref, old), "gpu-node-3": (TAG, ref, old)}) == {}
