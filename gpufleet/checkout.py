@@ -6,11 +6,10 @@ that runs it) must therefore refuse a checkout with uncommitted or untracked cha
 at 03:00, with no commit to say what it was. ``--allow-dirty`` deploys it anyway, and the report
 records the commit and the changed paths either way.
 
-Example::
+Example (the values depend on the checkout, so this is not run as a doctest)::
 
-    >>> state = revision(".")          # doctest: +SKIP
-    >>> state.commit, state.dirty       # doctest: +SKIP
-    ('4c70c43e...', [' M group_data/all.py'])
+    state = revision(".")
+    state.commit, state.dirty   # ('4c70c43e...', [' M group_data/all.py'])
 """
 
 from __future__ import annotations

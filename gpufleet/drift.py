@@ -2,7 +2,7 @@
 
 Three kinds of drift are reported per host:
 
-* **plan**: the same deploy.py, planned through pyinfra's API (gpufleet.planrun), would change
+* **plan**: the same deploy.py, planned through pyinfra's API (gpufleet.deploy_run), would change
   something. Each such operation is reported with its cause: the commands it would run, and for
   managed files a unified diff of the host's file against the repository's (secrets never shown).
   Operations gated by ``_if`` are consequences of another operation's change and not reported.
@@ -36,7 +36,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gpufleet.planrun import Plan, planned
+from gpufleet.deploy_run import Plan, planned
 
 # Uploads to these paths hold secrets: say that they differ, never show how.
 SECRET_PATH = re.compile(r"(token|secret|password|passwd|api[-_]?key|credential|\.env$)", re.IGNORECASE)
@@ -236,7 +236,7 @@ def _fleet_image_drift(hosts: list[HostDrift], contexts: dict) -> None:
 
 def _fix(report: DriftReport, checkout, inventory_path: str, overrides, allow_dirty: bool) -> None:
     """Re-converge the drifted hosts that were fully checked, from a fresh plan, if the checkout allows."""
-    from gpufleet.planrun import execute
+    from gpufleet.deploy_run import execute
 
     drifted = [h.host for h in report.hosts if h.items and h.checked]
     refused = None if allow_dirty else checkout.refusal()

@@ -195,7 +195,48 @@ def drain(rollout, name: str, retiring: list[str] = ()) -> None:
 
 
 def undrain(rollout, name: str, retiring: list[str] = ()) -> None:
+    """Put the node's replicas back on every load balancer, then check that each lb serves them.
+
+    A replica new to an lb stays ``down`` (joining) until it answers ``/health`` *from that lb*:
+    validation asked from the node itself, so a replica the lb cannot reach (a firewall, the
+    wrong address in the inventory) would otherwise count as done while no lb sends it traffic.
+    """
+    from operations.facts.edge import NginxState
+    from operations.loadbalancer import lb_options
+
     _lb_step(rollout, name, "undrain", retiring)
+    fleet = _fleet(rollout)
+    lbs = [lb.name for lb in fleet.load_balancers]
+    if not lbs:
+        return
+    replicas = [r.name for r in replicas_of(fleet.hosts[name])]
+    with connected(rollout.inventory, lbs, _overrides(rollout)) as (state, _, reachable, unreachable):
+        seen = run_parallel(state, reachable, lambda h: h.get_fact(
+            NginxState, status_port=lb_options(fleet.hosts[h.name].settings)["status_port"]))
+    problems = [f"{lb} is unreachable over SSH" for lb in (h.name for h in unreachable)]
+    for lb, nginx in sorted(seen.items()):
+        problems += [f"{lb}: {why}" for why in (held_back(replicas, nginx) if isinstance(nginx, dict)
+                                                  else [f"could not read nginx: {nginx}"])]
+    if problems:
+        raise StepError("undrain: " + "; ".join(problems))
+
+
+def held_back(replicas: list[str], nginx: dict) -> list[str]:
+    """What keeps each of ``replicas`` from serving behind one lb (its NginxState fact); ``[]`` when none.
+
+    >>> held_back(["n1-vllm-0"], {"drained": [], "members": [{"name": "n1-vllm-0", "joining": True}]})
+    ['n1-vllm-0 is down (joining): it does not answer /health from this load balancer']
+    """
+    members = {m["name"]: m for m in nginx.get("members") or []}
+    out = []
+    for replica in replicas:
+        if replica in nginx.get("drained") or []:
+            out.append(f"{replica} is still drained")
+        elif replica not in members:
+            out.append(f"{replica} is not in the nginx config")
+        elif members[replica].get("joining"):
+            out.append(f"{replica} is down (joining): it does not answer /health from this load balancer")
+    return out
 
 
 def stop_gpu_containers(rollout, name: str) -> None:

@@ -16,7 +16,9 @@ BAD_THROTTLE = {0x8: "hardware slowdown", 0x20: "software thermal slowdown", 0x4
 
 
 def throttle_causes(mask: str) -> list[str]:
-    """>>> throttle_causes("0x0000000000000048")
+    """The causes in ``clocks_throttle_reasons.active`` that mean trouble.
+
+    >>> throttle_causes("0x0000000000000048")
     ['hardware slowdown', 'hardware thermal slowdown']
     """
     try:

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from gpufleet.checkout import revision
 from gpufleet.drift import DriftItem, DriftReport, HostDrift, _fix, render_text, write_prometheus
 from gpufleet.drift_counters import CounterStore
-from gpufleet.nightly import units
+from gpufleet.drift_timer import units
 
 
 def git(repo, *args):

@@ -133,7 +133,7 @@ def test_drift_reports_the_hung_host_not_checked_with_the_read_named(local, tmp_
     from gpufleet.drift import check_host
     from gpufleet.drift_counters import CounterStore
     from gpufleet.fleet import Fleet, FleetHost
-    from gpufleet.planrun import Plan
+    from gpufleet.deploy_run import Plan
 
     settings = HostSettings(gpu_count=2)
     plan = Plan(local.state, Fleet({"@local": FleetHost("@local", ["gpu_nodes"], settings, {})}), [local])

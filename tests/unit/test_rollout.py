@@ -352,3 +352,24 @@ def test_a_state_file_from_before_kinds_resumes_with_the_kind_it_meant(tmp_path,
     assert (r.nodes["n1"].kind, r.nodes["n1"].rollback_allowed) == (GPU_STACK, False)
     assert (r.nodes["n2"].kind, r.nodes["n2"].disruptive) == (REPLICAS, True)
     assert (r.nodes["n3"].kind, r.nodes["n3"].disruptive) == ("", False)
+
+
+def test_undrain_is_done_only_when_every_lb_serves_the_nodes_replicas():
+    from gpufleet.rollout_steps import held_back
+
+    live = {"drained": [], "members": [{"name": "n1-vllm-0", "address": "10.0.0.1", "port": 8000}]}
+    assert held_back(["n1-vllm-0"], live) == []
+    joining = {"drained": [], "members": [{"name": "n1-vllm-0", "joining": True}]}
+    assert held_back(["n1-vllm-0"], joining) == [
+        "n1-vllm-0 is down (joining): it does not answer /health from this load balancer"]
+    assert held_back(["n1-vllm-0"], {**live, "drained": ["n1-vllm-0"]}) == ["n1-vllm-0 is still drained"]
+    assert held_back(["n1-vllm-1"], live) == ["n1-vllm-1 is not in the nginx config"]
+
+
+def test_a_node_whose_undrain_leaves_a_replica_down_fails_and_stays_locked(tmp_path, monkeypatch):
+    r = _rollout(tmp_path, monkeypatch)
+    fake = FakeSteps(fail={("undrain", "n1")})
+    assert _run(r, fake, monkeypatch) == 2
+    assert r.nodes["n1"].state == "failed" and "undrain failed on n1" in r.nodes["n1"].error
+    assert "--resume" in r.nodes["n1"].error and ("unlock", "n1") not in fake.calls
+    assert not any(c[1] == "n2" for c in fake.calls if c[0] != "prepare")
