@@ -21,6 +21,14 @@ settings = host_settings(fleet, host)
 
 # --- every host -----------------------------------------------------------------------------------
 preflight.supported_os(name="Preflight: supported OS", supported=settings.supported_os)
+if "gpu_nodes" in host.groups:
+    # Reads only: a host that cannot be a node (GPUs, PCIe width, Secure Boot, disk, headers) is
+    # stopped here, before the first package is installed on it.
+    preflight.gpu_node(name="Preflight: GPU node", gpu_count=settings.gpu_count, device_id=settings.gpu_pci_device_id,
+                       min_link_width=settings.pcie_min_link_width,
+                       module_signing=settings.secure_boot_module_signing,
+                       docker_data_root=settings.docker_data_root(), min_free_gib=settings.preflight_disk_gib(),
+                       kernel_headers=settings.nvidia_kernel_headers, pci_dump_file=settings.pci_dump_file)
 pinned_apt.packages(name="Base packages", packages=settings.base_packages)
 
 # --- GPU nodes: driver, Docker with the Container Toolkit, NCCL ----------------------------------

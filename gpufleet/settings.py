@@ -149,6 +149,17 @@ class HostSettings(VllmSettings, DataSettings, EdgeSettings, InputSettings, Roll
     # Read the PCI bus from an `lspci -x` dump instead of the bus (offline checks; the lab).
     pci_dump_file: str | None = None
 
+    # --- preflight: what a GPU node must have before anything is installed (operations/preflight.gpu_node)
+    gpu_pci_device_id: str = Field("2b85", pattern=r"^[0-9a-f]{4}$")  # of gpu_name: 10de:2b85 is GB202, RTX 5090
+    pcie_min_link_width: int = Field(16, ge=1, le=32)  # a 5090 at x4 quarters the bus TP=2 all-reduces over
+    # How the DKMS-built nvidia module is signed when Secure Boot is on: "none" (preflight refuses
+    # the host) or "mok" (DKMS signs with its MOK key, which an operator enrolled at the console).
+    secure_boot_module_signing: Literal["none", "mok"] = "none"
+    vllm_image_disk_gib: float = Field(25.0, ge=0)  # an unpacked vLLM image, with room for the next one
+    # Free disk a node keeps for the next image and the next copy of the weights (a rollout needs
+    # both before the old ones go). None: one copy of the planner's weights + vllm_image_disk_gib.
+    preflight_free_disk_gib: float | None = Field(None, ge=0)
+
     # --- lab only: what the stand-in nvidia-smi reports (ignored on real hosts) ------------------
     lab_gpus: list[LabGpu] | None = None
 
@@ -280,6 +291,26 @@ class HostSettings(VllmSettings, DataSettings, EdgeSettings, InputSettings, Roll
             return []
         gpus = list(range(min(self.vllm_tensor_parallel_size, self.gpu_count)))
         return [Replica(name="vllm-0", gpus=gpus, port=self.vllm_port)]
+
+    def docker_data_root(self) -> str:
+        """Where Docker keeps images: daemon.json's ``data-root``, else Docker's default."""
+        return str(self.docker_daemon_config.get("data-root") or "/var/lib/docker")
+
+    def preflight_disk_gib(self) -> float:
+        """Free disk preflight asks of a GPU node (see ``preflight_free_disk_gib``)."""
+        if self.preflight_free_disk_gib is not None:
+            return self.preflight_free_disk_gib
+        from gpufleet.planner import PlanError, normalise_quantization, resolve_model, weight_bytes
+
+        try:
+            model = self.planner_model()
+            arch = model if not isinstance(model, str) else resolve_model(model)
+            q = None if self.vllm_quantization == "compressed-tensors" else normalise_quantization(self.vllm_quantization)
+            quant = arch.quantization if q is None else (None if q == "none" else q)  # as the planner reads it
+            _, total, _ = weight_bytes(arch, self.vllm_tensor_parallel_size, quant)
+        except (PlanError, KeyError, ValueError, TypeError):
+            total = 0  # a model the planner does not know (validation says so): the image alone
+        return round(total / 1024 ** 3 + self.vllm_image_disk_gib, 1)
 
     def warnings(self) -> list[tuple[str, Any, str]]:
         """Settings that are allowed but do not belong in production; shown, never fatal."""

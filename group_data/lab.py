@@ -27,6 +27,8 @@ nvidia_proc_version_path = "/run/gpufleet-lab/nvidia/version"
 nvidia_kernel_headers = False
 # The stand-in GPUs are not on this machine's PCI bus; the lab writes them as an `lspci -x` dump.
 pci_dump_file = "/etc/gpufleet-lab/lspci.dump"
+# The lab's CPU vLLM image is ~4 GB unpacked (production plans 25 GiB for a CUDA image).
+vllm_image_disk_gib = 5.0
 # STAND-IN DCGM exporter (gpufleet/lab/images_monitoring.py); production pulls NVIDIA's image.
 dcgm_exporter_image = "lab-registry:5000/gpufleet-lab/dcgm-exporter:4.5.3-4.8.2"
 # gpu_monitor's wheels from the lab repository (no PyPI in the lab).

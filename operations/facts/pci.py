@@ -20,7 +20,16 @@ _LSPCI_NN = re.compile(
     r"(?:\s+\(rev (?P<rev>[0-9a-fA-F]+)\))?"
 )
 _ACS_FLAG = re.compile(r"(\w+)([+-])")
+# Without -nn: "bus class name: description"; the class name is "Class 0300" without pci.ids.
+_LSPCI_PLAIN = re.compile(
+    r"^(?P<bus>(?:[0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7])\s+"
+    r"(?P<class_name>[^:]+?):\s+(?P<description>.*)$"
+)
+_GPU_CLASS_NAMES = ("VGA compatible controller", "3D controller", "Class 0300", "Class 0302")
+_LINK_SPEED = re.compile(r"\bSpeed\s+(\d+(?:\.\d+)?)\s*GT/s")
+_LINK_WIDTH = re.compile(r"\bWidth\s+x(\d+)")
 _BDF = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
+_BUS = re.compile(r"^(?:[0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 SYSFS_MARK = "__gpufleet_sysfs"
 
 
@@ -86,6 +95,65 @@ def parse_lspci_vvv(lines: list[str]) -> dict[str, dict]:
             if text.startswith(key):
                 current[field] = {flag: sign == "+" for flag, sign in _ACS_FLAG.findall(text[len(key):])}
     return devices
+
+
+def _is_nvidia_gpu(header: str) -> bool:
+    """Whether an lspci device line (with or without -nn, with or without pci.ids) is an NVIDIA GPU."""
+    match = _LSPCI_NN.match(header)
+    if match:
+        return match["vendor"].lower() == NVIDIA_VENDOR and match["class"] in GPU_CLASSES
+    match = _LSPCI_PLAIN.match(header)
+    if not match or match["class_name"].strip() not in _GPU_CLASS_NAMES:
+        return False
+    description = match["description"]
+    return description.startswith("NVIDIA") or bool(re.search(rf"\b{NVIDIA_VENDOR}:[0-9a-fA-F]{{4}}\b", description))
+
+
+def _link(text: str) -> tuple[float | None, int | None]:
+    """(speed in GT/s, width) of an LnkCap/LnkSta line; None for what it does not say ("Speed unknown")."""
+    speed, width = _LINK_SPEED.search(text), _LINK_WIDTH.search(text)
+    return (float(speed[1]) if speed else None), (int(width[1]) if width else None)
+
+
+def parse_links(lines: list[str]) -> list[dict]:
+    """PCIe link of each NVIDIA GPU (class 0300/0302) in `lspci -vv` output (with or without -D/-nn).
+
+    ``max_*`` come from the LnkCap line (what the GPU can do), ``speed_gts``/``width`` from LnkSta
+    (what the link trained to; lspci 3.x marks a slower one "(downgraded)"). Without root lspci
+    prints ``Capabilities: <access denied>``: then ``readable`` is False and the values are None.
+    A readable GPU without a PCI Express capability has None values too.
+
+    >>> link, = parse_links(["0000:01:00.0 VGA compatible controller [0300]: NVIDIA Corporation GB202 "
+    ...                      "[GeForce RTX 5090] [10de:2b85] (rev a1) (prog-if 00 [VGA controller])",
+    ...                      "        LnkCap: Port #0, Speed 32GT/s, Width x16, ASPM L1",
+    ...                      "        LnkSta: Speed 2.5GT/s (downgraded), Width x16"])
+    >>> link["bus_id"], link["max_speed_gts"], link["max_width"], link["speed_gts"], link["width"]
+    ('0000:01:00.0', 32.0, 16, 2.5, 16)
+    """
+    links: list[dict] = []
+    current = None
+    for line in lines:
+        if line and not line[0].isspace():
+            current = None
+            header = line.strip()
+            bus = header.split()[0] if header else ""
+            if _BUS.match(bus) and _is_nvidia_gpu(header):
+                current = {"bus_id": _full_bus_id(bus), "max_speed_gts": None, "max_width": None,
+                           "speed_gts": None, "width": None, "readable": True}
+                links.append(current)
+            continue
+        if current is None:
+            continue
+        text = line.strip()
+        if text.startswith("Capabilities: <access denied>"):
+            current.update(readable=False, max_speed_gts=None, max_width=None, speed_gts=None, width=None)
+        elif not current["readable"]:
+            continue
+        elif text.startswith("LnkCap:") and current["max_width"] is None and current["max_speed_gts"] is None:
+            current["max_speed_gts"], current["max_width"] = _link(text[len("LnkCap:"):])
+        elif text.startswith("LnkSta:") and current["width"] is None and current["speed_gts"] is None:
+            current["speed_gts"], current["width"] = _link(text[len("LnkSta:"):])
+    return links
 
 
 def parse_sysfs_paths(lines: list[str]) -> dict[str, list[str]]:
@@ -201,3 +269,34 @@ class PcieAcs(FactBase):
         if result["status"] != "ok":
             return {**self.default(), **result}
         return {**result, **parse_acs(body)}
+
+
+class PcieLinks(FactBase):
+    """PCIe link of each NVIDIA GPU (vendor 10de, class 0300/0302): the speed and width it can do
+    (LnkCap) and the ones it runs at (LnkSta), from `lspci -Dnnvv`. Reading capabilities needs root:
+    run it with `_sudo=True`; without root a GPU's ``readable`` is False and its values are None.
+
+    .. code:: python
+
+        host.get_fact(PcieLinks, _sudo=True)
+        {"status": "ok", "exit_code": 0, "error": None, "links": [
+            {"bus_id": "0000:01:00.0", "max_speed_gts": 32.0, "max_width": 16,
+             "speed_gts": 2.5, "width": 16, "readable": True}, ...]}
+
+    With ``dump_file``, the GPUs come from an ``lspci -xxx`` dump instead of the bus (a dump
+    captured on a node for an offline check, or the lab's stand-in GPUs). An ``lspci -x`` dump
+    stops at 64 bytes, before the capabilities: lspci says ``<access denied>`` and ``readable`` is
+    False, as without root.
+    """
+
+    def command(self, dump_file: str | None = None):
+        source = f" -F {shlex.quote(dump_file)}" if dump_file else ""
+        return wrap("lspci", f"lspci -Dnnvv -d {NVIDIA_VENDOR}:{source}")
+
+    @staticmethod
+    def default():
+        return {"status": "missing", "exit_code": None, "error": "no output", "links": []}
+
+    def process(self, output):
+        result, body = envelope(output)
+        return {**result, "links": parse_links(body) if result["status"] == "ok" else []}

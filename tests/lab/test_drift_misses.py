@@ -31,16 +31,18 @@ CATALOG = [
     ("restart-policy-updated", "docker update --restart no milvus-standalone",
      "container milvus-standalone: restart policy no, the spec says unless-stopped (changed in place)",
      "docker update --restart unless-stopped milvus-standalone"),
-    ("network-disconnected", "docker network disconnect milvus milvus-minio",
-     "container milvus-minio: not connected to network milvus (changed in place)",
-     "docker network connect milvus milvus-minio"),
+    # Joined to one more network (disconnecting the lab's bridge would drop its published ports).
+    ("network-connected", "docker network create gpufleet-test-net >/dev/null && "
+                          "docker network connect gpufleet-test-net milvus-standalone",
+     "container milvus-standalone: connected to network gpufleet-test-net, which the spec does not name",
+     "docker network disconnect gpufleet-test-net milvus-standalone && docker network rm gpufleet-test-net"),
     ("unmanaged-gpu-container", f"docker run -d --name gpu-squatter --gpus all --entrypoint sleep {REPLICA_IMAGE} 3600",
      "container gpu-squatter: holds GPUs (--gpus all) but is not one gpufleet runs", "docker rm -f gpu-squatter"),
     ("vllm-image-never-checked", "rm -f /var/lib/gpufleet/images/checked/*.json",
      "was built but never passed its NCCL/architecture check", None),
     ("upstream-tag-re-pushed",  # another image under the upstream tag on the node, as a `docker pull` of a re-push
      f"docker tag {BASE} gpufleet-test/base-original:1 && "
-     f"docker tag \"$(docker inspect --format '{{{{.Config.Image}}}}' milvus-etcd)\" {BASE}",
+     f"docker tag \"$(docker inspect --format '{{{{.Config.Image}}}}' milvus-standalone)\" {BASE}",
      f"upstream tag {BASE} is now",
      f"docker tag gpufleet-test/base-original:1 {BASE} && docker rmi gpufleet-test/base-original:1"),
 ]

@@ -100,14 +100,21 @@ def test_a_stale_driver_reboots_exactly_that_node_and_secure_boot_stops_it_witho
     node.run(f"sed -i 's/{pinned}/575.57.08/' /run/gpufleet-lab/nvidia/version")
     secure_boot("gpu-node-1", True)
     try:
-        first = deploy("--data", "allow_serving_disruption=true")
+        # Without a plan for signing modules, preflight stops the node before anything changes.
+        refused = deploy("--limit", "gpu-node-1", "--data", "allow_serving_disruption=true")
+        assert refused["rc"] != 0 and "Secure Boot is enabled" in refused["stderr"], refused["stderr"][-3000:]
+        assert refused["changed"] == {} and node.file("/run/gpufleet-lab/nvidia/version").exists  # no reboot
+        # With one ("mok": DKMS signs, the operator enrolled the key) that was never enrolled, the
+        # module is refused after the reboot, as on a real host.
+        mok = ("--data", "secure_boot_module_signing=mok")
+        first = deploy("--data", "allow_serving_disruption=true", *mok)
         assert first["rc"] != 0
         assert "SecureBoot enabled" in first["stderr"] and "mokutil --import" in first["stderr"], first["stderr"][-3000:]
         assert not node.file("/run/gpufleet-lab/nvidia/version").exists  # rebooted, and nothing loaded
         # GPU containers cannot start without the driver, as on a real host.
         assert node.run("docker run --rm --gpus all lab-registry:5000/gpufleet-lab/toolkit-check:1 true").rc != 0
         node.run(f"touch {boot_marker}")
-        second = deploy("--limit", "gpu-node-1", "--data", "allow_serving_disruption=true")
+        second = deploy("--limit", "gpu-node-1", "--data", "allow_serving_disruption=true", *mok)
         assert second["rc"] != 0 and "not rebooting again" in second["stderr"], second["stderr"][-3000:]
         assert node.file(boot_marker).exists, "the second deploy rebooted the node again"
     finally:
@@ -135,3 +142,24 @@ def test_verify_passes_and_a_stopped_driver_fails_exactly_that_host(deployed, ho
         assert "exited 9" in report["failures"][0]["detail"]
     finally:
         hosts["gpu-node-2"].run("systemctl start nvidia-standin-driver")
+
+
+def test_preflight_stops_a_node_whose_gpus_run_on_a_narrow_link_before_any_change(deployed, hosts):
+    """A change that would recreate gpu-node-2's replica, on a node whose GPUs sit on x4 links:
+    preflight refuses the node, naming the link, and nothing on it changes."""
+    from gpufleet.lab.faults import pcie_link_width
+
+    node = hosts["gpu-node-2"]
+    replica = "vllm-gpu-node-2-vllm-0"
+    before = node.run(f"docker inspect --format '{{{{.Id}}}}' {replica}").stdout.strip()
+    pcie_link_width("gpu-node-2", 4)
+    try:
+        refused = deploy("--limit", "gpu-node-2", "--data", "vllm_max_model_len=384",
+                         "--data", "allow_serving_disruption=true")
+        assert refused["rc"] != 0, refused
+        assert "runs at PCIe x4 (expected at least x16)" in refused["stderr"], refused["stderr"][-3000:]
+        assert refused["changed"] == {}
+        assert node.run(f"docker inspect --format '{{{{.Id}}}}' {replica}").stdout.strip() == before
+    finally:
+        pcie_link_width("gpu-node-2", None)
+    assert deploy("--limit", "gpu-node-2")["changed"] == {}

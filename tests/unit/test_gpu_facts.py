@@ -185,7 +185,14 @@ def test_fact_commands_always_exit_zero(tmp_path, cls):
     fake = tmp_path / tool
     fake.write_text(f'#!/bin/sh\necho "{NO_DRIVER}"\nexit 9\n')
     fake.chmod(0o755)
-    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    # Every other tool of this machine, but not the real one (pciutils may be installed here).
+    others = tmp_path / "others"
+    others.mkdir()
+    for directory in ("/usr/bin", "/bin"):
+        for name in os.listdir(directory):
+            if name != tool and not (others / name).exists():
+                (others / name).symlink_to(os.path.join(directory, name))
+    env = {"PATH": f"{tmp_path}:{others}"}
     command = cls.command if isinstance(cls.command, str) else cls().command()
     run = subprocess.run(["sh", "-c", command], capture_output=True, text=True, env=env)
     assert run.returncode == 0
