@@ -9,7 +9,7 @@ from pyinfra.facts.server import KernelVersion, LinuxDistribution
 from operations import host_reboot, pinned_apt
 from operations.util import put_text
 from operations.docker_daemon import refuse_daemon_reload_under_gpu_containers
-from operations.facts.apt import PackageStates
+from operations.facts.apt import KernelFlavours, PackageStates
 from operations.facts.gpu import DriverRebootMarker, NvidiaDriver
 from operations.facts.kernel import SecureBoot
 from operations.util import sudo_arguments
@@ -68,7 +68,9 @@ def driver(version: str, packages: list[str], revision: str = "1", kernel_module
     + version: upstream driver version, e.g. ``580.95.05``
     + packages: driver packages to install at ``<version>-<revision>`` (``nvidia-open`` = open modules)
     + kernel_modules: ``open`` (required on Blackwell) or ``proprietary``
-    + kernel_headers: install ``linux-headers-$(uname -r)`` so DKMS can build the module
+    + kernel_headers: install ``linux-headers-$(uname -r)`` so DKMS can build the module, and
+      the headers meta-package of each installed kernel meta-package, so a new kernel comes
+      with its headers (the module is built for it before anyone reboots into it)
 
     Refuses to install while GPU containers run (the package's units reload systemd).
 
@@ -82,15 +84,22 @@ def driver(version: str, packages: list[str], revision: str = "1", kernel_module
         raise OperationError(f"kernel_modules=open but the driver packages {packages} are not the open flavor")
     full = f"{version}-{revision}"
     wanted = {p: full for p in packages}
+    # The next kernel's headers come with it: for each kernel meta-package installed
+    # (linux-image-amd64, -generic, -generic-hwe-24.04) its headers meta-package, not held, so
+    # when unattended-upgrades brings a new kernel it brings its headers too and DKMS builds the
+    # module before the reboot into it.
+    following = {f"linux-headers-{f}": None for f in host.get_fact(KernelFlavours)} if kernel_headers else {}
     if kernel_headers:
         wanted[f"linux-headers-{host.get_fact(KernelVersion)}"] = None
-    states = host.get_fact(PackageStates, packages=sorted(wanted))
-    install, _ = pinned_apt._plan(wanted, states, hold=True)
+    states = host.get_fact(PackageStates, packages=sorted({**wanted, **following}))
+    install, _ = pinned_apt._plan({**wanted, **following}, states, hold=False)
     if install:  # refused before the first change: a refused host keeps its old pin too
         refuse_daemon_reload_under_gpu_containers(f"installing {', '.join(install)}")
     yield from pinned_apt.preferences._inner(filename="gpufleet-nvidia-driver", packages=DRIVER_PIN_PATTERNS, version=full)
-    # Held, headers included: their name carries the kernel release, so kernel upgrades still work.
+    # Held, the running kernel's headers included: their name carries the kernel release.
     yield from pinned_apt.packages._inner(packages=wanted, hold=True)
+    if following:
+        yield from pinned_apt.packages._inner(packages=following, hold=False)
 
 
 @operation()

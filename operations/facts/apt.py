@@ -103,3 +103,45 @@ class KeyringFingerprints(FactBase):
 
     def process(self, output: list[str]) -> list:  # type: ignore[override]
         return [line.strip().upper() for line in output if line.strip()]
+
+
+class KernelFlavours(FactBase):
+    """The kernel meta-packages installed (``linux-image-<flavour>`` whose flavour is not a
+    release): the packages that bring the *next* kernel, and whose ``linux-headers-<flavour>``
+    brings that kernel's headers with it.
+
+    .. code:: python
+
+        host.get_fact(KernelFlavours)
+        ["amd64"]                    # Debian: linux-image-amd64
+        ["generic-hwe-24.04"]        # Ubuntu with the HWE kernel
+    """
+
+    command = timed_step("dpkg-query -W -f='${Package} ${db:Status-Abbrev}\\n' 'linux-image-*' 2>/dev/null") + "; true"
+
+    @staticmethod
+    def default() -> list:
+        return []
+
+    def process(self, output: list[str]) -> list[str]:  # type: ignore[override]
+        raise_on_timeout(output)
+        return kernel_flavours(output)
+
+
+def kernel_flavours(lines: list[str]) -> list[str]:
+    """Installed ``linux-image-*`` meta-packages' flavours; release packages are left out.
+
+    >>> kernel_flavours(["linux-image-6.1.0-27-amd64 ii ", "linux-image-amd64 ii ", "linux-image-6.1.0-26-amd64 rc "])
+    ['amd64']
+    >>> kernel_flavours(["linux-image-generic-hwe-24.04 ii ", "linux-image-6.8.0-49-generic ii "])
+    ['generic-hwe-24.04']
+    """
+    out = []
+    for line in lines:
+        name, _, status = line.strip().partition(" ")
+        flavour = name.removeprefix("linux-image-")
+        # A release starts with its version (6.1.0-27-amd64); -dbg and -unsigned builds bring no kernel.
+        if name.startswith("linux-image-") and status.startswith("ii") and flavour and not flavour[0].isdigit() \
+                and not flavour.endswith(("-dbg", "-unsigned")):
+            out.append(flavour)
+    return sorted(set(out))
