@@ -215,13 +215,25 @@ def prometheus_args(fleet, host_name: str) -> dict[str, Any]:
     return {"replicas": replicas, "nodes": nodes,
             "options": {"port": s.prometheus_port, "scrape_interval_s": s.prometheus_scrape_interval_s,
                         "retention": s.prometheus_retention,
+                        # Like the exporters: the lb's private address unless metrics_listen_address says otherwise.
+                        "listen_address": s.metrics_listen_address or fleet.hosts[host_name].address,
                         "alertmanager": ALERTMANAGER_LISTEN if s.alertmanager_webhook_url_file else None}}
+
+
+def local_address(listen_address: str | None) -> str:
+    """Where this host reaches a server that listens on ``listen_address`` (every interface: 127.0.0.1).
+
+    >>> local_address("0.0.0.0"), local_address(None), local_address("10.0.0.5")
+    ('127.0.0.1', '127.0.0.1', '10.0.0.5')
+    """
+    return "127.0.0.1" if listen_address in (None, "", "0.0.0.0") else listen_address
 
 
 def render_prometheus(replicas: list, nodes: list, options: dict | None = None) -> str:
     opts = {"port": 9090, "scrape_interval_s": 15, **(options or {})}
     rows = [r if isinstance(r, dict) else r.model_dump() for r in replicas]
     return _render("prometheus/prometheus.yml.j2", replicas=rows, nodes=nodes, node_jobs=NODE_JOBS,
+                   prometheus_address=local_address(opts.get("listen_address")),
                    prometheus_port=opts["port"], scrape_interval_s=opts["scrape_interval_s"],
                    rule_files=[RULES_NAME], alertmanager=opts.get("alertmanager"))
 
@@ -231,19 +243,21 @@ def alert_rules() -> str:
     return (FILES / "prometheus" / "alerts.yml").read_text()
 
 
-def prometheus_defaults(port: int, retention: str) -> str:
+def prometheus_defaults(port: int, retention: str, listen_address: str | None = None) -> str:
+    bind = "" if listen_address in (None, "0.0.0.0") else listen_address  # ":9090" is every interface
     return ("# Managed by gpufleet (operations/monitoring.py): arguments of Debian's prometheus unit.\n"
-            f'ARGS="--web.listen-address=:{int(port)} --storage.tsdb.retention.time={retention}"\n')
+            f'ARGS="--web.listen-address={bind}:{int(port)} --storage.tsdb.retention.time={retention}"\n')
 
 
-def prometheus_script(port: int, restart: bool, test_new: bool = True, rules: bool = False) -> str:
+def prometheus_script(port: int, restart: bool, test_new: bool = True, rules: bool = False,
+                      address: str = "127.0.0.1") -> str:
     """Shell text: promtool-check the new file(s), swap them in, reload, wait for a successful load; roll back.
 
     ``test_new``: a new config is in PROM_NEW; ``rules``: new alert rules are in RULES_NEW. Every
     new file is checked before any is swapped in. Neither: reload (or restart) and wait only.
     """
     verb = "restart" if restart else "reload-or-restart"
-    metrics = f"http://127.0.0.1:{int(port)}/metrics"
+    metrics = f"http://{address}:{int(port)}/metrics"
     uploaded = " ".join(([RULES_NEW] if rules else []) + ([PROM_NEW] if test_new else []))
     steps = ["set -u"]
     if rules:
@@ -309,10 +323,12 @@ def prometheus(replicas: list, nodes: list, options: dict | None = None, rules: 
     """
     opts = {"port": 9090, "scrape_interval_s": 15, "retention": "15d", **(options or {})}
     rules = alert_rules() if rules is None else rules
-    defaults = list(put_text(PROMETHEUS_DEFAULTS, prometheus_defaults(opts["port"], opts["retention"])))
+    defaults = list(put_text(PROMETHEUS_DEFAULTS, prometheus_defaults(opts["port"], opts["retention"],
+                                                                      opts.get("listen_address"))))
     yield from defaults
     text = render_prometheus(replicas, nodes, opts)
-    state = host.get_fact(PrometheusState, port=opts["port"])
+    local = local_address(opts.get("listen_address"))
+    state = host.get_fact(PrometheusState, port=opts["port"], address=local)
     new_config = state["config_sha1"] != hashlib.sha1(text.encode()).hexdigest()
     new_rules = host.get_fact(Sha1File, path=PROMETHEUS_RULES) != hashlib.sha1(rules.encode()).hexdigest()
     if new_config or new_rules:
@@ -321,9 +337,9 @@ def prometheus(replicas: list, nodes: list, options: dict | None = None, rules: 
         if new_config:
             yield FileUploadCommand(StringIO(text), PROM_NEW)
         yield StringCommand(prometheus_script(opts["port"], restart=bool(defaults), test_new=new_config,
-                                              rules=new_rules))
+                                              rules=new_rules, address=local))
     elif defaults or state["reload_ok"] is not True:
-        yield StringCommand(prometheus_script(opts["port"], restart=bool(defaults), test_new=False))
+        yield StringCommand(prometheus_script(opts["port"], restart=bool(defaults), test_new=False, address=local))
     elif not defaults:
         n_rules = sum(1 for line in rules.splitlines() if line.strip().startswith("- alert:"))
         host.noop(f"prometheus runs its config ({len(replicas)} vLLM targets, {len(nodes)} GPU nodes, "
@@ -427,7 +443,8 @@ def expected_targets(args: dict[str, Any]) -> list[str]:
     return out
 
 
-def check_targets(host_, port: int = 9090, expected: list[str] | None = None) -> tuple[bool, list[str]]:
+def check_targets(host_, port: int = 9090, expected: list[str] | None = None,
+                  address: str = "127.0.0.1") -> tuple[bool, list[str]]:
     """On an lb host (a connected pyinfra Host, see gpufleet.remote): are all Prometheus targets up?
 
     Returns ``(ok, problems)``. Use as ``remote.run_parallel(state, lbs, lambda h: check_targets(h, 9090,
@@ -436,9 +453,9 @@ def check_targets(host_, port: int = 9090, expected: list[str] | None = None) ->
     from gpufleet.remote import shell
     from operations.facts.edge import parse_targets
 
-    ok, text = shell(host_, f"curl -fsS -m 10 http://127.0.0.1:{int(port)}/api/v1/targets")
+    ok, text = shell(host_, f"curl -fsS -m 10 http://{address}:{int(port)}/api/v1/targets")
     if not ok:
-        return False, [f"Prometheus API on 127.0.0.1:{port} does not answer: {text.strip()[:200]}"]
+        return False, [f"Prometheus API on {address}:{port} does not answer: {text.strip()[:200]}"]
     try:
         targets = parse_targets(text)
     except ValueError as exc:

@@ -110,13 +110,14 @@ class PrometheusState(FactBase):
         host.get_fact(PrometheusState, port=9090)
         {"config_sha1": "0b7e...", "reload_ok": True}
 
-    ``reload_ok`` is None when Prometheus does not answer on 127.0.0.1:<port>.
+    ``reload_ok`` is None when Prometheus does not answer on <address>:<port> (it listens on
+    the lb's private address, or on every interface: then 127.0.0.1).
     """
 
-    def command(self, port: int) -> str:
+    def command(self, port: int, address: str = "127.0.0.1") -> str:
         return "; ".join([
             _sha1_line("config_sha1", PROMETHEUS_CONF),
-            f"echo \"reload=$(curl -fsS -m 3 http://127.0.0.1:{int(port)}/metrics 2>/dev/null "
+            f"echo \"reload=$(curl -fsS -m 3 http://{address}:{int(port)}/metrics 2>/dev/null "
             "| awk '/^prometheus_config_last_reload_successful /{print $2}')\"",
             "true",
         ])

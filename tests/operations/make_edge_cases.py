@@ -123,7 +123,7 @@ def pf(text, ok=True, defaults_ok=True, rules=RULES):
             "files.Sha1File": {f"path={mon.PROMETHEUS_DEFAULTS}": sha1(defaults) if defaults_ok else "0000",
                                f"path={mon.PROMETHEUS_RULES}": sha1(rules) if rules is not None else None},
             "files.Directory": {"path=/etc/default": {"mode": 755}},
-            "edge.PrometheusState": {"port=9090": {"config_sha1": sha1(text) if text is not None else None, "reload_ok": ok}}}
+            "edge.PrometheusState": {"address=127.0.0.1, port=9090": {"config_sha1": sha1(text) if text is not None else None, "reload_ok": ok}}}
 one = mon.render_prometheus(RP, NODES, popts)
 PK = {"replicas": RP, "nodes": NODES, "options": popts, "rules": RULES}
 write("monitoring.prometheus", "converged_is_noop", {"kwargs": PK, "facts": pf(one)})

@@ -68,7 +68,12 @@ def test_prometheus_has_a_target_per_replica_and_per_node_exporter():
         ([f"{r.address}:{r.port}"], r.name) for r in fleet.replicas]
     for job, port in (("dcgm", 9400), ("gpu_monitor", 9401), ("milvus", 9091)):
         assert [c["targets"] for c in jobs[job]["static_configs"]] == [[f"{n.address}:{port}"] for n in fleet.nodes]
-    assert jobs["prometheus"]["static_configs"][0]["targets"] == ["127.0.0.1:9090"]
+    # Prometheus listens on the lb's private address (inventory/prod.py), and scrapes itself there.
+    assert args["options"]["listen_address"] == fleet.hosts["lb-01"].address == "10.40.0.21"
+    assert jobs["prometheus"]["static_configs"][0]["targets"] == ["10.40.0.21:9090"]
+    assert monitoring.prometheus_defaults(9090, "15d", "10.40.0.21").endswith(
+        '"--web.listen-address=10.40.0.21:9090 --storage.tsdb.retention.time=15d"\n')
+    assert ":9090 " in monitoring.prometheus_defaults(9090, "15d", "0.0.0.0")  # every interface, as before
     assert len(monitoring.expected_targets(args)) == 4 + 3 * 4
 
 
