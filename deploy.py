@@ -99,7 +99,8 @@ if "gpu_nodes" in host.groups:
             bind_address=settings.vllm_bind_address or r.address,
             tensor_parallel_size=settings.vllm_tensor_parallel_size, max_model_len=settings.vllm_max_model_len,
             gpu_memory_utilization=settings.vllm_gpu_memory_utilization, quantization=settings.vllm_quantization,
-            extra_args=settings.vllm_extra_args, env=settings.vllm_env, shm_size=settings.vllm_shm_size,
+            extra_args=settings.vllm_extra_args, revision=settings.vllm_model_revision, env=settings.vllm_env,
+            shm_size=settings.vllm_shm_size,
             hf_cache_dir=settings.vllm_hf_cache_dir, hf_token_file=settings.vllm_hf_token_file,
             api_key_file=settings.vllm_api_key_file, shutdown_timeout=settings.vllm_shutdown_timeout,
             stop_timeout=settings.vllm_stop_timeout_effective(), restart=settings.vllm_restart_policy)

@@ -62,6 +62,8 @@ SECRET_NAME = re.compile(r"(^|_)(TOKEN|SECRET|SECRET_KEY|PASSWORD|PASSWD|API_KEY
                          r"CREDENTIALS?)($|_)|_KEY$")
 # Hugging Face tokens, OpenAI-style keys, bearer headers, URLs with a password.
 SECRET_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}|\bsk-[A-Za-z0-9_-]{16,}|^Bearer\s|://[^/\s:@]+:[^/\s@]+@")
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
 # Debugging environment: name -> (is it set to a debugging value?, why it is not for production).
 DEBUG_ENV = {
     "CUDA_LAUNCH_BLOCKING": (lambda v: v.strip() not in ("", "0"),
@@ -286,11 +288,29 @@ class InputSettings(BaseModel):
             problems.append(("vllm_model", model,
                              f"one of the planner's {len(known_names())} models (`gpufleet plan --list-models`), "
                              "or vllm_model_config: its config.json path or fields; the fit check is never skipped"))
+        problems += self._revision_problems()
         if not self.allow_debug_settings:
             problems += [("vllm_env", shown, f"unset in production: {why} "
                           "(a debugging session: --data allow_debug_settings=true)")
                          for shown, why in self._debug_env()]
         return problems
+
+    def _revision_problems(self) -> list[tuple[str, Any, str]]:
+        """A revision is a commit: a branch or tag name is refused (no revision: a warning)."""
+        revision = self.vllm_model_revision  # type: ignore[attr-defined]
+        if revision is not None and not COMMIT.fullmatch(revision):
+            return [("vllm_model_revision", revision, "a commit of the model's repository (40 hex digits, from "
+                     "`git ls-remote` or the hub's 'Files' tab): a branch or tag moves under a running fleet")]
+        return []
+
+    def _revision_warnings(self) -> list[tuple[str, Any, str]]:
+        # Not an error (yet): the repository cannot look the commit up for its own default model
+        # (no hub access where it is built); every validate and deploy says so until it is set.
+        model = self.vllm_model  # type: ignore[attr-defined]
+        if self.vllm_model_revision is None and not model.startswith(("/", "./", "~")) and self.gpu_count:  # type: ignore[attr-defined]
+            return [("vllm_model_revision", None, f"set the commit of {model} to serve (40 hex digits): "
+                     "without it each node serves whatever the hub's default branch is when it downloads")]
+        return []
 
     def input_warnings(self) -> list[tuple[str, Any, str]]:
         """Allowed, shown on every validate and deploy, never fatal."""
@@ -298,7 +318,7 @@ class InputSettings(BaseModel):
                  if self.allow_debug_settings]
         args = self.vllm_extra_args  # type: ignore[attr-defined]
         found += [("vllm_extra_args", a, f"unset in production: {why}") for a, why in DEBUG_ARGS.items() if a in args]
-        return found
+        return found + self._revision_warnings()
 
     def _debug_env(self) -> list[tuple[str, str]]:
         env = self.vllm_env  # type: ignore[attr-defined]

@@ -54,8 +54,13 @@ def gpu_node_findings(*, pci: dict, links: dict, secure_boot: dict, disk: dict, 
     module with DKMS here (``nvidia_kernel_headers`` off), so nothing is asked of it.
     """
     problems, warnings = [], []
-    if pci.get("status") != "ok":
-        problems.append(f"cannot list the PCI bus ({pci.get('error')}): install pciutils or check /sys/bus/pci")
+    if pci.get("status") == "missing":
+        # Only an lspci dump needs lspci (the bus falls back to sysfs): a fresh host gets pciutils
+        # with the base packages, and the next run checks.
+        warnings.append("GPUs not counted: lspci is not installed to read the PCI dump (pciutils comes with the "
+                        "base packages; the next deploy checks)")
+    elif pci.get("status") != "ok":
+        problems.append(f"cannot list the PCI bus ({pci.get('error')}): check pciutils and /sys/bus/pci")
     else:
         ours = [d for d in pci["devices"] if d.get("device_id") == device_id]
         others = sorted({f"10de:{d.get('device_id')}" for d in pci["devices"] if d.get("device_id") != device_id})

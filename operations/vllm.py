@@ -178,7 +178,7 @@ def image(base_image: str, nccl_version: str, pip_install_args: str = "", tag: s
 def replica_spec(*, name: str, image: str, model: str, served_model_name: str, port: int, gpus: list[int],
                  bind_address: str, tensor_parallel_size: int, max_model_len: int, gpu_memory_utilization: float,
                  quantization: str | None = None, extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None, shm_size: str | None = "16g",
+                 revision: str | None = None, env: dict[str, str] | None = None, shm_size: str | None = "16g",
                  hf_cache_dir: str | None = "/var/lib/gpufleet/hf-cache", shutdown_timeout: int | None = 30,
                  stop_timeout: int | None = None, restart: str = "unless-stopped",
                  env_files: dict[str, str] | None = None) -> ContainerSpec:
@@ -189,7 +189,7 @@ def replica_spec(*, name: str, image: str, model: str, served_model_name: str, p
             raise OperationValueError(f"{arg.split('=', 1)[0]} must not be a command-line argument (it would show "
                                       "in `ps` and `docker inspect`); use vllm_api_key_file / vllm_hf_token_file")
     for arg in ("--tensor-parallel-size", "--max-model-len", "--gpu-memory-utilization", "--port", "--host",
-                "--served-model-name", "--quantization", "--shutdown-timeout"):
+                "--served-model-name", "--quantization", "--shutdown-timeout", "--revision", "--tokenizer-revision"):
         if any(a.split("=", 1)[0] == arg for a in extra_args):
             raise OperationValueError(f"{arg} is set from its own setting; remove it from vllm_extra_args")
     try:
@@ -201,6 +201,8 @@ def replica_spec(*, name: str, image: str, model: str, served_model_name: str, p
                "--tensor-parallel-size", str(tensor_parallel_size)]
     if quantization:
         command += ["--quantization", quantization]
+    if revision:  # the weights and the tokenizer from one commit of the model's repository
+        command += ["--revision", revision, "--tokenizer-revision", revision]
     command += ["--max-model-len", str(max_model_len), "--gpu-memory-utilization", f"{gpu_memory_utilization:g}"]
     if shutdown_timeout is not None:
         command += ["--shutdown-timeout", str(shutdown_timeout)]
@@ -224,7 +226,8 @@ def replica_spec(*, name: str, image: str, model: str, served_model_name: str, p
 def replica(container: str, image: str, model: str, served_model_name: str, port: int, gpus: list[int],
             bind_address: str, tensor_parallel_size: int = 2, max_model_len: int = 32768,
             gpu_memory_utilization: float = 0.80, quantization: str | None = None,
-            extra_args: list[str] | None = None, env: dict[str, str] | None = None, shm_size: str | None = "16g",
+            extra_args: list[str] | None = None, revision: str | None = None,
+            env: dict[str, str] | None = None, shm_size: str | None = "16g",
             hf_cache_dir: str | None = "/var/lib/gpufleet/hf-cache", hf_token_file: str | None = None,
             api_key_file: str | None = None, shutdown_timeout: int | None = 30, stop_timeout: int | None = None,
             restart: str = "unless-stopped"):
@@ -239,6 +242,8 @@ def replica(container: str, image: str, model: str, served_model_name: str, port
     + bind_address: the node's private IP (``0.0.0.0`` only where the network is private anyway)
     + tensor_parallel_size, max_model_len, gpu_memory_utilization, quantization: vLLM's flags
     + extra_args: more ``vllm serve`` flags (never ``--api-key``: see api_key_file)
+    + revision: the model repository's commit (``--revision`` and ``--tokenizer-revision``);
+      None: whatever the hub's default branch is when the weights are downloaded
     + env: environment (NCCL_*, VLLM_*); HF_HOME points at the mounted cache
     + shm_size: ``--shm-size`` (NCCL's SHM transport between the two GPUs uses /dev/shm)
     + hf_cache_dir: host directory mounted as the Hugging Face cache; None: no volume
@@ -271,7 +276,8 @@ def replica(container: str, image: str, model: str, served_model_name: str, port
     spec = replica_spec(name=container, image=image, model=model, served_model_name=served_model_name, port=port,
                         gpus=gpus, bind_address=bind_address, tensor_parallel_size=tensor_parallel_size,
                         max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-                        quantization=quantization, extra_args=extra_args, env=env, shm_size=shm_size,
+                        quantization=quantization, extra_args=extra_args, revision=revision, env=env,
+                        shm_size=shm_size,
                         hf_cache_dir=hf_cache_dir, shutdown_timeout=shutdown_timeout, stop_timeout=stop_timeout,
                         restart=restart, env_files=env_files)
     # Every secret file is looked at before the first command: a plan (`--dry`) stops reading an

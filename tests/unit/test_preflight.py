@@ -33,7 +33,7 @@ def test_a_good_node_passes_without_warnings():
 @pytest.mark.parametrize("change, expected", [
     ({"pci": {"status": "ok", "devices": [GPU]}}, "1 GPU(s) 10de:2b85 on the PCI bus, expected gpu_count=2"),
     ({"pci": {"status": "ok", "devices": [GPU, {**GPU, "device_id": "2684"}]}}, "also found: 10de:2684"),
-    ({"pci": {"status": "missing", "error": "command not found", "devices": []}}, "cannot list the PCI bus"),
+    ({"pci": {"status": "failed", "error": "exit 1", "devices": []}}, "cannot list the PCI bus"),
     ({"links": {"status": "ok", "links": [{**LINK, "width": 4}]}}, "runs at PCIe x4 (expected at least x16)"),
     ({"secure_boot": {"state": "enabled"}}, "mokutil --import /var/lib/dkms/mok.pub"),
     ({"disk": {"status": "ok", "path": "/var", "free_gib": 30.0}}, "30 GiB free on /var, expected at least 43 GiB"),
@@ -60,9 +60,11 @@ def test_warnings_never_stop_the_host():
     assert problems == []
     assert any("2.5 GT/s of 32" in w for w in warnings) and any("not readable" in w for w in warnings)
     assert any("ACS" in w and "0000:00:01.1" in w for w in warnings)
-    # A fresh host without pciutils: the widths are not checked, and it says so.
-    problems, warnings = findings(links={"status": "missing", "error": "command not found", "links": []})
+    # A fresh host without pciutils: the widths (and GPUs read from a dump) are not checked, and it says so.
+    problems, warnings = findings(links={"status": "missing", "error": "command not found", "links": []},
+                                  pci={"status": "missing", "error": "command not found", "devices": []})
     assert problems == [] and any("install pciutils" in w for w in warnings)
+    assert any("GPUs not counted" in w for w in warnings)
 
 
 def test_all_problems_are_listed_at_once():

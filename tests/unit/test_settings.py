@@ -4,7 +4,9 @@ import pytest
 
 from gpufleet.settings import HostSettings, validate_host_data
 
-GPU_NODE = {"gpu_count": 2, "gpu_memory_gib": 31.84, "ssh_hostname": "10.0.0.1", "_sudo": True}
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+GPU_NODE = {"gpu_count": 2, "gpu_memory_gib": 31.84, "ssh_hostname": "10.0.0.1", "_sudo": True,
+            "vllm_model_revision": COMMIT}
 
 
 def errors(data):
@@ -115,3 +117,15 @@ def test_docker_keys_are_ours_but_connector_keys_pass_through():
     assert issues == [] and settings.docker_engine_min_version == "20.10.24+dfsg1-1+deb12u1+b6"
     _, found = errors({"docker_enigne_version": "1"})
     assert ("docker_enigne_version", "error") in found
+
+
+def test_the_model_revision_is_a_commit_and_a_branch_is_refused():
+    commit = COMMIT
+    _, found = errors({"vllm_model_revision": "main"})
+    issue = found[("vllm_model_revision", "error")]
+    assert issue.host == "gpu-node-01" and issue.value == "main" and "40 hex digits" in issue.expected
+    _, found = errors({"vllm_model_revision": commit})
+    assert not [k for k in found if k[1] == "error"]
+    assert [w[0] for w in HostSettings(gpu_count=2).warnings()] == ["vllm_model_revision"]  # unpinned: said, not fatal
+    assert HostSettings(gpu_count=2, vllm_model_revision=commit).warnings() == []
+    assert HostSettings(gpu_count=2, vllm_model="/models/qwen3-tiny").warnings() == []  # a directory has no revisions

@@ -27,6 +27,9 @@ def _check_module():
     return module
 
 
+PINNED = {"vllm_model_revision": "0123456789abcdef0123456789abcdef01234567"}
+
+
 def _spec(**over):
     kw = dict(name="vllm-n1-vllm-0", image="gpufleet/vllm-rtx5090:abc", model="Qwen/Qwen3-32B-AWQ",
               served_model_name="qwen3-32b-awq", port=8000, gpus=[0, 1], bind_address="10.0.0.11",
@@ -137,7 +140,7 @@ def test_probe_script_reads_the_key_from_its_file():
 
 # ----------------------------------------------------------------------------- settings -----------
 def test_vllm_settings_defaults_and_checks():
-    settings, issues = validate_host_data("n", {"gpu_count": 2, "vllm_image": "vllm/vllm-openai:v0.20.1"})
+    settings, issues = validate_host_data("n", {"gpu_count": 2, "vllm_image": "vllm/vllm-openai:v0.20.1", **PINNED})
     assert settings is not None and not issues
     assert settings.vllm_stop_timeout_effective() == 45
     _, issues = validate_host_data("n", {"vllm_shutdown_timeout": 60, "vllm_stop_timeout": 30})
@@ -150,11 +153,21 @@ def test_vllm_settings_defaults_and_checks():
 
 def test_old_image_with_shutdown_timeout_is_refused():
     # vLLM < 0.18 exits on the unknown flag and the container crash-loops: an error, not a warning.
-    settings, issues = validate_host_data("n", {"gpu_count": 2, "vllm_image": "vllm/vllm-openai:v0.11.0"})
+    settings, issues = validate_host_data("n", {"gpu_count": 2, "vllm_image": "vllm/vllm-openai:v0.11.0", **PINNED})
     assert settings is None
     assert [(i.key, i.severity) for i in issues] == [("vllm_shutdown_timeout", "error")]
     settings, _ = validate_host_data("n", {"gpu_count": 2, "vllm_image": "vllm/vllm-openai:v0.11.0",
                                            "vllm_shutdown_timeout": None})
     assert settings.vllm_warnings() == []
-    settings, _ = validate_host_data("n", {"gpu_count": 2, "vllm_image": "vllm/vllm-openai:v0.20.1"})
+    settings, _ = validate_host_data("n", {"gpu_count": 2, "vllm_image": "vllm/vllm-openai:v0.20.1", **PINNED})
     assert settings.vllm_warnings() == []
+
+
+def test_the_model_revision_pins_weights_and_tokenizer_and_is_not_an_extra_arg():
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    command = _spec(revision=commit).command
+    assert command[command.index("--revision") + 1] == commit
+    assert command[command.index("--tokenizer-revision") + 1] == commit
+    assert "--revision" not in _spec().command
+    with pytest.raises(Exception, match="--revision is set from its own setting"):
+        _spec(extra_args=["--revision=main"])
