@@ -19,6 +19,15 @@ def drift(*args: str) -> tuple[int, dict]:
     return run.returncode, json.loads(run.stdout)
 
 
+def assert_only_drifted(host: str, expected: str) -> None:
+    """Drift exits 2 with exactly ``host`` drifted, and one of its causes says ``expected``."""
+    code, report = drift()
+    assert code == 2, report
+    assert report["drifted_hosts"] == [host]
+    found = causes(report, host)
+    assert any(expected in c for c in found), found
+
+
 def causes(report: dict, host: str) -> list[str]:
     entry = next(h for h in report["hosts"] if h["host"] == host)
     return [f"[{d['kind']}] {d['check']}: {d['cause']} {' '.join(d['details'])}" for d in entry["drift"]]
@@ -93,11 +102,7 @@ def test_injected_drift_is_found_on_the_right_host_with_its_cause(converged, hos
     injected = target.run(inject)
     assert injected.rc == 0, injected.stderr
     try:
-        code, report = drift()
-        assert code == 2, report
-        assert report["drifted_hosts"] == [host_name]
-        found = causes(report, host_name)
-        assert any(expected in c for c in found), found
+        assert_only_drifted(host_name, expected)
     finally:
         if repair and repair != "drain":
             assert target.run(repair).rc == 0
