@@ -43,6 +43,9 @@ drift: install  ## compare every host of $(INVENTORY) with the repository (exit 
 rollout: install  ## roll a change across $(INVENTORY) node by node: make rollout ROLLOUT_ARGS="--data k=v"
 	$(BIN)/gpufleet rollout $(INVENTORY) $(ROLLOUT_ARGS)
 
+plan: install  ## does a model fit a replica, and with how much KV cache: make plan PLAN_ARGS="--model ... --gpus 2x32"
+	$(BIN)/gpufleet plan $(or $(PLAN_ARGS),--model Qwen/Qwen3-32B-AWQ)
+
 inventory: install  ## list nodes and load-balanced replicas of $(INVENTORY)
 	$(BIN)/gpufleet inventory $(INVENTORY)
 

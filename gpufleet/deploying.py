@@ -71,10 +71,6 @@ def host_settings(fleet: Fleet, host) -> HostSettings:
             "run pyinfra from the repository root (group_data/ beside deploy.py)") from None
 
 
-def settings_for(inventory, host) -> HostSettings:
-    return fleet_for(inventory).hosts[host.name].settings
-
-
 def gate_before_connect(state) -> None:
     """Make pyinfra's CLI validate the inventory before it connects; called by the repository's config.py.
 

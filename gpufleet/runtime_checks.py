@@ -1,7 +1,8 @@
 """Drift a deploy plan cannot see: what the running host is doing, not what is on its disk.
 
 Each check reads facts (never changes anything) and returns DriftItems. The checks that look at
-serving containers use the names the serving operations give them (gpufleet.names).
+serving containers use the names the serving operations give them (deploy.py: ``vllm-<node>-<replica>``,
+``milvus-standalone``, ``rag-app``).
 
 Every read goes through :func:`gpufleet.host_reads.read`: a read that times out or fails raises
 :class:`~gpufleet.host_reads.NotChecked`, which :func:`run` records in ``ctx.problems`` (the host

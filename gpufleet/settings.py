@@ -144,7 +144,6 @@ class HostSettings(VllmSettings, DataSettings, EdgeSettings, InputSettings, Roll
     milvus_port: int = Field(19530, ge=1024, le=65535)
     lb_port: int = Field(80, ge=1, le=65535)
     apt_mirror: str | None = None  # base URL that replaces NVIDIA's CUDA repository host
-    registry_mirror: str | None = None  # registry the hosts pull images from
 
     # --- base system -----------------------------------------------------------------------------
     base_packages: list[str] = Field(default_factory=list)

@@ -81,7 +81,9 @@ class VllmSettings(BaseModel):
     def vllm_stop_timeout_effective(self) -> int | None:
         if self.vllm_stop_timeout is not None:
             return self.vllm_stop_timeout
-        return None if self.vllm_shutdown_timeout is None else self.vllm_shutdown_timeout + 15
+        from operations.vllm import default_stop_timeout
+
+        return default_stop_timeout(self.vllm_shutdown_timeout)
 
     def vllm_problems(self) -> list[tuple[str, object, str]]:
         """Combinations of this mixin's keys that cannot work (reported by HostSettings)."""

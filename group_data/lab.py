@@ -15,7 +15,6 @@ lab_gpus = [
 # The lab's stand-in NVIDIA repository and registry (gpufleet/lab/), on the lab's network.
 apt_mirror = "http://lab-repo"
 nvidia_repo_key_name = "gpufleet-lab.pub"
-registry_mirror = "lab-registry:5000"
 docker_daemon_config = {
     "log-driver": "json-file", "log-opts": {"max-size": "100m", "max-file": "3"},
     "insecure-registries": ["lab-registry:5000"],  # plain HTTP, reachable only on the lab network

@@ -37,7 +37,7 @@ from typing import Any
 
 import jinja2
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, OperationError, OperationValueError, StringCommand, operation
+from pyinfra.api import FileUploadCommand, OperationValueError, StringCommand, operation
 from pyinfra.facts.files import FileContents, Sha1File
 
 from operations import containers, pinned_apt
@@ -441,24 +441,3 @@ def expected_targets(args: dict[str, Any]) -> list[str]:
     for n in args["nodes"]:
         out += [f"{n['address']}:{n[job['key']]}" for job in NODE_JOBS]
     return out
-
-
-def check_targets(host_, port: int = 9090, expected: list[str] | None = None,
-                  address: str = "127.0.0.1") -> tuple[bool, list[str]]:
-    """On an lb host (a connected pyinfra Host, see gpufleet.remote): are all Prometheus targets up?
-
-    Returns ``(ok, problems)``. Use as ``remote.run_parallel(state, lbs, lambda h: check_targets(h, 9090,
-    expected_targets(prometheus_args(fleet, h.name))))``.
-    """
-    from gpufleet.remote import shell
-    from operations.facts.edge import parse_targets
-
-    ok, text = shell(host_, f"curl -fsS -m 10 http://{address}:{int(port)}/api/v1/targets")
-    if not ok:
-        return False, [f"Prometheus API on {address}:{port} does not answer: {text.strip()[:200]}"]
-    try:
-        targets = parse_targets(text)
-    except ValueError as exc:
-        raise OperationError(f"unexpected /api/v1/targets answer: {exc}") from exc
-    problems = target_problems(targets, expected)
-    return not problems, problems

@@ -43,7 +43,7 @@ from pyinfra.operations import files
 
 from operations import containers, secrets
 from operations.containers import ContainerSpec
-from operations.facts.docker import ImageState
+from operations.facts.docker import CHECK_IN_IMAGE, ImageState
 from operations.facts.images import BASE_DIGESTS_LABEL, BASE_ID_LABEL, CHECKED_DIR, checked_marker
 from operations.facts.rollout import ReplicaContainers
 from operations.util import sudo_arguments
@@ -51,7 +51,6 @@ from operations.util import sudo_arguments
 FILES = Path(__file__).resolve().parents[1] / "files"
 DOCKERFILE = "Dockerfile.vllm_rtx5090"
 CHECK_SCRIPT = "vllm_nccl_check.py"
-CHECK_IN_IMAGE = "/opt/gpufleet/vllm_nccl_check.py"
 IMAGE_REPO = "gpufleet/vllm-rtx5090"
 INPUTS_LABEL = "io.gpufleet.inputs"
 BUILD_DIR = "/var/lib/gpufleet/build/vllm"
@@ -175,6 +174,18 @@ def image(base_image: str, nccl_version: str, pip_install_args: str = "", tag: s
 
 
 # ------------------------------------------------------------------------------- replica ----------
+STOP_GRACE_S = 15  # docker stop waits this long beyond vLLM's own drain before SIGKILL
+
+
+def default_stop_timeout(shutdown_timeout: int | None) -> int | None:
+    """``docker stop -t``: vLLM's ``--shutdown-timeout`` plus a grace, so a drain is never cut short.
+
+    >>> default_stop_timeout(30), default_stop_timeout(None)
+    (45, None)
+    """
+    return None if shutdown_timeout is None else shutdown_timeout + STOP_GRACE_S
+
+
 def replica_spec(*, name: str, image: str, model: str, served_model_name: str, port: int, gpus: list[int],
                  bind_address: str, tensor_parallel_size: int, max_model_len: int, gpu_memory_utilization: float,
                  quantization: str | None = None, extra_args: list[str] | None = None,
@@ -207,8 +218,8 @@ def replica_spec(*, name: str, image: str, model: str, served_model_name: str, p
     if shutdown_timeout is not None:
         command += ["--shutdown-timeout", str(shutdown_timeout)]
     command += extra_args
-    if stop_timeout is None and shutdown_timeout is not None:
-        stop_timeout = shutdown_timeout + 15
+    if stop_timeout is None:
+        stop_timeout = default_stop_timeout(shutdown_timeout)
     host_addr = f"[{bind_address}]" if ":" in bind_address else bind_address
     return ContainerSpec(
         name=name, image=image, command=command,

@@ -9,6 +9,9 @@ from pyinfra.api import FactBase
 
 from .util import MISSING, envelope, wrap, wrap_file
 
+# Where operations/vllm.image copies files/vllm_nccl_check.py into the image (and every reader runs it).
+CHECK_IN_IMAGE = "/opt/gpufleet/vllm_nccl_check.py"
+
 DAEMON_JSON = "/etc/docker/daemon.json"
 
 
@@ -53,36 +56,6 @@ class DockerDaemonConfig(FactBase):
         if result["status"] != "ok":
             return {**self.default(), "status": result["status"], "error": result["error"]}
         return parse_daemon_json(body)
-
-
-class DockerRuntimes(FactBase):
-    """What the running engine reports: its runtimes, CDI spec dirs, and server version.
-
-    .. code:: python
-
-        host.get_fact(DockerRuntimes)
-        {"status": "ok", "runtimes": ["io.containerd.runc.v2", "nvidia", "runc"], "server_version": "20.10.24+dfsg1"}
-
-    Engine down or not installed: ``"status": "failed"`` / ``"missing"`` with empty runtimes.
-    """
-
-    command = wrap("docker", "docker info --format '{{json .Runtimes}}|{{.ServerVersion}}'")
-
-    @staticmethod
-    def default():
-        return {"status": "missing", "exit_code": None, "error": "docker not installed", "runtimes": [],
-                "server_version": None}
-
-    def process(self, output):
-        result, body = envelope(output)
-        if result["status"] != "ok":
-            return {**self.default(), **result}
-        runtimes_json, _, version = body[-1].rpartition("|") if body else ("", "", "")
-        try:
-            runtimes = sorted(json.loads(runtimes_json or "{}"))
-        except ValueError:
-            runtimes = []
-        return {**result, "runtimes": runtimes, "server_version": version.strip() or None}
 
 
 class GpuContainers(FactBase):
@@ -249,7 +222,7 @@ class VllmNcclVersions(FactBase):
         "docker",
         f"for c in $(docker ps -q --filter label={SPEC_LABEL} --filter name=^vllm-); do "
         "n=$(docker inspect --format '{{.Name}}' \"$c\"); "
-        "v=$(docker exec \"$c\" python3 /opt/gpufleet/vllm_nccl_check.py 2>/dev/null | "
+        f"v=$(docker exec \"$c\" python3 {CHECK_IN_IMAGE} 2>/dev/null | "
         "python3 -c 'import json,sys; print(json.load(sys.stdin).get(\"nccl_version\") or \"\")' 2>/dev/null); "
         "echo \"nccl|${n#/}|$v\"; done",
         limit=240,  # imports torch in each running replica

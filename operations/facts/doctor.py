@@ -34,7 +34,7 @@ import shlex
 from pyinfra.api import FactBase
 
 from .apt import PackageStates
-from .docker import DAEMON_JSON, DockerDaemonConfig
+from .docker import CHECK_IN_IMAGE, DAEMON_JSON, DockerDaemonConfig
 from .gpu import QUERY_FIELDS, NvidiaDriver, NvidiaGpus, NvidiaTopology
 from .gpu_health import throttle_causes
 from .kernel import GpuKernelModules, SecureBoot
@@ -52,7 +52,6 @@ SECTION = "__gpufleet_doctor="
 LOG_MARK = "__gpufleet_log="
 PROBE_MARK = "__gpufleet_probe="
 PART_MARK = "__gpufleet_part="
-CHECK_IN_IMAGE = "/opt/gpufleet/vllm_nccl_check.py"  # operations/vllm.py copies it into the image
 LOG_LINES = 80
 LOG_LINE_CHARS = 400
 

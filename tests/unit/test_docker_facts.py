@@ -3,7 +3,7 @@
 import subprocess
 
 from operations.docker_daemon import merged
-from operations.facts.docker import DockerDaemonConfig, DockerRuntimes, GpuContainers
+from operations.facts.docker import DockerDaemonConfig, GpuContainers
 from operations.facts.util import wrap_file
 
 
@@ -33,11 +33,7 @@ def test_merge_keeps_foreign_keys_and_nested_runtimes():
     assert current == {"data-root": "/srv/docker", "runtimes": {"crun": {"path": "crun"}}}  # not mutated
 
 
-def test_runtimes_and_gpu_containers_parse_docker_output():
-    runtimes = DockerRuntimes().process(
-        ['{"io.containerd.runc.v2":{"path":"runc"},"nvidia":{"path":"nvidia-container-runtime"}}|20.10.24+dfsg1',
-         "__gpufleet_rc=0"])
-    assert runtimes["runtimes"] == ["io.containerd.runc.v2", "nvidia"] and runtimes["server_version"] == "20.10.24+dfsg1"
+def test_gpu_containers_parse_docker_output():
     containers = GpuContainers().process([
         '/vllm-gpu-node-1-vllm-0|runc|[{"Driver":"","Count":0,"DeviceIDs":["0","1"],"Capabilities":[["gpu"]]}]',
         "/milvus|runc|null", "/legacy|nvidia|null", "__gpufleet_rc=0"])
