@@ -58,6 +58,17 @@ milvus_minio_image = "minio/minio:RELEASE.2024-05-28T17-19-04Z"
 milvus_port = 19530
 lb_port = 80
 
+# --- monitoring on GPU nodes ---------------------------------------------------------------------
+# NVIDIA's DCGM exporter (4.5.3 = DCGM, 4.8.2 = the exporter); the distroless build has no shell.
+dcgm_exporter_image = "nvcr.io/nvidia/k8s/dcgm-exporter:4.5.3-4.8.2-distroless"
+# gpu_monitor's venv (files/gpu_monitor.py): the same exact pins as pyproject.toml, where its unit
+# tests run them.
+gpu_monitor_requirements = ["nvidia-ml-py==13.615.71", "prometheus-client==0.23.1"]
+# What `gpufleet verify` runs with --gpus all to prove the toolkit (`nvidia-smi -L` in it). A tag:
+# it serves nothing and keeps no state; pin it by digest (ubuntu@sha256:...) where a mirror keeps one.
+verify_toolkit_image = "ubuntu:24.04"
+
 # --- base system --------------------------------------------------------------------------------
-# Installed on every host by operations/base.py (preflight needs pciutils and kmod).
+# Installed on every host by deploy.py ("Base packages", operations/pinned_apt.py); the GPU-node
+# preflight reads the bus with pciutils, and the driver check reads /proc/modules (kmod loads them).
 base_packages = ["ca-certificates", "curl", "gnupg", "jq", "kmod", "pciutils", "lsb-release"]

@@ -80,3 +80,17 @@ def test_missing_inventory_is_a_clear_error(monkeypatch):
     result = run("validate", "inventory/nope.py")
     assert result.exit_code == 1
     assert "an inventory file that exists" in result.stderr
+
+
+def test_every_version_pin_lives_in_group_data_all():
+    """Each image, version and requirement pin has its fleet value in group_data/all.py, where a
+    change of pin is made (app_image is the operator's own application, None by default)."""
+    import runpy
+
+    from gpufleet import PROJECT_ROOT
+    from gpufleet.settings import HostSettings
+
+    pinned = runpy.run_path(str(PROJECT_ROOT / "group_data" / "all.py"))
+    keys = [k for k in HostSettings.model_fields if k.endswith(("_image", "_version", "_requirements"))]
+    assert len(keys) > 8
+    assert [k for k in keys if k not in pinned and k != "app_image"] == []
