@@ -18,6 +18,7 @@ from gpufleet.drift_counters import Seen
 from gpufleet.fleet import Fleet
 from gpufleet.host_reads import NotChecked, ReadFailures, read
 from gpufleet.settings import HostSettings
+from operations.nvidia import upstream_version
 
 
 @dataclass
@@ -65,7 +66,7 @@ def driver_loaded(host, settings: HostSettings, ctx: HostContext | None = None) 
     package = settings.nvidia_driver_packages[0]
     installed = read(host, PackageStates, "installed driver packages (dpkg)", failures,
                      packages=[package]).get(package, {}).get("version")
-    upstream = installed.split(":")[-1].split("-")[0] if installed else None
+    upstream = upstream_version(installed)
     if not loaded.get("loaded"):
         return [DriftItem("runtime", "driver loaded", f"no NVIDIA kernel module loaded ({upstream or 'none'} installed)")]
     if upstream and loaded["version"] != upstream:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gpufleet.settings import BLACKWELL_MIN_DRIVER_BRANCH, HostSettings
+from operations.nvidia import nccl_package_version, upstream_version
 
 STEPS = ("pci", "driver", "toolkit", "nccl", "topology", "nccl-acceptance")
 ACCEPTANCE_SCRIPT = Path(__file__).resolve().parents[1] / "files" / "nccl_acceptance.py"
@@ -172,7 +173,7 @@ def check_driver(s: HostSettings, probe: Probe) -> list[Check]:
         problems.append(f"{loaded.get('flavor')} kernel modules loaded, expected {s.nvidia_kernel_modules}")
         fixes.append(f"install the {s.nvidia_kernel_modules} driver packages ({', '.join(s.nvidia_driver_packages)})")
     installed = probe.packages(s.nvidia_driver_packages).get(s.nvidia_driver_packages[0], {}).get("version")
-    installed_upstream = installed.split(":")[-1].split("-")[0] if installed else None
+    installed_upstream = upstream_version(installed)
     if installed_upstream is None:
         problems.append(f"driver {loaded['version']} loaded, no {s.nvidia_driver_packages[0]} package installed")
         fixes.append("install the driver from the pinned packages (run the deploy)")
@@ -216,7 +217,7 @@ def check_toolkit(s: HostSettings, probe: Probe) -> list[Check]:
 
 
 def check_nccl(s: HostSettings, probe: Probe) -> list[Check]:
-    want = f"{s.nccl_version}-1+cuda{s.nccl_cuda_version}"
+    want = nccl_package_version(s.nccl_version, s.nccl_cuda_version)
     state = probe.packages(["libnccl2"]).get("libnccl2", {})
     if state.get("version") != want:
         return [Check("nccl", "fail", f"libnccl2 {state.get('version') or 'not installed'}, expected {want}",

@@ -135,6 +135,24 @@ def no_unattended_upgrades(patterns: list[str]):
                          f"Unattended-Upgrade::Package-Blacklist {{\n{body}}};\n")
 
 
+def nccl_package_version(version: str, cuda_version: str) -> str:
+    """The Debian version of NVIDIA's libnccl2/libnccl-dev for an NCCL release built for a CUDA.
+
+    >>> nccl_package_version("2.27.7", "12.9")
+    '2.27.7-1+cuda12.9'
+    """
+    return f"{version}-1+cuda{cuda_version}"
+
+
+def upstream_version(package_version: str | None) -> str | None:
+    """The upstream part of a Debian package version: no epoch, no Debian revision.
+
+    >>> upstream_version("1:580.95.05-1ubuntu1"), upstream_version(None)
+    ('580.95.05', None)
+    """
+    return package_version.split(":")[-1].split("-")[0] if package_version else None
+
+
 @operation()
 def nccl(version: str, cuda_version: str):
     """
@@ -149,7 +167,7 @@ def nccl(version: str, cuda_version: str):
 
         nvidia.nccl(version="2.27.7", cuda_version="12.9")
     """
-    full = f"{version}-1+cuda{cuda_version}"
+    full = nccl_package_version(version, cuda_version)
     names = ["libnccl2", "libnccl-dev"]
     yield from pinned_apt.preferences._inner(filename="gpufleet-nccl", packages=names, version=full)
     yield from pinned_apt.packages._inner(packages=dict.fromkeys(names, full), hold=True)

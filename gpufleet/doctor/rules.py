@@ -39,6 +39,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from operations.nvidia import upstream_version
+
 from gpufleet.doctor.logs import classify
 
 SEVERITIES = ("error", "warning")
@@ -192,11 +194,6 @@ def _gpus(ev: dict) -> list[dict]:
     return (gpus.get("gpus") or []) if gpus.get("status") == "ok" else []
 
 
-def _upstream(version: str | None) -> str | None:
-    """``580.95.05-1`` / ``1:580.95.05-0ubuntu1`` -> ``580.95.05``."""
-    return version.split(":")[-1].split("-")[0] if version else None
-
-
 def _crashing(c: dict) -> bool:
     return bool(c.get("restarting")) or int(c.get("restart_count") or 0) >= RESTARTS_ALARM
 
@@ -226,7 +223,7 @@ def gpu_missing(ev: dict, out: _Out) -> None:
     gpus = ev.get("gpus") or {}
     loaded = (ev.get("driver") or {}).get("loaded")
     package = ((ev.get("packages") or {}).get((ev.get("declared") or {}).get("driver_package")) or {}).get("version")
-    mismatch = loaded and _upstream(package) and _upstream(package) != (ev.get("driver") or {}).get("version")
+    mismatch = loaded and upstream_version(package) and upstream_version(package) != (ev.get("driver") or {}).get("version")
     if want and gpus.get("status") == "failed" and loaded and not mismatch:
         hung = gpus.get("exit_code") in (124, 137)
         out.find("gpu.nvidia-smi-failed", "error",
@@ -253,7 +250,7 @@ def driver(ev: dict, out: _Out) -> None:
     loaded = ev["driver"]
     package = d.get("driver_package")
     installed_full = ((ev.get("packages") or {}).get(package) or {}).get("version")
-    installed = _upstream(installed_full)
+    installed = upstream_version(installed_full)
     sb = ev.get("secure_boot") or {}
     log = ev.get("kernel_log") or []
     rejected = [line for line in log if re.search(r"key was rejected|verification failed|unsigned module|"
