@@ -36,19 +36,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from gpufleet import runtime_checks
 from gpufleet.deploy_run import Plan, planned
+from gpufleet.drift_item import DriftItem  # noqa: F401 - re-exported: reports are built from it
 
 # Uploads to these paths hold secrets: say that they differ, never show how.
 SECRET_PATH = re.compile(r"(token|secret|password|passwd|api[-_]?key|credential|\.env$)", re.IGNORECASE)
 MAX_COMMAND = 400
-
-
-@dataclass
-class DriftItem:
-    kind: str  # "plan" | "runtime" | "security" (a distribution package behind its archive's build)
-    check: str  # operation name, or runtime check name
-    cause: str
-    details: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -202,15 +196,12 @@ def check(inventory_path: str, limit=(), overrides: dict[str, Any] | None = None
 
 
 def _context(store, name: str, failures):
-    from gpufleet.runtime_checks import HostContext
-
-    return HostContext(seen=store.host(name), failures=failures)
+    return runtime_checks.HostContext(seen=store.host(name), failures=failures)
 
 
 def check_host(plan: Plan, host, ctx) -> HostDrift:
     """One host: its plan's drift, then the runtime checks; any read that did not answer makes it
     "not checked" (the findings so far are still reported)."""
-    from gpufleet import runtime_checks
     from operations.containers import planned_specs
 
     if host in plan.state.failed_hosts:  # a read gave up while deploy.py was planned

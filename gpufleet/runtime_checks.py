@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gpufleet.drift import DriftItem
+from gpufleet.drift_item import DriftItem
 from gpufleet.drift_counters import Seen
 from gpufleet.fleet import Fleet
 from gpufleet.host_reads import NotChecked, ReadFailures, read
