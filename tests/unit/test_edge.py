@@ -91,10 +91,7 @@ def test_target_check_on_a_real_targets_answer():
     assert monitoring.target_problems(up, ["a:8000"]) == []
 
 
-def test_edge_settings_defaults_and_port_clashes():
-    s = HostSettings()
-    assert (s.dcgm_exporter_port, s.gpu_monitor_port, s.prometheus_port) == (9400, 9401, 9090)
-    assert s.dcgm_exporter_image.startswith("nvcr.io/nvidia/k8s/dcgm-exporter:4.5.3-4.8.2")
+def test_edge_port_clashes():
     clash = HostSettings(lb_status_port=80)
     assert ("lb_status_port", 80, "a port not already used by lb_port") in clash.edge_consistency_problems()
     node = HostSettings(gpu_count=2, gpu_monitor_port=8000)

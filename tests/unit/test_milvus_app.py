@@ -25,15 +25,6 @@ def issues(data):
 
 # --- settings --------------------------------------------------------------------------------------
 
-def test_data_defaults_are_production_ones():
-    s = HostSettings()
-    assert s.milvus_mode == "standalone"
-    assert (s.milvus_etcd_image, s.milvus_minio_image) == ("quay.io/coreos/etcd:v3.5.25",
-                                                            "minio/minio:RELEASE.2024-05-28T17-19-04Z")
-    assert (s.milvus_port, s.milvus_health_port, s.app_port, s.app_vllm_target) == (19530, 9091, 8080, "node")
-    assert s.app_image is None and s.milvus_bind_address is None
-
-
 def test_lab_data_validates():
     assert issues({"milvus_mode": "embedded", "milvus_image": "lab-registry:5000/gpufleet-lab/milvus:2.3.5",
                    "app_image": "lab-registry:5000/gpufleet-lab/rag-app:1"}) == {}

@@ -14,12 +14,6 @@ def errors(data):
     return settings, {(i.key, i.severity): i for i in issues}
 
 
-def test_defaults_are_the_documented_ones():
-    s = HostSettings()
-    assert (s.vllm_tensor_parallel_size, s.vllm_max_model_len, s.vllm_gpu_memory_utilization) == (2, 32768, 0.80)
-    assert (s.nccl_version, s.nccl_cuda_version, s.nvidia_kernel_modules) == ("2.27.7", "12.9", "open")
-
-
 def test_valid_gpu_node_has_one_tp2_replica_and_ignores_pyinfra_keys():
     settings, issues = validate_host_data("gpu-node-01", GPU_NODE)
     assert issues == []
