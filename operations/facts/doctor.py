@@ -33,6 +33,8 @@ import shlex
 
 from pyinfra.api import FactBase
 
+from operations.containers import PREVIOUS_SUFFIX
+
 from .apt import PackageStates
 from .docker import CHECK_IN_IMAGE, DAEMON_JSON, DockerDaemonConfig
 from .gpu import QUERY_FIELDS, NvidiaDriver, NvidiaGpus, NvidiaTopology
@@ -323,6 +325,8 @@ def parse_containers(text: str) -> list[dict]:
         return []
     containers = []
     for c in raw if isinstance(raw, list) else []:
+        if (c.get("Name") or "").endswith(PREVIOUS_SUFFIX):
+            continue  # the copy a recreate keeps, stopped on purpose, for a rollback: not a replica
         state, config, hostconfig = c.get("State") or {}, c.get("Config") or {}, c.get("HostConfig") or {}
         requests = []
         for r in hostconfig.get("DeviceRequests") or []:

@@ -94,6 +94,14 @@ def test_restarting_container_is_not_running():
         False, True, 9, 1, True)
 
 
+def test_the_container_kept_for_a_rollback_is_not_judged_as_a_replica():
+    raw = json.loads((NODE / "docker-inspect-vllm.json").read_text())
+    kept = json.loads(json.dumps(raw[0]))
+    kept["Name"] = raw[0]["Name"] + ".gpufleet-previous"
+    kept["State"].update(Status="exited", Running=False, ExitCode=0)
+    assert [c["name"] for c in doctor.parse_containers(json.dumps([raw[0], kept]))] == [CONTAINER]
+
+
 def test_small_parsers():
     assert doctor.parse_docker_info(text(NODE / "docker-info.txt"))["server_version"] == "26.1.5+dfsg1"
     assert doctor.parse_docker_info([]) == {"runtimes": [], "default_runtime": None, "server_version": None}
