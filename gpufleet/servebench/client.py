@@ -5,11 +5,13 @@ tokenizer and a GPU image to run; neither is available on a control host (or in 
 CI), so gpufleet measures with this client instead. It measures what vLLM's client measures, the
 same way, from a streaming ``POST /v1/completions``:
 
-- TTFT: from sending the request to the first chunk that carries text;
-- inter-token latency (ITL): the gaps between successive text chunks (vLLM streams one chunk per
-  decode step, so a chunk is a token, or a few with speculative decoding);
+- TTFT: from sending the request to the first chunk that carries a choice;
+- inter-token latency (ITL): the gaps between successive such chunks (vLLM streams one chunk per
+  decode step, so a chunk is a token, or a few with speculative decoding). A chunk's text may be
+  empty: the detokenizer holds back the bytes of an unfinished multi-byte character (CJK, emoji,
+  or the lab's random-weight model); it is still a token arriving, as vLLM's own client counts it;
 - output tokens: ``usage.completion_tokens`` from the final chunk (``stream_options.include_usage``),
-  else the number of text chunks;
+  else the number of chunks;
 - end-to-end latency per request.
 
 Prompts are token ids (the completions API takes ``prompt`` as a list of ints), so the input
@@ -98,7 +100,7 @@ def stream_completion(url: str, model: str, prompt: list[int], max_tokens: int, 
             if chunk.get("usage"):
                 result.output_tokens = int(chunk["usage"].get("completion_tokens") or 0)
                 result.prompt_tokens = int(chunk["usage"].get("prompt_tokens") or 0)
-            if any(choice.get("text") for choice in chunk.get("choices") or []):
+            if chunk.get("choices"):
                 chunks += 1
                 if last is None:
                     result.ttft = now - started
@@ -108,7 +110,7 @@ def stream_completion(url: str, model: str, prompt: list[int], max_tokens: int, 
         result.output_tokens = result.output_tokens or chunks
         result.ok = chunks > 0
         if not result.ok:
-            result.error = "the stream carried no text"
+            result.error = "the stream carried no token"
     except (OSError, http.client.HTTPException, ValueError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     finally:

@@ -16,8 +16,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class StreamStandin:
     def __init__(self, token_s: float = 0.002, first_token_s: float = 0.01, api_key: str | None = None,
-                 fail_every: int = 0):
+                 fail_every: int = 0, empty_text: bool = False):
         self.token_s, self.first_token_s, self.api_key, self.fail_every = token_s, first_token_s, api_key, fail_every
+        # Every token's text empty, as vLLM streams while its detokenizer waits for the rest of a
+        # multi-byte character (and for most tokens of the lab's random-weight model).
+        self.empty_text = empty_text
         self.requests: list[dict] = []
         self.in_flight = self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -73,7 +76,8 @@ class StreamStandin:
                     if i:
                         time.sleep(standin.token_s)
                     chunk = {"id": "cmpl-standin", "object": "text_completion", "created": int(time.time()),
-                             "model": request["model"], "choices": [{"index": 0, "text": f" t{i}", "logprobs": None,
+                             "model": request["model"], "choices": [{"index": 0, "text": "" if standin.empty_text else f" t{i}",
+                                                                     "logprobs": None,
                                                                      "finish_reason": "length" if i == n - 1 else None,
                                                                      "stop_reason": None}], "usage": None}
                     self._chunk(f"data: {json.dumps(chunk)}\n\n")

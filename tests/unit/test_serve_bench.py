@@ -36,6 +36,12 @@ def test_one_streaming_request_is_timed_token_by_token():
     assert sent["stream_options"] == {"include_usage": True} and sent["prompt"] == list(range(100, 140))
 
 
+def test_tokens_whose_text_is_held_back_still_count_as_tokens():
+    with StreamStandin(token_s=0.005, empty_text=True) as s:
+        r = stream_completion(s.url, "qwen3-tiny", [1, 2, 3], 6)
+    assert r.ok and r.error is None and r.output_tokens == 6 and len(r.itls) == 5
+
+
 def test_a_refused_request_is_a_failure_with_its_reason():
     with StreamStandin(api_key="right") as s:
         r = stream_completion(s.url, "m", [1, 2], 4, api_key="wrong")
