@@ -289,7 +289,7 @@ class Runner:
             return False
         if node.state == DRAINING and not updated_before:  # nothing changed yet: put it back into rotation
             try:
-                steps.undrain(self.rollout, node.name, node.retiring)
+                steps.undrain(self.rollout, node.name, node.retiring, check=False)
                 steps.unlock(self.rollout, node.name)
             except Exception as exc:  # noqa: BLE001
                 why = f"{why}; undrain failed too: {exc}"
@@ -299,7 +299,7 @@ class Runner:
             self.say(f"{'':7}   {node.name:<16} rolling back: {why}")
             try:
                 steps.rollback(self.rollout, node.name, node.before)
-                steps.undrain(self.rollout, node.name, node.retiring)
+                steps.undrain(self.rollout, node.name, node.retiring, check=False)
                 steps.unlock(self.rollout, node.name)
                 self.node_state(node, ROLLED_BACK, why)
                 return False

@@ -194,12 +194,14 @@ def drain(rollout, name: str, retiring: list[str] = ()) -> None:
     return retiring
 
 
-def undrain(rollout, name: str, retiring: list[str] = ()) -> None:
+def undrain(rollout, name: str, retiring: list[str] = (), check: bool = True) -> None:
     """Put the node's replicas back on every load balancer, then check that each lb serves them.
 
     A replica new to an lb stays ``down`` (joining) until it answers ``/health`` *from that lb*:
     validation asked from the node itself, so a replica the lb cannot reach (a firewall, the
     wrong address in the inventory) would otherwise count as done while no lb sends it traffic.
+    ``check=False`` on the failure paths: a node put back unchanged (or rolled back) is undrained
+    and unlocked even when a replica new to the inventory is not serving yet.
     """
     from operations.facts.edge import NginxState
     from operations.loadbalancer import lb_options
@@ -207,7 +209,7 @@ def undrain(rollout, name: str, retiring: list[str] = ()) -> None:
     _lb_step(rollout, name, "undrain", retiring)
     fleet = _fleet(rollout)
     lbs = [lb.name for lb in fleet.load_balancers]
-    if not lbs:
+    if not lbs or not check:
         return
     replicas = [r.name for r in replicas_of(fleet.hosts[name])]
     with connected(rollout.inventory, lbs, _overrides(rollout)) as (state, _, reachable, unreachable):
@@ -230,7 +232,7 @@ def held_back(replicas: list[str], nginx: dict) -> list[str]:
     members = {m["name"]: m for m in nginx.get("members") or []}
     out = []
     for replica in replicas:
-        if replica in nginx.get("drained") or []:
+        if replica in (nginx.get("drained") or []):
             out.append(f"{replica} is still drained")
         elif replica not in members:
             out.append(f"{replica} is not in the nginx config")
@@ -290,21 +292,18 @@ def update(rollout, names: list[str]) -> dict[str, tuple[bool, str]]:
 def validate(rollout, name: str) -> tuple[bool, str]:
     """Readiness by a real completion, the loaded driver and the NCCL vLLM loads are the pins, the verify ladder.
 
-    The three read different things and change nothing, so they run at the same time (the
-    node is out of rotation while they run); a failure is reported in that order.
+    One after the other: each read opens its own pyinfra State, and pyinfra's current state
+    (``ctx_state``) is one per process, not one per greenlet, so they must not interleave.
     """
-    import gevent
-
     from gpufleet import verify
 
-    checks = [gevent.spawn(replicas_ready, rollout, name), gevent.spawn(_loaded_pins, rollout, name),
-              gevent.spawn(verify.verify, rollout.inventory, [name], _overrides(rollout))]
-    gevent.joinall(checks, raise_error=True)
-    (ready, why), (pinned, wrong), [report] = (g.value for g in checks)
+    ready, why = replicas_ready(rollout, name)
     if not ready:
         return False, why
+    pinned, wrong = _loaded_pins(rollout, name)
     if not pinned:
         return False, wrong
+    [report] = verify.verify(rollout.inventory, [name], _overrides(rollout))
     if not report.ok:
         return False, f"verify failed at {report.failed_step}"
     return True, ""

@@ -125,8 +125,8 @@ class HostSettings(VllmSettings, DataSettings, EdgeSettings, InputSettings, Roll
     vllm_image: str = "vllm/vllm-openai:v0.21.0"
     vllm_model: str = "Qwen/Qwen3-32B-AWQ"
     # The model repository's commit (40 hex digits): a branch or tag moves under a running fleet,
-    # and two nodes downloading at different times would serve different weights. None: refused
-    # for a hub model (validate), allowed for a local path (the lab's model is a directory).
+    # and two nodes downloading at different times would serve different weights. None: a warning
+    # on every validate for a hub model; a local path (the lab's model is a directory) has none.
     vllm_model_revision: str | None = None
     vllm_served_model_name: str = "qwen3-32b-awq"
     vllm_tensor_parallel_size: int = Field(2, ge=1, le=16)

@@ -92,7 +92,9 @@ def driver(version: str, packages: list[str], revision: str = "1", kernel_module
     if kernel_headers:
         wanted[f"linux-headers-{host.get_fact(KernelVersion)}"] = None
     states = host.get_fact(PackageStates, packages=sorted({**wanted, **following}))
-    install, _ = pinned_apt._plan({**wanted, **following}, states, hold=False)
+    # Only the driver (and the running kernel's headers) ship units that reload systemd; a headers
+    # meta-package does not, so it never stops a serving node.
+    install, _ = pinned_apt._plan(wanted, states, hold=False)
     if install:  # refused before the first change: a refused host keeps its old pin too
         refuse_daemon_reload_under_gpu_containers(f"installing {', '.join(install)}")
     yield from pinned_apt.preferences._inner(filename="gpufleet-nvidia-driver", packages=DRIVER_PIN_PATTERNS, version=full)

@@ -88,7 +88,9 @@ def gpu_node_findings(*, pci: dict, links: dict, secure_boot: dict, disk: dict, 
                         "reboot, confirm at the console) and set secure_boot_module_signing='mok', or turn Secure "
                         "Boot off in the firmware")
     free = disk.get("free_gib")
-    if free is None:
+    if disk.get("path") and disk.get("path") == disk.get("data_root"):
+        pass  # Docker runs here already: disk pressure is monitoring's (a rollout's new image must not refuse a drained node)
+    elif free is None:
         problems.append(f"cannot read the free disk of {disk.get('path') or 'the Docker data root'} ({disk.get('error')})")
     elif free < min_free_gib:
         problems.append(f"{free:g} GiB free on {disk['path']}, expected at least {min_free_gib:g} GiB (the next vLLM "
@@ -113,7 +115,9 @@ def gpu_node(gpu_count: int, device_id: str, min_link_width: int = 16, module_si
     + gpu_count, device_id: how many GPUs with PCI id ``10de:<device_id>`` must be on the bus (0: any)
     + min_link_width: the narrowest PCIe link a GPU may have (a 5090 at x4 quarters TP's bus)
     + module_signing: ``none`` or ``mok``; with Secure Boot on, ``none`` is refused
-    + docker_data_root, min_free_gib: free disk for the next image and copy of the weights
+    + docker_data_root, min_free_gib: on a fresh host (no Docker data root yet), free disk for the
+      image and the weights; a node that already runs Docker is not judged here (its disk is
+      monitoring's, and a rollout's freshly built image must not make preflight refuse a drained node)
     + kernel_headers: DKMS builds the module here, so the running kernel's headers must be installable
     + pci_dump_file: read GPUs and links from an ``lspci -xxx`` dump instead of the bus (the lab)
 
@@ -133,7 +137,8 @@ def gpu_node(gpu_count: int, device_id: str, min_link_width: int = 16, module_si
     problems, warnings = gpu_node_findings(
         pci=host.get_fact(NvidiaPciDevices, dump_file=pci_dump_file),
         links=host.get_fact(PcieLinks, dump_file=pci_dump_file, **sudo_arguments(host)),
-        secure_boot=host.get_fact(SecureBoot), disk=host.get_fact(FreeDisk, path=docker_data_root),
+        secure_boot=host.get_fact(SecureBoot),
+        disk={**host.get_fact(FreeDisk, path=docker_data_root), "data_root": docker_data_root},
         headers=host.get_fact(KernelHeaders) if kernel_headers else None,
         acs=host.get_fact(PcieAcs, **sudo_arguments(host)) if not pci_dump_file else {},
         gpu_count=gpu_count, device_id=device_id, min_link_width=min_link_width, module_signing=module_signing,

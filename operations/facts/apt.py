@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pyinfra.api import FactBase
 
 from operations.facts.util import quote_all, raise_on_timeout, timed_step
@@ -128,6 +130,9 @@ class KernelFlavours(FactBase):
         return kernel_flavours(output)
 
 
+RELEASE = re.compile(r"(^|-)\d+\.\d+\.\d+-\d+")  # a kernel release inside a package name
+
+
 def kernel_flavours(lines: list[str]) -> list[str]:
     """Installed ``linux-image-*`` meta-packages' flavours; release packages are left out.
 
@@ -135,13 +140,18 @@ def kernel_flavours(lines: list[str]) -> list[str]:
     ['amd64']
     >>> kernel_flavours(["linux-image-generic-hwe-24.04 ii ", "linux-image-6.8.0-49-generic ii "])
     ['generic-hwe-24.04']
+    >>> kernel_flavours(["linux-image-unsigned-6.8.0-49-generic ii ", "linux-image-extra-virtual ii "])
+    []
     """
     out = []
     for line in lines:
         name, _, status = line.strip().partition(" ")
         flavour = name.removeprefix("linux-image-")
-        # A release starts with its version (6.1.0-27-amd64); -dbg and -unsigned builds bring no kernel.
-        if name.startswith("linux-image-") and status.startswith("ii") and flavour and not flavour[0].isdigit() \
-                and not flavour.endswith(("-dbg", "-unsigned")):
-            out.append(flavour)
+        # A package that names a release (6.1.0-27-amd64, unsigned-6.8.0-49-generic) is one kernel,
+        # not the meta-package that brings the next; -dbg/-dbgsym builds and Ubuntu's old
+        # extra-* metas have no headers counterpart.
+        if not (name.startswith("linux-image-") and status.startswith("ii") and flavour) \
+                or RELEASE.search(flavour) or flavour.startswith("extra-") or flavour.endswith(("-dbg", "-dbgsym")):
+            continue
+        out.append(flavour)
     return sorted(set(out))

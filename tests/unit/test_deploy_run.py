@@ -47,3 +47,16 @@ def test_execute_without_any_change_runs_nothing(tmp_path, local_state):
     kept.rmdir()
     assert execute(plan, [host.name]) == {host.name: True}
     assert not kept.exists()
+
+
+def test_a_plan_made_without_change_checks_executes_every_operation(tmp_path):
+    state = State(Inventory((["@local"], {})), Config(), check_for_changes=False)
+    connect_all(state)
+    try:
+        made = tmp_path / "made"
+        add_op(state, files.directory, path=str(made))
+        [host] = list(state.inventory)
+        assert execute(Plan(state, fleet=None, hosts=[host]), [host.name]) == {host.name: True}
+        assert made.is_dir()  # nothing was known to be unchanged, so nothing was skipped
+    finally:
+        disconnect_all(state)

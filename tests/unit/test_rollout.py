@@ -144,7 +144,8 @@ class FakeSteps:
         self._do("drain", name)
         assert list(retiring) == [f"{name}-vllm-old"]  # drained with the node
 
-    def undrain(self, rollout, name, retiring=()):
+    def undrain(self, rollout, name, retiring=(), check=True):
+        self.undrain_checked = getattr(self, "undrain_checked", []) + [(name, check)]
         self._do("undrain", name)
         self.undrained_retiring = list(retiring)
 
@@ -207,6 +208,7 @@ def test_a_failed_canary_is_rolled_back_undrained_and_stops_the_rollout(tmp_path
     assert _run(r, fake, monkeypatch) == 2
     assert r.nodes["n1"].state == "rolled-back" and r.nodes["n2"].state == "pending"
     assert ("rollback", "n1") in fake.calls and ("undrain", "n1") in fake.calls
+    assert fake.undrain_checked == [("n1", False)]  # rolled back: put back, not judged
     assert not any(c[1] == "n2" for c in fake.calls)
     assert last_unfinished("inventory/lab.py").id == "r-test"  # --resume finds it
 
@@ -238,6 +240,8 @@ def test_a_drain_that_times_out_puts_the_node_back_unchanged(tmp_path, monkeypat
     assert _run(r, fake, monkeypatch) == 2
     assert r.nodes["n1"].state == "failed"
     assert ("update", ("n1",)) not in fake.calls and ("undrain", "n1") in fake.calls
+    # Put back unchanged: undrained and unlocked without asking the lbs to serve what is not there yet.
+    assert fake.undrain_checked == [("n1", False)] and ("unlock", "n1") in fake.calls
 
 
 def test_resume_skips_done_nodes(tmp_path, monkeypatch):
