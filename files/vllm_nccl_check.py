@@ -17,6 +17,13 @@ that is the one vLLM gets). On a torch without CUDA (the lab's CPU image) vLLM w
 the check then loads the wheel's own library (nvidia/nccl/lib/libnccl.so.2) and says so in
 "method". Only when no library can be loaded does it fall back to the wheel's metadata version.
 Every NCCL since 2.9 encodes its version as major*10000 + minor*100 + patch.
+
+``--running`` (run with ``docker exec`` in a serving container, as the rollout's validation and
+the NCCL fact do) asks the running engine instead of a new process: the ``libnccl`` some process
+of the container has mapped (a CUDA torch maps the wheel's library from its import on), read
+with ``ncclGetVersion`` and without importing torch or vLLM (a new Python importing torch costs
+seconds on the path a rollout measures). When no process maps one, it falls back to the full
+check above and says so in "notes".
 """
 
 from __future__ import annotations
@@ -47,6 +54,49 @@ def loaded_path(soname_fragment: str) -> str | None:
     except OSError:
         pass
     return None
+
+
+def engine_library(proc: str = "/proc") -> tuple[str, int] | None:
+    """``(library, pid)``: the ``libnccl`` the lowest-numbered other process has mapped, or None.
+
+    >>> engine_library("/nonexistent") is None
+    True
+    """
+    try:
+        pids = sorted(int(p) for p in os.listdir(proc) if p.isdigit())
+    except OSError:
+        return None
+    for pid in pids:
+        if pid == os.getpid():
+            continue
+        try:
+            with open(os.path.join(proc, str(pid), "maps")) as maps:
+                for line in maps:
+                    fields = line.split()
+                    if len(fields) >= 6 and os.path.basename(fields[-1]).startswith("libnccl.so"):
+                        return fields[-1], pid
+        except OSError:
+            continue  # the process ended, or is not ours to read
+    return None
+
+
+def running_check(expect_nccl: str | None, proc: str = "/proc") -> dict | None:
+    """The NCCL the running engine loaded (see ``--running``); None when no process maps one."""
+    found = engine_library(proc)
+    if found is None:
+        return None
+    library, pid = found
+    report: dict = {"nccl_version": None, "method": f"mapped by the running engine (pid {pid})",
+                    "library": library, "notes": [], "problems": []}
+    try:
+        report["nccl_version"] = nccl_version_of(library)
+    except Exception as exc:  # noqa: BLE001 - report, do not crash
+        report["notes"].append(f"loading {library}: {exc}")
+    if expect_nccl and report["nccl_version"] != expect_nccl:
+        report["problems"].append(f"NCCL {report['nccl_version'] or 'not readable'} (via {report['method']}); "
+                                  f"the pin is {expect_nccl}")
+    report["ok"] = not report["problems"]
+    return report
 
 
 def nccl_version_of(library: str) -> str:
@@ -160,8 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--expect-nccl", help="fail unless vLLM's NCCL is this version (e.g. 2.27.7)")
     parser.add_argument("--require-arch", help="fail unless a CUDA torch lists this arch (e.g. sm_120)")
+    parser.add_argument("--running", action="store_true",
+                        help="the NCCL the container's running engine has mapped (falls back to the full check)")
     args = parser.parse_args(argv)
-    report = check(args.expect_nccl, args.require_arch)
+    report = running_check(args.expect_nccl) if args.running else None
+    if report is None:
+        report = check(args.expect_nccl, args.require_arch)
+        if args.running:
+            report["notes"].append("no process of this container maps libnccl: checked what vLLM would load")
     print(json.dumps(report, indent=2))
     for problem in report["problems"]:
         print(f"vllm_nccl_check: {problem}", file=sys.stderr)

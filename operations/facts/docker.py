@@ -207,8 +207,9 @@ class ManagedContainers(FactBase):
 class VllmNcclVersions(FactBase):
     """The NCCL version each running vLLM container loads, read inside the container.
 
-    Runs the image's own check (files/vllm_nccl_check.py, which finds the library the way vLLM
-    does) in every running gpufleet container named ``vllm-*``.
+    Runs the image's own check (files/vllm_nccl_check.py ``--running``: the library the engine's
+    processes have mapped, without importing torch; the full check when none maps one) in every
+    running gpufleet container named ``vllm-*``.
 
     .. code:: python
 
@@ -222,10 +223,13 @@ class VllmNcclVersions(FactBase):
         "docker",
         f"for c in $(docker ps -q --filter label={SPEC_LABEL} --filter name=^vllm-); do "
         "n=$(docker inspect --format '{{.Name}}' \"$c\"); "
-        f"v=$(docker exec \"$c\" python3 {CHECK_IN_IMAGE} 2>/dev/null | "
+        f"out=$(docker exec \"$c\" python3 {CHECK_IN_IMAGE} --running 2>/dev/null); "
+        # An image built before --running existed prints only its usage (on stderr): the full check.
+        f"[ -n \"$out\" ] || out=$(docker exec \"$c\" python3 {CHECK_IN_IMAGE} 2>/dev/null); "
+        "v=$(printf '%s' \"$out\" | "
         "python3 -c 'import json,sys; print(json.load(sys.stdin).get(\"nccl_version\") or \"\")' 2>/dev/null); "
         "echo \"nccl|${n#/}|$v\"; done",
-        limit=240,  # imports torch in each running replica
+        limit=240,  # the fallback imports torch in each running replica
     )
 
     @staticmethod

@@ -52,6 +52,41 @@ def test_check_without_nccl_fails_with_a_reason(capsys):
     assert any("2.27.7" in p for p in report["problems"])
 
 
+def _proc(tmp_path, maps: dict[int, str]):
+    for pid, text in maps.items():
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "maps").write_text(text)
+    (tmp_path / "self").mkdir()  # not a pid: never read
+    return str(tmp_path)
+
+
+MAPS_LINE = "7f1c2a000000-7f1c2b000000 r-xp 00000000 00:2f 1311 {}\n"
+
+
+def test_running_engine_library_is_the_first_process_mapping_libnccl(tmp_path):
+    wheel = "/opt/vllm/lib/python3.11/site-packages/nvidia/nccl/lib/libnccl.so.2"
+    proc = _proc(tmp_path, {1: MAPS_LINE.format("/usr/lib/libc.so.6"), 25: MAPS_LINE.format(wheel),
+                            36: MAPS_LINE.format("/usr/lib/x86_64-linux-gnu/libnccl.so.2.19.3")})
+    assert _check_module().engine_library(proc) == (wheel, 25)
+
+
+def test_running_check_falls_back_when_no_process_maps_nccl(tmp_path, capsys):
+    module = _check_module()
+    proc = _proc(tmp_path, {1: MAPS_LINE.format("/usr/lib/libc.so.6"), 2: ""})
+    assert module.engine_library(proc) is None and module.running_check("2.27.7", proc) is None
+    # main() on this machine (no engine maps NCCL) runs the full check and says why.
+    rc = module.main(["--running", "--expect-nccl", "2.27.7"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 1 and any("no process of this container maps libnccl" in n for n in report["notes"])
+
+
+def test_running_check_reports_an_unreadable_library_against_the_pin(tmp_path):
+    proc = _proc(tmp_path, {7: MAPS_LINE.format(str(tmp_path / "libnccl.so.2"))})  # no such file to load
+    report = _check_module().running_check("2.27.7", proc)
+    assert report["method"] == "mapped by the running engine (pid 7)" and report["nccl_version"] is None
+    assert not report["ok"] and "the pin is 2.27.7" in report["problems"][0]
+
+
 # ----------------------------------------------------------------------------- image --------------
 def test_image_tag_follows_every_input():
     base = vllm.image_tag("vllm/vllm-openai:v0.11.0", "2.27.7")
