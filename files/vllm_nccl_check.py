@@ -206,14 +206,14 @@ def check(expect_nccl: str | None, require_arch: str | None) -> dict:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, proc: str = "/proc") -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--expect-nccl", help="fail unless vLLM's NCCL is this version (e.g. 2.27.7)")
     parser.add_argument("--require-arch", help="fail unless a CUDA torch lists this arch (e.g. sm_120)")
     parser.add_argument("--running", action="store_true",
                         help="the NCCL the container's running engine has mapped (falls back to the full check)")
     args = parser.parse_args(argv)
-    report = running_check(args.expect_nccl) if args.running else None
+    report = running_check(args.expect_nccl, proc) if args.running else None
     if report is None:
         report = check(args.expect_nccl, args.require_arch)
         if args.running:

@@ -74,8 +74,8 @@ def test_running_check_falls_back_when_no_process_maps_nccl(tmp_path, capsys):
     module = _check_module()
     proc = _proc(tmp_path, {1: MAPS_LINE.format("/usr/lib/libc.so.6"), 2: ""})
     assert module.engine_library(proc) is None and module.running_check("2.27.7", proc) is None
-    # main() on this machine (no engine maps NCCL) runs the full check and says why.
-    rc = module.main(["--running", "--expect-nccl", "2.27.7"])
+    # main() then runs the full check (this venv has no NCCL: it fails) and says why.
+    rc = module.main(["--running", "--expect-nccl", "2.27.7"], proc=proc)
     report = json.loads(capsys.readouterr().out)
     assert rc == 1 and any("no process of this container maps libnccl" in n for n in report["notes"])
 
