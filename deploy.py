@@ -14,10 +14,12 @@ from gpufleet.deploying import fleet_for, host_settings
 from gpufleet.fleet import replicas_of
 from operations import (app, distro_packages, docker_daemon, loadbalancer, milvus, monitoring, nvidia, pinned_apt,
                         preflight, vllm)
+from operations.fact_prefetch import prefetch_facts
 from operations.serving_gate import REPLICAS, ServingGate
 
 fleet = fleet_for(inventory)
 settings = host_settings(fleet, host)
+prefetch_facts()  # the facts this host's last plans asked, in one round trip (operations/fact_prefetch.py)
 
 # --- every host -----------------------------------------------------------------------------------
 preflight.supported_os(name="Preflight: supported OS", supported=settings.supported_os)

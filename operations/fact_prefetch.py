@@ -1,0 +1,204 @@
+"""Read the facts a host's plan will ask for in one round trip, before deploy.py asks them.
+
+pyinfra 3 reads every fact with a command of its own over SSH and keeps no cache: a GPU node's
+plan asks about 60 facts, one after the other, ~50 ms each on a LAN (3 s of every deploy, drift
+check and rollout step). A host's plan asks the same facts run after run, so the control host
+remembers, per host, which facts (class and arguments) its plans asked, and the next plan runs
+all their commands in one shell command before deploy.py starts. While pyinfra *prepares* the
+deploy, ``host.get_fact`` answers from those outputs; anything else reads as pyinfra does:
+
+* at execution (pyinfra re-reads facts there, after earlier operations changed the host);
+* a fact not prefetched (new in deploy.py, or its arguments changed: a new image tag), which is
+  then remembered for the next plan;
+* a prefetched command that failed, printed pyinfra's "command missing" marker, or ran with other
+  privileges than the fact now asks for (``_sudo``...): read again, so errors are pyinfra's own;
+* facts with preconditions and short facts.
+
+Facts not asked for ``FORGET_AFTER_DAYS`` are dropped from the list. The list lives in
+``$GPUFLEET_CACHE_DIR`` (default ``~/.cache/gpufleet``) ``/fact-reads/<host>.json``; deleting it
+only makes the next plan slower.
+
+Uses pyinfra's fact-command helpers (``_handle_fact_kwargs``, ``_make_command``): pyinfra is
+pinned exactly (pyproject.toml), and tests/unit/test_fact_prefetch.py compares every answer
+with pyinfra's own read.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from pyinfra import host as current_host
+from pyinfra import state as current_state
+from pyinfra.api import FactBase, StringCommand
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
+from pyinfra.api.facts import _MISSING_COMMAND_MARKER, _handle_fact_kwargs, _make_command
+from pyinfra.api.state import StateStage
+
+FORGET_AFTER_DAYS = 7
+# Arguments that change what a fact's command sees; the others (timeouts, retries) do not.
+_PRIVILEGE_KEYS = ("_sudo", "_sudo_user", "_use_sudo_login", "_preserve_sudo_env", "_su_user", "_use_su_login",
+                   "_preserve_su_env", "_su_shell", "_doas", "_doas_user", "_dzdo", "_dzdo_user",
+                   "_shell_executable", "_chdir", "_env")
+
+
+def cache_file(host_name: str) -> Path:
+    root = Path(os.environ.get("GPUFLEET_CACHE_DIR") or Path.home() / ".cache" / "gpufleet")
+    return root / "fact-reads" / f"{host_name}.json"
+
+
+def prefetch_facts() -> int:
+    """Prefetch the current host's remembered facts for this plan; how many were read.
+
+    Call it at the top of deploy.py (pyinfra's Prepare stage, once per host). Example::
+
+        from operations.fact_prefetch import prefetch_facts
+        prefetch_facts()
+    """
+    state, host = current_state._get_module(), current_host._get_module()
+    if state.current_stage != StateStage.Prepare or isinstance(host.__dict__.get("get_fact"), _PrefetchedFacts):
+        return 0
+    facts = _PrefetchedFacts(state, host)
+    host.get_fact = facts  # an instance attribute: this Host only, this State only
+    return facts.read()
+
+
+def _fact_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _key(name: str, fact_kwargs: dict[str, Any]) -> str:
+    return json.dumps([name, fact_kwargs], sort_keys=True, default=str)
+
+
+def _privileges(global_kwargs: dict[str, Any]) -> str:
+    return json.dumps({k: global_kwargs.get(k) for k in _PRIVILEGE_KEYS}, sort_keys=True, default=str)
+
+
+class _PrefetchedFacts:
+    """``host.get_fact`` for one plan: prefetched answers while preparing, pyinfra's reads otherwise."""
+
+    def __init__(self, state, host):
+        self.state, self.host = state, host
+        self.read_fact = type(host).get_fact.__get__(host)  # pyinfra's own
+        self.path = cache_file(host.name)
+        self.remembered = self._load()
+        self.answers: dict[str, tuple[str, int, list[str]]] = {}  # key -> (privileges, exit code, stdout)
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        try:
+            entries = json.loads(self.path.read_text())["facts"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+        oldest = (datetime.date.today() - datetime.timedelta(days=FORGET_AFTER_DAYS)).isoformat()
+        return {_key(e["fact"], e["kwargs"]): e for e in entries if isinstance(e, dict) and e.get("asked", "") >= oldest}
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"facts": sorted(self.remembered.values(), key=lambda e: _key(e["fact"], e["kwargs"]))},
+                                  indent=1) + "\n")
+        os.replace(tmp, self.path)
+
+    # ------------------------------------------------------------------ one round trip -----------
+    def read(self) -> int:
+        groups: dict[str, list[tuple[str, Any, dict[str, Any]]]] = {}
+        for key, entry in self.remembered.items():
+            try:
+                cls = getattr(importlib.import_module(entry["fact"].rsplit(".", 1)[0]), entry["fact"].rsplit(".", 1)[1])
+            except (ImportError, AttributeError, ValueError):
+                continue  # a fact class that no longer exists
+            if not _prefetchable(cls):
+                continue
+            fact_kwargs, global_kwargs = _fact_kwargs(self.state, self.host, cls, [], dict(entry["kwargs"]))
+            command = _fact_command(cls(), dict(fact_kwargs))
+            if command is not None:
+                groups.setdefault(_privileges(global_kwargs), []).append((key, command, global_kwargs))
+        for privileges, items in groups.items():
+            self._run(privileges, items)
+        return len(self.answers)
+
+    def _run(self, privileges: str, items: list) -> None:
+        mark = f"__gpufleet_fact_{secrets.token_hex(4)}"
+        parts: list[Any] = []
+        for i, (_, command, _) in enumerate(items):
+            parts += ["echo", f"{mark}:{i};", "(", command, ")", "2>/dev/null;", "echo", f'"{mark}:rc:$?";']
+        executor_kwargs = {k: v for k, v in items[0][2].items() if k in CONNECTOR_ARGUMENT_KEYS}
+        try:
+            ok, output = self.host.run_shell_command(StringCommand(*parts), print_output=False, print_input=False,
+                                                     **executor_kwargs)
+        except Exception:  # noqa: BLE001 - a failed prefetch only means the facts are read one by one
+            return
+        if not ok:
+            return
+        current, lines = None, []
+        for line in output.stdout_lines:
+            if line.startswith(f"{mark}:rc:") and current is not None:
+                self.answers[items[current][0]] = (privileges, int(line.rsplit(":", 1)[1] or 1), lines)
+                current, lines = None, []
+            elif line.startswith(f"{mark}:"):
+                current, lines = int(line.rsplit(":", 1)[1]), []
+            elif current is not None:
+                lines.append(line)
+
+    # ------------------------------------------------------------------ host.get_fact ------------
+    def __call__(self, cls, *args, **kwargs):
+        if self.state.current_stage != StateStage.Prepare or not _prefetchable(cls):
+            return self.read_fact(cls, *args, **kwargs)
+        fact_kwargs, global_kwargs = _fact_kwargs(self.state, self.host, cls, args, kwargs)
+        key = _key(_fact_name(cls), fact_kwargs)
+        self._remember(key, _fact_name(cls), fact_kwargs)
+        answer = self.answers.get(key)
+        if answer is not None:
+            privileges, rc, lines = answer
+            if rc == 0 and privileges == _privileges(global_kwargs) and lines != [_MISSING_COMMAND_MARKER]:
+                fact = cls()
+                try:
+                    _make_command(fact.command, dict(fact_kwargs))  # some facts keep their arguments for process()
+                    return fact.process(lines) if lines else fact.default()
+                except Exception:  # noqa: BLE001 - pyinfra's own read reports it properly
+                    pass
+        return self.read_fact(cls, *args, **kwargs)
+
+    def _remember(self, key: str, name: str, fact_kwargs: dict[str, Any]) -> None:
+        today = datetime.date.today().isoformat()
+        if self.remembered.get(key, {}).get("asked") == today:
+            return
+        try:
+            json.dumps(fact_kwargs)
+        except TypeError:
+            return  # arguments that do not survive a round trip through JSON are not remembered
+        self.remembered[key] = {"fact": name, "kwargs": fact_kwargs, "asked": today}
+        try:
+            self._save()
+        except OSError:
+            pass  # a read-only home only costs speed
+
+
+def _fact_kwargs(state, host, cls, args, kwargs) -> tuple[dict[str, Any], dict[str, Any]]:
+    """pyinfra's ``(fact arguments, global arguments)`` for a read, without the ``self`` it binds."""
+    fact_kwargs, global_kwargs = _handle_fact_kwargs(state, host, cls, args, kwargs)
+    return {k: v for k, v in fact_kwargs.items() if k != "self"}, global_kwargs
+
+
+def _prefetchable(cls) -> bool:
+    # ShortFactBase is not a FactBase: short facts read their base fact through pyinfra directly.
+    return (isinstance(cls, type) and issubclass(cls, FactBase)
+            and cls.check_preconditions is FactBase.check_preconditions)
+
+
+def _fact_command(fact: FactBase, fact_kwargs: dict[str, Any]):
+    """The command pyinfra's ``_get_fact`` would run for it (with its missing-command guard)."""
+    command = _make_command(fact.command, dict(fact_kwargs))
+    requires = _make_command(fact.requires_command, dict(fact_kwargs))
+    if not command:
+        return None
+    if requires:
+        return StringCommand("if", "command", "-v", requires, ">/dev/null", "2>&1;", "then", "(", command, ");",
+                             "else", "echo", f"'{_MISSING_COMMAND_MARKER}';", "fi")
+    return command

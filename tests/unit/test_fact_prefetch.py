@@ -1,0 +1,110 @@
+"""operations/fact_prefetch.py against pyinfra's own fact reads on this machine (@local)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+import pytest
+from pyinfra.api import Config, Inventory, State
+from pyinfra.api.connect import connect_all, disconnect_all
+from pyinfra.api.state import StateStage
+from pyinfra.context import ctx_host, ctx_state
+from pyinfra.facts.files import Directory, File, FileContents, Sha1File
+from pyinfra.facts.server import Command
+
+from operations import fact_prefetch
+
+
+@pytest.fixture
+def preparing(tmp_path, monkeypatch):
+    """A real pyinfra State on @local in its Prepare stage, with the cache in tmp_path."""
+    monkeypatch.setenv("GPUFLEET_CACHE_DIR", str(tmp_path / "cache"))
+    state = State(Inventory((["@local"], {})), Config())
+    connect_all(state)
+    state.set_stage(StateStage.Prepare)
+    [host] = list(state.inventory)
+    with ctx_state.use(state), ctx_host.use(host):
+        yield state, host
+    disconnect_all(state)
+
+
+def _remember(host, *facts):
+    path = fact_prefetch.cache_file(host.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    today = datetime.date.today().isoformat()
+    path.write_text(json.dumps({"facts": [{"fact": f"{cls.__module__}.{cls.__qualname__}", "kwargs": kwargs,
+                                           "asked": asked or today} for cls, kwargs, asked in facts]}))
+    return path
+
+
+def _count_commands(host, monkeypatch):
+    runs = []
+    real = host.run_shell_command
+
+    def counted(command, **kwargs):
+        runs.append(command)
+        return real(command, **kwargs)
+
+    monkeypatch.setattr(host, "run_shell_command", counted)
+    return runs
+
+
+def test_prefetched_answers_are_pyinfras_and_cost_one_round_trip(preparing, tmp_path, monkeypatch):
+    state, host = preparing
+    text = tmp_path / "a file"  # a space: every command quotes its path
+    text.write_text("one\ntwo\n")
+    asked = [(File, {"path": str(text)}), (Sha1File, {"path": str(text)}), (FileContents, {"path": str(text)}),
+             (Directory, {"path": str(tmp_path)}), (File, {"path": str(tmp_path / "missing")}),
+             (Sha1File, {"path": str(tmp_path / "missing")})]
+    _remember(host, *[(cls, kwargs, None) for cls, kwargs in asked])
+    runs = _count_commands(host, monkeypatch)
+
+    assert fact_prefetch.prefetch_facts() == len(asked)
+    assert len(runs) == 1
+    prefetched = [host.get_fact(cls, **kwargs) for cls, kwargs in asked]
+    assert len(runs) == 1  # every answer came from the one command
+    own = [type(host).get_fact(host, cls, **kwargs) for cls, kwargs in asked]
+    assert prefetched == own
+    assert prefetched[2] == ["one", "two"] and prefetched[4] is None and prefetched[5] is None
+
+
+def test_what_was_not_prefetched_or_failed_is_read_by_pyinfra_and_remembered(preparing, tmp_path, monkeypatch):
+    state, host = preparing
+    path = _remember(host, (Command, {"command": "echo partial; exit 3"}, None))
+    fact_prefetch.prefetch_facts()
+    runs = _count_commands(host, monkeypatch)
+
+    # The failed command is read again by pyinfra (its error handling, not ours)...
+    assert host.get_fact(Command, command="echo partial; exit 3", _ignore_errors=True) is None
+    # ... and a fact new to the list is read, then remembered for the next plan.
+    assert host.get_fact(Directory, path=str(tmp_path)) is not None
+    assert len(runs) == 2
+    remembered = {(e["fact"], json.dumps(e["kwargs"])) for e in json.loads(path.read_text())["facts"]}
+    assert ("pyinfra.facts.files.Directory", json.dumps({"path": str(tmp_path)})) in remembered
+
+
+def test_execution_reads_again(preparing, tmp_path, monkeypatch):
+    state, host = preparing
+    target = tmp_path / "f"
+    target.write_text("before\n")
+    _remember(host, (FileContents, {"path": str(target)}, None))
+    fact_prefetch.prefetch_facts()
+    target.write_text("after\n")
+    assert host.get_fact(FileContents, path=str(target)) == ["before"]  # the plan's moment
+    state.set_stage(StateStage.Execute)
+    assert host.get_fact(FileContents, path=str(target)) == ["after"]  # pyinfra re-reads at execution
+
+
+def test_facts_not_asked_for_a_week_are_forgotten(preparing, tmp_path, monkeypatch):
+    state, host = preparing
+    old = (datetime.date.today() - datetime.timedelta(days=fact_prefetch.FORGET_AFTER_DAYS + 1)).isoformat()
+    _remember(host, (Directory, {"path": str(tmp_path)}, old), (File, {"path": str(tmp_path / "x")}, None))
+    assert fact_prefetch.prefetch_facts() == 1
+
+
+def test_outside_prepare_nothing_is_installed(preparing):
+    state, host = preparing
+    state.set_stage(StateStage.Execute)
+    assert fact_prefetch.prefetch_facts() == 0
+    assert "get_fact" not in host.__dict__
