@@ -85,33 +85,11 @@ if "gpu_nodes" in host.groups:
 
     nvidia.nccl(name="NCCL pin on the host", version=settings.nccl_version, cuda_version=settings.nccl_cuda_version)
 
-    # --- serving: vLLM replicas, Milvus, the RAG app ------------------------------------------
+    # --- serving: Milvus and the RAG app, then the vLLM replicas ---------------------------------
     node = fleet.hosts[host.name]
-    vllm.image(name="vLLM image (NCCL pinned inside)", **vllm_image_args(settings))
-    vllm_tag = vllm.image_tag(settings.vllm_image, settings.nccl_version, settings.pip_install_args)
-    # First: a removed replica frees its GPUs and port for the ones below.
-    retired = vllm.retire_replicas(name="vLLM replicas removed from the inventory",
-                                   keep=[f"vllm-{r.name}" for r in replicas_of(node)],
-                                   stop_timeout=settings.vllm_stop_timeout_effective())
-    gate.check(retired, "vLLM replicas removed from the inventory (stop and remove)", kind=REPLICAS)
-    for r in host.loop(replicas_of(node)):
-        replica = vllm.replica(
-            name=f"vLLM replica {r.name}", container=f"vllm-{r.name}", image=vllm_tag, model=settings.vllm_model,
-            served_model_name=settings.vllm_served_model_name, port=r.port, gpus=r.gpus,
-            bind_address=settings.vllm_bind_address or r.address,
-            tensor_parallel_size=settings.vllm_tensor_parallel_size, max_model_len=settings.vllm_max_model_len,
-            gpu_memory_utilization=settings.vllm_gpu_memory_utilization, quantization=settings.vllm_quantization,
-            extra_args=settings.vllm_extra_args, revision=settings.vllm_model_revision, env=settings.vllm_env,
-            shm_size=settings.vllm_shm_size,
-            hf_cache_dir=settings.vllm_hf_cache_dir, hf_token_file=settings.vllm_hf_token_file,
-            api_key_file=settings.vllm_api_key_file, shutdown_timeout=settings.vllm_shutdown_timeout,
-            stop_timeout=settings.vllm_stop_timeout_effective(), restart=settings.vllm_restart_policy)
-        gate.check(replica, f"vLLM replica {r.name} (recreate)", kind=REPLICAS)
-        vllm.ready(name=f"vLLM replica {r.name} ready", container=f"vllm-{r.name}",
-                   url=f"http://{r.address}:{r.port}", served_model_name=settings.vllm_served_model_name,
-                   timeout=settings.vllm_ready_timeout, api_key=settings.vllm_api_key_file is not None,
-                   _if=replica.did_change)
-
+    # The data tier first: it does not need the replicas (the app asks vLLM per query), and a
+    # rollout that recreates a replica then ends its drained node's deploy when the replica is
+    # ready, instead of re-reading the data tier's state while the node is out of rotation.
     milvus_address = settings.milvus_bind_address or node.address
     milvus.standalone(name=f"Milvus ({settings.milvus_mode})", mode=settings.milvus_mode,
                       image=settings.milvus_image, address=milvus_address, port=settings.milvus_port,
@@ -136,6 +114,31 @@ if "gpu_nodes" in host.groups:
                       api_key_file=settings.vllm_api_key_file)
         app.ready(name="RAG app healthy (/health)", address=app_address, port=settings.app_port,
                   timeout=settings.app_ready_timeout_s)
+
+    vllm.image(name="vLLM image (NCCL pinned inside)", **vllm_image_args(settings))
+    vllm_tag = vllm.image_tag(settings.vllm_image, settings.nccl_version, settings.pip_install_args)
+    # First: a removed replica frees its GPUs and port for the ones below.
+    retired = vllm.retire_replicas(name="vLLM replicas removed from the inventory",
+                                   keep=[f"vllm-{r.name}" for r in replicas_of(node)],
+                                   stop_timeout=settings.vllm_stop_timeout_effective())
+    gate.check(retired, "vLLM replicas removed from the inventory (stop and remove)", kind=REPLICAS)
+    for r in host.loop(replicas_of(node)):
+        replica = vllm.replica(
+            name=f"vLLM replica {r.name}", container=f"vllm-{r.name}", image=vllm_tag, model=settings.vllm_model,
+            served_model_name=settings.vllm_served_model_name, port=r.port, gpus=r.gpus,
+            bind_address=settings.vllm_bind_address or r.address,
+            tensor_parallel_size=settings.vllm_tensor_parallel_size, max_model_len=settings.vllm_max_model_len,
+            gpu_memory_utilization=settings.vllm_gpu_memory_utilization, quantization=settings.vllm_quantization,
+            extra_args=settings.vllm_extra_args, revision=settings.vllm_model_revision, env=settings.vllm_env,
+            shm_size=settings.vllm_shm_size,
+            hf_cache_dir=settings.vllm_hf_cache_dir, hf_token_file=settings.vllm_hf_token_file,
+            api_key_file=settings.vllm_api_key_file, shutdown_timeout=settings.vllm_shutdown_timeout,
+            stop_timeout=settings.vllm_stop_timeout_effective(), restart=settings.vllm_restart_policy)
+        gate.check(replica, f"vLLM replica {r.name} (recreate)", kind=REPLICAS)
+        vllm.ready(name=f"vLLM replica {r.name} ready", container=f"vllm-{r.name}",
+                   url=f"http://{r.address}:{r.port}", served_model_name=settings.vllm_served_model_name,
+                   timeout=settings.vllm_ready_timeout, api_key=settings.vllm_api_key_file is not None,
+                   _if=replica.did_change)
 
 # --- load balancers: nginx over every replica in the inventory, Prometheus over every target ------
 if "lb" in host.groups:

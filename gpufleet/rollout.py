@@ -250,14 +250,14 @@ class Runner:
     def _prepare_node(self, node: NodeRollout, steps) -> bool:
         """lock -> draining -> updating (GPU containers stopped for a GPU-stack change)."""
         r = self.rollout
-        steps.lock(r, node.name, DRAINING)
+        running = steps.lock(r, node.name, DRAINING)  # and what the node runs, read in the same session
+        if not node.before:  # on --resume, keep what was there before the first attempt
+            node.before = running["before"]
         if node.disruptive:
             # Recorded before anything is drained: a failure from here on undrains them too.
-            node.retiring = sorted(set(node.retiring) | set(steps.retiring_replicas(r, node.name)))
+            node.retiring = sorted(set(node.retiring) | set(running["retiring"]))
             self.node_state(node, DRAINING)
             steps.drain(r, node.name, node.retiring)
-        if not node.before:  # on --resume, keep what was there before the first attempt
-            node.before = steps.container_ids(r, node.name)
         self.node_state(node, UPDATING)
         if node.kind == GPU_STACK:  # a new driver or a daemon-reload takes the GPUs from running containers
             steps.stop_gpu_containers(r, node.name)
@@ -270,11 +270,10 @@ class Runner:
         valid, why = steps.validate(r, node.name)
         if not valid:
             return self.fail(node, why, steps)
-        steps.forget_previous(r, node.name)
         if node.disruptive:
             self.node_state(node, UNDRAINING)
             steps.undrain(r, node.name, node.retiring)
-        steps.unlock(r, node.name)
+        steps.unlock(r, node.name, forget_previous=True)  # validated: the rollback's containers can go
         self.node_state(node, DONE)
         return True
 

@@ -126,16 +126,27 @@ def prepare(rollout, nodes: list[str]) -> dict[str, str | None]:
 
 # ------------------------------------------------------------------------------ lock -------------
 
-def lock(rollout, name: str, state: str) -> None:
-    with _on_node(rollout, name) as (host, _):
+def lock(rollout, name: str, state: str) -> dict[str, Any]:
+    """Take the node's lock, and read in the same session what it runs before anything changes:
+    ``{"retiring": replicas the inventory no longer names, "before": {container: id}}``."""
+    with _on_node(rollout, name) as (host, fleet):
         try:
             node_lock.acquire(host, rollout.id, rollout.holder, rollout.since, state)
         except node_lock.LockHeld as exc:
             raise StepError(str(exc)) from None
+        return {"retiring": _retiring_on(host, fleet.hosts[name]), "before": _container_ids_on(host, fleet.hosts[name])}
 
 
-def unlock(rollout, name: str) -> None:
-    with _on_node(rollout, name) as (host, _):
+def unlock(rollout, name: str, forget_previous: bool = False) -> None:
+    """Release the node's lock; ``forget_previous`` after a validated update: the containers kept
+    for a rollback (``.gpufleet-previous``) are not needed any more, nor their images' disk."""
+    from operations.containers import previous_name
+
+    with _on_node(rollout, name) as (host, fleet):
+        if forget_previous:
+            names = [previous_name(f"vllm-{r.name}") for r in replicas_of(fleet.hosts[name])]
+            shell(host, "docker rm -f " + " ".join(shlex.quote(n) for n in names) + " >/dev/null 2>&1; true",
+                  **sudo_arguments(host))
         node_lock.release(host, rollout.id)
 
 
@@ -165,20 +176,18 @@ def _lb_step(rollout, name: str, op_name: str, retiring: list[str] = ()) -> None
             raise StepError(f"{op_name} {replica}: " + "; ".join(f"{lb}: {why}" for lb, why in failed.items()))
 
 
-def retiring_replicas(rollout, name: str) -> list[str]:
+def _retiring_on(host, node) -> list[str]:
     """Replicas whose containers run on the node but which the inventory no longer names."""
     from operations.facts.rollout import ReplicaContainers
 
-    declared = {f"vllm-{r.name}" for r in replicas_of(_fleet(rollout).hosts[name])}
-    with _on_node(rollout, name) as (host, _):
-        present = host.get_fact(ReplicaContainers)
-    return [c.removeprefix("vllm-") for c in present if c not in declared]
+    declared = {f"vllm-{r.name}" for r in replicas_of(node)}
+    return [c.removeprefix("vllm-") for c in host.get_fact(ReplicaContainers) if c not in declared]
 
 
 def drain(rollout, name: str, retiring: list[str] = ()) -> None:
     """Mark the node's replicas down on every load balancer, then wait until nothing is in flight.
 
-    ``retiring`` (:func:`retiring_replicas`) are drained too, where an lb has them; undrain them
+    ``retiring`` (what :func:`lock` found) are drained too, where an lb has them; undrain them
     with the others once the update removed them, which drops them from the lb config. Their
     requests in flight get vLLM's graceful shutdown (``docker stop -t``) when they are retired.
     """
@@ -328,25 +337,13 @@ def _loaded_pins(rollout, name: str) -> tuple[bool, str]:
 
 # ------------------------------------------------------------------------------ rollback ---------
 
-def container_ids(rollout, name: str) -> dict[str, str]:
+def _container_ids_on(host, node) -> dict[str, str]:
     """``{container: id}`` of the node's replica containers now (missing ones left out)."""
-    fleet = _fleet(rollout)
-    names = [f"vllm-{r.name}" for r in replicas_of(fleet.hosts[name])]
-    with _on_node(rollout, name) as (host, _):
-        ok, out = shell(host, "for c in " + " ".join(shlex.quote(n) for n in names) + "; do "
-                        "printf '%s %s\\n' \"$c\" \"$(docker inspect --format '{{.Id}}' \"$c\" 2>/dev/null)\"; done",
-                        **sudo_arguments(host))
+    names = [f"vllm-{r.name}" for r in replicas_of(node)]
+    ok, out = shell(host, "for c in " + " ".join(shlex.quote(n) for n in names) + "; do "
+                    "printf '%s %s\\n' \"$c\" \"$(docker inspect --format '{{.Id}}' \"$c\" 2>/dev/null)\"; done",
+                    **sudo_arguments(host))
     return {parts[0]: parts[1] for parts in (line.split() for line in out.splitlines()) if len(parts) == 2}
-
-
-def forget_previous(rollout, name: str) -> None:
-    """After a validated update, the kept previous containers are not needed (nor their images' disk)."""
-    from operations.containers import previous_name
-
-    fleet = _fleet(rollout)
-    names = [previous_name(f"vllm-{r.name}") for r in replicas_of(fleet.hosts[name])]
-    with _on_node(rollout, name) as (host, _):
-        shell(host, "docker rm -f " + " ".join(shlex.quote(n) for n in names) + " >/dev/null 2>&1; true", **sudo_arguments(host))
 
 
 def rollback(rollout, name: str, before: dict[str, str]) -> None:
@@ -359,8 +356,8 @@ def rollback(rollout, name: str, before: dict[str, str]) -> None:
 
     fleet = _fleet(rollout)
     node = fleet.hosts[name]
-    now = container_ids(rollout, name)
     with _on_node(rollout, name) as (host, _):
+        now = _container_ids_on(host, node)
         for r in replicas_of(node):
             container = f"vllm-{r.name}"
             if container in before and now.get(container) == before[container]:

@@ -22,13 +22,15 @@ def parse_in_flight(text: str) -> int | None:
         return None
 
 
-def wait_idle(host, urls: list[str], timeout: float, interval: float = 0.5, quiet_reads: int = 3) -> tuple[bool, str]:
+def wait_idle(host, urls: list[str], timeout: float, interval: float = 0.5, quiet_reads: int = 2) -> tuple[bool, str]:
     """Wait until every replica has no request running or waiting; ``(idle, what was seen last)``.
 
-    Idle means ``quiet_reads`` readings in a row (about a second), so that a request an old nginx
-    worker sent just after the reload is counted. What still arrives later is not lost: vLLM's
-    ``--shutdown-timeout`` finishes it when the update stops the container. A replica that does
-    not answer /metrics has nothing in flight that a drain could save.
+    Idle means ``quiet_reads`` readings in a row (half a second apart), so that a request an old
+    nginx worker sent just after the reload is counted. What still arrives later is not lost: vLLM's
+    ``--shutdown-timeout`` finishes what it accepted when the update stops the container, and a
+    connection refused after that is passed to another member by nginx (``proxy_next_upstream
+    error``: the request was never sent). A replica that does not answer /metrics has nothing in
+    flight that a drain could save.
     """
     started = time.monotonic()
     quiet = 0

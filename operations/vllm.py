@@ -334,7 +334,7 @@ def probe_script(container: str, url: str, served_model_name: str, api_key_env_f
 
 
 def _wait_ready(state, host, container: str, url: str, served_model_name: str, timeout: int,
-                api_key_env_file: str | None, interval: float = 1, log_lines: int = 40):
+                api_key_env_file: str | None, interval: float = 0.5, log_lines: int = 40):
     sudo = sudo_arguments(host)
     script = probe_script(container, url, served_model_name, api_key_env_file)
     started = time.monotonic()
@@ -363,7 +363,7 @@ def _wait_ready(state, host, container: str, url: str, served_model_name: str, t
 
 @operation(is_idempotent=False)
 def ready(container: str, url: str, served_model_name: str, timeout: int = 1200, api_key: bool = False,
-          interval: float = 1, log_lines: int = 40):
+          interval: float = 0.5, log_lines: int = 40):
     """
     Wait until a vLLM replica serves: /health 200, /v1/models lists it, one completion answers.
 
@@ -375,8 +375,8 @@ def ready(container: str, url: str, served_model_name: str, timeout: int = 1200,
     + api_key: send the key from /etc/gpufleet/vllm-api-key.env (given to :func:`replica` as
       ``api_key_file``); it is read on the host and passed to curl on stdin
     + interval: seconds between probes; one probe is one SSH command and a failed curl, so
-      probing every second costs nothing and finds the replica ready (and the drained node back
-      in rotation) at most a second late, not five
+      probing twice a second costs nothing and finds the replica ready (and the drained node
+      back in rotation) at most half a second late
 
     Progress is logged while it waits. A container that exited, or is not there, fails at once.
     This always probes (it is a gate, not a state): in deploy.py run it only when the replica

@@ -133,8 +133,11 @@ class FakeSteps:
 
     def lock(self, rollout, name, state):
         self._do("lock", name)
+        return {"retiring": self.retiring_replicas(rollout, name), "before": self.container_ids(rollout, name)}
 
-    def unlock(self, rollout, name):
+    def unlock(self, rollout, name, forget_previous=False):
+        if forget_previous:
+            self.calls.append(("forget_previous", name))
         self._do("unlock", name)
 
     def retiring_replicas(self, rollout, name):
@@ -163,9 +166,6 @@ class FakeSteps:
     def rollback(self, rollout, name, before):
         self._do("rollback", name)
         assert before == {f"vllm-{name}-vllm-0": "old"}
-
-    def forget_previous(self, rollout, name):
-        self.calls.append(("forget_previous", name))
 
     def stop_gpu_containers(self, rollout, name):
         self._do("stop_gpu_containers", name)
@@ -196,7 +196,7 @@ def test_every_node_goes_through_the_states_in_order(tmp_path, monkeypatch):
     assert [s for s, _ in r.nodes["n1"].history] == ["draining", "updating", "validating", "undraining", "done"]
     n1 = [c for c in fake.calls if c[1] in ("n1", ("n1",))]
     assert n1 == [("lock", "n1"), ("drain", "n1"), ("update", ("n1",)), ("validate", "n1"),
-                  ("forget_previous", "n1"), ("undrain", "n1"), ("unlock", "n1")]
+                  ("undrain", "n1"), ("forget_previous", "n1"), ("unlock", "n1")]
     assert fake.calls.index(("unlock", "n1")) < fake.calls.index(("lock", "n2"))  # one node at a time
     # The replica removed from the inventory, drained with the node, is undrained (dropped) once retired.
     assert r.nodes["n2"].retiring == ["n2-vllm-old"] and fake.undrained_retiring == ["n2-vllm-old"]
@@ -218,7 +218,7 @@ def test_a_driver_change_stops_the_gpu_containers_after_draining(tmp_path, monke
     fake = FakeSteps()
     assert _run(r, fake, monkeypatch) == 0
     n1 = [c[0] for c in fake.calls if c[1] in ("n1", ("n1",))]
-    assert n1 == ["lock", "drain", "stop_gpu_containers", "update", "validate", "forget_previous", "undrain", "unlock"]
+    assert n1 == ["lock", "drain", "stop_gpu_containers", "update", "validate", "undrain", "forget_previous", "unlock"]
     replica_only = _rollout(tmp_path, monkeypatch)
     fake = FakeSteps()
     assert _run(replica_only, fake, monkeypatch) == 0
