@@ -424,20 +424,3 @@ def alertmanager(webhook_url_file: str | None, listen: str = ALERTMANAGER_LISTEN
         yield StringCommand(alertmanager_script(listen, restart=bool(defaults)))
     elif service["enabled"] == "enabled":
         host.noop(f"{ALERTMANAGER_SERVICE} runs on {listen} with its webhook receiver")
-
-
-def target_problems(targets: list[dict], expected: list[str] | None = None) -> list[str]:
-    """Problems in parsed /api/v1/targets (operations.facts.edge.parse_targets): not up, or missing."""
-    problems = [f"{t['job']} {t['instance']}: {t['health']}" + (f" ({t['error']})" if t["error"] else "")
-                for t in targets if t["health"] != "up"]
-    seen = {t["instance"] for t in targets}
-    problems += [f"{inst}: not a Prometheus target" for inst in (expected or []) if inst not in seen]
-    return problems
-
-
-def expected_targets(args: dict[str, Any]) -> list[str]:
-    """``address:port`` of every target ``prometheus_args`` declares (the self-scrape excluded)."""
-    out = [f"{r['address']}:{r['port']}" for r in args["replicas"]]
-    for n in args["nodes"]:
-        out += [f"{n['address']}:{n[job['key']]}" for job in NODE_JOBS]
-    return out

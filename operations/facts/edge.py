@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 
 from pyinfra.api import FactBase
@@ -156,12 +155,3 @@ class ServiceState(FactBase):
             if key in state:
                 state[key] = value or None
         return state
-
-
-def parse_targets(text: str) -> list[dict]:
-    """Prometheus /api/v1/targets JSON -> ``[{"job", "instance", "health", "error"}]`` (active targets)."""
-    data = json.loads(text)
-    return [{"job": t.get("labels", {}).get("job") or t.get("scrapePool"),
-             "instance": t.get("labels", {}).get("instance") or t.get("scrapeUrl"),
-             "health": t.get("health"), "error": t.get("lastError") or None}
-            for t in data.get("data", {}).get("activeTargets", [])]

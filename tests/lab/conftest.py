@@ -75,3 +75,37 @@ def host_over_ssh(lab_host, tmp_path_factory) -> testinfra.host.Host:
 @pytest.fixture(scope="session")
 def hosts(lab, tmp_path_factory) -> dict[str, testinfra.host.Host]:
     return {h.name: host_over_ssh(h, tmp_path_factory) for h in lab}
+
+
+# --------------------------------------------------------------------------- drift (test_drift*.py) -----
+NODE = "gpu-node-2"  # the node drift cases change
+
+
+def drift(*args: str) -> tuple[int, dict]:
+    run = gpufleet("drift", "inventory/lab.py", "--json", *args, check=False, timeout=600)
+    return run.returncode, json.loads(run.stdout)
+
+
+def causes(report: dict, host: str) -> list[str]:
+    entry = next(h for h in report["hosts"] if h["host"] == host)
+    return [f"[{d['kind']}] {d['check']}: {d['cause']} {' '.join(d['details'])}" for d in entry["drift"]]
+
+
+def assert_only_drifted(host: str, expected: str) -> None:
+    """Drift exits 2 with exactly ``host`` drifted, and one of its causes says ``expected``."""
+    code, report = drift()
+    assert code == 2, report
+    assert report["drifted_hosts"] == [host]
+    found = causes(report, host)
+    assert any(expected in c for c in found), found
+
+
+@pytest.fixture(scope="module")
+def converged(deployed, hosts):
+    """The lab deployed and drift-clean, once per test module."""
+    result = deploy()
+    assert result["rc"] == 0, result["stderr"][-3000:]
+    code, report = drift()
+    assert code == 0, report
+    return hosts
+

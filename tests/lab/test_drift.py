@@ -4,42 +4,12 @@ and drift itself never changes a host."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
-from tests.lab.conftest import deploy, gpufleet
+from tests.lab.conftest import NODE, assert_only_drifted, deploy, drift
 
-NODE = "gpu-node-2"
 GPUS_JSON = "/etc/gpufleet-lab/gpus.json"
-
-
-def drift(*args: str) -> tuple[int, dict]:
-    run = gpufleet("drift", "inventory/lab.py", "--json", *args, check=False, timeout=600)
-    return run.returncode, json.loads(run.stdout)
-
-
-def assert_only_drifted(host: str, expected: str) -> None:
-    """Drift exits 2 with exactly ``host`` drifted, and one of its causes says ``expected``."""
-    code, report = drift()
-    assert code == 2, report
-    assert report["drifted_hosts"] == [host]
-    found = causes(report, host)
-    assert any(expected in c for c in found), found
-
-
-def causes(report: dict, host: str) -> list[str]:
-    entry = next(h for h in report["hosts"] if h["host"] == host)
-    return [f"[{d['kind']}] {d['check']}: {d['cause']} {' '.join(d['details'])}" for d in entry["drift"]]
-
-
-@pytest.fixture(scope="module")
-def converged(deployed, hosts):
-    result = deploy()
-    assert result["rc"] == 0, result["stderr"][-3000:]
-    code, report = drift()
-    assert code == 0, report
-    return hosts
 
 
 def test_clean_lab_reports_nothing_and_exits_0(converged):

@@ -9,21 +9,11 @@ import time
 
 import pytest
 
-from tests.lab.conftest import deploy
-from tests.lab.test_drift import NODE, assert_only_drifted, drift
+from tests.lab.conftest import NODE, assert_only_drifted, deploy, drift
 
 BASE = "lab-registry:5000/gpufleet-lab/vllm-cpu:0.32.0"  # group_data/lab.py vllm_image
 REPLICA_IMAGE = "$(docker ps --filter label=io.gpufleet.role=vllm --format '{{.Image}}' | head -n 1)"
 
-
-
-@pytest.fixture(scope="module")
-def converged(deployed, hosts):
-    result = deploy()
-    assert result["rc"] == 0, result["stderr"][-3000:]
-    code, report = drift()
-    assert code == 0, report
-    return hosts
 
 
 # (id, inject on NODE, expected text in one of its causes, repair: a command, or None for a deploy of NODE)

@@ -11,7 +11,6 @@ from gpufleet import PROJECT_ROOT
 from gpufleet.fleet import load_fleet
 from gpufleet.settings import HostSettings
 from operations import loadbalancer, monitoring
-from operations.facts.edge import parse_targets
 
 PROD = str(PROJECT_ROOT / "inventory" / "prod.py")
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "prometheus"
@@ -74,21 +73,6 @@ def test_prometheus_has_a_target_per_replica_and_per_node_exporter():
     assert monitoring.prometheus_defaults(9090, "15d", "10.40.0.21").endswith(
         '"--web.listen-address=10.40.0.21:9090 --storage.tsdb.retention.time=15d"\n')
     assert ":9090 " in monitoring.prometheus_defaults(9090, "15d", "0.0.0.0")  # every interface, as before
-    assert len(monitoring.expected_targets(args)) == 4 + 3 * 4
-
-
-def test_target_check_on_a_real_targets_answer():
-    # Captured from Debian's prometheus 2.42 scraping the prod config's (unreachable) addresses.
-    targets = parse_targets((FIXTURES / "targets_unreachable.json").read_text())
-    assert len(targets) == 17
-    problems = monitoring.target_problems(targets, ["10.40.1.11:8000", "10.9.9.9:8000"])
-    assert any(p.startswith("vllm 10.40.1.11:8000: ") for p in problems)
-    assert "10.9.9.9:8000: not a Prometheus target" in problems
-    # Seconds after start: some targets scraped (down, with the connect error), the rest unknown.
-    assert {t["health"] for t in targets} == {"down", "unknown"} and len(problems) == 17 + 1
-    assert all(t["error"] for t in targets if t["health"] == "down")
-    up = [{"job": "vllm", "instance": "a:8000", "health": "up", "error": None}]
-    assert monitoring.target_problems(up, ["a:8000"]) == []
 
 
 def test_edge_port_clashes():
