@@ -7,11 +7,30 @@ exporter image (a stand-in in the lab registry) and where pip finds gpu_monitor'
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gpufleet.versions import exact_debian_version
+
+
+def check_pem_file(path: str, block: str) -> Path:
+    """A control-side PEM file holding a ``-----BEGIN ...{block}-----`` block. Never shows it."""
+    if not (path.startswith("/") or path.startswith("~")):
+        raise ValueError("an absolute or ~/ path outside the repository (keys are never in the checkout)")
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError("a PEM file that exists on the control host (not found)") from None
+    except PermissionError:
+        raise ValueError("a PEM file this user can read (permission denied)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"a readable PEM file ({type(exc).__name__})") from None
+    if not re.search(rf"-----BEGIN [A-Z ]*{block}-----", text):
+        raise ValueError(f"a PEM file with a {block} block (none found)")
+    return p
 
 # An image reference with an explicit tag or digest (settings.py has the same rule for vLLM/Milvus).
 _IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*[a-z0-9](:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(@sha256:[0-9a-f]{64})?$")
@@ -36,6 +55,14 @@ class EdgeSettings(BaseModel):
     lb_upstream_keepalive_timeout_s: int = Field(4, ge=1, le=3600)  # below uvicorn's 5 s (vLLM)
     lb_status_port: int = Field(8081, ge=1, le=65535)  # stub_status and config id, 127.0.0.1 only
     lb_worker_connections: int = Field(8192, ge=512, le=1_000_000)
+    # TLS on lb_port: control-side PEM files (both or neither), uploaded to /etc/nginx/gpufleet-tls/
+    # (the key root 0600, written like every secret: operations/secrets.py). None: plain HTTP (the
+    # lab; a fleet behind a TLS-terminating edge). No plain-HTTP listener is kept beside TLS.
+    lb_tls_cert_file: str | None = None
+    lb_tls_key_file: str | None = None
+    # nginx answers 401 to a request without `Authorization: Bearer <the key of vllm_api_key_file>`
+    # before any replica sees it (/lb-health stays open). vLLM checks the same key itself.
+    lb_require_api_key: bool = False
 
     # --- GPU nodes: DCGM exporter, gpu_monitor (operations/monitoring.py) -------------------------
     dcgm_exporter_image: str = "nvcr.io/nvidia/k8s/dcgm-exporter:4.5.3-4.8.2-distroless"
@@ -63,6 +90,13 @@ class EdgeSettings(BaseModel):
     # line is the webhook URL alerts are posted to (a secret: such URLs carry tokens; never printed).
     # None: no Alertmanager; alerts are evaluated and shown in Prometheus only.
     alertmanager_webhook_url_file: str | None = None
+
+    @field_validator("lb_tls_cert_file", "lb_tls_key_file")
+    @classmethod
+    def _pem_file(cls, v: str | None, info) -> str | None:
+        if v is not None:
+            check_pem_file(v, "PRIVATE KEY" if info.field_name == "lb_tls_key_file" else "CERTIFICATE")
+        return v
 
     @field_validator("lb_nginx_min_version", "prometheus_min_version")
     @classmethod
@@ -100,6 +134,13 @@ class EdgeSettings(BaseModel):
         Called from HostSettings.consistency_problems (settings.py).
         """
         problems: list[tuple[str, Any, str]] = []
+        if (self.lb_tls_cert_file is None) != (self.lb_tls_key_file is None):
+            missing = "lb_tls_key_file" if self.lb_tls_key_file is None else "lb_tls_cert_file"
+            problems.append((missing, None, "set together with "
+                             + ("lb_tls_cert_file" if missing == "lb_tls_key_file" else "lb_tls_key_file")
+                             + " (TLS needs both the certificate and its key)"))
+        if self.lb_require_api_key and getattr(self, "vllm_api_key_file", None) is None:
+            problems.append(("lb_require_api_key", True, "vllm_api_key_file set: the key nginx checks is vLLM's"))
         lb_ports = {"lb_port": getattr(self, "lb_port", 80), "lb_status_port": self.lb_status_port,
                     "prometheus_port": self.prometheus_port}
         node_ports = {"dcgm_exporter_port": self.dcgm_exporter_port, "gpu_monitor_port": self.gpu_monitor_port,

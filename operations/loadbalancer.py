@@ -28,6 +28,7 @@ Decisions (see also files/nginx/nginx.conf.j2):
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 from io import StringIO
 from pathlib import Path
@@ -35,7 +36,10 @@ from typing import Any
 
 import jinja2
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, OperationError, StringCommand, operation
+from pyinfra.api import FileUploadCommand, OperationError, OperationValueError, StringCommand, operation
+from pyinfra.facts.files import File
+
+from operations import secrets
 
 from operations.facts.edge import DRAINED_DIR, NGINX_CONF, NginxState, UpstreamHealth
 from operations.digests import short_digest
@@ -49,7 +53,15 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "listen_port": 80, "status_port": 8081, "max_fails": 3, "fail_timeout_s": 10, "connect_timeout_s": 5,
     "read_timeout_s": 600, "next_upstream_tries": 3, "next_upstream_timeout_s": 30,
     "client_max_body_size": "64m", "keepalive": 64, "keepalive_timeout_s": 4, "worker_connections": 8192,
+    "tls_cert_file": None, "tls_key_file": None, "api_key_file": None,
 }
+# TLS and the API key at the lb: files nginx reads, written from control-side files (operations/secrets.py).
+_EDGE_FILE_OPTIONS = ("tls_cert_file", "tls_key_file", "api_key_file")
+TLS_DIR = "/etc/nginx/gpufleet-tls"
+TLS_CERT = f"{TLS_DIR}/cert.pem"
+TLS_KEY = f"{TLS_DIR}/key.pem"
+API_KEY_MAP = "/etc/nginx/gpufleet-api-key.conf"
+_BEARER_TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")  # RFC 6750 b64token: nothing to escape in nginx
 
 
 def lb_options(settings) -> dict[str, Any]:
@@ -63,7 +75,42 @@ def lb_options(settings) -> dict[str, Any]:
         "client_max_body_size": settings.lb_client_max_body_size, "keepalive": settings.lb_upstream_keepalive,
         "keepalive_timeout_s": settings.lb_upstream_keepalive_timeout_s,
         "worker_connections": settings.lb_worker_connections,
+        "tls_cert_file": settings.lb_tls_cert_file, "tls_key_file": settings.lb_tls_key_file,
+        "api_key_file": settings.vllm_api_key_file if settings.lb_require_api_key else None,
     }
+
+
+def edge_files(opts: dict[str, Any]) -> dict[str, tuple[str | None, str]]:
+    """``{path on the lb: (content or None for absent, mode)}``: TLS certificate and key, API key map.
+
+    Read from the control-side files named in ``opts`` (never shown: operations/secrets.py).
+    """
+    out: dict[str, tuple[str | None, str]] = {TLS_CERT: (None, "644"), TLS_KEY: (None, "600"), API_KEY_MAP: (None, "600")}
+    if opts.get("tls_cert_file") and opts.get("tls_key_file"):
+        for dest, path in ((TLS_CERT, opts["tls_cert_file"]), (TLS_KEY, opts["tls_key_file"])):
+            try:
+                out[dest] = (Path(path).expanduser().read_text(), out[dest][1])
+            except OSError as exc:
+                raise OperationValueError(f"cannot read {path}: {exc.strerror}") from None
+    if opts.get("api_key_file"):
+        key = secrets.read_secret(opts["api_key_file"])
+        if not _BEARER_TOKEN.match(key):
+            raise OperationValueError(f"the key in {opts['api_key_file']} has characters a bearer token cannot "
+                                      "have (letters, digits and ._~+/=- only); not shown")
+        out[API_KEY_MAP] = ("# Managed by gpufleet (operations/loadbalancer.py): the API key nginx checks.\n"
+                            "map $http_authorization $gpufleet_api_key_ok {\n    default 0;\n"
+                            f'    "Bearer {key}" 1;\n}}\n', "600")
+    return out
+
+
+def _put_edge_files(opts: dict[str, Any], remove_unused: bool = False):
+    """Yield what puts the TLS files and the API key map in place; ``remove_unused``: and removes
+    those that are off (the deploy's nginx operation; a drain or undrain reads nothing for them)."""
+    for dest, (text, mode) in edge_files(opts).items():
+        if text is not None:
+            yield from secrets.secret_file(dest, text, mode=mode)
+        elif remove_unused and host.get_fact(File, path=dest):
+            yield f"rm -f {shlex.quote(dest)}"
 
 
 def lb_args(fleet, host_name: str) -> dict[str, Any]:
@@ -112,10 +159,15 @@ def render(replicas, drained=(), options: dict | None = None, joining=()) -> tup
     # "joining" only where it is true: the config id of every config without one stays the same.
     rows = [{**m, "drained": m["name"] in drained | joining, **({"joining": True} if m["name"] in joining else {})}
             for m in wanted]
-    config_id = short_digest([rows, opts])
+    # The files' digests are part of the id: a rotated key or certificate reloads nginx.
+    files = {dest: secrets.content_digest(text) for dest, (text, _) in edge_files(opts).items() if text is not None}
+    # Options that are off leave the id as it was before they existed: no reload of every lb for them.
+    id_opts = {k: v for k, v in opts.items() if not (k in _EDGE_FILE_OPTIONS and v is None)}
+    config_id = short_digest([rows, id_opts, files] if files else [rows, id_opts])
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     text = env.from_string(TEMPLATE.read_text()).render(
-        members=rows, config_id=config_id, drained_dir=DRAINED_DIR, **opts)
+        members=rows, config_id=config_id, drained_dir=DRAINED_DIR, tls=TLS_CERT in files, tls_cert=TLS_CERT,
+        tls_key=TLS_KEY, api_key_map=API_KEY_MAP if API_KEY_MAP in files else None, **opts)
     return text, config_id
 
 
@@ -175,7 +227,7 @@ def nginx(replicas: list, options: dict | None = None):
     state = host.get_fact(NginxState, status_port=opts["status_port"])
     rows, joining = membership(replicas, state)
     text, config_id = render(rows, state["drained"], opts, joining)
-    commands = list(_converge(text, config_id, opts["status_port"], state))
+    commands = list(_put_edge_files(opts, remove_unused=True)) + list(_converge(text, config_id, opts["status_port"], state))
     if not commands:
         drained = [m["name"] for m in rows if m["name"] in state["drained"]]
         host.noop(f"nginx serves config {config_id} ({len(rows)} members"
@@ -226,7 +278,7 @@ def drain(replica: str, replicas: list, options: dict | None = None, reason: str
         raise OperationError(f"draining {replica} would leave no live member behind the load balancer "
                              "(pass allow_no_live_member=True to accept the outage)")
     text, config_id = render(rows, drained, opts, joining)
-    commands = list(_converge(text, config_id, opts["status_port"], state))
+    commands = list(_put_edge_files(opts)) + list(_converge(text, config_id, opts["status_port"], state))
     if replica in state["drained"] and not commands:
         host.noop(f"{replica} is drained")
         return
@@ -264,7 +316,7 @@ def undrain(replica: str, replicas: list, options: dict | None = None):
         return
     drained = set(state["drained"]) - {replica}
     text, config_id = render(rows, drained, opts, joining)
-    commands = list(_converge(text, config_id, opts["status_port"], state))
+    commands = list(_put_edge_files(opts)) + list(_converge(text, config_id, opts["status_port"], state))
     if replica not in state["drained"] and not commands:
         host.noop(f"{replica} is not drained")
         return

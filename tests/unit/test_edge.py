@@ -106,3 +106,66 @@ def test_unit_runs_the_venv_python_quietly():
     assert "ExecStart=/opt/gpufleet/gpu-monitor/venv/bin/python /opt/gpufleet/gpu-monitor/gpu_monitor.py" in unit
     assert "--port 9401 --addr 0.0.0.0 --interval 5.0 --quiet" in unit and "Restart=always" in unit
     json.dumps(monitoring.prometheus_args(load_fleet(PROD, cwd=str(PROJECT_ROOT)), "lb-01"))  # JSON-safe args
+
+
+def _pem(tmp_path, name, block):
+    path = tmp_path / name
+    path.write_text(f"-----BEGIN {block}-----\nTUlJQ...\n-----END {block}-----\n")
+    return str(path)
+
+
+def test_tls_and_the_api_key_at_the_lb_render_paths_never_the_key(tmp_path):
+    fleet = load_fleet(PROD, cwd=str(PROJECT_ROOT))
+    args = loadbalancer.lb_args(fleet, "lb-01")
+    key_file = tmp_path / "api-key"
+    key_file.write_text("sk-test-0123456789abcdef\n")
+    on = {**args["options"], "tls_cert_file": _pem(tmp_path, "cert.pem", "CERTIFICATE"),
+          "tls_key_file": _pem(tmp_path, "key.pem", "PRIVATE KEY"), "api_key_file": str(key_file)}
+    text, config_id = loadbalancer.render(args["replicas"], [], on)
+    assert "listen 80 ssl default_server;" in text and "ssl_protocols TLSv1.2 TLSv1.3;" in text
+    assert f"ssl_certificate {loadbalancer.TLS_CERT};" in text and f"ssl_certificate_key {loadbalancer.TLS_KEY};" in text
+    assert f"include {loadbalancer.API_KEY_MAP};" in text and "return 401" in text
+    assert "sk-test-0123456789abcdef" not in text  # the key lives in the root-only map file only
+    files = loadbalancer.edge_files(on)
+    assert '"Bearer sk-test-0123456789abcdef" 1;' in files[loadbalancer.API_KEY_MAP][0]
+    assert files[loadbalancer.TLS_KEY][1] == "600" and files[loadbalancer.TLS_CERT][1] == "644"
+    # A rotated key reloads nginx (new config id); off, the id is the one from before these options.
+    key_file.write_text("sk-test-rotated-000000000000\n")
+    assert loadbalancer.render(args["replicas"], [], on)[1] != config_id
+    # Off, the id is what it was before these options existed (tests/operations/loadbalancer.nginx
+    # hold those ids): upgrading gpufleet reloads no lb.
+    off_id = loadbalancer.render(args["replicas"], [], args["options"])[1]
+    monkey_defaults = {k: v for k, v in loadbalancer.DEFAULT_OPTIONS.items()
+                       if k not in ("tls_cert_file", "tls_key_file", "api_key_file")}
+    rows = [{**m, "drained": False} for m in loadbalancer.members(args["replicas"])]
+    legacy = {k: v for k, v in args["options"].items() if k in monkey_defaults}
+    assert off_id == loadbalancer.short_digest([rows, {**monkey_defaults, **legacy}]) != config_id
+
+
+def test_a_key_nginx_cannot_hold_is_refused_without_showing_it(tmp_path):
+    key_file = tmp_path / "api-key"
+    key_file.write_text('bad"key\n')
+    try:
+        loadbalancer.edge_files({"api_key_file": str(key_file)})
+    except Exception as exc:  # noqa: BLE001 - OperationValueError
+        assert "bad" not in str(exc) and "bearer token" in str(exc)
+    else:
+        raise AssertionError("a key with a quote was accepted")
+
+
+def test_tls_settings_need_both_files_and_the_api_key_needs_vllms(tmp_path):
+    cert = _pem(tmp_path, "cert.pem", "CERTIFICATE")
+    half = HostSettings(lb_tls_cert_file=cert)
+    assert any(k == "lb_tls_key_file" for k, _, _ in half.edge_consistency_problems())
+    no_key = HostSettings(lb_require_api_key=True)
+    assert ("lb_require_api_key", True, "vllm_api_key_file set: the key nginx checks is vLLM's") in \
+        no_key.edge_consistency_problems()
+    for field, block in (("lb_tls_cert_file", "CERTIFICATE"), ("lb_tls_key_file", "PRIVATE KEY")):
+        wrong = tmp_path / f"{field}.txt"
+        wrong.write_text("not a pem\n")
+        try:
+            HostSettings(**{field: str(wrong)})
+        except ValueError as exc:
+            assert f"a PEM file with a {block} block" in str(exc)
+        else:
+            raise AssertionError(f"{field}: a file without a {block} block was accepted")
