@@ -206,3 +206,15 @@ def test_the_model_revision_pins_weights_and_tokenizer_and_is_not_an_extra_arg()
     assert "--revision" not in _spec().command
     with pytest.raises(Exception, match="--revision is set from its own setting"):
         _spec(extra_args=["--revision=main"])
+
+
+def test_the_running_check_finds_what_a_cuda_torch_mapped_on_a_real_gpu_machine(tmp_path):
+    # tests/fixtures/gpu/h200-x1/nccl_running_check.txt: on an H200, `import torch` (CUDA 13) mapped
+    # the nvidia-nccl wheel's libnccl.so.2, and --running read 2.28.9 from it in 0.13 s where the
+    # full check took 5.39 s. The maps line captured there is found here the same way.
+    capture = (ROOT / "tests/fixtures/gpu/h200-x1/nccl_running_check.txt").read_text()
+    line = capture.split("maps after import torch: ['", 1)[1].split("']", 1)[0]
+    proc = _proc(tmp_path, {451: line + "\n"})
+    library, pid = _check_module().engine_library(proc)
+    assert (library, pid) == ("/opt/torch/.venv/lib/python3.12/site-packages/nvidia/nccl/lib/libnccl.so.2", 451)
+    assert '"method": "mapped by the running engine (pid 451)"' in capture and '"nccl_version": "2.28.9"' in capture
