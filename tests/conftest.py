@@ -11,6 +11,9 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 LAB_TESTS = Path(__file__).parent / "lab"
+# --doctest-modules imports every module under tests/: the case generators (they rewrite the
+# cases they are imported by) and the capture scripts run on a GPU machine are not test modules.
+collect_ignore_glob = ["operations/make_*.py", "fixtures/*"]
 
 
 def pytest_collection_modifyitems(items):

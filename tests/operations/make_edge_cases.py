@@ -44,10 +44,11 @@ R2 = [{"name": "gpu-node-1-vllm-0", "address": "gpu-node-1", "port": 8000},
       {"name": "gpu-node-2-vllm-0", "address": "gpu-node-2", "port": 8000}]
 R3 = R2 + [{"name": "gpu-node-3-vllm-0", "address": "gpu-node-3", "port": 8000}]
 OPTS = {"listen_port": 80, "status_port": 8081}
+NO_EDGE_FILES = {"files.File": {f"path={p}": None for p in (lb.TLS_CERT, lb.TLS_KEY, lb.API_KEY_MAP)}}  # TLS and API key off
 def ng(replicas, drained=(), live=True, file=True):
     text, cid = lb.render(replicas, drained, OPTS)
     return {"edge.NginxState": {"status_port=8081": {"config_sha1": sha1(text) if file else None,
-            "drained": sorted(drained), "live_config_id": cid if live else None}}}
+            "drained": sorted(drained), "live_config_id": cid if live else None}}, **NO_EDGE_FILES}
 def write(folder, name, case):
     d = T / folder; d.mkdir(parents=True, exist_ok=True)
     case = run(d, case)
@@ -56,7 +57,9 @@ def write(folder, name, case):
 
 write("loadbalancer.nginx", "converged_keeps_drained_member_noop", {"kwargs": {"replicas": R2, "options": OPTS}, "facts": ng(R2, ["gpu-node-2-vllm-0"])})
 write("loadbalancer.nginx", "new_replica_tests_swaps_and_reloads", {"kwargs": {"replicas": R3, "options": OPTS}, "facts": ng(R2)})
-write("loadbalancer.nginx", "fresh_host_writes_config", {"kwargs": {"replicas": R2, "options": OPTS}, "facts": {"edge.NginxState": {"status_port=8081": {"config_sha1": None, "drained": [], "live_config_id": None}}}})
+write("loadbalancer.nginx", "fresh_host_writes_config", {"kwargs": {"replicas": R2, "options": OPTS}, "facts": {"edge.NginxState": {"status_port=8081": {"config_sha1": None, "drained": [], "live_config_id": None}}, **NO_EDGE_FILES}})
+stale_key = ng(R2, ["gpu-node-2-vllm-0"]); stale_key["files.File"] = {**stale_key["files.File"], f"path={lb.TLS_KEY}": {"user": "root", "group": "root", "mode": 600, "size": 1704}}
+write("loadbalancer.nginx", "tls_turned_off_removes_the_key", {"kwargs": {"replicas": R2, "options": OPTS}, "facts": stale_key})
 write("loadbalancer.nginx", "file_current_but_not_served_reloads", {"kwargs": {"replicas": R2, "options": OPTS}, "facts": ng(R2, live=False)})
 write("loadbalancer.nginx", "no_replicas_refused", {"kwargs": {"replicas": [], "options": OPTS}, "facts": ng(R2)})
 write("loadbalancer.drain", "drain_marks_member_down", {"kwargs": {"replica": "gpu-node-1-vllm-0", "replicas": R2, "options": OPTS, "reason": "vLLM v0.11.1"}, "facts": ng(R2)})

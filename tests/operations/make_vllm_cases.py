@@ -153,5 +153,5 @@ write("vllm.ready", "waits_with_function", {
                "timeout": 600, "api_key": True},
     "facts": {},
     "commands": [["_wait_ready", [NAME, "http://10.0.0.11:8000", "qwen3-32b-awq", 600, vllm.API_KEY_ENV_FILE],
-                  {"interval": 1, "log_lines": 40}]]})
+                  {"interval": 0.5, "log_lines": 40}]]})
 print("image tag", tag)
