@@ -56,8 +56,11 @@ def loaded_path(soname_fragment: str) -> str | None:
     return None
 
 
-def engine_library(proc: str = "/proc") -> tuple[str, int] | None:
+def engine_library(proc: str = "/proc", wanted: str | None = None) -> tuple[str, int] | None:
     """``(library, pid)``: the ``libnccl`` the lowest-numbered other process has mapped, or None.
+
+    ``wanted`` (vLLM's ``VLLM_NCCL_SO_PATH``): only that file counts; vLLM's workers load it beside
+    the wheel's library that torch maps in every process.
 
     >>> engine_library("/nonexistent") is None
     True
@@ -73,7 +76,9 @@ def engine_library(proc: str = "/proc") -> tuple[str, int] | None:
             with open(os.path.join(proc, str(pid), "maps")) as maps:
                 for line in maps:
                     fields = line.split()
-                    if len(fields) >= 6 and os.path.basename(fields[-1]).startswith("libnccl.so"):
+                    if len(fields) < 6 or not os.path.basename(fields[-1]).startswith("libnccl.so"):
+                        continue
+                    if wanted is None or os.path.realpath(fields[-1]) == os.path.realpath(wanted):
                         return fields[-1], pid
         except OSError:
             continue  # the process ended, or is not ours to read
@@ -82,7 +87,7 @@ def engine_library(proc: str = "/proc") -> tuple[str, int] | None:
 
 def running_check(expect_nccl: str | None, proc: str = "/proc") -> dict | None:
     """The NCCL the running engine loaded (see ``--running``); None when no process maps one."""
-    found = engine_library(proc)
+    found = engine_library(proc, os.environ.get("VLLM_NCCL_SO_PATH") or None)
     if found is None:
         return None
     library, pid = found

@@ -142,6 +142,9 @@ def _role_problems(hosts: list[tuple[str, list[str], dict[str, Any]]],
         if s.app_image and s.app_vllm_target == "lb" and not lbs:
             problems.append(SettingsIssue(host.name, "app_vllm_target", "lb",
                                           "'node', or a host in group lb for the app to reach vLLM through"))
+        elif s.app_image and s.app_vllm_target == "lb" and lbs[0] in valid and valid[lbs[0]].settings.lb_tls_cert_file:
+            problems.append(SettingsIssue(host.name, "app_vllm_target", "lb",
+                                          f"'node': the RAG app speaks plain HTTP and {lbs[0]} serves TLS only"))
         if s.gpu_count == 0 and not host.is_lb:
             problems.append(SettingsIssue(host.name, "gpu_count", 0, f">= 1 for a host in group {GPU_GROUP}"))
         from gpufleet.fleet import replicas_of

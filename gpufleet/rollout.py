@@ -279,6 +279,10 @@ class Runner:
 
     def fail(self, node: NodeRollout, why: str, steps) -> bool:
         updated_before = any(state == UPDATING for state, _ in node.history)
+        if node.state == PENDING or (node.state == DRAINING and not updated_before):
+            # Nothing changed on the node: what ran there must be read again when it is retried
+            # (--resume), or a rollback could put back a container this rollout never replaced.
+            node.before = {}
         if node.state == PENDING:  # its lock may be taken, nothing else happened: give it back
             try:
                 steps.unlock(self.rollout, node.name)

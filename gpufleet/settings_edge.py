@@ -37,6 +37,28 @@ _IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*[a-z0-9](:[A-Za-z0-9_][A-Za-z0-
 _NGINX_SIZE = re.compile(r"^[0-9]+[kKmMgG]?$")
 
 
+def tls_pair_problem(cert_file: str, key_file: str) -> str | None:
+    """Why nginx could not serve this certificate with this key (checked before any host is touched:
+    the lb writes the files in place before ``nginx -t``), or None. Never shows the key."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        cert = x509.load_pem_x509_certificate(Path(cert_file).expanduser().read_bytes())
+        key = serialization.load_pem_private_key(Path(key_file).expanduser().read_bytes(), password=None)
+    except (ValueError, TypeError, OSError) as exc:
+        return f"an unencrypted PEM private key and certificate nginx can load ({type(exc).__name__})"
+    same = serialization.PublicFormat.SubjectPublicKeyInfo
+    if cert.public_key().public_bytes(serialization.Encoding.DER, same) != \
+            key.public_key().public_bytes(serialization.Encoding.DER, same):
+        return "the private key of lb_tls_cert_file's certificate (they do not match)"
+    if cert.not_valid_after_utc < datetime.datetime.now(datetime.timezone.utc):
+        return f"a certificate that has not expired (lb_tls_cert_file expired {cert.not_valid_after_utc:%Y-%m-%d})"
+    return None
+
+
 class EdgeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -139,6 +161,10 @@ class EdgeSettings(BaseModel):
             problems.append((missing, None, "set together with "
                              + ("lb_tls_cert_file" if missing == "lb_tls_key_file" else "lb_tls_key_file")
                              + " (TLS needs both the certificate and its key)"))
+        if self.lb_tls_cert_file and self.lb_tls_key_file:
+            why = tls_pair_problem(self.lb_tls_cert_file, self.lb_tls_key_file)
+            if why:
+                problems.append(("lb_tls_key_file", self.lb_tls_key_file, why))
         if self.lb_require_api_key and getattr(self, "vllm_api_key_file", None) is None:
             problems.append(("lb_require_api_key", True, "vllm_api_key_file set: the key nginx checks is vLLM's"))
         lb_ports = {"lb_port": getattr(self, "lb_port", 80), "lb_status_port": self.lb_status_port,

@@ -83,7 +83,14 @@ def lb_options(settings) -> dict[str, Any]:
 def edge_files(opts: dict[str, Any]) -> dict[str, tuple[str | None, str]]:
     """``{path on the lb: (content or None for absent, mode)}``: TLS certificate and key, API key map.
 
-    Read from the control-side files named in ``opts`` (never shown: operations/secrets.py).
+    Read from the control-side files named in ``opts`` (never shown: operations/secrets.py). The
+    map's entry is a case-sensitive regex: nginx matches a map's plain strings ignoring case and
+    hashes them (a key longer than ~40 characters would not fit ``map_hash_bucket_size``).
+
+    >>> from pathlib import Path; import tempfile; f = Path(tempfile.mkdtemp()) / "k"
+    >>> _ = f.write_text("sk-a.b+c9")
+    >>> edge_files({"api_key_file": str(f)})[API_KEY_MAP][0].splitlines()[3]
+    '    "~^Bearer sk-a[.]b[+]c9$" 1;'
     """
     out: dict[str, tuple[str | None, str]] = {TLS_CERT: (None, "644"), TLS_KEY: (None, "600"), API_KEY_MAP: (None, "600")}
     if opts.get("tls_cert_file") and opts.get("tls_key_file"):
@@ -97,20 +104,37 @@ def edge_files(opts: dict[str, Any]) -> dict[str, tuple[str | None, str]]:
         if not _BEARER_TOKEN.match(key):
             raise OperationValueError(f"the key in {opts['api_key_file']} has characters a bearer token cannot "
                                       "have (letters, digits and ._~+/=- only); not shown")
+        pattern = "".join(f"[{c}]" if c in ".+" else c for c in key)  # the only regex characters a token has
         out[API_KEY_MAP] = ("# Managed by gpufleet (operations/loadbalancer.py): the API key nginx checks.\n"
                             "map $http_authorization $gpufleet_api_key_ok {\n    default 0;\n"
-                            f'    "Bearer {key}" 1;\n}}\n', "600")
+                            f'    "~^Bearer {pattern}$" 1;\n}}\n', "600")
     return out
 
 
-def _put_edge_files(opts: dict[str, Any], remove_unused: bool = False):
-    """Yield what puts the TLS files and the API key map in place; ``remove_unused``: and removes
-    those that are off (the deploy's nginx operation; a drain or undrain reads nothing for them)."""
+def _put_edge_files(opts: dict[str, Any]):
+    """Yield what writes the TLS files and the API key map that are on (nothing when they are current)."""
     for dest, (text, mode) in edge_files(opts).items():
         if text is not None:
             yield from secrets.secret_file(dest, text, mode=mode)
-        elif remove_unused and host.get_fact(File, path=dest):
-            yield f"rm -f {shlex.quote(dest)}"
+
+
+def _edge_commands(opts: dict[str, Any], converge: list, remove_unused: bool = False) -> list:
+    """The edge files' writes, then the config's ``converge`` commands, then what follows them:
+    a reload when only the API key rotated (it is not part of the config id), and, with
+    ``remove_unused``, the removal of files that are off, once the config that used them is gone.
+
+    TLS files are written in place before ``nginx -t`` runs: a pair that validation accepted (the
+    key is the certificate's, gpufleet/settings_edge.py) cannot make the test fail.
+    """
+    writes = list(_put_edge_files(opts))
+    after = []
+    if any(getattr(c, "secret_dest", None) == API_KEY_MAP for c in writes) and not converge:
+        after.append("nginx -t -q && systemctl reload-or-restart nginx")
+    if remove_unused:
+        for dest, (text, _) in edge_files(opts).items():
+            if text is None and host.get_fact(File, path=dest):
+                after.append(f"rm -f {shlex.quote(dest)}")
+    return writes + converge + after
 
 
 def lb_args(fleet, host_name: str) -> dict[str, Any]:
@@ -159,15 +183,18 @@ def render(replicas, drained=(), options: dict | None = None, joining=()) -> tup
     # "joining" only where it is true: the config id of every config without one stays the same.
     rows = [{**m, "drained": m["name"] in drained | joining, **({"joining": True} if m["name"] in joining else {})}
             for m in wanted]
-    # The files' digests are part of the id: a rotated key or certificate reloads nginx.
-    files = {dest: secrets.content_digest(text) for dest, (text, _) in edge_files(opts).items() if text is not None}
+    # The TLS files' digests are part of the id: a rotated certificate is tested and reloaded. The
+    # API key's is not (the id is in the world-readable nginx.conf): its rotation reloads nginx
+    # from _edge_commands.
+    files = {dest: secrets.content_digest(text) for dest, (text, _) in edge_files(opts).items()
+             if text is not None and dest != API_KEY_MAP}
     # Options that are off leave the id as it was before they existed: no reload of every lb for them.
     id_opts = {k: v for k, v in opts.items() if not (k in _EDGE_FILE_OPTIONS and v is None)}
     config_id = short_digest([rows, id_opts, files] if files else [rows, id_opts])
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     text = env.from_string(TEMPLATE.read_text()).render(
         members=rows, config_id=config_id, drained_dir=DRAINED_DIR, tls=TLS_CERT in files, tls_cert=TLS_CERT,
-        tls_key=TLS_KEY, api_key_map=API_KEY_MAP if API_KEY_MAP in files else None, **opts)
+        tls_key=TLS_KEY, api_key_map=API_KEY_MAP if opts.get("api_key_file") else None, **opts)
     return text, config_id
 
 
@@ -227,7 +254,7 @@ def nginx(replicas: list, options: dict | None = None):
     state = host.get_fact(NginxState, status_port=opts["status_port"])
     rows, joining = membership(replicas, state)
     text, config_id = render(rows, state["drained"], opts, joining)
-    commands = list(_put_edge_files(opts, remove_unused=True)) + list(_converge(text, config_id, opts["status_port"], state))
+    commands = _edge_commands(opts, list(_converge(text, config_id, opts["status_port"], state)), remove_unused=True)
     if not commands:
         drained = [m["name"] for m in rows if m["name"] in state["drained"]]
         host.noop(f"nginx serves config {config_id} ({len(rows)} members"
@@ -278,7 +305,7 @@ def drain(replica: str, replicas: list, options: dict | None = None, reason: str
         raise OperationError(f"draining {replica} would leave no live member behind the load balancer "
                              "(pass allow_no_live_member=True to accept the outage)")
     text, config_id = render(rows, drained, opts, joining)
-    commands = list(_put_edge_files(opts)) + list(_converge(text, config_id, opts["status_port"], state))
+    commands = _edge_commands(opts, list(_converge(text, config_id, opts["status_port"], state)))
     if replica in state["drained"] and not commands:
         host.noop(f"{replica} is drained")
         return
@@ -316,7 +343,7 @@ def undrain(replica: str, replicas: list, options: dict | None = None):
         return
     drained = set(state["drained"]) - {replica}
     text, config_id = render(rows, drained, opts, joining)
-    commands = list(_put_edge_files(opts)) + list(_converge(text, config_id, opts["status_port"], state))
+    commands = _edge_commands(opts, list(_converge(text, config_id, opts["status_port"], state)))
     if replica not in state["drained"] and not commands:
         host.noop(f"{replica} is not drained")
         return

@@ -51,8 +51,9 @@ def targets(fleet, through: str, limit=()) -> list[Target]:
         return not limit or any(fnmatch.fnmatch(name, pattern) for pattern in limit)
 
     if through == "lb":
-        return [Target(h.name, f"http://{_host(h.address)}:{h.settings.lb_port}") for h in fleet.load_balancers
-                if chosen(h.name)]
+        # An lb with TLS (lb_tls_cert_file) is asked over https; its CA must be trusted here (SSL_CERT_FILE).
+        return [Target(h.name, f"{'https' if h.settings.lb_tls_cert_file else 'http'}://{_host(h.address)}:"
+                               f"{h.settings.lb_port}") for h in fleet.load_balancers if chosen(h.name)]
     found = []
     for node in fleet.nodes:
         if not chosen(node.name):

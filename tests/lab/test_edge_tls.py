@@ -53,7 +53,7 @@ def _get(url: str, context=None, token: str | None = None) -> int:
 
 def test_tls_and_the_api_key_at_the_lb_then_back_to_plain_http(deployed, hosts, tmp_path):
     cert_file, key_file = _self_signed(tmp_path)
-    token = secrets.token_urlsafe(24)
+    token = secrets.token_hex(32)  # 64 characters: longer than a map's hashed strings may be
     api_key = tmp_path / "vllm-api-key"
     api_key.write_text(token + "\n")
     api_key.chmod(0o600)
@@ -65,6 +65,7 @@ def test_tls_and_the_api_key_at_the_lb_then_back_to_plain_http(deployed, hosts, 
         trusted = ssl.create_default_context(cafile=cert_file)
         assert _get(f"https://{URL}/v1/models", trusted) == 401  # no key: nginx answers, no replica asked
         assert _get(f"https://{URL}/v1/models", trusted, token="wrong") == 401
+        assert _get(f"https://{URL}/v1/models", trusted, token=token.upper()) == 401  # case counts, as in vLLM
         assert _get(f"https://{URL}/v1/models", trusted, token=token) == 200
         assert _get(f"https://{URL}/lb-health", trusted) == 200  # the health check stays open
         assert _get(f"http://{URL}/lb-health") == 400  # no plain HTTP: "sent to HTTPS port"

@@ -87,6 +87,27 @@ def secret_file(name: str, content: str | bytes | None, key: str = "vllm_hf_toke
     return data
 
 
+def tls_files(tmp: Path, matching: bool = True) -> dict:
+    """lb data naming a real certificate and key under tmp_path (``matching=False``: another key)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lb-01")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=30))
+            .sign(key, hashes.SHA256()))
+    (tmp / "lb.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp / "lb.key").write_bytes((key if matching else other).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return {"lb_tls_cert_file": str(tmp / "lb.crt"), "lb_tls_key_file": str(tmp / "lb.key")}
+
+
 BIG_CONFIG = json.dumps({"model_type": "qwen3", "hidden_size": 5120, "intermediate_size": 25600,
                          "num_hidden_layers": 64, "num_attention_heads": 64, "num_key_value_heads": 8,
                          "head_dim": 128, "vocab_size": 151936, "max_position_embeddings": 40960})
@@ -183,6 +204,18 @@ CASES = [
          data={"supported_os": ["debian"]}),
     Case("app-target-lb-without-lb", "gpu-node-01", "app_vllm_target", "lb", "a host in group lb",
          text=lambda t: inventory([node(1, **APP, app_vllm_target="lb"), node(2)], lbs=[])),
+    Case("app-target-lb-with-tls-lb", "gpu-node-01", "app_vllm_target", "lb", "serves TLS only",
+         text=lambda t: inventory([node(1, **APP, app_vllm_target="lb"), node(2)], lbs=[lb(1, **tls_files(t))])),
+    # --- TLS and the API key at the lb ------------------------------------------------------------
+    Case("tls-cert-without-key", "lb-01", "lb_tls_key_file", "None", "set together with lb_tls_cert_file",
+         text=lambda t: inventory(lbs=[lb(1, lb_tls_cert_file=tls_files(t)["lb_tls_cert_file"])])),
+    Case("tls-key-not-the-certificates", "lb-01", "lb_tls_key_file", "lb.key", "they do not match",
+         text=lambda t: inventory(lbs=[lb(1, **tls_files(t, matching=False))])),
+    Case("tls-cert-not-pem", "lb-01", "lb_tls_cert_file", "lb.crt", "a PEM file with a CERTIFICATE block",
+         files={"lb.crt": "not a certificate\n"},
+         text=lambda t: inventory(lbs=[lb(1, lb_tls_cert_file=str(t / "lb.crt"), lb_tls_key_file=str(t / "lb.crt"))])),
+    Case("api-key-at-lb-without-vllm-key", "lb-01", "lb_require_api_key", "True", "vllm_api_key_file set",
+         text=lambda t: inventory(lbs=[lb(1, lb_require_api_key=True)])),
     # --- control-side secret files ----------------------------------------------------------------
     Case("token-file-missing", "gpu-node-01", "vllm_hf_token_file", "hf-token", "not found",
          data=secret_file("hf-token", None)),

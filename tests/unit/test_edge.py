@@ -127,10 +127,15 @@ def test_tls_and_the_api_key_at_the_lb_render_paths_never_the_key(tmp_path):
     assert f"include {loadbalancer.API_KEY_MAP};" in text and "return 401" in text
     assert "sk-test-0123456789abcdef" not in text  # the key lives in the root-only map file only
     files = loadbalancer.edge_files(on)
-    assert '"Bearer sk-test-0123456789abcdef" 1;' in files[loadbalancer.API_KEY_MAP][0]
+    # A case-sensitive regex entry: nginx matches a map's plain strings ignoring case (and hashes
+    # them: a long key would not fit its buckets).
+    assert '"~^Bearer sk-test-0123456789abcdef$" 1;' in files[loadbalancer.API_KEY_MAP][0]
     assert files[loadbalancer.TLS_KEY][1] == "600" and files[loadbalancer.TLS_CERT][1] == "644"
-    # A rotated key reloads nginx (new config id); off, the id is the one from before these options.
+    # A rotated API key keeps the config id (it is in the world-readable nginx.conf; the operation
+    # reloads nginx instead); a rotated certificate changes it.
     key_file.write_text("sk-test-rotated-000000000000\n")
+    assert loadbalancer.render(args["replicas"], [], on)[1] == config_id
+    Path(on["tls_cert_file"]).write_text(Path(on["tls_cert_file"]).read_text() + "\n")
     assert loadbalancer.render(args["replicas"], [], on)[1] != config_id
     # Off, the id is what it was before these options existed (tests/operations/loadbalancer.nginx
     # hold those ids): upgrading gpufleet reloads no lb.
@@ -169,3 +174,37 @@ def test_tls_settings_need_both_files_and_the_api_key_needs_vllms(tmp_path):
             assert f"a PEM file with a {block} block" in str(exc)
         else:
             raise AssertionError(f"{field}: a file without a {block} block was accepted")
+
+
+def _pair(tmp_path, name, days=1):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=2))
+            .not_valid_after(now + datetime.timedelta(days=days)).sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+def test_a_certificate_and_a_key_that_do_not_match_or_an_expired_one_are_refused(tmp_path):
+    from gpufleet.settings_edge import tls_pair_problem
+
+    cert_a, key_a = _pair(tmp_path, "a")
+    cert_b, key_b = _pair(tmp_path, "b")
+    assert tls_pair_problem(cert_a, key_a) is None
+    mismatch = HostSettings(lb_tls_cert_file=cert_a, lb_tls_key_file=key_b).edge_consistency_problems()
+    assert ("lb_tls_key_file", key_b, "the private key of lb_tls_cert_file's certificate (they do not match)") in mismatch
+    old_cert, old_key = _pair(tmp_path, "old", days=-1)
+    assert "has not expired" in tls_pair_problem(old_cert, old_key)
+    assert "BEGIN" not in str(mismatch)  # nothing of the key's content in the message

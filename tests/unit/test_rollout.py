@@ -377,3 +377,14 @@ def test_a_node_whose_undrain_leaves_a_replica_down_fails_and_stays_locked(tmp_p
     assert r.nodes["n1"].state == "failed" and "undrain failed on n1" in r.nodes["n1"].error
     assert "--resume" in r.nodes["n1"].error and ("unlock", "n1") not in fake.calls
     assert not any(c[1] == "n2" for c in fake.calls if c[0] != "prepare")
+
+
+def test_a_node_put_back_unchanged_forgets_what_ran_there(tmp_path, monkeypatch):
+    # The drain failed: the node is undrained and unlocked, nothing was updated. A --resume reads
+    # its containers again (a deploy by hand may have replaced them meanwhile).
+    r = _rollout(tmp_path, monkeypatch)
+    fake = FakeSteps(fail={("drain", "n1")})
+    assert _run(r, fake, monkeypatch) == 2
+    assert r.nodes["n1"].state == "failed" and r.nodes["n1"].before == {}
+    assert ("undrain", "n1") in fake.calls and ("unlock", "n1") in fake.calls
+

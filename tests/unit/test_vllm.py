@@ -70,6 +70,16 @@ def test_running_engine_library_is_the_first_process_mapping_libnccl(tmp_path):
     assert _check_module().engine_library(proc) == (wheel, 25)
 
 
+def test_running_check_follows_vllm_nccl_so_path(tmp_path, monkeypatch):
+    wheel = "/opt/vllm/lib/python3.11/site-packages/nvidia/nccl/lib/libnccl.so.2"
+    own = str(tmp_path / "own" / "libnccl.so.2.27.7")
+    proc = _proc(tmp_path, {1: MAPS_LINE.format(wheel), 40: MAPS_LINE.format(own)})
+    module = _check_module()
+    assert module.engine_library(proc, wanted=own) == (own, 40)  # not the wheel's, which torch maps everywhere
+    monkeypatch.setenv("VLLM_NCCL_SO_PATH", str(tmp_path / "elsewhere.so"))
+    assert module.running_check("2.27.7", proc) is None  # set, and mapped by nobody: the full check decides
+
+
 def test_running_check_falls_back_when_no_process_maps_nccl(tmp_path, capsys):
     module = _check_module()
     proc = _proc(tmp_path, {1: MAPS_LINE.format("/usr/lib/libc.so.6"), 2: ""})
