@@ -115,7 +115,8 @@ def test_drift_outputs_prometheus_and_junit_files(converged, tmp_path):
 
 MUTATING = (r"apt-get (install|remove|purge|update|upgrade)|apt-mark (hold|unhold)|dpkg -i|"
             r"docker (run|start|stop|rm|restart|pull|build|tag|rmi|network connect)|"
-            r"systemctl (start|stop|restart|reload|enable|disable|daemon-reload|reboot)|\breboot\b|"
+            # "reboot" as a command, not inside a path (/run/gpufleet-driver-reboot/, a marker it reads)
+            r"systemctl (start|stop|restart|reload|enable|disable|daemon-reload|reboot)|(?<![\w/-])reboot\b|"
             r"\bmv |\bcp |\brm -|\btee |install -d|\bchmod |\bchown |\bmkdir |\btouch |sed -i|nginx -s")
 
 
