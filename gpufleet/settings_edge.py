@@ -12,25 +12,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gpufleet.settings_input import read_control_file
 from gpufleet.versions import exact_debian_version
 
 
 def check_pem_file(path: str, block: str) -> Path:
     """A control-side PEM file holding a ``-----BEGIN ...{block}-----`` block. Never shows it."""
-    if not (path.startswith("/") or path.startswith("~")):
-        raise ValueError("an absolute or ~/ path outside the repository (keys are never in the checkout)")
-    p = Path(path).expanduser()
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ValueError("a PEM file that exists on the control host (not found)") from None
-    except PermissionError:
-        raise ValueError("a PEM file this user can read (permission denied)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"a readable PEM file ({type(exc).__name__})") from None
-    if not re.search(rf"-----BEGIN [A-Z ]*{block}-----", text):
+    if not re.search(rf"-----BEGIN [A-Z ]*{block}-----", read_control_file(path)):
         raise ValueError(f"a PEM file with a {block} block (none found)")
-    return p
+    return Path(path).expanduser()
+
 
 # An image reference with an explicit tag or digest (settings.py has the same rule for vLLM/Milvus).
 _IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*[a-z0-9](:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(@sha256:[0-9a-f]{64})?$")

@@ -92,13 +92,13 @@ def _ip(v: str, what: str) -> str:
     return v
 
 
-def check_control_file(path: str) -> Path:
-    """A control-side secret file: absolute or ``~/``, a readable file of one non-empty line. Never shows it."""
+def read_control_file(path: str) -> str:
+    """The text of a control-side file given as an absolute or ``~/`` path (secrets and keys are
+    never in the checkout); a ValueError saying what was expected otherwise. Never shows the text."""
     if not (path.startswith("/") or path.startswith("~")):
         raise ValueError("an absolute or ~/ path outside the repository (secrets are never in the checkout)")
-    p = Path(path).expanduser()
     try:
-        text = p.read_text(encoding="utf-8")
+        return Path(path).expanduser().read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ValueError("a file that exists on the control host (not found)") from None
     except IsADirectoryError:
@@ -107,12 +107,17 @@ def check_control_file(path: str) -> Path:
         raise ValueError("a file this user can read (permission denied)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"a readable UTF-8 file ({type(exc).__name__})") from None
+
+
+def check_control_file(path: str) -> Path:
+    """A control-side secret file: absolute or ``~/``, a readable file of one non-empty line. Never shows it."""
+    text = read_control_file(path)
     lines = [line for line in text.strip().splitlines() if line.strip()]
     if not lines:
         raise ValueError("a file holding the secret on one line (it is empty)")
     if len(lines) > 1:
         raise ValueError(f"a file holding the secret on one line (it has {len(lines)})")
-    return p
+    return Path(path).expanduser()
 
 
 def redact(value: Any) -> Any:

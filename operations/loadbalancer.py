@@ -111,13 +111,6 @@ def edge_files(opts: dict[str, Any]) -> dict[str, tuple[str | None, str]]:
     return out
 
 
-def _put_edge_files(opts: dict[str, Any]):
-    """Yield what writes the TLS files and the API key map that are on (nothing when they are current)."""
-    for dest, (text, mode) in edge_files(opts).items():
-        if text is not None:
-            yield from secrets.secret_file(dest, text, mode=mode)
-
-
 def _edge_commands(opts: dict[str, Any], converge: list, remove_unused: bool = False) -> list:
     """The edge files' writes, then the config's ``converge`` commands, then what follows them:
     a reload when only the API key rotated (it is not part of the config id), and, with
@@ -126,14 +119,15 @@ def _edge_commands(opts: dict[str, Any], converge: list, remove_unused: bool = F
     TLS files are written in place before ``nginx -t`` runs: a pair that validation accepted (the
     key is the certificate's, gpufleet/settings_edge.py) cannot make the test fail.
     """
-    writes = list(_put_edge_files(opts))
+    files = edge_files(opts)
+    writes = [c for dest, (text, mode) in files.items() if text is not None
+              for c in secrets.secret_file(dest, text, mode=mode)]
     after = []
     if any(getattr(c, "secret_dest", None) == API_KEY_MAP for c in writes) and not converge:
         after.append("nginx -t -q && systemctl reload-or-restart nginx")
     if remove_unused:
-        for dest, (text, _) in edge_files(opts).items():
-            if text is None and host.get_fact(File, path=dest):
-                after.append(f"rm -f {shlex.quote(dest)}")
+        after += [f"rm -f {shlex.quote(dest)}" for dest, (text, _) in files.items()
+                  if text is None and host.get_fact(File, path=dest)]
     return writes + converge + after
 
 
