@@ -45,7 +45,7 @@ def supported_os(supported: list[str]):
 
 
 # ------------------------------------------------------------------------------- GPU node ---------
-def gpu_node_findings(*, pci: dict, links: dict, secure_boot: dict, disk: dict, headers: dict | None,
+def gpu_node_findings(*, pci: dict, links: dict, secure_boot: dict, disk: dict | None, headers: dict | None,
                       acs: dict, gpu_count: int, device_id: str, min_link_width: int, module_signing: str,
                       min_free_gib: float) -> tuple[list[str], list[str]]:
     """``(problems, warnings)`` of a would-be GPU node from its facts; each problem says what to do.
@@ -87,12 +87,10 @@ def gpu_node_findings(*, pci: dict, links: dict, secure_boot: dict, disk: dict, 
                         "the nvidia module DKMS builds. Enroll DKMS's key (mokutil --import /var/lib/dkms/mok.pub, "
                         "reboot, confirm at the console) and set secure_boot_module_signing='mok', or turn Secure "
                         "Boot off in the firmware")
-    free = disk.get("free_gib")
-    if disk.get("path") and disk.get("path") == disk.get("data_root"):
-        pass  # Docker runs here already: disk pressure is monitoring's (a rollout's new image must not refuse a drained node)
-    elif free is None:
+    free = disk.get("free_gib") if disk is not None else None  # None: not judged (Docker runs here already)
+    if disk is not None and free is None:
         problems.append(f"cannot read the free disk of {disk.get('path') or 'the Docker data root'} ({disk.get('error')})")
-    elif free < min_free_gib:
+    elif disk is not None and free < min_free_gib:
         problems.append(f"{free:g} GiB free on {disk['path']}, expected at least {min_free_gib:g} GiB (the next vLLM "
                         "image and one more copy of the model's weights): free space or set preflight_free_disk_gib")
     if headers is not None and not headers.get("installed") and not headers.get("candidate"):
@@ -134,11 +132,14 @@ def gpu_node(gpu_count: int, device_id: str, min_link_width: int = 16, module_si
     from operations.facts.kernel import SecureBoot
     from operations.facts.pci import NvidiaPciDevices, PcieAcs, PcieLinks
 
+    # A node that runs Docker already is not judged on disk: its disk pressure is monitoring's, and
+    # a rollout's freshly built image must not make preflight refuse a drained node.
+    free_disk = host.get_fact(FreeDisk, path=docker_data_root)
     problems, warnings = gpu_node_findings(
         pci=host.get_fact(NvidiaPciDevices, dump_file=pci_dump_file),
         links=host.get_fact(PcieLinks, dump_file=pci_dump_file, **sudo_arguments(host)),
         secure_boot=host.get_fact(SecureBoot),
-        disk={**host.get_fact(FreeDisk, path=docker_data_root), "data_root": docker_data_root},
+        disk=free_disk if free_disk.get("path") != docker_data_root else None,
         headers=host.get_fact(KernelHeaders) if kernel_headers else None,
         acs=host.get_fact(PcieAcs, **sudo_arguments(host)) if not pci_dump_file else {},
         gpu_count=gpu_count, device_id=device_id, min_link_width=min_link_width, module_signing=module_signing,
