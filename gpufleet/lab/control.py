@@ -14,7 +14,7 @@ import docker
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gpufleet.lab import aptrepo, hosts, images, serving_images
+from gpufleet.lab import aptrepo, disk, hosts, images, serving_images
 from gpufleet.lab.pcidump import lspci_dump
 from gpufleet.lab.progress import say, step
 from gpufleet.lab.topology import (
@@ -52,8 +52,10 @@ def up(nodes: int, lbs: int) -> list[LabHost]:
     _ensure_service(client, REGISTRY_CONTAINER, REGISTRY_ALIAS, registry, None,
                     ports={f"{REGISTRY_PORT}/tcp": ("127.0.0.1", REGISTRY_LOCAL_PORT)})
     _publish(client, base, "gpufleet-lab/toolkit-check:1")
-    for local_tag, name in serving_images.build_all(client, base):
+    serving = serving_images.build_all(client, base)
+    for local_tag, name in serving:
         _publish(client, local_tag, name)
+    _check_room_for_new_nodes(client, wanted, [local_tag for local_tag, _ in serving])
     wanted_names = {h.name for h in wanted}
     for container in hosts.lab_containers(client):
         if container.labels.get(LABEL) == "host" and container.name not in wanted_names:
@@ -72,6 +74,19 @@ def up(nodes: int, lbs: int) -> list[LabHost]:
     KNOWN_HOSTS.write_text("".join(f"[127.0.0.1]:{h.ssh_port} {k}\n" for h, k in zip(wanted, keys)))
     say(f"lab up: {len(wanted)} hosts in {time.monotonic() - started:.1f}s; inventory: inventory/lab.py")
     return wanted
+
+
+def _check_room_for_new_nodes(client: docker.DockerClient, wanted: list[LabHost], serving_tags: list[str]) -> None:
+    new_gpu_nodes = 0
+    for host in wanted:
+        try:
+            client.volumes.get(hosts.volume_name(host))
+        except docker.errors.NotFound:
+            new_gpu_nodes += host.group == "gpu_nodes"
+    try:
+        disk.check_room(client, new_gpu_nodes, serving_tags)
+    except disk.NotEnoughDisk as exc:
+        raise LabError(str(exc)) from None
 
 
 def _ensure_ssh_key() -> str:
