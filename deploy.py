@@ -9,11 +9,11 @@ from pyinfra import host, inventory
 from pyinfra.operations import server, systemd
 from pyinfra.operations.util import any_changed
 
-from gpufleet.deploy_args import vllm_image_args
+from gpufleet.deploy_args import replica_model_args, vllm_image_args, weights_args
 from gpufleet.deploying import fleet_for, host_settings
 from gpufleet.fleet import replicas_of
 from operations import (app, distro_packages, docker_daemon, loadbalancer, milvus, monitoring, nvidia, pinned_apt,
-                        preflight, vllm)
+                        preflight, vllm, weights)
 from operations.fact_prefetch import prefetch_facts
 from operations.serving_gate import REPLICAS, ServingGate
 
@@ -117,6 +117,8 @@ if "gpu_nodes" in host.groups:
 
     vllm.image(name="vLLM image (NCCL pinned inside)", **vllm_image_args(settings))
     vllm_tag = vllm.image_tag(settings.vllm_image, settings.nccl_version, settings.pip_install_args)
+    # Before any replica that serves them: verified, so the replicas run offline.
+    weights.stage(name="Model weights staged", **weights_args(settings))
     # First: a removed replica frees its GPUs and port for the ones below.
     retired = vllm.retire_replicas(name="vLLM replicas removed from the inventory",
                                    keep=[f"vllm-{r.name}" for r in replicas_of(node)],
@@ -124,12 +126,12 @@ if "gpu_nodes" in host.groups:
     gate.check(retired, "vLLM replicas removed from the inventory (stop and remove)", kind=REPLICAS)
     for r in host.loop(replicas_of(node)):
         replica = vllm.replica(
-            name=f"vLLM replica {r.name}", container=f"vllm-{r.name}", image=vllm_tag, model=settings.vllm_model,
+            name=f"vLLM replica {r.name}", container=f"vllm-{r.name}", image=vllm_tag, **replica_model_args(settings),
             served_model_name=settings.vllm_served_model_name, port=r.port, gpus=r.gpus,
             bind_address=settings.vllm_bind_address or r.address,
             tensor_parallel_size=settings.vllm_tensor_parallel_size, max_model_len=settings.vllm_max_model_len,
             gpu_memory_utilization=settings.vllm_gpu_memory_utilization, quantization=settings.vllm_quantization,
-            extra_args=settings.vllm_extra_args, revision=settings.vllm_model_revision, env=settings.vllm_env,
+            extra_args=settings.vllm_extra_args, env=settings.vllm_env,
             shm_size=settings.vllm_shm_size,
             hf_cache_dir=settings.vllm_hf_cache_dir, hf_token_file=settings.vllm_hf_token_file,
             api_key_file=settings.vllm_api_key_file, shutdown_timeout=settings.vllm_shutdown_timeout,

@@ -23,8 +23,10 @@ from gpufleet.fleet import load_inventory
 
 
 def run_on(inventory_path: str, host_names: list[str], op, kwargs_of: Callable[[str], dict[str, Any]],
-           overrides: dict[str, Any] | None = None, connect_timeout: int = 10) -> dict[str, str | None]:
-    """Run ``op(**kwargs_of(host))`` on each named host; ``{host: None (ok) or why it failed}``."""
+           overrides: dict[str, Any] | None = None, connect_timeout: int = 10,
+           then: tuple[tuple[Any, Callable[[str], dict[str, Any]]], ...] = ()) -> dict[str, str | None]:
+    """Run ``op(**kwargs_of(host))`` on each named host, then each ``(op, kwargs_of)`` of ``then``
+    in order (one connection); ``{host: None (ok) or why it failed}``."""
     inventory = load_inventory(inventory_path, overrides, cwd=str(PROJECT_ROOT))
     wanted = [inventory.get_host(name) for name in host_names]
     state = State(check_for_changes=False)
@@ -41,7 +43,8 @@ def run_on(inventory_path: str, host_names: list[str], op, kwargs_of: Callable[[
         try:
             for h in reachable:
                 try:
-                    add_op(state, op, host=h, **kwargs_of(h.name))
+                    for each_op, each_kwargs_of in ((op, kwargs_of), *then):
+                        add_op(state, each_op, host=h, **each_kwargs_of(h.name))
                 except PyinfraError as exc:  # an operation that refuses (OperationError) while planned
                     results[h.name] = str(exc)
                     state.fail_hosts({h})

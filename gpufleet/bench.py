@@ -30,7 +30,7 @@ INVENTORY = "inventory/lab.py"
 # The bench measures the control plane, which TP does not change, so every size runs TP=1 replicas.
 OVERRIDES = {
     "vllm_tensor_parallel_size": 1,
-    "vllm_env": {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TORCHDYNAMO_DISABLE": "1",
+    "vllm_env": {"VLLM_CPU_KVCACHE_SPACE": "1", "TORCHDYNAMO_DISABLE": "1",
                  "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"},
 }
 

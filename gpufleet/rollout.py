@@ -12,7 +12,8 @@ The policy:
 * **plan** first: the same deploy.py, planned through pyinfra's API. A node whose plan is
   refused by the serving gate (operations/serving_gate.py) has a *disruptive* change: it is
   drained before it is updated. A node with only harmless changes is updated in place.
-* **prepare** every changed node in parallel without disruption: build the vLLM image.
+* **prepare** every changed node in parallel without disruption: build the vLLM image and stage
+  the model weights (a new pin stages beside the weights being served).
 * **batches**: ``canary`` nodes first, then at most ``max_unavailable`` at a time, and never a
   batch that would leave no live replica behind the load balancers. The nodes of a batch are
   drained one by one, converged by one deploy together (in parallel, as pyinfra runs every

@@ -114,14 +114,17 @@ def live_replicas(inventory: str, nodes: list[str], overrides: dict[str, Any]) -
 # ------------------------------------------------------------------------------ prepare ----------
 
 def prepare(rollout, nodes: list[str]) -> dict[str, str | None]:
-    """Build the vLLM image on every node that changes, in parallel; nothing running is touched."""
-    from gpufleet.deploy_args import vllm_image_args
-    from operations import vllm
+    """Build the vLLM image and stage the model weights on every node that changes, in parallel;
+    nothing running is touched (a new pin stages beside the weights being served)."""
+    from gpufleet.deploy_args import vllm_image_args, weights_args
+    from operations import vllm, weights
 
     fleet = _fleet(rollout)
     return run_on(rollout.inventory, nodes, vllm.image,
                   lambda n: {"name": "vLLM image (prepare)", **vllm_image_args(fleet.hosts[n].settings)},
-                  overrides=_overrides(rollout))
+                  overrides=_overrides(rollout),
+                  then=((weights.stage, lambda n: {"name": "Model weights staged (prepare)",
+                                                    **weights_args(fleet.hosts[n].settings)}),))
 
 
 # ------------------------------------------------------------------------------ lock -------------

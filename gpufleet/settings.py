@@ -30,6 +30,7 @@ from gpufleet.settings_edge import EdgeSettings
 from gpufleet.settings_input import InputSettings, redact
 from gpufleet.settings_rollout import RolloutSettings
 from gpufleet.settings_vllm import VllmSettings
+from gpufleet.settings_weights import WeightsSettings
 from gpufleet.versions import exact_debian_version
 
 # Keys pyinfra owns (connectors, global arguments). They are not ours to validate.
@@ -79,7 +80,7 @@ class Replica(BaseModel):
     address: str = ""  # filled in from the node's private_address
 
 
-class HostSettings(VllmSettings, DataSettings, EdgeSettings, InputSettings, RolloutSettings):
+class HostSettings(VllmSettings, WeightsSettings, DataSettings, EdgeSettings, InputSettings, RolloutSettings):
     """Everything a host's data may say. See group_data/all.py for the fleet's values.
 
     Keys of the serving roles live in mixins beside this module (settings_vllm.py,
@@ -251,6 +252,7 @@ class HostSettings(VllmSettings, DataSettings, EdgeSettings, InputSettings, Roll
         problems.extend(self.vllm_problems())
         # An image too old for --shutdown-timeout crash-loops on start: an error, not a warning.
         problems.extend(self.vllm_warnings())
+        problems.extend(self.weights_problems())
         problems.extend(self.data_problems())
         problems.extend(self.edge_consistency_problems())
         problems.extend(self.input_problems())

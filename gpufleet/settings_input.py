@@ -312,7 +312,8 @@ class InputSettings(BaseModel):
         # Not an error (yet): the repository cannot look the commit up for its own default model
         # (no hub access where it is built); every validate and deploy says so until it is set.
         model = self.vllm_model  # type: ignore[attr-defined]
-        if self.vllm_model_revision is None and not model.startswith(("/", "./", "~")) and self.gpu_count:  # type: ignore[attr-defined]
+        if (self.vllm_model_revision is None and self.vllm_model_source == "hub"  # type: ignore[attr-defined]
+                and not model.startswith(("/", "./", "~")) and self.gpu_count):  # type: ignore[attr-defined]
             return [("vllm_model_revision", None, f"set the commit of {model} to serve (40 hex digits): "
                      "without it each node serves whatever the hub's default branch is when it downloads")]
         return []

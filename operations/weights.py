@@ -1,0 +1,196 @@
+"""Model weights staged on a GPU node before the replicas that serve them start.
+
+:func:`stage` downloads and verifies the weights once, then writes a *staged marker*
+(``.gpufleet-staged.json``) in the staged directory, last; the replicas run with
+``HF_HUB_OFFLINE=1`` (deploy.py), so a recreate or a rollout never waits on a download and a node
+never serves weights it has not verified. Sources (settings ``vllm_model_source``):
+
+- ``url``: an archive (tar; gzip/xz as GNU tar detects them) at an internal HTTP(S) URL with its
+  sha256, the usual air-gapped way. Downloaded with curl, refused unless its sha256 is the pinned
+  one, unpacked into ``<models_dir>/.incoming/`` and moved to ``<models_dir>/<sha256>/`` only
+  when complete, with ``.gpufleet-manifest.sha256`` (``sha256sum -c`` input for every file). The
+  replica mounts that directory read-only as its model (:data:`MODEL_MOUNT`).
+- ``hub``: ``snapshot_download`` of the model at its revision into the node's Hugging Face cache,
+  run inside the node's vLLM image (it has ``huggingface_hub``; the token comes from the
+  root-only env file, ``HF_ENDPOINT`` from ``vllm_env`` for a mirror), then every file of the
+  snapshot checked against the hash its blob is named by (sha256 for LFS files, git's blob sha1
+  for the others): files/stage_hub_weights.py.
+- ``image``: the weights are in the image; nothing to stage.
+
+The marker records the source, the pin (sha256 or resolved commit) and the number and bytes of
+the files. The operation changes nothing while the marker matches the pin and the directory still
+holds those files and bytes (:class:`operations.facts.weights.StagedWeights`); ``gpufleet drift``
+reports the operation when it does not (a file removed or truncated, another revision staged).
+A full re-hash is ``sha256sum -c --quiet .gpufleet-manifest.sha256`` in the staged directory.
+
+Decisions: staging is not disruptive (a new pin goes to a new directory; nothing a running replica
+reads is touched), so the rollout runs it in its *prepare* phase, beside the image build. Old
+staged archives are not removed here (a rollback needs the previous one); their disk is the
+preflight's ``preflight_free_disk_gib`` margin.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from io import StringIO
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import OperationValueError, operation
+from pyinfra.operations import files
+
+from operations import secrets
+from operations.facts.weights import MANIFEST, MARKER, StagedWeights
+
+FILES = Path(__file__).resolve().parents[1] / "files"
+HUB_SCRIPT = "stage_hub_weights.py"
+MODEL_MOUNT = "/gpufleet/model"  # where a replica sees a staged URL archive (read-only)
+HUB_CACHE = "/hf"  # HF_HOME inside the staging container
+
+
+def url_dir(models_dir: str, sha256: str) -> str:
+    """Where an archive with this sha256 is staged.
+
+    >>> url_dir("/var/lib/gpufleet/models", "ab" * 32)[-8:]
+    'abababab'
+    """
+    return f"{models_dir.rstrip('/')}/{sha256}"
+
+
+def hub_snapshot_dir(hf_cache_dir: str, model: str, revision: str | None) -> str:
+    """The snapshot directory the Hugging Face cache keeps for ``model`` at ``revision`` (no
+    revision: the commit ``refs/main`` names on the host, resolved by the shell).
+
+    >>> hub_snapshot_dir("/var/lib/gpufleet/hf-cache", "Qwen/Qwen3-32B-AWQ", "0" * 40)[:72]
+    '/var/lib/gpufleet/hf-cache/hub/models--Qwen--Qwen3-32B-AWQ/snapshots/000'
+    """
+    repo = f"{hf_cache_dir.rstrip('/')}/hub/models--{model.replace('/', '--')}"
+    return f"{repo}/snapshots/{revision}" if revision else f"{repo}/snapshots/$(cat {shlex.quote(repo)}/refs/main 2>/dev/null)"
+
+
+def staged_matches(state: dict, source: str, pin: str | None) -> bool:
+    """The node's staged directory is the pinned one, complete (files and bytes as recorded).
+
+    >>> ok = {"marker": {"source": "url", "sha256": "a", "files": 2, "bytes": 10}, "files": 2, "bytes": 10}
+    >>> staged_matches(ok, "url", "a"), staged_matches({**ok, "bytes": 9}, "url", "a"), staged_matches(ok, "url", "b")
+    (True, False, False)
+    """
+    marker = state.get("marker")
+    if not marker or marker.get("source") != source:
+        return False
+    key = "sha256" if source == "url" else "revision"
+    if pin is not None and marker.get(key) != pin:
+        return False
+    return (marker.get("files"), marker.get("bytes")) == (state["files"], state["bytes"]) and state["files"] > 0
+
+
+def url_stage_command(url: str, sha256: str, models_dir: str, timeout_s: int) -> str:
+    """Shell that downloads, checks, unpacks and moves the archive into place (marker last)."""
+    q = shlex.quote
+    marker_json = q(json.dumps(url))
+    return "\n".join([
+        "set -eu; umask 022",
+        f"models={q(models_dir)}; sha={sha256}; url={q(url)}; inc=\"$models/.incoming\"; dest=\"$models/$sha\"",
+        'install -d -m 0755 "$models" "$inc"; rm -rf "$inc/$sha" "$inc/$sha.part" "$inc/$sha.manifest"',
+        f'curl -fsS --retry 3 --connect-timeout 20 --max-time {int(timeout_s)} -o "$inc/$sha.part" "$url" '
+        '|| { rm -f "$inc/$sha.part"; echo "gpufleet: downloading $url failed" >&2; exit 1; }',
+        'got=$(sha256sum "$inc/$sha.part" | cut -d" " -f1)',
+        'if [ "$got" != "$sha" ]; then rm -f "$inc/$sha.part"; echo "gpufleet: $url has sha256 $got, '
+        'not the pinned $sha (vllm_model_sha256): refused, nothing staged" >&2; exit 1; fi',
+        'mkdir "$inc/$sha"; tar -xf "$inc/$sha.part" -C "$inc/$sha" --no-same-owner --no-same-permissions; '
+        'rm -f "$inc/$sha.part"',
+        # An archive of one directory (model-name/config.json ...) is that directory's content.
+        'set -- "$inc/$sha"/*; if [ $# -eq 1 ] && [ -d "$1" ] && [ ! -e "$inc/$sha/config.json" ]; then '
+        'mv "$1" "$inc/$sha.one"; rmdir "$inc/$sha"; mv "$inc/$sha.one" "$inc/$sha"; fi',
+        '[ -f "$inc/$sha/config.json" ] || { rm -rf "$inc/$sha"; echo "gpufleet: $url holds no config.json '
+        '(at its top or in its one directory): not a model, nothing staged" >&2; exit 1; }',
+        f'(cd "$inc/$sha" && find . -type f -print0 | sort -z | xargs -0 sha256sum) > "$inc/$sha.manifest"; '
+        f'mv "$inc/$sha.manifest" "$inc/$sha/{MANIFEST}"',
+        f'stats=$(find "$inc/$sha" -type f ! -name {q(MARKER)} ! -name {q(MANIFEST)} -printf "%s\\n" '
+        "| awk '{n++; s+=$1} END {printf \"%d %d\", n, s}')",
+        f"printf '{{\"source\": \"url\", \"url\": %s, \"sha256\": \"%s\", \"files\": %s, \"bytes\": %s}}\\n' "
+        f'{marker_json} "$sha" "${{stats% *}}" "${{stats#* }}" > "$inc/$sha/{MARKER}"',
+        'rm -rf "$dest.old"; if [ -e "$dest" ]; then mv "$dest" "$dest.old"; fi; mv "$inc/$sha" "$dest"; rm -rf "$dest.old"',
+        'echo "staged $url (sha256 $sha): ${stats% *} files, ${stats#* } bytes in $dest"',
+    ])
+
+
+def hub_stage_command(image: str, model: str, revision: str | None, hf_cache_dir: str, script: str,
+                      token_env_file: str | None, hf_endpoint: str | None, timeout_s: int) -> str:
+    """``docker run`` of files/stage_hub_weights.py in the node's vLLM image, online, the cache mounted."""
+    args = ["timeout", str(int(timeout_s)), "docker", "run", "--rm", "--network", "host",
+            "-e", f"HF_HOME={HUB_CACHE}", "-e", "HF_HUB_DISABLE_TELEMETRY=1"]
+    if token_env_file:
+        args += ["--env-file", token_env_file]
+    if hf_endpoint:
+        args += ["-e", f"HF_ENDPOINT={hf_endpoint}"]
+    args += ["-v", f"{hf_cache_dir}:{HUB_CACHE}", "-v", f"{script}:/gpufleet-stage-hub.py:ro",
+             "--entrypoint", "python3", image, "/gpufleet-stage-hub.py", "--model", model]
+    if revision:
+        args += ["--revision", revision]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+@operation()
+def stage(source: str, model: str, revision: str | None = None, url: str | None = None, sha256: str | None = None,
+          models_dir: str = "/var/lib/gpufleet/models", hf_cache_dir: str = "/var/lib/gpufleet/hf-cache",
+          image: str | None = None, hf_token_file: str | None = None, hf_endpoint: str | None = None,
+          script_dir: str = "/var/lib/gpufleet/build/vllm", timeout_s: int = 7200):
+    """
+    Stage the pinned model weights on the node, verified, before any replica serves them.
+
+    + source: ``"url"``, ``"hub"`` or ``"image"`` (settings ``vllm_model_source``)
+    + model: the hub repository (``hub``); a name only otherwise
+    + revision: the hub commit to stage (``hub``; None: the default branch, once)
+    + url, sha256: the archive and its sha256 (``url``)
+    + models_dir: where URL archives are staged, one directory per sha256
+    + hf_cache_dir: the node's Hugging Face cache (mounted into the replicas)
+    + image: the node's vLLM image, which runs the hub download (``hub``)
+    + hf_token_file: *control-side* token file (``hub``; written as the root-only env file)
+    + hf_endpoint: a hub mirror (``HF_ENDPOINT``)
+    + script_dir: where files/stage_hub_weights.py is uploaded on the host
+    + timeout_s: a download that takes longer fails
+
+    Changes nothing while the staged marker matches the pin and the files are all there. A
+    checksum that is not the pinned one fails the operation and stages nothing.
+
+    **Example:**
+
+    .. code:: python
+
+        weights.stage(name="model weights staged", source="url", model="qwen3-32b-awq",
+                      url="http://mirror.internal/models/qwen3-32b-awq.tar", sha256="9f86d0...")
+    """
+    if source == "image":
+        host.noop(f"{model}: the weights are in the image")
+        return
+    if source == "url":
+        if not (url and sha256):
+            raise OperationValueError("source 'url' needs url and sha256")
+        state = host.get_fact(StagedWeights, directory=url_dir(models_dir, sha256))
+        if staged_matches(state, "url", sha256):
+            host.noop(f"{url} staged (sha256 {sha256[:12]}, {state['files']} files)")
+            return
+        yield url_stage_command(url, sha256, models_dir, timeout_s)
+        return
+    if source != "hub":
+        raise OperationValueError(f"source {source!r}: one of 'url', 'hub', 'image'")
+    if not image:
+        raise OperationValueError("source 'hub' needs the vLLM image that runs the download")
+    state = host.get_fact(StagedWeights, directory=hub_snapshot_dir(hf_cache_dir, model, revision))
+    if staged_matches(state, "hub", revision):
+        host.noop(f"{model}@{(revision or state['marker'].get('revision', '?'))[:12]} staged ({state['files']} files)")
+        return
+    token_env = None
+    if hf_token_file:
+        from operations.vllm import HF_TOKEN_ENV_FILE, HF_TOKEN_VARIABLES
+
+        token_env = HF_TOKEN_ENV_FILE
+        yield from secrets.env_file._inner(dest=token_env, variables=dict.fromkeys(HF_TOKEN_VARIABLES, hf_token_file))
+    yield from files.directory._inner(path=hf_cache_dir, user="root", group="root", mode="755")
+    yield from files.directory._inner(path=script_dir, user="root", group="root", mode="755")
+    script = f"{script_dir}/{HUB_SCRIPT}"
+    yield from files.put._inner(src=StringIO((FILES / HUB_SCRIPT).read_text()), dest=script,
+                                user="root", group="root", mode="644")
+    yield hub_stage_command(image, model, revision, hf_cache_dir, script, token_env, hf_endpoint, timeout_s)
