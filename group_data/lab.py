@@ -22,8 +22,6 @@ docker_daemon_config = {
 verify_toolkit_image = "lab-registry:5000/gpufleet-lab/toolkit-check:1"
 # The stand-in driver "loads" by writing here; /proc/driver/nvidia is the kernel's, not ours.
 nvidia_proc_version_path = "/run/gpufleet-lab/nvidia/version"
-# Stand-in hosts share this machine's kernel, whose headers Debian does not ship.
-nvidia_kernel_headers = False
 # The stand-in GPUs are not on this machine's PCI bus; the lab writes them as an `lspci -x` dump.
 pci_dump_file = "/etc/gpufleet-lab/lspci.dump"
 # The lab's CPU vLLM image is ~4 GB unpacked (production plans 25 GiB for a CUDA image).

@@ -83,14 +83,15 @@ def driver(version: str, packages: list[str], revision: str = "1", kernel_module
     if kernel_modules == "open" and not all("open" in p for p in packages if p.startswith(("nvidia-", "cuda-"))):
         raise OperationError(f"kernel_modules=open but the driver packages {packages} are not the open flavor")
     full = f"{version}-{revision}"
-    wanted = {p: full for p in packages}
+    driver_packages = {p: full for p in packages}
+    wanted = dict(driver_packages)
     # The next kernel's headers come with it: for each kernel meta-package installed
     # (linux-image-amd64, -generic, -generic-hwe-24.04) its headers meta-package, not held, so
     # when unattended-upgrades brings a new kernel it brings its headers too and DKMS builds the
     # module before the reboot into it.
     following = {f"linux-headers-{f}": None for f in host.get_fact(KernelFlavours)} if kernel_headers else {}
-    if kernel_headers:
-        wanted[f"linux-headers-{host.get_fact(KernelVersion)}"] = None
+    running_headers = {f"linux-headers-{host.get_fact(KernelVersion)}": None} if kernel_headers else {}
+    wanted.update(running_headers)
     states = host.get_fact(PackageStates, packages=sorted({**wanted, **following}))
     # Only the driver (and the running kernel's headers) ship units that reload systemd; a headers
     # meta-package does not, so it never stops a serving node.
@@ -98,8 +99,14 @@ def driver(version: str, packages: list[str], revision: str = "1", kernel_module
     if install:  # refused before the first change: a refused host keeps its old pin too
         refuse_daemon_reload_under_gpu_containers(f"installing {', '.join(install)}")
     yield from pinned_apt.preferences._inner(filename="gpufleet-nvidia-driver", packages=DRIVER_PIN_PATTERNS, version=full)
-    # Held, the running kernel's headers included: their name carries the kernel release.
-    yield from pinned_apt.packages._inner(packages=wanted, hold=True)
+    # Held, the running kernel's headers included: their name carries the kernel release. The
+    # headers first, in their own transaction: DKMS builds the module in the driver's postinst and
+    # fails without them (apt may configure a package before it unpacks one it does not depend on).
+    headers_install, _ = pinned_apt._plan(running_headers, states, hold=True)
+    if running_headers:
+        yield from pinned_apt.packages._inner(packages=running_headers, hold=True)
+    # The index was just refreshed when the headers were installed.
+    yield from pinned_apt.packages._inner(packages=driver_packages, hold=True, update=not headers_install)
     if following:
         yield from pinned_apt.packages._inner(packages=following, hold=False)
 

@@ -52,6 +52,39 @@ def build_repository() -> Path:
     return REPO_DIR
 
 
+KERNEL_ARCHIVE = "kernel-archive"  # http://lab-repo/kernel-archive/: the distribution's headers, stand-in
+HEADERS_VERSION = "1:0~gpufleet-lab"  # the epoch puts it above any real build of the same name
+
+
+def build_kernel_archive(release: str | None = None) -> Path:
+    """A flat repository with a STAND-IN ``linux-headers-<release>`` for this machine's kernel.
+
+    The lab's hosts run this machine's kernel, whose headers no archive the lab reaches carries
+    for sure. On a real host the distribution's archive has them, and DKMS builds the driver's
+    module against them (lab/standins/dkms-build fails without them). The package holds only
+    ``/lib/modules/<release>/build/`` with a note; `lab up` adds this archive to each GPU node as a
+    trusted source (the lab's own network), as a real host has its distribution's archive.
+    """
+    release = release or os.uname().release
+    out = REPO_DIR / KERNEL_ARCHIVE
+    name = f"linux-headers-{release}"
+    stamp = out / ".release"
+    if stamp.exists() and stamp.read_text() == release and (out / "Release").exists():
+        return out
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        note = Path(tmp) / "README"
+        note.write_text("STAND-IN (gpufleet lab): no kernel headers inside; DKMS's stand-in looks for this directory.\n")
+        spec = {"name": name, "architecture": "amd64", "files": {f"/lib/modules/{release}/build/README": str(note)},
+                "description": f"STAND-IN for the headers of kernel {release} (lab only)"}
+        _build_deb(spec, HEADERS_VERSION, out)
+    _write_index(out)
+    stamp.write_text(release)
+    return out
+
+
 def inputs_digest() -> str:
     h = hashlib.sha256()
     for f in sorted(p for p in STANDINS.rglob("*") if p.is_file()):
@@ -66,8 +99,9 @@ def _build_deb(spec: dict, version: str, out: Path) -> None:
         for dest, src in spec.get("files", {}).items():
             target = root / dest.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(STANDINS / src, target)
-            target.chmod(0o755 if os.access(STANDINS / src, os.X_OK) else 0o644)
+            source = STANDINS / src  # an absolute src (a file made on the fly) stays as it is
+            shutil.copy(source, target)
+            target.chmod(0o755 if os.access(source, os.X_OK) else 0o644)
         debian = root / "DEBIAN"
         debian.mkdir()
         control = [

@@ -45,6 +45,7 @@ def up(nodes: int, lbs: int) -> list[LabHost]:
     base = images.base_image(client)
     registry = images.registry_image(client, base)
     aptrepo.build_repository()
+    aptrepo.build_kernel_archive()
     _ensure_network(client)
     _ensure_service(client, REPO_CONTAINER, REPO_ALIAS, base,
                     ["python3", "-m", "http.server", "80", "--directory", "/srv/repo"],
@@ -72,8 +73,27 @@ def up(nodes: int, lbs: int) -> list[LabHost]:
         with ThreadPoolExecutor(max_workers=len(wanted)) as pool:
             keys = list(pool.map(lambda h: hosts.wait_until_booted(client.containers.get(h.name)), wanted))
     KNOWN_HOSTS.write_text("".join(f"[127.0.0.1]:{h.ssh_port} {k}\n" for h, k in zip(wanted, keys)))
+    _add_kernel_archive(client, [h for h in wanted if h.group == "gpu_nodes"])
     say(f"lab up: {len(wanted)} hosts in {time.monotonic() - started:.1f}s; inventory: inventory/lab.py")
     return wanted
+
+
+KERNEL_SOURCE = "/etc/apt/sources.list.d/gpufleet-lab-kernel-archive.list"
+
+
+def _add_kernel_archive(client: docker.DockerClient, nodes: list[LabHost]) -> None:
+    """Give each GPU node the stand-in archive of its kernel's headers, with its index read, as a
+    real host has its distribution's archive (gpufleet/lab/aptrepo.py: build_kernel_archive)."""
+    line = f"deb [trusted=yes] http://{REPO_ALIAS}/{aptrepo.KERNEL_ARCHIVE} ./\n"
+    for host in nodes:
+        container = client.containers.get(host.name)
+        hosts.put_file(container, KERNEL_SOURCE, line.encode())
+        # Every time (a second, this index is one package): a list removed or left from an
+        # archive built for another kernel must not hide the headers from the preflight.
+        code, out = hosts.run(container, f"apt-get update -q -o Dir::Etc::sourcelist={KERNEL_SOURCE} "
+                                         "-o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0")
+        if code != 0:
+            raise LabError(f"{host.name}: reading the stand-in kernel archive failed: {out[-500:]}")
 
 
 def _check_room_for_new_nodes(client: docker.DockerClient, wanted: list[LabHost], serving_tags: list[str]) -> None:

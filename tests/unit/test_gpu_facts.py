@@ -314,7 +314,10 @@ def test_load_driver_writes_the_package_version(tmp_path):
     bin_dir.mkdir()
     (bin_dir / "dpkg-query").write_text("#!/bin/sh\necho '1:580.95.05-1'\n")
     (bin_dir / "dpkg-query").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "GPUFLEET_LAB_ROOT": str(tmp_path)}
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "GPUFLEET_LAB_ROOT": str(tmp_path),
+           "GPUFLEET_LAB_KERNEL": "6.1.0-27-amd64"}
+    (tmp_path / "lib/modules/6.1.0-27-amd64/build").mkdir(parents=True)  # the headers: DKMS builds the module
+    subprocess.run(["sh", str(LOAD_DRIVER.parent / "dkms-build")], check=True, env=env, stdout=subprocess.DEVNULL)
     subprocess.run(["sh", str(LOAD_DRIVER)], check=True, env=env)
     version_file = tmp_path / "run/gpufleet-lab/nvidia/version"
     parsed = gpu.parse_driver_version(lines(version_file))

@@ -31,8 +31,16 @@ def root(tmp_path):
     return tmp_path
 
 
-def env(root):
-    return {**os.environ, "PATH": f"{root / 'bin'}:{os.environ['PATH']}", "GPUFLEET_LAB_ROOT": str(root)}
+KERNEL = "6.1.0-27-amd64"  # the running kernel, as `uname -r` says it to the stand-ins
+
+
+def env(root, kernel=KERNEL):
+    return {**os.environ, "PATH": f"{root / 'bin'}:{os.environ['PATH']}", "GPUFLEET_LAB_ROOT": str(root),
+            "GPUFLEET_LAB_KERNEL": kernel}
+
+
+def dkms_build(root, kernel=KERNEL):
+    return subprocess.run(["sh", str(STANDINS / "dkms-build")], capture_output=True, text=True, env=env(root, kernel))
 
 
 def load(root, version):
@@ -102,5 +110,30 @@ def test_secure_boot_keeps_the_unsigned_module_out_and_mokutil_says_so(root):
     assert mok.stdout == "SecureBoot enabled\n"
     (root / "var/lib/gpufleet-lab").mkdir(parents=True)
     (root / "var/lib/gpufleet-lab/mok-enrolled").write_text("")  # the key enrolled: it loads
+    (root / f"lib/modules/{KERNEL}/build").mkdir(parents=True)
+    assert dkms_build(root).returncode == 0  # (the module DKMS built at install time)
     assert subprocess.run(load_driver, env=env(root)).returncode == 0
     assert "580.105.08" in (root / "run/gpufleet-lab/nvidia/version").read_text()
+
+
+def test_dkms_without_the_running_kernels_headers_fails_naming_the_package(root):
+    """As dkms 3 does in the driver's postinst: the install fails (dpkg: half-configured)."""
+    run = dkms_build(root)
+    assert run.returncode == 1
+    assert f"Your kernel headers for kernel {KERNEL} cannot be found at /lib/modules/{KERNEL}/build" in run.stderr
+    assert f"Please install the linux-headers-{KERNEL} package" in run.stderr
+    assert not (root / "var/lib/dkms").exists()
+
+
+def test_a_kernel_nobody_built_the_module_for_boots_without_a_driver(root):
+    """Headers there at install time: the module is built for that kernel, and loads. A new
+    kernel installed later without its headers has no module: modprobe fails at boot."""
+    load_driver = ["sh", str(STANDINS / "load-driver")]
+    (root / f"lib/modules/{KERNEL}/build").mkdir(parents=True)
+    built = dkms_build(root)
+    assert built.returncode == 0 and f"nvidia/580.105.08, {KERNEL}, x86_64: installed" in built.stdout
+    assert subprocess.run(load_driver, env=env(root)).returncode == 0
+    newer = "6.1.0-28-amd64"
+    refused = subprocess.run(load_driver, capture_output=True, text=True, env=env(root, newer))
+    assert refused.returncode == 1
+    assert refused.stderr == f"modprobe: FATAL: Module nvidia not found in directory /lib/modules/{newer}\n"
