@@ -27,6 +27,20 @@ def test_driver_is_loaded_after_the_first_deploy_rebooted_the_node(deployed, hos
     assert "blacklist nouveau" in node.file("/etc/modprobe.d/gpufleet-blacklist-nouveau.conf").content_string
 
 
+def test_dkms_built_the_module_against_the_running_kernels_headers_installed_first(deployed, hosts):
+    """The lab installs headers as production does (the stand-in kernel archive) and the stand-in
+    DKMS, which fails without them, built the module the stand-in kernel loaded at boot."""
+    for name in ("gpu-node-1", "gpu-node-2"):
+        node = hosts[name]
+        kernel = node.check_output("uname -r")
+        headers = f"linux-headers-{kernel}"
+        assert node.package(headers).is_installed and headers in node.run("apt-mark showhold").stdout.split()
+        assert node.file(f"/var/lib/dkms/nvidia/580.95.05/{kernel}/x86_64/module/nvidia.ko").exists
+        # The headers were configured before the driver's postinst ran (its DKMS build needs them).
+        log = node.file("/var/log/dpkg.log").content_string
+        assert log.index(f"configure {headers}:") < log.index("configure nvidia-open:"), name
+
+
 def test_gpu_containers_see_the_gpus_through_the_toolkit(deployed, hosts):
     out = hosts["gpu-node-2"].run(
         "docker run --rm --gpus '\"device=1\"' lab-registry:5000/gpufleet-lab/toolkit-check:1 nvidia-smi -L")
