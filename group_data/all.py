@@ -45,6 +45,10 @@ prometheus_min_version = "2.42.0+ds-5+deb12u1"
 # vLLM loads is not nccl_version, or if torch has no sm_120 kernels.
 vllm_image = "vllm/vllm-openai:v0.21.0"
 vllm_model = "Qwen/Qwen3-32B-AWQ"
+# Staged on each node from the hub before any replica starts, verified, served offline
+# (operations/weights.py). An air-gapped site: vllm_model_source = "url", vllm_model_url and
+# vllm_model_sha256 of an archive on its own mirror.
+vllm_model_source = "hub"
 vllm_served_model_name = "qwen3-32b-awq"
 vllm_quantization = "awq_marlin"
 vllm_tensor_parallel_size = 2
