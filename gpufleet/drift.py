@@ -306,4 +306,7 @@ def write_junit(report: DriftReport, path: str) -> None:
         for item in h.items:
             failure = ET.SubElement(case, "failure", message=f"[{item.kind}] {item.check}: {item.cause}")
             failure.text = "\n".join(item.details)
-    ET.ElementTree(suite).write(path, encoding="unicode", xml_declaration=True)
+    from gpufleet.private_files import write_private
+
+    body = ET.tostring(suite, encoding="unicode")
+    write_private(path, "<?xml version='1.0' encoding='UTF-8'?>\n" + body)

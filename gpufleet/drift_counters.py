@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpufleet.private_files import write_private
+
 
 def default_path(inventory_path: str) -> Path:
     root = Path(os.environ.get("GPUFLEET_STATE_DIR") or Path.home() / ".local/state/gpufleet")
@@ -66,12 +68,7 @@ class CounterStore:
         for name, seen in self.seen.items():
             if seen.now:
                 self.hosts[name] = {**seen.before, **seen.now, "checked_at": time.time()}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"version": 1, "hosts": self.hosts}, handle, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
+        write_private(self.path, json.dumps({"version": 1, "hosts": self.hosts}, indent=1, sort_keys=True))
 
 
 # ------------------------------------------------------------------------------------- XIDs ------

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 # What a disruptive change needs: the serving gate's typed refusal says which (re-exported here).
+from gpufleet.private_files import write_private
 from operations.serving_gate import GPU_STACK, REPLICAS  # noqa: F401
 
 PENDING, DRAINING, UPDATING, VALIDATING, UNDRAINING = "pending", "draining", "updating", "validating", "undraining"
@@ -107,11 +108,8 @@ class Rollout:
         return state_dir() / f"{self.id}.json"
 
     def save(self) -> None:
-        path = self.path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
-        os.replace(tmp, path)  # a control host that dies mid-write leaves the previous state
+        # Atomic: a control host that dies mid-write leaves the previous state. 0600 (private_files).
+        write_private(self.path(), json.dumps(self.as_dict(), indent=2) + "\n")
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)

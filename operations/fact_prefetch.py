@@ -99,10 +99,13 @@ class _PrefetchedFacts:
         return {_key(e["fact"], e["kwargs"]): e for e in entries if isinstance(e, dict) and e.get("asked", "") >= oldest}
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Owner-only, like everything gpufleet keeps about the fleet (gpufleet/private_files.py).
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"facts": sorted(self.remembered.values(), key=lambda e: _key(e["fact"], e["kwargs"]))},
-                                  indent=1) + "\n")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps({"facts": sorted(self.remembered.values(),
+                                                     key=lambda e: _key(e["fact"], e["kwargs"]))}, indent=1) + "\n")
         os.replace(tmp, self.path)
 
     # ------------------------------------------------------------------ one round trip -----------

@@ -57,8 +57,9 @@ def check(inventory_path, limit, data, as_json, prometheus_file, junit_file, rep
         click.echo(f"gpufleet drift: --fix refused: {report.fix['refused']}", err=True)
     payload = json.dumps(report.as_dict(), indent=2)
     if report_file:
-        with open(report_file, "w") as handle:
-            handle.write(payload + "\n")
+        from gpufleet.private_files import write_private
+
+        write_private(report_file, payload + "\n")
     if prometheus_file:
         engine.write_prometheus(report, prometheus_file)
     if junit_file:
