@@ -43,29 +43,54 @@ def _hash(path: Path, algorithm: str, prefix: bytes = b"") -> str:
     return h.hexdigest()
 
 
-def verify_snapshot(snapshot: Path) -> tuple[int, int]:
-    """Check every file of a cache snapshot against its blob's name; return (files, bytes)."""
+def bad_files(snapshot: Path) -> tuple[int, int, list[tuple[Path, str]]]:
+    """Hash every file of a cache snapshot and compare with its blob's name:
+    ``(files, bytes, [(link, why) for each that does not match])``."""
     files = total = 0
+    bad: list[tuple[Path, str]] = []
     for link in sorted(snapshot.rglob("*")):
-        if link.name in (MARKER, MANIFEST) or link.is_dir():
+        if link.name.startswith(MARKER) or link.name == MANIFEST or link.is_dir():
             continue
         blob = link.resolve()
         if not blob.is_file():
-            raise NotVerified(f"{link.relative_to(snapshot)}: its blob {blob} is missing")
+            bad.append((link, f"its blob {blob} is missing"))
+            continue
         name, size = blob.name, blob.stat().st_size
         if len(name) == 64:  # an LFS file: its sha256
             got = _hash(blob, "sha256")
         elif len(name) == 40:  # a git file: sha1 of "blob <size>\0" + content
             got = _hash(blob, "sha1", f"blob {size}\0".encode())
         else:
-            raise NotVerified(f"{link.relative_to(snapshot)}: blob {name} is named by no hash this script knows")
+            bad.append((link, f"blob {name} is named by no hash this script knows"))
+            continue
         if got != name:
-            raise NotVerified(f"{link.relative_to(snapshot)}: content hashes to {got}, its blob is named {name}")
+            bad.append((link, f"content hashes to {got}, its blob is named {name}"))
+            continue
         files += 1
         total += size
+    return files, total, bad
+
+
+def verify_snapshot(snapshot: Path) -> tuple[int, int]:
+    """Check every file of a cache snapshot against its blob's name; return (files, bytes)."""
+    files, total, bad = bad_files(snapshot)
+    if bad:
+        link, why = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise NotVerified(f"{link.relative_to(snapshot)}: {why}{more}")
     if files == 0:
         raise NotVerified(f"{snapshot}: no files")
     return files, total
+
+
+def forget(bad: list[tuple[Path, str]]) -> None:
+    """Remove the bad files' blobs and snapshot links, so the next download fetches them again
+    (huggingface_hub trusts a blob that exists, whatever its bytes)."""
+    for link, _ in bad:
+        blob = link.resolve()
+        if blob.is_file() and blob.parent.name == "blobs":
+            blob.unlink()
+        link.unlink(missing_ok=True)
 
 
 def write_marker(snapshot: Path, model: str, revision: str, files: int, size: int) -> None:
@@ -84,6 +109,14 @@ def main(argv: list[str] | None = None) -> int:
         from huggingface_hub import snapshot_download
 
         path = Path(snapshot_download(repo_id=args.model, revision=args.revision))
+        for stale in path.glob(f"{MARKER}*"):  # a marker from before, or one cut short
+            stale.unlink()
+        _, _, bad = bad_files(path)
+        if bad:  # damaged since the last staging (or a download cut short): fetch those once more
+            print(f"gpufleet: {len(bad)} file(s) of {args.model} do not match their hashes: downloading them again",
+                  file=sys.stderr)
+            forget(bad)
+            path = Path(snapshot_download(repo_id=args.model, revision=args.revision))
         files, size = verify_snapshot(path)
     except NotVerified as exc:
         print(f"gpufleet: {args.model}: {exc}: refused, not staged", file=sys.stderr)

@@ -32,6 +32,7 @@ preflight's ``preflight_free_disk_gib`` margin.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from io import StringIO
 from pathlib import Path
@@ -41,7 +42,7 @@ from pyinfra.api import OperationValueError, operation
 from pyinfra.operations import files
 
 from operations import secrets
-from operations.facts.weights import MANIFEST, MARKER, StagedWeights
+from operations.facts.weights import COUNT_FILES, MANIFEST, MARKER, StagedWeights
 
 FILES = Path(__file__).resolve().parents[1] / "files"
 HUB_SCRIPT = "stage_hub_weights.py"
@@ -86,32 +87,47 @@ def staged_matches(state: dict, source: str, pin: str | None) -> bool:
 
 
 def url_stage_command(url: str, sha256: str, models_dir: str, timeout_s: int) -> str:
-    """Shell that downloads, checks, unpacks and moves the archive into place (marker last)."""
+    """Shell that downloads, checks, unpacks and moves the archive into place (marker last).
+
+    Everything happens in a private work directory under ``<models_dir>/.incoming`` (removed on
+    any exit), so two runs at once or an interrupted one leave nothing the next one trips on. A
+    staged directory that is replaced (its files damaged since) is kept aside while a container
+    still mounts it: a running replica's files are never deleted under it.
+    """
     q = shlex.quote
     marker_json = q(json.dumps(url))
     return "\n".join([
         "set -eu; umask 022",
-        f"models={q(models_dir)}; sha={sha256}; url={q(url)}; inc=\"$models/.incoming\"; dest=\"$models/$sha\"",
-        'install -d -m 0755 "$models" "$inc"; rm -rf "$inc/$sha" "$inc/$sha.part" "$inc/$sha.manifest"',
-        f'curl -fsS --retry 3 --connect-timeout 20 --max-time {int(timeout_s)} -o "$inc/$sha.part" "$url" '
-        '|| { rm -f "$inc/$sha.part"; echo "gpufleet: downloading $url failed" >&2; exit 1; }',
-        'got=$(sha256sum "$inc/$sha.part" | cut -d" " -f1)',
-        'if [ "$got" != "$sha" ]; then rm -f "$inc/$sha.part"; echo "gpufleet: $url has sha256 $got, '
+        f"models={q(models_dir)}; sha={q(sha256)}; url={q(url)}; inc=\"$models/.incoming\"; dest=\"$models/$sha\"",
+        f"count() {{ {COUNT_FILES}; }}",
+        'install -d -m 0755 "$models" "$inc"; work=$(mktemp -d "$inc/$sha.XXXXXX"); trap \'rm -rf "$work"\' EXIT',
+        f'curl -fsS --retry 3 --connect-timeout 20 --max-time {int(timeout_s)} -o "$work/archive" "$url" '
+        '|| { echo "gpufleet: downloading $url failed" >&2; exit 1; }',
+        'got=$(sha256sum "$work/archive" | cut -d" " -f1)',
+        'if [ "$got" != "$sha" ]; then echo "gpufleet: $url has sha256 $got, '
         'not the pinned $sha (vllm_model_sha256): refused, nothing staged" >&2; exit 1; fi',
-        'mkdir "$inc/$sha"; tar -xf "$inc/$sha.part" -C "$inc/$sha" --no-same-owner --no-same-permissions; '
-        'rm -f "$inc/$sha.part"',
+        'mkdir "$work/model"; tar -xf "$work/archive" -C "$work/model" --no-same-owner --no-same-permissions; '
+        'rm -f "$work/archive"',
         # An archive of one directory (model-name/config.json ...) is that directory's content.
-        'set -- "$inc/$sha"/*; if [ $# -eq 1 ] && [ -d "$1" ] && [ ! -e "$inc/$sha/config.json" ]; then '
-        'mv "$1" "$inc/$sha.one"; rmdir "$inc/$sha"; mv "$inc/$sha.one" "$inc/$sha"; fi',
-        '[ -f "$inc/$sha/config.json" ] || { rm -rf "$inc/$sha"; echo "gpufleet: $url holds no config.json '
+        'set -- "$work/model"/*; if [ $# -eq 1 ] && [ -d "$1" ] && [ ! -e "$work/model/config.json" ]; then '
+        'mv "$1" "$work/one"; rmdir "$work/model"; mv "$work/one" "$work/model"; fi',
+        '[ -f "$work/model/config.json" ] || { echo "gpufleet: $url holds no config.json '
         '(at its top or in its one directory): not a model, nothing staged" >&2; exit 1; }',
-        f'(cd "$inc/$sha" && find . -type f -print0 | sort -z | xargs -0 sha256sum) > "$inc/$sha.manifest"; '
-        f'mv "$inc/$sha.manifest" "$inc/$sha/{MANIFEST}"',
-        f'stats=$(find "$inc/$sha" -type f ! -name {q(MARKER)} ! -name {q(MANIFEST)} -printf "%s\\n" '
-        "| awk '{n++; s+=$1} END {printf \"%d %d\", n, s}')",
+        # A link would make the served files depend on what it points at on this host.
+        'if [ -n "$(find "$work/model" -type l | head -n 1)" ]; then echo "gpufleet: $url holds symbolic links: '
+        'a model archive of plain files is expected, nothing staged" >&2; exit 1; fi',
+        f'(cd "$work/model" && find . -type f -print0 | sort -z | xargs -0 sha256sum) > "$work/manifest"; '
+        f'mv "$work/manifest" "$work/model/{MANIFEST}"',
+        'stats=$(count "$work/model")',
         f"printf '{{\"source\": \"url\", \"url\": %s, \"sha256\": \"%s\", \"files\": %s, \"bytes\": %s}}\\n' "
-        f'{marker_json} "$sha" "${{stats% *}}" "${{stats#* }}" > "$inc/$sha/{MARKER}"',
-        'rm -rf "$dest.old"; if [ -e "$dest" ]; then mv "$dest" "$dest.old"; fi; mv "$inc/$sha" "$dest"; rm -rf "$dest.old"',
+        f'{marker_json} "$sha" "${{stats% *}}" "${{stats#* }}" > "$work/model/{MARKER}"',
+        # The staged directory it replaces goes, unless a container mounts it: then it is kept
+        # aside (a running replica keeps its files; the next recreate mounts the new one).
+        'if [ -e "$dest" ]; then old="$dest.replaced-$(date +%s)"; mv "$dest" "$old"; '
+        'if command -v docker >/dev/null 2>&1 && [ -n "$(docker ps -aq --filter volume="$dest" 2>/dev/null)" ]; '
+        'then echo "gpufleet: kept $old: a container still mounts it (remove it once none does)"; '
+        'else rm -rf "$old"; fi; fi',
+        'mv "$work/model" "$dest"',
         'echo "staged $url (sha256 $sha): ${stats% *} files, ${stats#* } bytes in $dest"',
     ])
 
@@ -168,6 +184,8 @@ def stage(source: str, model: str, revision: str | None = None, url: str | None 
     if source == "url":
         if not (url and sha256):
             raise OperationValueError("source 'url' needs url and sha256")
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise OperationValueError(f"sha256 {sha256!r}: 64 lowercase hex digits")
         state = host.get_fact(StagedWeights, directory=url_dir(models_dir, sha256))
         if staged_matches(state, "url", sha256):
             host.noop(f"{url} staged (sha256 {sha256[:12]}, {state['files']} files)")

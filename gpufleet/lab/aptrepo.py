@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -53,7 +54,8 @@ def build_repository() -> Path:
 
 
 KERNEL_ARCHIVE = "kernel-archive"  # http://lab-repo/kernel-archive/: the distribution's headers, stand-in
-HEADERS_VERSION = "1:0~gpufleet-lab"  # the epoch puts it above any real build of the same name
+HEADERS_VERSION = "1:0~gpufleet-lab"
+DEBIAN_PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")  # Debian Policy 5.6.1  # the epoch puts it above any real build of the same name
 
 
 def build_kernel_archive(release: str | None = None) -> Path:
@@ -68,6 +70,10 @@ def build_kernel_archive(release: str | None = None) -> Path:
     release = release or os.uname().release
     out = REPO_DIR / KERNEL_ARCHIVE
     name = f"linux-headers-{release}"
+    if not DEBIAN_PACKAGE_NAME.fullmatch(name):
+        raise ValueError(f"the hosts' kernel {release!r} gives {name!r}, which is not a Debian package name "
+                         "(lowercase letters, digits, '+', '-', '.'): no archive can carry its headers, so the lab "
+                         "cannot stand in for them on this machine")
     stamp = out / ".release"
     if stamp.exists() and stamp.read_text() == release and (out / "Release").exists():
         return out

@@ -45,7 +45,11 @@ def up(nodes: int, lbs: int) -> list[LabHost]:
     base = images.base_image(client)
     registry = images.registry_image(client, base)
     aptrepo.build_repository()
-    aptrepo.build_kernel_archive()
+    # The kernel the hosts run is the Docker engine's (not always this process's machine).
+    try:
+        aptrepo.build_kernel_archive(client.info()["KernelVersion"])
+    except ValueError as exc:
+        raise LabError(str(exc)) from None
     _ensure_network(client)
     _ensure_service(client, REPO_CONTAINER, REPO_ALIAS, base,
                     ["python3", "-m", "http.server", "80", "--directory", "/srv/repo"],

@@ -9,6 +9,11 @@ from pyinfra.api import FactBase
 
 MARKER = ".gpufleet-staged.json"  # in the staged directory; written last, after verification
 MANIFEST = ".gpufleet-manifest.sha256"  # `sha256sum -c` input for every staged file (URL archives)
+# Files and bytes of a staged directory, as the fact counts them: every regular file, symlinks
+# followed, but the marker (and its temporary) and the manifest. %.0f, not %d: Debian's mawk
+# prints %d no higher than 2^31-1, and weights are tens of GB.
+COUNT_FILES = ("find -L \"$1\" -type f ! -name '" + MARKER + "*' ! -name '" + MANIFEST + "' -printf '%s\\n' "
+               "| awk '{n++; s+=$1} END {printf \"%.0f %.0f\\n\", n, s}'")
 
 
 class StagedWeights(FactBase):
@@ -18,7 +23,7 @@ class StagedWeights(FactBase):
     ``{"marker": {...} | None, "files": 7, "bytes": 17893220352}``: the marker is the JSON the
     staging wrote after verifying (None: never staged, or interrupted before the end); files and
     bytes count every regular file (symlinks followed: the Hugging Face cache links snapshots to
-    blobs) except the marker and the manifest. The staging records the same two numbers, so a file
+    blobs) except the marker (and a temporary of it) and the manifest (COUNT_FILES). The staging records the same two numbers, so a file
     removed, truncated or added since shows without hashing gigabytes on every plan.
 
     ``directory`` may contain ``$(...)`` resolved on the host (a hub snapshot named by
@@ -27,10 +32,9 @@ class StagedWeights(FactBase):
 
     def command(self, directory: str) -> str:
         d = directory if "$(" in directory else shlex.quote(directory)
-        marker, manifest = shlex.quote(MARKER), shlex.quote(MANIFEST)
+        marker = shlex.quote(MARKER)
         return (f'd={d}; if [ -f "$d/"{marker} ]; then cat "$d/"{marker}; echo; '
-                f'find -L "$d" -type f ! -name {marker} ! -name {manifest} -printf "%s\\n" '
-                "| awk '{n++; s+=$1} END {printf \"%d %d\\n\", n, s}'; else echo absent; fi")
+                f'set -- "$d"; {COUNT_FILES}; else echo absent; fi')
 
     def process(self, output: list[str]) -> dict:
         lines = [line for line in output if line.strip()]

@@ -1,7 +1,8 @@
 """Model weights staged before serving (operations/weights.py, files/stage_hub_weights.py).
 
-The URL staging's shell runs here for real (curl from a local HTTP server on 127.0.0.1,
-sha256sum, GNU tar, find), and so does the fact's command on what it staged; the hub verifier
+The URL staging's shell runs here for real under ``sh`` (dash, as pyinfra runs it on Debian
+and Ubuntu: curl from a local HTTP server on 127.0.0.1, sha256sum, GNU tar, find, mawk), and so
+does the fact's command on what it staged; the hub verifier
 runs on a Hugging Face cache built by hand (blobs named by their hashes, snapshot symlinks).
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from files.stage_hub_weights import NotVerified, verify_snapshot, write_marker
+from files.stage_hub_weights import NotVerified, bad_files, forget, verify_snapshot, write_marker
 from operations import vllm, weights
 from operations.facts.weights import MANIFEST, MARKER, StagedWeights
 
@@ -49,7 +50,7 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 
 def _sh(script: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
 
 
 def _fact(directory: str) -> dict:
@@ -77,6 +78,7 @@ def test_url_archive_is_staged_verified_and_then_left_alone(tmp_path, mirror):
     marker = json.loads((staged / MARKER).read_text())
     assert marker == {"source": "url", "url": f"{base}/tiny.tar", "sha256": sha, "files": 3, "bytes": 1025}
     assert not list((models / ".incoming").iterdir())  # nothing left half-done
+    assert not [p for p in models.iterdir() if ".replaced-" in p.name]
     state = _fact(str(staged))
     assert weights.staged_matches(state, "url", sha)
     # A weight file truncated on the node: no longer staged (the next deploy stages again).
@@ -166,3 +168,64 @@ def test_hub_download_runs_in_the_image_with_the_token_file_never_the_token():
     assert "--env-file /etc/gpufleet/hf-token.env" in cmd and "HF_TOKEN" not in cmd
     assert "-e HF_ENDPOINT=https://hf-mirror.internal" in cmd and "HF_HUB_OFFLINE" not in cmd
     assert cmd.endswith(f"--model Qwen/Qwen3-32B-AWQ --revision {'e' * 40}")
+
+
+def test_what_an_interrupted_run_left_does_not_stop_the_next(tmp_path, mirror):
+    www, base = mirror
+    archive = _tar(MODEL)
+    (www / "tiny.tar").write_bytes(archive)
+    sha = hashlib.sha256(archive).hexdigest()
+    models = tmp_path / "models"
+    for leftover in (f".incoming/{sha}", f".incoming/{sha}.one/tiny", f".incoming/{sha}.part"):
+        (models / leftover).mkdir(parents=True)  # what earlier layouts or a kill -9 could leave
+    (models / sha).mkdir()  # a staged directory without its marker: not staged
+    (models / sha / "config.json").write_text("{}")
+    assert _sh(weights.url_stage_command(f"{base}/tiny.tar", sha, str(models), 60)).returncode == 0
+    assert weights.staged_matches(_fact(str(models / sha)), "url", sha)
+
+
+def test_an_archive_with_links_is_refused(tmp_path, mirror):
+    www, base = mirror
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in MODEL.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("tiny/tokenizer_config.json")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/hostname"
+        tar.addfile(link)
+    (www / "linked.tar").write_bytes(buf.getvalue())
+    models = tmp_path / "models"
+    out = _sh(weights.url_stage_command(f"{base}/linked.tar", hashlib.sha256(buf.getvalue()).hexdigest(),
+                                        str(models), 60))
+    assert out.returncode == 1 and "holds symbolic links" in out.stderr
+    assert sorted(p.name for p in models.iterdir()) == [".incoming"]
+
+
+def test_byte_counts_past_2_gib_are_exact(tmp_path):
+    """mawk's %d stops at 2^31-1; weights are tens of GB (a sparse file: no disk used)."""
+    staged = tmp_path / "big"
+    staged.mkdir()
+    size = 3 * 1024 ** 3 + 7
+    with open(staged / "model.safetensors", "wb") as f:
+        f.truncate(size)
+    (staged / "config.json").write_text("{}")
+    (staged / MARKER).write_text(json.dumps({"source": "url", "sha256": "a", "files": 2, "bytes": size + 2}))
+    (staged / (MARKER + ".tmp")).write_text("half a marker")  # not counted, as the staging does not
+    state = _fact(str(staged))
+    assert (state["files"], state["bytes"]) == (2, size + 2)
+    assert weights.staged_matches(state, "url", "a")
+
+
+def test_damaged_hub_files_are_found_and_forgotten_so_they_download_again(tmp_path):
+    snapshot = _hub_cache(tmp_path, {"config.json": b"{}", "model.safetensors": b"w" * 4096}, {"model.safetensors"})
+    (snapshot / (MARKER + ".tmp")).write_text("cut short")  # a marker write that never finished: ignored
+    assert bad_files(snapshot)[2] == []
+    blob = (snapshot / "model.safetensors").resolve()
+    blob.write_bytes(b"w" * 100)
+    files, size, bad = bad_files(snapshot)
+    assert (files, size) == (1, 2) and [link.name for link, _ in bad] == ["model.safetensors"]
+    forget(bad)
+    assert not blob.exists() and not (snapshot / "model.safetensors").exists()
+    assert (snapshot / "config.json").resolve().exists()  # the good file stays
