@@ -12,8 +12,8 @@ from pyinfra.operations.util import any_changed
 from gpufleet.deploy_args import replica_model_args, vllm_image_args, weights_args
 from gpufleet.deploying import fleet_for, host_settings
 from gpufleet.fleet import replicas_of
-from operations import (app, distro_packages, docker_daemon, loadbalancer, milvus, monitoring, nvidia, pinned_apt,
-                        preflight, vllm, weights)
+from operations import (app, distro_packages, docker_daemon, loadbalancer, milvus, monitoring, node_exporter, nvidia,
+                        pinned_apt, preflight, vllm, weights)
 from operations.fact_prefetch import prefetch_facts
 from operations.serving_gate import REPLICAS, ServingGate
 
@@ -76,6 +76,9 @@ if "gpu_nodes" in host.groups:
     # refused while GPU containers run (operations/docker_daemon.py). The exporters listen on the private
     # address only, unless the data says otherwise.
     metrics_address = settings.metrics_listen_address or fleet.hosts[host.name].address
+    # Its install reloads systemd: refused by the operation itself under live GPU containers.
+    node_exporter.node_exporter(name="node_exporter (host and drift metrics)", listen_address=metrics_address,
+                                port=settings.node_exporter_port, min_version=settings.node_exporter_min_version)
     monitoring.gpu_monitor(name="gpu_monitor (NVML metrics)", gpu_count=settings.gpu_count,
                            requirements=settings.gpu_monitor_requirements,
                            pip_install_args=settings.monitor_pip_install_args, port=settings.gpu_monitor_port,
@@ -153,3 +156,6 @@ if "lb" in host.groups:
     monitoring.alertmanager(name="Alertmanager: webhook receiver", **monitoring.alertmanager_args(fleet, host.name))
     monitoring.prometheus(name="Prometheus: scrape jobs from the inventory", **monitoring.prometheus_args(fleet, host.name))
     systemd.service(name="Prometheus running", service="prometheus", running=True, enabled=True)
+    node_exporter.node_exporter(name="node_exporter (host and drift metrics)",
+                                listen_address=settings.metrics_listen_address or fleet.hosts[host.name].address,
+                                port=settings.node_exporter_port, min_version=settings.node_exporter_min_version)

@@ -94,6 +94,11 @@ class EdgeSettings(BaseModel):
     metrics_listen_address: str | None = None
     # Milvus's /metrics: scraped on milvus_health_port (settings_data.py), where /healthz is too.
 
+    # --- node_exporter on every host (operations/node_exporter.py) --------------------------------
+    # On metrics_listen_address (the private address), textfile collector for drift's metrics.
+    node_exporter_port: int = Field(9100, ge=1024, le=65535)
+    node_exporter_min_version: str | None = None  # see lb_nginx_min_version
+
     # --- Prometheus on lb hosts --------------------------------------------------------------------
     prometheus_min_version: str | None = None  # see lb_nginx_min_version
     prometheus_port: int = Field(9090, ge=1, le=65535)
@@ -111,7 +116,7 @@ class EdgeSettings(BaseModel):
             check_pem_file(v, "PRIVATE KEY" if info.field_name == "lb_tls_key_file" else "CERTIFICATE")
         return v
 
-    @field_validator("lb_nginx_min_version", "prometheus_min_version")
+    @field_validator("lb_nginx_min_version", "prometheus_min_version", "node_exporter_min_version")
     @classmethod
     def _floor_exact(cls, v: str | None) -> str | None:
         return exact_debian_version(v)
@@ -159,8 +164,9 @@ class EdgeSettings(BaseModel):
         if self.lb_require_api_key and getattr(self, "vllm_api_key_file", None) is None:
             problems.append(("lb_require_api_key", True, "vllm_api_key_file set: the key nginx checks is vLLM's"))
         lb_ports = {"lb_port": getattr(self, "lb_port", 80), "lb_status_port": self.lb_status_port,
-                    "prometheus_port": self.prometheus_port}
+                    "prometheus_port": self.prometheus_port, "node_exporter_port": self.node_exporter_port}
         node_ports = {"dcgm_exporter_port": self.dcgm_exporter_port, "gpu_monitor_port": self.gpu_monitor_port,
+                      "node_exporter_port": self.node_exporter_port,
                       "milvus_health_port": getattr(self, "milvus_health_port", 9091)}
         if getattr(self, "gpu_count", 0):
             replicas = getattr(self, "replicas_declared", lambda: [])()

@@ -38,6 +38,7 @@ docker_daemon_config = {"log-driver": "json-file", "log-opts": {"max-size": "100
 # --- load balancer hosts (Debian 12's packages, floors as above) --------------------------------
 lb_nginx_min_version = "1.22.1-9+deb12u11"
 prometheus_min_version = "2.42.0+ds-5+deb12u1"
+node_exporter_min_version = "1.5.0-1+b6"  # prometheus-node-exporter, every host
 
 # --- serving ------------------------------------------------------------------------------------
 # A CUDA 12.9 build with sm_120 kernels and --shutdown-timeout (vLLM >= 0.18). The image gpufleet

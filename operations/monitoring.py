@@ -212,7 +212,9 @@ def prometheus_args(fleet, host_name: str) -> dict[str, Any]:
               "gpu_monitor_port": n.settings.gpu_monitor_port, "milvus_metrics_port": n.settings.milvus_health_port}
              for n in fleet.nodes]
     replicas = [{"name": r.name, "node": r.node, "address": r.address, "port": r.port} for r in fleet.replicas]
-    return {"replicas": replicas, "nodes": nodes,
+    hosts = [{"name": h.name, "address": h.address, "port": h.settings.node_exporter_port}
+             for h in (*fleet.nodes, *fleet.load_balancers)]
+    return {"replicas": replicas, "nodes": nodes, "hosts": hosts,
             "options": {"port": s.prometheus_port, "scrape_interval_s": s.prometheus_scrape_interval_s,
                         "retention": s.prometheus_retention,
                         # Like the exporters: the lb's private address unless metrics_listen_address says otherwise.
@@ -229,10 +231,10 @@ def local_address(listen_address: str | None) -> str:
     return "127.0.0.1" if listen_address in (None, "", "0.0.0.0") else listen_address
 
 
-def render_prometheus(replicas: list, nodes: list, options: dict | None = None) -> str:
+def render_prometheus(replicas: list, nodes: list, options: dict | None = None, hosts: list | None = None) -> str:
     opts = {"port": 9090, "scrape_interval_s": 15, **(options or {})}
     rows = [r if isinstance(r, dict) else r.model_dump() for r in replicas]
-    return _render("prometheus/prometheus.yml.j2", replicas=rows, nodes=nodes, node_jobs=NODE_JOBS,
+    return _render("prometheus/prometheus.yml.j2", replicas=rows, nodes=nodes, node_jobs=NODE_JOBS, hosts=hosts or [],
                    prometheus_address=local_address(opts.get("listen_address")),
                    prometheus_port=opts["port"], scrape_interval_s=opts["scrape_interval_s"],
                    rule_files=[RULES_NAME], alertmanager=opts.get("alertmanager"))
@@ -303,7 +305,8 @@ def prometheus_script(port: int, restart: bool, test_new: bool = True, rules: bo
 
 
 @operation()
-def prometheus(replicas: list, nodes: list, options: dict | None = None, rules: str | None = None):
+def prometheus(replicas: list, nodes: list, options: dict | None = None, rules: str | None = None,
+               hosts: list | None = None):
     """
     /etc/prometheus/prometheus.yml from the inventory and the alert rules: check, swap in, reload,
     roll back on failure.
@@ -314,6 +317,8 @@ def prometheus(replicas: list, nodes: list, options: dict | None = None, rules: 
       (``host:port`` alerts are sent to; None: none)
     + rules: the alert rules' text, installed as /etc/prometheus/gpufleet-alerts.yml
       (default: files/prometheus/alerts.yml)
+    + hosts: ``[{"name", "address", "port"}]``: every host's node_exporter (job ``node``, which
+      also carries drift's textfile metrics)
 
     **Example:**
 
@@ -326,7 +331,7 @@ def prometheus(replicas: list, nodes: list, options: dict | None = None, rules: 
     defaults = list(put_text(PROMETHEUS_DEFAULTS, prometheus_defaults(opts["port"], opts["retention"],
                                                                       opts.get("listen_address"))))
     yield from defaults
-    text = render_prometheus(replicas, nodes, opts)
+    text = render_prometheus(replicas, nodes, opts, hosts)
     local = local_address(opts.get("listen_address"))
     state = host.get_fact(PrometheusState, port=opts["port"], address=local)
     new_config = state["config_sha1"] != hashlib.sha1(text.encode()).hexdigest()

@@ -81,6 +81,8 @@ def test_prometheus_scrapes_every_target_from_the_inventory(serving):
     for node in fleet.nodes:
         for job, port in (("dcgm", 9400), ("gpu_monitor", 9401), ("milvus", 9091)):
             assert (job, f"{node.address}:{port}") in scraped
+    for host in (*fleet.nodes, *fleet.load_balancers):  # node_exporter on every host
+        assert ("node", f"{host.address}:9100") in scraped
     # A replica an earlier test recreated may still carry the error of the scrape that found it
     # restarting: every target must be up within two scrape intervals (15 s each).
     for _ in range(8):

@@ -111,7 +111,7 @@ def test_rules_read_the_scrape_jobs_prometheus_yml_defines():
     config = yaml.safe_load(monitoring.render_prometheus(**monitoring.prometheus_args(fleet, "lb-01")))
     jobs = {j["job_name"] for j in config["scrape_configs"]}
     assert config["rule_files"] == [monitoring.RULES_NAME]
-    assert jobs == {"prometheus", "alertmanager", "vllm", "dcgm", "gpu_monitor", "milvus"}
+    assert jobs == {"prometheus", "alertmanager", "vllm", "dcgm", "gpu_monitor", "milvus", "node"}
     used = set()
     for rule in alerts():
         used |= set(re.findall(r'job="([^"]+)"', rule["expr"]))
