@@ -11,7 +11,7 @@ import runpy
 import pytest
 
 from gpufleet import PROJECT_ROOT
-from tests.lab.conftest import assert_only_drifted, deploy, drift
+from tests.lab.conftest import causes, deploy, drift
 
 pytestmark = pytest.mark.lab
 
@@ -60,12 +60,13 @@ def test_drift_sees_staged_weights_changed_on_the_node_and_a_deploy_restages_the
     node = converged["gpu-node-1"]
     before = _inspect(node, "vllm-gpu-node-1-vllm-0")["Id"]
     node.run_expect([0], f"truncate -s 100 {STAGED}/model.safetensors")
-    assert_only_drifted("gpu-node-1", "Model weights staged")
+    code, report = drift("--limit", "gpu-node-1")  # one host: the check below is about this one
+    assert code == 2 and any("Model weights staged" in c for c in causes(report, "gpu-node-1")), report
     result = deploy("--limit", "gpu-node-1")
     assert result["rc"] == 0, result["stderr"][-3000:]
     assert list(result["changed"]) == ["Model weights staged"], result["changed"]
     assert node.run(f"cd {STAGED} && sha256sum -c --quiet .gpufleet-manifest.sha256").rc == 0
     # Restaged beside the running replica: its mount path and spec are the same, so it was not recreated.
     assert _inspect(node, "vllm-gpu-node-1-vllm-0")["Id"] == before
-    code, report = drift()
+    code, report = drift("--limit", "gpu-node-1")
     assert code == 0, report
