@@ -68,7 +68,7 @@ lab-status: install  ## show the lab's hosts and services
 
 test: install  ## the whole suite: unit tests, then lab integration tests (starts the lab)
 	lab/ensure-engine.sh
-	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -ra --durations=15 $(PYTEST_ARGS)
 
 test-unit: install  ## unit tests only (no lab, no Docker)
 	$(BIN)/python -m pytest -ra -m 'not lab' $(PYTEST_ARGS)
