@@ -74,13 +74,17 @@ def bad_files(snapshot: Path) -> tuple[int, int, list[tuple[Path, str]]]:
 def verify_snapshot(snapshot: Path) -> tuple[int, int]:
     """Check every file of a cache snapshot against its blob's name; return (files, bytes)."""
     files, total, bad = bad_files(snapshot)
-    if bad:
-        link, why = bad[0]
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise NotVerified(f"{link.relative_to(snapshot)}: {why}{more}")
-    if files == 0:
-        raise NotVerified(f"{snapshot}: no files")
+    if bad or files == 0:
+        raise NotVerified(_problem(snapshot, bad))
     return files, total
+
+
+def _problem(snapshot: Path, bad: list[tuple[Path, str]]) -> str:
+    if not bad:
+        return f"{snapshot}: no files"
+    link, why = bad[0]
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    return f"{link.relative_to(snapshot)}: {why}{more}"
 
 
 def forget(bad: list[tuple[Path, str]]) -> None:
@@ -111,13 +115,16 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(snapshot_download(repo_id=args.model, revision=args.revision))
         for stale in path.glob(f"{MARKER}*"):  # a marker from before, or one cut short
             stale.unlink()
-        _, _, bad = bad_files(path)
+        # Each pass hashes every file once (tens of GB): the second only after a re-download.
+        files, size, bad = bad_files(path)
         if bad:  # damaged since the last staging (or a download cut short): fetch those once more
             print(f"gpufleet: {len(bad)} file(s) of {args.model} do not match their hashes: downloading them again",
                   file=sys.stderr)
             forget(bad)
             path = Path(snapshot_download(repo_id=args.model, revision=args.revision))
-        files, size = verify_snapshot(path)
+            files, size, bad = bad_files(path)
+        if bad or files == 0:
+            raise NotVerified(_problem(path, bad))
     except NotVerified as exc:
         print(f"gpufleet: {args.model}: {exc}: refused, not staged", file=sys.stderr)
         return 1

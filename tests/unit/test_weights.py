@@ -23,13 +23,18 @@ from operations import vllm, weights
 from operations.facts.weights import MANIFEST, MARKER, StagedWeights
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
+def _tar(files: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    """An archive of ``files`` ({name: content}) and symbolic ``links`` ({name: target})."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = tarfile.SYMTYPE, target
+            tar.addfile(link)
     return buf.getvalue()
 
 
@@ -186,18 +191,10 @@ def test_what_an_interrupted_run_left_does_not_stop_the_next(tmp_path, mirror):
 
 def test_an_archive_with_links_is_refused(tmp_path, mirror):
     www, base = mirror
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in MODEL.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        link = tarfile.TarInfo("tiny/tokenizer_config.json")
-        link.type, link.linkname = tarfile.SYMTYPE, "/etc/hostname"
-        tar.addfile(link)
-    (www / "linked.tar").write_bytes(buf.getvalue())
+    archive = _tar(MODEL, links={"tiny/tokenizer_config.json": "/etc/hostname"})
+    (www / "linked.tar").write_bytes(archive)
     models = tmp_path / "models"
-    out = _sh(weights.url_stage_command(f"{base}/linked.tar", hashlib.sha256(buf.getvalue()).hexdigest(),
+    out = _sh(weights.url_stage_command(f"{base}/linked.tar", hashlib.sha256(archive).hexdigest(),
                                         str(models), 60))
     assert out.returncode == 1 and "holds symbolic links" in out.stderr
     assert sorted(p.name for p in models.iterdir()) == [".incoming"]
@@ -229,3 +226,32 @@ def test_damaged_hub_files_are_found_and_forgotten_so_they_download_again(tmp_pa
     forget(bad)
     assert not blob.exists() and not (snapshot / "model.safetensors").exists()
     assert (snapshot / "config.json").resolve().exists()  # the good file stays
+
+
+def test_hub_staging_downloads_damaged_files_again_and_writes_the_marker_last(tmp_path, monkeypatch):
+    """files/stage_hub_weights.main with the hub's download replaced by one that lays out the cache
+    as huggingface_hub does (and, like it, trusts a blob that exists)."""
+    import sys
+    import types
+
+    from files import stage_hub_weights
+
+    data = b"w" * 4096
+    snapshot = _hub_cache(tmp_path, {"model.safetensors": data}, {"model.safetensors"})
+    blob = (snapshot / "model.safetensors").resolve()
+    downloads = []
+
+    def snapshot_download(repo_id, revision):
+        downloads.append(repo_id)
+        if not (snapshot / "model.safetensors").exists():  # fetches only what is missing
+            blob.write_bytes(data)
+            (snapshot / "model.safetensors").symlink_to(Path("../../blobs") / blob.name)
+        return str(snapshot)
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(snapshot_download=snapshot_download))
+    assert stage_hub_weights.main(["--model", "org/tiny", "--revision", "c" * 40]) == 0
+    assert json.loads((snapshot / MARKER).read_text())["bytes"] == 4096 and len(downloads) == 1
+    blob.write_bytes(b"x" * 4096)  # damaged on the node
+    assert stage_hub_weights.main(["--model", "org/tiny", "--revision", "c" * 40]) == 0
+    assert len(downloads) == 3 and blob.read_bytes() == data  # found, forgotten, fetched once more
+    assert json.loads((snapshot / MARKER).read_text())["revision"] == "c" * 40
