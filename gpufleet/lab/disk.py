@@ -50,12 +50,13 @@ def check_room(client: docker.DockerClient, new_gpu_nodes: int, local_tags: list
     root = Path(client.info().get("DockerRootDir", "/var/lib/docker"))
     if not root.exists():
         return
-    need = need_for(new_gpu_nodes, pulled_bytes(client, local_tags))
+    per_node = pulled_bytes(client, local_tags)
+    need = need_for(new_gpu_nodes, per_node)
     free = shutil.disk_usage(root).free
     if free < need:
         raise NotEnoughDisk(
             f"{free / GIB:.1f} GiB free under {root}, and the first deploy needs about {need / GIB:.1f} GiB "
             f"there: each of {new_gpu_nodes} new GPU node(s) pulls its own copy of the serving images "
-            f"({pulled_bytes(client, local_tags) / GIB:.1f} GiB) and builds the NCCL-pinned vLLM image on top. "
+            f"({per_node / GIB:.1f} GiB) and builds the NCCL-pinned vLLM image on top. "
             "Free some space (`docker system df`; `gpufleet lab down --purge` also removes the lab's images) "
             "or start fewer nodes (`--nodes 1`)")
