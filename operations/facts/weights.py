@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 
 from pyinfra.api import FactBase
 
 MARKER = ".gpufleet-staged.json"  # in the staged directory; written last, after verification
+ARCHIVE_DIR = re.compile(r"[0-9a-f]{64}(\.replaced-\d+)?")  # what operations/weights.py stages
 MANIFEST = ".gpufleet-manifest.sha256"  # `sha256sum -c` input for every staged file (URL archives)
 # Files and bytes of a staged directory, as the fact counts them: every regular file, symlinks
 # followed, but the marker (and its temporary) and the manifest. %.0f, not %d: Debian's mawk
@@ -46,3 +48,31 @@ class StagedWeights(FactBase):
             marker = None  # a marker cut short is no marker: stage again
         files, size = (int(x) for x in lines[-1].split()) if len(lines) > 1 else (0, 0)
         return {"marker": marker if isinstance(marker, dict) else None, "files": files, "bytes": size}
+
+
+class StagedArchives(FactBase):
+    """
+    The URL archives staged under ``models_dir`` (``<sha256>`` and ``<sha256>.replaced-<time>``
+    directories), each with its modification time and how many containers (running or stopped)
+    mount it.
+
+    ``[{"name": "9f86...", "mtime": 1764900000, "mounted": 1}, ...]``; ``[]`` when the directory
+    does not exist. Docker missing or not answering counts every archive as mounted (kept).
+    """
+
+    def command(self, models_dir: str) -> str:
+        return (f"cd {shlex.quote(models_dir)} 2>/dev/null || exit 0; for d in *; do "
+                '[ -d "$d" ] || continue; '
+                'n=$(docker ps -aq --filter volume="$PWD/$d" 2>/dev/null | wc -l) '
+                '&& docker info >/dev/null 2>&1 || n=unknown; '
+                'echo "$d $(stat -c %Y "$d") $n"; done')
+
+    def process(self, output: list[str]) -> list[dict]:
+        found = []
+        for line in output:
+            parts = line.split()
+            if len(parts) != 3 or not parts[1].isdigit() or not ARCHIVE_DIR.fullmatch(parts[0]):
+                continue  # not a staged archive (another file an operator keeps there)
+            mounted = int(parts[2]) if parts[2].isdigit() else 1  # unknown: keep it
+            found.append({"name": parts[0], "mtime": int(parts[1]), "mounted": mounted})
+        return found
