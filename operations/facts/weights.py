@@ -53,18 +53,26 @@ class StagedWeights(FactBase):
 class StagedArchives(FactBase):
     """
     The URL archives staged under ``models_dir`` (``<sha256>`` and ``<sha256>.replaced-<time>``
-    directories), each with its modification time and how many containers (running or stopped)
-    mount it.
+    directories), each with its modification time and how many containers mount it: for a
+    ``<sha256>`` directory, containers (running or stopped) configured with it; for a replaced copy,
+    running containers configured with the original path that started before it was replaced
+    (their bind mount followed the rename).
 
     ``[{"name": "9f86...", "mtime": 1764900000, "mounted": 1}, ...]``; ``[]`` when the directory
     does not exist. Docker missing or not answering counts every archive as mounted (kept).
     """
 
     def command(self, models_dir: str) -> str:
+        # A replaced copy (<sha256>.replaced-<time>) is what a container started before that time
+        # still has mounted: Docker names the original path, the mount follows the renamed one.
         return (f"cd {shlex.quote(models_dir)} 2>/dev/null || exit 0; for d in *; do "
-                '[ -d "$d" ] || continue; '
-                'n=$(docker ps -aq --filter volume="$PWD/$d" 2>/dev/null | wc -l) '
-                '&& docker info >/dev/null 2>&1 || n=unknown; '
+                '[ -d "$d" ] || continue; case "$d" in '
+                '*.replaced-*) ts="${d##*.replaced-}"; n=0; '
+                'for c in $(docker ps -q --filter volume="$PWD/${d%%.replaced-*}" 2>/dev/null); do '
+                "s=$(date -d \"$(docker inspect -f '{{.State.StartedAt}}' \"$c\")\" +%s 2>/dev/null || echo 0); "
+                '[ "$s" -lt "$ts" ] && n=$((n + 1)); done ;; '
+                '*) n=$(docker ps -aq --filter volume="$PWD/$d" 2>/dev/null | wc -l) ;; esac; '
+                'docker info >/dev/null 2>&1 || n=unknown; '
                 'echo "$d $(stat -c %Y "$d") $n"; done')
 
     def process(self, output: list[str]) -> list[dict]:
