@@ -145,6 +145,10 @@ if "gpu_nodes" in host.groups:
                    timeout=settings.vllm_ready_timeout, api_key=settings.vllm_api_key_file is not None,
                    _if=replica.did_change)
 
+    if settings.vllm_model_source == "url" and settings.vllm_model_sha256:
+        weights.retain(name="Staged model archives no replica needs removed", models_dir=settings.vllm_models_dir,
+                       keep=settings.vllm_model_sha256)
+
 # --- load balancers: nginx over every replica in the inventory, Prometheus over every target ------
 if "lb" in host.groups:
     distro_packages.install(name="nginx and Prometheus",

@@ -10,9 +10,15 @@ monkey.patch_all()
 
 import click  # noqa: E402
 
+from gpufleet.commands import bench as bench_cmd  # noqa: E402
+from gpufleet.commands import doctor as doctor_cmd  # noqa: E402
+from gpufleet.commands import drift as drift_cmd  # noqa: E402
 from gpufleet.commands import inventory as inventory_cmd  # noqa: E402
 from gpufleet.commands import lab as lab_cmd  # noqa: E402
+from gpufleet.commands import plan as plan_cmd  # noqa: E402
+from gpufleet.commands import rollout as rollout_cmd  # noqa: E402
 from gpufleet.commands import validate as validate_cmd  # noqa: E402
+from gpufleet.commands import verify as verify_cmd  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,16 +26,7 @@ def main() -> None:
     """Provision and operate dual-RTX-5090 vLLM hosts with pyinfra."""
 
 
-main.add_command(inventory_cmd.inventory)
-main.add_command(validate_cmd.validate)
-main.add_command(lab_cmd.lab)
-
-# Commands contributed by optional modules register themselves only if present.
-for _module in ("plan", "verify", "drift", "rollout", "doctor", "bench"):
-    try:
-        _mod = __import__(f"gpufleet.commands.{_module}", fromlist=[_module])
-    except ModuleNotFoundError as exc:  # pragma: no cover - only while a command is being built
-        if exc.name != f"gpufleet.commands.{_module}":
-            raise
-    else:
-        main.add_command(getattr(_mod, _module))
+# Every command the CLI has, one line each (gpufleet/commands/<name>.py).
+for command in (inventory_cmd.inventory, validate_cmd.validate, plan_cmd.plan, verify_cmd.verify, drift_cmd.drift,
+                rollout_cmd.rollout, doctor_cmd.doctor, bench_cmd.bench, lab_cmd.lab):
+    main.add_command(command)

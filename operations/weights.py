@@ -25,8 +25,8 @@ A full re-hash is ``sha256sum -c --quiet .gpufleet-manifest.sha256`` in the stag
 
 Decisions: staging is not disruptive (a new pin goes to a new directory; nothing a running replica
 reads is touched), so the rollout runs it in its *prepare* phase, beside the image build. Old
-staged archives are not removed here (a rollback needs the previous one); their disk is the
-preflight's ``preflight_free_disk_gib`` margin.
+staged archives are removed by :func:`retain` after the replicas (20 GB each on a real node),
+keeping the newest other one for a rollback and any a container mounts.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from pyinfra.api import OperationValueError, operation
 from pyinfra.operations import files
 
 from operations import secrets
-from operations.facts.weights import COUNT_FILES, MANIFEST, MARKER, StagedWeights
+from operations.facts.weights import COUNT_FILES, MANIFEST, MARKER, StagedArchives, StagedWeights
 
 FILES = Path(__file__).resolve().parents[1] / "files"
 HUB_SCRIPT = "stage_hub_weights.py"
@@ -212,3 +212,47 @@ def stage(source: str, model: str, revision: str | None = None, url: str | None 
     yield from files.put._inner(src=StringIO((FILES / HUB_SCRIPT).read_text()), dest=script,
                                 user="root", group="root", mode="644")
     yield hub_stage_command(image, model, revision, hf_cache_dir, script, token_env, hf_endpoint, timeout_s)
+
+
+def archives_to_remove(archives: list[dict], keep: str) -> list[str]:
+    """Staged archives no replica needs: all but ``keep``, the newest other complete one (what a
+    rollback goes back to) and any a container mounts (a replica, or the stopped previous one a
+    rollout keeps).
+
+    >>> a = [{"name": "aa", "mtime": 1, "mounted": 0}, {"name": "bb", "mtime": 3, "mounted": 0},
+    ...      {"name": "cc", "mtime": 2, "mounted": 0}, {"name": "dd", "mtime": 0, "mounted": 1},
+    ...      {"name": "cc.replaced-9", "mtime": 5, "mounted": 0}]
+    >>> archives_to_remove(a, keep="cc")
+    ['aa', 'cc.replaced-9']
+    """
+    others = [a for a in archives if a["name"] != keep and "." not in a["name"]]
+    previous = max(others, key=lambda a: a["mtime"])["name"] if others else None
+    return sorted(a["name"] for a in archives
+                  if a["name"] not in (keep, previous) and not a["mounted"])
+
+
+@operation()
+def retain(models_dir: str, keep: str):
+    """
+    Remove staged URL archives no replica needs any more (20 GB each on a real node).
+
+    + models_dir: where :func:`stage` stages archives (settings ``vllm_models_dir``)
+    + keep: the pinned archive's sha256
+
+    Kept: the pinned archive, the newest other one (a rollback's way back), and every directory a
+    container (running or stopped) mounts. Run it after the replicas: a replica that moved to the
+    new archive frees the old one, which then stays as "the newest other". Nothing runs when there
+    is nothing to remove.
+
+    **Example:**
+
+    .. code:: python
+
+        weights.retain(name="Staged archives no replica needs removed",
+                       models_dir="/var/lib/gpufleet/models", keep="9f86d0...")
+    """
+    doomed = archives_to_remove(host.get_fact(StagedArchives, models_dir=models_dir), keep)
+    if not doomed:
+        host.noop(f"{models_dir}: only archives in use or kept for a rollback")
+        return
+    yield "rm -rf " + " ".join(shlex.quote(f"{models_dir.rstrip('/')}/{name}") for name in doomed)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 
 from pyinfra.api import FactBase
 
 MARKER = ".gpufleet-staged.json"  # in the staged directory; written last, after verification
+ARCHIVE_DIR = re.compile(r"[0-9a-f]{64}(\.replaced-\d+)?")  # what operations/weights.py stages
 MANIFEST = ".gpufleet-manifest.sha256"  # `sha256sum -c` input for every staged file (URL archives)
 # Files and bytes of a staged directory, as the fact counts them: every regular file, symlinks
 # followed, but the marker (and its temporary) and the manifest. %.0f, not %d: Debian's mawk
@@ -46,3 +48,39 @@ class StagedWeights(FactBase):
             marker = None  # a marker cut short is no marker: stage again
         files, size = (int(x) for x in lines[-1].split()) if len(lines) > 1 else (0, 0)
         return {"marker": marker if isinstance(marker, dict) else None, "files": files, "bytes": size}
+
+
+class StagedArchives(FactBase):
+    """
+    The URL archives staged under ``models_dir`` (``<sha256>`` and ``<sha256>.replaced-<time>``
+    directories), each with its modification time and how many containers mount it: for a
+    ``<sha256>`` directory, containers (running or stopped) configured with it; for a replaced copy,
+    running containers configured with the original path that started before it was replaced
+    (their bind mount followed the rename).
+
+    ``[{"name": "9f86...", "mtime": 1764900000, "mounted": 1}, ...]``; ``[]`` when the directory
+    does not exist. Docker missing or not answering counts every archive as mounted (kept).
+    """
+
+    def command(self, models_dir: str) -> str:
+        # A replaced copy (<sha256>.replaced-<time>) is what a container started before that time
+        # still has mounted: Docker names the original path, the mount follows the renamed one.
+        return (f"cd {shlex.quote(models_dir)} 2>/dev/null || exit 0; for d in *; do "
+                '[ -d "$d" ] || continue; case "$d" in '
+                '*.replaced-*) ts="${d##*.replaced-}"; n=0; '
+                'for c in $(docker ps -q --filter volume="$PWD/${d%%.replaced-*}" 2>/dev/null); do '
+                "s=$(date -d \"$(docker inspect -f '{{.State.StartedAt}}' \"$c\")\" +%s 2>/dev/null || echo 0); "
+                '[ "$s" -lt "$ts" ] && n=$((n + 1)); done ;; '
+                '*) n=$(docker ps -aq --filter volume="$PWD/$d" 2>/dev/null | wc -l) ;; esac; '
+                'docker info >/dev/null 2>&1 || n=unknown; '
+                'echo "$d $(stat -c %Y "$d") $n"; done')
+
+    def process(self, output: list[str]) -> list[dict]:
+        found = []
+        for line in output:
+            parts = line.split()
+            if len(parts) != 3 or not parts[1].isdigit() or not ARCHIVE_DIR.fullmatch(parts[0]):
+                continue  # not a staged archive (another file an operator keeps there)
+            mounted = int(parts[2]) if parts[2].isdigit() else 1  # unknown: keep it
+            found.append({"name": parts[0], "mtime": int(parts[1]), "mounted": mounted})
+        return found

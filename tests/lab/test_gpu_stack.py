@@ -41,6 +41,31 @@ def test_dkms_built_the_module_against_the_running_kernels_headers_installed_fir
         assert log.index(f"configure {headers}:") < log.index("configure nvidia-open:"), name
 
 
+def test_preflight_stops_a_node_whose_kernel_has_no_headers_naming_the_package(deployed, hosts):
+    """The running kernel's headers neither installed nor in any apt source (a custom kernel, an
+    archive that dropped them): DKMS could not build the module, so preflight stops the node before
+    any change, naming the package. (The stand-in DKMS itself fails the same way: unit-tested.)"""
+    node = hosts["gpu-node-2"]
+    kernel = node.check_output("uname -r")
+    headers = f"linux-headers-{kernel}"
+    source = "/etc/apt/sources.list.d/gpufleet-lab-kernel-archive.list"
+    node.run_expect([0], f"apt-mark unhold {headers} && dpkg --purge {headers} && mv {source} /root/kernel-archive.list "
+                         "&& rm -f /var/lib/apt/lists/lab-repo_kernel-archive_*")
+    try:
+        refused = deploy("--limit", "gpu-node-2", "--data", "allow_serving_disruption=true")
+        assert refused["rc"] != 0, refused
+        assert f"no {headers} for the running kernel {kernel} in the apt sources" in refused["stderr"], \
+            refused["stderr"][-3000:]
+        assert "Starting operation: Base packages" not in refused["stderr"]  # stopped before the first change
+        assert not node.package(headers).is_installed
+    finally:  # the node as it was: the archive, the headers installed and held
+        node.run_expect([0], f"mv /root/kernel-archive.list {source} && apt-get update -q -o Dir::Etc::sourcelist={source} "
+                             "-o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 >/dev/null "
+                             f"&& DEBIAN_FRONTEND=noninteractive apt-get install -y -q {headers} >/dev/null "
+                             f"&& apt-mark hold {headers} >/dev/null")
+    assert deploy("--limit", "gpu-node-2")["changed"] == {}
+
+
 def test_gpu_containers_see_the_gpus_through_the_toolkit(deployed, hosts):
     out = hosts["gpu-node-2"].run(
         "docker run --rm --gpus '\"device=1\"' lab-registry:5000/gpufleet-lab/toolkit-check:1 nvidia-smi -L")

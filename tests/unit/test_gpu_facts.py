@@ -14,6 +14,7 @@ import pytest
 
 from operations.facts import gpu, kernel, pci
 from operations.facts.util import envelope
+from tests.unit.smi_table import parse_smi_table
 
 REPO = Path(__file__).resolve().parents[2]
 H200 = REPO / "tests/fixtures/gpu/h200-x2"
@@ -66,7 +67,7 @@ def test_h200_driver_is_open():
 
 
 def test_h200_table_and_modules():
-    table = gpu.parse_smi_table(lines(H200 / "nvidia-smi.txt"))
+    table = parse_smi_table(lines(H200 / "nvidia-smi.txt"))
     assert (table["driver_version"], table["cuda_version"]) == ("580.159.04", "13.0")
     assert [(g["name"], g["memory_total_mib"]) for g in table["gpus"]] == [("NVIDIA H200", 143771)] * 2
     assert kernel.parse_modules(lines(H200 / "proc-modules.txt")) == ["nvidia_uvm", "nvidia"]
@@ -103,7 +104,7 @@ def test_rtx5090_topology_with_spaces_instead_of_tabs():
 @pytest.mark.parametrize("name,driver,cuda,count", [("nvidia-smi-610.txt", "610.57.04", "13.3", 2),
                                                     ("nvidia-smi-580.txt", "580.82.09", "13.0", 1)])
 def test_rtx5090_table(name, driver, cuda, count):
-    table = gpu.parse_smi_table(lines(RTX5090 / name))
+    table = parse_smi_table(lines(RTX5090 / name))
     assert (table["driver_version"], table["cuda_version"]) == (driver, cuda)
     assert len(table["gpus"]) == count
     assert {(g["name"], g["memory_total_mib"]) for g in table["gpus"]} == {("NVIDIA GeForce RTX 5090", 32607)}
@@ -291,7 +292,7 @@ def test_standin_table_is_byte_identical_to_real_h200(tmp_path):
 
 
 def test_standin_table_parses_as_rtx5090(lab_root):
-    table = gpu.parse_smi_table(standin(lab_root).stdout.splitlines())
+    table = parse_smi_table(standin(lab_root).stdout.splitlines())
     assert (table["driver_version"], table["cuda_version"]) == ("580.95.05", "13.0")
     assert [(g["name"], g["memory_total_mib"]) for g in table["gpus"]] == [("NVIDIA GeForce RTX 5090", 32607)] * 2
 

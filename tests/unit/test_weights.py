@@ -255,3 +255,42 @@ def test_hub_staging_downloads_damaged_files_again_and_writes_the_marker_last(tm
     assert stage_hub_weights.main(["--model", "org/tiny", "--revision", "c" * 40]) == 0
     assert len(downloads) == 3 and blob.read_bytes() == data  # found, forgotten, fetched once more
     assert json.loads((snapshot / MARKER).read_text())["revision"] == "c" * 40
+
+
+def test_archives_no_replica_needs_are_found_and_the_rest_kept(tmp_path):
+    """The fact's command under sh on a models directory, and what retain would remove from it."""
+    import os
+
+    from operations.facts.weights import StagedArchives
+
+    models = tmp_path / "models"
+    names = {"a" * 64: 100, "b" * 64: 300, "c" * 64: 200, "c" * 64 + ".replaced-1764900000": 400}
+    for name, mtime in names.items():
+        (models / name).mkdir(parents=True)
+        os.utime(models / name, (mtime, mtime))
+    (models / ".incoming").mkdir()
+    (models / "backup-of-my-model").mkdir()  # not ours: never listed, never removed
+    fact = StagedArchives()
+    # A docker CLI that answers and mounts "b..." only, then one whose engine does not answer.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    # ps: "b..." is mounted; a container on "c..." started at 1764800000, before its replaced copy.
+    docker.write_text('#!/bin/sh\ncase "$*" in *volume=*/bbbb*) echo 1f2e3d ;; *volume=*/cccc*) echo 4c5b6a ;; '
+                      'inspect*) echo 2025-12-03T22:13:20.5Z ;; esac\nexit 0\n')
+    docker.chmod(0o755)
+    path = f"PATH={bin_dir}:$PATH; "
+    found = fact.process(_sh(path + fact.command(str(models))).stdout.splitlines())
+    assert sorted((a["name"], a["mtime"], a["mounted"]) for a in found) == sorted(
+        (n, m, 1 if n[0] in "bc" else 0) for n, m in names.items())
+    # Kept: "c" (pinned), "b" (mounted, and the newest other: a rollback's way back), the replaced
+    # copy of "c" (a replica started before the replacement still has it mounted); "a" goes.
+    assert weights.archives_to_remove(found, keep="c" * 64) == ["a" * 64]
+    restarted = [{**a, "mounted": 0} if ".replaced" in a["name"] else a for a in found]
+    assert weights.archives_to_remove(restarted, keep="c" * 64) == ["a" * 64, "c" * 64 + ".replaced-1764900000"]
+    mounted_a = [{**a, "mounted": int(a["name"].startswith("a"))} for a in restarted]  # "a" in use: kept too
+    assert weights.archives_to_remove(mounted_a, keep="c" * 64) == ["c" * 64 + ".replaced-1764900000"]
+    docker.write_text("#!/bin/sh\nexit 1\n")  # no engine: nothing can be proven unmounted, nothing goes
+    found = fact.process(_sh(path + fact.command(str(models))).stdout.splitlines())
+    assert weights.archives_to_remove(found, keep="c" * 64) == []
+    assert fact.process(_sh(fact.command(str(tmp_path / "absent"))).stdout.splitlines()) == []
