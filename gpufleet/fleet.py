@@ -23,6 +23,8 @@ GROUP_DATA = "group_data"
 
 GPU_GROUP = "gpu_nodes"
 LB_GROUP = "lb"
+VECTOR_DB_GROUP = "vector_db"
+APP_MEMBER_SUFFIX = "rag-app"  # a node's app behind the load balancers: ``<node>-rag-app``
 
 
 @dataclass
@@ -44,6 +46,15 @@ class FleetHost:
     def is_lb(self) -> bool:
         return LB_GROUP in self.groups
 
+    @property
+    def is_vector_db(self) -> bool:
+        return VECTOR_DB_GROUP in self.groups
+
+    @property
+    def app_member(self) -> str | None:
+        """The name of this node's RAG app behind the load balancers, or None (no app here)."""
+        return f"{self.name}-{APP_MEMBER_SUFFIX}" if self.is_gpu_node and self.settings.app_image else None
+
 
 @dataclass
 class Fleet:
@@ -57,6 +68,17 @@ class Fleet:
     @property
     def load_balancers(self) -> list[FleetHost]:
         return [h for h in self.hosts.values() if h.is_lb]
+
+    @property
+    def vector_db(self) -> FleetHost | None:
+        """The Milvus host every app replica shares (inventory group ``vector_db``; validated: at most one)."""
+        return next((h for h in self.hosts.values() if h.is_vector_db), None)
+
+    @property
+    def app_members(self) -> list[dict[str, Any]]:
+        """Every node's RAG app as a load-balancer member: ``[{"name", "address", "port", "upstream"}]``."""
+        return [{"name": n.app_member, "address": n.address, "port": n.settings.app_port, "upstream": "rag_app"}
+                for n in self.nodes if n.app_member]
 
     @property
     def replicas(self) -> list[Replica]:

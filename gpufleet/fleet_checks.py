@@ -14,6 +14,10 @@ and each stands for a way a deploy went wrong without a word:
 - a role host without ``private_address``, unless the data says names resolve on the private
   network (``private_address_from_name``, the lab), and two hosts with the same address;
 - load balancers with no GPU node behind them, and ``app_vllm_target = "lb"`` with no balancer;
+- the data tier (group ``vector_db``: the Milvus host): the RAG app enabled with no Milvus host,
+  more than one (Milvus standalone is one host; beyond it is Milvus's own distributed deployment
+  on Kubernetes, which gpufleet does not run), or a Milvus host that is also a load balancer
+  (lb hosts run no Docker);
 - replica names that are not unique in the fleet, a GPU node with ``gpu_count = 0``.
 
 Hosts named on the command line instead of in an inventory file (``gpufleet verify @local``)
@@ -32,11 +36,13 @@ if TYPE_CHECKING:
 
 GPU_GROUP = "gpu_nodes"
 LB_GROUP = "lb"
-ROLE_GROUPS = (GPU_GROUP, LB_GROUP)
+VECTOR_DB_GROUP = "vector_db"  # the Milvus host: a GPU node or a host of its own
+ROLE_GROUPS = (GPU_GROUP, LB_GROUP, VECTOR_DB_GROUP)
 NOT_ROLES = {"all", "lab"}  # pyinfra's group of every host; the lab inventory's file-stem group
 ALIASES = {
     GPU_GROUP: {"gpu", "gpus", "nodes", "gpunode", "gpunodes", "gpu_hosts", "gpu_servers", "gpu_node_group"},
     LB_GROUP: {"lbs", "loadbalancer", "loadbalancers", "load_balancer", "load_balancers", "balancers", "nginx"},
+    VECTOR_DB_GROUP: {"milvus", "vectordb", "vector_dbs", "vectordbs", "vector_database", "db", "dbs", "data"},
 }
 DNS_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 
@@ -57,7 +63,7 @@ def near_miss(group: str) -> str | None:
         return None
     g = group.lower().replace("-", "_")
     for role in ROLE_GROUPS:
-        if g == role or g in ALIASES[role] or (role == GPU_GROUP and _distance(g, role) <= 2):
+        if g == role or g in ALIASES[role] or (role != LB_GROUP and _distance(g, role) <= 2):
             return role
     return None
 
@@ -79,6 +85,7 @@ def inventory_problems(hosts: list[tuple[str, list[str], dict[str, Any]]], group
                                           "(this file's data reaches no host)"))
     problems += _address_problems(hosts)
     problems += _role_problems(hosts, valid)
+    problems += _data_tier_problems(hosts, valid)
     return problems
 
 
@@ -88,16 +95,21 @@ def _host_problems(name: str, groups: list[str], data: dict[str, Any], everyone:
         problems.append(SettingsIssue(name, "groups", f"{group} x{groups.count(group)}",
                                       f"each host listed once in {group} (pyinfra keeps the last entry's data)"))
     roles = [g for g in ROLE_GROUPS if g in groups]
+    serving_roles = [g for g in (GPU_GROUP, LB_GROUP) if g in groups]
     misses = {g: near_miss(g) for g in dict.fromkeys(groups) if near_miss(g)}
     for group, meant in misses.items():
         if not roles or group not in everyone:
             problems.append(SettingsIssue(name, "groups", group, f"a group gpufleet knows: did you mean {meant}? "
-                                          "(a host in neither gpu_nodes nor lb gets no role)"))
+                                          "(a host in none of gpu_nodes, lb, vector_db gets no role)"))
     if not roles and not misses:
         problems.append(SettingsIssue(name, "groups", sorted(set(groups)),
-                                      "a role group: gpu_nodes or lb (a host in neither gets no role)"))
-    if len(roles) > 1:
-        problems.append(SettingsIssue(name, "groups", roles,
+                                      "a role group: gpu_nodes, lb or vector_db (a host in none gets no role)"))
+    if VECTOR_DB_GROUP in groups and LB_GROUP in groups:
+        problems.append(SettingsIssue(name, "groups", [LB_GROUP, VECTOR_DB_GROUP],
+                                      "Milvus on a GPU node or a host of its own, not on a load balancer "
+                                      "(lb hosts run nginx and Prometheus, no Docker)"))
+    elif len(serving_roles) > 1:
+        problems.append(SettingsIssue(name, "groups", serving_roles,
                                       "one role: gpu_nodes or lb, not both (a node cannot be its own load balancer, "
                                       "and the two roles' group data disagree, e.g. gpu_count)"))
     if roles and not DNS_NAME.match(name):
@@ -150,8 +162,29 @@ def _role_problems(hosts: list[tuple[str, list[str], dict[str, Any]]],
         from gpufleet.fleet import replicas_of
 
         for replica in replicas_of(host):
+            if replica.name == host.app_member:
+                problems.append(SettingsIssue(host.name, "vllm_replicas", replica.name,
+                                              "a replica name other than the node's RAG app member's"))
             if replica.name in seen_names:
                 problems.append(SettingsIssue(host.name, "vllm_replicas", replica.name,
                                               f"a replica name unique in the fleet (also on {seen_names[replica.name]})"))
             seen_names[replica.name] = host.name
+    return problems
+
+
+def _data_tier_problems(hosts: list[tuple[str, list[str], dict[str, Any]]],
+                        valid: dict[str, FleetHost]) -> list[SettingsIssue]:
+    """One Milvus host for the fleet, and one at all wherever the RAG app is on."""
+    databases = [n for n, groups, _ in hosts if VECTOR_DB_GROUP in groups]
+    problems = [SettingsIssue(name, "groups", [VECTOR_DB_GROUP],
+                              f"one host in {VECTOR_DB_GROUP} (also {', '.join(d for d in databases if d != name)}): "
+                              "Milvus standalone runs on one host and every app replica shares it; more than one "
+                              "host is Milvus's distributed deployment (Helm/Milvus Operator on Kubernetes), "
+                              "which gpufleet does not deploy")
+                for name in databases[1:]]
+    if not databases:
+        problems += [SettingsIssue(h.name, "app_image", h.settings.app_image,
+                                   f"a host in inventory group {VECTOR_DB_GROUP} to run the Milvus every app "
+                                   "replica shares (a GPU node or a host of its own), or app_image = None")
+                     for h in valid.values() if h.is_gpu_node and h.settings.app_image]
     return problems

@@ -67,6 +67,7 @@ class EdgeSettings(BaseModel):
     lb_upstream_keepalive: int = Field(64, ge=0, le=10000)  # idle upstream connections per worker
     lb_upstream_keepalive_timeout_s: int = Field(4, ge=1, le=3600)  # below uvicorn's 5 s (vLLM)
     lb_status_port: int = Field(8081, ge=1, le=65535)  # stub_status and config id, 127.0.0.1 only
+    lb_app_port: int = Field(8080, ge=1, le=65535)  # the RAG app's upstream (when the fleet runs the app)
     lb_worker_connections: int = Field(8192, ge=512, le=1_000_000)
     # TLS on lb_port: control-side PEM files (both or neither), uploaded to /etc/nginx/gpufleet-tls/
     # (the key root 0600, written like every secret: operations/secrets.py). None: plain HTTP (the
@@ -164,6 +165,7 @@ class EdgeSettings(BaseModel):
         if self.lb_require_api_key and getattr(self, "vllm_api_key_file", None) is None:
             problems.append(("lb_require_api_key", True, "vllm_api_key_file set: the key nginx checks is vLLM's"))
         lb_ports = {"lb_port": getattr(self, "lb_port", 80), "lb_status_port": self.lb_status_port,
+                    "lb_app_port": self.lb_app_port,
                     "prometheus_port": self.prometheus_port, "node_exporter_port": self.node_exporter_port}
         node_ports = {"dcgm_exporter_port": self.dcgm_exporter_port, "gpu_monitor_port": self.gpu_monitor_port,
                       "node_exporter_port": self.node_exporter_port,

@@ -1,4 +1,4 @@
-"""nginx in front of the vLLM replicas: one upstream member per replica, drain and undrain.
+"""nginx in front of the vLLM replicas and the RAG app: one upstream member each, drain and undrain.
 
 Decisions (see also files/nginx/nginx.conf.j2):
 
@@ -17,6 +17,11 @@ Decisions (see also files/nginx/nginx.conf.j2):
   and drift reads it through the ``NginxState`` fact. ``drain``/``undrain`` change the marker
   first and then the config: if the reload fails, the intent is recorded and the next deploy
   applies it. A marker for a replica no longer in the inventory is ignored (and left in place).
+- Two upstreams: ``vllm`` (every replica, on ``listen_port``) and, when the fleet runs the RAG
+  app, ``rag_app`` (every node's app, ``<node>-rag-app``, on ``app_listen_port``). A member
+  carries its upstream (``"upstream": "rag_app"``; none means ``vllm``), and the config says it
+  (``# <name> upstream=rag_app``), so drain, undrain and membership treat both alike; "no live
+  member left" is counted per upstream.
 - Membership follows the replicas, not only the inventory (:func:`membership`): a replica new to
   the config in place *joins* ``down`` until it answers ``/health`` from the lb host, and one
   removed from the inventory *stays* a member while it still answers, until the node that runs
@@ -53,7 +58,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "listen_port": 80, "status_port": 8081, "max_fails": 3, "fail_timeout_s": 10, "connect_timeout_s": 5,
     "read_timeout_s": 600, "next_upstream_tries": 3, "next_upstream_timeout_s": 30,
     "client_max_body_size": "64m", "keepalive": 64, "keepalive_timeout_s": 4, "worker_connections": 8192,
-    "tls_cert_file": None, "tls_key_file": None, "api_key_file": None,
+    "tls_cert_file": None, "tls_key_file": None, "api_key_file": None, "app_listen_port": 8080,
 }
 # TLS and the API key at the lb: files nginx reads, written from control-side files (operations/secrets.py).
 _EDGE_FILE_OPTIONS = ("tls_cert_file", "tls_key_file", "api_key_file")
@@ -61,6 +66,8 @@ TLS_DIR = "/etc/nginx/gpufleet-tls"
 TLS_CERT = f"{TLS_DIR}/cert.pem"
 TLS_KEY = f"{TLS_DIR}/key.pem"
 API_KEY_MAP = "/etc/nginx/gpufleet-api-key.conf"
+VLLM_UPSTREAM = "vllm"
+APP_UPSTREAM = "rag_app"
 _BEARER_TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")  # RFC 6750 b64token: nothing to escape in nginx
 
 
@@ -77,6 +84,7 @@ def lb_options(settings) -> dict[str, Any]:
         "worker_connections": settings.lb_worker_connections,
         "tls_cert_file": settings.lb_tls_cert_file, "tls_key_file": settings.lb_tls_key_file,
         "api_key_file": settings.vllm_api_key_file if settings.lb_require_api_key else None,
+        "app_listen_port": settings.lb_app_port,
     }
 
 
@@ -132,16 +140,27 @@ def _edge_commands(opts: dict[str, Any], converge: list, remove_unused: bool = F
 
 
 def lb_args(fleet, host_name: str) -> dict[str, Any]:
-    """``replicas`` and ``options`` for nginx/drain/undrain on one lb host of a gpufleet Fleet."""
-    return {"replicas": members(fleet.replicas), "options": lb_options(fleet.hosts[host_name].settings)}
+    """``replicas`` (every vLLM replica, then every node's RAG app) and ``options`` for
+    nginx/drain/undrain on one lb host of a gpufleet Fleet."""
+    return {"replicas": members(fleet.replicas) + members(fleet.app_members),
+            "options": lb_options(fleet.hosts[host_name].settings)}
+
+
+def upstream_of(member: dict[str, Any]) -> str:
+    """The nginx upstream a member belongs to: ``vllm`` unless it says otherwise."""
+    return member.get("upstream") or VLLM_UPSTREAM
 
 
 def members(replicas) -> list[dict[str, Any]]:
-    """Replicas (gpufleet Replica objects or dicts) as ``[{"name", "address", "port"}]``."""
+    """Replicas (gpufleet Replica objects or dicts) as ``[{"name", "address", "port"}]`` (+ ``upstream``
+    for a member of an upstream other than ``vllm``: the config id of a vLLM-only config stays as it was)."""
     out = []
     for r in replicas:
         d = r if isinstance(r, dict) else r.model_dump()
-        out.append({"name": d["name"], "address": d.get("address") or d.get("node"), "port": int(d["port"])})
+        member = {"name": d["name"], "address": d.get("address") or d.get("node"), "port": int(d["port"])}
+        if upstream_of(d) != VLLM_UPSTREAM:
+            member["upstream"] = upstream_of(d)
+        out.append(member)
     return out
 
 
@@ -171,7 +190,7 @@ def render(replicas, drained=(), options: dict | None = None, joining=()) -> tup
     """``(nginx.conf text, config id)``; members named in ``drained`` or ``joining`` are marked ``down``."""
     opts = {**DEFAULT_OPTIONS, **(options or {})}
     wanted = members(replicas)
-    if not wanted:
+    if not any(upstream_of(m) == VLLM_UPSTREAM for m in wanted):
         raise OperationError("no vLLM replica in the inventory: an upstream needs at least one member")
     drained, joining = set(drained), set(joining)
     # "joining" only where it is true: the config id of every config without one stays the same.
@@ -183,11 +202,14 @@ def render(replicas, drained=(), options: dict | None = None, joining=()) -> tup
     files = {dest: secrets.content_digest(text) for dest, (text, _) in edge_files(opts).items()
              if text is not None and dest != API_KEY_MAP}
     # Options that are off leave the id as it was before they existed: no reload of every lb for them.
-    id_opts = {k: v for k, v in opts.items() if not (k in _EDGE_FILE_OPTIONS and v is None)}
+    has_app = any(upstream_of(m) == APP_UPSTREAM for m in wanted)
+    id_opts = {k: v for k, v in opts.items()
+               if not (k in _EDGE_FILE_OPTIONS and v is None) and (has_app or k != "app_listen_port")}
     config_id = short_digest([rows, id_opts, files] if files else [rows, id_opts])
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     text = env.from_string(TEMPLATE.read_text()).render(
-        members=rows, config_id=config_id, drained_dir=DRAINED_DIR, tls=TLS_CERT in files, tls_cert=TLS_CERT,
+        members=[m for m in rows if upstream_of(m) == VLLM_UPSTREAM],
+        app_members=[m for m in rows if upstream_of(m) == APP_UPSTREAM], config_id=config_id, drained_dir=DRAINED_DIR, tls=TLS_CERT in files, tls_cert=TLS_CERT,
         tls_key=TLS_KEY, api_key_map=API_KEY_MAP if opts.get("api_key_file") else None, **opts)
     return text, config_id
 
@@ -294,10 +316,11 @@ def drain(replica: str, replicas: list, options: dict | None = None, reason: str
         return
     _check_known(replica, rows)
     drained = set(state["drained"]) | {replica}
-    live = [m["name"] for m in rows if m["name"] not in drained | joining]
+    upstream = next(upstream_of(m) for m in rows if m["name"] == replica)
+    live = [m["name"] for m in rows if m["name"] not in drained | joining and upstream_of(m) == upstream]
     if not live and not allow_no_live_member:
-        raise OperationError(f"draining {replica} would leave no live member behind the load balancer "
-                             "(pass allow_no_live_member=True to accept the outage)")
+        raise OperationError(f"draining {replica} would leave no live member in upstream {upstream} behind the "
+                             "load balancer (pass allow_no_live_member=True to accept the outage)")
     text, config_id = render(rows, drained, opts, joining)
     commands = _edge_commands(opts, list(_converge(text, config_id, opts["status_port"], state)))
     if replica in state["drained"] and not commands:

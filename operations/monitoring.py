@@ -201,19 +201,26 @@ NODE_JOBS = [
     {"name": "gpu_monitor", "key": "gpu_monitor_port", "path": "/metrics",
      "comment": "gpufleet's NVML monitor per GPU node (gpufleet_gpu_*, gpufleet_nvml_up)."},
     {"name": "milvus", "key": "milvus_metrics_port", "path": "/metrics",
-     "comment": "Milvus standalone per GPU node (its /metrics is on milvus_health_port)."},
+     "comment": "Milvus on the vector_db host (its /metrics is on milvus_health_port)."},
 ]
 
 
 def prometheus_args(fleet, host_name: str) -> dict[str, Any]:
     """``replicas``, ``nodes`` and ``options`` for ``prometheus`` on one lb host of a gpufleet Fleet."""
     s = fleet.hosts[host_name].settings
-    nodes = [{"name": n.name, "address": n.address, "dcgm_exporter_port": n.settings.dcgm_exporter_port,
-              "gpu_monitor_port": n.settings.gpu_monitor_port, "milvus_metrics_port": n.settings.milvus_health_port}
-             for n in fleet.nodes]
+    # A node's row names the exporters it runs; the Milvus host (a node, or a host of its own) adds Milvus's.
+    nodes = []
+    for h in fleet.hosts.values():
+        row = {"name": h.name, "address": h.address}
+        if h.is_gpu_node:
+            row.update(dcgm_exporter_port=h.settings.dcgm_exporter_port, gpu_monitor_port=h.settings.gpu_monitor_port)
+        if h.is_vector_db:
+            row["milvus_metrics_port"] = h.settings.milvus_health_port
+        if len(row) > 2:
+            nodes.append(row)
     replicas = [{"name": r.name, "node": r.node, "address": r.address, "port": r.port} for r in fleet.replicas]
     hosts = [{"name": h.name, "address": h.address, "port": h.settings.node_exporter_port}
-             for h in (*fleet.nodes, *fleet.load_balancers)]
+             for h in fleet.hosts.values() if h.is_gpu_node or h.is_lb or h.is_vector_db]
     return {"replicas": replicas, "nodes": nodes, "hosts": hosts,
             "options": {"port": s.prometheus_port, "scrape_interval_s": s.prometheus_scrape_interval_s,
                         "retention": s.prometheus_retention,
@@ -234,7 +241,10 @@ def local_address(listen_address: str | None) -> str:
 def render_prometheus(replicas: list, nodes: list, options: dict | None = None, hosts: list | None = None) -> str:
     opts = {"port": 9090, "scrape_interval_s": 15, **(options or {})}
     rows = [r if isinstance(r, dict) else r.model_dump() for r in replicas]
-    return _render("prometheus/prometheus.yml.j2", replicas=rows, nodes=nodes, node_jobs=NODE_JOBS, hosts=hosts or [],
+    # Each job scrapes the hosts whose row has its port; a job with none is left out.
+    jobs = [{**job, "targets": [n for n in nodes if job["key"] in n]} for job in NODE_JOBS]
+    return _render("prometheus/prometheus.yml.j2", replicas=rows, node_jobs=[j for j in jobs if j["targets"]],
+                   hosts=hosts or [],
                    prometheus_address=local_address(opts.get("listen_address")),
                    prometheus_port=opts["port"], scrape_interval_s=opts["scrape_interval_s"],
                    rule_files=[RULES_NAME], alertmanager=opts.get("alertmanager"))
@@ -313,6 +323,7 @@ def prometheus(replicas: list, nodes: list, options: dict | None = None, rules: 
 
     + replicas: ``[{"name", "node", "address", "port"}]`` (one vLLM target each)
     + nodes: ``[{"name", "address", "dcgm_exporter_port", "gpu_monitor_port", "milvus_metrics_port"}]``
+      (a host without one of the ports is not a target of that job: Milvus runs on one host)
     + options: ``port`` (9090), ``scrape_interval_s`` (15), ``retention`` (15d), ``alertmanager``
       (``host:port`` alerts are sent to; None: none)
     + rules: the alert rules' text, installed as /etc/prometheus/gpufleet-alerts.yml

@@ -39,4 +39,5 @@ def validate(inventory_path: str, data: tuple[str, ...], as_json: bool) -> None:
             click.echo(format_issues(fleet.warnings), err=True)
         click.echo(f"{inventory_path}: {len(fleet.hosts)} hosts valid "
                    f"({len(fleet.nodes)} GPU nodes, {len(fleet.replicas)} replicas, "
-                   f"{len(fleet.load_balancers)} load balancers)")
+                   f"{len(fleet.load_balancers)} load balancers"
+                   + (f", Milvus on {fleet.vector_db.name})" if fleet.vector_db else ")"))

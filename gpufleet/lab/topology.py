@@ -78,6 +78,9 @@ def read_hosts_file() -> list[LabHost] | None:
         return None
 
 
+VECTOR_DB_NODE = "gpu-node-2"
+
+
 def current_or_default_hosts() -> list[LabHost]:
     return read_hosts_file() or lab_hosts()
 
@@ -90,6 +93,10 @@ def inventory_groups() -> dict[str, list[tuple[str, dict]]]:
         if REPO_KEY_FINGERPRINT.exists() else {}
     for host in current_or_default_hosts():
         groups[host.group].append((host.name, {**host.connection_data(), **pin}))
+    # Milvus on a GPU node, as a small fleet runs it: gpu-node-2 (the node the drift cases change),
+    # or the only one.
+    names = [name for name, _ in groups["gpu_nodes"]]
+    groups["vector_db"] = [VECTOR_DB_NODE if VECTOR_DB_NODE in names else names[0]] if names else []
     return groups
 
 

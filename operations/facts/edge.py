@@ -47,8 +47,11 @@ class NginxState(FactBase):
             _sha1_line("config_sha1", NGINX_CONF),
             f'for f in {DRAINED_DIR}/*; do [ -f "$f" ] && echo "drained=${{f##*/}}"; done',
             f'echo "live=$(curl -fsS -m 3 http://127.0.0.1:{int(status_port)}/gpufleet-config 2>/dev/null)"',
-            # The members of the config in place (files/nginx/nginx.conf.j2 ends each with "# <name>").
-            f"sed -n 's/^ *server \\([^ ;]*\\).*;  # \\([^ ]*\\)\\(.*\\)$/member=\\2 \\1\\3/p' {NGINX_CONF} 2>/dev/null",
+            # The members of the config in place (files/nginx/nginx.conf.j2 ends each with "# <name>"),
+            # each with the upstream block it is in.
+            "awk '$1 == \"upstream\" { u = $2 } $1 == \"server\" && index($0, \";  # \") { "
+            "t = $2; sub(/;$/, \"\", t); c = substr($0, index($0, \";  # \") + 5); n = c; sub(/ .*/, \"\", n); "
+            f"print \"member=\" n \" \" t substr(c, length(n) + 1) \" upstream=\" u }}' {NGINX_CONF} 2>/dev/null",
             "true",
         ])
 
@@ -72,6 +75,9 @@ class NginxState(FactBase):
                     member = {"name": name, "address": address, "port": int(port)}
                     if "JOINING" in flags:  # rendered down until it answers (operations/loadbalancer.membership)
                         member["joining"] = True
+                    upstream = next((f.split("=", 1)[1] for f in flags if f.startswith("upstream=")), "vllm")
+                    if upstream != "vllm":  # as operations/loadbalancer.members writes it
+                        member["upstream"] = upstream
                     state["members"].append(member)
         state["drained"] = sorted(set(state["drained"]))
         return state

@@ -123,8 +123,15 @@ CASES = [
          text=lambda t: inventory([node(1)]) + f"gpu_node = {[node(2)]!r}\n"),
     Case("misspelt-group-lbs", "lb-02", "groups", "lbs", "did you mean lb",
          text=lambda t: inventory() + f"lbs = {[lb(2)]!r}\n"),
-    Case("host-in-no-role-group", "mon-01", "groups", "monitoring", "a role group: gpu_nodes or lb",
+    Case("host-in-no-role-group", "mon-01", "groups", "monitoring", "a role group: gpu_nodes, lb or vector_db",
          text=lambda t: inventory() + "monitoring = [('mon-01', {'private_address': '10.40.2.1'})]\n"),
+    Case("app-with-no-milvus-host", "gpu-node-01", "app_image", "registry.internal/rag-app:1.4.2",
+         "a host in inventory group vector_db",
+         text=lambda t: inventory([node(1, app_image="registry.internal/rag-app:1.4.2")])),
+    Case("two-milvus-hosts", "gpu-node-02", "groups", "vector_db", "one host in vector_db (also gpu-node-01)",
+         text=lambda t: inventory(extra="vector_db = ['gpu-node-01', 'gpu-node-02']\n")),
+    Case("milvus-on-a-load-balancer", "lb-01", "groups", "vector_db", "not on a load balancer",
+         text=lambda t: inventory(extra="vector_db = ['lb-01']\n")),
     Case("host-in-gpu_nodes-and-lb", "gpu-node-01", "groups", "lb", "one role: gpu_nodes or lb, not both",
          text=lambda t: inventory(lbs=[lb(1), node(1)])),
     Case("misspelt-group_data-file", "(group_data)", "group_data/gpu_node.py", "gpu_node", "did you mean gpu_nodes",
@@ -427,7 +434,7 @@ def test_validate_from_another_directory_finds_the_repository_group_data(tmp_pat
     monkeypatch.chdir(tmp_path)
     found = validate(PROJECT_ROOT / "inventory" / "prod.py")
     assert found.exit_code == 0, found.output
-    assert "6 hosts valid" in found.output
+    assert "7 hosts valid" in found.output
     stray = tmp_path / "fleet.py"
     stray.write_text(inventory())
     refused = validate(stray, "--json")

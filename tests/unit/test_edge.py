@@ -65,8 +65,11 @@ def test_prometheus_has_a_target_per_replica_and_per_node_exporter():
     assert prom["global"]["scrape_interval"] == "15s"
     assert [(c["targets"], c["labels"]["replica"]) for c in jobs["vllm"]["static_configs"]] == [
         ([f"{r.address}:{r.port}"], r.name) for r in fleet.replicas]
-    for job, port in (("dcgm", 9400), ("gpu_monitor", 9401), ("milvus", 9091)):
+    for job, port in (("dcgm", 9400), ("gpu_monitor", 9401)):
         assert [c["targets"] for c in jobs[job]["static_configs"]] == [[f"{n.address}:{port}"] for n in fleet.nodes]
+    # Milvus only where it runs: the vector_db host (a host of its own in production), with its node_exporter.
+    assert [c["targets"] for c in jobs["milvus"]["static_configs"]] == [["10.40.0.31:9091"]]
+    assert ["10.40.0.31:9100"] in [c["targets"] for c in jobs["node"]["static_configs"]]
     # Prometheus listens on the lb's private address (inventory/prod.py), and scrapes itself there.
     assert args["options"]["listen_address"] == fleet.hosts["lb-01"].address == "10.40.0.21"
     assert jobs["prometheus"]["static_configs"][0]["targets"] == ["10.40.0.21:9090"]
@@ -139,10 +142,12 @@ def test_tls_and_the_api_key_at_the_lb_render_paths_never_the_key(tmp_path):
     assert loadbalancer.render(args["replicas"], [], on)[1] != config_id
     # Off, the id is what it was before these options existed (tests/operations/loadbalancer.nginx
     # hold those ids): upgrading gpufleet reloads no lb.
-    off_id = loadbalancer.render(args["replicas"], [], args["options"])[1]
+    # The same for a fleet without the RAG app behind the lb (its port is not in that id either).
+    vllm_only = [m for m in args["replicas"] if "upstream" not in m]
+    off_id = loadbalancer.render(vllm_only, [], args["options"])[1]
     monkey_defaults = {k: v for k, v in loadbalancer.DEFAULT_OPTIONS.items()
-                       if k not in ("tls_cert_file", "tls_key_file", "api_key_file")}
-    rows = [{**m, "drained": False} for m in loadbalancer.members(args["replicas"])]
+                       if k not in ("tls_cert_file", "tls_key_file", "api_key_file", "app_listen_port")}
+    rows = [{**m, "drained": False} for m in loadbalancer.members(vllm_only)]
     legacy = {k: v for k, v in args["options"].items() if k in monkey_defaults}
     assert off_id == loadbalancer.short_digest([rows, {**monkey_defaults, **legacy}]) != config_id
 

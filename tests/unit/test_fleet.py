@@ -34,7 +34,7 @@ def test_validate_prod_exits_0(monkeypatch):
     monkeypatch.chdir(PROJECT_ROOT)
     result = run("validate", "inventory/prod.py")
     assert result.exit_code == 0, result.output
-    assert "6 hosts valid" in result.output
+    assert "7 hosts valid" in result.output
 
 
 def test_validate_with_bad_data_override_exits_1_and_names_host_key_value(monkeypatch):
@@ -45,7 +45,7 @@ def test_validate_with_bad_data_override_exits_1_and_names_host_key_value(monkey
     assert report["ok"] is False
     keys = {(e["host"], e["key"], e["value"]) for e in report["errors"]}
     assert ("gpu-node-03", "vllm_gpu_memory_utilization", 1.7) in keys
-    assert len(report["errors"]) == 6  # every host, in one run
+    assert len(report["errors"]) == 7  # every host, in one run
 
 
 def test_validate_override_uses_pyinfra_value_parsing(monkeypatch):

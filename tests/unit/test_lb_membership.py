@@ -81,16 +81,21 @@ def test_a_fresh_lb_renders_the_inventory_without_probing(lb):
 def test_the_nginx_fact_reads_the_members_of_the_config_in_place():
     from operations.facts.edge import NginxState
 
-    text, _ = loadbalancer.render([NODE1, NODE1_NEW], ["gpu-node-1-vllm-0"], None, {"gpu-node-1-vllm-1"})
-    lines = [line for line in text.splitlines() if line.strip().startswith("server 10.")]
-    # What the fact's sed prints for those lines, run here on the rendered text.
+    app = {"name": "gpu-node-1-rag-app", "address": "10.0.0.1", "port": 8080, "upstream": "rag_app"}
+    text, _ = loadbalancer.render([NODE1, NODE1_NEW, app], ["gpu-node-1-vllm-0", app["name"]], None,
+                                  {"gpu-node-1-vllm-1"})
+    assert "upstream rag_app {" in text and "proxy_pass http://rag_app;" in text
+    # What the fact's awk prints for the whole rendered file, run here with the host's awk.
     import subprocess
 
     command = NginxState().command(8081)
-    sed = command[command.index("sed -n"):command.index(" /etc/nginx/nginx.conf 2>/dev/null; true")]
-    out = subprocess.run(["sh", "-c", sed], input="\n".join(lines) + "\n", capture_output=True, text=True).stdout
+    awk = command[command.index("awk "):command.index(" /etc/nginx/nginx.conf 2>/dev/null; true")]
+    out = subprocess.run(["sh", "-c", awk], input=text, capture_output=True, text=True).stdout
     state = NginxState().process(out.splitlines())
-    assert state["members"] == [NODE1, {**NODE1_NEW, "joining": True}]
+    assert state["members"] == [NODE1, {**NODE1_NEW, "joining": True}, app]
+    # Without the app, no app upstream and no app server.
+    text, _ = loadbalancer.render([NODE1], [], None)
+    assert "rag_app" not in text and "listen 8080" not in text
 
 
 def test_undrain_of_a_retired_replica_this_lb_never_had_changes_nothing(monkeypatch):

@@ -15,7 +15,8 @@ def test_every_host_is_scraped_on_its_private_address():
     config = yaml.safe_load(monitoring.render_prometheus(**monitoring.prometheus_args(fleet, "lb-01")))
     [job] = [j for j in config["scrape_configs"] if j["job_name"] == "node"]
     scraped = {c["labels"]["node"]: c["targets"] for c in job["static_configs"]}
-    hosts = [*fleet.nodes, *fleet.load_balancers]
+    hosts = list(fleet.hosts.values())  # GPU nodes, load balancers and the Milvus host
+    assert len(hosts) == len(fleet.nodes) + len(fleet.load_balancers) + 1
     assert scraped == {h.name: [f"{h.address}:9100"] for h in hosts}
     assert all(h.address.startswith("10.") for h in hosts)  # private addresses, as the exporters bind
 
