@@ -2,7 +2,9 @@
 
 Every host's data is validated first (gpufleet.settings); a bad inventory stops the run before
 any operation is added for any host. Then each host gets the roles of its groups, in order:
-every host: preflight, base packages; ``gpu_nodes``: the GPU stack; ``lb``: the load balancer.
+every host: preflight, base packages; ``gpu_nodes``: the GPU stack; ``vector_db``: Milvus (on a
+GPU node or a host of its own); ``gpu_nodes``: the RAG app and the vLLM replicas; ``lb``: the
+load balancer (nginx over every replica and every app, Prometheus).
 """
 
 from pyinfra import host, inventory
@@ -88,12 +90,25 @@ if "gpu_nodes" in host.groups:
 
     nvidia.nccl(name="NCCL pin on the host", version=settings.nccl_version, cuda_version=settings.nccl_cuda_version)
 
-    # --- serving: Milvus and the RAG app, then the vLLM replicas ---------------------------------
-    node = fleet.hosts[host.name]
-    # The data tier first: it does not need the replicas (the app asks vLLM per query), and a
-    # rollout that recreates a replica then ends its drained node's deploy when the replica is
-    # ready, instead of re-reading the data tier's state while the node is out of rotation.
-    milvus_address = settings.milvus_bind_address or node.address
+# --- the Milvus host (group vector_db): a GPU node, or a host of its own ---------------------------
+# Before every node's RAG app: the apps index into it when they start (pyinfra runs each operation
+# on every host before the next one).
+if "vector_db" in host.groups:
+    if "gpu_nodes" not in host.groups:
+        # A host of its own: the distribution's Docker, no GPU runtime. live-restore keeps Milvus
+        # running while dockerd restarts (a package upgrade, a daemon.json change).
+        distro_packages.install(
+            name="Docker engine", packages={settings.docker_engine_package: settings.docker_engine_min_version},
+            preferences_name="gpufleet-docker")
+        db_daemon_json = docker_daemon.daemon_config(name="Docker daemon.json: live-restore",
+                                                     wanted={**settings.docker_daemon_config, "live-restore": True})
+        systemd.service(name="Docker running", service="docker", running=True, enabled=True)
+        systemd.service(name="Restart Docker for daemon.json", service="docker", restarted=True,
+                        _if=db_daemon_json.did_change)
+        node_exporter.node_exporter(name="node_exporter (host and drift metrics)",
+                                    listen_address=settings.metrics_listen_address or fleet.hosts[host.name].address,
+                                    port=settings.node_exporter_port, min_version=settings.node_exporter_min_version)
+    milvus_address = settings.milvus_bind_address or fleet.hosts[host.name].address
     milvus.standalone(name=f"Milvus ({settings.milvus_mode})", mode=settings.milvus_mode,
                       image=settings.milvus_image, address=milvus_address, port=settings.milvus_port,
                       health_port=settings.milvus_health_port, etcd_image=settings.milvus_etcd_image,
@@ -102,6 +117,13 @@ if "gpu_nodes" in host.groups:
                       network=settings.milvus_network)
     milvus.ready(name="Milvus healthy (/healthz)", address=milvus_address,
                  health_port=settings.milvus_health_port, timeout=settings.milvus_ready_timeout_s)
+
+# --- GPU nodes: the RAG app, then the vLLM replicas -----------------------------------------------
+if "gpu_nodes" in host.groups:
+    node = fleet.hosts[host.name]
+    # The app first: it does not need the replicas (it asks vLLM per query), and a rollout that
+    # recreates a replica then ends its drained node's deploy when the replica is ready, instead of
+    # re-reading the app's state while the node is out of rotation.
     if settings.app_image:
         lb = fleet.load_balancers[0] if fleet.load_balancers else None
         replica_address = (settings.vllm_bind_address
@@ -110,9 +132,10 @@ if "gpu_nodes" in host.groups:
             settings.app_vllm_target, replica_address, settings.replicas_declared()[0].port,
             lb.address if lb else None, lb.settings.lb_port if lb else 80)
         app_address = settings.app_bind_address or node.address
+        db = fleet.vector_db  # validated: present wherever the app is on
         app.container(name="RAG app", image=settings.app_image, address=app_address, port=settings.app_port,
                       vllm_address=vllm_address, vllm_port=vllm_port, model=settings.vllm_served_model_name,
-                      milvus_address=milvus_address, milvus_port=settings.milvus_port,
+                      milvus_address=db.milvus_address, milvus_port=db.settings.milvus_port,
                       collection=settings.app_collection, top_k=settings.app_top_k, env=settings.app_env,
                       api_key_file=settings.vllm_api_key_file)
         app.ready(name="RAG app healthy (/health)", address=app_address, port=settings.app_port,
@@ -155,7 +178,7 @@ if "lb" in host.groups:
                             packages={"nginx": settings.lb_nginx_min_version,
                                       "prometheus": settings.prometheus_min_version},
                             preferences_name="gpufleet-lb")
-    loadbalancer.nginx(name="nginx: one upstream member per vLLM replica", **loadbalancer.lb_args(fleet, host.name))
+    loadbalancer.nginx(name="nginx: a member per vLLM replica and per RAG app", **loadbalancer.lb_args(fleet, host.name))
     systemd.service(name="nginx running", service="nginx", running=True, enabled=True)
     monitoring.alertmanager(name="Alertmanager: webhook receiver", **monitoring.alertmanager_args(fleet, host.name))
     monitoring.prometheus(name="Prometheus: scrape jobs from the inventory", **monitoring.prometheus_args(fleet, host.name))

@@ -51,6 +51,12 @@ class FleetHost:
         return VECTOR_DB_GROUP in self.groups
 
     @property
+    def milvus_address(self) -> str:
+        """Where the other hosts reach this host's Milvus: its bind address, unless that is every interface."""
+        bind = self.settings.milvus_bind_address
+        return bind if bind not in (None, "0.0.0.0") else self.address
+
+    @property
     def app_member(self) -> str | None:
         """The name of this node's RAG app behind the load balancers, or None (no app here)."""
         return f"{self.name}-{APP_MEMBER_SUFFIX}" if self.is_gpu_node and self.settings.app_image else None

@@ -156,7 +156,8 @@ def unlock(rollout, name: str, forget_previous: bool = False) -> None:
 # ------------------------------------------------------------------------------ drain ------------
 
 def _lb_step(rollout, name: str, op_name: str, retiring: list[str] = ()) -> None:
-    """``drain``/``undrain`` every replica of the node on every lb: the inventory's, and ``retiring``
+    """``drain``/``undrain`` every replica of the node on every lb: the inventory's, the node's RAG
+    app (it asks this node's replica, and its container may be recreated too), and ``retiring``
     (removed from the inventory, still running on the node: drained only where they are members)."""
     from operations import loadbalancer
 
@@ -164,7 +165,7 @@ def _lb_step(rollout, name: str, op_name: str, retiring: list[str] = ()) -> None
     lbs = [lb.name for lb in fleet.load_balancers]
     if not lbs:
         return
-    replicas = [r.name for r in replicas_of(fleet.hosts[name])] + list(retiring)
+    replicas = _members_of(fleet.hosts[name]) + list(retiring)
     op = getattr(loadbalancer, op_name)
     for replica in replicas:
         extra = {"reason": f"rollout {rollout.id}"} if op_name == "drain" else {}
@@ -177,6 +178,11 @@ def _lb_step(rollout, name: str, op_name: str, retiring: list[str] = ()) -> None
         failed = {lb: why for lb, why in results.items() if why}
         if failed:
             raise StepError(f"{op_name} {replica}: " + "; ".join(f"{lb}: {why}" for lb, why in failed.items()))
+
+
+def _members_of(node) -> list[str]:
+    """The node's load-balancer members: its replicas, then its RAG app (when it runs one)."""
+    return [r.name for r in replicas_of(node)] + ([node.app_member] if node.app_member else [])
 
 
 def _retiring_on(host, node) -> list[str]:
@@ -223,7 +229,7 @@ def undrain(rollout, name: str, retiring: list[str] = (), check: bool = True) ->
     lbs = [lb.name for lb in fleet.load_balancers]
     if not lbs or not check:
         return
-    replicas = [r.name for r in replicas_of(fleet.hosts[name])]
+    replicas = _members_of(fleet.hosts[name])
     with connected(rollout.inventory, lbs, _overrides(rollout)) as (state, _, reachable, unreachable):
         seen = run_parallel(state, reachable, lambda h: h.get_fact(
             NginxState, status_port=lb_options(fleet.hosts[h.name].settings)["status_port"]))

@@ -28,6 +28,15 @@ Until that is done ``GET /health`` answers 503; then 200.
 whether authentication is on, never the key. A request without the right key gets 401 with
 ``WWW-Authenticate: Bearer`` before anything else is looked at.
 
+Every replica of the app shares one Milvus (the fleet's ``vector_db`` host), so a document
+ingested through any replica is found by all of them:
+``POST /documents {"source": "runbook.md", "text": "..."}`` chunks, embeds and upserts it
+(``origin`` "ingested"; the same source again replaces its chunks) and answers
+``{"source", "chunks"}``. A start re-indexes only the image's own documents (``origin`` "image"):
+it never deletes what was ingested, whichever replica restarts.
+
+On SIGTERM (``docker stop``) it stops accepting, finishes the requests in flight, then exits.
+
 ``POST /query {"question": "...", "top_k": 4}`` embeds the question, searches Milvus with
 consistency_level="Strong" (a search right after an insert sees it), asks
 ``/chat/completions`` with the retrieved chunks as context and returns
@@ -40,6 +49,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -99,9 +109,11 @@ def index_documents() -> None:
             rows = rag.documents_to_rows(documents, EMBED_DIM)
             if rows:
                 client.upsert(COLLECTION, rows)
-            # Chunks of documents that changed or went away since the last start.
+            # Chunks of the image's documents that changed or went away since the last start (not
+            # what clients ingested: other replicas share this collection).
             keep = ", ".join(str(row["id"]) for row in rows)
-            client.delete(COLLECTION, filter=f"id not in [{keep}]" if rows else "id >= 0")
+            client.delete(COLLECTION, filter=f'origin == "image" and id not in [{keep}]' if rows
+                          else 'origin == "image"')
             STATE.client, STATE.documents, STATE.chunks = client, len(documents), len(rows)
             STATE.status, STATE.error = "ok", None
             log.info("indexed %d chunks of %d documents into %s at %s", len(rows), len(documents), COLLECTION,
@@ -136,6 +148,41 @@ def ask_vllm(messages: list[dict]) -> tuple[str, str]:
     with urllib.request.urlopen(request, timeout=VLLM_TIMEOUT_S) as response:
         reply = json.load(response)
     return reply["choices"][0]["message"]["content"], reply.get("model", VLLM_MODEL)
+
+
+SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")  # safe inside a Milvus filter string
+
+
+def ingest(source: str, text: str) -> int:
+    """Replace the chunks of ``source`` with those of ``text``; the number of chunks stored."""
+    rows = rag.documents_to_rows({source: text}, EMBED_DIM, origin="ingested")
+    STATE.client.delete(COLLECTION, filter=f'source == "{source}"')
+    if rows:
+        STATE.client.upsert(COLLECTION, rows)
+    return len(rows)
+
+
+class InFlight:
+    """Requests being answered, so a stop can wait for them."""
+
+    def __init__(self):
+        self.count, self.idle = 0, threading.Condition()
+
+    def __enter__(self):
+        with self.idle:
+            self.count += 1
+
+    def __exit__(self, *exc):
+        with self.idle:
+            self.count -= 1
+            self.idle.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        with self.idle:
+            return self.idle.wait_for(lambda: self.count == 0, timeout)
+
+
+IN_FLIGHT = InFlight()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -177,10 +224,37 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, {"error": "not found; try GET /health or POST /query"})
 
     def do_POST(self):
-        if not self._authorized():
-            return None
-        if self.path.split("?")[0] != "/query":
-            return self._send(404, {"error": "not found; try POST /query"})
+        with IN_FLIGHT:
+            if not self._authorized():
+                return None
+            path = self.path.split("?")[0]
+            if path == "/documents":
+                return self._ingest()
+            if path != "/query":
+                return self._send(404, {"error": "not found; try POST /query or POST /documents"})
+            return self._query()
+
+    def _ingest(self):
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            request = json.loads(self.rfile.read(length) or b"{}")
+            source, text = request.get("source"), request.get("text")
+        except (ValueError, AttributeError) as exc:
+            return self._send(400, {"error": f"expected a JSON object with source and text: {exc}"})
+        if not isinstance(source, str) or not SOURCE_NAME.match(source):
+            return self._send(400, {"error": "source must be a name of letters, digits and ._/- (up to 200)"})
+        if not isinstance(text, str) or not rag.words(text):
+            return self._send(400, {"error": "text must be a non-empty string"})
+        if STATE.status != "ok":
+            return self._send(503, {"error": f"not ready ({STATE.status}): {STATE.error}"})
+        try:
+            chunks = ingest(source, text)
+        except Exception as exc:
+            return self._send(503, {"error": f"milvus upsert failed: {exc}"})
+        log.info("ingested %s: %d chunks", source, chunks)
+        return self._send(200, {"source": source, "chunks": chunks})
+
+    def _query(self):
         try:
             length = int(self.headers.get("Content-Length") or 0)
             request = json.loads(self.rfile.read(length) or b"{}")
@@ -216,7 +290,9 @@ def main() -> None:
              VLLM_MODEL or "?", "sent" if VLLM_API_KEY else "none", MILVUS_URI,
              "required" if APP_API_KEY else "not required")
     server.serve_forever()
-    log.info("stopped")
+    # Stopped accepting (SIGTERM); the requests in flight finish within Docker's stop timeout.
+    finished = IN_FLIGHT.wait(timeout=25)
+    log.info("stopped" if finished else "stopped with requests still in flight after 25 s")
 
 
 if __name__ == "__main__":

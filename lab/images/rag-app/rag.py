@@ -103,13 +103,17 @@ def chunk_id(source: str, index: int) -> int:
 
 
 def documents_to_rows(documents: dict[str, str], dim: int = DEFAULT_DIM, max_words: int = 60,
-                      overlap: int = 15) -> list[dict]:
-    """Milvus rows ``{"id", "vector", "text", "source"}`` for every chunk of every document."""
+                      overlap: int = 15, origin: str = "image") -> list[dict]:
+    """Milvus rows ``{"id", "vector", "text", "source", "origin"}`` for every chunk of every document.
+
+    ``origin`` says who owns a row: ``"image"`` (the documents shipped in the image, which each
+    start re-indexes) or ``"ingested"`` (``POST /documents``: kept until ingested again).
+    """
     rows = []
     for source in sorted(documents):
         for index, piece in enumerate(chunk(documents[source], max_words, overlap)):
             rows.append({"id": chunk_id(source, index), "vector": embed(piece, dim), "text": piece,
-                         "source": source})
+                         "source": source, "origin": origin})
     return rows
 
 
