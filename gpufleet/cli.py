@@ -10,6 +10,7 @@ monkey.patch_all()
 
 import click  # noqa: E402
 
+from gpufleet.commands import backup as backup_cmd  # noqa: E402
 from gpufleet.commands import bench as bench_cmd  # noqa: E402
 from gpufleet.commands import doctor as doctor_cmd  # noqa: E402
 from gpufleet.commands import drift as drift_cmd  # noqa: E402
@@ -28,5 +29,6 @@ def main() -> None:
 
 # Every command the CLI has, one line each (gpufleet/commands/<name>.py).
 for command in (inventory_cmd.inventory, validate_cmd.validate, plan_cmd.plan, verify_cmd.verify, drift_cmd.drift,
-                rollout_cmd.rollout, doctor_cmd.doctor, bench_cmd.bench, lab_cmd.lab):
+                rollout_cmd.rollout, backup_cmd.backup, backup_cmd.restore, doctor_cmd.doctor, bench_cmd.bench,
+                lab_cmd.lab):
     main.add_command(command)

@@ -106,6 +106,10 @@ class Fleet:
             ],
             "load_balancers": [{"name": h.name, "address": h.address, "lb_port": h.settings.lb_port}
                                for h in self.load_balancers],
+            "vector_db": ({"name": self.vector_db.name, "milvus": f"{self.vector_db.milvus_address}:"
+                                                                  f"{self.vector_db.settings.milvus_port}"}
+                          if self.vector_db else None),
+            "app_members": [m["name"] for m in self.app_members],
             "replicas": [r.model_dump() for r in self.replicas],
         }
 

@@ -1,6 +1,8 @@
 """Settings for Milvus and the RAG application: a mixin of gpufleet.settings.HostSettings (flat keys, validated).
 
-Milvus (operations/milvus.py) runs in one of Milvus's two standalone modes:
+Milvus (operations/milvus.py) runs on the host of inventory group ``vector_db`` (one host for the
+fleet, validated in gpufleet/fleet_checks.py), whose settings these ``milvus_*`` keys are; every
+node's RAG app uses it. It runs in one of Milvus's two standalone modes:
 
 - ``milvus_mode = "standalone"`` (the production default): three containers as in Milvus's
   official standalone docker-compose file — etcd (``milvus_etcd_image``), MinIO as the object

@@ -6,7 +6,7 @@ The image is the operator's (``app_image``); the deploy gives it, as environment
   first replica, no network hop) or ``http://<load balancer>:<lb_port>/v1`` (``"lb"``: survives a
   rollout of the local replica, at the price of a hop);
 - ``VLLM_MODEL``: the served model name (``vllm_served_model_name``);
-- ``MILVUS_URI``: ``http://<node>:<milvus_port>``;
+- ``MILVUS_URI``: ``http://<the vector_db host>:<milvus_port>``: one Milvus every replica shares;
 - ``APP_PORT``, ``MILVUS_COLLECTION``, ``RAG_TOP_K``; plus ``app_env`` (non-secret extras);
 - with an API key (``vllm_api_key_file``): its own root-only env file, /etc/gpufleet/<name>.env
   (:func:`operations.secrets.env_file`: 0600, atomic, never shown), passed with ``--env-file``,
@@ -19,6 +19,10 @@ the host's Docker, whose containers need not resolve the fleet's host names (the
 The app publishes its port on the node's private address only, like Milvus (see operations/milvus.py).
 The container is recreated when any of this changes (operations.containers spec digest) — an LB
 whose address changed, for one, after the next deploy.
+
+The app sits behind the load balancers (upstream ``rag_app``, operations/loadbalancer.py), and a
+rollout drains it with its node's replicas; on SIGTERM it must finish what it is answering within
+its 30 s stop timeout (the lab's app does: lab/images/rag-app/app.py).
 """
 
 from __future__ import annotations

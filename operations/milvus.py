@@ -1,4 +1,5 @@
-"""Milvus standalone on a GPU node, in either of Milvus's two single-node modes; and its health gate.
+"""Milvus standalone on the fleet's Milvus host (inventory group ``vector_db``: a GPU node or a host
+of its own), in either of Milvus's two single-node modes; and its health gate.
 
 ``mode="standalone"`` is Milvus's official docker-compose file (milvus-io/milvus
 deployments/docker/standalone/docker-compose.yml) as three containers on a private Docker network:

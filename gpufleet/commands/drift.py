@@ -15,9 +15,11 @@ from gpufleet.settings import SettingsError, format_issues
 class _DriftGroup(click.Group):
     """`gpufleet drift INVENTORY ...` runs the check; `gpufleet drift install-timer ...` the installer."""
 
+    default_command = "check"  # what an argument that names no subcommand runs
+
     def parse_args(self, ctx, args):
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
-            args = ["check", *args]
+            args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 
 

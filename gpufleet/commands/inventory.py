@@ -18,7 +18,7 @@ from gpufleet.table import render_table
 @click.option("--data", "data", multiple=True, metavar="KEY=VALUE", help=DATA_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print nodes, load balancers and replicas as JSON.")
 def inventory(inventory_path: str, data: tuple[str, ...], as_json: bool) -> None:
-    """List nodes and every load-balanced replica (node, GPUs, port)."""
+    """List nodes, every load-balanced replica (node, GPUs, port), the Milvus host and the apps."""
     try:
         fleet = load_fleet(inventory_path, parse_data_overrides(data))
     except SettingsError as exc:
@@ -43,4 +43,12 @@ def inventory(inventory_path: str, data: tuple[str, ...], as_json: bool) -> None
         click.echo(render_table(
             ["LOAD BALANCER", "ADDRESS", "PORT"],
             [[h.name, h.address, h.settings.lb_port] for h in fleet.load_balancers],
+        ))
+    if fleet.vector_db or fleet.app_members:
+        db = fleet.vector_db
+        click.echo()
+        click.echo(render_table(
+            ["DATA TIER", "HOST", "ENDPOINT"],
+            ([["milvus", db.name, f"{db.milvus_address}:{db.settings.milvus_port}"]] if db else [])
+            + [["rag app", m["name"], f"{m['address']}:{m['port']}"] for m in fleet.app_members],
         ))

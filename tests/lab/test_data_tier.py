@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +127,75 @@ def test_milvus_listens_only_on_its_hosts_private_address(serving, fleet):
     # The app's node reaches Milvus over the private network.
     other = next(n.name for n in fleet.nodes if n.name != db.name)
     assert serving[other].run(f"curl -fsS -m 3 http://{ip}:9091/healthz").stdout.strip() == "OK"
+
+
+def test_backup_then_lost_volumes_then_restore_gives_back_the_same_rows_and_answers(serving, fleet, tmp_path):
+    """Ingest, back up, destroy Milvus's volume, deploy (an empty Milvus), restore: the same row
+    counts, and the same top-k sources for a fixed set of questions."""
+    from tests.lab.conftest import deploy, gpufleet
+
+    lb, db = serving["lb-1"], serving[fleet.vector_db.name]
+    run = uuid.uuid4().hex[:6]
+    for word in ("alpha", "bravo", "charlie"):
+        post(lb, "/documents", {"source": f"backup-{run}/{word}.md", "text": f"{word}{run} lever {word}{run} gauge"})
+    questions = [f"{word}{run} lever" for word in ("alpha", "bravo", "charlie")]
+    # Top-k ids straight from Milvus for a fixed query set over everything stored (the image's
+    # documents too, whose chunks are too long for the lab model's window through the app), asked
+    # from this machine at the Milvus host's address on the lab network.
+    searches = questions + ["How is NCCL pinned?", "Which driver runs the GPUs?", "Where does Milvus listen?"]
+    milvus_uri = f"http://{private_ip(db, fleet.vector_db.name)}:19530"
+
+    def top_ids() -> list[list]:  # per search: [score, id] of the top 5 above the 6th's score, then that score
+        # In a child process: gRPC in this one would hang the next fork (gpufleet's subprocesses).
+        script = ("import importlib.util, json, sys\n"
+                  "from pymilvus import MilvusClient\n"
+                  "spec = importlib.util.spec_from_file_location('rag', sys.argv[1])\n"
+                  "rag = importlib.util.module_from_spec(spec); spec.loader.exec_module(rag)\n"
+                  "client = MilvusClient(uri=sys.argv[2], timeout=30)\n"
+                  "found = client.search('gpufleet_docs', [rag.embed(q) for q in json.loads(sys.argv[3])], limit=10,\n"
+                  "                      consistency_level='Strong', search_params={'params': {'ef': 256}})\n"
+                  # The top 5 as far as scores decide it: the hashing embedding ties, and which of the
+                  # hits tied with the 6th is in the top 5 is arbitrary. Ties inside are ordered by id.
+                  "out = []\n"
+                  "for hits in found:\n"
+                  "    ranked = sorted(([round(h['distance'], 5), h['id']] for h in hits), reverse=True)\n"
+                  "    cut = ranked[5][0] if len(ranked) > 5 else -2\n"
+                  "    out.append([r for r in ranked[:5] if r[0] > cut] + [cut])\n"
+                  "print(json.dumps(out))\n")
+        out = subprocess.run([sys.executable, "-W", "ignore", "-c", script, str(PROJECT_ROOT / "lab/images/rag-app/rag.py"),
+                              milvus_uri, json.dumps(searches)], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout)
+
+    def answers() -> list[list[tuple[str, str]]]:  # through lb-1 and the app: short prompts only
+        return [[(s["source"], s["text"]) for s in post(lb, "/query", {"question": q, "top_k": 2})["sources"]]
+                for q in questions]
+
+    before, ids_before = answers(), top_ids()
+    assert all(len(ids) >= 2 for ids in ids_before)  # at least one hit decided by its score
+    made = gpufleet("backup", "inventory/lab.py", "--to", str(tmp_path), "--json", check=False)
+    assert made.returncode == 0, made.stderr[-2000:]
+    result = json.loads(made.stdout)
+    manifest = json.loads((tmp_path / "lab" / result["dir"].rsplit("/", 1)[1] / "manifest.json").read_text())
+    assert manifest["collections"]["gpufleet_docs"]["rows"] == result["collections"]["gpufleet_docs"] > 3
+    assert manifest["source"]["host"] == fleet.vector_db.name
+    assert oct((tmp_path / "lab").stat().st_mode & 0o777) == "0o700"
+
+    # The volume is lost; the next deploy starts an empty Milvus.
+    assert db.run("docker rm -f milvus-standalone >/dev/null && docker volume rm milvus-data").rc == 0
+    redeployed = deploy()
+    assert redeployed["rc"] == 0, redeployed["stderr"][-3000:]
+    # A damaged backup is refused before anything is written.
+    data_file = Path(result["dir"]) / "gpufleet_docs.jsonl"
+    original = data_file.read_bytes()
+    data_file.write_bytes(original.replace(b"lever", b"LEVER", 1))
+    refused = gpufleet("restore", "inventory/lab.py", "--from", result["dir"], check=False)
+    assert refused.returncode == 1 and "does not match its sha256" in refused.stderr
+    data_file.write_bytes(original)
+    restored = gpufleet("restore", "inventory/lab.py", "--from", result["dir"], "--json", check=False)
+    assert restored.returncode == 0, restored.stderr[-2000:]
+    assert json.loads(restored.stdout)["collections"] == result["collections"]
+    assert answers() == before and top_ids() == ids_before
+    # Restoring over a collection that has rows is refused unless --replace.
+    again = gpufleet("restore", "inventory/lab.py", "--from", result["dir"], check=False)
+    assert again.returncode == 1 and "exists with" in again.stderr and "--replace" in again.stderr

@@ -15,7 +15,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,13 +30,23 @@ NODES = ("gpu-node-1", "gpu-node-2")
 LB_URL = f"http://127.0.0.1:{LB_HTTP_PORT_BASE + 1}"
 
 
+def lb_app_url() -> str:
+    """lb-1's RAG app upstream (lb_app_port), at lb-1's address on the lab's Docker network."""
+    ip = subprocess.run(["docker", "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                         "lb-1"], capture_output=True, text=True, check=True).stdout.strip()
+    return f"http://{ip}:8080"
+
+
 @dataclass
 class SteadyLoad:
-    """Clients sending completions through the load balancer without pause, each answer checked."""
+    """Clients sending completions through the load balancer without pause, each answer checked;
+    ``app_clients`` more ask the RAG app through it (answer and sources checked)."""
 
     clients: int = 2
+    app_clients: int = 0
     pause_s: float = 3.0
     ok: int = 0
+    app_ok: int = 0
     failures: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -44,12 +56,50 @@ class SteadyLoad:
             t = threading.Thread(target=self._client, args=(i % 2 == 1,), daemon=True)
             t.start()
             self._threads.append(t)
+        url = lb_app_url() if self.app_clients else None
+        for _ in range(self.app_clients):
+            t = threading.Thread(target=self._app_client, args=(url,), daemon=True)
+            t.start()
+            self._threads.append(t)
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
         for t in self._threads:
             t.join(timeout=200)
+
+    def _app_client(self, url: str) -> None:
+        # One short document of its own, asked for by its own words with top_k 1: the prompt (system
+        # prompt, one chunk, the question) then fits a window as small as the rollouts here set (384).
+        word = f"qz{uuid.uuid4().hex[:6]}"
+        source = f"steady-load/{word}.md"
+
+        def post(path: str, body: dict) -> dict:
+            request = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=180) as answer:
+                    return json.loads(answer.read().decode())
+            except urllib.error.HTTPError as exc:  # the body says which part failed (the app's JSON)
+                raise RuntimeError(f"HTTP {exc.code}: {exc.read().decode()[:300]}") from None
+
+        try:
+            post("/documents", {"source": source, "text": f"{word} pumps run at night"})
+        except Exception as exc:  # noqa: BLE001
+            self.failures.append(f"app ingest: {type(exc).__name__}: {exc}")
+            return
+        while not self._stop.is_set():
+            try:
+                reply = post("/query", {"question": f"When do {word} pumps run?", "top_k": 1})
+            except Exception as exc:  # noqa: BLE001 - every failure is counted, whatever it is
+                self.failures.append(f"app: {type(exc).__name__}: {exc}")
+                self._stop.wait(self.pause_s)
+                continue
+            self._stop.wait(self.pause_s)
+            if [s.get("source") for s in reply.get("sources") or []] == [source] and isinstance(reply.get("answer"), str):
+                self.app_ok += 1
+            else:
+                self.failures.append(f"app: unexpected answer {str(reply)[:200]!r}")
 
     def _client(self, stream: bool) -> None:
         model = lab_group_data()["vllm_served_model_name"]
@@ -161,7 +211,7 @@ def test_rolling_a_change_over_both_nodes_fails_no_request_even_when_a_node_drop
     """gpu-node-2 loses SSH while gpu-node-1 is updated: the rollout stops, the fleet keeps serving,
     and `--resume` finishes it once gpu-node-2 is back."""
     before = container_ids(live)
-    with SteadyLoad() as load:
+    with SteadyLoad(app_clients=1) as load:
         run = start_rollout("--data", "vllm_max_model_len=384", state_dir=state_dir)
         try:
             wait_for_state(state_dir, "gpu-node-1", "updating")
@@ -182,7 +232,7 @@ def test_rolling_a_change_over_both_nodes_fails_no_request_even_when_a_node_drop
     assert all(after[n] != before[n] for n in NODES)
     assert drained(live) == []
     assert not load.failures, load.failures[:5]
-    assert load.ok > 10
+    assert load.ok > 10 and load.app_ok > 5  # the app behind lb-1 too, drained with each node's replicas
     states = [s for s, _ in report["nodes"]["gpu-node-2"]["history"]]
     assert states[-5:] == ["draining", "updating", "validating", "undraining", "done"]
 

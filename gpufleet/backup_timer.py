@@ -1,0 +1,91 @@
+"""The nightly Milvus backup as a systemd timer on the control host, and the metrics each run leaves.
+
+The service runs ``gpufleet backup INVENTORY --keep N --prometheus FILE`` from this checkout. Each
+run writes node_exporter textfile metrics: when the last backup succeeded, the rows of each
+collection, and whether a collection has fewer rows than in the previous backup (exit 2: the
+backup is kept, and the drop is for a person to look at). Alert rules in
+files/prometheus/alerts.yml read them (MilvusBackupStale, MilvusRowsDropped).
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gpufleet import PROJECT_ROOT
+
+UNIT = "gpufleet-backup"
+
+
+def units(inventory: str, on_calendar: str, backup_dir: str, keep: int, textfile_dir: str) -> dict[str, str]:
+    gpufleet_bin = Path(sys.executable).with_name("gpufleet")
+    command = [str(gpufleet_bin), "backup", inventory, "--to", backup_dir, "--keep", str(keep),
+               "--prometheus", f"{textfile_dir}/gpufleet_milvus_backup.prom"]
+    service = f"""# Managed by `gpufleet backup install-timer`.
+[Unit]
+Description=gpufleet nightly Milvus backup ({inventory})
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+WorkingDirectory={PROJECT_ROOT}
+UMask=0077
+ExecStartPre=/usr/bin/mkdir -p {textfile_dir}
+ExecStart={" ".join(shlex.quote(c) for c in command)}
+# 2 = backed up, but a collection has fewer rows than in the previous backup: the metrics say so.
+SuccessExitStatus=2
+Nice=10
+"""
+    timer = f"""# Managed by `gpufleet backup install-timer`.
+[Unit]
+Description=Back up the fleet's Milvus nightly
+
+[Timer]
+OnCalendar={on_calendar}
+RandomizedDelaySec=15m
+Persistent=true
+
+[Install]
+WantedBy=timers.target
+"""
+    return {f"{UNIT}.service": service, f"{UNIT}.timer": timer}
+
+
+def install(inventory: str, on_calendar: str = "*-*-* 02:00:00", unit_dir: str = "/etc/systemd/system",
+            backup_dir: str = "/var/lib/gpufleet/backups", keep: int = 7,
+            textfile_dir: str = "/var/lib/prometheus/node-exporter", enable: bool = True) -> list[str]:
+    written = []
+    for name, text in units(inventory, on_calendar, backup_dir, keep, textfile_dir).items():
+        path = Path(unit_dir) / name
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+            written.append(str(path))
+    if enable:
+        if written:
+            subprocess.run(["systemctl", "daemon-reload"], check=True)
+        subprocess.run(["systemctl", "enable", "--now", f"{UNIT}.timer"], check=True)
+    return written
+
+
+def write_metrics(path: str, rows: dict[str, int], dropped: dict[str, tuple[int, int]], now: float | None = None) -> None:
+    """node_exporter textfile metrics of a successful backup (written atomically, world-readable: no secrets)."""
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+    registry = CollectorRegistry()
+    Gauge("gpufleet_milvus_backup_last_success_timestamp_seconds", "When the last Milvus backup finished.",
+          registry=registry).set(now or time.time())
+    counts = Gauge("gpufleet_milvus_backup_rows", "Rows of each collection in the last backup.", ["collection"],
+                   registry=registry)
+    drops = Gauge("gpufleet_milvus_backup_rows_dropped", "1 when a collection has fewer rows than in the backup "
+                  "before.", ["collection"], registry=registry)
+    for name, n in rows.items():
+        counts.labels(collection=name).set(n)
+        drops.labels(collection=name).set(1 if name in dropped else 0)
+    for name in dropped.keys() - rows.keys():  # a collection that is gone altogether
+        drops.labels(collection=name).set(1)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_to_textfile(path, registry)

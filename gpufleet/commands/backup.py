@@ -1,0 +1,105 @@
+"""``gpufleet backup`` and ``gpufleet restore``: the fleet's Milvus to and from the control host."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from gpufleet.commands.drift import _DriftGroup
+from gpufleet.data_backup import BackupError
+from gpufleet.fleet import parse_data_overrides
+from gpufleet.settings import SettingsError, format_issues
+
+
+class _BackupGroup(_DriftGroup):
+    """`gpufleet backup INVENTORY ...` backs up; `gpufleet backup install-timer ...` installs the timer."""
+
+    default_command = "run"
+
+
+@click.group(cls=_BackupGroup)
+def backup() -> None:
+    """Back up the fleet's Milvus (`gpufleet backup INVENTORY`), or install the nightly timer."""
+
+
+@backup.command("run")
+@click.argument("inventory_path", metavar="INVENTORY")
+@click.option("--to", "to", default=None, help="Directory for backups (default: ~/.local/state/gpufleet/backups).")
+@click.option("--keep", type=click.IntRange(min=1), default=None, help="Keep this many backups of the inventory "
+              "(this one included); older ones are removed. Default: all.")
+@click.option("--prometheus", "textfile", default=None, help="Write node_exporter textfile metrics here.")
+@click.option("--data", multiple=True, help="key=value override, as for pyinfra.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def run(inventory_path: str, to: str | None, keep: int | None, textfile: str | None, data: tuple[str, ...],
+        as_json: bool) -> None:
+    """Export every Milvus collection (schema, indexes, rows) with a manifest of row counts and sha256s.
+
+    Exit 0: backed up; 2: backed up, but a collection has fewer rows than in the previous backup
+    (or is gone); 1: no backup (nothing kept).
+    """
+    from gpufleet import backup_timer, data_backup
+
+    try:
+        result = data_backup.backup(inventory_path, to, parse_data_overrides(data), keep)
+    except SettingsError as exc:
+        click.echo(format_issues(exc.issues), err=True)
+        sys.exit(1)
+    except BackupError as exc:
+        click.echo(f"backup failed, nothing kept: {exc}", err=True)
+        sys.exit(1)
+    if textfile:
+        backup_timer.write_metrics(textfile, result["collections"], result["dropped"])
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        rows = ", ".join(f"{name} {n} rows" for name, n in result["collections"].items()) or "no collections"
+        click.echo(f"{result['dir']}: {rows}")
+        for path in result["removed"]:
+            click.echo(f"removed {path} (--keep {keep})")
+    for name, (before, now) in result["dropped"].items():
+        click.echo(f"warning: {name} has {now} rows, {before} in the previous backup", err=True)
+    sys.exit(2 if result["dropped"] else 0)
+
+
+@backup.command("install-timer")
+@click.argument("inventory_path", metavar="INVENTORY")
+@click.option("--on-calendar", default="*-*-* 02:00:00", show_default=True, help="systemd OnCalendar= expression.")
+@click.option("--unit-dir", default="/etc/systemd/system", show_default=True)
+@click.option("--backup-dir", default="/var/lib/gpufleet/backups", show_default=True)
+@click.option("--keep", type=click.IntRange(min=1), default=7, show_default=True)
+@click.option("--textfile-dir", default="/var/lib/prometheus/node-exporter", show_default=True,
+              help="node_exporter's textfile collector directory.")
+@click.option("--no-enable", is_flag=True, help="Write the units only; do not reload systemd or enable the timer.")
+def install_timer(inventory_path, on_calendar, unit_dir, backup_dir, keep, textfile_dir, no_enable) -> None:
+    """Install the nightly Milvus backup as a systemd service + timer on this (control) host."""
+    from gpufleet.backup_timer import install
+
+    for path in install(inventory_path, on_calendar, unit_dir, backup_dir, keep, textfile_dir, enable=not no_enable):
+        click.echo(f"wrote {path}")
+
+
+@click.command()
+@click.argument("inventory_path", metavar="INVENTORY")
+@click.option("--from", "source", required=True, help="A backup directory (gpufleet backup prints it).")
+@click.option("--replace", is_flag=True, help="Drop collections that exist with rows before restoring them.")
+@click.option("--data", multiple=True, help="key=value override, as for pyinfra.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def restore(inventory_path: str, source: str, replace: bool, data: tuple[str, ...], as_json: bool) -> None:
+    """Recreate a backup's collections on the fleet's Milvus and check their row counts."""
+    from gpufleet import data_backup
+
+    try:
+        result = data_backup.restore(inventory_path, source, replace, parse_data_overrides(data))
+    except SettingsError as exc:
+        click.echo(format_issues(exc.issues), err=True)
+        sys.exit(1)
+    except BackupError as exc:
+        click.echo(f"restore failed: {exc}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(f"restored from {result['dir']}: "
+                   + (", ".join(f"{name} {n} rows" for name, n in result["collections"].items()) or "no collections"))

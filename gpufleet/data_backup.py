@@ -1,0 +1,138 @@
+"""``gpufleet backup`` / ``gpufleet restore``: the fleet's Milvus to and from a directory on the control host.
+
+The Milvus host is the inventory's ``vector_db`` host. The control host reaches its Milvus through
+the SSH session pyinfra opens (gpufleet/milvus_tunnel.py), and a child process exports or restores
+every collection with pymilvus (gpufleet/milvus_dump.py says why a logical export, and its format).
+
+- A backup lands in ``<dir>/<inventory stem>/<UTC time>/`` (``dir``: ``--to`` or
+  ``$GPUFLEET_STATE_DIR/backups``, default ``~/.local/state/gpufleet/backups``), owner-only (the
+  documents are the fleet's data). It is written as ``<time>.partial`` and renamed when the
+  manifest is complete: a directory without ``.partial`` is a whole backup.
+- A restore checks every file against the manifest's sha256 and refuses collections that exist
+  with rows (``--replace`` drops them first) before it writes anything; then it compares each
+  collection's row count with the manifest's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gpufleet.milvus_tunnel import forwarded
+from gpufleet.private_files import private_dir, write_private
+
+
+class BackupError(Exception):
+    """A backup or restore that could not run or did not check out; the message says why."""
+
+
+def backups_root(to: str | None = None) -> Path:
+    if to:
+        return Path(to).expanduser()
+    return Path(os.environ.get("GPUFLEET_STATE_DIR") or Path.home() / ".local/state/gpufleet") / "backups"
+
+
+def backup_dirs(inventory: str, to: str | None = None) -> list[Path]:
+    """Whole backups of ``inventory`` (oldest first)."""
+    base = backups_root(to) / Path(inventory).stem
+    return sorted(p for p in base.glob("*") if p.is_dir() and not p.name.endswith(".partial")
+                  and (p / "manifest.json").is_file())
+
+
+def _dump(action: str, port: int, directory: Path, replace: bool = False) -> dict[str, Any]:
+    command = [sys.executable, "-W", "ignore", "-m", "gpufleet.milvus_dump", action,
+               "--uri", f"http://127.0.0.1:{port}", "--dir", str(directory)]
+    if replace:
+        command.append("--replace")
+    run = subprocess.run(command, capture_output=True, text=True, timeout=6 * 3600)
+    if run.returncode != 0:  # a refusal's lines, or the error's last lines (pymilvus says a lot)
+        lines = run.stderr.strip().splitlines() or ["(no output)"]
+        raise BackupError("\n".join(lines if "refused" in run.stderr else lines[-3:]))
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _on_milvus_host(inventory: str, overrides: dict[str, Any] | None, work):
+    """``work(fleet, db, local port)`` with a tunnel to the Milvus host's Milvus."""
+    from gpufleet.fleet import load_fleet
+    from gpufleet.remote import connected
+
+    fleet = load_fleet(inventory, overrides)
+    db = fleet.vector_db
+    if db is None:
+        raise BackupError(f"{inventory} has no host in group vector_db: there is no Milvus to back up")
+    with connected(inventory, [db.name], overrides) as (_, fleet, reachable, _unreachable):
+        if not reachable:
+            raise BackupError(f"{db.name} (the Milvus host) is unreachable over SSH")
+        with forwarded(reachable[0], db.milvus_address, db.settings.milvus_port) as port:
+            return work(fleet, db, port)
+
+
+def dropped_rows(previous: dict[str, int], now: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """Collections with fewer rows than in the previous backup (or gone): ``{name: (before, now)}``.
+
+    >>> dropped_rows({"docs": 120, "old": 5, "grew": 1}, {"docs": 100, "grew": 9, "new": 3})
+    {'docs': (120, 100), 'old': (5, 0)}
+    """
+    return {name: (n, now.get(name, 0)) for name, n in previous.items() if now.get(name, 0) < n}
+
+
+def backup(inventory: str, to: str | None = None, overrides: dict[str, Any] | None = None,
+           keep: int | None = None) -> dict[str, Any]:
+    """Export every collection of the fleet's Milvus; return ``{"dir", "collections": {name: rows},
+    "dropped": {name: (rows before, rows now)}, "removed": [older backups removed]}``.
+
+    ``keep``: how many whole backups of this inventory to keep, this one included (None: all).
+    """
+    earlier = backup_dirs(inventory, to)
+    previous = ({n: c["rows"] for n, c in json.loads((earlier[-1] / "manifest.json").read_text())["collections"].items()}
+                if earlier else {})
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    base = private_dir(private_dir(backups_root(to)) / Path(inventory).stem)
+    partial, final = base / f"{stamp}.partial", base / stamp
+
+    def work(fleet, db, port):
+        counts = _dump("export", port, partial)
+        manifest = json.loads((partial / "manifest.json").read_text())
+        manifest["source"] = {"inventory": inventory, "host": db.name, "milvus_image": db.settings.milvus_image,
+                              "milvus_mode": db.settings.milvus_mode}
+        write_private(partial / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
+        return counts
+
+    try:
+        counts = _on_milvus_host(inventory, overrides, work)
+    except BaseException:
+        _remove(partial)
+        raise
+    partial.rename(final)
+    removed = []
+    if keep is not None:
+        for old in backup_dirs(inventory, to)[:-keep] if keep > 0 else []:
+            _remove(old)
+            removed.append(str(old))
+    return {"dir": str(final), "collections": counts, "dropped": dropped_rows(previous, counts), "removed": removed}
+
+
+def restore(inventory: str, source: str, replace: bool = False,
+            overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Recreate the backup's collections on the fleet's Milvus; raise BackupError unless every count matches."""
+    directory = Path(source).expanduser()
+    if not (directory / "manifest.json").is_file():
+        raise BackupError(f"{directory} holds no manifest.json: not a gpufleet backup (or an unfinished one)")
+    result = _on_milvus_host(inventory, overrides, lambda fleet, db, port: _dump("restore", port, directory, replace))
+    wrong = {name: c for name, c in result.items() if c["rows"] != c["expected"]}
+    if wrong:
+        raise BackupError("restored, but the row counts differ from the backup's: "
+                          + ", ".join(f"{n}: {c['rows']} of {c['expected']}" for n, c in wrong.items()))
+    return {"dir": str(directory), "collections": {name: c["rows"] for name, c in result.items()}}
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        for child in path.iterdir():
+            child.unlink()
+        path.rmdir()
