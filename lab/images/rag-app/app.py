@@ -7,6 +7,7 @@ Configuration (environment; operations/app.py sets it):
     MILVUS_URI         http://10.0.0.5:19530
     APP_PORT           port to listen on (default 8080)
     MILVUS_COLLECTION  collection name (default gpufleet_docs)
+    MILVUS_RETRY_S     how long a query or an ingest waits for a Milvus that does not answer (default 90)
     RAG_TOP_K          chunks retrieved per question (default 4)
     EMBED_DIM          hashing-embedding size (default 256; see rag.py)
     DOCS_DIR           *.md / *.txt files indexed at start (default: the documents shipped in the image)
@@ -74,6 +75,7 @@ DOCS_DIR = Path(os.environ.get("DOCS_DIR", str(Path(__file__).with_name("docs"))
 MAX_TOKENS = int(os.environ.get("VLLM_MAX_TOKENS", "256"))
 VLLM_TIMEOUT_S = float(os.environ.get("VLLM_TIMEOUT_S", "120"))
 MILVUS_WAIT_S = float(os.environ.get("MILVUS_WAIT_S", "600"))
+MILVUS_RETRY_S = float(os.environ.get("MILVUS_RETRY_S", "90"))
 VLLM_API_KEY = os.environ.get("VLLM_API_KEY", "").strip()
 APP_API_KEY = os.environ.get("APP_API_KEY", "").strip()
 
@@ -129,9 +131,26 @@ def index_documents() -> None:
             time.sleep(3)
 
 
+def with_milvus(call, *args, **kwargs):
+    """``call`` on Milvus, retried for up to MILVUS_RETRY_S while Milvus does not answer.
+
+    Milvus restarting (an upgrade through ``gpufleet rollout``, a Docker restart on its host) then
+    makes answers slower, not failed; a Milvus that stays away fails the request after that time.
+    """
+    deadline = time.monotonic() + MILVUS_RETRY_S
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:  # pymilvus raises its own types for every kind of unavailability
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("milvus call failed, retrying: %s", str(exc).splitlines()[0][:200])
+            time.sleep(1)
+
+
 def retrieve(question: str, top_k: int) -> list[dict]:
-    result = STATE.client.search(COLLECTION, [rag.embed(question, EMBED_DIM)], limit=top_k,
-                                 output_fields=["text", "source"], consistency_level="Strong")
+    result = with_milvus(STATE.client.search, COLLECTION, [rag.embed(question, EMBED_DIM)], limit=top_k,
+                         output_fields=["text", "source"], consistency_level="Strong")
     return [{"source": hit["entity"].get("source"), "text": hit["entity"].get("text"),
              "score": round(float(hit["distance"]), 4)} for hit in result[0]]
 
@@ -156,9 +175,9 @@ SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")  # safe inside 
 def ingest(source: str, text: str) -> int:
     """Replace the chunks of ``source`` with those of ``text``; the number of chunks stored."""
     rows = rag.documents_to_rows({source: text}, EMBED_DIM, origin="ingested")
-    STATE.client.delete(COLLECTION, filter=f'source == "{source}"')
+    with_milvus(STATE.client.delete, COLLECTION, filter=f'source == "{source}"')
     if rows:
-        STATE.client.upsert(COLLECTION, rows)
+        with_milvus(STATE.client.upsert, COLLECTION, rows)
     return len(rows)
 
 

@@ -1,0 +1,73 @@
+"""gpufleet backup/restore's control-side parts: the manifest check, retention, the timer and its metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from gpufleet import backup_timer, data_backup
+from gpufleet.milvus_dump import sha256_file, verify_files
+
+
+def _backup(root, name: str, rows: int):
+    path = root / "lab" / name
+    path.mkdir(parents=True)
+    (path / "docs.jsonl").write_text('{"id": 1}\n' * rows)
+    manifest = {"format": 1, "collections": {"docs": {"rows": rows, "file": "docs.jsonl",
+                                                      "sha256": sha256_file(path / "docs.jsonl")}}}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path, manifest
+
+
+def test_a_damaged_or_missing_file_is_found_before_a_restore(tmp_path):
+    path, manifest = _backup(tmp_path, "20261201T020000Z", 3)
+    assert verify_files(path, manifest) == []
+    (path / "docs.jsonl").write_text('{"id": 2}\n' * 3)
+    assert verify_files(path, manifest) == [f"docs: {path}/docs.jsonl does not match its sha256 in the manifest"]
+    (path / "docs.jsonl").unlink()
+    assert verify_files(path, manifest) == [f"docs: {path}/docs.jsonl is missing"]
+
+
+def test_only_whole_backups_count_and_restore_wants_a_manifest(tmp_path):
+    _backup(tmp_path, "20261201T020000Z", 3)
+    _backup(tmp_path, "20261202T020000Z", 4)
+    (tmp_path / "lab" / "20261203T020000Z.partial").mkdir()  # an export that died: not a backup
+    (tmp_path / "lab" / "20261204T020000Z").mkdir()  # no manifest: not a backup either
+    assert [p.name for p in data_backup.backup_dirs("inventory/lab.py", str(tmp_path))] == [
+        "20261201T020000Z", "20261202T020000Z"]
+    with pytest.raises(data_backup.BackupError, match="no manifest.json"):
+        data_backup.restore("inventory/lab.py", str(tmp_path / "lab" / "20261204T020000Z"))
+
+
+def test_a_fleet_without_a_milvus_host_has_nothing_to_back_up(tmp_path):
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text("gpu_nodes = [('gpu-node-01', {'private_address': '10.40.1.11'})]\n")
+    with pytest.raises(data_backup.BackupError, match="no host in group vector_db"):
+        data_backup.backup(str(inventory), str(tmp_path / "backups"))
+    assert not list((tmp_path / "backups").glob("*/*"))  # nothing left behind, not even a .partial
+
+
+def test_the_timer_runs_the_backup_with_retention_and_metrics_and_tolerates_a_drop():
+    units = backup_timer.units("inventory/prod.py", "*-*-* 02:00:00", "/var/lib/gpufleet/backups", 7,
+                               "/var/lib/prometheus/node-exporter")
+    service = units["gpufleet-backup.service"]
+    assert " backup inventory/prod.py --to /var/lib/gpufleet/backups --keep 7 --prometheus " \
+           "/var/lib/prometheus/node-exporter/gpufleet_milvus_backup.prom" in service
+    assert "SuccessExitStatus=2" in service and "UMask=0077" in service
+    assert "OnCalendar=*-*-* 02:00:00" in units["gpufleet-backup.timer"]
+
+
+def test_metrics_say_when_and_what_and_which_collection_lost_rows(tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    path = tmp_path / "m.prom"
+    backup_timer.write_metrics(str(path), {"docs": 100, "faq": 7}, {"docs": (120, 100), "old": (5, 0)}, now=1_700_000_000)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(path.read_text()) for s in family.samples}
+    assert samples[("gpufleet_milvus_backup_last_success_timestamp_seconds", ())] == 1_700_000_000
+    assert samples[("gpufleet_milvus_backup_rows", (("collection", "docs"),))] == 100
+    dropped = {dict(k[1])["collection"]: v for k, v in samples.items() if k[0] == "gpufleet_milvus_backup_rows_dropped"}
+    assert dropped == {"docs": 1, "faq": 0, "old": 1}
+    assert oct(os.stat(path).st_mode & 0o777) == "0o644"  # node_exporter reads it; no secrets in it
