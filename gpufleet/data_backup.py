@@ -44,9 +44,9 @@ def backup_dirs(inventory: str, to: str | None = None) -> list[Path]:
                   and (p / "manifest.json").is_file())
 
 
-def _dump(action: str, port: int, directory: Path, replace: bool = False) -> dict[str, Any]:
+def _dump(action: str, port: int, directory: Path | None = None, replace: bool = False) -> dict[str, Any]:
     command = [sys.executable, "-W", "ignore", "-m", "gpufleet.milvus_dump", action,
-               "--uri", f"http://127.0.0.1:{port}", "--dir", str(directory)]
+               "--uri", f"http://127.0.0.1:{port}"] + (["--dir", str(directory)] if directory else [])
     if replace:
         command.append("--replace")
     run = subprocess.run(command, capture_output=True, text=True, timeout=6 * 3600)
@@ -129,6 +129,11 @@ def restore(inventory: str, source: str, replace: bool = False,
         raise BackupError("restored, but the row counts differ from the backup's: "
                           + ", ".join(f"{n}: {c['rows']} of {c['expected']}" for n, c in wrong.items()))
     return {"dir": str(directory), "collections": {name: c["rows"] for name, c in result.items()}}
+
+
+def row_counts(inventory: str, overrides: dict[str, Any] | None = None) -> dict[str, int]:
+    """Rows per collection of the fleet's Milvus now."""
+    return _on_milvus_host(inventory, overrides, lambda fleet, db, port: _dump("counts", port))
 
 
 def _remove(path: Path) -> None:

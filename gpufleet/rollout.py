@@ -77,6 +77,9 @@ class NodeRollout:
     before: dict[str, str] = field(default_factory=dict)
     # Replicas removed from the inventory that ran on the node when it was drained (retired by the update).
     retiring: list[str] = field(default_factory=list)
+    # A Milvus change: the backup taken before the update, and the rows each collection had then.
+    data_backup: str | None = None
+    data_rows: dict[str, int] = field(default_factory=dict)
 
     @property
     def disruptive(self) -> bool:
@@ -257,6 +260,13 @@ class Runner:
             node.retiring = sorted(set(node.retiring) | set(running["retiring"]))
             self.node_state(node, DRAINING)
             steps.drain(r, node.name, node.retiring)
+        if steps.changes_milvus(node.changes) and not node.data_backup:
+            # The fleet's Milvus is about to be recreated: a backup first (kept on --resume), and
+            # its row counts to compare with after the update.
+            node.data_backup, node.data_rows = steps.back_up_milvus(r)
+            self.say(f"{'':7}   {node.name:<16} Milvus backed up to {node.data_backup} "
+                     f"({', '.join(f'{c} {n} rows' for c, n in node.data_rows.items()) or 'no collections'})")
+            r.save()
         self.node_state(node, UPDATING)
         if node.kind == GPU_STACK:  # a new driver or a daemon-reload takes the GPUs from running containers
             steps.stop_gpu_containers(r, node.name)
@@ -267,6 +277,8 @@ class Runner:
         r = self.rollout
         self.node_state(node, VALIDATING)
         valid, why = steps.validate(r, node.name)
+        if valid and node.data_backup:
+            valid, why = steps.milvus_rows_kept(r, node.data_rows, node.data_backup)
         if not valid:
             return self.fail(node, why, steps)
         if node.disruptive:

@@ -57,7 +57,8 @@ def plan(inventory: str, overrides: dict[str, Any], limit: tuple[str, ...], roll
     """What to roll, read from the nodes as deploy.py plans them.
 
     ``{"nodes": {node: (changes, kind)}, "live": {node: [replicas running now]}, "unreachable": [...],
-    "blocked": {node: why}, "lbs": {lb: changes}, "fleet": Fleet}``; ``kind`` is ``""`` for a
+    "blocked": {node: why}, "lbs": {lb: changes}, "data": {Milvus host of its own: changes}, "fleet": Fleet}``;
+    ``kind`` is ``""`` for a
     change made in place, else the serving gate's kind (``replicas`` or ``gpu-stack``).
 
     Planned with the rollout's id and no lock yet: the serving gate refuses exactly the nodes
@@ -67,7 +68,7 @@ def plan(inventory: str, overrides: dict[str, Any], limit: tuple[str, ...], roll
     from gpufleet.deploy_run import planned
     from operations.facts.rollout import LiveReplicas
 
-    out: dict[str, Any] = {"nodes": {}, "live": {}, "unreachable": [], "blocked": {}, "lbs": {}}
+    out: dict[str, Any] = {"nodes": {}, "live": {}, "unreachable": [], "blocked": {}, "lbs": {}, "data": {}}
     with planned(inventory, limit, {**overrides, "rollout_id": rollout_id}) as p:
         out["unreachable"] = sorted(p.unreachable)
         out["blocked"].update(p.errors)
@@ -86,8 +87,10 @@ def plan(inventory: str, overrides: dict[str, Any], limit: tuple[str, ...], roll
                     changes.append(interruption.what)  # the refused operation, when it was not added
                 if changes:
                     out["nodes"][host.name] = (changes, interruption.kind if interruption else "")
-            elif changes:
+            elif changes and "lb" in host.groups:
                 out["lbs"][host.name] = changes
+            elif changes:  # the Milvus host, when it is a host of its own
+                out["data"][host.name] = changes
         out["fleet"] = p.fleet
         planned_nodes = {h.name for h in p.hosts}
     # Nodes left out by --limit still carry traffic while the limited ones are drained.
@@ -151,6 +154,46 @@ def unlock(rollout, name: str, forget_previous: bool = False) -> None:
             shell(host, "docker rm -f " + " ".join(shlex.quote(n) for n in names) + " >/dev/null 2>&1; true",
                   **sudo_arguments(host))
         node_lock.release(host, rollout.id)
+
+
+# ------------------------------------------------------------------------------ Milvus -----------
+
+MILVUS_CHANGE = "Milvus ("  # deploy.py names its milvus.standalone operation "Milvus (<mode>)"
+
+
+def changes_milvus(changes: list[str]) -> bool:
+    """Whether a node's planned changes recreate the fleet's Milvus (the node is the vector_db host)."""
+    return any(c.startswith(MILVUS_CHANGE) for c in changes)
+
+
+def back_up_milvus(rollout) -> tuple[str, dict[str, int]]:
+    """``gpufleet backup`` of the fleet's Milvus as it runs now: ``(directory, rows per collection)``."""
+    from gpufleet import data_backup
+
+    # The running Milvus is the repository's, not the rollout's new image: the manifest says what it backed up.
+    overrides = {k: v for k, v in rollout.overrides.items() if k != "milvus_image"}
+    try:
+        result = data_backup.backup(rollout.inventory, overrides=overrides)
+    except data_backup.BackupError as exc:
+        raise StepError(f"Milvus backup before the change failed, nothing changed: {exc}") from None
+    return result["dir"], result["collections"]
+
+
+def milvus_rows_kept(rollout, before: dict[str, int], backup_dir: str) -> tuple[bool, str]:
+    """After the update: every collection has at least the rows it had in the backup."""
+    from gpufleet import data_backup
+
+    try:
+        now = data_backup.row_counts(rollout.inventory, rollout.overrides)
+    except data_backup.BackupError as exc:
+        return False, f"Milvus row counts unreadable after the change: {exc}"
+    dropped = data_backup.dropped_rows(before, now)
+    if dropped:
+        return False, ("Milvus lost rows across the change (" + ", ".join(f"{c}: {b} -> {n}" for c, (b, n) in
+                                                                          dropped.items())
+                       + f"); the backup is {backup_dir}: `gpufleet restore {rollout.inventory} --from {backup_dir} "
+                       "--replace`")
+    return True, ""
 
 
 # ------------------------------------------------------------------------------ drain ------------

@@ -77,6 +77,10 @@ def _plan(inventory_path, overrides, limit, canary, max_unavailable, say, steps,
     if planned["lbs"]:
         say("load balancers with changes (converge them with a plain deploy): "
             + "; ".join(f"{h}: {', '.join(c)}" for h, c in planned["lbs"].items()))
+    if planned["data"]:
+        say("the Milvus host has changes; a host of its own is not rolled: back it up (`gpufleet backup "
+            f"{inventory_path}`), then converge it with a plain deploy (--limit): "
+            + "; ".join(f"{h}: {', '.join(c)}" for h, c in planned["data"].items()))
     if not changed:
         say("nothing to roll out: every node matches the repository")
         return None

@@ -16,6 +16,7 @@ import pytest
 
 from gpufleet import PROJECT_ROOT
 from gpufleet.fleet import load_fleet
+from gpufleet.lab.topology import lab_group_data
 
 APP_LB_PORT = 8080  # lb_app_port's default: lb-1 serves the app here
 
@@ -199,3 +200,49 @@ def test_backup_then_lost_volumes_then_restore_gives_back_the_same_rows_and_answ
     # Restoring over a collection that has rows is refused unless --replace.
     again = gpufleet("restore", "inventory/lab.py", "--from", result["dir"], check=False)
     assert again.returncode == 1 and "exists with" in again.stderr and "--replace" in again.stderr
+
+
+def test_a_milvus_upgrade_through_the_rollout_keeps_the_data_and_fails_no_app_request(serving, fleet, tmp_path):
+    """A second tag of the lab's Milvus image stands for the new version: `gpufleet rollout` backs
+    Milvus up, recreates it on the new image, checks the row counts, while the app answers through
+    lb-1 the whole time (its queries wait for Milvus, they do not fail). Then back, the same way."""
+    from gpufleet.lab.topology import REGISTRY_LOCAL_PORT
+    from tests.lab.conftest import gpufleet
+    from tests.lab.steady_load import SteadyLoad, rollout
+
+    repo_image = lab_group_data()["milvus_image"]  # lab-registry:5000/gpufleet-lab/milvus:<tag>
+    path = repo_image.split("/", 1)[1]
+    local = f"127.0.0.1:{REGISTRY_LOCAL_PORT}/{path}"
+    for command in (["docker", "pull", "-q", local], ["docker", "tag", local, f"{local}-upgrade"],
+                    ["docker", "push", "-q", f"{local}-upgrade"]):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{command}: {done.stderr[-1000:]}"
+    new_image = f"{repo_image}-upgrade"
+
+    def rows() -> dict[str, int]:
+        made = gpufleet("backup", "inventory/lab.py", "--to", str(tmp_path / "check"), "--json", check=False)
+        assert made.returncode == 0, made.stderr[-2000:]
+        return json.loads(made.stdout)["collections"]
+
+    def milvus_image() -> str:
+        return serving[fleet.vector_db.name].run("docker inspect --format '{{.Config.Image}}' milvus-standalone").stdout.strip()
+
+    with SteadyLoad(clients=0, app_clients=2, pause_s=1.0) as load:
+        deadline = time.monotonic() + 120
+        while load.app_ok < 2 and not load.failures and time.monotonic() < deadline:
+            time.sleep(1)  # each client has ingested its document and been answered
+        before = rows()
+        assert before and all(n > 0 for n in before.values())
+        code, report, err = rollout("--data", f"milvus_image={new_image}", state_dir=tmp_path / "state")
+        assert code == 0, err[-3000:]
+        assert milvus_image() == new_image
+        node = report["nodes"][fleet.vector_db.name]
+        assert node["state"] == "done" and node["data_rows"] == before
+        assert (Path(node["data_backup"]) / "manifest.json").is_file()
+        assert "Milvus backed up to" in err
+        code, report, err = rollout(state_dir=tmp_path / "state")  # back to the repository's image
+        assert code == 0, err[-3000:]
+    assert milvus_image() == repo_image
+    assert rows() == before
+    assert not load.failures, load.failures[:5]
+    assert load.app_ok > 10

@@ -6,6 +6,7 @@ import pytest
 from pyinfra.api import OperationError
 
 import operations.serving_gate as gate_module
+from gpufleet.rollout_steps import changes_milvus as REAL_CHANGES_MILVUS
 from gpufleet.rollout import (DONE, FAILED, GPU_STACK, PENDING, REPLICAS, NodeRollout, Rollout, RolloutError,
                               check_capacity, last_unfinished, make_batches)
 
@@ -169,6 +170,19 @@ class FakeSteps:
 
     def stop_gpu_containers(self, rollout, name):
         self._do("stop_gpu_containers", name)
+
+    def changes_milvus(self, changes):
+        return REAL_CHANGES_MILVUS(changes)  # the real test: the fake stands in for the module
+
+    def back_up_milvus(self, rollout):
+        self._do("back_up_milvus", "fleet")
+        return "/backups/lab/20261205T000000Z", {"docs": 120}
+
+    def milvus_rows_kept(self, rollout, before, backup_dir):
+        self.calls.append(("milvus_rows_kept", tuple(before.items())))
+        if ("milvus_rows_kept", "fleet") in self.fail:
+            return False, f"Milvus lost rows across the change (docs: 120 -> 7); the backup is {backup_dir}"
+        return True, ""
 
 
 def _rollout(tmp_path, monkeypatch, changes=("vLLM replica x",), kind=REPLICAS):
@@ -388,3 +402,29 @@ def test_a_node_put_back_unchanged_forgets_what_ran_there(tmp_path, monkeypatch)
     assert r.nodes["n1"].state == "failed" and r.nodes["n1"].before == {}
     assert ("undrain", "n1") in fake.calls and ("unlock", "n1") in fake.calls
 
+
+
+@pytest.mark.parametrize("rows_kept", [True, False])
+def test_a_milvus_change_is_backed_up_before_and_its_rows_checked_after(tmp_path, monkeypatch, rows_kept):
+    rollout = _rollout(tmp_path, monkeypatch, changes=("Milvus (standalone)",), kind="")
+    rollout.nodes = {"n1": rollout.nodes["n1"]}  # the vector_db node alone
+    rollout.batches = [["n1"]]
+    fake = FakeSteps(fail=() if rows_kept else [("milvus_rows_kept", "fleet")])
+    code = _run(rollout, fake, monkeypatch)
+    steps = [c[0] for c in fake.calls]
+    assert steps.index("back_up_milvus") < steps.index("update") < steps.index("milvus_rows_kept")
+    assert ("milvus_rows_kept", (("docs", 120),)) in fake.calls
+    node = rollout.nodes["n1"]
+    assert node.data_backup == "/backups/lab/20261205T000000Z" and node.data_rows == {"docs": 120}
+    if rows_kept:
+        assert code == 0 and node.state == "done"
+    else:  # stopped, locked, and the way back named
+        assert code == 2 and node.state == "failed" and "/backups/lab/20261205T000000Z" in node.error
+        assert ("unlock", "n1") not in fake.calls
+
+
+def test_a_change_without_milvus_takes_no_backup(tmp_path, monkeypatch):
+    rollout = _rollout(tmp_path, monkeypatch)
+    fake = FakeSteps()
+    assert _run(rollout, fake, monkeypatch) == 0
+    assert not any(c[0] in ("back_up_milvus", "milvus_rows_kept") for c in fake.calls)
