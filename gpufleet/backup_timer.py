@@ -10,12 +10,12 @@ files/prometheus/alerts.yml read them (MilvusBackupStale, MilvusRowsDropped).
 from __future__ import annotations
 
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from gpufleet import PROJECT_ROOT
+from gpufleet.control_timer import install_units, timer_unit
 
 UNIT = "gpufleet-backup"
 
@@ -40,35 +40,14 @@ ExecStart={" ".join(shlex.quote(c) for c in command)}
 SuccessExitStatus=2
 Nice=10
 """
-    timer = f"""# Managed by `gpufleet backup install-timer`.
-[Unit]
-Description=Back up the fleet's Milvus nightly
-
-[Timer]
-OnCalendar={on_calendar}
-RandomizedDelaySec=15m
-Persistent=true
-
-[Install]
-WantedBy=timers.target
-"""
+    timer = timer_unit("gpufleet backup install-timer", "Back up the fleet's Milvus nightly", on_calendar)
     return {f"{UNIT}.service": service, f"{UNIT}.timer": timer}
 
 
 def install(inventory: str, on_calendar: str = "*-*-* 02:00:00", unit_dir: str = "/etc/systemd/system",
             backup_dir: str = "/var/lib/gpufleet/backups", keep: int = 7,
             textfile_dir: str = "/var/lib/prometheus/node-exporter", enable: bool = True) -> list[str]:
-    written = []
-    for name, text in units(inventory, on_calendar, backup_dir, keep, textfile_dir).items():
-        path = Path(unit_dir) / name
-        if not path.exists() or path.read_text() != text:
-            path.write_text(text)
-            written.append(str(path))
-    if enable:
-        if written:
-            subprocess.run(["systemctl", "daemon-reload"], check=True)
-        subprocess.run(["systemctl", "enable", "--now", f"{UNIT}.timer"], check=True)
-    return written
+    return install_units(units(inventory, on_calendar, backup_dir, keep, textfile_dir), f"{UNIT}.timer", unit_dir, enable)
 
 
 def write_metrics(path: str, rows: dict[str, int], dropped: dict[str, tuple[int, int]], now: float | None = None) -> None:

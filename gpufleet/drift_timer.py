@@ -14,11 +14,11 @@ the checkout has uncommitted or untracked changes, unless the timer was installe
 from __future__ import annotations
 
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 from gpufleet import PROJECT_ROOT
+from gpufleet.control_timer import install_units, timer_unit
 
 UNIT = "gpufleet-drift"
 
@@ -44,18 +44,7 @@ ExecStart={" ".join(shlex.quote(c) for c in command)}
 SuccessExitStatus=2
 Nice=10
 """
-    timer = f"""# Managed by `gpufleet drift install-timer`.
-[Unit]
-Description=Run the gpufleet drift check nightly
-
-[Timer]
-OnCalendar={on_calendar}
-RandomizedDelaySec=15m
-Persistent=true
-
-[Install]
-WantedBy=timers.target
-"""
+    timer = timer_unit("gpufleet drift install-timer", "Run the gpufleet drift check nightly", on_calendar)
     return {f"{UNIT}.service": service, f"{UNIT}.timer": timer}
 
 
@@ -63,14 +52,5 @@ def install(inventory: str, on_calendar: str = "*-*-* 03:00:00", unit_dir: str =
             state_dir: str = "/var/lib/gpufleet/drift",
             textfile_dir: str = "/var/lib/prometheus/node-exporter", fix: bool = False, enable: bool = True,
             allow_dirty: bool = False) -> list[str]:
-    written = []
-    for name, text in units(inventory, on_calendar, state_dir, textfile_dir, fix, allow_dirty).items():
-        path = Path(unit_dir) / name
-        if not path.exists() or path.read_text() != text:
-            path.write_text(text)
-            written.append(str(path))
-    if enable:
-        if written:
-            subprocess.run(["systemctl", "daemon-reload"], check=True)
-        subprocess.run(["systemctl", "enable", "--now", f"{UNIT}.timer"], check=True)
-    return written
+    return install_units(units(inventory, on_calendar, state_dir, textfile_dir, fix, allow_dirty), f"{UNIT}.timer",
+                         unit_dir, enable)

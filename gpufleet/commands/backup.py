@@ -13,6 +13,17 @@ from gpufleet.fleet import parse_data_overrides
 from gpufleet.settings import SettingsError, format_issues
 
 
+def _or_exit(what: str, work):
+    """``work()``'s result; bad input or a failed backup/restore: the reason on stderr, exit 1."""
+    try:
+        return work()
+    except SettingsError as exc:
+        click.echo(format_issues(exc.issues), err=True)
+    except BackupError as exc:
+        click.echo(f"{what}: {exc}", err=True)
+    sys.exit(1)
+
+
 class _BackupGroup(_DriftGroup):
     """`gpufleet backup INVENTORY ...` backs up; `gpufleet backup install-timer ...` installs the timer."""
 
@@ -41,14 +52,8 @@ def run(inventory_path: str, to: str | None, keep: int | None, textfile: str | N
     """
     from gpufleet import backup_timer, data_backup
 
-    try:
-        result = data_backup.backup(inventory_path, to, parse_data_overrides(data), keep)
-    except SettingsError as exc:
-        click.echo(format_issues(exc.issues), err=True)
-        sys.exit(1)
-    except BackupError as exc:
-        click.echo(f"backup failed, nothing kept: {exc}", err=True)
-        sys.exit(1)
+    result = _or_exit("backup failed, nothing kept", lambda: data_backup.backup(
+        inventory_path, to, parse_data_overrides(data), keep))
     if textfile:
         backup_timer.write_metrics(textfile, result["collections"], result["dropped"])
     if as_json:
@@ -90,14 +95,8 @@ def restore(inventory_path: str, source: str, replace: bool, data: tuple[str, ..
     """Recreate a backup's collections on the fleet's Milvus and check their row counts."""
     from gpufleet import data_backup
 
-    try:
-        result = data_backup.restore(inventory_path, source, replace, parse_data_overrides(data))
-    except SettingsError as exc:
-        click.echo(format_issues(exc.issues), err=True)
-        sys.exit(1)
-    except BackupError as exc:
-        click.echo(f"restore failed: {exc}", err=True)
-        sys.exit(1)
+    result = _or_exit("restore failed", lambda: data_backup.restore(
+        inventory_path, source, replace, parse_data_overrides(data)))
     if as_json:
         click.echo(json.dumps(result))
     else:
