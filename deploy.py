@@ -96,7 +96,7 @@ if "gpu_nodes" in host.groups:
 if "vector_db" in host.groups:
     if "gpu_nodes" not in host.groups:
         # A host of its own: the distribution's Docker, no GPU runtime. live-restore keeps Milvus
-        # running while dockerd restarts (a package upgrade, a daemon.json change).
+        # running while dockerd restarts (a daemon.json change, a patch-release upgrade).
         distro_packages.install(
             name="Docker engine", packages={settings.docker_engine_package: settings.docker_engine_min_version},
             preferences_name="gpufleet-docker")

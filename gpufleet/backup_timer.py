@@ -2,13 +2,14 @@
 
 The service runs ``gpufleet backup INVENTORY --keep N --prometheus FILE`` from this checkout. Each
 run writes node_exporter textfile metrics: when the last backup succeeded, the rows of each
-collection, and whether a collection has fewer rows than in the previous backup (exit 2: the
-backup is kept, and the drop is for a person to look at). Alert rules in
+collection, and whether a collection has fewer rows than a kept backup has (exit 2: the backup
+is kept, no older one is removed, and the drop is for a person to look at). Alert rules in
 files/prometheus/alerts.yml read them (MilvusBackupStale, MilvusRowsDropped).
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -33,7 +34,6 @@ Wants=network-online.target
 [Service]
 Type=oneshot
 WorkingDirectory={PROJECT_ROOT}
-UMask=0077
 ExecStartPre=/usr/bin/mkdir -p {textfile_dir}
 ExecStart={" ".join(shlex.quote(c) for c in command)}
 # 2 = backed up, but a collection has fewer rows than in the previous backup: the metrics say so.
@@ -59,8 +59,8 @@ def write_metrics(path: str, rows: dict[str, int], dropped: dict[str, tuple[int,
           registry=registry).set(now or time.time())
     counts = Gauge("gpufleet_milvus_backup_rows", "Rows of each collection in the last backup.", ["collection"],
                    registry=registry)
-    drops = Gauge("gpufleet_milvus_backup_rows_dropped", "1 when a collection has fewer rows than in the backup "
-                  "before.", ["collection"], registry=registry)
+    drops = Gauge("gpufleet_milvus_backup_rows_dropped", "1 when a collection has fewer rows than a kept backup "
+                  "has.", ["collection"], registry=registry)
     for name, n in rows.items():
         counts.labels(collection=name).set(n)
         drops.labels(collection=name).set(1 if name in dropped else 0)
@@ -68,3 +68,4 @@ def write_metrics(path: str, rows: dict[str, int], dropped: dict[str, tuple[int,
         drops.labels(collection=name).set(1)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_to_textfile(path, registry)
+    os.chmod(path, 0o644)  # node_exporter (user prometheus) reads it, whatever the umask of the run

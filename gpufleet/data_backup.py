@@ -72,6 +72,24 @@ def _on_milvus_host(inventory: str, overrides: dict[str, Any] | None, work):
             return work(fleet, db, port)
 
 
+def most_rows(inventory: str, to: str | None = None) -> dict[str, int]:
+    """The most rows each collection has in any kept backup of ``inventory``."""
+    most: dict[str, int] = {}
+    for kept in backup_dirs(inventory, to):
+        for name, entry in json.loads((kept / "manifest.json").read_text())["collections"].items():
+            most[name] = max(most.get(name, 0), entry["rows"])
+    return most
+
+
+def prune(inventory: str, to: str | None, keep: int) -> list[str]:
+    """Remove all but the newest ``keep`` whole backups of ``inventory``; the removed directories."""
+    removed = []
+    for old in backup_dirs(inventory, to)[:-keep]:
+        _remove(old)
+        removed.append(str(old))
+    return removed
+
+
 def dropped_rows(previous: dict[str, int], now: dict[str, int]) -> dict[str, tuple[int, int]]:
     """Collections with fewer rows than in the previous backup (or gone): ``{name: (before, now)}``.
 
@@ -84,22 +102,25 @@ def dropped_rows(previous: dict[str, int], now: dict[str, int]) -> dict[str, tup
 def backup(inventory: str, to: str | None = None, overrides: dict[str, Any] | None = None,
            keep: int | None = None) -> dict[str, Any]:
     """Export every collection of the fleet's Milvus; return ``{"dir", "collections": {name: rows},
-    "dropped": {name: (rows before, rows now)}, "removed": [older backups removed]}``.
+    "dropped": {name: (most rows in a kept backup, rows now)}, "removed": [older backups removed]}``.
 
     ``keep``: how many whole backups of this inventory to keep, this one included (None: all).
+    Rows are compared with the most each collection had in any kept backup, and while one has
+    fewer nothing is removed: the copy with the rows stays, and so does the alert, until the rows
+    are back (a restore) or an operator removes the older backups (the drop was meant).
     """
-    earlier = backup_dirs(inventory, to)
-    previous = ({n: c["rows"] for n, c in json.loads((earlier[-1] / "manifest.json").read_text())["collections"].items()}
-                if earlier else {})
+    previous = most_rows(inventory, to)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     base = private_dir(private_dir(backups_root(to)) / Path(inventory).stem)
     partial, final = base / f"{stamp}.partial", base / stamp
+    if partial.exists() or final.exists():  # another backup of the same second, or one still running
+        raise BackupError(f"{partial if partial.exists() else final} exists: another backup is running or ran "
+                          "this second; try again")
 
     def work(fleet, db, port):
         counts = _dump("export", port, partial)
         manifest = json.loads((partial / "manifest.json").read_text())
-        manifest["source"] = {"inventory": inventory, "host": db.name, "milvus_image": db.settings.milvus_image,
-                              "milvus_mode": db.settings.milvus_mode}
+        manifest["source"] = {"inventory": inventory, "host": db.name, "milvus_mode": db.settings.milvus_mode}
         write_private(partial / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
         return counts
 
@@ -109,12 +130,9 @@ def backup(inventory: str, to: str | None = None, overrides: dict[str, Any] | No
         _remove(partial)
         raise
     partial.rename(final)
-    removed = []
-    if keep is not None:
-        for old in backup_dirs(inventory, to)[:-keep] if keep > 0 else []:
-            _remove(old)
-            removed.append(str(old))
-    return {"dir": str(final), "collections": counts, "dropped": dropped_rows(previous, counts), "removed": removed}
+    dropped = dropped_rows(previous, counts)
+    removed = prune(inventory, to, keep) if keep is not None and not dropped else []
+    return {"dir": str(final), "collections": counts, "dropped": dropped, "removed": removed}
 
 
 def restore(inventory: str, source: str, replace: bool = False,

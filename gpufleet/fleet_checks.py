@@ -182,9 +182,18 @@ def _data_tier_problems(hosts: list[tuple[str, list[str], dict[str, Any]]],
                               "host is Milvus's distributed deployment (Helm/Milvus Operator on Kubernetes), "
                               "which gpufleet does not deploy")
                 for name in databases[1:]]
+    with_app = [h for h in valid.values() if h.is_gpu_node and h.settings.app_image]
     if not databases:
         problems += [SettingsIssue(h.name, "app_image", h.settings.app_image,
                                    f"a host in inventory group {VECTOR_DB_GROUP} to run the Milvus every app "
                                    "replica shares (a GPU node or a host of its own), or app_image = None")
-                     for h in valid.values() if h.is_gpu_node and h.settings.app_image]
+                     for h in with_app]
+    for lb in (h for h in valid.values() if h.is_lb and with_app):  # the lbs then serve the app on lb_app_port
+        s = lb.settings
+        taken = {s.lb_port: "lb_port", s.lb_status_port: "lb_status_port", s.prometheus_port: "prometheus_port",
+                 s.node_exporter_port: "node_exporter_port"}
+        if s.lb_app_port in taken:
+            problems.append(SettingsIssue(lb.name, "lb_app_port", s.lb_app_port,
+                                          f"a port not already used by {taken[s.lb_app_port]} (the nodes run the "
+                                          "RAG app, which this load balancer serves on lb_app_port)"))
     return problems

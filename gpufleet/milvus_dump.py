@@ -18,7 +18,11 @@ Why a logical export, and not Milvus's own tool or a copy of the volumes:
 Its limits: each collection is read with Strong consistency at one moment, so a write that lands
 during the export may or may not be in it; indexes are rebuilt on restore (their parameters are
 kept), which takes time on a large collection; rows are JSON lines (vectors as float lists), about
-3x the size of Milvus's own segments. Past tens of millions of vectors, Milvus's distributed
+3x the size of Milvus's own segments. Kept: the default database's collections, their schema
+(dynamic fields too), index parameters and rows. Not kept: partitions (rows come back in the
+default partition), aliases, collection properties (TTL), users and roles, other databases; a
+primary key that Milvus generates (``auto_id``) comes back with new ids (Milvus refuses given
+ones). A collection without an index cannot be loaded, so it stops the backup, naming it. Past tens of millions of vectors, Milvus's distributed
 deployment and its backup tool are the answer (README "The data tier").
 
 Layout of a backup directory::
@@ -61,6 +65,28 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+class Unreadable(SystemExit):
+    """A collection Milvus cannot read rows from (it has no index, so it cannot be loaded)."""
+
+
+def opened(collection) -> bool:
+    """Load ``collection`` for reading; True when it was loaded already (then leave it loaded).
+
+    A collection without an index cannot be loaded, so its rows cannot be read: that stops the
+    backup (a backup that silently left a collection out would be worse than none).
+    """
+    from pymilvus import utility
+    from pymilvus.client.types import LoadState
+
+    if utility.load_state(collection.name) == LoadState.Loaded:
+        return True
+    if not collection.has_index():
+        raise Unreadable(f"collection {collection.name} has no index: Milvus cannot load it, so its rows cannot "
+                         "be read (create an index on its vector field, then back up again)")
+    collection.load()
+    return False
+
+
 def count_rows(collection) -> int:
     rows = collection.query(expr="", output_fields=["count(*)"], consistency_level="Strong")
     return int(rows[0]["count(*)"])
@@ -83,7 +109,7 @@ def export(out: Path) -> dict[str, Any]:
                                 "collections": {}}
     for name in sorted(utility.list_collections()):
         collection = Collection(name)
-        collection.load()
+        was_loaded = opened(collection)
         path = out / f"{name}.jsonl"
         written = 0
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -104,6 +130,8 @@ def export(out: Path) -> dict[str, Any]:
             "indexes": [{"field": i.field_name, "name": i.index_name, "params": _jsonable(i.params)}
                         for i in collection.indexes],
         }
+        if not was_loaded:  # as it was: a released collection holds no memory
+            collection.release()
     return manifest
 
 
@@ -134,7 +162,7 @@ def restore(source: Path, replace: bool = False) -> dict[str, Any]:
     existing = set(utility.list_collections())
     for name in manifest["collections"]:
         if name in existing and not replace:
-            rows = count_rows(Collection(name))
+            rows = Collection(name).num_entities  # no load needed (counts deleted rows not compacted yet)
             if rows:
                 problems.append(f"{name}: exists with {rows} rows (restore --replace drops it first)")
     if problems:
@@ -145,10 +173,16 @@ def restore(source: Path, replace: bool = False) -> dict[str, Any]:
             utility.drop_collection(name)
         schema = CollectionSchema.construct_from_dict(entry["schema"])
         collection = Collection(name, schema=schema, consistency_level="Strong")
+        # Milvus assigns an auto_id primary key itself and refuses one given: those ids are new.
+        generated = [f["name"] for f in entry["schema"]["fields"]
+                     if f.get("is_primary") and (f.get("auto_id") or entry["schema"].get("auto_id"))]
         batch: list[dict] = []
         with (source / entry["file"]).open() as f:
             for line in f:
-                batch.append(json.loads(line))
+                row = json.loads(line)
+                for key in generated:
+                    row.pop(key, None)
+                batch.append(row)
                 if len(batch) == BATCH:
                     collection.insert(batch)
                     batch = []
@@ -158,19 +192,21 @@ def restore(source: Path, replace: bool = False) -> dict[str, Any]:
         for index in entry["indexes"]:
             collection.create_index(index["field"], index["params"], index_name=index["name"])
         collection.load()
-        result[name] = {"rows": count_rows(collection), "expected": entry["rows"]}
+        result[name] = {"rows": count_rows(collection), "expected": entry["rows"], "ids_renewed": bool(generated)}
     return result
 
 
 def counts() -> dict[str, int]:
-    """Rows per collection of the connected Milvus (drift compares them with the last backup)."""
+    """Rows per collection of the connected Milvus (a rollout compares them with its backup's)."""
     from pymilvus import Collection, utility
 
     out = {}
     for name in sorted(utility.list_collections()):
         collection = Collection(name)
-        collection.load()
+        was_loaded = opened(collection)
         out[name] = count_rows(collection)
+        if not was_loaded:
+            collection.release()
     return out
 
 

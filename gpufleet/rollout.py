@@ -277,16 +277,31 @@ class Runner:
         r = self.rollout
         self.node_state(node, VALIDATING)
         valid, why = steps.validate(r, node.name)
-        if valid and node.data_backup:
-            valid, why = steps.milvus_rows_kept(r, node.data_rows, node.data_backup)
         if not valid:
             return self.fail(node, why, steps)
+        if node.data_backup:
+            kept, why = steps.milvus_rows_kept(r, node.data_rows, node.data_backup)
+            if not kept:
+                return self.stop_for_data(node, why, steps)
         if node.disruptive:
             self.node_state(node, UNDRAINING)
             steps.undrain(r, node.name, node.retiring)
         steps.unlock(r, node.name, forget_previous=True)  # validated: the rollback's containers can go
         self.node_state(node, DONE)
         return True
+
+    def stop_for_data(self, node: NodeRollout, why: str, steps) -> bool:
+        """Milvus lost rows across the change. The node's replicas validated, so they are not rolled
+        back (a rollback would not bring rows back) and go back into rotation; the node stays locked
+        and the rollout stops, for a person to restore (the error names the backup)."""
+        if node.disruptive:
+            self.node_state(node, UNDRAINING)
+            try:
+                steps.undrain(self.rollout, node.name, node.retiring)
+            except Exception as exc:  # noqa: BLE001 - still the data is the news
+                why = f"{why}; undrain failed too: {exc}"
+        self.node_state(node, FAILED, f"{why} (the node stays locked; restore, then --resume checks again)")
+        return False
 
     def fail(self, node: NodeRollout, why: str, steps) -> bool:
         updated_before = any(state == UPDATING for state, _ in node.history)

@@ -170,10 +170,8 @@ def back_up_milvus(rollout) -> tuple[str, dict[str, int]]:
     """``gpufleet backup`` of the fleet's Milvus as it runs now: ``(directory, rows per collection)``."""
     from gpufleet import data_backup
 
-    # The running Milvus is the repository's, not the rollout's new image: the manifest says what it backed up.
-    overrides = {k: v for k, v in rollout.overrides.items() if k != "milvus_image"}
     try:
-        result = data_backup.backup(rollout.inventory, overrides=overrides)
+        result = data_backup.backup(rollout.inventory, overrides=rollout.overrides)
     except data_backup.BackupError as exc:
         raise StepError(f"Milvus backup before the change failed, nothing changed: {exc}") from None
     return result["dir"], result["collections"]

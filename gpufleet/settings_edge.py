@@ -164,8 +164,8 @@ class EdgeSettings(BaseModel):
                 problems.append(("lb_tls_key_file", self.lb_tls_key_file, why))
         if self.lb_require_api_key and getattr(self, "vllm_api_key_file", None) is None:
             problems.append(("lb_require_api_key", True, "vllm_api_key_file set: the key nginx checks is vLLM's"))
+        # lb_app_port is checked with the fleet (gpufleet/fleet_checks.py): it is used only where a node runs the app.
         lb_ports = {"lb_port": getattr(self, "lb_port", 80), "lb_status_port": self.lb_status_port,
-                    "lb_app_port": self.lb_app_port,
                     "prometheus_port": self.prometheus_port, "node_exporter_port": self.node_exporter_port}
         node_ports = {"dcgm_exporter_port": self.dcgm_exporter_port, "gpu_monitor_port": self.gpu_monitor_port,
                       "node_exporter_port": self.node_exporter_port,

@@ -55,7 +55,7 @@ def test_the_timer_runs_the_backup_with_retention_and_metrics_and_tolerates_a_dr
     service = units["gpufleet-backup.service"]
     assert " backup inventory/prod.py --to /var/lib/gpufleet/backups --keep 7 --prometheus " \
            "/var/lib/prometheus/node-exporter/gpufleet_milvus_backup.prom" in service
-    assert "SuccessExitStatus=2" in service and "UMask=0077" in service
+    assert "SuccessExitStatus=2" in service
     assert "OnCalendar=*-*-* 02:00:00" in units["gpufleet-backup.timer"]
 
 
@@ -63,7 +63,12 @@ def test_metrics_say_when_and_what_and_which_collection_lost_rows(tmp_path):
     from prometheus_client.parser import text_string_to_metric_families
 
     path = tmp_path / "m.prom"
-    backup_timer.write_metrics(str(path), {"docs": 100, "faq": 7}, {"docs": (120, 100), "old": (5, 0)}, now=1_700_000_000)
+    old = os.umask(0o077)  # a service's private umask must not hide the file from node_exporter
+    try:
+        backup_timer.write_metrics(str(path), {"docs": 100, "faq": 7}, {"docs": (120, 100), "old": (5, 0)},
+                                   now=1_700_000_000)
+    finally:
+        os.umask(old)
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(path.read_text()) for s in family.samples}
     assert samples[("gpufleet_milvus_backup_last_success_timestamp_seconds", ())] == 1_700_000_000
@@ -71,3 +76,15 @@ def test_metrics_say_when_and_what_and_which_collection_lost_rows(tmp_path):
     dropped = {dict(k[1])["collection"]: v for k, v in samples.items() if k[0] == "gpufleet_milvus_backup_rows_dropped"}
     assert dropped == {"docs": 1, "faq": 0, "old": 1}
     assert oct(os.stat(path).st_mode & 0o777) == "0o644"  # node_exporter reads it; no secrets in it
+
+
+def test_rows_are_compared_with_the_most_any_kept_backup_has_and_pruning_keeps_the_newest(tmp_path):
+    for day, rows in ((1, 120), (2, 90), (3, 100)):  # rows dropped on day 2, partly back on day 3
+        _backup(tmp_path, f"2026120{day}T020000Z", rows)
+    most = data_backup.most_rows("inventory/lab.py", str(tmp_path))
+    assert most == {"docs": 120}
+    assert data_backup.dropped_rows(most, {"docs": 100}) == {"docs": (120, 100)}  # still missing: still reported
+    removed = data_backup.prune("inventory/lab.py", str(tmp_path), keep=2)
+    assert [p.rsplit("/", 1)[1] for p in removed] == ["20261201T020000Z"]
+    assert [p.name for p in data_backup.backup_dirs("inventory/lab.py", str(tmp_path))] == [
+        "20261202T020000Z", "20261203T020000Z"]

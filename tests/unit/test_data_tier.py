@@ -94,3 +94,13 @@ def test_the_app_without_a_milvus_host_is_refused(tmp_path, data, key, expected)
         load_fleet(str(inventory), data, cwd=str(PROJECT_ROOT))
     [issue] = [i for i in refused.value.issues if i.key == key]
     assert issue.host == "gpu-node-01" and expected in issue.expected
+
+
+def test_lb_app_port_must_be_free_only_where_the_app_is_served():
+    from gpufleet.settings import SettingsError
+
+    load_fleet(PROD, {"lb_port": 8080}, cwd=str(PROJECT_ROOT))  # no app in the fleet: 8080 is free to use
+    with pytest.raises(SettingsError) as refused:
+        load_fleet(PROD, {**APP, "lb_port": 8080}, cwd=str(PROJECT_ROOT))
+    issues = [i for i in refused.value.issues if i.key == "lb_app_port"]
+    assert {i.host for i in issues} == {"lb-01", "lb-02"} and "lb_port" in issues[0].expected

@@ -404,9 +404,9 @@ def test_a_node_put_back_unchanged_forgets_what_ran_there(tmp_path, monkeypatch)
 
 
 
-@pytest.mark.parametrize("rows_kept", [True, False])
-def test_a_milvus_change_is_backed_up_before_and_its_rows_checked_after(tmp_path, monkeypatch, rows_kept):
-    rollout = _rollout(tmp_path, monkeypatch, changes=("Milvus (standalone)",), kind="")
+@pytest.mark.parametrize("rows_kept, kind", [(True, ""), (False, ""), (False, REPLICAS)])
+def test_a_milvus_change_is_backed_up_before_and_its_rows_checked_after(tmp_path, monkeypatch, rows_kept, kind):
+    rollout = _rollout(tmp_path, monkeypatch, changes=("Milvus (standalone)", "vLLM replica x"), kind=kind)
     rollout.nodes = {"n1": rollout.nodes["n1"]}  # the vector_db node alone
     rollout.batches = [["n1"]]
     fake = FakeSteps(fail=() if rows_kept else [("milvus_rows_kept", "fleet")])
@@ -418,9 +418,10 @@ def test_a_milvus_change_is_backed_up_before_and_its_rows_checked_after(tmp_path
     assert node.data_backup == "/backups/lab/20261205T000000Z" and node.data_rows == {"docs": 120}
     if rows_kept:
         assert code == 0 and node.state == "done"
-    else:  # stopped, locked, and the way back named
+    else:  # stopped, locked, and the way back named; replicas that validated are not rolled back
         assert code == 2 and node.state == "failed" and "/backups/lab/20261205T000000Z" in node.error
-        assert ("unlock", "n1") not in fake.calls
+        assert ("unlock", "n1") not in fake.calls and ("rollback", "n1") not in fake.calls
+        assert (("undrain", "n1") in fake.calls) == (kind == REPLICAS)  # back in rotation: it serves fine
 
 
 def test_a_change_without_milvus_takes_no_backup(tmp_path, monkeypatch):

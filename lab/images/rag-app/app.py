@@ -169,6 +169,7 @@ def ask_vllm(messages: list[dict]) -> tuple[str, str]:
     return reply["choices"][0]["message"]["content"], reply.get("model", VLLM_MODEL)
 
 
+IMAGE_SOURCES = frozenset(load_documents(DOCS_DIR))  # what a start indexes (origin "image")
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")  # safe inside a Milvus filter string
 
 
@@ -262,6 +263,9 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(400, {"error": f"expected a JSON object with source and text: {exc}"})
         if not isinstance(source, str) or not SOURCE_NAME.match(source):
             return self._send(400, {"error": "source must be a name of letters, digits and ._/- (up to 200)"})
+        if source in IMAGE_SOURCES:  # their ids are the image's: every start would write over it
+            return self._send(409, {"error": f"{source} is a document of the app's image; ingest it under "
+                                             "another name"})
         if not isinstance(text, str) or not rag.words(text):
             return self._send(400, {"error": "text must be a non-empty string"})
         if STATE.status != "ok":
@@ -309,7 +313,9 @@ def main() -> None:
              VLLM_MODEL or "?", "sent" if VLLM_API_KEY else "none", MILVUS_URI,
              "required" if APP_API_KEY else "not required")
     server.serve_forever()
-    # Stopped accepting (SIGTERM); the requests in flight finish within Docker's stop timeout.
+    server.server_close()  # stop accepting at once: a connection queued now would wait for nothing
+    # The requests in flight finish within Docker's stop timeout (30 s; a rollout drained this
+    # replica first, so only what was already running is left).
     finished = IN_FLIGHT.wait(timeout=25)
     log.info("stopped" if finished else "stopped with requests still in flight after 25 s")
 
