@@ -133,9 +133,11 @@ def test_back_to_the_repository_values_in_a_maintenance_window(live):
 
 
 def lb_members(hosts) -> dict[str, str]:
-    """``{replica: "live" | "down"}`` from the nginx config in place on lb-1."""
+    """``{replica: "live" | "down"}`` of the vLLM upstream in the nginx config in place on lb-1
+    (each node's RAG app is a member of the rag_app upstream, asserted in test_data_tier.py)."""
     lines = hosts["lb-1"].run("grep -E '^ +server .*;  # ' /etc/nginx/nginx.conf").stdout.splitlines()
-    return {line.split("# ", 1)[1].split()[0]: ("down" if " down;" in line else "live") for line in lines}
+    members = {line.split("# ", 1)[1].split()[0]: ("down" if " down;" in line else "live") for line in lines}
+    return {name: state for name, state in members.items() if not name.endswith("-rag-app")}
 
 
 def replica_containers(hosts, node: str) -> list[str]:

@@ -79,8 +79,10 @@ def test_prometheus_scrapes_every_target_from_the_inventory(serving):
     for r in fleet.replicas:
         assert ("vllm", f"{r.address}:{r.port}") in scraped
     for node in fleet.nodes:
-        for job, port in (("dcgm", 9400), ("gpu_monitor", 9401), ("milvus", 9091)):
+        for job, port in (("dcgm", 9400), ("gpu_monitor", 9401)):
             assert (job, f"{node.address}:{port}") in scraped
+    # Milvus where it runs: the vector_db host only.
+    assert {url for job, url in scraped if job == "milvus"} == {f"{fleet.vector_db.address}:9091"}
     for host in (*fleet.nodes, *fleet.load_balancers):  # node_exporter on every host
         assert ("node", f"{host.address}:9100") in scraped
     # A replica an earlier test recreated may still carry the error of the scrape that found it
