@@ -10,13 +10,11 @@ files/prometheus/alerts.yml read them (MilvusBackupStale, MilvusRowsDropped).
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
 
-from gpufleet import PROJECT_ROOT
-from gpufleet.control_timer import install_units, timer_unit
+from gpufleet.control_timer import install_units, service_unit, timer_unit
 
 UNIT = "gpufleet-backup"
 
@@ -25,21 +23,8 @@ def units(inventory: str, on_calendar: str, backup_dir: str, keep: int, textfile
     gpufleet_bin = Path(sys.executable).with_name("gpufleet")
     command = [str(gpufleet_bin), "backup", inventory, "--to", backup_dir, "--keep", str(keep),
                "--prometheus", f"{textfile_dir}/gpufleet_milvus_backup.prom"]
-    service = f"""# Managed by `gpufleet backup install-timer`.
-[Unit]
-Description=gpufleet nightly Milvus backup ({inventory})
-After=network-online.target
-Wants=network-online.target
-
-[Service]
-Type=oneshot
-WorkingDirectory={PROJECT_ROOT}
-ExecStartPre=/usr/bin/mkdir -p {textfile_dir}
-ExecStart={" ".join(shlex.quote(c) for c in command)}
-# 2 = backed up, but a collection has fewer rows than in the previous backup: the metrics say so.
-SuccessExitStatus=2
-Nice=10
-"""
+    service = service_unit("gpufleet backup install-timer", f"gpufleet nightly Milvus backup ({inventory})", [textfile_dir], command,
+                           "backed up, but a collection has fewer rows than in the previous backup: the metrics say so.")
     timer = timer_unit("gpufleet backup install-timer", "Back up the fleet's Milvus nightly", on_calendar)
     return {f"{UNIT}.service": service, f"{UNIT}.timer": timer}
 

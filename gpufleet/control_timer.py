@@ -2,8 +2,31 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 from pathlib import Path
+
+from gpufleet import PROJECT_ROOT
+
+
+def service_unit(managed_by: str, description: str, dirs: list[str], command: list[str], exit_2: str) -> str:
+    """The oneshot ``.service`` unit: ``command`` from this checkout, after ``mkdir -p dirs``; exit 2
+    (``exit_2`` says what it means) is reported through metrics, not a unit failure."""
+    return f"""# Managed by `{managed_by}`.
+[Unit]
+Description={description}
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+WorkingDirectory={PROJECT_ROOT}
+ExecStartPre=/usr/bin/mkdir -p {" ".join(dirs)}
+ExecStart={" ".join(shlex.quote(c) for c in command)}
+# 2 = {exit_2}
+SuccessExitStatus=2
+Nice=10
+"""
 
 
 def timer_unit(managed_by: str, description: str, on_calendar: str) -> str:

@@ -13,12 +13,10 @@ the checkout has uncommitted or untracked changes, unless the timer was installe
 
 from __future__ import annotations
 
-import shlex
 import sys
 from pathlib import Path
 
-from gpufleet import PROJECT_ROOT
-from gpufleet.control_timer import install_units, timer_unit
+from gpufleet.control_timer import install_units, service_unit, timer_unit
 
 UNIT = "gpufleet-drift"
 
@@ -29,21 +27,8 @@ def units(inventory: str, on_calendar: str, state_dir: str, textfile_dir: str, f
     command = [str(gpufleet_bin), "drift", inventory, "--report", f"{state_dir}/last.json",
                "--counters", f"{state_dir}/counters.json", "--prometheus", f"{textfile_dir}/gpufleet_drift.prom"]
     command += (["--fix"] + (["--allow-dirty"] if allow_dirty else [])) if fix else []
-    service = f"""# Managed by `gpufleet drift install-timer`.
-[Unit]
-Description=gpufleet nightly drift check ({inventory})
-After=network-online.target
-Wants=network-online.target
-
-[Service]
-Type=oneshot
-WorkingDirectory={PROJECT_ROOT}
-ExecStartPre=/usr/bin/mkdir -p {state_dir} {textfile_dir}
-ExecStart={" ".join(shlex.quote(c) for c in command)}
-# 2 = drift found: reported through the metrics and the report, not a unit failure.
-SuccessExitStatus=2
-Nice=10
-"""
+    service = service_unit("gpufleet drift install-timer", f"gpufleet nightly drift check ({inventory})", [state_dir, textfile_dir], command,
+                           "drift found: reported through the metrics and the report, not a unit failure.")
     timer = timer_unit("gpufleet drift install-timer", "Run the gpufleet drift check nightly", on_calendar)
     return {f"{UNIT}.service": service, f"{UNIT}.timer": timer}
 
