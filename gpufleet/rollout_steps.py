@@ -197,28 +197,31 @@ def milvus_rows_kept(rollout, before: dict[str, int], backup_dir: str) -> tuple[
 # ------------------------------------------------------------------------------ drain ------------
 
 def _lb_step(rollout, name: str, op_name: str, retiring: list[str] = ()) -> None:
-    """``drain``/``undrain`` every replica of the node on every lb: the inventory's, the node's RAG
-    app (it asks this node's replica, and its container may be recreated too), and ``retiring``
-    (removed from the inventory, still running on the node: drained only where they are members)."""
+    """``drain``/``undrain`` the node's members on every lb, one nginx reload per lb: the
+    inventory's replicas, the node's RAG app (it asks this node's replica, and its container may
+    be recreated too), and ``retiring`` (removed from the inventory, still running on the node:
+    drained only where they are members)."""
     from operations import loadbalancer
 
     fleet = _fleet(rollout)
     lbs = [lb.name for lb in fleet.load_balancers]
     if not lbs:
         return
-    replicas = _members_of(fleet.hosts[name]) + list(retiring)
     op = getattr(loadbalancer, op_name)
-    for replica in replicas:
+    groups = [(_members_of(fleet.hosts[name]), False)]
+    if retiring:
+        groups.append((list(retiring), op_name == "drain"))
+    for replicas, only_if_member in groups:
         extra = {"reason": f"rollout {rollout.id}"} if op_name == "drain" else {}
-        if op_name == "drain" and replica in retiring:
+        if only_if_member:
             extra["only_if_member"] = True
         results = run_on(rollout.inventory, lbs, op,
-                         lambda lb: {"name": f"{op_name} {replica}", "replica": replica,
+                         lambda lb: {"name": f"{op_name} {', '.join(replicas)}", "replica": replicas,
                                      **loadbalancer.lb_args(fleet, lb), **extra},
                          overrides=_overrides(rollout))
         failed = {lb: why for lb, why in results.items() if why}
         if failed:
-            raise StepError(f"{op_name} {replica}: " + "; ".join(f"{lb}: {why}" for lb, why in failed.items()))
+            raise StepError(f"{op_name} {', '.join(replicas)}: " + "; ".join(f"{lb}: {why}" for lb, why in failed.items()))
 
 
 def _members_of(node) -> list[str]:
@@ -351,32 +354,36 @@ def update(rollout, names: list[str]) -> dict[str, tuple[bool, str]]:
 def validate(rollout, name: str) -> tuple[bool, str]:
     """Readiness by a real completion, the loaded driver and the NCCL vLLM loads are the pins, the verify ladder.
 
-    One after the other: each read opens its own pyinfra State, and pyinfra's current state
-    (``ctx_state``) is one per process, not one per greenlet, so they must not interleave.
+    One SSH session for all of it: right after a restart the node's CPU is the engine's, and each
+    new session (inventory, connect) costs the rollout time in which nothing is served from the node.
     """
     from gpufleet import verify
+    from gpufleet.host_reads import watching
 
-    ready, why = replicas_ready(rollout, name)
-    if not ready:
-        return False, why
-    pinned, wrong = _loaded_pins(rollout, name)
+    s = _fleet(rollout).hosts[name].settings
+    with watching() as failures, _on_node(rollout, name) as (host, fleet):
+        ready, why = _ready_on(host, fleet.hosts[name])
+        if not ready:
+            return False, why
+        pinned, wrong = _loaded_pins_on(host, s)
+        report = verify.run_ladder(name, s, verify.HostProbe(host, s)) if pinned else None
+        read_failed = host in host.state.failed_hosts
+    if read_failed:  # a read gave up: its fact's value is a default, not an answer
+        return False, f"validation could not read the node: {failures.describe(name) or 'a read failed (see the log)'}"
     if not pinned:
         return False, wrong
-    [report] = verify.verify(rollout.inventory, [name], _overrides(rollout))
     if not report.ok:
         return False, f"verify failed at {report.failed_step}"
     return True, ""
 
 
-def _loaded_pins(rollout, name: str) -> tuple[bool, str]:
+def _loaded_pins_on(host, s) -> tuple[bool, str]:
     """The loaded driver is the pin, and so is the NCCL every vLLM container loads."""
     from operations.facts.docker import VllmNcclVersions
     from operations.facts.gpu import NvidiaDriver
 
-    s = _fleet(rollout).hosts[name].settings
-    with _on_node(rollout, name) as (host, _):
-        driver = host.get_fact(NvidiaDriver, path=s.nvidia_proc_version_path)
-        loaded = host.get_fact(VllmNcclVersions)["containers"]
+    driver = host.get_fact(NvidiaDriver, path=s.nvidia_proc_version_path)
+    loaded = host.get_fact(VllmNcclVersions)["containers"]
     if driver.get("version") != s.nvidia_driver_version:
         return False, f"the loaded driver is {driver.get('version') or 'none'}, not the pin {s.nvidia_driver_version}"
     wrong = {c: v for c, v in loaded.items() if v != s.nccl_version}
@@ -424,16 +431,17 @@ def rollback(rollout, name: str, before: dict[str, str]) -> None:
 
 def replicas_ready(rollout, name: str) -> tuple[bool, str]:
     """Each replica of the node answers /health, lists its model and completes a prompt (operations/vllm.ready)."""
+    with _on_node(rollout, name) as (host, fleet):
+        return _ready_on(host, fleet.hosts[name])
+
+
+def _ready_on(host, node) -> tuple[bool, str]:
+    """:func:`replicas_ready` on a connected host: the probe of operations/vllm.ready, run here."""
     from operations import vllm
 
-    node = _fleet(rollout).hosts[name]
     s = node.settings
     for r in replicas_of(node):
-        ready = run_on(rollout.inventory, [name], vllm.ready,
-                       lambda _: {"name": f"ready {r.name}", "container": f"vllm-{r.name}",
-                                  "url": f"http://{r.address}:{r.port}", "served_model_name": s.vllm_served_model_name,
-                                  "timeout": s.vllm_ready_timeout, "api_key": s.vllm_api_key_file is not None},
-                       overrides=_overrides(rollout))
-        if ready.get(name):
-            return False, f"{r.name} is not ready: {ready[name]}"
+        if not vllm.wait_ready(host, f"vllm-{r.name}", f"http://{r.address}:{r.port}", s.vllm_served_model_name,
+                               s.vllm_ready_timeout, api_key=s.vllm_api_key_file is not None):
+            return False, f"{r.name} is not ready (its last log lines are above)"
     return True, ""

@@ -285,13 +285,23 @@ def _check_known(replica: str, rows) -> None:
         raise OperationError(f"no replica {replica!r} in the inventory (replicas: {', '.join(names)})")
 
 
+def _names(replica: str | list[str]) -> list[str]:
+    return [replica] if isinstance(replica, str) else list(replica)
+
+
+def _listed(names: list[str]) -> str:
+    """``"a is"`` / ``"a, b are"``: the subject of a no-op's description."""
+    return f"{names[0]} is" if len(names) == 1 else f"{', '.join(names)} are"
+
+
 @operation()
-def drain(replica: str, replicas: list, options: dict | None = None, reason: str = "rollout",
+def drain(replica: str | list[str], replicas: list, options: dict | None = None, reason: str = "rollout",
           allow_no_live_member: bool = False, only_if_member: bool = False):
     """
-    Take one replica out of the load balancer: record it as drained, render it ``down``, reload.
+    Take replicas out of the load balancer: record each as drained, render it ``down``, reload once.
 
-    + replica: the replica's name, e.g. ``gpu-node-01-vllm-0`` (``gpufleet inventory`` lists them)
+    + replica: a replica's name, e.g. ``gpu-node-01-vllm-0`` (``gpufleet inventory`` lists them), or
+      a list of names drained together (a node's replicas and its RAG app: one nginx reload)
     + replicas, options: as for ``nginx``
     + reason: written into the marker file (``cat /etc/nginx/gpufleet/drained/<replica>``)
     + allow_no_live_member: drain even when no other member would be left to serve
@@ -306,38 +316,43 @@ def drain(replica: str, replicas: list, options: dict | None = None, reason: str
 
     .. code:: python
 
-        loadbalancer.drain(replica="gpu-node-01-vllm-0", reason="vLLM v0.11.1", **lb_args)
+        loadbalancer.drain(replica=["gpu-node-01-vllm-0", "gpu-node-01-rag-app"], reason="vLLM v0.11.1", **lb_args)
     """
     opts = {**DEFAULT_OPTIONS, **(options or {})}
     state = host.get_fact(NginxState, status_port=opts["status_port"])
     rows, joining = membership(replicas, state)
-    if only_if_member and replica not in {m["name"] for m in rows}:
-        host.noop(f"{replica} is not a member")
-        return
-    _check_known(replica, rows)
-    drained = set(state["drained"]) | {replica}
-    upstream = next(upstream_of(m) for m in rows if m["name"] == replica)
-    live = [m["name"] for m in rows if m["name"] not in drained | joining and upstream_of(m) == upstream]
-    if not live and not allow_no_live_member:
-        raise OperationError(f"draining {replica} would leave no live member in upstream {upstream} behind the "
-                             "load balancer (pass allow_no_live_member=True to accept the outage)")
+    names = _names(replica)
+    if only_if_member:
+        names = [n for n in names if n in {m["name"] for m in rows}]
+        if not names:
+            host.noop(f"{_listed(_names(replica))} not a member")
+            return
+    for name in names:
+        _check_known(name, rows)
+    drained = set(state["drained"]) | set(names)
+    for upstream in sorted({upstream_of(m) for m in rows if m["name"] in names}):
+        live = [m["name"] for m in rows if m["name"] not in drained | joining and upstream_of(m) == upstream]
+        if not live and not allow_no_live_member:
+            raise OperationError(f"draining {', '.join(names)} would leave no live member in upstream {upstream} "
+                                 "behind the load balancer (pass allow_no_live_member=True to accept the outage)")
     text, config_id = render(rows, drained, opts, joining)
     commands = _edge_commands(opts, list(_converge(text, config_id, opts["status_port"], state)))
-    if replica in state["drained"] and not commands:
-        host.noop(f"{replica} is drained")
+    new = [n for n in names if n not in state["drained"]]
+    if not new and not commands:
+        host.noop(f"{_listed(names)} drained")
         return
-    if replica not in state["drained"]:
-        marker = f"{DRAINED_DIR}/{replica}"
+    if new:
         note = f"drained by gpufleet: {reason}"
-        yield (f"install -d -m 0755 {DRAINED_DIR} && "
-               f'printf "%s at %s\\n" {shlex.quote(note)} "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > {marker}')
+        yield " && ".join([f"install -d -m 0755 {DRAINED_DIR}"] + [
+            f'printf "%s at %s\\n" {shlex.quote(note)} "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > {DRAINED_DIR}/{name}'
+            for name in new])
     yield from commands
 
 
 @operation()
-def undrain(replica: str, replicas: list, options: dict | None = None):
+def undrain(replica: str | list[str], replicas: list, options: dict | None = None):
     """
-    Put a drained replica back into the load balancer (remove its marker, render it live, reload).
+    Put drained replicas back into the load balancer (remove their markers, render them live, reload once).
 
     + replica, replicas, options: as for ``drain``
 
@@ -348,22 +363,28 @@ def undrain(replica: str, replicas: list, options: dict | None = None):
 
     .. code:: python
 
-        loadbalancer.undrain(replica="gpu-node-01-vllm-0", **lb_args)
+        loadbalancer.undrain(replica=["gpu-node-01-vllm-0", "gpu-node-01-rag-app"], **lb_args)
     """
     opts = {**DEFAULT_OPTIONS, **(options or {})}
     state = host.get_fact(NginxState, status_port=opts["status_port"])
     rows, joining = membership(replicas, state)
-    if replica not in state["drained"] and replica not in {m["name"] for m in rows}:
-        if replica in {m["name"] for m in members(replicas)}:
-            _check_known(replica, rows)
-        host.noop(f"{replica} is neither drained nor a member")  # e.g. a retired replica this lb never had
+    names = []
+    for name in _names(replica):
+        if name not in state["drained"] and name not in {m["name"] for m in rows}:
+            if name in {m["name"] for m in members(replicas)}:
+                _check_known(name, rows)
+            continue  # e.g. a retired replica this lb never had
+        names.append(name)
+    if not names:
+        host.noop(f"{_listed(_names(replica))} neither drained nor a member")
         return
-    drained = set(state["drained"]) - {replica}
+    drained = set(state["drained"]) - set(names)
     text, config_id = render(rows, drained, opts, joining)
     commands = _edge_commands(opts, list(_converge(text, config_id, opts["status_port"], state)))
-    if replica not in state["drained"] and not commands:
-        host.noop(f"{replica} is not drained")
+    markers = [n for n in names if n in state["drained"]]
+    if not markers and not commands:
+        host.noop(f"{_listed(names)} not drained")
         return
-    if replica in state["drained"]:
-        yield f"rm -f {DRAINED_DIR}/{replica}"
+    if markers:
+        yield "rm -f " + " ".join(shlex.quote(f"{DRAINED_DIR}/{n}") for n in markers)
     yield from commands

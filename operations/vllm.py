@@ -348,7 +348,17 @@ def probe_script(container: str, url: str, served_model_name: str, api_key_env_f
 
 def _wait_ready(state, host, container: str, url: str, served_model_name: str, timeout: int,
                 api_key_env_file: str | None, interval: float = 0.5, log_lines: int = 40):
+    return wait_ready(host, container, url, served_model_name, timeout, api_key_env_file is not None,
+                      interval, log_lines)
+
+
+def wait_ready(host, container: str, url: str, served_model_name: str, timeout: int, api_key: bool = False,
+               interval: float = 0.5, log_lines: int = 40) -> bool:
+    """The probe loop of :func:`ready` on a connected host, outside a deploy: True once ready,
+    False (its last ``log_lines`` logged) when the container exited or ``timeout`` passed.
+    gpufleet's rollout validates a node's replicas with it in the session of its other checks."""
     sudo = sudo_arguments(host)
+    api_key_env_file = API_KEY_ENV_FILE if api_key else None
     script = probe_script(container, url, served_model_name, api_key_env_file)
     started = time.monotonic()
     last_shown, last = -1e9, None

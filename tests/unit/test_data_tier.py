@@ -82,6 +82,47 @@ def test_no_live_member_left_is_counted_per_upstream(fleet, monkeypatch):
     assert any("drained/gpu-node-04-vllm-0" in str(c) for c in commands)
 
 
+def _split(commands) -> tuple[list[str], list[str], list[str]]:
+    """``(shell commands, uploaded texts, reload scripts)`` of an operation's commands."""
+    shells, uploads, reloads = [], [], []
+    for c in commands:
+        if type(c).__name__ == "FileUploadCommand":
+            uploads.append(c.src.getvalue())
+        else:
+            text = str(c)
+            (reloads if "reload" in text else shells).append(text)
+    return shells, uploads, reloads
+
+
+def test_a_nodes_members_drain_and_undrain_together_in_one_reload(fleet, monkeypatch):
+    args = loadbalancer.lb_args(fleet, "lb-01")
+    rows = loadbalancer.members(args["replicas"])
+    node4 = ["gpu-node-04-vllm-0", "gpu-node-04-rag-app"]
+    monkeypatch.setattr(loadbalancer, "host", NginxHost(rows, []))
+    shells, uploads, reloads = _split(loadbalancer.drain._inner(replica=node4, **args))
+    # One new config with both members down: one `nginx -t`, one reload.
+    assert len(uploads) == 1 and len(reloads) == 1
+    [markers] = [c for c in shells if "drained/" in c]
+    for name in node4:
+        assert f"drained/{name}" in markers
+        assert f"# {name} DRAINED" in uploads[0]
+    # Undrained together: both markers removed by one command, one config with neither down.
+    monkeypatch.setattr(loadbalancer, "host", NginxHost(rows, node4))
+    shells, uploads, reloads = _split(loadbalancer.undrain._inner(replica=node4, **args))
+    [removal] = [c for c in shells if c.startswith("rm -f")]
+    assert all(f"drained/{name}" in removal for name in node4)
+    assert len(uploads) == 1 and len(reloads) == 1 and "DRAINED" not in uploads[0]
+
+
+def test_draining_a_node_whose_app_is_the_last_live_one_is_refused_as_a_whole(fleet, monkeypatch):
+    args = loadbalancer.lb_args(fleet, "lb-01")
+    rows = loadbalancer.members(args["replicas"])
+    apps = [m["name"] for m in rows if m.get("upstream") == "rag_app"]
+    monkeypatch.setattr(loadbalancer, "host", NginxHost(rows, apps[:3]))
+    with pytest.raises(OperationError, match="no live member in upstream rag_app"):
+        list(loadbalancer.drain._inner(replica=["gpu-node-04-vllm-0", "gpu-node-04-rag-app"], **args))
+
+
 @pytest.mark.parametrize("data, key, expected", [
     ({"app_image": "registry.internal/rag-app:1"}, "app_image", "a host in inventory group vector_db"),
 ])
