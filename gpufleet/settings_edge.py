@@ -109,6 +109,24 @@ class EdgeSettings(BaseModel):
     # line is the webhook URL alerts are posted to (a secret: such URLs carry tokens; never printed).
     # None: no Alertmanager; alerts are evaluated and shown in Prometheus only.
     alertmanager_webhook_url_file: str | None = None
+    # How long an alert's condition must hold before it fires, per alert, replacing the `for:` of
+    # files/prometheus/alerts.yml: e.g. {"VllmReplicaDown": "10m"} for a fleet whose replicas take
+    # longer than 5 minutes to load. Only alerts that have a `for:` can be tuned (the others fire at once).
+    alert_hold_for: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("alert_hold_for")
+    @classmethod
+    def _hold_times(cls, v: dict[str, str]) -> dict[str, str]:
+        from operations.monitoring import alert_hold_times
+
+        shipped = alert_hold_times()
+        for alert, duration in v.items():
+            if alert not in shipped:
+                raise ValueError(f"{alert!r} is not an alert with a `for:` in files/prometheus/alerts.yml "
+                                 f"(those are: {', '.join(sorted(shipped))})")
+            if not re.fullmatch(r"([0-9]+(ms|s|m|h|d|w|y))+", str(duration)):
+                raise ValueError(f"{alert}: {duration!r} is not a Prometheus duration such as 30s, 5m or 1h30m")
+        return v
 
     @field_validator("lb_tls_cert_file", "lb_tls_key_file")
     @classmethod

@@ -206,7 +206,8 @@ NODE_JOBS = [
 
 
 def prometheus_args(fleet, host_name: str) -> dict[str, Any]:
-    """``replicas``, ``nodes`` and ``options`` for ``prometheus`` on one lb host of a gpufleet Fleet."""
+    """``replicas``, ``nodes``, ``options`` (and ``rules`` where the fleet tunes alert hold times) for
+    ``prometheus`` on one lb host of a gpufleet Fleet."""
     s = fleet.hosts[host_name].settings
     # A node's row names the exporters it runs; the Milvus host (a node, or a host of its own) adds Milvus's.
     nodes = []
@@ -226,7 +227,9 @@ def prometheus_args(fleet, host_name: str) -> dict[str, Any]:
                         "retention": s.prometheus_retention,
                         # Like the exporters: the lb's private address unless metrics_listen_address says otherwise.
                         "listen_address": s.metrics_listen_address or fleet.hosts[host_name].address,
-                        "alertmanager": ALERTMANAGER_LISTEN if s.alertmanager_webhook_url_file else None}}
+                        "alertmanager": ALERTMANAGER_LISTEN if s.alertmanager_webhook_url_file else None},
+            # The shipped rules unless the fleet tunes hold times (the operation's default is the file).
+            **({"rules": alert_rules(s.alert_hold_for)} if s.alert_hold_for else {})}
 
 
 def local_address(listen_address: str | None) -> str:
@@ -250,9 +253,47 @@ def render_prometheus(replicas: list, nodes: list, options: dict | None = None, 
                    rule_files=[RULES_NAME], alertmanager=opts.get("alertmanager"))
 
 
-def alert_rules() -> str:
-    """files/prometheus/alerts.yml: the alert rules every lb host's Prometheus evaluates."""
-    return (FILES / "prometheus" / "alerts.yml").read_text()
+_ALERT = re.compile(r"^\s*- alert: (\S+)\s*$")
+_HOLD = re.compile(r"^(\s*)for: (\S+)\s*$")
+
+
+def alert_hold_times(text: str | None = None) -> dict[str, str]:
+    """``{alert: its "for:" duration}`` of the shipped rules (alerts that fire at once have none).
+
+    >>> alert_hold_times()["VllmReplicaDown"]
+    '5m'
+    """
+    text = (FILES / "prometheus" / "alerts.yml").read_text() if text is None else text
+    out, current = {}, None
+    for line in text.splitlines():
+        if alert := _ALERT.match(line):
+            current = alert.group(1)
+        elif (hold := _HOLD.match(line)) and current:
+            out[current] = hold.group(2)
+    return out
+
+
+def alert_rules(hold_for: dict[str, str] | None = None) -> str:
+    """files/prometheus/alerts.yml: the alert rules every lb host's Prometheus evaluates, with the
+    ``for:`` of each alert named in ``hold_for`` replaced (settings' ``alert_hold_for``; the text,
+    comments and all, is otherwise the shipped file).
+
+    >>> "for: 30s" in alert_rules({"VllmReplicaDown": "30s"}).split("alert: VllmReplicaDown")[1].split("- alert:")[0]
+    True
+    """
+    text = (FILES / "prometheus" / "alerts.yml").read_text()
+    if not hold_for:
+        return text
+    unknown = sorted(set(hold_for) - set(alert_hold_times(text)))
+    if unknown:
+        raise OperationValueError(f"alert_hold_for: no alert with a `for:` named {', '.join(unknown)}")
+    lines, current = text.splitlines(keepends=True), None
+    for i, line in enumerate(lines):
+        if alert := _ALERT.match(line):
+            current = alert.group(1)
+        elif (hold := _HOLD.match(line)) and current in hold_for:
+            lines[i] = f"{hold.group(1)}for: {hold_for[current]}\n"
+    return "".join(lines)
 
 
 def prometheus_defaults(port: int, retention: str, listen_address: str | None = None) -> str:

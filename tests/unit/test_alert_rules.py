@@ -273,3 +273,45 @@ def test_alertmanager_commands_never_carry_the_webhook_url():
         data = json.loads(case.read_text())
         text = json.dumps(data["commands"]) + json.dumps(data.get("exception", {})) + data.get("noop_description", "")
         assert secret not in text and "TESTwebhookTOKEN" not in text, case.name
+
+
+# --- alert_hold_for: a fleet's own hold times ---------------------------------------------------
+
+def test_hold_for_replaces_only_the_named_alerts_for_and_passes_promtool(promtool, tmp_path):
+    tuned = monitoring.alert_rules({"VllmReplicaDown": "30s", "GpuNvmlDown": "1h30m"})
+    by_name = {r["alert"]: r for g in yaml.safe_load(tuned)["groups"] for r in g["rules"] if "alert" in r}
+    shipped = {r["alert"]: r for r in alerts()}
+    assert by_name["VllmReplicaDown"]["for"] == "30s" and by_name["GpuNvmlDown"]["for"] == "1h30m"
+    # Everything else is the shipped file: same rules, same expressions, same other hold times.
+    assert by_name.keys() == shipped.keys()
+    for name, rule in shipped.items():
+        if name not in ("VllmReplicaDown", "GpuNvmlDown"):
+            assert by_name[name] == rule, name
+    path = tmp_path / "alerts.yml"
+    path.write_text(tuned)
+    out = run(promtool, "check", "rules", str(path))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_hold_for_reaches_the_prometheus_operation():
+    fleet = load_fleet(PROD, {"alert_hold_for": {"VllmReplicaDown": "2m"}})
+    args = monitoring.prometheus_args(fleet, fleet.load_balancers[0].name)
+    down = args["rules"].split("alert: VllmReplicaDown")[1].split("- alert:")[0]
+    assert re.search(r"^\s*for: 2m$", down, re.M)
+    # Without the key: the operation's default, the shipped file byte for byte (no new rules on every lb).
+    assert "rules" not in monitoring.prometheus_args(load_fleet(PROD), fleet.load_balancers[0].name)
+
+
+@pytest.mark.parametrize("hold_for, expected", [
+    ({"VllmReplicaDwn": "1m"}, "is not an alert with a `for:`"),
+    ({"GpuXidFatal": "1m"}, "is not an alert with a `for:`"),  # fires at once: nothing to tune
+    ({"VllmReplicaDown": "5 minutes"}, "is not a Prometheus duration"),
+    ({"VllmReplicaDown": ""}, "is not a Prometheus duration"),
+])
+def test_hold_for_refuses_what_prometheus_would_not_load(hold_for, expected):
+    from gpufleet.settings import SettingsError
+
+    with pytest.raises(SettingsError) as refused:
+        load_fleet(PROD, {"alert_hold_for": hold_for})
+    issues = [i for i in refused.value.issues if i.key == "alert_hold_for"]
+    assert issues and expected in issues[0].expected

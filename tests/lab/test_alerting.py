@@ -1,0 +1,93 @@
+"""An alert end to end in the lab: a replica stops, lb-1's Prometheus sees it down, the rule fires,
+Alertmanager posts it to a webhook.
+
+Everything is the real part: Debian's Prometheus and prometheus-alertmanager on lb-1, configured by
+deploy.py (``alertmanager_webhook_url_file``, a control-side secret file), the shipped rules
+(files/prometheus/alerts.yml) with one hold time tuned by data (``alert_hold_for``: the shipped 5
+minutes would make this test wait 5 minutes; the hold time itself is promtool-tested in
+tests/unit/test_alert_rules.py). The webhook receiver stands in for the on-call's endpoint (a
+chat or paging service's URL): a few lines of Python on lb-1's loopback that write each POST to a
+file, so no traffic leaves the lab. Then lb-1 goes back to the lab's data (no Alertmanager in the
+Prometheus config) and the replica is started again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tests.lab.conftest import deploy
+
+NODE = "gpu-node-2"
+REPLICA = f"{NODE}-vllm-0"
+WEBHOOK_PORT = 9099
+RECEIVED = "/run/lab-alert-webhook.jsonl"
+RECEIVER = f"""
+import http.server
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        with open("{RECEIVED}", "ab") as out:
+            out.write(body.replace(b"\\n", b" ") + b"\\n")
+        self.send_response(200)
+        self.end_headers()
+
+http.server.HTTPServer(("127.0.0.1", {WEBHOOK_PORT}), Receiver).serve_forever()
+"""
+
+
+def _notifications(lb) -> list[dict]:
+    text = lb.run(f"cat {RECEIVED} 2>/dev/null").stdout
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _firing(notifications: list[dict], alertname: str) -> list[dict]:
+    return [a for n in notifications for a in n.get("alerts", [])
+            if a.get("status") == "firing" and a["labels"].get("alertname") == alertname]
+
+
+def test_a_stopped_replica_reaches_the_webhook_through_alertmanager(deployed, hosts, tmp_path):
+    lb, node = hosts["lb-1"], hosts[NODE]
+    url_file = tmp_path / "alert-webhook-url"
+    url_file.write_text(f"http://127.0.0.1:{WEBHOOK_PORT}/gpufleet-alerts\n")
+    url_file.chmod(0o600)
+    lb.run(f"rm -f {RECEIVED}; systemctl stop lab-alert-webhook 2>/dev/null; "
+           f"cat > /run/lab-alert-webhook.py <<'EOF'\n{RECEIVER}\nEOF")
+    started = lb.run("systemd-run --unit=lab-alert-webhook --collect python3 /run/lab-alert-webhook.py")
+    assert started.rc == 0, started.stderr
+    on = deploy("--limit", "lb-1", "--data", f"alertmanager_webhook_url_file={url_file}",
+                "--data", 'alert_hold_for={"VllmReplicaDown": "10s"}')
+    try:
+        assert on["rc"] == 0, on["stderr"][-3000:]
+        assert "127.0.0.1:9099" not in on["stderr"]  # the webhook URL is a secret: never printed
+        assert lb.run("systemctl is-active prometheus-alertmanager").stdout.strip() == "active"
+        assert lb.run("grep -c 'for: 10s' /etc/prometheus/gpufleet-alerts.yml").stdout.strip() == "1"
+        assert _firing(_notifications(lb), "VllmReplicaDown") == []  # nothing is down yet
+
+        stopped_at = time.monotonic()
+        assert node.run(f"docker stop -t 30 vllm-{REPLICA}").rc == 0
+        # Scrape (15 s) + the rule's 10 s + evaluation (15 s) + Alertmanager's group_wait (30 s).
+        deadline = stopped_at + 180
+        fired: list[dict] = []
+        while not fired and time.monotonic() < deadline:
+            time.sleep(5)
+            fired = [a for a in _firing(_notifications(lb), "VllmReplicaDown") if a["labels"].get("replica") == REPLICA]
+        assert fired, (f"no VllmReplicaDown for {REPLICA} reached the webhook within 180 s; received: "
+                       f"{_notifications(lb)!r}")
+        alert = fired[0]
+        assert alert["labels"]["node"] == NODE and alert["labels"]["severity"] == "warning"
+        assert REPLICA in alert["annotations"]["summary"] and "runbook" in alert["annotations"]
+        # Only the stopped replica: gpu-node-1's is up and must not page.
+        assert not [a for a in _firing(_notifications(lb), "VllmReplicaDown") if a["labels"].get("node") != NODE]
+        print(f"VllmReplicaDown reached the webhook {time.monotonic() - stopped_at:.0f} s after the stop")
+    finally:
+        node.run(f"docker start vllm-{REPLICA}")
+        lb.run(f"systemctl stop lab-alert-webhook; rm -f /run/lab-alert-webhook.py {RECEIVED}")
+        off = deploy("--limit", "lb-1")
+        # The same container again: the next test finds the lab as it was once it answers.
+        ready = node.run("for i in $(seq 1 300); do curl -sf -o /dev/null http://127.0.0.1:8000/health && exit 0; "
+                         "sleep 1; done; exit 1")
+    assert off["rc"] == 0, off["stderr"][-3000:]
+    assert ready.rc == 0, f"vllm-{REPLICA} did not answer /health within 300 s after docker start"
+    assert "alerting" not in lb.run("cat /etc/prometheus/prometheus.yml").stdout
