@@ -210,9 +210,11 @@ class Runner:
 
         r = self.rollout
         todo = [n for b in r.batches for n in b if r.nodes[n].state not in (DONE,)]
-        if todo:
-            self.say(f"{r.id}: preparing {', '.join(todo)} (image builds, nothing interrupted)")
-            for name, why in steps.prepare(r, todo).items():
+        # Only nodes whose plan builds an image or stages weights have something to prepare.
+        to_prepare = [n for n in todo if steps.needs_prepare(r.nodes[n].changes)]
+        if to_prepare:
+            self.say(f"{r.id}: preparing {', '.join(to_prepare)} (image builds, weights staged; nothing interrupted)")
+            for name, why in steps.prepare(r, to_prepare).items():
                 if why:
                     self.node_state(r.nodes[name], FAILED, f"prepare: {why}")
                     return self.finish(EXIT_STOPPED)

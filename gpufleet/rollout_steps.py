@@ -116,6 +116,19 @@ def live_replicas(inventory: str, nodes: list[str], overrides: dict[str, Any]) -
 
 # ------------------------------------------------------------------------------ prepare ----------
 
+# deploy.py's names of the operations prepare() runs ahead of the drain.
+PREPARED = ("vLLM image", "Model weights staged")
+
+
+def needs_prepare(changes: list[str]) -> bool:
+    """Whether a node's planned changes build a vLLM image or stage weights (else prepare has nothing to do).
+
+    >>> needs_prepare(["vLLM image (NCCL pinned inside)", "vLLM replica gpu-node-1-vllm-0"]), needs_prepare(["nginx"])
+    (True, False)
+    """
+    return any(c.startswith(PREPARED) for c in changes)
+
+
 def prepare(rollout, nodes: list[str]) -> dict[str, str | None]:
     """Build the vLLM image and stage the model weights on every node that changes, in parallel;
     nothing running is touched (a new pin stages beside the weights being served)."""

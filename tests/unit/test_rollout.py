@@ -1,12 +1,14 @@
 """The rollout's policy and state file, and the serving gate, without a lab."""
 
 import json
+import re
 
 import pytest
 from pyinfra.api import OperationError
 
 import operations.serving_gate as gate_module
 from gpufleet.rollout_steps import changes_milvus as REAL_CHANGES_MILVUS
+from gpufleet.rollout_steps import needs_prepare as REAL_NEEDS_PREPARE
 from gpufleet.rollout import (DONE, FAILED, GPU_STACK, PENDING, REPLICAS, NodeRollout, Rollout, RolloutError,
                               check_capacity, last_unfinished, make_batches)
 
@@ -127,6 +129,9 @@ class FakeSteps:
         self.calls.append((step, name))
         if (step, name) in self.fail:
             raise self.StepError(f"{step} failed on {name}")
+
+    def needs_prepare(self, changes):
+        return REAL_NEEDS_PREPARE(changes)
 
     def prepare(self, rollout, nodes):
         self.calls.append(("prepare", tuple(nodes)))
@@ -429,3 +434,24 @@ def test_a_change_without_milvus_takes_no_backup(tmp_path, monkeypatch):
     fake = FakeSteps()
     assert _run(rollout, fake, monkeypatch) == 0
     assert not any(c[0] in ("back_up_milvus", "milvus_rows_kept") for c in fake.calls)
+
+
+def test_prepare_runs_only_for_nodes_that_build_an_image_or_stage_weights(tmp_path, monkeypatch):
+    r = _rollout(tmp_path, monkeypatch, changes=("vLLM replica gpu-node-1-vllm-0 (recreate)",))
+    fake = FakeSteps()
+    assert _run(r, fake, monkeypatch) == 0
+    assert not [c for c in fake.calls if c[0] == "prepare"]  # a flag change: nothing to build first
+    r = _rollout(tmp_path, monkeypatch)
+    r.nodes["n2"].changes = ["vLLM image (NCCL pinned inside)", "vLLM replica n2-vllm-0"]
+    fake = FakeSteps()
+    assert _run(r, fake, monkeypatch) == 0
+    assert [c for c in fake.calls if c[0] == "prepare"] == [("prepare", ("n2",))]
+
+
+def test_the_prepared_operations_are_named_as_deploy_py_names_them():
+    from gpufleet import PROJECT_ROOT
+    from gpufleet.rollout_steps import PREPARED
+
+    names = re.findall(r'name="([^"]+)"', (PROJECT_ROOT / "deploy.py").read_text())
+    for prefix in PREPARED:
+        assert [n for n in names if n.startswith(prefix)], f"deploy.py has no operation named {prefix}..."
