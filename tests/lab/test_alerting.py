@@ -5,7 +5,7 @@ Everything is the real part: Debian's Prometheus and prometheus-alertmanager on 
 deploy.py (``alertmanager_webhook_url_file``, a control-side secret file), the shipped rules
 (files/prometheus/alerts.yml) with one hold time tuned by data (``alert_hold_for``: the shipped 5
 minutes would make this test wait 5 minutes; the hold time itself is promtool-tested in
-tests/unit/test_alert_rules.py). The webhook receiver stands in for the on-call's endpoint (a
+tests/unit/test_alert_rules.py) and a 5 s scrape interval. The webhook receiver stands in for the on-call's endpoint (a
 chat or paging service's URL): a few lines of Python on lb-1's loopback that write each POST to a
 file, so no traffic leaves the lab. Then lb-1 goes back to the lab's data (no Alertmanager in the
 Prometheus config) and the replica is started again.
@@ -57,7 +57,7 @@ def test_a_stopped_replica_reaches_the_webhook_through_alertmanager(deployed, ho
     started = lb.run("systemd-run --unit=lab-alert-webhook --collect python3 /run/lab-alert-webhook.py")
     assert started.rc == 0, started.stderr
     on = deploy("--limit", "lb-1", "--data", f"alertmanager_webhook_url_file={url_file}",
-                "--data", 'alert_hold_for={"VllmReplicaDown": "10s"}')
+                "--data", 'alert_hold_for={"VllmReplicaDown": "10s"}', "--data", "prometheus_scrape_interval_s=5")
     try:
         assert on["rc"] == 0, on["stderr"][-3000:]
         assert "127.0.0.1:9099" not in on["stderr"]  # the webhook URL is a secret: never printed
@@ -67,7 +67,7 @@ def test_a_stopped_replica_reaches_the_webhook_through_alertmanager(deployed, ho
 
         stopped_at = time.monotonic()
         assert node.run(f"docker stop -t 30 vllm-{REPLICA}").rc == 0
-        # Scrape (15 s) + the rule's 10 s + evaluation (15 s) + Alertmanager's group_wait (30 s).
+        # Scrape (5 s here) + the rule's 10 s + evaluation (5 s) + Alertmanager's group_wait (30 s).
         deadline = stopped_at + 180
         fired: list[dict] = []
         while not fired and time.monotonic() < deadline:
