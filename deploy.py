@@ -186,3 +186,4 @@ if "lb" in host.groups:
     node_exporter.node_exporter(name="node_exporter (host and drift metrics)",
                                 listen_address=settings.metrics_listen_address or fleet.hosts[host.name].address,
                                 port=settings.node_exporter_port, min_version=settings.node_exporter_min_version)
+    loadbalancer.tls_expiry_metric(name="TLS certificate expiry for Prometheus", cert_file=settings.lb_tls_cert_file)

@@ -48,6 +48,8 @@ from operations import secrets
 
 from operations.facts.edge import DRAINED_DIR, NGINX_CONF, NginxState, UpstreamHealth
 from operations.digests import short_digest
+from operations.node_exporter import TEXTFILE_DIR
+from operations.util import put_text
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "files" / "nginx" / "nginx.conf.j2"
 NEW = f"{NGINX_CONF}.gpufleet-new"
@@ -388,3 +390,59 @@ def undrain(replica: str | list[str], replicas: list, options: dict | None = Non
     if markers:
         yield "rm -f " + " ".join(shlex.quote(f"{DRAINED_DIR}/{n}") for n in markers)
     yield from commands
+
+
+# --- the certificate's expiry, for Prometheus --------------------------------------------------
+
+TLS_EXPIRY_METRIC = f"{TEXTFILE_DIR}/gpufleet_lb_tls.prom"
+TLS_EXPIRY_NAME = "gpufleet_lb_tls_cert_not_after_timestamp_seconds"
+
+
+def certificate_not_after(cert_file: str) -> int:
+    """The control-side PEM certificate's notAfter, in seconds since the epoch."""
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(Path(cert_file).expanduser().read_bytes())
+    except (OSError, ValueError) as exc:
+        raise OperationValueError(f"cannot read the certificate {cert_file}: {exc}") from None
+    return int(cert.not_valid_after_utc.timestamp())
+
+
+def tls_expiry_text(not_after: int) -> str:
+    """node_exporter textfile lines for the certificate nginx serves.
+
+    >>> tls_expiry_text(1800000000).splitlines()[-1]
+    'gpufleet_lb_tls_cert_not_after_timestamp_seconds{path="/etc/nginx/gpufleet-tls/cert.pem"} 1800000000'
+    """
+    return (f"# HELP {TLS_EXPIRY_NAME} When the certificate this load balancer serves expires (gpufleet deploy).\n"
+            f"# TYPE {TLS_EXPIRY_NAME} gauge\n"
+            f'{TLS_EXPIRY_NAME}{{path="{TLS_CERT}"}} {int(not_after)}\n')
+
+
+@operation()
+def tls_expiry_metric(cert_file: str | None):
+    """
+    The served certificate's expiry as a metric: node_exporter's textfile collector reads it, the
+    alerts ``LbCertificateExpiresSoon`` (14 days) and ``LbCertificateExpired`` fire on it.
+
+    + cert_file: the *control-side* certificate (settings' ``lb_tls_cert_file``); None: TLS is
+      off, and a metric left from when it was on is removed (an expired certificate nobody serves
+      must not page)
+
+    Written by the deploy that installs the certificate, so the metric is the certificate nginx
+    serves; the date is read on the control host (no tool on the lb needed).
+
+    **Example:**
+
+    .. code:: python
+
+        loadbalancer.tls_expiry_metric(cert_file=settings.lb_tls_cert_file)
+    """
+    if cert_file is None:
+        if host.get_fact(File, path=TLS_EXPIRY_METRIC):
+            yield f"rm -f {TLS_EXPIRY_METRIC}"
+        else:
+            host.noop("TLS is off: no certificate to watch")
+        return
+    yield from put_text(TLS_EXPIRY_METRIC, tls_expiry_text(certificate_not_after(cert_file)))

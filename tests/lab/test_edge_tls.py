@@ -73,8 +73,15 @@ def test_tls_and_the_api_key_at_the_lb_then_back_to_plain_http(deployed, hosts, 
         modes = lb.run(f"stat -c '%n %U %a' {KEY_FILES}").stdout.split("\n")
         assert [m.split()[1:] for m in modes if m] == [["root", "644"], ["root", "600"], ["root", "600"]]
         assert token not in lb.run("cat /etc/nginx/nginx.conf").stdout
+        # The certificate's expiry reaches node_exporter (alerts LbCertificateExpiresSoon/Expired).
+        from cryptography import x509
+
+        not_after = int(x509.load_pem_x509_certificate(open(cert_file, "rb").read()).not_valid_after_utc.timestamp())
+        scraped = lb.run("curl -sf http://127.0.0.1:9100/metrics | grep '^gpufleet_lb_tls_cert_not_after'").stdout
+        assert scraped and float(scraped.split()[-1]) == not_after, scraped  # Go prints it as 1.7651e+09
     finally:
         off = deploy("--limit", "lb-1")
     assert off["rc"] == 0, off["stderr"][-3000:]
     assert _get(f"http://{URL}/lb-health") == 200 and _get(f"http://{URL}/v1/models") == 200
     assert hosts["lb-1"].run(f"ls {KEY_FILES} 2>/dev/null").stdout.strip() == ""
+    assert hosts["lb-1"].run("ls /var/lib/prometheus/node-exporter/gpufleet_lb_tls.prom 2>/dev/null").stdout == ""

@@ -213,3 +213,71 @@ def test_a_certificate_and_a_key_that_do_not_match_or_an_expired_one_are_refused
     old_cert, old_key = _pair(tmp_path, "old", days=-1)
     assert "has not expired" in tls_pair_problem(old_cert, old_key)
     assert "BEGIN" not in str(mismatch)  # nothing of the key's content in the message
+
+
+# --- the lb certificate's expiry as a node_exporter textfile metric ---------------------------------
+
+def _tls_expiry_commands(facts: dict, cert_file):
+    """``(commands, no-op text)`` of loadbalancer.tls_expiry_metric against a fake lb host."""
+    from pyinfra.context import ctx_host, ctx_state
+    from pyinfra_testing.util import FakeState, create_host
+
+    state = FakeState()
+    host = create_host(state, facts=facts)
+    with ctx_state.use(state), ctx_host.use(host):
+        commands = list(loadbalancer.tls_expiry_metric._inner(cert_file=cert_file))
+    return commands, host.noop_description
+
+
+def _certificate(tmp_path, not_after):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lb.example")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(not_after - datetime.timedelta(days=90)).not_valid_after(not_after)
+            .sign(key, hashes.SHA256()))
+    from cryptography.hazmat.primitives import serialization
+
+    path = tmp_path / "cert.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return str(path)
+
+
+def test_the_certificate_served_is_written_as_its_expiry_metric(tmp_path):
+    import datetime
+
+    not_after = datetime.datetime(2027, 3, 1, 12, 0, tzinfo=datetime.timezone.utc)
+    cert_file = _certificate(tmp_path, not_after)
+    metric = loadbalancer.TLS_EXPIRY_METRIC
+    commands, _ = _tls_expiry_commands({"files.File": {f"path={metric}": None},
+                                        "files.Directory": {f"path={metric}": None,
+                                                            "path=/var/lib/prometheus/node-exporter": {"mode": 755}}},
+                                       cert_file)
+    [upload] = [c for c in commands if type(c).__name__ == "FileUploadCommand"]
+    text = upload.src.getvalue()
+    assert metric.startswith("/var/lib/prometheus/node-exporter/") and metric.endswith(".prom")
+    [sample] = [line for line in text.splitlines() if not line.startswith("#")]
+    assert sample == (f'gpufleet_lb_tls_cert_not_after_timestamp_seconds{{path="{loadbalancer.TLS_CERT}"}} '
+                      f"{int(not_after.timestamp())}")
+    assert "# TYPE gpufleet_lb_tls_cert_not_after_timestamp_seconds gauge" in text
+
+
+def test_tls_off_removes_a_metric_left_behind_and_is_quiet_without_one():
+    metric = loadbalancer.TLS_EXPIRY_METRIC
+    commands, _ = _tls_expiry_commands({"files.File": {f"path={metric}": {"mode": 644, "size": 200}}}, None)
+    assert [str(c) for c in commands] == [f"rm -f {metric}"]
+    commands, noop = _tls_expiry_commands({"files.File": {f"path={metric}": None}}, None)
+    assert commands == [] and "TLS is off" in noop
+
+
+def test_the_expiry_alerts_read_the_metric_the_deploy_writes():
+    rules = {r["alert"]: r["expr"] for g in yaml.safe_load(monitoring.alert_rules())["groups"] for r in g["rules"]
+             if "alert" in r}
+    for alert in ("LbCertificateExpiresSoon", "LbCertificateExpired"):
+        assert loadbalancer.TLS_EXPIRY_NAME in rules[alert]
