@@ -21,6 +21,7 @@ GPUs not visible in containers               toolkit.missing, toolkit.runtime-no
                                              toolkit.gpus-lost-in-container, docker.down
 driver installed but not loaded              driver.reboot-pending, driver.secure-boot, driver.not-loaded,
                                              gpu.missing, gpu.nvidia-smi-failed
+a plan that is not this node's               gpu.model-mismatch
 debug flags left in production               config.debug-env, config.deprecated-env
 a replica crash-looping                      replica.crash-loop, replica.exited, replica.missing
 ===========================================  ==========================================================
@@ -240,6 +241,23 @@ def gpu_missing(ev: dict, out: _Out) -> None:
                  [("GPUs (index:bus)", "nvidia-smi --query-gpu", seen), ("expected", "settings gpu_count", want)],
                  "a GPU fell off the bus (look for Xid 79 in `dmesg`) or is not seated/powered: reboot; if it "
                  "stays missing, reseat the card and check its power cables")
+
+
+def gpu_model(ev: dict, out: _Out) -> None:
+    """The GPUs are not the model the settings declare: the planner sized every replica of the node
+    (memory, max_model_len, TP) for the declared card, so the plan is not this node's."""
+    want = (ev.get("declared") or {}).get("gpu_name")
+    gpus = ev.get("gpus") or {}
+    if not want or gpus.get("status") != "ok":
+        return
+    other = sorted({g["name"] for g in gpus.get("gpus") or [] if g.get("name") and g["name"] != want})
+    if other:
+        out.find("gpu.model-mismatch", "error", f"the GPUs are {', '.join(other)}, the settings declare {want}",
+                 [("GPU names", "nvidia-smi --query-gpu=name", ", ".join(g["name"] for g in gpus["gpus"])),
+                  ("declared", "settings gpu_name", want)],
+                 "set gpu_name, gpu_memory_gib and gpu_compute_capability for this host in the inventory (or "
+                 "its group_data), then `gpufleet validate`: the planner then checks the replica's flags "
+                 "against the card it really runs on")
 
 
 # ------------------------------------------------------------------------------- driver ----------
@@ -737,11 +755,11 @@ def replicas(ev: dict, out: _Out) -> None:
 
 # Order: what stops everything first, so a report reads from cause to consequence.
 RULES: list[Callable[[dict, _Out], None]] = [
-    docker_down, gpu_missing, driver, toolkit, replicas, nccl_version, acs, shm, arch, memory_plan, memory_busy,
+    docker_down, gpu_missing, gpu_model, driver, toolkit, replicas, nccl_version, acs, shm, arch, memory_plan, memory_busy,
     tp1_idle, pcie_link, throttling, enforce_eager, debug_env,
 ]
 RULE_IDS = (
-    "docker.down", "gpu.missing", "gpu.nvidia-smi-failed", "driver.reboot-pending", "driver.secure-boot", "driver.not-loaded",
+    "docker.down", "gpu.missing", "gpu.model-mismatch", "gpu.nvidia-smi-failed", "driver.reboot-pending", "driver.secure-boot", "driver.not-loaded",
     "toolkit.missing", "toolkit.runtime-not-configured", "toolkit.docker-restart-pending",
     "toolkit.daemon-reload-pending", "toolkit.gpus-lost-in-container", "replica.missing", "replica.crash-loop",
     "replica.exited", "nccl.version-not-pinned", "nccl.acs-redirect", "nccl.shm-too-small", "cuda.arch-missing",

@@ -226,3 +226,11 @@ def test_rules_judge_the_real_nccl_report_against_the_pin_and_the_real_gpu():
     # the same report on a GPU whose architecture that torch lacks (CUDA 13 has no Volta, sm_70)
     assert "sm_70" not in json.loads((CAP / "vllm-nccl-check.txt").read_text())["cuda_arch_list"]
     assert "cuda.arch-missing" not in found and "cuda.arch-missing" in judged(version, "7.0")
+
+
+def test_a_node_declared_as_the_fleets_rtx_5090_but_holding_the_captured_h100():
+    # The fleet's default settings declare dual RTX 5090s; the real capture has an H100.
+    ev = evidence(**as_captured(gpu_name="NVIDIA GeForce RTX 5090"))
+    (f,) = [f for f in judge(ev).findings if f.id == "gpu.model-mismatch"]
+    assert f.title == f"the GPUs are {SMI_L[0][1]}, the settings declare NVIDIA GeForce RTX 5090"
+    assert "gpu.model-mismatch" not in ids(evidence(**as_captured()))

@@ -134,6 +134,10 @@ def not_loaded(ev):
                                             kernel_log=["[    6.001] NVRM: No NVIDIA devices probed."])))
 
 
+def other_card(ev):
+    ev["declared"]["gpu_name"] = "NVIDIA GeForce RTX 4090"  # the inventory says one card, the node has another
+
+
 def one_gpu_gone(ev):
     ev.update(parse_snapshot(snapshot_lines(gpus=[text_line(0), f"{RC}0"])))
 
@@ -201,6 +205,7 @@ FAULTS = [
     (secure_boot_blocks, "driver.secure-boot", "error"),
     (not_loaded, "driver.not-loaded", "error"),
     (one_gpu_gone, "gpu.missing", "error"),
+    (other_card, "gpu.model-mismatch", "error"),
     (smi_hung, "gpu.nvidia-smi-failed", "error"),
     (debug_env, "config.debug-env", "error"),
     (deprecated_env, "config.deprecated-env", "warning"),
