@@ -210,8 +210,9 @@ class Runner:
 
         r = self.rollout
         todo = [n for b in r.batches for n in b if r.nodes[n].state not in (DONE,)]
-        # Only nodes whose plan builds an image or stages weights have something to prepare.
-        to_prepare = [n for n in todo if steps.needs_prepare(r.nodes[n].changes)]
+        # Only nodes whose plan builds an image or stages weights (or may: a GPU-stack plan stops
+        # early) have something to prepare.
+        to_prepare = [n for n in todo if steps.needs_prepare(r.nodes[n].changes, r.nodes[n].kind)]
         if to_prepare:
             self.say(f"{r.id}: preparing {', '.join(to_prepare)} (image builds, weights staged; nothing interrupted)")
             for name, why in steps.prepare(r, to_prepare).items():

@@ -14,12 +14,14 @@ import shlex
 from contextlib import contextmanager
 from typing import Any
 
+from pyinfra.api.exceptions import PyinfraError
 from pyinfra.context import ctx_host, ctx_state
 
 from gpufleet import node_lock
 from gpufleet.apply import run_on
 from gpufleet.fleet import load_fleet, replicas_of
 from gpufleet.remote import connected, run_parallel, shell
+from operations.serving_gate import GPU_STACK
 from operations.util import sudo_arguments
 
 
@@ -120,13 +122,19 @@ def live_replicas(inventory: str, nodes: list[str], overrides: dict[str, Any]) -
 PREPARED = ("vLLM image", "Model weights staged")
 
 
-def needs_prepare(changes: list[str]) -> bool:
-    """Whether a node's planned changes build a vLLM image or stage weights (else prepare has nothing to do).
+def needs_prepare(changes: list[str], kind: str = "") -> bool:
+    """Whether prepare has work on a node: its planned changes build a vLLM image or stage weights.
+
+    A GPU-stack change (driver, toolkit, engine, daemon.json) is refused by the serving gate
+    early in deploy.py, so its plan stops there and cannot show what the image and the weights
+    would do: such a node is always prepared, before anything on it is drained or stopped.
 
     >>> needs_prepare(["vLLM image (NCCL pinned inside)", "vLLM replica gpu-node-1-vllm-0"]), needs_prepare(["nginx"])
     (True, False)
+    >>> needs_prepare(["NVIDIA driver 580.105.08"], kind="gpu-stack")
+    True
     """
-    return any(c.startswith(PREPARED) for c in changes)
+    return kind == GPU_STACK or any(c.startswith(PREPARED) for c in changes)
 
 
 def prepare(rollout, nodes: list[str]) -> dict[str, str | None]:
@@ -210,10 +218,10 @@ def milvus_rows_kept(rollout, before: dict[str, int], backup_dir: str) -> tuple[
 # ------------------------------------------------------------------------------ drain ------------
 
 def _lb_step(rollout, name: str, op_name: str, retiring: list[str] = ()) -> None:
-    """``drain``/``undrain`` the node's members on every lb, one nginx reload per lb: the
-    inventory's replicas, the node's RAG app (it asks this node's replica, and its container may
-    be recreated too), and ``retiring`` (removed from the inventory, still running on the node:
-    drained only where they are members)."""
+    """``drain``/``undrain`` the node's members on every lb in one nginx reload per lb: the
+    inventory's replicas and the node's RAG app (it asks this node's replica, and its container
+    may be recreated too); then, in a second run when there are any, ``retiring`` (removed from
+    the inventory, still running on the node: drained only where they are members)."""
     from operations import loadbalancer
 
     fleet = _fleet(rollout)
@@ -221,10 +229,8 @@ def _lb_step(rollout, name: str, op_name: str, retiring: list[str] = ()) -> None
     if not lbs:
         return
     op = getattr(loadbalancer, op_name)
-    groups = [(_members_of(fleet.hosts[name]), False)]
-    if retiring:
-        groups.append((list(retiring), op_name == "drain"))
-    for replicas, only_if_member in groups:
+    groups = [(_members_of(fleet.hosts[name]), False), (list(retiring), op_name == "drain")]
+    for replicas, only_if_member in [g for g in groups if g[0]]:
         extra = {"reason": f"rollout {rollout.id}"} if op_name == "drain" else {}
         if only_if_member:
             extra["only_if_member"] = True
@@ -374,15 +380,16 @@ def validate(rollout, name: str) -> tuple[bool, str]:
     from gpufleet.host_reads import watching
 
     s = _fleet(rollout).hosts[name].settings
-    with watching() as failures, _on_node(rollout, name) as (host, fleet):
-        ready, why = _ready_on(host, fleet.hosts[name])
-        if not ready:
-            return False, why
-        pinned, wrong = _loaded_pins_on(host, s)
-        report = verify.run_ladder(name, s, verify.HostProbe(host, s)) if pinned else None
-        read_failed = host in host.state.failed_hosts
-    if read_failed:  # a read gave up: its fact's value is a default, not an answer
-        return False, f"validation could not read the node: {failures.describe(name) or 'a read failed (see the log)'}"
+    with watching() as failures:
+        try:
+            with _on_node(rollout, name) as (host, fleet):
+                ready, why = _ready_on(host, fleet.hosts[name])
+                if not ready:
+                    return False, why
+                pinned, wrong = _loaded_pins_on(host, s)
+                report = verify.run_ladder(name, s, verify.HostProbe(host, s)) if pinned else None
+        except PyinfraError as exc:  # a read gave up: pyinfra fails the node's only host ("No hosts remaining!")
+            return False, f"validation could not read the node: {failures.describe(name) or exc}"
     if not pinned:
         return False, wrong
     if not report.ok:

@@ -124,7 +124,8 @@ class EdgeSettings(BaseModel):
             if alert not in shipped:
                 raise ValueError(f"{alert!r} is not an alert with a `for:` in files/prometheus/alerts.yml "
                                  f"(those are: {', '.join(sorted(shipped))})")
-            if not re.fullmatch(r"([0-9]+(ms|s|m|h|d|w|y))+", str(duration)):
+            # Prometheus's duration: units from the largest down, each at most once ("1h30m", not "30m1h").
+            if not str(duration) or not re.fullmatch(r"(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?", str(duration)):
                 raise ValueError(f"{alert}: {duration!r} is not a Prometheus duration such as 30s, 5m or 1h30m")
         return v
 

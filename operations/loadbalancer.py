@@ -346,7 +346,7 @@ def drain(replica: str | list[str], replicas: list, options: dict | None = None,
     if new:
         note = f"drained by gpufleet: {reason}"
         yield " && ".join([f"install -d -m 0755 {DRAINED_DIR}"] + [
-            f'printf "%s at %s\\n" {shlex.quote(note)} "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > {DRAINED_DIR}/{name}'
+            f'printf "%s at %s\\n" {shlex.quote(note)} "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > {shlex.quote(f"{DRAINED_DIR}/{name}")}'
             for name in new])
     yield from commands
 

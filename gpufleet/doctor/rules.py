@@ -255,9 +255,9 @@ def gpu_model(ev: dict, out: _Out) -> None:
         out.find("gpu.model-mismatch", "error", f"the GPUs are {', '.join(other)}, the settings declare {want}",
                  [("GPU names", "nvidia-smi --query-gpu=name", ", ".join(g["name"] for g in gpus["gpus"])),
                   ("declared", "settings gpu_name", want)],
-                 "set gpu_name, gpu_memory_gib and gpu_compute_capability for this host in the inventory (or "
-                 "its group_data), then `gpufleet validate`: the planner then checks the replica's flags "
-                 "against the card it really runs on")
+                 "set gpu_name, gpu_count, gpu_memory_gib, gpu_compute_capability and gpu_pci_device_id "
+                 "(the preflight matches GPUs by it) for this host in the inventory (or its group_data), then "
+                 "`gpufleet validate`: the planner then checks the replica's flags against the card it runs on")
 
 
 # ------------------------------------------------------------------------------- driver ----------

@@ -78,7 +78,7 @@ def test_tls_and_the_api_key_at_the_lb_then_back_to_plain_http(deployed, hosts, 
 
         not_after = int(x509.load_pem_x509_certificate(open(cert_file, "rb").read()).not_valid_after_utc.timestamp())
         scraped = lb.run("curl -sf http://127.0.0.1:9100/metrics | grep '^gpufleet_lb_tls_cert_not_after'").stdout
-        assert scraped and float(scraped.split()[-1]) == not_after, scraped  # Go prints it as 1.7651e+09
+        assert scraped and float(scraped.split()[-1]) == not_after, scraped  # node_exporter may print it as 1.7651e+09
     finally:
         off = deploy("--limit", "lb-1")
     assert off["rc"] == 0, off["stderr"][-3000:]

@@ -307,6 +307,8 @@ def test_hold_for_reaches_the_prometheus_operation():
     ({"GpuXidFatal": "1m"}, "is not an alert with a `for:`"),  # fires at once: nothing to tune
     ({"VllmReplicaDown": "5 minutes"}, "is not a Prometheus duration"),
     ({"VllmReplicaDown": ""}, "is not a Prometheus duration"),
+    ({"VllmReplicaDown": "30s5m"}, "is not a Prometheus duration"),  # promtool: "not a valid duration string"
+    ({"VllmReplicaDown": "1m1m"}, "is not a Prometheus duration"),
 ])
 def test_hold_for_refuses_what_prometheus_would_not_load(hold_for, expected):
     from gpufleet.settings import SettingsError

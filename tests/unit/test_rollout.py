@@ -130,8 +130,8 @@ class FakeSteps:
         if (step, name) in self.fail:
             raise self.StepError(f"{step} failed on {name}")
 
-    def needs_prepare(self, changes):
-        return REAL_NEEDS_PREPARE(changes)
+    def needs_prepare(self, changes, kind=""):
+        return REAL_NEEDS_PREPARE(changes, kind)
 
     def prepare(self, rollout, nodes):
         self.calls.append(("prepare", tuple(nodes)))
@@ -455,3 +455,40 @@ def test_the_prepared_operations_are_named_as_deploy_py_names_them():
     names = re.findall(r'name="([^"]+)"', (PROJECT_ROOT / "deploy.py").read_text())
     for prefix in PREPARED:
         assert [n for n in names if n.startswith(prefix)], f"deploy.py has no operation named {prefix}..."
+
+
+def test_a_gpu_stack_node_is_prepared_although_its_plan_stops_at_the_serving_gate(tmp_path, monkeypatch):
+    # The gate refuses the driver before deploy.py reaches the image and the weights: the plan
+    # cannot say whether they change, so the node is prepared before anything is drained.
+    r = _rollout(tmp_path, monkeypatch, changes=("NVIDIA driver 580.105.08",), kind=GPU_STACK)
+    fake = FakeSteps()
+    assert _run(r, fake, monkeypatch) == 0
+    assert [c for c in fake.calls if c[0] == "prepare"] == [("prepare", ("n1", "n2"))]
+    assert fake.calls.index(("prepare", ("n1", "n2"))) < fake.calls.index(("drain", "n1"))
+
+
+def test_validation_names_a_read_that_gave_up_instead_of_raising(monkeypatch):
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from pyinfra.api.exceptions import PyinfraError
+
+    from gpufleet import rollout_steps as steps
+    from gpufleet.settings import HostSettings
+
+    node = SimpleNamespace(settings=HostSettings())
+    fleet = SimpleNamespace(hosts={"n1": node})
+
+    class Host:
+        def get_fact(self, fact, **kwargs):
+            raise PyinfraError("No hosts remaining!")  # what pyinfra raises when the only host's read fails
+
+    @contextmanager
+    def on_node(rollout, name):
+        yield Host(), fleet
+
+    monkeypatch.setattr(steps, "_fleet", lambda rollout: fleet)
+    monkeypatch.setattr(steps, "_on_node", on_node)
+    monkeypatch.setattr(steps, "_ready_on", lambda host, n: (True, ""))
+    ok, why = steps.validate(SimpleNamespace(id="r-test", inventory="inventory/lab.py", overrides={}), "n1")
+    assert not ok and why.startswith("validation could not read the node: ") and "No hosts remaining" in why
