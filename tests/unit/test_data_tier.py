@@ -77,6 +77,9 @@ def test_no_live_member_left_is_counted_per_upstream(fleet, monkeypatch):
     monkeypatch.setattr(loadbalancer, "host", NginxHost(rows, apps[:3]))
     with pytest.raises(OperationError, match="no live member in upstream rag_app"):
         list(loadbalancer.drain._inner(replica="gpu-node-04-rag-app", **args))
+    # The node's members drained together are refused as a whole (its vLLM replica is not drained alone).
+    with pytest.raises(OperationError, match="no live member in upstream rag_app"):
+        list(loadbalancer.drain._inner(replica=["gpu-node-04-vllm-0", "gpu-node-04-rag-app"], **args))
     # Node 4's vLLM replica still drains: three vLLM members stay live (drained apps do not count).
     commands = list(loadbalancer.drain._inner(replica="gpu-node-04-vllm-0", **args))
     assert any("drained/gpu-node-04-vllm-0" in str(c) for c in commands)
@@ -112,15 +115,6 @@ def test_a_nodes_members_drain_and_undrain_together_in_one_reload(fleet, monkeyp
     [removal] = [c for c in shells if c.startswith("rm -f")]
     assert all(f"drained/{name}" in removal for name in node4)
     assert len(uploads) == 1 and len(reloads) == 1 and "DRAINED" not in uploads[0]
-
-
-def test_draining_a_node_whose_app_is_the_last_live_one_is_refused_as_a_whole(fleet, monkeypatch):
-    args = loadbalancer.lb_args(fleet, "lb-01")
-    rows = loadbalancer.members(args["replicas"])
-    apps = [m["name"] for m in rows if m.get("upstream") == "rag_app"]
-    monkeypatch.setattr(loadbalancer, "host", NginxHost(rows, apps[:3]))
-    with pytest.raises(OperationError, match="no live member in upstream rag_app"):
-        list(loadbalancer.drain._inner(replica=["gpu-node-04-vllm-0", "gpu-node-04-rag-app"], **args))
 
 
 @pytest.mark.parametrize("data, key, expected", [
