@@ -16,11 +16,15 @@ from gpufleet.deploying import fleet_for, host_settings
 from gpufleet.fleet import replicas_of
 from operations import (app, distro_packages, docker_daemon, loadbalancer, milvus, monitoring, node_exporter, nvidia,
                         pinned_apt, preflight, vllm, weights)
+from operations.deploy_lock import take_deploy_lock
 from operations.fact_prefetch import prefetch_facts
 from operations.serving_gate import REPLICAS, ServingGate
 
 fleet = fleet_for(inventory)
 settings = host_settings(fleet, host)
+# One run of deploy.py per host at a time, from plan to end (operations/deploy_lock.py): taken
+# before any fact is read, released when this run's SSH connection closes.
+take_deploy_lock(f"rollout {settings.rollout_id}" if settings.rollout_id else "pyinfra deploy")
 prefetch_facts()  # the facts this host's last plans asked, in one round trip (operations/fact_prefetch.py)
 
 # --- every host -----------------------------------------------------------------------------------
@@ -114,7 +118,9 @@ if "vector_db" in host.groups:
                       health_port=settings.milvus_health_port, etcd_image=settings.milvus_etcd_image,
                       minio_image=settings.milvus_minio_image, volume=settings.milvus_volume,
                       etcd_volume=settings.milvus_etcd_volume, minio_volume=settings.milvus_minio_volume,
-                      network=settings.milvus_network)
+                      network=settings.milvus_network,
+                      credentials_generation=settings.milvus_minio_credentials_generation,
+                      seccomp_unconfined=settings.milvus_seccomp_unconfined)
     milvus.ready(name="Milvus healthy (/healthz)", address=milvus_address,
                  health_port=settings.milvus_health_port, timeout=settings.milvus_ready_timeout_s)
 

@@ -126,6 +126,8 @@ def _load_deploy(state: State, hosts: list) -> dict[str, tuple[bool, Exception]]
     from pyinfra.api.exceptions import OperationError
     from pyinfra_cli.util import exec_file
 
+    from operations.deploy_lock import DeployLockHeld
+
     path = os.path.join(state.cwd, DEPLOY_FILE)
     state.current_deploy_filename = path
 
@@ -134,6 +136,8 @@ def _load_deploy(state: State, hosts: list) -> dict[str, tuple[bool, Exception]]
             with ctx_config.use(state.config.copy()), ctx_host.use(host):
                 exec_file(path)
             return None
+        except DeployLockHeld as exc:  # another run holds the host: not planned, so not checked
+            return False, exc
         except OperationError as exc:
             return True, exc
         except Exception as exc:  # noqa: BLE001 - one host's failure must not stop the others

@@ -62,6 +62,12 @@ class DataSettings(BaseModel):
     milvus_minio_volume: str = Field("milvus-minio", pattern=VOLUME_NAME)  # standalone mode only
     milvus_network: str = Field("milvus", pattern=DOCKER_NAME)  # standalone mode: etcd+minio+milvus
     milvus_ready_timeout_s: int = Field(180, ge=10, le=3600)  # compose: start_period 90s
+    # Standalone mode: MinIO's root credentials are generated on the Milvus host, never minioadmin;
+    # raise the generation to rotate them (MinIO and Milvus are recreated). operations/milvus.py.
+    milvus_minio_credentials_generation: int = Field(1, ge=1)
+    # Docker's default seccomp profile unless a host's Milvus needs the upstream compose file's
+    # seccomp:unconfined (it fails at start with "operation not permitted"): operations/milvus.py.
+    milvus_seccomp_unconfined: bool = False
 
     # --- RAG application -------------------------------------------------------------------------
     app_image: str | None = None  # None: no application container

@@ -26,7 +26,23 @@ silently publishing Milvus where no other host can reach it.
 
 Switching modes removes the other mode's containers; data is not migrated between the modes
 (embedded keeps etcd and segments under /var/lib/milvus, standalone in etcd and MinIO volumes).
-MinIO keeps its default credentials: it is not published and only the private network reaches it.
+MinIO does not keep its default ``minioadmin`` credentials: :func:`standalone` generates a
+root user and password *on the Milvus host* (``/etc/gpufleet/milvus/minio.env``, root 0600, written
+with its final mode), and both MinIO (``MINIO_ROOT_USER``/``MINIO_ROOT_PASSWORD``) and Milvus
+(``MINIO_ACCESS_KEY_ID``/``MINIO_SECRET_ACCESS_KEY``, Milvus's documented variables for
+``minio.accessKeyID``/``minio.secretAccessKey``) read that file with ``--env-file``. The values are
+never on the control host, in a command line or in any output; only the file's first line, a
+generation number, is ever read back. Rotate by raising ``milvus_minio_credentials_generation``:
+new values are generated and MinIO and Milvus are recreated with them (MinIO accepts new root
+credentials at start; the data is not encrypted with them).
+
+Milvus runs under Docker's default seccomp profile. The upstream compose file sets
+``seccomp:unconfined`` without a stated reason; the default profile blocks syscalls such as
+``mount``, ``bpf`` or ``ptrace`` that a database has no business making, and allows the NUMA calls
+(``mbind``, ``get_mempolicy``) only with CAP_SYS_NICE. If a host's Milvus fails at start with
+"operation not permitted", ``milvus_seccomp_unconfined = true`` for that host restores the
+upstream setting, as a written, per-host decision.
+
 Every container goes through operations.containers (spec digest label: recreated when it changes).
 """
 
@@ -43,6 +59,7 @@ from operations.util import put_text
 from operations.containers import ContainerSpec
 from operations.containers import container as _container
 from operations.facts.docker import ContainerState
+from operations.facts.milvus import GENERATION_MARK, CredentialsGeneration
 from operations.facts.net import HttpOk, ResolvedAddress
 from operations.digests import short_digest
 
@@ -52,6 +69,8 @@ MINIO = "milvus-minio"
 MILVUS_COMMAND = ["milvus", "run", "standalone"]
 CONFIG_DIR = "/etc/gpufleet/milvus"
 DATA_DIR = "/var/lib/milvus"
+MINIO_ENV = f"{CONFIG_DIR}/minio.env"  # generated on the host: MinIO's root credentials, for both
+SECCOMP_UNCONFINED = ["--security-opt", "seccomp=unconfined"]
 
 # scripts/standalone_embed.sh's embedEtcd.yaml; 2379 stays inside the container (not published).
 EMBED_ETCD_YAML = """\
@@ -91,11 +110,15 @@ def milvus_specs(mode: str, image: str, address: str, port: int = 19530, health_
                  etcd_image: str = "quay.io/coreos/etcd:v3.5.25",
                  minio_image: str = "minio/minio:RELEASE.2024-05-28T17-19-04Z",
                  volume: str = "milvus-data", etcd_volume: str = "milvus-etcd", minio_volume: str = "milvus-minio",
-                 network: str = "milvus", prefix: str = "milvus", config_dir: str = CONFIG_DIR) -> list[ContainerSpec]:
+                 network: str = "milvus", prefix: str = "milvus", config_dir: str = CONFIG_DIR,
+                 credentials_generation: int = 1, seccomp_unconfined: bool = False) -> list[ContainerSpec]:
     """The containers of one Milvus, in start order (pure: ``address`` is already an IP).
 
     ``prefix`` and ``config_dir`` exist for tests beside a real install; the operation uses the defaults.
+    The MinIO credentials file is named with its generation, never its content: the containers
+    are recreated when the generation changes.
     """
+    hardening = SECCOMP_UNCONFINED if seccomp_unconfined else []
     names = {"milvus": f"{prefix}-standalone", "etcd": f"{prefix}-etcd", "minio": f"{prefix}-minio"}
     ports = [f"{address}:{port}:19530", f"{address}:{health_port}:9091"]
     common = {"restart": "unless-stopped", "labels": {"io.gpufleet.role": "milvus"}}
@@ -106,7 +129,7 @@ def milvus_specs(mode: str, image: str, address: str, port: int = 19530, health_
                  "ETCD_CONFIG_PATH": "/milvus/configs/embedEtcd.yaml", "COMMON_STORAGETYPE": "local",
                  "DEPLOY_MODE": "STANDALONE"},
             volumes=[f"{volume}:{DATA_DIR}", f"{config_dir}/embedEtcd.yaml:/milvus/configs/embedEtcd.yaml:ro"],
-            extra_args=["--security-opt", "seccomp=unconfined", *HEALTH_ARGS],
+            extra_args=[*hardening, *HEALTH_ARGS],
             **{**common, "labels": {**common["labels"], "io.gpufleet.config": _digest(EMBED_ETCD_YAML)}},
         )]
     if mode != "standalone":
@@ -120,9 +143,10 @@ def milvus_specs(mode: str, image: str, address: str, port: int = 19530, health_
         extra_args=["--health-cmd", "etcdctl endpoint health", "--health-interval", "30s",
                     "--health-timeout", "20s", "--health-retries", "3"],
         **common)
+    credentials = {f"{config_dir}/minio.env": f"generation-{int(credentials_generation)}"}
     minio = ContainerSpec(
         name=names["minio"], image=minio_image, networks=[network], volumes=[f"{minio_volume}:/minio_data"],
-        env={"MINIO_ACCESS_KEY": "minioadmin", "MINIO_SECRET_KEY": "minioadmin"},
+        env_files=credentials,
         command=["minio", "server", "/minio_data", "--console-address", ":9001"],
         extra_args=["--health-cmd", "curl -f http://localhost:9000/minio/health/live", "--health-interval", "30s",
                     "--health-timeout", "20s", "--health-retries", "3"],
@@ -130,9 +154,34 @@ def milvus_specs(mode: str, image: str, address: str, port: int = 19530, health_
     milvus = ContainerSpec(
         name=names["milvus"], image=image, command=list(MILVUS_COMMAND), ports=ports, networks=[network],
         env={"ETCD_ENDPOINTS": f"{names['etcd']}:2379", "MINIO_ADDRESS": f"{names['minio']}:9000"},
-        volumes=[f"{volume}:{DATA_DIR}"], extra_args=["--security-opt", "seccomp=unconfined", *HEALTH_ARGS],
+        env_files=credentials, volumes=[f"{volume}:{DATA_DIR}"], extra_args=[*hardening, *HEALTH_ARGS],
         **common)
     return [etcd, minio, milvus]
+
+
+def credentials_command(path: str, generation: int) -> str:
+    """Shell text that writes new random MinIO root credentials to ``path`` (root 0600 from the
+    first byte, atomically), first line ``# gpufleet-generation N``. No value is on a command line
+    (printf is the shell's builtin) or printed.
+
+    >>> "umask 077" in credentials_command("/etc/gpufleet/milvus/minio.env", 2)
+    True
+    """
+    directory, q_path = shlex.quote(path.rsplit("/", 1)[0]), shlex.quote(path)
+    return "\n".join([
+        "set -e", "umask 077",
+        f"[ -d {directory} ] || install -d -m 0755 {directory}",
+        f"tmp=$(mktemp {directory}/.minio.env.gpufleet-XXXXXX)",
+        "trap 'rm -f \"$tmp\"' EXIT",
+        "user=gpufleet$(od -An -N8 -tx1 /dev/urandom | tr -d ' \\n')",
+        "pass=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \\n')",
+        "printf '%s%s\\nMINIO_ROOT_USER=%s\\nMINIO_ROOT_PASSWORD=%s\\nMINIO_ACCESS_KEY_ID=%s\\n"
+        f"MINIO_SECRET_ACCESS_KEY=%s\\n' '{GENERATION_MARK}' {int(generation)} "
+        "\"$user\" \"$pass\" \"$user\" \"$pass\" > \"$tmp\"",
+        "chown 0:0 \"$tmp\"", "chmod 0600 \"$tmp\"",
+        f"mv -f \"$tmp\" {q_path}",
+        "trap - EXIT",
+    ])
 
 
 @operation()
@@ -140,7 +189,7 @@ def standalone(mode: str, image: str, address: str, port: int = 19530, health_po
                etcd_image: str = "quay.io/coreos/etcd:v3.5.25",
                minio_image: str = "minio/minio:RELEASE.2024-05-28T17-19-04Z",
                volume: str = "milvus-data", etcd_volume: str = "milvus-etcd", minio_volume: str = "milvus-minio",
-               network: str = "milvus"):
+               network: str = "milvus", credentials_generation: int = 1, seccomp_unconfined: bool = False):
     """
     Run Milvus standalone: etcd + MinIO + Milvus (``mode="standalone"``) or one embedded container.
 
@@ -150,6 +199,10 @@ def standalone(mode: str, image: str, address: str, port: int = 19530, health_po
     + port / health_port: host ports for gRPC+REST and for /healthz
     + volume / etcd_volume / minio_volume: named volumes for the data
     + network: the private Docker network of standalone mode
+    + credentials_generation: standalone mode: the generation of MinIO's generated root
+      credentials; raise it to rotate them (MinIO and Milvus are recreated)
+    + seccomp_unconfined: run Milvus with ``seccomp=unconfined`` as the upstream compose file does
+      (default: Docker's default profile)
 
     Converged: no command. A changed setting recreates only the containers whose spec changed;
     switching modes removes the other mode's containers (data is not migrated).
@@ -163,7 +216,8 @@ def standalone(mode: str, image: str, address: str, port: int = 19530, health_po
     """
     ip = bind_address(address)
     specs = milvus_specs(mode, image, ip, port, health_port, etcd_image, minio_image, volume, etcd_volume,
-                         minio_volume, network)
+                         minio_volume, network, credentials_generation=credentials_generation,
+                         seccomp_unconfined=seccomp_unconfined)
     commands: list = []  # strings and the config file's upload command
     if mode == "embedded":
         commands += list(put_text(f"{CONFIG_DIR}/embedEtcd.yaml", EMBED_ETCD_YAML))
@@ -171,6 +225,8 @@ def standalone(mode: str, image: str, address: str, port: int = 19530, health_po
     else:
         if not host.get_fact(DockerNetwork, object_id=network):
             commands.append(f"docker network create {shlex.quote(network)}")
+        if host.get_fact(CredentialsGeneration, path=MINIO_ENV) != credentials_generation:
+            commands.append(credentials_command(MINIO_ENV, credentials_generation))
         stale = []
     for name in stale:
         if host.get_fact(ContainerState, container=name)["exists"]:

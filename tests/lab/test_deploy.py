@@ -37,3 +37,34 @@ def test_preflight_refuses_an_unsupported_os(deployed, host_name):
     refused = deploy("--limit", host_name, "--data", 'supported_os=["Ubuntu 24.04"]')
     assert refused["rc"] != 0
     assert "Debian 12 is not supported" in refused["stderr"]
+
+
+def test_a_second_deploy_is_refused_while_another_run_holds_the_host(deployed, lab):
+    """Another run holds lb-1 (its lock taken over an SSH connection of its own, as deploy.py
+    takes it): a deploy is refused before any operation, naming the holder; once that connection
+    closes, the deploy runs (operations/deploy_lock.py)."""
+    import paramiko
+
+    from gpufleet.lab.topology import KNOWN_HOSTS, SSH_KEY
+    from operations.deploy_lock import lock_command
+
+    lb = next(h for h in lab if h.name == "lb-1")
+    other = paramiko.SSHClient()
+    other.load_host_keys(str(KNOWN_HOSTS))
+    other.set_missing_host_key_policy(paramiko.RejectPolicy())
+    other.connect("127.0.0.1", port=lb.ssh_port, username="root", key_filename=str(SSH_KEY),
+                  look_for_keys=False, allow_agent=False)
+    try:
+        record = {"holder": "sre@other-control-host", "pid": 4242, "what": "pyinfra deploy", "since": "T0"}
+        _, out, _ = other.exec_command(lock_command(record), timeout=30)
+        assert out.read().decode().split() == ["ACQUIRED"]
+        refused = deploy("--limit", "lb-1")
+        assert refused["rc"] != 0
+        assert "another run of deploy.py holds this host" in refused["stderr"]
+        assert "sre@other-control-host (pid 4242, pyinfra deploy)" in refused["stderr"]
+        assert refused["changed"] == {}
+    finally:
+        other.close()
+    after = deploy("--limit", "lb-1")
+    assert after["rc"] == 0, after["stderr"][-3000:]
+    assert after["changed"] == {}

@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, ".")
 from operations import secrets  # noqa: E402
 from operations.app import API_KEY_VARIABLES, app_spec, env_file_path  # noqa: E402
-from operations.milvus import EMBED_ETCD_YAML, milvus_specs, wait_commands  # noqa: E402
+from operations.milvus import EMBED_ETCD_YAML, MINIO_ENV, credentials_command, milvus_specs, wait_commands  # noqa: E402
 
 T = Path("tests/operations")
 IMG = "milvusdb/milvus:v2.6.11"
@@ -30,6 +30,8 @@ CFG_FACTS = {"files.File": {f"path={CFG}": {"mode": 644, "user": "root", "group"
 NO_CFG_FACTS = {"files.File": {f"path={CFG}": None}, "files.Sha1File": {f"path={CFG}": None},
                 "files.Directory": {"path=/etc/gpufleet/milvus": None, f"path={CFG}": None}}
 NET = {"object_id=milvus": [{"Name": "milvus", "Driver": "bridge"}]}
+def creds(generation):
+    return {"milvus.CredentialsGeneration": {f"path={MINIO_ENV}": generation}}
 def states(**kw):
     return {f"container={k}": v for k, v in kw.items()}
 def write(folder, name, case):
@@ -52,20 +54,31 @@ write("milvus.standalone", "embedded_converged_is_noop", {
     "commands": [], "noop_description": "milvus (embedded) runs as declared on 10.0.0.5:19530"})
 write("milvus.standalone", "standalone_fresh_host_runs_etcd_minio_milvus_on_private_network", {
     "kwargs": std_kw,
-    "facts": {"docker.DockerNetwork": {"object_id=milvus": []},
+    "facts": {"docker.DockerNetwork": {"object_id=milvus": []}, **creds(None),
               "docker.ContainerState": states(**{"milvus-etcd": ABSENT, "milvus-minio": ABSENT, "milvus-standalone": ABSENT})},
-    "commands": ["docker network create milvus", std[0].run_command(), std[1].run_command(), std[2].run_command()]})
+    "commands": ["docker network create milvus", credentials_command(MINIO_ENV, 1), std[0].run_command(),
+                 std[1].run_command(), std[2].run_command()]})
 write("milvus.standalone", "standalone_converged_is_noop", {
     "kwargs": std_kw,
-    "facts": {"docker.DockerNetwork": NET, "docker.ContainerState": states(**{
+    "facts": {"docker.DockerNetwork": NET, **creds(1), "docker.ContainerState": states(**{
         "milvus-etcd": running(std[0].digest(), std[0].image), "milvus-minio": running(std[1].digest(), std[1].image),
         "milvus-standalone": running(std[2].digest(), IMG)})},
     "commands": [], "noop_description": "milvus (standalone) runs as declared on 10.0.0.5:19530"})
+rotated = milvus_specs("standalone", IMG, "10.0.0.5", credentials_generation=2)
+write("milvus.standalone", "raised_credentials_generation_rotates_them_and_recreates_minio_and_milvus", {
+    "kwargs": {**std_kw, "credentials_generation": 2},
+    "facts": {"docker.DockerNetwork": NET, **creds(1), "docker.ContainerState": states(**{
+        "milvus-etcd": running(std[0].digest(), std[0].image), "milvus-minio": running(std[1].digest(), std[1].image),
+        "milvus-standalone": running(std[2].digest(), IMG)})},
+    "commands": [credentials_command(MINIO_ENV, 2),
+                 "docker stop milvus-minio >/dev/null; docker rm -f milvus-minio >/dev/null", rotated[1].run_command(),
+                 "docker stop milvus-standalone >/dev/null; docker rm -f milvus-standalone >/dev/null",
+                 rotated[2].run_command()]})
 new_img = "milvusdb/milvus:v2.6.12"
 std_new = milvus_specs("standalone", new_img, "10.0.0.5")
 write("milvus.standalone", "changed_image_recreates_only_milvus", {
     "kwargs": {**std_kw, "image": new_img},
-    "facts": {"docker.DockerNetwork": NET, "docker.ContainerState": states(**{
+    "facts": {"docker.DockerNetwork": NET, **creds(1), "docker.ContainerState": states(**{
         "milvus-etcd": running(std[0].digest(), std[0].image), "milvus-minio": running(std[1].digest(), std[1].image),
         "milvus-standalone": running(std[2].digest(), IMG)})},
     "commands": ["docker stop milvus-standalone >/dev/null; docker rm -f milvus-standalone >/dev/null",

@@ -8,7 +8,7 @@ import pytest
 
 from gpufleet.settings import HostSettings, validate_host_data
 from operations.app import app_spec, vllm_url
-from operations.milvus import EMBED_ETCD_YAML, MILVUS_COMMAND, milvus_specs
+from operations.milvus import EMBED_ETCD_YAML, MILVUS_COMMAND, credentials_command, milvus_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("rag", ROOT / "lab/images/rag-app/rag.py")
@@ -88,6 +88,51 @@ def test_changing_a_setting_changes_only_that_containers_digest():
     old = milvus_specs("standalone", "milvusdb/milvus:v2.6.11", "10.0.0.5")
     new = milvus_specs("standalone", "milvusdb/milvus:v2.6.12", "10.0.0.5")
     assert [a.digest() == b.digest() for a, b in zip(old, new)] == [True, True, False]
+
+
+def test_minio_never_runs_with_default_credentials_and_milvus_reads_the_same_generated_file():
+    etcd, minio, milvus = (spec.run_command() for spec in milvus_specs("standalone", "milvusdb/milvus:v2.6.11",
+                                                                       "10.0.0.5"))
+    assert "minioadmin" not in " ".join([etcd, minio, milvus])
+    assert "MINIO_ACCESS_KEY" not in minio and "MINIO_ROOT" not in minio  # no value on a command line
+    assert "--env-file /etc/gpufleet/milvus/minio.env " in minio
+    assert "--env-file /etc/gpufleet/milvus/minio.env " in milvus
+    assert "--env-file" not in etcd
+
+
+def test_milvus_runs_under_dockers_default_seccomp_profile_unless_a_host_opts_out():
+    for mode in ("embedded", "standalone"):
+        assert all("seccomp" not in s.run_command() for s in milvus_specs(mode, "milvusdb/milvus:v2.6.11", "10.0.0.5"))
+        opted = milvus_specs(mode, "milvusdb/milvus:v2.6.11", "10.0.0.5", seccomp_unconfined=True)[-1]
+        assert "--security-opt seccomp=unconfined" in opted.run_command()
+
+
+def test_a_raised_credentials_generation_recreates_minio_and_milvus_not_etcd():
+    old = milvus_specs("standalone", "milvusdb/milvus:v2.6.11", "10.0.0.5")
+    new = milvus_specs("standalone", "milvusdb/milvus:v2.6.11", "10.0.0.5", credentials_generation=2)
+    assert [a.digest() == b.digest() for a, b in zip(old, new)] == [True, False, False]
+
+
+def test_generated_credentials_are_random_root_only_and_never_on_the_command_line(tmp_path):
+    import os
+    import stat
+    import subprocess
+
+    path = tmp_path / "milvus" / "minio.env"
+    command = credentials_command(str(path), 3)
+    first = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30)
+    assert first.returncode == 0 and first.stdout == "" and first.stderr == ""
+    lines = path.read_text().splitlines()
+    assert lines[0] == "# gpufleet-generation 3"
+    values = dict(line.split("=", 1) for line in lines[1:])
+    assert sorted(values) == ["MINIO_ACCESS_KEY_ID", "MINIO_ROOT_PASSWORD", "MINIO_ROOT_USER", "MINIO_SECRET_ACCESS_KEY"]
+    assert values["MINIO_ROOT_USER"] == values["MINIO_ACCESS_KEY_ID"] and len(values["MINIO_ROOT_USER"]) >= 16
+    assert values["MINIO_ROOT_PASSWORD"] == values["MINIO_SECRET_ACCESS_KEY"]
+    assert len(values["MINIO_ROOT_PASSWORD"]) == 48 and values["MINIO_ROOT_PASSWORD"] not in command
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["minio.env"]  # no temporary file left
+    subprocess.run(["sh", "-c", command], check=True, timeout=30)
+    assert dict(line.split("=", 1) for line in path.read_text().splitlines()[1:]) != values  # new values
 
 
 # --- app wiring ------------------------------------------------------------------------------------

@@ -1,0 +1,148 @@
+"""One deploy at a time per host: a lock taken while deploy.py is planned, held until the run ends.
+
+Two runs of deploy.py against the same host would race: on apt's lock, on ``docker run --name``,
+on nginx's ``.gpufleet-new``/``.gpufleet-old`` (a roll-back could restore the other run's file),
+and each would plan from facts the other is about to change. So deploy.py's first step on every
+host takes an exclusive ``flock`` on ``/var/lib/gpufleet/deploy.lock`` *on that host*, before any
+fact is read for the plan; a second run (from any checkout, any control host) is refused while
+deploy.py is loaded, before anything runs anywhere, naming who holds the host and since when.
+
+**Held by the run's SSH connection, released when it closes.** The lock's file descriptor is kept
+by a small watcher process on the host that exits when the SSH session process that took it
+(the nearest ``sshd`` ancestor of the command) is gone. pyinfra keeps one connection per host
+from planning to the end of execution, so the lock covers the whole run: plan, ``--diff``, the
+confirmation prompt, execution. It is released however the run ends (success, failure, Ctrl-C, a
+killed control host once TCP gives up), so there is no stale lock to break by hand. A released
+lock is free again within half a second; the next run waits up to ``WAIT_S`` for it (a rollout
+runs deploy.py for one node right after the previous run closed its connections).
+
+Every run of deploy.py takes it, ``--dry`` and ``gpufleet drift`` included: they plan from the
+host's state, and a plan read while another deploy is half-way is wrong. ``gpufleet drift``
+reports a held host as not checked, with the holder. A rollout's own deploy runs take it too (one
+at a time, in one process). The rollout's node lock (gpufleet/node_lock.py) is a different thing:
+it spans many runs and processes, and says the node is drained.
+
+Over pyinfra's other connectors (``@local``, ``@docker``) there is no session of the run's own to
+outlive, so no lock is taken and a warning is logged; the same if an SSH command finds no ``sshd``
+above it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import shlex
+import socket
+import time
+
+from pyinfra import host, state
+from pyinfra.api import OperationError, StringCommand
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
+from pyinfra.connectors.ssh import SSHConnector
+
+LOCK_DIR = "/var/lib/gpufleet"
+LOCK_FILE = f"{LOCK_DIR}/deploy.lock"
+WAIT_S = 5
+
+logger = logging.getLogger(__name__)
+
+
+class DeployLockHeld(OperationError):
+    """Another run of deploy.py holds this host."""
+
+
+def holder_record(what: str) -> dict[str, object]:
+    """Who takes the lock: user@control-host, process id, what runs, since when (UTC)."""
+    return {"holder": f"{getpass.getuser()}@{socket.gethostname()}", "pid": os.getpid(), "what": what,
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def lock_command(record: dict[str, object], wait_s: int = WAIT_S, lock_dir: str = LOCK_DIR) -> str:
+    """The shell text that takes the lock and leaves the watcher holding it.
+
+    Prints ``ACQUIRED``, ``NOSESSION`` (taken and released again: no sshd above it), or ``HELD``
+    followed by the holder's record. ``lock_dir`` exists for tests.
+
+    >>> "flock -w 5 9" in lock_command({"holder": "sre@ctl"})
+    True
+    """
+    holder = shlex.quote(json.dumps(record, sort_keys=True))
+    lock, held_by = shlex.quote(f"{lock_dir}/deploy.lock"), shlex.quote(f"{lock_dir}/deploy.holder")
+    return "\n".join([
+        f"install -d -m 0755 {shlex.quote(lock_dir)} || exit 1",
+        f"exec 9>>{lock} || exit 1",
+        f"if ! flock -w {int(wait_s)} 9; then echo HELD; cat {held_by} 2>/dev/null; exit 0; fi",
+        # The nearest sshd ancestor is this connection's session process (sshd-session on
+        # OpenSSH >= 9.8); above it is the listening daemon, which never exits.
+        "p=$PPID",
+        "while [ \"${p:-1}\" -gt 1 ]; do",
+        "  case \"$(cat /proc/$p/comm 2>/dev/null)\" in sshd*) break;; esac",
+        "  p=$(sed 's/.*) //' /proc/$p/stat 2>/dev/null | cut -d' ' -f2)",
+        "done",
+        "if [ \"${p:-1}\" -le 1 ]; then echo NOSESSION; exit 0; fi",
+        f"printf '%s\\n' {holder} > {held_by}.$$ && mv -f {held_by}.$$ {held_by}",
+        # fd 9 is inherited: the lock lives as long as the watcher, the watcher as long as the session.
+        "setsid sh -c 'while kill -0 \"$1\" 2>/dev/null; do sleep 0.5; done' gpufleet-deploy-lock \"$p\" "
+        "</dev/null >/dev/null 2>&1 &",
+        "echo ACQUIRED",
+    ])
+
+
+def parse_answer(host_name: str, lines: list[str]) -> str:
+    """``"acquired"`` or ``"no-session"``; raise :class:`DeployLockHeld` naming the holder.
+
+    >>> parse_answer("gpu-node-1", ["ACQUIRED"])
+    'acquired'
+    """
+    text = [line.strip() for line in lines if line.strip()]
+    if text and text[-1] == "ACQUIRED":
+        return "acquired"
+    if text and text[-1] == "NOSESSION":
+        return "no-session"
+    if text and text[0] == "HELD":
+        try:
+            held = json.loads(text[1])
+            who = (f"{held.get('holder')} (pid {held.get('pid')}, {held.get('what')}) since {held.get('since')}")
+        except (IndexError, ValueError, AttributeError):
+            who = "a run that left no readable record"
+        raise DeployLockHeld(
+            f"{host_name}: another run of deploy.py holds this host ({LOCK_FILE}): {who}. It is released when "
+            f"that run ends (its SSH connection closes); wait for it and run again")
+    raise OperationError(f"{host_name}: could not take the deploy lock {LOCK_FILE}: {' '.join(text)[-300:]!r}")
+
+
+def take_deploy_lock(what: str = "pyinfra deploy") -> str:
+    """Take this host's deploy lock for the rest of the run, or refuse the host.
+
+    Call it first in deploy.py, before any fact is read (pyinfra's Prepare stage, once per host).
+    Returns ``"acquired"`` or ``"no-session"``.
+
+    **Example** (deploy.py):
+
+    .. code:: python
+
+        from operations.deploy_lock import take_deploy_lock
+        take_deploy_lock("pyinfra deploy" if not settings.rollout_id else f"rollout {settings.rollout_id}")
+    """
+    if not isinstance(host.connector, SSHConnector):
+        # @local's or @docker's commands may still have an sshd above them (an operator logged in
+        # to the control host): tying the lock to that login would hold it for hours.
+        logger.warning("%s: no SSH session to tie the deploy lock to (connector %s): running without it",
+                       host.name, type(host.connector).__name__)
+        return "no-session"
+    # The run's privileges (SUDO=True in config.py...), as pyinfra applies them to a fact's command.
+    global_kwargs, _ = pop_global_arguments(state, host, {})
+    connector_kwargs = {k: v for k, v in global_kwargs.items() if k in CONNECTOR_ARGUMENT_KEYS}
+    connector_kwargs["_timeout"] = WAIT_S + 25
+    ok, output = host.run_shell_command(StringCommand(lock_command(holder_record(what))), **connector_kwargs)
+    lines = list(output.stdout_lines) if ok else [*output.stdout_lines, *output.stderr_lines]
+    if not ok:
+        raise OperationError(f"{host.name}: could not take the deploy lock {LOCK_FILE}: "
+                             f"{' '.join(lines)[-300:]!r}")
+    answer = parse_answer(host.name, lines)
+    if answer == "no-session":
+        logger.warning("%s: no SSH session to tie the deploy lock to (connector %s): running without it",
+                       host.name, type(host.connector).__name__)
+    return answer
