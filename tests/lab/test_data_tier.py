@@ -167,6 +167,10 @@ def test_milvus_listens_only_on_its_hosts_private_address(serving, fleet):
     # The app's node reaches Milvus over the private network.
     other = next(n.name for n in fleet.nodes if n.name != db.name)
     assert serving[other].run(f"curl -fsS -m 3 http://{ip}:9091/healthz").stdout.strip() == "OK"
+    # The real Milvus server runs (and answered above) under Docker's default seccomp profile.
+    security = node.run("docker inspect --format '{{json .HostConfig.SecurityOpt}}' milvus-standalone").stdout
+    assert "seccomp" not in security, security
+    assert "seccomp" in node.run("docker info --format '{{json .SecurityOptions}}'").stdout  # the engine has it
 
 
 def test_backup_then_lost_volumes_then_restore_gives_back_the_same_rows_and_answers(serving, fleet, tmp_path):

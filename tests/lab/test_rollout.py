@@ -27,6 +27,15 @@ def container_ids(hosts) -> dict[str, str]:
     return {n: hosts[n].run(f"docker inspect --format '{{{{.Id}}}}' vllm-{n}-vllm-0").stdout.strip() for n in NODES}
 
 
+def running_containers(hosts) -> dict[str, dict[str, str]]:
+    """``{node: {container name: id}}`` of what runs on each node."""
+    out = {}
+    for n in NODES:
+        lines = hosts[n].run("docker ps --format '{{.Names}} {{.ID}}'").stdout.splitlines()
+        out[n] = dict(line.split() for line in lines)
+    return out
+
+
 def drained(hosts) -> list[str]:
     return hosts["lb-1"].run("ls /etc/nginx/gpufleet/drained 2>/dev/null").stdout.split()
 
@@ -92,6 +101,7 @@ def test_rolling_a_change_over_both_nodes_fails_no_request_even_when_a_node_drop
     """gpu-node-2 loses SSH while gpu-node-1 is updated: the rollout stops, the fleet keeps serving,
     and `--resume` finishes it once gpu-node-2 is back."""
     before = container_ids(live)
+    everything_before = running_containers(live)
     with SteadyLoad(app_clients=1) as load:
         run = start_rollout("--data", "vllm_max_model_len=384", state_dir=state_dir)
         try:
@@ -111,6 +121,14 @@ def test_rolling_a_change_over_both_nodes_fails_no_request_even_when_a_node_drop
     assert [report["nodes"][n]["state"] for n in NODES] == ["done", "done"]
     after = container_ids(live)
     assert all(after[n] != before[n] for n in NODES)
+    # Exactly the replicas were recreated: Milvus, the app and the exporters kept their containers.
+    everything_after = running_containers(live)
+    for n in NODES:
+        assert set(everything_after[n]) == set(everything_before[n])
+        recreated = {c for c in everything_after[n] if everything_after[n][c] != everything_before[n][c]}
+        assert recreated == {f"vllm-{n}-vllm-0"}, (n, recreated)
+    args = live["gpu-node-1"].run("docker inspect --format '{{json .Args}}' vllm-gpu-node-1-vllm-0").stdout
+    assert '"--max-model-len","384"' in args.replace(" ", "")
     assert drained(live) == []
     assert not load.failures, load.failures[:5]
     assert load.ok > 10 and load.app_ok > 5  # the app behind lb-1 too, drained with each node's replicas

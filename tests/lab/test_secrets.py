@@ -237,6 +237,18 @@ def test_no_value_in_processes_or_container_arguments(secret_run):
         _check(logs, values, f"{container}'s log")
 
 
+def test_the_token_and_the_key_reach_the_replica_through_its_environment(secret_run):
+    """The replica's environment holds B, compared on the node with its own env files (no value
+    is printed or sent); Docker keeps --env-file values there: docker access is root access."""
+    node = secret_run["node"]
+    for variable, env_file in (("HF_TOKEN", "hf-token.env"), ("HUGGING_FACE_HUB_TOKEN", "hf-token.env"),
+                               ("VLLM_API_KEY", "vllm-api-key.env")):
+        wanted = f"$(sed -n 's/^{variable}=//p' {ENV_DIR}/{env_file})"
+        running = f"$(docker exec vllm-{NODE}-vllm-0 printenv {variable})"
+        same = node.run(f'[ -n "{wanted}" ] && [ "{running}" = "{wanted}" ]')
+        assert same.rc == 0, f"{variable} in the replica is not the value of {env_file}"
+
+
 def _http(node, method: str, url: str, key_from: str | None = None, body: str | None = None) -> str:
     """HTTP status of a request made on the node; the key, if any, read there from an env file."""
     auth = f"sed -n 's/^{key_from}=/Authorization: Bearer /p' {ENV_DIR}/rag-app.env" if key_from else "true"
