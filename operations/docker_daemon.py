@@ -37,23 +37,24 @@ def render_daemon_json(config: dict) -> str:
 
 
 def refuse_daemon_reload_under_gpu_containers(what: str) -> None:
-    """Fail the host before a step that reloads systemd while GPU containers run without CDI.
+    """Fail the host before a step that reloads systemd while GPU containers run.
 
     ``systemctl daemon-reload`` (which package installs and unit changes trigger) takes the GPUs
-    away from running containers unless the toolkit injects devices through CDI
-    (NVIDIA/nvidia-container-toolkit#48): drain the node first. Raised as a
+    away from running containers started through the nvidia runtime hook (``--gpus``), as
+    gpufleet starts them (NVIDIA/nvidia-container-toolkit#48): drain the node first. Raised as a
     :class:`ServingInterruption` of kind ``GPU_STACK``: ``gpufleet rollout`` stops the node's GPU
     containers after draining it, and this check then passes.
+
+    A ``"features": {"cdi": true}`` in daemon.json does not lift it: only containers started with
+    CDI device names (``--device nvidia.com/gpu=...``, Docker >= 25) keep their devices, and the
+    fleet's Docker is Debian 12's docker.io 20.10, which has no CDI (README, "Decisions").
     """
     running = host.get_fact(GpuContainers)["containers"]
-    if not running:
-        return
-    cdi = host.get_fact(DockerDaemonConfig)["config"].get("features", {}).get("cdi") is True
-    if not cdi:
+    if running:
         raise ServingInterruption(
             f"{what} would run `systemctl daemon-reload` while GPU containers run "
             f"({', '.join(running)}); that drops their GPUs (NVML: Unknown Error). "
-            "Drain the node first (stop its replicas, e.g. with `gpufleet rollout`) or enable CDI.",
+            "Drain the node first (stop its replicas, e.g. with `gpufleet rollout`).",
             what, GPU_STACK)
 
 

@@ -111,7 +111,7 @@ write("monitoring.gpu_monitor", "converged_is_noop", {"kwargs": K, "facts": gm()
 write("monitoring.gpu_monitor", "stopped_service_started_not_rebuilt", {"kwargs": K, "facts": gm(active="failed")})
 write("monitoring.gpu_monitor", "new_pins_rebuild_venv_and_restart", {"kwargs": {**K, "requirements": ["nvidia-ml-py==13.615.71", "prometheus-client==0.24.0"]}, "facts": gm()})
 write("monitoring.gpu_monitor", "unit_change_refused_under_gpu_containers", {"kwargs": {**K, "port": 9402}, "facts": gm(gpu_containers=["vllm-gpu-node-1-vllm-0"])})
-write("monitoring.gpu_monitor", "unit_change_allowed_with_cdi", {"kwargs": {**K, "port": 9402}, "facts": gm(gpu_containers=["vllm-gpu-node-1-vllm-0"], cdi=True)})
+write("monitoring.gpu_monitor", "unit_change_refused_even_with_a_cdi_flag_in_daemon_json", {"kwargs": {**K, "port": 9402}, "facts": gm(gpu_containers=["vllm-gpu-node-1-vllm-0"], cdi=True)})
 
 # --- monitoring.prometheus
 NODES = [{"name": "gpu-node-1", "address": "gpu-node-1", "dcgm_exporter_port": 9400, "gpu_monitor_port": 9401, "milvus_metrics_port": 9091}]
