@@ -24,7 +24,8 @@ fleet = fleet_for(inventory)
 settings = host_settings(fleet, host)
 # One run of deploy.py per host at a time, from plan to end (operations/deploy_lock.py): taken
 # before any fact is read, released when this run's SSH connection closes.
-take_deploy_lock(f"rollout {settings.rollout_id}" if settings.rollout_id else "pyinfra deploy")
+take_deploy_lock(f"rollout {settings.rollout_id}" if settings.rollout_id else "pyinfra deploy",
+                 wait_s=settings.deploy_lock_wait_s)
 prefetch_facts()  # the facts this host's last plans asked, in one round trip (operations/fact_prefetch.py)
 
 # --- every host -----------------------------------------------------------------------------------

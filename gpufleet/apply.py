@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pyinfra.api import Config, State
-from pyinfra.api.connect import connect_all, disconnect_all
+from pyinfra.api.connect import connect_all
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operation import add_op
 from pyinfra.api.operations import run_ops
@@ -20,6 +20,7 @@ from pyinfra.context import ctx_state
 
 from gpufleet import PROJECT_ROOT
 from gpufleet.fleet import load_inventory
+from gpufleet.remote import close_connections
 
 
 def run_on(inventory_path: str, host_names: list[str], op, kwargs_of: Callable[[str], dict[str, Any]],
@@ -54,7 +55,7 @@ def run_on(inventory_path: str, host_names: list[str], op, kwargs_of: Callable[[
             for h in reachable:
                 results.setdefault(h.name, str(exc))
         finally:
-            disconnect_all(state)
+            close_connections(state)
     for h in reachable:
         if h.name not in results:
             results[h.name] = _failure(state, h)

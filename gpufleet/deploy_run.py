@@ -18,7 +18,7 @@ from typing import Any
 import gevent
 import pyinfra
 from pyinfra.api import Config, State
-from pyinfra.api.connect import connect_all, disconnect_all
+from pyinfra.api.connect import connect_all
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operations import run_ops
 from pyinfra.api.state import StateStage
@@ -26,7 +26,7 @@ from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
 
 from gpufleet import PROJECT_ROOT
 from gpufleet.fleet import Fleet, fleet_from_inventory, load_inventory
-from gpufleet.remote import select
+from gpufleet.remote import close_connections, select
 from operations.serving_gate import ServingInterruption
 
 DEPLOY_FILE = "deploy.py"
@@ -114,7 +114,7 @@ def planned(inventory_path: str, limit=(), overrides: dict[str, Any] | None = No
             yield plan
         finally:
             state.set_stage(StateStage.Disconnect)
-            disconnect_all(state)
+            close_connections(state)  # releases each host's deploy lock (operations/deploy_lock.py)
 
 
 def _load_deploy(state: State, hosts: list) -> dict[str, tuple[bool, Exception]]:

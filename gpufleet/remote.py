@@ -42,6 +42,21 @@ def select(inventory, limit: tuple[str, ...] | list[str]) -> list:
     return chosen
 
 
+def close_connections(state: State) -> None:
+    """pyinfra's ``disconnect_all``, and then really close every SSH connection.
+
+    pyinfra 3.10's SSH connector ``disconnect()`` only clears its file-transfer cache: the paramiko
+    client stays open until the process exits. A long-lived gpufleet process (a rollout, ``drift
+    --fix``, the bench) would pile up connections, and hold each host's deploy lock
+    (operations/deploy_lock.py), which lives as long as the connection that took it.
+    """
+    disconnect_all(state)
+    for host in state.inventory:
+        client = getattr(getattr(host, "connector", None), "client", None)
+        if client is not None:
+            client.close()
+
+
 @contextmanager
 def connected(inventory_path: str, limit=(), overrides: dict[str, Any] | None = None,
               connect_timeout: int = 10, read_timeout: int | None = None) -> Iterator[tuple[State, Fleet, list, list]]:
@@ -68,7 +83,7 @@ def connected(inventory_path: str, limit=(), overrides: dict[str, Any] | None = 
     try:
         yield state, fleet, reachable, unreachable
     finally:
-        disconnect_all(state)
+        close_connections(state)
 
 
 def run_parallel(state: State, hosts: list, work: Callable[[Any], Any]) -> dict[str, Any]:

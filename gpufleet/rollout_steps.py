@@ -33,6 +33,7 @@ def _overrides(rollout, **more) -> dict[str, Any]:
     return {**rollout.overrides, "rollout_id": rollout.id, **more}
 
 
+UPDATE_LOCK_WAIT_S = 900
 _fleets: dict[str, Any] = {}
 
 
@@ -355,7 +356,9 @@ def update(rollout, names: list[str]) -> dict[str, tuple[bool, str]]:
     from gpufleet.deploy_run import execute, planned
 
     out: dict[str, tuple[bool, str]] = {}
-    with planned(rollout.inventory, list(names), _overrides(rollout)) as p:
+    # The nodes are drained already: wait for a deploy lock another run holds (a nightly drift
+    # check) rather than fail a drained node (operations/deploy_lock.py).
+    with planned(rollout.inventory, list(names), _overrides(rollout, deploy_lock_wait_s=UPDATE_LOCK_WAIT_S)) as p:
         for name in names:
             if name in p.unreachable:
                 out[name] = (False, f"{name} is unreachable over SSH")

@@ -19,5 +19,9 @@ class RolloutSettings(BaseModel):
     # Set by `gpufleet rollout` for the deploy it runs on the node it has drained and locked.
     # Not for people: a deploy that names another rollout's id is refused by the node's lock.
     rollout_id: str | None = Field(None, pattern=r"^[a-z0-9-]{1,64}$")
+    # How long a run of deploy.py waits for another run's deploy lock on a host before it is
+    # refused (operations/deploy_lock.py). `gpufleet rollout` waits longer for the node it has
+    # just drained (a nightly drift check holding it for a minute must not fail a drained node).
+    deploy_lock_wait_s: int = Field(5, ge=0, le=3600)
     # How long a drain waits for a replica's running and waiting requests to reach 0.
     rollout_drain_timeout_s: int = Field(300, ge=0, le=86400)

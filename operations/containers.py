@@ -131,7 +131,7 @@ def rollback_command(name: str, restart: str, stop_timeout: int | None = None) -
 
 
 @operation()
-def container(spec: ContainerSpec, keep_previous: bool = False):
+def container(spec: ContainerSpec, keep_previous: bool = False, recreate: bool = False):
     """
     Make one container match ``spec``: run it, start it, or recreate it when the spec changed.
 
@@ -139,6 +139,8 @@ def container(spec: ContainerSpec, keep_previous: bool = False):
     + keep_previous: on a recreate, keep the old container, stopped, as ``<name>.gpufleet-previous``
       (its exact configuration and image stay on the host for ``gpufleet rollout`` to roll back to;
       a stopped container holds no GPU and is not restarted by its restart policy)
+    + recreate: recreate an existing container even when its digest matches (what it read at
+      creation changed outside the spec: a regenerated ``--env-file``)
 
     A running container with the same digest is left alone (no command at all); a stopped one
     is started; any other difference removes it (``docker stop -t <stop_timeout>`` first, so a
@@ -154,7 +156,7 @@ def container(spec: ContainerSpec, keep_previous: bool = False):
     _remember(spec)
     state = host.get_fact(ContainerState, container=spec.name)
     digest = spec.digest()
-    if state["exists"] and state["spec"] == digest:
+    if state["exists"] and state["spec"] == digest and not recreate:
         if state["running"] or state["restarting"]:
             host.noop(f"{spec.name} runs spec {digest}")
             return

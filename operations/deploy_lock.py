@@ -65,7 +65,7 @@ def lock_command(record: dict[str, object], wait_s: int = WAIT_S, lock_dir: str 
     Prints ``ACQUIRED``, ``NOSESSION`` (taken and released again: no sshd above it), or ``HELD``
     followed by the holder's record. ``lock_dir`` exists for tests.
 
-    >>> "flock -w 5 9" in lock_command({"holder": "sre@ctl"})
+    >>> "flock -w 5 9;" in lock_command({"holder": "sre@ctl"})
     True
     """
     holder = shlex.quote(json.dumps(record, sort_keys=True))
@@ -73,7 +73,10 @@ def lock_command(record: dict[str, object], wait_s: int = WAIT_S, lock_dir: str 
     return "\n".join([
         f"install -d -m 0755 {shlex.quote(lock_dir)} || exit 1",
         f"exec 9>>{lock} || exit 1",
-        f"if ! flock -w {int(wait_s)} 9; then echo HELD; cat {held_by} 2>/dev/null; exit 0; fi",
+        # flock exits 1 when the wait ran out; anything else (no flock, a bad descriptor) is an error.
+        f"flock -w {int(wait_s)} 9; rc=$?",
+        f"if [ $rc -eq 1 ]; then echo HELD; cat {held_by} 2>/dev/null; exit 0; fi",
+        "if [ $rc -ne 0 ]; then echo \"flock failed (exit $rc)\" >&2; exit 1; fi",
         # The nearest sshd ancestor is this connection's session process (sshd-session on
         # OpenSSH >= 9.8); above it is the listening daemon, which never exits.
         "p=$PPID",
@@ -113,7 +116,7 @@ def parse_answer(host_name: str, lines: list[str]) -> str:
     raise OperationError(f"{host_name}: could not take the deploy lock {LOCK_FILE}: {' '.join(text)[-300:]!r}")
 
 
-def take_deploy_lock(what: str = "pyinfra deploy") -> str:
+def take_deploy_lock(what: str = "pyinfra deploy", wait_s: int = WAIT_S) -> str:
     """Take this host's deploy lock for the rest of the run, or refuse the host.
 
     Call it first in deploy.py, before any fact is read (pyinfra's Prepare stage, once per host).
@@ -126,23 +129,29 @@ def take_deploy_lock(what: str = "pyinfra deploy") -> str:
         from operations.deploy_lock import take_deploy_lock
         take_deploy_lock("pyinfra deploy" if not settings.rollout_id else f"rollout {settings.rollout_id}")
     """
-    if not isinstance(host.connector, SSHConnector):
+    return hold(state, host, what, wait_s)
+
+
+def hold(run_state, target, what: str, wait_s: int = WAIT_S) -> str:
+    """:func:`take_deploy_lock` for an explicit pyinfra state and host (after a reboot, the new
+    connection takes the lock again: the reboot ended the watcher that held it)."""
+    if not isinstance(target.connector, SSHConnector):
         # @local's or @docker's commands may still have an sshd above them (an operator logged in
         # to the control host): tying the lock to that login would hold it for hours.
         logger.warning("%s: no SSH session to tie the deploy lock to (connector %s): running without it",
-                       host.name, type(host.connector).__name__)
+                       target.name, type(target.connector).__name__)
         return "no-session"
     # The run's privileges (SUDO=True in config.py...), as pyinfra applies them to a fact's command.
-    global_kwargs, _ = pop_global_arguments(state, host, {})
+    global_kwargs, _ = pop_global_arguments(run_state, target, {})
     connector_kwargs = {k: v for k, v in global_kwargs.items() if k in CONNECTOR_ARGUMENT_KEYS}
-    connector_kwargs["_timeout"] = WAIT_S + 25
-    ok, output = host.run_shell_command(StringCommand(lock_command(holder_record(what))), **connector_kwargs)
+    connector_kwargs["_timeout"] = wait_s + 25
+    command = StringCommand(lock_command(holder_record(what), wait_s))
+    ok, output = target.run_shell_command(command, **connector_kwargs)
     lines = list(output.stdout_lines) if ok else [*output.stdout_lines, *output.stderr_lines]
     if not ok:
-        raise OperationError(f"{host.name}: could not take the deploy lock {LOCK_FILE}: "
+        raise OperationError(f"{target.name}: could not take the deploy lock {LOCK_FILE}: "
                              f"{' '.join(lines)[-300:]!r}")
-    answer = parse_answer(host.name, lines)
+    answer = parse_answer(target.name, lines)
     if answer == "no-session":
-        logger.warning("%s: no SSH session to tie the deploy lock to (connector %s): running without it",
-                       host.name, type(host.connector).__name__)
+        logger.warning("%s: no SSH session to tie the deploy lock to: running without it", target.name)
     return answer

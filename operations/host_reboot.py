@@ -8,6 +8,8 @@ import time
 from pyinfra import logger
 from pyinfra.api import FunctionCommand, OperationError, StringCommand, operation
 
+from operations import deploy_lock
+
 MARKER = "/run/gpufleet-reboot-pending"
 
 
@@ -53,6 +55,9 @@ def _wait_for_reboot(state, host, reason: str, delay: int, timeout: int) -> bool
                 # the units the next operations look at), "degraded" included, within the time left.
                 left = max(1, int(deadline - time.monotonic()))
                 host.run_shell_command(StringCommand(f"timeout {left} systemctl is-system-running --wait || true"))
+                # The reboot ended the watcher that held this run's deploy lock: take it again on
+                # the new connection, or stop here if another run took the host meanwhile.
+                deploy_lock.hold(state, host, f"pyinfra deploy (after rebooting: {reason})")
                 return True
             host.disconnect()
         time.sleep(1)

@@ -175,6 +175,8 @@ def credentials_command(path: str, generation: int) -> str:
         "trap 'rm -f \"$tmp\"' EXIT",
         "user=gpufleet$(od -An -N8 -tx1 /dev/urandom | tr -d ' \\n')",
         "pass=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \\n')",
+        # od's failure would not stop `set -e` (only tr's status counts): check what came out.
+        "[ ${#user} -eq 24 ] && [ ${#pass} -eq 48 ] || { echo 'could not read /dev/urandom' >&2; exit 1; }",
         "printf '%s%s\\nMINIO_ROOT_USER=%s\\nMINIO_ROOT_PASSWORD=%s\\nMINIO_ACCESS_KEY_ID=%s\\n"
         f"MINIO_SECRET_ACCESS_KEY=%s\\n' '{GENERATION_MARK}' {int(generation)} "
         "\"$user\" \"$pass\" \"$user\" \"$pass\" > \"$tmp\"",
@@ -219,20 +221,25 @@ def standalone(mode: str, image: str, address: str, port: int = 19530, health_po
                          minio_volume, network, credentials_generation=credentials_generation,
                          seccomp_unconfined=seccomp_unconfined)
     commands: list = []  # strings and the config file's upload command
+    regenerated = False
     if mode == "embedded":
         commands += list(put_text(f"{CONFIG_DIR}/embedEtcd.yaml", EMBED_ETCD_YAML))
         stale = [ETCD, MINIO]
     else:
         if not host.get_fact(DockerNetwork, object_id=network):
             commands.append(f"docker network create {shlex.quote(network)}")
-        if host.get_fact(CredentialsGeneration, path=MINIO_ENV) != credentials_generation:
+        # New values (a fresh host, a raised generation, or a file lost or damaged): MinIO and
+        # Milvus are both recreated with them, never one of them alone with the other's old pair.
+        regenerated = host.get_fact(CredentialsGeneration, path=MINIO_ENV) != credentials_generation
+        if regenerated:
             commands.append(credentials_command(MINIO_ENV, credentials_generation))
         stale = []
     for name in stale:
         if host.get_fact(ContainerState, container=name)["exists"]:
             commands.append(f"docker rm -f {shlex.quote(name)} >/dev/null")
     for spec in specs:
-        commands += list(_container._inner(spec=spec))
+        reads_credentials = mode == "standalone" and MINIO_ENV in spec.env_files
+        commands += list(_container._inner(spec=spec, recreate=reads_credentials and regenerated))
     if not commands:
         host.noop(f"milvus ({mode}) runs as declared on {ip}:{port}")
         return

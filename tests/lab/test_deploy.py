@@ -74,3 +74,13 @@ def test_a_second_deploy_is_refused_while_another_run_holds_the_host(deployed, l
     after = deploy("--limit", "lb-1")
     assert after["rc"] == 0, after["stderr"][-3000:]
     assert after["changed"] == {}
+
+
+def test_one_process_plans_a_host_again_right_after_its_last_plan(deployed):
+    """gpufleet rollout, drift --fix and the bench plan the same host several times in one process:
+    each plan's connections are closed at its end, so the next one gets the deploy lock."""
+    from gpufleet.deploy_run import planned
+
+    for _ in range(2):
+        with planned("inventory/lab.py", ["lb-1"]) as plan:
+            assert plan.errors == {} and [h.name for h in plan.hosts] == ["lb-1"], plan.errors

@@ -64,6 +64,15 @@ write("milvus.standalone", "standalone_converged_is_noop", {
         "milvus-etcd": running(std[0].digest(), std[0].image), "milvus-minio": running(std[1].digest(), std[1].image),
         "milvus-standalone": running(std[2].digest(), IMG)})},
     "commands": [], "noop_description": "milvus (standalone) runs as declared on 10.0.0.5:19530"})
+write("milvus.standalone", "lost_credentials_file_is_regenerated_and_minio_and_milvus_recreated_together", {
+    "kwargs": std_kw,
+    "facts": {"docker.DockerNetwork": NET, **creds(None), "docker.ContainerState": states(**{
+        "milvus-etcd": running(std[0].digest(), std[0].image), "milvus-minio": running(std[1].digest(), std[1].image),
+        "milvus-standalone": running(std[2].digest(), IMG)})},
+    "commands": [credentials_command(MINIO_ENV, 1),
+                 "docker stop milvus-minio >/dev/null; docker rm -f milvus-minio >/dev/null", std[1].run_command(),
+                 "docker stop milvus-standalone >/dev/null; docker rm -f milvus-standalone >/dev/null",
+                 std[2].run_command()]})
 rotated = milvus_specs("standalone", IMG, "10.0.0.5", credentials_generation=2)
 write("milvus.standalone", "raised_credentials_generation_rotates_them_and_recreates_minio_and_milvus", {
     "kwargs": {**std_kw, "credentials_generation": 2},
