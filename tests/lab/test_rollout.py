@@ -74,10 +74,13 @@ def state_dir(tmp_path_factory):
 
 def test_a_canary_that_cannot_start_is_rolled_back_with_no_failed_request(live, state_dir):
     before = container_ids(live)
-    # Valid data, but vLLM refuses the flag at start: the new container exits, again and again.
-    args = [*lab_group_data()["vllm_extra_args"], "--kv-cache-dtype", "no-such-dtype"]
+    # Valid data, but the new container cannot start: its Python has no standard library
+    # (PYTHONHOME points nowhere), so it exits at once, again and again. (A flag vLLM refuses, as
+    # `--kv-cache-dtype no-such-dtype`, exits the same way but only after vLLM's imports: ~90 s
+    # per attempt on a 2-core CI machine, three attempts before the crash loop is called.)
+    env = {**lab_group_data()["vllm_env"], "PYTHONHOME": "/nonexistent"}
     with SteadyLoad() as load:
-        code, report, err = rollout("--data", f"vllm_extra_args={json.dumps(args)}", state_dir=state_dir)
+        code, report, err = rollout("--data", f"vllm_env={json.dumps(env)}", state_dir=state_dir)
     assert code == 2, err[-3000:]
     assert report["nodes"]["gpu-node-1"]["state"] == "rolled-back", err[-3000:]
     assert report["nodes"]["gpu-node-2"]["state"] == "pending"
