@@ -114,7 +114,8 @@ def test_bumping_the_nccl_pin_moves_the_host_and_the_image_and_back(deployed, ho
     bumped = deploy("--limit", node, "--data", "nccl_version=2.27.3", "--data", "allow_serving_disruption=true")
     try:
         assert bumped["rc"] == 0, bumped["stderr"][-2000:]
-        assert {"NCCL pin on the host", "vLLM image (NCCL pinned inside)"} <= set(bumped["changed"])
+        # The image for 2.27.3 is built unless the node has it already (a lab kept from an earlier
+        # session): what counts is the NCCL inside the running replica, checked below.
         assert bumped["changed"]["NCCL pin on the host"] == [node]
         assert hosts[node].package("libnccl2").version == "2.27.3-1+cuda12.9"
         assert hosts[node].package("libnccl-dev").version == "2.27.3-1+cuda12.9"
