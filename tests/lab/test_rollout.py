@@ -3,9 +3,10 @@
 The order matters: a canary that cannot start is rolled back (the lab stays as deployed); a
 plain deploy is refused; a change is rolled over both nodes while gpu-node-2 loses SSH (stopped,
 then resumed with --resume), repeated (nothing to do), tried as a plain deploy (nothing to do);
-and gpu-node-1 gets another driver and another replica in one rollout. The lab keeps these
-changes: this module runs after every other lab test (tests/lab/conftest.py), and the next
-session's first deploy, a maintenance window, takes them back.
+and gpu-node-1 gets another driver and another replica in one rollout, then goes back to the
+repository's values. gpu-node-2 keeps the rolled-out change: this module runs after every other
+lab test (tests/lab/conftest.py), and the next session's first deploy, a maintenance window,
+takes it back.
 """
 
 from __future__ import annotations
@@ -160,12 +161,10 @@ def replica_containers(hosts, node: str) -> list[str]:
     return sorted(out.split())
 
 
-def test_a_driver_version_and_a_replaced_replica_are_rolled_out_with_no_failed_request(live, state_dir):
+def test_a_driver_version_and_a_replaced_replica_are_rolled_out_and_back_with_no_failed_request(live, state_dir):
     """gpu-node-1 gets another driver (drain, stop its GPU containers, install, reboot, check the
     loaded version) and, in the same rollout, its replica vllm-0 (port 8000) is replaced by vllm-1
-    (port 8001): the old one is retired, the new one joins the load balancer once ready. The lab
-    is left so (this is the last lab test; the next session's first deploy takes it back): rolling
-    it back is the same path again, and cost CI another reboot and restart."""
+    (port 8001): the old one is retired, the new one joins the load balancer once ready. Then back."""
     from gpufleet.fleet import load_fleet
 
     pinned = load_fleet("inventory/lab.py").hosts["gpu-node-1"].settings.nvidia_driver_version
@@ -188,9 +187,12 @@ def test_a_driver_version_and_a_replaced_replica_are_rolled_out_with_no_failed_r
         assert members["gpu-node-1-vllm-1"] == "live" and "gpu-node-1-vllm-0" not in members
         # gpu-node-2 was not rolled: its old replica keeps serving, its new one waits (not running yet).
         assert members["gpu-node-2-vllm-0"] == "live" and members["gpu-node-2-vllm-1"] == "down"
+        code, report, err = rollout("--limit", "gpu-node-1", state_dir=state_dir)  # back to the repository
+        assert code == 0, err[-3000:]
+    assert loaded_driver("gpu-node-1") == pinned
+    assert replica_containers(live, "gpu-node-1") == ["vllm-gpu-node-1-vllm-0"]
+    assert lb_members(live) == {"gpu-node-1-vllm-0": "live", "gpu-node-2-vllm-0": "live"}
     assert drained(live) == [] and not load.failures, load.failures[:5]
     assert load.ok > 10
-    # Converged with the rolled-out data: nothing left for a plain deploy of that node to do.
-    again = deploy("--limit", "gpu-node-1", "--data", f"nvidia_driver_version={other}",
-                   "--data", f"vllm_replicas={moved}")
-    assert again["rc"] == 0 and again["changed"] == {}, again
+    back = deploy("--limit", "gpu-node-1")  # gpu-node-2 keeps vllm_max_model_len=384 (module docstring)
+    assert back["rc"] == 0 and back["changed"] == {}, back
