@@ -31,10 +31,14 @@ CATALOG = [
     ("hold-removed", NODE, "apt-mark unhold libnccl2", "NCCL pin on the host: apt-mark hold libnccl2", None),
     ("nccl-pin-removed", NODE, "rm /etc/apt/preferences.d/gpufleet-nccl",
      "NCCL pin on the host: /etc/apt/preferences.d/gpufleet-nccl: missing", None),
+    # Put back as it was (Docker never reread it): a deploy's repair restarts Docker, which
+    # test_gpu_stack.py's daemon.json test does already.
     ("nvidia-runtime-removed", NODE,
+     "cp -p /etc/docker/daemon.json /root/daemon.json.bak && "
      "python3 -c \"import json;p='/etc/docker/daemon.json';d=json.load(open(p));d.pop('runtimes');"
      "json.dump(d,open(p,'w'))\"",
-     "Docker daemon.json: nvidia runtime: /etc/docker/daemon.json: content differs", None),
+     "Docker daemon.json: nvidia runtime: /etc/docker/daemon.json: content differs",
+     "mv /root/daemon.json.bak /etc/docker/daemon.json"),
     ("container-stopped", NODE, "docker stop milvus-standalone", "docker start milvus-standalone", None),
     ("container-recreated-with-another-flag", NODE,
      "img=$(docker inspect --format '{{.Config.Image}}' milvus-standalone); docker rm -f milvus-standalone && "
