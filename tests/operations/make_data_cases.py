@@ -41,6 +41,18 @@ emb = milvus_specs("embedded", IMG, "10.0.0.5")
 std = milvus_specs("standalone", IMG, "10.0.0.5")
 emb_kw = {"mode": "embedded", "image": IMG, "address": "10.0.0.5"}
 std_kw = {"mode": "standalone", "image": IMG, "address": "10.0.0.5"}
+# The three standalone containers running the default specs (the converged host).
+STD_RUNNING = states(**{"milvus-etcd": running(std[0].digest(), std[0].image),
+                        "milvus-minio": running(std[1].digest(), std[1].image),
+                        "milvus-standalone": running(std[2].digest(), IMG)})
+
+
+def recreated_with_credentials(generation, specs):
+    """A credentials file written, then MinIO and Milvus recreated with it (etcd untouched)."""
+    return [credentials_command(MINIO_ENV, generation),
+            "docker stop milvus-minio >/dev/null; docker rm -f milvus-minio >/dev/null", specs[1].run_command(),
+            "docker stop milvus-standalone >/dev/null; docker rm -f milvus-standalone >/dev/null",
+            specs[2].run_command()]
 
 write("milvus.standalone", "embedded_fresh_host_runs_one_container", {
     "kwargs": emb_kw,
@@ -60,43 +72,27 @@ write("milvus.standalone", "standalone_fresh_host_runs_etcd_minio_milvus_on_priv
                  std[1].run_command(), std[2].run_command()]})
 write("milvus.standalone", "standalone_converged_is_noop", {
     "kwargs": std_kw,
-    "facts": {"docker.DockerNetwork": NET, **creds(1), "docker.ContainerState": states(**{
-        "milvus-etcd": running(std[0].digest(), std[0].image), "milvus-minio": running(std[1].digest(), std[1].image),
-        "milvus-standalone": running(std[2].digest(), IMG)})},
+    "facts": {"docker.DockerNetwork": NET, **creds(1), "docker.ContainerState": STD_RUNNING},
     "commands": [], "noop_description": "milvus (standalone) runs as declared on 10.0.0.5:19530"})
 write("milvus.standalone", "lost_credentials_file_is_regenerated_and_minio_and_milvus_recreated_together", {
     "kwargs": std_kw,
-    "facts": {"docker.DockerNetwork": NET, **creds(None), "docker.ContainerState": states(**{
-        "milvus-etcd": running(std[0].digest(), std[0].image), "milvus-minio": running(std[1].digest(), std[1].image),
-        "milvus-standalone": running(std[2].digest(), IMG)})},
-    "commands": [credentials_command(MINIO_ENV, 1),
-                 "docker stop milvus-minio >/dev/null; docker rm -f milvus-minio >/dev/null", std[1].run_command(),
-                 "docker stop milvus-standalone >/dev/null; docker rm -f milvus-standalone >/dev/null",
-                 std[2].run_command()]})
+    "facts": {"docker.DockerNetwork": NET, **creds(None), "docker.ContainerState": STD_RUNNING},
+    "commands": recreated_with_credentials(1, std)})
 rotated = milvus_specs("standalone", IMG, "10.0.0.5", credentials_generation=2)
 write("milvus.standalone", "raised_credentials_generation_rotates_them_and_recreates_minio_and_milvus", {
     "kwargs": {**std_kw, "credentials_generation": 2},
-    "facts": {"docker.DockerNetwork": NET, **creds(1), "docker.ContainerState": states(**{
-        "milvus-etcd": running(std[0].digest(), std[0].image), "milvus-minio": running(std[1].digest(), std[1].image),
-        "milvus-standalone": running(std[2].digest(), IMG)})},
-    "commands": [credentials_command(MINIO_ENV, 2),
-                 "docker stop milvus-minio >/dev/null; docker rm -f milvus-minio >/dev/null", rotated[1].run_command(),
-                 "docker stop milvus-standalone >/dev/null; docker rm -f milvus-standalone >/dev/null",
-                 rotated[2].run_command()]})
+    "facts": {"docker.DockerNetwork": NET, **creds(1), "docker.ContainerState": STD_RUNNING},
+    "commands": recreated_with_credentials(2, rotated)})
 new_img = "milvusdb/milvus:v2.6.12"
 std_new = milvus_specs("standalone", new_img, "10.0.0.5")
 write("milvus.standalone", "changed_image_recreates_only_milvus", {
     "kwargs": {**std_kw, "image": new_img},
-    "facts": {"docker.DockerNetwork": NET, **creds(1), "docker.ContainerState": states(**{
-        "milvus-etcd": running(std[0].digest(), std[0].image), "milvus-minio": running(std[1].digest(), std[1].image),
-        "milvus-standalone": running(std[2].digest(), IMG)})},
+    "facts": {"docker.DockerNetwork": NET, **creds(1), "docker.ContainerState": STD_RUNNING},
     "commands": ["docker stop milvus-standalone >/dev/null; docker rm -f milvus-standalone >/dev/null",
                  std_new[2].run_command()]})
 write("milvus.standalone", "switch_to_embedded_removes_etcd_and_minio", {
     "kwargs": emb_kw,
-    "facts": {**CFG_FACTS, "docker.ContainerState": states(**{
-        "milvus-etcd": running(std[0].digest(), std[0].image), "milvus-minio": running(std[1].digest(), std[1].image),
-        "milvus-standalone": running(std[2].digest(), IMG)})},
+    "facts": {**CFG_FACTS, "docker.ContainerState": STD_RUNNING},
     "commands": ["docker rm -f milvus-etcd >/dev/null", "docker rm -f milvus-minio >/dev/null",
                  "docker stop milvus-standalone >/dev/null; docker rm -f milvus-standalone >/dev/null",
                  emb[0].run_command()]})
