@@ -14,8 +14,8 @@ from pyinfra.operations.util import any_changed
 from gpufleet.deploy_args import replica_model_args, vllm_image_args, weights_args
 from gpufleet.deploying import fleet_for, host_settings
 from gpufleet.fleet import replicas_of
-from operations import (app, distro_packages, docker_daemon, loadbalancer, milvus, monitoring, node_exporter, nvidia,
-                        pinned_apt, preflight, vllm, weights)
+from operations import (app, distro_packages, docker_daemon, loadbalancer, milvus, milvus_users, monitoring,
+                        node_exporter, nvidia, pinned_apt, preflight, vllm, weights)
 from operations.deploy_lock import take_deploy_lock
 from operations.fact_prefetch import prefetch_facts
 from operations.serving_gate import REPLICAS, ServingGate
@@ -121,9 +121,18 @@ if "vector_db" in host.groups:
                       etcd_volume=settings.milvus_etcd_volume, minio_volume=settings.milvus_minio_volume,
                       network=settings.milvus_network,
                       credentials_generation=settings.milvus_minio_credentials_generation,
-                      seccomp_unconfined=settings.milvus_seccomp_unconfined)
+                      seccomp_unconfined=settings.milvus_seccomp_unconfined,
+                      root_password_file=settings.milvus_root_password_file)  # validated: None iff auth is off
     milvus.ready(name="Milvus healthy (/healthz)", address=milvus_address,
                  health_port=settings.milvus_health_port, timeout=settings.milvus_ready_timeout_s)
+    if settings.milvus_root_password_file:
+        # Root's password and the app's user live in Milvus's metadata: set through its API, from the
+        # control host (operations/milvus_users.py), once Milvus answers.
+        app_collections = sorted({n.settings.app_collection for n in fleet.nodes if n.settings.app_image})
+        milvus_users.users(name="Milvus users: root and the RAG app's", address=fleet.hosts[host.name].milvus_address,
+                           port=settings.milvus_port, root_password_file=settings.milvus_root_password_file,
+                           app_user=settings.milvus_app_user if app_collections else None,
+                           app_password_file=settings.milvus_app_password_file, collections=app_collections)
 
 # --- GPU nodes: the RAG app, then the vLLM replicas -----------------------------------------------
 if "gpu_nodes" in host.groups:
@@ -144,7 +153,11 @@ if "gpu_nodes" in host.groups:
                       vllm_address=vllm_address, vllm_port=vllm_port, model=settings.vllm_served_model_name,
                       milvus_address=db.milvus_address, milvus_port=db.settings.milvus_port,
                       collection=settings.app_collection, top_k=settings.app_top_k, env=settings.app_env,
-                      api_key_file=settings.vllm_api_key_file)
+                      api_key_file=settings.vllm_api_key_file,
+                      # The Milvus host's settings hold Milvus's users (validated: a password file when auth is on).
+                      milvus_user=db.settings.milvus_app_user if db.settings.milvus_root_password_file else None,
+                      milvus_password_file=(db.settings.milvus_app_password_file
+                                            if db.settings.milvus_root_password_file else None))
         app.ready(name="RAG app healthy (/health)", address=app_address, port=settings.app_port,
                   timeout=settings.app_ready_timeout_s)
 

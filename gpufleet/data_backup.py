@@ -8,6 +8,10 @@ every collection with pymilvus (gpufleet/milvus_dump.py says why a logical expor
   ``$GPUFLEET_STATE_DIR/backups``, default ``~/.local/state/gpufleet/backups``), owner-only (the
   documents are the fleet's data). It is written as ``<time>.partial`` and renamed when the
   manifest is complete: a directory without ``.partial`` is a whole backup.
+- With Milvus authentication on, the child logs in as ``root`` with the Milvus host's
+  ``milvus_root_password_file`` (read on the control host, handed to the child in its environment,
+  ``MILVUS_USER``/``MILVUS_PASSWORD``: never on a command line, never printed): a backup reads every
+  collection and a restore creates them, which the app's user may not.
 - A restore checks every file against the manifest's sha256 and refuses collections that exist
   with rows (``--replace`` drops them first) before it writes anything; then it compares each
   collection's row count with the manifest's.
@@ -44,12 +48,16 @@ def backup_dirs(inventory: str, to: str | None = None) -> list[Path]:
                   and (p / "manifest.json").is_file())
 
 
-def _dump(action: str, port: int, directory: Path | None = None, replace: bool = False) -> dict[str, Any]:
+def _dump(action: str, port: int, directory: Path | None = None, replace: bool = False,
+          root_password_file: str | None = None) -> dict[str, Any]:
     command = [sys.executable, "-W", "ignore", "-m", "gpufleet.milvus_dump", action,
                "--uri", f"http://127.0.0.1:{port}"] + (["--dir", str(directory)] if directory else [])
     if replace:
         command.append("--replace")
-    run = subprocess.run(command, capture_output=True, text=True, timeout=6 * 3600)
+    env = {k: v for k, v in os.environ.items() if k not in ("MILVUS_USER", "MILVUS_PASSWORD")}
+    if root_password_file:  # the settings checked it: one non-empty line
+        env.update(MILVUS_USER="root", MILVUS_PASSWORD=Path(root_password_file).expanduser().read_text().strip())
+    run = subprocess.run(command, capture_output=True, text=True, timeout=6 * 3600, env=env)
     if run.returncode != 0:  # a refusal's lines, or the error's last lines (pymilvus says a lot)
         lines = run.stderr.strip().splitlines() or ["(no output)"]
         raise BackupError("\n".join(lines if "refused" in run.stderr else lines[-3:]))
@@ -118,7 +126,7 @@ def backup(inventory: str, to: str | None = None, overrides: dict[str, Any] | No
                           "this second; try again")
 
     def work(fleet, db, port):
-        counts = _dump("export", port, partial)
+        counts = _dump("export", port, partial, root_password_file=db.settings.milvus_root_password_file)
         manifest = json.loads((partial / "manifest.json").read_text())
         manifest["source"] = {"inventory": inventory, "host": db.name, "milvus_mode": db.settings.milvus_mode}
         write_private(partial / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
@@ -141,7 +149,8 @@ def restore(inventory: str, source: str, replace: bool = False,
     directory = Path(source).expanduser()
     if not (directory / "manifest.json").is_file():
         raise BackupError(f"{directory} holds no manifest.json: not a gpufleet backup (or an unfinished one)")
-    result = _on_milvus_host(inventory, overrides, lambda fleet, db, port: _dump("restore", port, directory, replace))
+    result = _on_milvus_host(inventory, overrides, lambda fleet, db, port: _dump(
+        "restore", port, directory, replace, root_password_file=db.settings.milvus_root_password_file))
     wrong = {name: c for name, c in result.items() if c["rows"] != c["expected"]}
     if wrong:
         raise BackupError("restored, but the row counts differ from the backup's: "
@@ -151,7 +160,8 @@ def restore(inventory: str, source: str, replace: bool = False,
 
 def row_counts(inventory: str, overrides: dict[str, Any] | None = None) -> dict[str, int]:
     """Rows per collection of the fleet's Milvus now."""
-    return _on_milvus_host(inventory, overrides, lambda fleet, db, port: _dump("counts", port))
+    return _on_milvus_host(inventory, overrides, lambda fleet, db, port: _dump(
+        "counts", port, root_password_file=db.settings.milvus_root_password_file))
 
 
 def _remove(path: Path) -> None:

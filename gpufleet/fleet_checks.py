@@ -17,7 +17,9 @@ and each stands for a way a deploy went wrong without a word:
 - the data tier (group ``vector_db``: the Milvus host): the RAG app enabled with no Milvus host,
   more than one (Milvus standalone is one host; beyond it is Milvus's own distributed deployment
   on Kubernetes, which gpufleet does not run), or a Milvus host that is also a load balancer
-  (lb hosts run no Docker);
+  (lb hosts run no Docker); Milvus without authentication unless its data says
+  ``milvus_authentication = False`` (no root password file), the RAG app with no app password
+  file, or the app's user given root's password file;
 - replica names that are not unique in the fleet, a GPU node with ``gpu_count = 0``.
 
 Hosts named on the command line instead of in an inventory file (``gpufleet verify @local``)
@@ -188,6 +190,9 @@ def _data_tier_problems(hosts: list[tuple[str, list[str], dict[str, Any]]],
                                    f"a host in inventory group {VECTOR_DB_GROUP} to run the Milvus every app "
                                    "replica shares (a GPU node or a host of its own), or app_image = None")
                      for h in with_app]
+    db = next((valid[d] for d in databases[:1] if d in valid), None)
+    if db is not None:
+        problems += _auth_problems(db, bool(with_app))
     for lb in (h for h in valid.values() if h.is_lb and with_app):  # the lbs then serve the app on lb_app_port
         s = lb.settings
         taken = {s.lb_port: "lb_port", s.lb_status_port: "lb_status_port", s.prometheus_port: "prometheus_port",
@@ -197,3 +202,29 @@ def _data_tier_problems(hosts: list[tuple[str, list[str], dict[str, Any]]],
                                           f"a port not already used by {taken[s.lb_app_port]} (the nodes run the "
                                           "RAG app, which this load balancer serves on lb_app_port)"))
     return problems
+
+
+def _auth_problems(db: FleetHost, with_app: bool) -> list[SettingsIssue]:
+    """Milvus authentication on unless written off, with the secret files it needs (settings_data.py)."""
+    s = db.settings
+    if not s.milvus_authentication:
+        if s.milvus_root_password_file:
+            return [SettingsIssue(db.name, "milvus_authentication", False, "True when milvus_root_password_file is "
+                                  "set (or unset the file): the two disagree")]
+        return []
+    if not s.milvus_root_password_file:
+        return [SettingsIssue(db.name, "milvus_root_password_file", None,
+                              "a control-side file holding Milvus root's password on one line (absolute or ~/ path): "
+                              "Milvus runs with authentication; to run it without, say milvus_authentication = False")]
+    if not with_app:
+        return []
+    if not s.milvus_app_password_file:
+        return [SettingsIssue(db.name, "milvus_app_password_file", None,
+                              f"a control-side file holding the RAG app's Milvus password ({s.milvus_app_user}) on "
+                              "one line: the app logs in to a Milvus with authentication")]
+    from pathlib import Path
+
+    if Path(s.milvus_app_password_file).expanduser().resolve() == Path(s.milvus_root_password_file).expanduser().resolve():
+        return [SettingsIssue(db.name, "milvus_app_password_file", s.milvus_app_password_file,
+                              "a file other than milvus_root_password_file: the app's user must not know root's password")]
+    return []

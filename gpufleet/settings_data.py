@@ -18,6 +18,15 @@ that resolves to a loopback address (Debian maps the host name to 127.0.1.1) is 
 ``private_address`` to the host's private IP. "0.0.0.0" is accepted only when set explicitly,
 for hosts whose firewall already closes those ports to the world.
 
+Milvus authentication (``milvus_authentication``, on by default): root's password comes from
+``milvus_root_password_file`` and the RAG app's user (``milvus_app_user``) logs in with
+``milvus_app_password_file``, both *control-side* files of one line, checked like the HF token's
+(absolute or ``~/``, readable, one non-empty line) and 6 to 256 characters (Milvus's limits). The
+fleet checks (gpufleet/fleet_checks.py) refuse a Milvus host with authentication on and no root
+password file, and an app with no app password file: a fleet runs Milvus without authentication
+only when its data says ``milvus_authentication = False`` in so many words. The keys are read from
+the Milvus host's settings (group ``vector_db``); every node's app gets the app user from there.
+
 The RAG application (operations/app.py) is the operator's own image (``app_image``); None means
 no application container on the node.
 """
@@ -32,7 +41,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 VOLUME_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$"
 DOCKER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$"
 # What operations/app.py sets in the app's environment from the settings; app_env may not override it.
-APP_MANAGED_ENV = ("VLLM_API_URL", "VLLM_MODEL", "MILVUS_URI", "APP_PORT", "MILVUS_COLLECTION", "RAG_TOP_K")
+MILVUS_PASSWORD_LENGTH = (6, 256)  # Milvus's proxy.minPasswordLength / maxPasswordLength defaults
+APP_MANAGED_ENV = ("VLLM_API_URL", "VLLM_MODEL", "MILVUS_URI", "APP_PORT", "MILVUS_COLLECTION", "RAG_TOP_K",
+                   "MILVUS_USER")
 
 
 def check_pinned_image(v: str) -> str:
@@ -68,6 +79,12 @@ class DataSettings(BaseModel):
     # Docker's default seccomp profile unless a host's Milvus needs the upstream compose file's
     # seccomp:unconfined (it fails at start with "operation not permitted"): operations/milvus.py.
     milvus_seccomp_unconfined: bool = False
+    # Authentication: on unless written off. Control-side secret files (one line each), never values.
+    milvus_authentication: bool = True
+    milvus_root_password_file: str | None = None
+    milvus_app_password_file: str | None = None
+    # Milvus's user name rule: a letter, then letters, digits or underscores, at most 32 in all.
+    milvus_app_user: str = Field("gpufleet_app", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 
     # --- RAG application -------------------------------------------------------------------------
     app_image: str | None = None  # None: no application container
@@ -96,6 +113,19 @@ class DataSettings(BaseModel):
             raise ValueError("an IP address literal (or leave unset for the host's private_address)") from None
         if address.version != 4:
             raise ValueError("an IPv4 address (Docker publishes IPv6 differently)")
+        return v
+
+    @field_validator("milvus_root_password_file", "milvus_app_password_file")
+    @classmethod
+    def _milvus_password_file(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from gpufleet.settings_input import check_control_file
+
+        length = len(check_control_file(v).read_text(encoding="utf-8").strip())
+        if not MILVUS_PASSWORD_LENGTH[0] <= length <= MILVUS_PASSWORD_LENGTH[1]:
+            raise ValueError(f"a password of {MILVUS_PASSWORD_LENGTH[0]} to {MILVUS_PASSWORD_LENGTH[1]} characters "
+                             f"(Milvus's limits; it has {length})")
         return v
 
     @field_validator("app_env")

@@ -61,6 +61,11 @@ milvus_mode = "standalone"  # etcd + MinIO + Milvus, as Milvus's official standa
 milvus_etcd_image = "quay.io/coreos/etcd:v3.5.25"
 milvus_minio_image = "minio/minio:RELEASE.2024-05-28T17-19-04Z"
 milvus_port = 19530
+# Milvus authentication is on (gpufleet/settings_data.py): root's password and the RAG app's user's
+# come from these control-side files (one random line each, e.g. `openssl rand -hex 24`, mode 0600).
+# A fleet without them does not validate; milvus_authentication = False runs Milvus without, said out loud.
+milvus_root_password_file = "~/.config/gpufleet/milvus-root-password"
+milvus_app_password_file = "~/.config/gpufleet/milvus-app-password"
 lb_port = 80
 
 # --- monitoring on GPU nodes ---------------------------------------------------------------------

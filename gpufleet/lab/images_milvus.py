@@ -9,6 +9,15 @@ The image takes the real image's command (``milvus run standalone``) and ignores
 operations/milvus.py passes identical arguments in production and in the lab
 (lab/images/milvus/lab-milvus).
 
+Authentication works as with the real image: the Milvus 2.3.5 binary reads
+``COMMON_SECURITY_AUTHORIZATIONENABLED`` (operations/milvus.py) from its environment itself
+(Milvus's config takes ``A_B_C`` for ``a.b.c``, and milvus-server passes its environment on; checked
+with a container of this image and pymilvus: anonymous and wrong-password logins are refused), so
+lab-milvus maps nothing. ``COMMON_SECURITY_DEFAULTROOTPASSWORD`` (``defaultRootPassword``, Milvus
+>= 2.4) does not exist in 2.3.5: root starts with Milvus's default password, and the deploy's users
+step (operations/milvus_users.py) replaces it with the secret, as for any Milvus older than that
+setting. Nothing in the image changes for it (no rebuild).
+
 Python packages come from a wheelhouse downloaded on this machine (``pip download``, which also
 reads PIP_FIND_LINKS) into lab/.cache/ and are installed offline inside the image: HTTPS from inside
 containers fails certificate checks here, and an air-gapped site works the same way.

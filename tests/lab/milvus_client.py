@@ -11,12 +11,16 @@ Two ways to use it from a lab test:
 
   which prints the result as one JSON line and exits 0 only when every check passed.
 
+With Milvus authentication on it logs in as ``MILVUS_USER`` with ``MILVUS_PASSWORD`` from its
+environment (it creates and drops a collection of its own: root's work, not the app user's).
+
 Stdlib + pymilvus only (no project imports), so that piping works.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 import time
@@ -32,7 +36,8 @@ def insert_and_search(uri: str, count: int = 100, dim: int = 32, timeout: float 
     from pymilvus import MilvusClient
 
     started = time.monotonic()
-    client = MilvusClient(uri=uri, timeout=timeout)
+    client = MilvusClient(uri=uri, timeout=timeout, user=os.environ.get("MILVUS_USER", ""),
+                          password=os.environ.get("MILVUS_PASSWORD", ""))
     collection = f"gpufleet_check_{int(time.time() * 1000)}_{random.randrange(10**6)}"
     rng = random.Random(1234)
     vectors = []

@@ -4,6 +4,7 @@ RAG app shares, the app behind lb-1, and Milvus reachable only on its host's pri
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -38,6 +39,14 @@ def post(lb, path: str, body: dict) -> dict:
     text, _, code = out.stdout.rpartition("\n")
     assert code == "200", f"{path} answered {code}: {text[:500]}"
     return json.loads(text)
+
+
+def milvus_env(who: str) -> dict[str, str]:
+    """This process's environment plus MILVUS_USER/MILVUS_PASSWORD of the lab's ``root`` or ``app`` user
+    (read from the lab's control-side files: never on a command line)."""
+    data = lab_group_data()
+    user, key = ("root", "milvus_root_password_file") if who == "root" else ("gpufleet_app", "milvus_app_password_file")
+    return {**os.environ, "MILVUS_USER": user, "MILVUS_PASSWORD": Path(data[key]).read_text().strip()}
 
 
 def private_ip(node, name: str) -> str:
@@ -173,6 +182,64 @@ def test_milvus_listens_only_on_its_hosts_private_address(serving, fleet):
     assert "seccomp" in node.run("docker info --format '{{json .SecurityOptions}}'").stdout  # the engine has it
 
 
+# Each probe logs in (or not) and tries one thing; it prints what Milvus said, never a password.
+AUTH_PROBE = """
+import json, os, sys
+from pymilvus import MilvusClient
+
+def attempt(user, password, action):
+    try:
+        client = MilvusClient(uri=sys.argv[1], timeout=20, user=user, password=password)
+        action(client)
+        return "ok"
+    except Exception as exc:
+        text = str(exc)
+        for word in ("UNAUTHENTICATED", "PERMISSION_DENIED", "permission deny", "auth check failure"):
+            if word in text:
+                return "refused: " + word
+        return "error: " + type(exc).__name__
+
+app, root = os.environ["MILVUS_APP_PASSWORD"], os.environ["MILVUS_ROOT_PASSWORD"]
+print(json.dumps({
+    "anonymous": attempt("", "", lambda c: c.list_collections()),
+    "root with Milvus's default": attempt("root", "Milvus", lambda c: c.list_collections()),
+    "app with root's password": attempt("gpufleet_app", root, lambda c: c.list_collections()),
+    "root": attempt("root", root, lambda c: c.list_collections()),
+    "app searches its collection": attempt("gpufleet_app", app, lambda c: c.search(
+        "gpufleet_docs", [[0.0] * 255 + [1.0]], limit=1)),
+    "app drops its collection": attempt("gpufleet_app", app, lambda c: c.drop_collection("gpufleet_docs")),
+    "app creates a user": attempt("gpufleet_app", app, lambda c: c.create_user("intruder", "intruder-pw-1")),
+}))
+"""
+
+
+def test_milvus_has_no_default_credentials_and_the_app_user_only_its_grants(serving, fleet):
+    """Authentication is on (the container's COMMON_SECURITY_AUTHORIZATIONENABLED, a root-only env
+    file for root's first password), nobody gets in anonymously or with Milvus's default root
+    password, and the app's own user may search its collection but neither drop it nor make users."""
+    db = serving[fleet.vector_db.name]
+    env = db.run("docker inspect --format '{{range .Config.Env}}{{println .}}{{end}}' milvus-standalone").stdout
+    assert "COMMON_SECURITY_AUTHORIZATIONENABLED=true" in env.splitlines()
+    auth_file = db.file("/etc/gpufleet/milvus/auth.env")
+    assert auth_file.is_file and auth_file.mode == 0o600 and auth_file.user == "root"
+    for node in fleet.nodes:  # every app logs in as the app's user; its password is in the 0600 env file
+        app_env = serving[node.name].run("docker inspect --format '{{range .Config.Env}}{{println .}}{{end}}' rag-app")
+        assert "MILVUS_USER=gpufleet_app" in app_env.stdout.splitlines()
+        assert serving[node.name].file("/etc/gpufleet/rag-app.env").mode == 0o600
+    root, app = milvus_env("root"), milvus_env("app")
+    env = {**os.environ, "MILVUS_ROOT_PASSWORD": root["MILVUS_PASSWORD"], "MILVUS_APP_PASSWORD": app["MILVUS_PASSWORD"]}
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", AUTH_PROBE,
+                          f"http://{private_ip(db, fleet.vector_db.name)}:19530"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found == {
+        "anonymous": "refused: UNAUTHENTICATED", "root with Milvus's default": "refused: UNAUTHENTICATED",
+        "app with root's password": "refused: UNAUTHENTICATED", "root": "ok", "app searches its collection": "ok",
+        "app drops its collection": "refused: PERMISSION_DENIED", "app creates a user": "refused: PERMISSION_DENIED",
+    }, found
+
+
 def test_backup_then_lost_volumes_then_restore_gives_back_the_same_rows_and_answers(serving, fleet, tmp_path):
     """Ingest, back up, destroy Milvus's volume, deploy (an empty Milvus), restore: the same row
     counts, and the same top-k sources for a fixed set of questions."""
@@ -191,11 +258,12 @@ def test_backup_then_lost_volumes_then_restore_gives_back_the_same_rows_and_answ
 
     def top_ids() -> list[list]:  # per search: [score, id] of the top 5 above the 6th's score, then that score
         # In a child process: gRPC in this one would hang the next fork (gpufleet's subprocesses).
-        script = ("import importlib.util, json, sys\n"
+        script = ("import importlib.util, json, os, sys\n"
                   "from pymilvus import MilvusClient\n"
                   "spec = importlib.util.spec_from_file_location('rag', sys.argv[1])\n"
                   "rag = importlib.util.module_from_spec(spec); spec.loader.exec_module(rag)\n"
-                  "client = MilvusClient(uri=sys.argv[2], timeout=30)\n"
+                  "client = MilvusClient(uri=sys.argv[2], timeout=30, user=os.environ['MILVUS_USER'],\n"
+                  "                      password=os.environ['MILVUS_PASSWORD'])\n"
                   "found = client.search('gpufleet_docs', [rag.embed(q) for q in json.loads(sys.argv[3])], limit=10,\n"
                   "                      consistency_level='Strong', search_params={'params': {'ef': 256}})\n"
                   # The top 5 as far as scores decide it: the hashing embedding ties, and which of the
@@ -207,7 +275,8 @@ def test_backup_then_lost_volumes_then_restore_gives_back_the_same_rows_and_answ
                   "    out.append([r for r in ranked[:5] if r[0] > cut] + [cut])\n"
                   "print(json.dumps(out))\n")
         out = subprocess.run([sys.executable, "-W", "ignore", "-c", script, str(PROJECT_ROOT / "lab/images/rag-app/rag.py"),
-                              milvus_uri, json.dumps(searches)], capture_output=True, text=True, timeout=120)
+                              milvus_uri, json.dumps(searches)], capture_output=True, text=True, timeout=120,
+                             env=milvus_env("app"))  # the app's user: searching its collection is its job
         assert out.returncode == 0, out.stderr[-2000:]
         return json.loads(out.stdout)
 

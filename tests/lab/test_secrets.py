@@ -9,7 +9,10 @@ collects everything the operator and the nightly job would see:
    ``pyinfra -y --diff -v`` (the files are replaced atomically; the old values are never read back);
 3. ``gpufleet drift`` again with B, all four outputs.
 
-Then: no A or B value in any of those streams or report files, nor in any file the runs wrote on
+The lab's Milvus passwords (root's and the app user's, lab/.state) are searched for as well, in
+those streams and in the session's first deploy's output (which set them on Milvus).
+
+Then: no A, B or Milvus value in any of those streams or report files, nor in any file the runs wrote on
 the control host; on the node, the env files are root 0600, no temporary file is left (in
 /etc/gpufleet or /tmp), no process's arguments and no container's arguments hold a value; vLLM
 and the RAG app refuse requests without the key, and the app answers with it (it reaches vLLM
@@ -34,6 +37,7 @@ from pathlib import Path
 import pytest
 
 from gpufleet import PROJECT_ROOT
+from gpufleet.lab.topology import lab_group_data
 from tests.lab.conftest import BIN, LAB_INVENTORY, deploy, gpufleet, pyinfra
 
 NODE = "gpu-node-1"
@@ -134,8 +138,13 @@ def secret_run(deployed, hosts, tmp_path_factory):
     assert prep.rc == 0, prep.stderr
     outputs: dict[str, str] = {}
     keep = f"umask 077; sed -n 's/^[A-Z_]*=//p' {' '.join(ENV_FILES)} >> {PATTERNS}"
-    result = {"node": node, "values": list(values.values()), "outputs": outputs, "control": control,
-              "skip": set(files.values())}
+    # The lab's Milvus passwords (root's, the app user's: control-side files in lab/.state) are
+    # searched for too: the app's env file holds the app's, and the session's first deploy set root's.
+    milvus_files = [Path(lab_group_data()[k]) for k in ("milvus_root_password_file", "milvus_app_password_file")]
+    milvus_values = [f.read_text().strip() for f in milvus_files]
+    outputs["session's first deploy (Milvus users)"] = deployed["stderr"]
+    result = {"node": node, "values": [*values.values(), *milvus_values], "outputs": outputs, "control": control,
+              "skip": {*files.values(), *milvus_files}}
     try:
         # Results are kept in plain locals: pytest's assertion messages show the objects they come from.
         first = pyinfra("--diff", "-vvv", "--limit", NODE, LAB_INVENTORY, "deploy.py", *data_a)
@@ -168,8 +177,11 @@ def secret_run(deployed, hosts, tmp_path_factory):
         node.run(f"rm -f {PATTERNS}")
         restored = deploy("--limit", NODE, *window)
         assert restored["rc"] == 0, restored["stderr"][-3000:]
-        for path in ENV_FILES:
+        for path in ENV_FILES[:2]:
             assert not node.file(path).exists, f"{path} left after a deploy without secrets"
+        # The app's env file stays, with the Milvus password alone (Milvus authentication is on in the lab).
+        left = node.run(f"sed 's/=.*//' {ENV_FILES[2]}").stdout.split()
+        assert left == ["MILVUS_PASSWORD"], left
 
 
 def test_no_value_in_any_output_or_report(secret_run):
@@ -220,8 +232,9 @@ def test_secret_files_are_root_0600_with_nothing_left_behind(secret_run):
     new_in_tmp = node.run(f"find /tmp /var/tmp -xdev -type f -newer {MARKER}").stdout.split()
     staged = [p for p in new_in_tmp if "gpufleet" in p or p.endswith(".env") or "_tempfile" in p]
     assert staged == [], staged
-    # Both values of each kind were on the node at some time, and the node holds B now.
-    assert len(node.run(f"sort -u {PATTERNS}").stdout.split()) == 4
+    # Both values of each kind were on the node at some time, and the node holds B now; and the
+    # app's Milvus password, the same throughout.
+    assert len(node.run(f"sort -u {PATTERNS}").stdout.split()) == 5
 
 
 def test_no_value_in_processes_or_container_arguments(secret_run):

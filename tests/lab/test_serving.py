@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -55,11 +58,14 @@ def test_rag_app_answers_a_query_from_milvus_and_vllm(serving):
 def test_milvus_is_healthy_and_stores_and_finds_vectors(serving):
     node = serving["gpu-node-2"]
     assert node.run("curl -fsS http://gpu-node-2:9091/healthz").stdout.strip() == "OK"
-    client = (Path(__file__).parent / "milvus_client.py").read_text()
-    node.run(f"cat > /root/milvus_client.py <<'PYEOF'\n{client}\nPYEOF")
+    # As root (a collection of its own, created and dropped: more than the app's user may), from this
+    # machine on the lab network, in a child process with the password in its environment only.
     ip = node.run("getent ahostsv4 gpu-node-2 | awk 'NR==1{print $1}'").stdout.strip()
-    out = node.run(f"docker exec -i rag-app /opt/rag/bin/python - http://{ip}:19530 < /root/milvus_client.py")
-    assert out.rc == 0, out.stderr
+    root = lab_group_data()["milvus_root_password_file"]
+    env = {**os.environ, "MILVUS_USER": "root", "MILVUS_PASSWORD": Path(root).read_text().strip()}
+    out = subprocess.run([sys.executable, "-W", "ignore", str(Path(__file__).parent / "milvus_client.py"),
+                          f"http://{ip}:19530"], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stdout[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["ok"] is True and result["inserted"] == 100
     assert result["found_self"] == len(result["checked"]) == 5

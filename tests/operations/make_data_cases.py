@@ -11,8 +11,9 @@ from pathlib import Path
 
 sys.path.insert(0, ".")
 from operations import secrets  # noqa: E402
-from operations.app import API_KEY_VARIABLES, app_spec, env_file_path  # noqa: E402
-from operations.milvus import EMBED_ETCD_YAML, MINIO_ENV, credentials_command, milvus_specs, wait_commands  # noqa: E402
+from operations.app import API_KEY_VARIABLES, MILVUS_PASSWORD_VARIABLE, app_spec, env_file_path  # noqa: E402
+from operations.milvus import (AUTH_ENV, EMBED_ETCD_YAML, MINIO_ENV, ROOT_PASSWORD_VARIABLE,  # noqa: E402
+                               credentials_command, milvus_specs, wait_commands)
 
 T = Path("tests/operations")
 IMG = "milvusdb/milvus:v2.6.11"
@@ -35,6 +36,9 @@ def creds(generation):
 def states(**kw):
     return {f"container={k}": v for k, v in kw.items()}
 def write(folder, name, case):
+    if folder == "milvus.standalone" and "exception" not in case:
+        # Without a root password file the operation makes sure Milvus's auth env file is absent.
+        case["facts"]["files.File"] = {f"path={AUTH_ENV}": None, **case["facts"].get("files.File", {})}
     (T / folder / f"{name}.json").write_text(json.dumps(case, indent=2) + "\n")
 
 emb = milvus_specs("embedded", IMG, "10.0.0.5")
@@ -107,6 +111,46 @@ write("milvus.standalone", "loopback_resolution_refused", {
     "facts": {"net.ResolvedAddress": {"name_or_ip=gpu-node-1": "127.0.1.1"}},
     "exception": {"name": "OperationError", "message": "'gpu-node-1' resolves to 127.0.1.1 (loopback) on the host: other hosts could not reach it. Set private_address (or the *_bind_address setting) to the host's private IP"}})
 
+# Authentication on: Milvus with COMMON_SECURITY_AUTHORIZATIONENABLED=true and --env-file AUTH_ENV,
+# which holds COMMON_SECURITY_DEFAULTROOTPASSWORD (written 0600, content on stdin, never in a command).
+ROOT_FILE = "tests/fixtures/vllm/api-key"  # any one-line file stands for the root password file
+auth_text = secrets.env_text({ROOT_PASSWORD_VARIABLE: ROOT_FILE})
+auth_write = {"_stdin": base64.b64encode(auth_text.encode()).decode() + "\n", "_get_pty": False,
+              "command": secrets.write_command(AUTH_ENV)}
+AUTH_PRESENT = {"files.File": {f"path={AUTH_ENV}": {"mode": 600, "user": "root", "group": "root"}},
+                "files.Sha256File": {f"path={AUTH_ENV}": hashlib.sha256(auth_text.encode()).hexdigest()}}
+std_auth = milvus_specs("standalone", IMG, "10.0.0.5", authentication=True)
+emb_auth = milvus_specs("embedded", IMG, "10.0.0.5", authentication=True)
+write("milvus.standalone", "auth_on_writes_root_password_env_file_and_recreates_only_milvus", {
+    "kwargs": {**std_kw, "root_password_file": ROOT_FILE},
+    "facts": {"docker.DockerNetwork": NET, **creds(1), "docker.ContainerState": STD_RUNNING},
+    "commands": [auth_write, "docker stop milvus-standalone >/dev/null; docker rm -f milvus-standalone >/dev/null",
+                 std_auth[2].run_command()]})
+write("milvus.standalone", "auth_on_converged_is_noop", {
+    "kwargs": {**std_kw, "root_password_file": ROOT_FILE},
+    "facts": {"docker.DockerNetwork": NET, **creds(1), **AUTH_PRESENT, "docker.ContainerState": states(**{
+        "milvus-etcd": running(std_auth[0].digest(), std_auth[0].image),
+        "milvus-minio": running(std_auth[1].digest(), std_auth[1].image),
+        "milvus-standalone": running(std_auth[2].digest(), IMG)})},
+    "commands": [], "noop_description": "milvus (standalone) runs as declared on 10.0.0.5:19530"})
+# A changed root password file rewrites the env file but does not recreate Milvus: Milvus reads the
+# password only when it first creates root (operations/milvus_users.py changes a running one's).
+write("milvus.standalone", "auth_root_password_changed_rewrites_file_without_recreating", {
+    "kwargs": {**emb_kw, "root_password_file": ROOT_FILE},
+    "facts": {**CFG_FACTS, "files.File": {**CFG_FACTS["files.File"], **AUTH_PRESENT["files.File"]},
+              "files.Sha256File": {f"path={AUTH_ENV}": "0" * 64},
+              "docker.ContainerState": states(**{"milvus-etcd": ABSENT, "milvus-minio": ABSENT,
+                                                 "milvus-standalone": running(emb_auth[0].digest(), IMG)})},
+    "commands": [auth_write]})
+write("milvus.standalone", "auth_off_removes_root_password_file_and_recreates", {
+    "kwargs": emb_kw,
+    "facts": {**CFG_FACTS, "files.File": {**CFG_FACTS["files.File"], **AUTH_PRESENT["files.File"]},
+              "docker.ContainerState": states(**{"milvus-etcd": ABSENT, "milvus-minio": ABSENT,
+                                                 "milvus-standalone": running(emb_auth[0].digest(), IMG)})},
+    "commands": [f"rm -f {AUTH_ENV}",
+                 "docker stop milvus-standalone >/dev/null; docker rm -f milvus-standalone >/dev/null",
+                 emb[0].run_command()]})
+
 write("milvus.ready", "healthy_is_noop", {
     "kwargs": {"address": "10.0.0.5", "health_port": 9091, "timeout": 180},
     "facts": {"net.HttpOk": {"url=http://10.0.0.5:9091/healthz": True}},
@@ -152,6 +196,20 @@ write("app.container", "api_key_off_removes_env_file_and_recreates", {
               "docker.ContainerState": states(**{"rag-app": running(keyed.digest(), APP_IMG)})},
     "commands": [f"rm -f {APP_ENV}", "docker stop -t 30 rag-app >/dev/null; docker rm -f rag-app >/dev/null",
                  a.run_command()]})
+# Milvus authentication: MILVUS_USER in the environment (a name), MILVUS_PASSWORD in the app's 0600
+# env file beside the API keys; the container is recreated.
+MILVUS_PW_FILE = "tests/fixtures/vllm/api-key"  # any one-line file stands for the app's Milvus password file
+both_text = secrets.env_text({**dict.fromkeys(API_KEY_VARIABLES, KEY_FILE), MILVUS_PASSWORD_VARIABLE: MILVUS_PW_FILE})
+milvus_auth = app_spec(APP_IMG, "10.0.0.5", 8080, "http://10.0.0.5:8000/v1", "qwen3-32b-awq", "http://10.0.0.5:19530",
+                       env_files={APP_ENV: secrets.content_digest(both_text)}, milvus_user="gpufleet_app")
+write("app.container", "milvus_auth_user_in_env_password_in_env_file_and_recreates", {
+    "kwargs": {**app_kw, "api_key_file": KEY_FILE, "milvus_user": "gpufleet_app", "milvus_password_file": MILVUS_PW_FILE},
+    "facts": {"files.File": {f"path={APP_ENV}": {"mode": 600, "user": "root", "group": "root"}},
+              "files.Sha256File": {f"path={APP_ENV}": hashlib.sha256(key_text.encode()).hexdigest()},
+              "docker.ContainerState": states(**{"rag-app": running(keyed.digest(), APP_IMG)})},
+    "commands": [{"_stdin": base64.b64encode(both_text.encode()).decode() + "\n", "_get_pty": False,
+                  "command": secrets.write_command(APP_ENV)},
+                 "docker stop -t 30 rag-app >/dev/null; docker rm -f rag-app >/dev/null", milvus_auth.run_command()]})
 lb = app_spec(APP_IMG, "10.0.0.5", 8080, "http://10.0.1.10:80/v1", "qwen3-32b-awq", "http://10.0.0.5:19530")
 write("app.container", "lb_target_recreates_with_lb_url", {
     "kwargs": {**app_kw, "vllm_address": "lb-1", "vllm_port": 80},

@@ -15,8 +15,10 @@ Configuration (environment; operations/app.py sets it):
     VLLM_API_KEY       sent to vLLM as ``Authorization: Bearer`` (vLLM's --api-key / VLLM_API_KEY)
     APP_API_KEY        required from clients as ``Authorization: Bearer`` on every request but
                        ``GET /health``; unset: no authentication (a lab or a trusted network only)
+    MILVUS_USER        the app's Milvus user, and MILVUS_PASSWORD its password (Milvus with
+                       authentication); unset: Milvus without authentication
 
-Both keys come from a root-only env file (``docker run --env-file``, operations/app.py), never
+The keys and MILVUS_PASSWORD come from a root-only env file (``docker run --env-file``, operations/app.py), never
 from a command line; the app never logs or returns them. With vLLM's key on, the deploy sets
 APP_API_KEY to the same key, so :8080 is no unauthenticated way to the model.
 
@@ -78,6 +80,9 @@ MILVUS_WAIT_S = float(os.environ.get("MILVUS_WAIT_S", "600"))
 MILVUS_RETRY_S = float(os.environ.get("MILVUS_RETRY_S", "90"))
 VLLM_API_KEY = os.environ.get("VLLM_API_KEY", "").strip()
 APP_API_KEY = os.environ.get("APP_API_KEY", "").strip()
+# Milvus with authentication: the app's own user (the deploy's env file holds the password).
+MILVUS_USER = os.environ.get("MILVUS_USER", "").strip()
+MILVUS_PASSWORD = os.environ.get("MILVUS_PASSWORD", "").strip()
 
 
 class State:
@@ -102,7 +107,7 @@ def index_documents() -> None:
     deadline = time.monotonic() + MILVUS_WAIT_S
     while True:
         try:
-            client = MilvusClient(uri=MILVUS_URI, timeout=10)
+            client = MilvusClient(uri=MILVUS_URI, timeout=10, user=MILVUS_USER, password=MILVUS_PASSWORD)
             if not client.has_collection(COLLECTION):
                 client.create_collection(COLLECTION, dimension=EMBED_DIM, metric_type="COSINE",
                                          consistency_level="Strong")

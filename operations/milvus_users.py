@@ -1,0 +1,94 @@
+"""Milvus's users on the fleet's Milvus host: root's password and the RAG app's user, from secret files.
+
+Milvus keeps its users in its own metadata, reachable only through its API, and the Milvus image
+has no client: so this operation runs pymilvus on the control host, in a child process
+(``python -m gpufleet.milvus_users``, which says what it checks and changes), through a port
+forwarded over the SSH connection pyinfra already holds to the Milvus host
+(gpufleet/milvus_tunnel.py; a host without an SSH connection, ``@local``, is reached directly).
+The child reads the passwords from their control-side files; this operation's arguments, the
+child's command line and everything printed name the files, never a value.
+
+Idempotent by asking first: when root logs in with its secret, the app's user logs in with its
+own, and the app's role has its grants, nothing is yielded (``host.noop``) and pyinfra reports no
+change. Otherwise one function command makes it so, after the health gate (``milvus.ready``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from contextlib import contextmanager
+
+from pyinfra import host, logger
+from pyinfra.api import FunctionCommand, OperationError, operation
+
+CHILD_TIMEOUT_S = 300
+
+
+@contextmanager
+def _reachable(target_host, address: str, port: int):
+    """``http://127.0.0.1:<local port>`` forwarded to ``address:port`` over ``target_host``'s SSH session."""
+    client = getattr(target_host.connector, "client", None)
+    if client is None or client.get_transport() is None:
+        yield f"http://{address}:{int(port)}"
+        return
+    from gpufleet.milvus_tunnel import forwarded
+
+    with forwarded(target_host, address, port) as local_port:
+        yield f"http://127.0.0.1:{local_port}"
+
+
+def _child(action: str, uri: str, root_password_file: str, app_user: str | None, app_password_file: str | None,
+           collections: list[str]) -> dict:
+    command = [sys.executable, "-W", "ignore", "-m", "gpufleet.milvus_users", action, "--uri", uri,
+               "--root-password-file", root_password_file]
+    if app_user:
+        command += ["--app-user", app_user, "--app-password-file", app_password_file or ""]
+        command += [arg for c in collections for arg in ("--collection", c)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+    if run.returncode != 0:  # the child's last line says what Milvus refused (pymilvus logs a lot before it)
+        lines = run.stderr.strip().splitlines() or ["(no output)"]
+        raise OperationError(f"Milvus users ({action}): {lines[-1]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _apply(address, port, root_password_file, app_user, app_password_file, collections) -> None:
+    """At execute time, on the host's greenlet (pyinfra's ``host`` is the Milvus host)."""
+    with _reachable(host, address, port) as uri:
+        made = _child("apply", uri, root_password_file, app_user, app_password_file, collections)
+    for change in made["changes"]:
+        logger.info(f"{host.print_prefix}milvus users: {change}")
+
+
+@operation()
+def users(address: str, port: int, root_password_file: str, app_user: str | None = None,
+          app_password_file: str | None = None, collections: list[str] | None = None):
+    """
+    Make Milvus's root log in with its secret, and the app's user exist with its own and its grants.
+
+    + address / port: where Milvus listens, as the Milvus host reaches it (its published address)
+    + root_password_file: *control-side* file with root's password (``milvus_root_password_file``)
+    + app_user: the RAG app's Milvus user (``milvus_app_user``); None: no app user
+    + app_password_file: *control-side* file with its password (``milvus_app_password_file``)
+    + collections: the app collections its role gets collection privileges on
+
+    Root with Milvus's default password is given the secret; root refusing both stops the deploy
+    with that said (never a password). Nothing to do: no command, no change.
+
+    **Example:**
+
+    .. code:: python
+
+        milvus_users.users(name="Milvus users", address="10.0.0.5", port=19530,
+                           root_password_file="~/.config/gpufleet/milvus-root-password",
+                           app_user="gpufleet_app", app_password_file="~/.config/gpufleet/milvus-app-password",
+                           collections=["gpufleet_docs"])
+    """
+    collections = sorted(collections or [])
+    with _reachable(host, address, port) as uri:
+        found = _child("check", uri, root_password_file, app_user, app_password_file, collections)
+    if not found.get("unreachable") and not found["changes"]:
+        host.noop(f"milvus users as declared (root, {app_user or 'no app user'})")
+        return
+    yield FunctionCommand(_apply, (address, port, root_password_file, app_user, app_password_file, collections), {})
