@@ -204,6 +204,23 @@ def _data_tier_problems(hosts: list[tuple[str, list[str], dict[str, Any]]],
     return problems
 
 
+MILVUS_PASSWORD_LENGTH = (6, 256)  # Milvus's proxy.minPasswordLength / maxPasswordLength defaults
+
+
+def milvus_password_problem(path: str) -> str | None:
+    """What is wrong with a Milvus password file (never its content), or None."""
+    from gpufleet.settings_input import check_control_file
+
+    try:
+        length = len(check_control_file(path).read_text(encoding="utf-8").strip())
+    except ValueError as exc:
+        return str(exc)
+    low, high = MILVUS_PASSWORD_LENGTH
+    if not low <= length <= high:
+        return f"a password of {low} to {high} characters (Milvus's limits; it has {length})"
+    return None
+
+
 def _auth_problems(db: FleetHost, with_app: bool) -> list[SettingsIssue]:
     """Milvus authentication on unless written off, with the secret files it needs (settings_data.py)."""
     s = db.settings
@@ -216,8 +233,14 @@ def _auth_problems(db: FleetHost, with_app: bool) -> list[SettingsIssue]:
         return [SettingsIssue(db.name, "milvus_root_password_file", None,
                               "a control-side file holding Milvus root's password on one line (absolute or ~/ path): "
                               "Milvus runs with authentication; to run it without, say milvus_authentication = False")]
-    if not with_app:
-        return []
+    problems = []
+    for key in ("milvus_root_password_file", "milvus_app_password_file"):
+        path = getattr(s, key)
+        wrong = milvus_password_problem(path) if path and (with_app or key == "milvus_root_password_file") else None
+        if wrong:
+            problems.append(SettingsIssue(db.name, key, path, wrong))
+    if not with_app or problems:
+        return problems
     if not s.milvus_app_password_file:
         return [SettingsIssue(db.name, "milvus_app_password_file", None,
                               f"a control-side file holding the RAG app's Milvus password ({s.milvus_app_user}) on "

@@ -21,8 +21,9 @@ for hosts whose firewall already closes those ports to the world.
 Milvus authentication (``milvus_authentication``, on by default): root's password comes from
 ``milvus_root_password_file`` and the RAG app's user (``milvus_app_user``) logs in with
 ``milvus_app_password_file``, both *control-side* files of one line, checked like the HF token's
-(absolute or ``~/``, readable, one non-empty line) and 6 to 256 characters (Milvus's limits). The
-fleet checks (gpufleet/fleet_checks.py) refuse a Milvus host with authentication on and no root
+(absolute or ``~/``, readable, one non-empty line) and 6 to 256 characters (Milvus's limits): the
+path's form on every host, the content for the Milvus host's (the only one whose files are read;
+gpufleet/fleet_checks.py). The fleet checks also refuse a Milvus host with authentication on and no root
 password file, and an app with no app password file: a fleet runs Milvus without authentication
 only when its data says ``milvus_authentication = False`` in so many words. The keys are read from
 the Milvus host's settings (group ``vector_db``); every node's app gets the app user from there.
@@ -41,7 +42,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 VOLUME_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$"
 DOCKER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$"
 # What operations/app.py sets in the app's environment from the settings; app_env may not override it.
-MILVUS_PASSWORD_LENGTH = (6, 256)  # Milvus's proxy.minPasswordLength / maxPasswordLength defaults
 APP_MANAGED_ENV = ("VLLM_API_URL", "VLLM_MODEL", "MILVUS_URI", "APP_PORT", "MILVUS_COLLECTION", "RAG_TOP_K",
                    "MILVUS_USER")
 
@@ -117,15 +117,11 @@ class DataSettings(BaseModel):
 
     @field_validator("milvus_root_password_file", "milvus_app_password_file")
     @classmethod
-    def _milvus_password_file(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        from gpufleet.settings_input import check_control_file
-
-        length = len(check_control_file(v).read_text(encoding="utf-8").strip())
-        if not MILVUS_PASSWORD_LENGTH[0] <= length <= MILVUS_PASSWORD_LENGTH[1]:
-            raise ValueError(f"a password of {MILVUS_PASSWORD_LENGTH[0]} to {MILVUS_PASSWORD_LENGTH[1]} characters "
-                             f"(Milvus's limits; it has {length})")
+    def _milvus_password_path(cls, v: str | None) -> str | None:
+        # The form only: the content is checked for the Milvus host alone (fleet_checks.py), so that
+        # an ad-hoc target (`gpufleet verify @local` on a node) needs no Milvus secret on this machine.
+        if v is not None and not v.startswith(("/", "~")):
+            raise ValueError("an absolute or ~/ path outside the repository (secrets are never in the checkout)")
         return v
 
     @field_validator("app_env")
