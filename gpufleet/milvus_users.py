@@ -87,19 +87,12 @@ def role_name(app_user: str) -> str:
 
 
 def _held_grants(client, role: str) -> set[tuple[str, str, str]]:
-    from pymilvus import Role
-
-    held = set()
-    for grant in Role(role, using=client._using).list_grants().groups:
-        held.add((grant.object, grant.object_name, grant.privilege))
-    return held
+    return {(g["object_type"], g["object_name"], g["privilege"]) for g in client.describe_role(role)["privileges"]}
 
 
 def plan(uri: str, root_password: str, app_user: str | None, app_password: str | None,
          collections: list[str], fix: bool) -> list[str]:
     """What differs from the wanted users (``fix``: and change it); the list of changes."""
-    from pymilvus import Role
-
     changes: list[str] = []
     root = login(uri, ROOT, root_password)
     if root is None:
@@ -116,7 +109,8 @@ def plan(uri: str, root_password: str, app_user: str | None, app_password: str |
             raise Refused(f"Milvus at {uri} accepted a new password for {ROOT} but refuses it")
     if not app_user:
         return changes
-    if app_user not in root.list_users():
+    user_exists = app_user in root.list_users()
+    if not user_exists:
         changes.append(f"create user {app_user}")
         if fix:
             root.create_user(app_user, app_password)
@@ -130,7 +124,11 @@ def plan(uri: str, root_password: str, app_user: str | None, app_password: str |
         changes.append(f"create role {role}")
         if fix:
             root.create_role(role)
-    if (fix or role in root.list_roles()) and app_user not in Role(role, using=root._using).get_users():
+    if fix or (user_exists and role in root.list_roles()):
+        has_role = role in (root.describe_user(app_user) or {}).get("roles", ())
+    else:
+        has_role = False  # the user or the role is still to be made
+    if not has_role:
         changes.append(f"give {app_user} role {role}")
         if fix:
             root.grant_role(app_user, role)
