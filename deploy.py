@@ -122,17 +122,17 @@ if "vector_db" in host.groups:
                       network=settings.milvus_network,
                       credentials_generation=settings.milvus_minio_credentials_generation,
                       seccomp_unconfined=settings.milvus_seccomp_unconfined,
-                      root_password_file=settings.milvus_root_password_file)  # validated: None iff auth is off
+                      root_password_file=settings.milvus_root_secret())  # None: authentication off
     milvus.ready(name="Milvus healthy (/healthz)", address=milvus_address,
                  health_port=settings.milvus_health_port, timeout=settings.milvus_ready_timeout_s)
-    if settings.milvus_root_password_file:
+    if settings.milvus_root_secret():
         # Root's password and the app's user live in Milvus's metadata: set through its API, from the
         # control host (operations/milvus_users.py), once Milvus answers.
         app_collections = sorted({n.settings.app_collection for n in fleet.nodes if n.settings.app_image})
         milvus_users.users(name="Milvus users: root and the RAG app's", address=fleet.hosts[host.name].milvus_address,
-                           port=settings.milvus_port, root_password_file=settings.milvus_root_password_file,
+                           port=settings.milvus_port, root_password_file=settings.milvus_root_secret(),
                            app_user=settings.milvus_app_user if app_collections else None,
-                           app_password_file=settings.milvus_app_password_file, collections=app_collections)
+                           app_password_file=settings.milvus_app_secret(), collections=app_collections)
 
 # --- GPU nodes: the RAG app, then the vLLM replicas -----------------------------------------------
 if "gpu_nodes" in host.groups:
@@ -155,9 +155,8 @@ if "gpu_nodes" in host.groups:
                       collection=settings.app_collection, top_k=settings.app_top_k, env=settings.app_env,
                       api_key_file=settings.vllm_api_key_file,
                       # The Milvus host's settings hold Milvus's users (validated: a password file when auth is on).
-                      milvus_user=db.settings.milvus_app_user if db.settings.milvus_root_password_file else None,
-                      milvus_password_file=(db.settings.milvus_app_password_file
-                                            if db.settings.milvus_root_password_file else None))
+                      milvus_user=db.settings.milvus_app_user if db.settings.milvus_app_secret() else None,
+                      milvus_password_file=db.settings.milvus_app_secret())
         app.ready(name="RAG app healthy (/health)", address=app_address, port=settings.app_port,
                   timeout=settings.app_ready_timeout_s)
 

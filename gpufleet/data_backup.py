@@ -126,7 +126,7 @@ def backup(inventory: str, to: str | None = None, overrides: dict[str, Any] | No
                           "this second; try again")
 
     def work(fleet, db, port):
-        counts = _dump("export", port, partial, root_password_file=db.settings.milvus_root_password_file)
+        counts = _dump("export", port, partial, root_password_file=db.settings.milvus_root_secret())
         manifest = json.loads((partial / "manifest.json").read_text())
         manifest["source"] = {"inventory": inventory, "host": db.name, "milvus_mode": db.settings.milvus_mode}
         write_private(partial / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
@@ -150,7 +150,7 @@ def restore(inventory: str, source: str, replace: bool = False,
     if not (directory / "manifest.json").is_file():
         raise BackupError(f"{directory} holds no manifest.json: not a gpufleet backup (or an unfinished one)")
     result = _on_milvus_host(inventory, overrides, lambda fleet, db, port: _dump(
-        "restore", port, directory, replace, root_password_file=db.settings.milvus_root_password_file))
+        "restore", port, directory, replace, root_password_file=db.settings.milvus_root_secret()))
     wrong = {name: c for name, c in result.items() if c["rows"] != c["expected"]}
     if wrong:
         raise BackupError("restored, but the row counts differ from the backup's: "
@@ -161,7 +161,7 @@ def restore(inventory: str, source: str, replace: bool = False,
 def row_counts(inventory: str, overrides: dict[str, Any] | None = None) -> dict[str, int]:
     """Rows per collection of the fleet's Milvus now."""
     return _on_milvus_host(inventory, overrides, lambda fleet, db, port: _dump(
-        "counts", port, root_password_file=db.settings.milvus_root_password_file))
+        "counts", port, root_password_file=db.settings.milvus_root_secret()))
 
 
 def _remove(path: Path) -> None:

@@ -224,10 +224,7 @@ def milvus_password_problem(path: str) -> str | None:
 def _auth_problems(db: FleetHost, with_app: bool) -> list[SettingsIssue]:
     """Milvus authentication on unless written off, with the secret files it needs (settings_data.py)."""
     s = db.settings
-    if not s.milvus_authentication:
-        if s.milvus_root_password_file:
-            return [SettingsIssue(db.name, "milvus_authentication", False, "True when milvus_root_password_file is "
-                                  "set (or unset the file): the two disagree")]
+    if not s.milvus_authentication:  # said out loud: the password files are not used
         return []
     if not s.milvus_root_password_file:
         return [SettingsIssue(db.name, "milvus_root_password_file", None,

@@ -25,7 +25,8 @@ Milvus authentication (``milvus_authentication``, on by default): root's passwor
 path's form on every host, the content for the Milvus host's (the only one whose files are read;
 gpufleet/fleet_checks.py). The fleet checks also refuse a Milvus host with authentication on and no root
 password file, and an app with no app password file: a fleet runs Milvus without authentication
-only when its data says ``milvus_authentication = False`` in so many words. The keys are read from
+only when its data says ``milvus_authentication = False`` in so many words (the password files are
+then ignored: :meth:`DataSettings.milvus_root_secret` is what the deploy and backups use). The keys are read from
 the Milvus host's settings (group ``vector_db``); every node's app gets the app user from there.
 
 The RAG application (operations/app.py) is the operator's own image (``app_image``); None means
@@ -131,6 +132,14 @@ class DataSettings(BaseModel):
         if clash:
             raise ValueError(f"no keys the deploy sets itself ({', '.join(clash)}); use the matching setting")
         return v
+
+    def milvus_root_secret(self) -> str | None:
+        """Root's password file when authentication is on, else None (the deploy then runs Milvus without)."""
+        return self.milvus_root_password_file if self.milvus_authentication else None
+
+    def milvus_app_secret(self) -> str | None:
+        """The app user's password file when authentication is on, else None."""
+        return self.milvus_app_password_file if self.milvus_authentication else None
 
     def data_problems(self) -> list[tuple[str, Any, str]]:
         """Port clashes between Milvus, the app and the vLLM replicas of the same host."""
