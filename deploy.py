@@ -132,7 +132,8 @@ if "vector_db" in host.groups:
         milvus_users.users(name="Milvus users: root and the RAG app's", address=fleet.hosts[host.name].milvus_address,
                            port=settings.milvus_port, root_password_file=settings.milvus_root_secret(),
                            app_user=settings.milvus_app_user if app_collections else None,
-                           app_password_file=settings.milvus_app_secret(), collections=app_collections)
+                           app_password_file=settings.milvus_app_secret(), collections=app_collections,
+                           health_port=settings.milvus_health_port)
 
 # --- GPU nodes: the RAG app, then the vLLM replicas -----------------------------------------------
 if "gpu_nodes" in host.groups:

@@ -35,7 +35,9 @@ from pathlib import Path
 
 DEFAULT_ROOT_PASSWORD = "Milvus"  # what Milvus gives root unless defaultRootPassword says otherwise
 ROOT = "root"
-TIMEOUT_S = 20
+# Seconds for a login or a call: short for a check (a plan waits on it; a Milvus that is down or
+# slow reads as "unreachable", and the apply at execute time, with the long one, decides).
+TIMEOUT_S = {"check": 8, "apply": 30}
 # (object type, privilege) the RAG app needs (lab/images/rag-app/app.py: has_collection,
 # create_collection with its index, load, upsert, delete, search, query), on Milvus 2.3's RBAC
 # objects: Global ones on "*", Collection ones on each app collection.
@@ -68,12 +70,15 @@ def _unauthenticated(exc: Exception) -> bool:
     return "unauthenticated" in text or "auth check failure" in text or "authorization" in text
 
 
+_timeout = TIMEOUT_S["apply"]
+
+
 def login(uri: str, user: str, password: str):
     """A MilvusClient logged in as ``user``, or None when Milvus refuses the password."""
     from pymilvus import MilvusClient
 
     try:
-        client = MilvusClient(uri=uri, user=user, password=password, timeout=TIMEOUT_S)
+        client = MilvusClient(uri=uri, user=user, password=password, timeout=_timeout)
         client.list_collections()  # the login is checked on the first call
         return client
     except Exception as exc:  # noqa: BLE001 - pymilvus raises several types for one refusal
@@ -149,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--app-password-file")
     parser.add_argument("--collection", action="append", default=[])
     args = parser.parse_args(argv)
+    global _timeout
+    _timeout = TIMEOUT_S[args.action]
     app_password = read_password(args.app_password_file) if args.app_user else None
     try:
         changes = plan(args.uri, read_password(args.root_password_file), args.app_user, app_password,

@@ -23,6 +23,9 @@ from contextlib import contextmanager
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationError, operation
 
+from operations.facts.net import HttpOk
+from operations.milvus import bind_address
+
 CHILD_TIMEOUT_S = 300
 
 
@@ -63,7 +66,7 @@ def _apply(address, port, root_password_file, app_user, app_password_file, colle
 
 @operation()
 def users(address: str, port: int, root_password_file: str, app_user: str | None = None,
-          app_password_file: str | None = None, collections: list[str] | None = None):
+          app_password_file: str | None = None, collections: list[str] | None = None, health_port: int = 9091):
     """
     Make Milvus's root log in with its secret, and the app's user exist with its own and its grants.
 
@@ -72,6 +75,8 @@ def users(address: str, port: int, root_password_file: str, app_user: str | None
     + app_user: the RAG app's Milvus user (``milvus_app_user``); None: no app user
     + app_password_file: *control-side* file with its password (``milvus_app_password_file``)
     + collections: the app collections its role gets collection privileges on
+    + health_port: Milvus's /healthz port: a Milvus that is not healthy yet (a fresh host's plan)
+      is not asked, the change is planned outright
 
     Root with Milvus's default password is given the secret; root refusing both stops the deploy
     with that said (never a password). Nothing to do: no command, no change.
@@ -86,8 +91,12 @@ def users(address: str, port: int, root_password_file: str, app_user: str | None
                            collections=["gpufleet_docs"])
     """
     collections = sorted(collections or [])
-    with _reachable(host, address, port) as uri:
-        found = _child("check", uri, root_password_file, app_user, app_password_file, collections)
+    ip = bind_address(address)
+    healthy = host.get_fact(HttpOk, url=f"http://{'127.0.0.1' if ip == '0.0.0.0' else ip}:{health_port}/healthz")
+    found = {"unreachable": "not healthy"}
+    if healthy:
+        with _reachable(host, address, port) as uri:
+            found = _child("check", uri, root_password_file, app_user, app_password_file, collections)
     if not found.get("unreachable") and not found["changes"]:
         host.noop(f"milvus users as declared (root, {app_user or 'no app user'})")
         return

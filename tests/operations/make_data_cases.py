@@ -151,6 +151,17 @@ write("milvus.standalone", "auth_off_removes_root_password_file_and_recreates", 
                  "docker stop milvus-standalone >/dev/null; docker rm -f milvus-standalone >/dev/null",
                  emb[0].run_command()]})
 
+# The users step on a Milvus that is not healthy yet (a fresh host's plan): Milvus is not asked,
+# the change is planned as one function call on the control host; its arguments are file paths.
+users_kw = {"address": "10.0.0.5", "port": 19530, "root_password_file": "~/.config/gpufleet/milvus-root-password",
+            "app_user": "gpufleet_app", "app_password_file": "~/.config/gpufleet/milvus-app-password",
+            "collections": ["gpufleet_docs"]}
+write("milvus_users.users", "milvus_not_healthy_yet_plans_the_users_step", {
+    "kwargs": users_kw,
+    "facts": {"net.HttpOk": {"url=http://10.0.0.5:9091/healthz": False}},
+    "commands": [["_apply", ["10.0.0.5", 19530, users_kw["root_password_file"], "gpufleet_app",
+                             users_kw["app_password_file"], ["gpufleet_docs"]], {}]]})
+
 write("milvus.ready", "healthy_is_noop", {
     "kwargs": {"address": "10.0.0.5", "health_port": 9091, "timeout": 180},
     "facts": {"net.HttpOk": {"url=http://10.0.0.5:9091/healthz": True}},
