@@ -20,6 +20,9 @@ asks even root for a user's old password (unless ``common.security.superUsers`` 
 its role is given back below, and the role keeps its grants. It gets one role, ``<user>_role``, with what
 the RAG app does and nothing more (:data:`APP_GRANTS`): create its collection and its index, load,
 write, delete, search and query. It cannot drop a collection, nor manage users or roles.
+CreateCollection is a Global privilege in Milvus 2.3 (it cannot name a collection): the app's user
+could create a collection of another name, but neither index, load nor write it; such an
+index-less collection stops the next backup, which names it (gpufleet/milvus_dump.py).
 
 ``check`` prints what would change (``{"changes": [...]}``, empty when everything holds; or
 ``{"unreachable": reason}``); ``apply`` makes it so and prints the changes made. Exit 1 with one
