@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from gpufleet import PROJECT_ROOT
 from gpufleet.settings_daemon import daemon_config_problems
+from operations.secrets import SECRET_NAME, SECRET_VALUE
 
 # vllm_extra_args flags that carry a secret: on a command line they show in `ps` and `docker inspect`.
 SECRET_ARGS = {"--api-key": "vllm_api_key_file", "--hf-token": "vllm_hf_token_file"}
@@ -58,10 +59,6 @@ OWN_SETTING_ARGS = {
     "--max-model-len": "vllm_max_model_len", "--gpu-memory-utilization": "vllm_gpu_memory_utilization",
     "--quantization": "vllm_quantization", "-q": "vllm_quantization", "--shutdown-timeout": "vllm_shutdown_timeout",
 }
-SECRET_NAME = re.compile(r"(^|_)(TOKEN|SECRET|SECRET_KEY|PASSWORD|PASSWD|API_KEY|APIKEY|ACCESS_KEY|PRIVATE_KEY|"
-                         r"CREDENTIALS?)($|_)|_KEY$")
-# Hugging Face tokens, OpenAI-style keys, bearer headers, URLs with a password.
-SECRET_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}|\bsk-[A-Za-z0-9_-]{16,}|^Bearer\s|://[^/\s:@]+:[^/\s@]+@")
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
 # Debugging environment: name -> (is it set to a debugging value?, why it is not for production).

@@ -33,7 +33,6 @@ import re
 import shlex
 from io import StringIO
 from pathlib import Path
-from typing import Any
 
 import jinja2
 from pyinfra import host
@@ -205,33 +204,6 @@ NODE_JOBS = [
 ]
 
 
-def prometheus_args(fleet, host_name: str) -> dict[str, Any]:
-    """``replicas``, ``nodes``, ``options`` (and ``rules`` where the fleet tunes alert hold times) for
-    ``prometheus`` on one lb host of a gpufleet Fleet."""
-    s = fleet.hosts[host_name].settings
-    # A node's row names the exporters it runs; the Milvus host (a node, or a host of its own) adds Milvus's.
-    nodes = []
-    for h in fleet.hosts.values():
-        row = {"name": h.name, "address": h.address}
-        if h.is_gpu_node:
-            row.update(dcgm_exporter_port=h.settings.dcgm_exporter_port, gpu_monitor_port=h.settings.gpu_monitor_port)
-        if h.is_vector_db:
-            row["milvus_metrics_port"] = h.settings.milvus_health_port
-        if len(row) > 2:
-            nodes.append(row)
-    replicas = [{"name": r.name, "node": r.node, "address": r.address, "port": r.port} for r in fleet.replicas]
-    hosts = [{"name": h.name, "address": h.address, "port": h.settings.node_exporter_port}
-             for h in fleet.hosts.values() if h.is_gpu_node or h.is_lb or h.is_vector_db]
-    return {"replicas": replicas, "nodes": nodes, "hosts": hosts,
-            "options": {"port": s.prometheus_port, "scrape_interval_s": s.prometheus_scrape_interval_s,
-                        "retention": s.prometheus_retention,
-                        # Like the exporters: the lb's private address unless metrics_listen_address says otherwise.
-                        "listen_address": s.metrics_listen_address or fleet.hosts[host_name].address,
-                        "alertmanager": ALERTMANAGER_LISTEN if s.alertmanager_webhook_url_file else None},
-            # The shipped rules unless the fleet tunes hold times (the operation's default is the file).
-            **({"rules": alert_rules(s.alert_hold_for)} if s.alert_hold_for else {})}
-
-
 def local_address(listen_address: str | None) -> str:
     """Where this host reaches a server that listens on ``listen_address`` (every interface: 127.0.0.1).
 
@@ -376,7 +348,11 @@ def prometheus(replicas: list, nodes: list, options: dict | None = None, rules: 
 
     .. code:: python
 
-        monitoring.prometheus(**monitoring.prometheus_args(fleet, host.name))
+        monitoring.prometheus(
+            replicas=[{"name": "gpu-node-01-vllm-0", "node": "gpu-node-01", "address": "10.40.1.11", "port": 8000}],
+            nodes=[{"name": "gpu-node-01", "address": "10.40.1.11", "dcgm_exporter_port": 9400,
+                    "gpu_monitor_port": 9401}],
+            options={"listen_address": "10.40.0.5"})
     """
     opts = {"port": 9090, "scrape_interval_s": 15, "retention": "15d", **(options or {})}
     rules = alert_rules() if rules is None else rules
@@ -406,11 +382,6 @@ def prometheus(replicas: list, nodes: list, options: dict | None = None, rules: 
 # --- Alertmanager on lb hosts ------------------------------------------------------------------
 
 _WEBHOOK_URL = re.compile(r"^https?://[^\s\"]+$")
-
-
-def alertmanager_args(fleet, host_name: str) -> dict[str, Any]:
-    """``webhook_url_file`` for ``alertmanager`` on one lb host of a gpufleet Fleet."""
-    return {"webhook_url_file": fleet.hosts[host_name].settings.alertmanager_webhook_url_file}
 
 
 def render_alertmanager(webhook_url: str) -> str:
@@ -459,7 +430,7 @@ def alertmanager(webhook_url_file: str | None, listen: str = ALERTMANAGER_LISTEN
 
     .. code:: python
 
-        monitoring.alertmanager(**monitoring.alertmanager_args(fleet, host.name))
+        monitoring.alertmanager(webhook_url_file="~/.config/gpufleet/alert-webhook-url")
     """
     if webhook_url_file is None:
         host.noop("no alertmanager_webhook_url_file: no Alertmanager (alerts stay in Prometheus)")
