@@ -49,7 +49,7 @@ from operations import secrets
 from operations.facts.edge import DRAINED_DIR, NGINX_CONF, NginxState, UpstreamHealth
 from operations.digests import short_digest
 from operations.node_exporter import TEXTFILE_DIR
-from operations.util import put_text
+from operations.util import Staged, put_text, swap_script
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "files" / "nginx" / "nginx.conf.j2"
 NEW = f"{NGINX_CONF}.gpufleet-new"
@@ -199,24 +199,13 @@ def _sha1(text: str) -> str:
 def apply_script(config_id: str, status_port: int, test_new: bool = True) -> str:
     """Shell text: test the new file, move it in, reload, wait for the new config id; roll back on failure."""
     url = f"http://127.0.0.1:{int(status_port)}/gpufleet-config"
-    steps = ["set -u"]
-    if test_new:
-        steps += [
-            f'if ! out=$(nginx -t -q -c {NEW} 2>&1); then rm -f {NEW}; '
-            f'echo "gpufleet: nginx -t rejects the new config, {NGINX_CONF} unchanged: $out" >&2; exit 1; fi',
-            f"if [ -e {NGINX_CONF} ]; then cp -p {NGINX_CONF} {OLD}; fi",
-            f"mv -f {NEW} {NGINX_CONF}",
-        ]
-    steps += [
-        "ok=0",
-        "if systemctl reload-or-restart nginx; then for i in $(seq 1 40); do "
-        f'if [ "$(curl -fsS -m 2 {url} 2>/dev/null)" = {config_id} ]; then ok=1; break; fi; sleep 0.25; done; fi',
-        f'if [ "$ok" = 1 ]; then rm -f {OLD}; exit 0; fi',
-        f'echo "gpufleet: nginx does not serve config {config_id} after reload; rolling back" >&2',
-        f"if [ -e {OLD} ]; then mv -f {OLD} {NGINX_CONF}; systemctl reload-or-restart nginx || true; fi",
-        "exit 1",
-    ]
-    return "\n".join(steps)
+    checks = [f'if ! out=$(nginx -t -q -c {NEW} 2>&1); then rm -f {NEW}; '
+              f'echo "gpufleet: nginx -t rejects the new config, {NGINX_CONF} unchanged: $out" >&2; exit 1; fi']
+    return swap_script(
+        [Staged(NEW, NGINX_CONF, OLD, staged=test_new)], checks if test_new else [],
+        reload="systemctl reload-or-restart nginx", tries=40, interval="0.25",
+        probe=f'if [ "$(curl -fsS -m 2 {url} 2>/dev/null)" = {config_id} ]; then ok=1; break; fi',
+        failed=f"nginx does not serve config {config_id} after reload")
 
 
 def _converge(text: str, config_id: str, status_port: int, state: dict):

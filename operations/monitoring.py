@@ -40,7 +40,7 @@ from pyinfra.api import FileUploadCommand, OperationValueError, StringCommand, o
 from pyinfra.facts.files import FileContents, Sha1File
 
 from operations import containers, pinned_apt
-from operations.util import put_text
+from operations.util import Staged, put_text, swap_script
 from operations.docker_daemon import refuse_daemon_reload_under_gpu_containers
 from operations.facts.edge import PROMETHEUS_CONF, PrometheusState, ServiceState
 from operations.secrets import read_secret, secret_file
@@ -284,47 +284,30 @@ def prometheus_script(port: int, restart: bool, test_new: bool = True, rules: bo
     verb = "restart" if restart else "reload-or-restart"
     metrics = f"http://{address}:{int(port)}/metrics"
     uploaded = " ".join(([RULES_NEW] if rules else []) + ([PROM_NEW] if test_new else []))
-    steps = ["set -u"]
+    checks = []
     if rules:
-        steps.append(f'if ! out=$(promtool check rules {RULES_NEW} 2>&1); then rm -f {uploaded}; '
-                     f'echo "gpufleet: promtool rejects the new rules, {PROMETHEUS_RULES} unchanged: $out" >&2; exit 1; fi')
+        checks.append(f'if ! out=$(promtool check rules {RULES_NEW} 2>&1); then rm -f {uploaded}; '
+                      f'echo "gpufleet: promtool rejects the new rules, {PROMETHEUS_RULES} unchanged: $out" >&2; exit 1; fi')
     if test_new:
         # promtool also loads the rule files a config names: check the new config beside the rules
         # it will run with (the new ones, or the live ones when they do not change).
-        steps += [
+        checks += [
             "check=$(mktemp -d) || exit 1",
             f'cp {PROM_NEW} "$check/prometheus.yml"; cp {RULES_NEW if rules else PROMETHEUS_RULES} "$check/{RULES_NAME}"',
             f'if ! out=$(promtool check config "$check/prometheus.yml" 2>&1); then rm -rf "$check" {uploaded}; '
             f'echo "gpufleet: promtool rejects the new config, {PROMETHEUS_CONF} unchanged: $out" >&2; exit 1; fi',
             'rm -rf "$check"',
         ]
-    if rules:
-        # No rules file before: none after a roll-back either (an old copy is never left over).
-        steps += [f"if [ -e {PROMETHEUS_RULES} ]; then cp -p {PROMETHEUS_RULES} {RULES_OLD}; else rm -f {RULES_OLD}; fi",
-                  f"mv -f {RULES_NEW} {PROMETHEUS_RULES}"]
-    if test_new:
-        steps += [f"if [ -e {PROMETHEUS_CONF} ]; then cp -p {PROMETHEUS_CONF} {PROM_OLD}; fi",
-                  f"mv -f {PROM_NEW} {PROMETHEUS_CONF}"]
-    steps += [
-        "since=$(date +%s); ok=0",
-        f"if systemctl {verb} prometheus; then for i in $(seq 1 240); do "
-        f"m=$(curl -fsS -m 2 {metrics} 2>/dev/null || true); "
-        "r=$(echo \"$m\" | awk '/^prometheus_config_last_reload_successful /{print $2}'); "
-        "t=$(echo \"$m\" | awk '/^prometheus_config_last_reload_success_timestamp_seconds /{printf \"%d\", $2}'); "
-        'if [ "$r" = 1 ] && [ "${t:-0}" -ge "$since" ]; then ok=1; break; fi; sleep 0.5; done; fi',
-        f'if [ "$ok" = 1 ]; then rm -f {PROM_OLD}{f" {RULES_OLD}" if rules else ""}; exit 0; fi',
-        'echo "gpufleet: prometheus did not load the new config; rolling back" >&2',
-    ]
-    if not rules:
-        steps.append(f"if [ -e {PROM_OLD} ]; then mv -f {PROM_OLD} {PROMETHEUS_CONF}; "
-                     f"systemctl {verb} prometheus || true; fi")
-    else:
-        if test_new:
-            steps.append(f"if [ -e {PROM_OLD} ]; then mv -f {PROM_OLD} {PROMETHEUS_CONF}; fi")
-        steps += [f"if [ -e {RULES_OLD} ]; then mv -f {RULES_OLD} {PROMETHEUS_RULES}; else rm -f {PROMETHEUS_RULES}; fi",
-                  f"systemctl {verb} prometheus || true"]
-    steps.append("exit 1")
-    return "\n".join(steps)
+    # No rules file before: none after a roll-back either (optional: an old copy is never left over).
+    files = [Staged(RULES_NEW, PROMETHEUS_RULES, RULES_OLD, staged=rules, optional=True),
+             Staged(PROM_NEW, PROMETHEUS_CONF, PROM_OLD, staged=test_new)]
+    return swap_script(
+        files, checks, reload=f"systemctl {verb} prometheus", start="since=$(date +%s)", tries=240, interval="0.5",
+        probe=(f"m=$(curl -fsS -m 2 {metrics} 2>/dev/null || true); "
+               "r=$(echo \"$m\" | awk '/^prometheus_config_last_reload_successful /{print $2}'); "
+               "t=$(echo \"$m\" | awk '/^prometheus_config_last_reload_success_timestamp_seconds /{printf \"%d\", $2}'); "
+               'if [ "$r" = 1 ] && [ "${t:-0}" -ge "$since" ]; then ok=1; break; fi'),
+        failed="prometheus did not load the new config")
 
 
 @operation()
