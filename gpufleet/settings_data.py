@@ -11,9 +11,9 @@ node's RAG app uses it. It runs in one of Milvus's two standalone modes:
 - ``milvus_mode = "embedded"``: one container with embedded etcd and local storage, as in
   Milvus's ``standalone_embed.sh``. The lab uses it (its Milvus image is PyPI's packaged server).
 
-Ports are published on
-``milvus_bind_address`` / ``app_bind_address``; None means the host's ``private_address``
-(default: its inventory name), resolved *on the host* to an IPv4 address at deploy time. A name
+Ports are published on ``milvus_bind_address`` / ``app_bind_address``; None means the host's
+``private_address`` (default: its inventory name), resolved *on the host* to an IPv4 address at
+deploy time. A name
 that resolves to a loopback address (Debian maps the host name to 127.0.1.1) is refused: set
 ``private_address`` to the host's private IP. "0.0.0.0" is accepted only when set explicitly,
 for hosts whose firewall already closes those ports to the world.
