@@ -3,10 +3,10 @@
 Keys are flat, in pyinfra/Ansible style (``vllm_max_model_len``), so they read the same in
 group_data/*.py, in inventory tuples and on the command line (``--data vllm_port=8001``).
 
-Everything a host's data may say is a field here. Unknown keys, wrong types, out-of-range
-values and inconsistent combinations are errors; each error names the key, the value and what
-was expected, and :func:`validate_host_data` returns all of them at once so that an operator
-fixes a bad inventory in one pass.
+Everything a host's data may say is a field of :class:`HostSettings`. Unknown keys, wrong
+types, out-of-range values and inconsistent combinations are errors; each error names the key,
+the value and what was expected, and :func:`validate_host_data` returns all of them at once so
+that an operator fixes a bad inventory in one pass.
 
 Keys that belong to pyinfra itself (connector data such as ``ssh_port``, global-argument
 defaults such as ``_sudo``) pass through unchecked: pyinfra validates those.
@@ -310,7 +310,7 @@ def _issues_from_validation_error(host: str, data: dict[str, Any], exc: Validati
         key = loc[0] if loc else "(data)"
         value = data.get(key, err.get("input"))
         if err["type"] == "extra_forbidden":
-            expected = "a known gpufleet key (see gpufleet/settings.py); is it misspelt?"
+            expected = "a known gpufleet key (see gpufleet/settings*.py); is it misspelt?"
         else:
             expected = _expected_from(err)
             if len(loc) > 1:
