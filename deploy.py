@@ -11,7 +11,8 @@ from pyinfra import host, inventory
 from pyinfra.operations import server, systemd
 from pyinfra.operations.util import any_changed
 
-from gpufleet.deploy_args import replica_model_args, vllm_image_args, weights_args
+from gpufleet.deploy_args import (alertmanager_args, lb_args, prometheus_args, replica_model_args, vllm_image_args,
+                                  weights_args)
 from gpufleet.deploying import fleet_for, host_settings
 from gpufleet.fleet import replicas_of
 from operations import (app, distro_packages, docker_daemon, loadbalancer, milvus, milvus_users, monitoring,
@@ -198,10 +199,10 @@ if "lb" in host.groups:
                             packages={"nginx": settings.lb_nginx_min_version,
                                       "prometheus": settings.prometheus_min_version},
                             preferences_name="gpufleet-lb")
-    loadbalancer.nginx(name="nginx: a member per vLLM replica and per RAG app", **loadbalancer.lb_args(fleet, host.name))
+    loadbalancer.nginx(name="nginx: a member per vLLM replica and per RAG app", **lb_args(fleet, host.name))
     systemd.service(name="nginx running", service="nginx", running=True, enabled=True)
-    monitoring.alertmanager(name="Alertmanager: webhook receiver", **monitoring.alertmanager_args(fleet, host.name))
-    monitoring.prometheus(name="Prometheus: scrape jobs from the inventory", **monitoring.prometheus_args(fleet, host.name))
+    monitoring.alertmanager(name="Alertmanager: webhook receiver", **alertmanager_args(fleet, host.name))
+    monitoring.prometheus(name="Prometheus: scrape jobs from the inventory", **prometheus_args(fleet, host.name))
     systemd.service(name="Prometheus running", service="prometheus", running=True, enabled=True)
     node_exporter.node_exporter(name="node_exporter (host and drift metrics)",
                                 listen_address=settings.metrics_listen_address or fleet.hosts[host.name].address,

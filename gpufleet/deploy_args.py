@@ -1,9 +1,15 @@
-"""Arguments of deploy.py's operations that the control side also runs on its own (the rollout's prepare)."""
+"""Arguments of deploy.py's operations, built from gpufleet's settings and Fleet.
+
+The operations (operations/*) take plain values, so that anyone's deploy can call them; the
+mapping from a host's settings and the inventory to those values is gpufleet's and lives here,
+where the control side (the rollout's prepare, its lb steps) builds the very same arguments.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from gpufleet.fleet import Fleet
 from gpufleet.settings import HostSettings
 
 
@@ -37,3 +43,65 @@ def replica_model_args(settings: HostSettings) -> dict[str, Any]:
                  if settings.vllm_model_source == "url" and settings.vllm_model_sha256 else None)
     return {"model": settings.vllm_model, "revision": settings.vllm_model_revision, "model_dir": model_dir,
             "offline": settings.serves_staged_weights()}
+
+
+# --- load balancer hosts: nginx, Prometheus, Alertmanager over the whole fleet -----------------
+
+def lb_options(settings: HostSettings) -> dict[str, Any]:
+    """``options`` of operations.loadbalancer's nginx/drain/undrain from an lb host's settings."""
+    return {
+        "listen_port": settings.lb_port, "status_port": settings.lb_status_port,
+        "max_fails": settings.lb_max_fails, "fail_timeout_s": settings.lb_fail_timeout_s,
+        "connect_timeout_s": settings.lb_connect_timeout_s, "read_timeout_s": settings.lb_read_timeout_s,
+        "next_upstream_tries": settings.lb_next_upstream_tries,
+        "next_upstream_timeout_s": settings.lb_next_upstream_timeout_s,
+        "client_max_body_size": settings.lb_client_max_body_size, "keepalive": settings.lb_upstream_keepalive,
+        "keepalive_timeout_s": settings.lb_upstream_keepalive_timeout_s,
+        "worker_connections": settings.lb_worker_connections,
+        "tls_cert_file": settings.lb_tls_cert_file, "tls_key_file": settings.lb_tls_key_file,
+        "api_key_file": settings.vllm_api_key_file if settings.lb_require_api_key else None,
+        "app_listen_port": settings.lb_app_port,
+    }
+
+
+def lb_args(fleet: Fleet, host_name: str) -> dict[str, Any]:
+    """``replicas`` (every vLLM replica, then every node's RAG app) and ``options`` for
+    nginx/drain/undrain on one lb host of a gpufleet Fleet."""
+    from operations.loadbalancer import members
+
+    return {"replicas": members(fleet.replicas) + members(fleet.app_members),
+            "options": lb_options(fleet.hosts[host_name].settings)}
+
+
+def prometheus_args(fleet: Fleet, host_name: str) -> dict[str, Any]:
+    """``replicas``, ``nodes``, ``options`` (and ``rules`` where the fleet tunes alert hold times) for
+    ``prometheus`` on one lb host of a gpufleet Fleet."""
+    from operations.monitoring import ALERTMANAGER_LISTEN, alert_rules
+
+    s = fleet.hosts[host_name].settings
+    # A node's row names the exporters it runs; the Milvus host (a node, or a host of its own) adds Milvus's.
+    nodes = []
+    for h in fleet.hosts.values():
+        row = {"name": h.name, "address": h.address}
+        if h.is_gpu_node:
+            row.update(dcgm_exporter_port=h.settings.dcgm_exporter_port, gpu_monitor_port=h.settings.gpu_monitor_port)
+        if h.is_vector_db:
+            row["milvus_metrics_port"] = h.settings.milvus_health_port
+        if len(row) > 2:
+            nodes.append(row)
+    replicas = [{"name": r.name, "node": r.node, "address": r.address, "port": r.port} for r in fleet.replicas]
+    hosts = [{"name": h.name, "address": h.address, "port": h.settings.node_exporter_port}
+             for h in fleet.hosts.values() if h.is_gpu_node or h.is_lb or h.is_vector_db]
+    return {"replicas": replicas, "nodes": nodes, "hosts": hosts,
+            "options": {"port": s.prometheus_port, "scrape_interval_s": s.prometheus_scrape_interval_s,
+                        "retention": s.prometheus_retention,
+                        # Like the exporters: the lb's private address unless metrics_listen_address says otherwise.
+                        "listen_address": s.metrics_listen_address or fleet.hosts[host_name].address,
+                        "alertmanager": ALERTMANAGER_LISTEN if s.alertmanager_webhook_url_file else None},
+            # The shipped rules unless the fleet tunes hold times (the operation's default is the file).
+            **({"rules": alert_rules(s.alert_hold_for)} if s.alert_hold_for else {})}
+
+
+def alertmanager_args(fleet: Fleet, host_name: str) -> dict[str, Any]:
+    """``webhook_url_file`` for ``alertmanager`` on one lb host of a gpufleet Fleet."""
+    return {"webhook_url_file": fleet.hosts[host_name].settings.alertmanager_webhook_url_file}

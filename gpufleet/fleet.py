@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpufleet.settings import HostSettings, Replica, SettingsError, SettingsIssue, validate_host_data
+from gpufleet.settings import HostSettings, SettingsError, SettingsIssue, validate_host_data
+from gpufleet.settings_vllm import Replica
 
 GROUP_DATA = "group_data"
 

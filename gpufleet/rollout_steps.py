@@ -19,6 +19,7 @@ from pyinfra.context import ctx_host, ctx_state
 
 from gpufleet import node_lock
 from gpufleet.apply import run_on
+from gpufleet.deploy_args import lb_args, lb_options
 from gpufleet.fleet import load_fleet, replicas_of
 from gpufleet.remote import connected, run_parallel, shell
 from operations.serving_gate import GPU_STACK
@@ -237,7 +238,7 @@ def _lb_step(rollout, name: str, op_name: str, retiring: list[str] = ()) -> None
             extra["only_if_member"] = True
         results = run_on(rollout.inventory, lbs, op,
                          lambda lb: {"name": f"{op_name} {', '.join(replicas)}", "replica": replicas,
-                                     **loadbalancer.lb_args(fleet, lb), **extra},
+                                     **lb_args(fleet, lb), **extra},
                          overrides=_overrides(rollout))
         failed = {lb: why for lb, why in results.items() if why}
         if failed:
@@ -286,7 +287,6 @@ def undrain(rollout, name: str, retiring: list[str] = (), check: bool = True) ->
     and unlocked even when a replica new to the inventory is not serving yet.
     """
     from operations.facts.edge import NginxState
-    from operations.loadbalancer import lb_options
 
     _lb_step(rollout, name, "undrain", retiring)
     fleet = _fleet(rollout)

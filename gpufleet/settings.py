@@ -3,18 +3,21 @@
 Keys are flat, in pyinfra/Ansible style (``vllm_max_model_len``), so they read the same in
 group_data/*.py, in inventory tuples and on the command line (``--data vllm_port=8001``).
 
-Everything a host's data may say is a field here. Unknown keys, wrong types, out-of-range
-values and inconsistent combinations are errors; each error names the key, the value and what
-was expected, and :func:`validate_host_data` returns all of them at once so that an operator
-fixes a bad inventory in one pass.
+Everything a host's data may say is a field of :class:`HostSettings`. Unknown keys, wrong
+types, out-of-range values and inconsistent combinations are errors; each error names the key,
+the value and what was expected, and :func:`validate_host_data` returns all of them at once so
+that an operator fixes a bad inventory in one pass.
 
 Keys that belong to pyinfra itself (connector data such as ``ssh_port``, global-argument
 defaults such as ``_sudo``) pass through unchecked: pyinfra validates those.
 
-Defaults follow the seed where the seed is right (TP=2, max-model-len 32768, GPU memory
-utilisation 0.80, NCCL 2.27.7) and DESIGN.md where it is not (open kernel modules on
-Blackwell, no debug flags in production defaults). Every version pin lives in
-group_data/all.py; the model defaults here are only for tunables.
+HostSettings is composed of one mixin per component, each key with its one default there:
+settings_vllm.py (vLLM), settings_weights.py (model weights), settings_data.py (Milvus, the RAG
+app), settings_edge.py (nginx, monitoring), settings_rollout.py (serving interruptions), and
+settings_input.py (refusals of bad input across them). This module holds the host itself: its
+hardware, the NVIDIA/Docker/NCCL stack and the base system. Defaults follow the seed where the
+seed is right and DESIGN.md where it is not (open kernel modules on Blackwell, no debug flags in
+production defaults). Every version pin's fleet value lives in group_data/all.py.
 """
 
 from __future__ import annotations
@@ -41,21 +44,9 @@ DRIVER_VERSION = re.compile(r"^\d{3}\.\d{2,3}(\.\d{2,3})?$")
 NCCL_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 CUDA_VERSION = re.compile(r"^\d+\.\d+$")
 COMPUTE_CAPABILITY = re.compile(r"^\d+\.\d+$")
-# registry/path/name:tag or ...@sha256:<64 hex>; "latest" is not a pin.
-IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*[a-z0-9](:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(@sha256:[0-9a-f]{64})?$")
 
 # First branch with Blackwell (compute capability >= 10) support, open modules only.
 BLACKWELL_MIN_DRIVER_BRANCH = 570
-
-# NCCL/vLLM environment that must never reach production silently.
-FORBIDDEN_ENV = {
-    "NCCL_MIN_NRINGS": "deprecated NCCL variable; remove it (use NCCL_MIN_NCHANNELS if you must)",
-    "NCCL_MAX_NRINGS": "deprecated NCCL variable; remove it (use NCCL_MAX_NCHANNELS if you must)",
-    "NCCL_TREE_THRESHOLD": "deprecated NCCL variable; remove it (NCCL picks its algorithm itself)",
-}
-# Debugging settings (CUDA_LAUNCH_BLOCKING, NCCL_DEBUG=INFO, VLLM_TEST_*, --enforce-eager...): see
-# gpufleet/settings_input.py, with the other refusals of bad input.
-
 
 class LabGpu(BaseModel):
     """A GPU the lab's stand-in ``nvidia-smi`` reports (lab data only)."""
@@ -68,24 +59,12 @@ class LabGpu(BaseModel):
     pci_bus_id: str | None = None
 
 
-class Replica(BaseModel):
-    """One load-balanced vLLM replica: a node, the GPUs it owns, the port it serves on."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
-    node: str = ""  # filled in from the host that declares it
-    gpus: list[int] = Field(min_length=1)
-    port: int = Field(ge=1024, le=65535)
-    address: str = ""  # filled in from the node's private_address
-
-
 class HostSettings(VllmSettings, WeightsSettings, DataSettings, EdgeSettings, InputSettings, RolloutSettings):
     """Everything a host's data may say. See group_data/all.py for the fleet's values.
 
     Keys of the serving roles live in mixins beside this module (settings_vllm.py,
-    settings_data.py, settings_edge.py), the refusals of bad input in settings_input.py; all of
-    them are one flat namespace.
+    settings_weights.py, settings_data.py, settings_edge.py, settings_rollout.py), the refusals of
+    bad input in settings_input.py; all of them are one flat namespace.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
@@ -121,29 +100,6 @@ class HostSettings(VllmSettings, WeightsSettings, DataSettings, EdgeSettings, In
     verify_toolkit_image: str = "ubuntu:24.04"  # `docker run --gpus all IMAGE nvidia-smi -L`
     nccl_version: str = "2.27.7"
     nccl_cuda_version: str = "12.9"
-
-    # --- vLLM ------------------------------------------------------------------------------------
-    vllm_image: str = "vllm/vllm-openai:v0.21.0"
-    vllm_model: str = "Qwen/Qwen3-32B-AWQ"
-    # The model repository's commit (40 hex digits): a branch or tag moves under a running fleet,
-    # and two nodes downloading at different times would serve different weights. None: a warning
-    # on every validate for a hub model; a local path (the lab's model is a directory) has none.
-    vllm_model_revision: str | None = None
-    vllm_served_model_name: str = "qwen3-32b-awq"
-    vllm_tensor_parallel_size: int = Field(2, ge=1, le=16)
-    vllm_quantization: Literal["awq", "awq_marlin", "gptq", "gptq_marlin", "fp8", "compressed-tensors"] | None = "awq_marlin"
-    vllm_max_model_len: int = Field(32768, ge=256, le=1_048_576)
-    vllm_gpu_memory_utilization: float = Field(0.80, gt=0.05, le=0.98)
-    vllm_port: int = Field(8000, ge=1024, le=65535)
-    vllm_extra_args: list[str] = Field(default_factory=list)
-    vllm_env: dict[str, str] = Field(default_factory=dict)
-    # None: one replica per node using the first vllm_tensor_parallel_size GPUs on vllm_port.
-    vllm_replicas: list[Replica] | None = None
-
-    # --- Milvus, load balancer, mirrors ----------------------------------------------------------
-    milvus_image: str = "milvusdb/milvus:v2.6.11"
-    milvus_port: int = Field(19530, ge=1024, le=65535)
-    lb_port: int = Field(80, ge=1, le=65535)
     apt_mirror: str | None = None  # base URL that replaces NVIDIA's CUDA repository host
 
     # --- base system -----------------------------------------------------------------------------
@@ -159,7 +115,6 @@ class HostSettings(VllmSettings, WeightsSettings, DataSettings, EdgeSettings, In
     # How the DKMS-built nvidia module is signed when Secure Boot is on: "none" (preflight refuses
     # the host) or "mok" (DKMS signs with its MOK key, which an operator enrolled at the console).
     secure_boot_module_signing: Literal["none", "mok"] = "none"
-    vllm_image_disk_gib: float = Field(25.0, ge=0)  # an unpacked vLLM image, with room for the next one
     # Free disk a node keeps for the next image and the next copy of the weights (a rollout needs
     # both before the old ones go). None: one copy of the planner's weights + vllm_image_disk_gib.
     preflight_free_disk_gib: float | None = Field(None, ge=0)
@@ -198,25 +153,6 @@ class HostSettings(VllmSettings, WeightsSettings, DataSettings, EdgeSettings, In
     def _cuda_exact(cls, v: str) -> str:
         if not CUDA_VERSION.match(v):
             raise ValueError("a CUDA major.minor such as 12.9")
-        return v
-
-    @field_validator("vllm_image", "milvus_image")
-    @classmethod
-    def _image_pinned(cls, v: str) -> str:
-        if not IMAGE_REF.match(v) or (":" not in v.rsplit("/", 1)[-1] and "@sha256:" not in v):
-            raise ValueError("an image reference with an explicit tag or @sha256 digest")
-        if v.rsplit("/", 1)[-1].split("@")[0].endswith(":latest"):
-            raise ValueError("a pinned tag or digest, not :latest")
-        return v
-
-    @field_validator("vllm_env")
-    @classmethod
-    def _env_not_deprecated(cls, v: dict[str, str]) -> dict[str, str]:
-        bad = [f"{k} ({why})" for k, why in FORBIDDEN_ENV.items() if k in v]
-        if v.get("VLLM_USE_V1") == "0":
-            bad.append("VLLM_USE_V1=0 (the V0 engine is removed in current vLLM)")
-        if bad:
-            raise ValueError("no deprecated settings: " + "; ".join(bad))
         return v
 
     # ---------------------------------------------------------------- combinations ---------------
@@ -289,14 +225,6 @@ class HostSettings(VllmSettings, WeightsSettings, DataSettings, EdgeSettings, In
         return problems
 
     # ---------------------------------------------------------------- derived --------------------
-    def replicas_declared(self) -> list[Replica]:
-        if self.vllm_replicas is not None:
-            return list(self.vllm_replicas)
-        if not self.gpu_count:
-            return []
-        gpus = list(range(min(self.vllm_tensor_parallel_size, self.gpu_count)))
-        return [Replica(name="vllm-0", gpus=gpus, port=self.vllm_port)]
-
     def docker_data_root(self) -> str:
         """Where Docker keeps images: daemon.json's ``data-root``, else Docker's default."""
         return str(self.docker_daemon_config.get("data-root") or "/var/lib/docker")
@@ -382,7 +310,7 @@ def _issues_from_validation_error(host: str, data: dict[str, Any], exc: Validati
         key = loc[0] if loc else "(data)"
         value = data.get(key, err.get("input"))
         if err["type"] == "extra_forbidden":
-            expected = "a known gpufleet key (see gpufleet/settings.py); is it misspelt?"
+            expected = "a known gpufleet key (see gpufleet/settings*.py); is it misspelt?"
         else:
             expected = _expected_from(err)
             if len(loc) > 1:

@@ -11,9 +11,9 @@ node's RAG app uses it. It runs in one of Milvus's two standalone modes:
 - ``milvus_mode = "embedded"``: one container with embedded etcd and local storage, as in
   Milvus's ``standalone_embed.sh``. The lab uses it (its Milvus image is PyPI's packaged server).
 
-``milvus_image`` and ``milvus_port`` live in settings.py (the core keys). Ports are published on
-``milvus_bind_address`` / ``app_bind_address``; None means the host's ``private_address``
-(default: its inventory name), resolved *on the host* to an IPv4 address at deploy time. A name
+Ports are published on ``milvus_bind_address`` / ``app_bind_address``; None means the host's
+``private_address`` (default: its inventory name), resolved *on the host* to an IPv4 address at
+deploy time. A name
 that resolves to a loopback address (Debian maps the host name to 127.0.1.1) is refused: set
 ``private_address`` to the host's private IP. "0.0.0.0" is accepted only when set explicitly,
 for hosts whose firewall already closes those ports to the world.
@@ -35,10 +35,12 @@ no application container on the node.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gpufleet.settings_input import ipv4_address
+from gpufleet.versions import pinned_image
 
 VOLUME_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$"
 DOCKER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$"
@@ -47,22 +49,12 @@ APP_MANAGED_ENV = ("VLLM_API_URL", "VLLM_MODEL", "MILVUS_URI", "APP_PORT", "MILV
                    "MILVUS_USER")
 
 
-def check_pinned_image(v: str) -> str:
-    """The pinned-image rule of settings.py: an explicit tag (not :latest) or an @sha256 digest."""
-    from gpufleet.settings import IMAGE_REF  # settings.py imports this module; import at call time
-
-    last = v.rsplit("/", 1)[-1]
-    if not IMAGE_REF.match(v) or (":" not in last and "@sha256:" not in v):
-        raise ValueError("an image reference with an explicit tag or @sha256 digest")
-    if last.split("@")[0].endswith(":latest"):
-        raise ValueError("a pinned tag or digest, not :latest")
-    return v
-
-
 class DataSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # --- Milvus ----------------------------------------------------------------------------------
+    milvus_image: str = "milvusdb/milvus:v2.6.11"
+    milvus_port: int = Field(19530, ge=1024, le=65535)
     milvus_mode: Literal["standalone", "embedded"] = "standalone"
     # Pinned as in milvus-io/milvus deployments/docker/standalone/docker-compose.yml.
     milvus_etcd_image: str = "quay.io/coreos/etcd:v3.5.25"
@@ -98,23 +90,15 @@ class DataSettings(BaseModel):
     app_env: dict[str, str] = Field(default_factory=dict)  # extra, non-secret environment
     app_ready_timeout_s: int = Field(180, ge=10, le=3600)
 
-    @field_validator("milvus_etcd_image", "milvus_minio_image", "app_image")
+    @field_validator("milvus_image", "milvus_etcd_image", "milvus_minio_image", "app_image")
     @classmethod
     def _data_image_pinned(cls, v: str | None) -> str | None:
-        return None if v is None else check_pinned_image(v)
+        return None if v is None else pinned_image(v)
 
     @field_validator("milvus_bind_address", "app_bind_address")
     @classmethod
     def _bind_is_ip(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        try:
-            address = ipaddress.ip_address(v)
-        except ValueError:
-            raise ValueError("an IP address literal (or leave unset for the host's private_address)") from None
-        if address.version != 4:
-            raise ValueError("an IPv4 address (Docker publishes IPv6 differently)")
-        return v
+        return None if v is None else ipv4_address(v, "an IP address literal (or leave unset for the host's private_address)")
 
     @field_validator("milvus_root_password_file", "milvus_app_password_file")
     @classmethod
@@ -144,7 +128,7 @@ class DataSettings(BaseModel):
     def data_problems(self) -> list[tuple[str, Any, str]]:
         """Port clashes between Milvus, the app and the vLLM replicas of the same host."""
         problems = []
-        used: dict[int, str] = {self.milvus_port: "milvus_port"}  # type: ignore[attr-defined]
+        used: dict[int, str] = {self.milvus_port: "milvus_port"}
         if self.milvus_health_port in used:
             problems.append(("milvus_health_port", self.milvus_health_port,
                              f"a port other than {used[self.milvus_health_port]}"))

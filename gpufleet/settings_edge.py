@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gpufleet.settings_input import read_control_file
-from gpufleet.versions import exact_debian_version
+from gpufleet.versions import exact_debian_version, pinned_image
 
 
 def check_pem_file(path: str, block: str) -> Path:
@@ -23,8 +23,6 @@ def check_pem_file(path: str, block: str) -> Path:
     return Path(path).expanduser()
 
 
-# An image reference with an explicit tag or digest (settings.py has the same rule for vLLM/Milvus).
-_IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*[a-z0-9](:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(@sha256:[0-9a-f]{64})?$")
 _NGINX_SIZE = re.compile(r"^[0-9]+[kKmMgG]?$")
 
 
@@ -54,6 +52,7 @@ class EdgeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # --- nginx on lb hosts (operations/loadbalancer.py) -------------------------------------------
+    lb_port: int = Field(80, ge=1, le=65535)  # where clients reach the replicas (and TLS, when on)
     # Security floors of Debian's `nginx` and `prometheus` (operations/distro_packages.py): this build
     # or a newer one of the same upstream version. None: whatever the distribution has, not held.
     lb_nginx_min_version: str | None = None
@@ -144,12 +143,7 @@ class EdgeSettings(BaseModel):
     @field_validator("dcgm_exporter_image")
     @classmethod
     def _dcgm_image_pinned(cls, v: str) -> str:
-        last = v.rsplit("/", 1)[-1]
-        if not _IMAGE_REF.match(v) or (":" not in last and "@sha256:" not in v):
-            raise ValueError("an image reference with an explicit tag or @sha256 digest")
-        if last.split("@")[0].endswith(":latest"):
-            raise ValueError("a pinned tag or digest, not :latest")
-        return v
+        return pinned_image(v)
 
     @field_validator("lb_client_max_body_size")
     @classmethod
@@ -184,7 +178,7 @@ class EdgeSettings(BaseModel):
         if self.lb_require_api_key and getattr(self, "vllm_api_key_file", None) is None:
             problems.append(("lb_require_api_key", True, "vllm_api_key_file set: the key nginx checks is vLLM's"))
         # lb_app_port is checked with the fleet (gpufleet/fleet_checks.py): it is used only where a node runs the app.
-        lb_ports = {"lb_port": getattr(self, "lb_port", 80), "lb_status_port": self.lb_status_port,
+        lb_ports = {"lb_port": self.lb_port, "lb_status_port": self.lb_status_port,
                     "prometheus_port": self.prometheus_port, "node_exporter_port": self.node_exporter_port}
         node_ports = {"dcgm_exporter_port": self.dcgm_exporter_port, "gpu_monitor_port": self.gpu_monitor_port,
                       "node_exporter_port": self.node_exporter_port,

@@ -45,8 +45,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from gpufleet import PROJECT_ROOT
 from gpufleet.settings_daemon import daemon_config_problems
+from operations.secrets import SECRET_NAME, SECRET_VALUE
 
 # vllm_extra_args flags that carry a secret: on a command line they show in `ps` and `docker inspect`.
 SECRET_ARGS = {"--api-key": "vllm_api_key_file", "--hf-token": "vllm_hf_token_file"}
@@ -58,10 +58,6 @@ OWN_SETTING_ARGS = {
     "--max-model-len": "vllm_max_model_len", "--gpu-memory-utilization": "vllm_gpu_memory_utilization",
     "--quantization": "vllm_quantization", "-q": "vllm_quantization", "--shutdown-timeout": "vllm_shutdown_timeout",
 }
-SECRET_NAME = re.compile(r"(^|_)(TOKEN|SECRET|SECRET_KEY|PASSWORD|PASSWD|API_KEY|APIKEY|ACCESS_KEY|PRIVATE_KEY|"
-                         r"CREDENTIALS?)($|_)|_KEY$")
-# Hugging Face tokens, OpenAI-style keys, bearer headers, URLs with a password.
-SECRET_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}|\bsk-[A-Za-z0-9_-]{16,}|^Bearer\s|://[^/\s:@]+:[^/\s@]+@")
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
 # Debugging environment: name -> (is it set to a debugging value?, why it is not for production).
@@ -77,11 +73,15 @@ DEBUG_ENV = {
 }
 DEBUG_ENV_PREFIXES = {"VLLM_TEST_": "a vLLM test-suite switch: code paths production does not run"}
 DEBUG_ARGS = {"--enforce-eager": "disables CUDA graphs: a debugging setting, slower in production"}
-# The config.json fields a model description must give (gpufleet.model_presets.arch_from_config).
-MODEL_CONFIG_REQUIRED = ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size")
 
 
-def _ip(v: str, what: str) -> str:
+def ipv4_address(v: str, what: str) -> str:
+    """``v`` when it is an IPv4 address literal; else a ValueError saying ``what`` was expected.
+
+    The one address rule of the settings (private_address, metrics_listen_address and the bind
+    addresses of vLLM, Milvus and the app): Docker publishes ports on addresses, not names, and
+    nginx members and health URLs are written ``ADDR:PORT``.
+    """
     try:
         address = ipaddress.ip_address(v)
     except ValueError:
@@ -142,18 +142,9 @@ def redact(value: Any) -> Any:
     return value
 
 
-def _model_config_path(path: str) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else PROJECT_ROOT / p
-
-
 class InputSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # The model's config.json for the planner when vllm_model is not one of its presets (a local
-    # path, a fine-tune): a path on the control host (absolute, ~/, or relative to the repository
-    # root) or the config.json fields themselves. None: vllm_model must be a preset.
-    vllm_model_config: str | dict[str, Any] | None = None
     # True where the private network resolves inventory names (the lab's Docker network): role
     # hosts may then leave private_address unset. Production gives every node and LB an IP.
     private_address_from_name: bool = False
@@ -165,13 +156,13 @@ class InputSettings(BaseModel):
     @field_validator("private_address", check_fields=False)
     @classmethod
     def _private_ip(cls, v: str | None) -> str | None:
-        return None if v is None else _ip(v, "an IP address literal such as 10.40.1.11 (or leave it unset "
+        return None if v is None else ipv4_address(v, "an IP address literal such as 10.40.1.11 (or leave it unset "
                                               "where names resolve: private_address_from_name)")
 
     @field_validator("metrics_listen_address", check_fields=False)
     @classmethod
     def _metrics_ip(cls, v: str | None) -> str | None:
-        return None if v is None else _ip(v, "an IP address literal (the exporters bind to it)")
+        return None if v is None else ipv4_address(v, "an IP address literal (the exporters bind to it)")
 
     @field_validator("vllm_model", "vllm_served_model_name", check_fields=False)
     @classmethod
@@ -250,39 +241,7 @@ class InputSettings(BaseModel):
             raise ValueError("; ".join(problems))
         return v
 
-    @field_validator("vllm_model_config")
-    @classmethod
-    def _model_config(cls, v: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
-        from gpufleet.model_presets import arch_from_config, load_config_file
-
-        if isinstance(v, dict):
-            missing = [k for k in MODEL_CONFIG_REQUIRED if k not in v and k not in (v.get("text_config") or {})]
-            if missing:
-                raise ValueError(f"config.json fields including {', '.join(missing)}")
-            try:
-                arch_from_config(v)
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"config.json fields the planner can read: {exc}") from None
-        elif isinstance(v, str):
-            path = _model_config_path(v)
-            try:
-                load_config_file(path)
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"a readable config.json with the planner's fields: {exc}") from None
-        return v
-
     # ------------------------------------------------------------------ derived ------------------
-    def planner_model(self):
-        """What the planner plans: the model's config when given, else ``vllm_model`` (a preset)."""
-        from gpufleet.model_presets import arch_from_config, load_config_file
-
-        v = self.vllm_model_config
-        if isinstance(v, dict):
-            return arch_from_config(v, name=self.vllm_served_model_name, source="vllm_model_config")
-        if isinstance(v, str):
-            return load_config_file(_model_config_path(v))
-        return self.vllm_model  # type: ignore[attr-defined]
-
     def input_problems(self) -> list[tuple[str, Any, str]]:
         """Errors this mixin finds in combinations (reported by HostSettings.consistency_problems)."""
         from gpufleet.model_presets import find_preset, known_names

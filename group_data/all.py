@@ -1,9 +1,13 @@
-"""Every version pin in the fleet, and the defaults every host shares.
+"""Every version pin in the fleet, and the production choices that go with them.
 
 Change a pin here and the next deploy (or rollout) moves every host to it. Values are exact:
 gpufleet refuses wildcards and ranges, because a pin that matches several versions drifts. The
 distribution's own packages (docker.io, nginx, prometheus) are the exception: their value is a
 security floor, written as one exact version (see below).
+
+Tunables (ports, context length, memory utilisation, tensor parallel size) are not restated here:
+each has its one default in its component's settings module (gpufleet/settings_*.py). Set one
+here only where the fleet deliberately differs from that default.
 """
 
 # pyinfra: verify SSH host keys. The lab writes its own known_hosts file (inventory/lab.py).
@@ -45,28 +49,22 @@ node_exporter_min_version = "1.5.0-1+b6"  # prometheus-node-exporter, every host
 # runs is built on it with NCCL pinned (files/Dockerfile.vllm_rtx5090); the build fails if the NCCL
 # vLLM loads is not nccl_version, or if torch has no sm_120 kernels.
 vllm_image = "vllm/vllm-openai:v0.21.0"
-vllm_model = "Qwen/Qwen3-32B-AWQ"
+# The model, and what moves with it when it changes: its name to clients and its weights' format.
 # Staged on each node from the hub before any replica starts, verified, served offline
 # (operations/weights.py). An air-gapped site: vllm_model_source = "url", vllm_model_url and
 # vllm_model_sha256 of an archive on its own mirror.
-vllm_model_source = "hub"
+vllm_model = "Qwen/Qwen3-32B-AWQ"
 vllm_served_model_name = "qwen3-32b-awq"
 vllm_quantization = "awq_marlin"
-vllm_tensor_parallel_size = 2
-vllm_max_model_len = 32768
-vllm_gpu_memory_utilization = 0.80
-vllm_port = 8000
+# Milvus runs standalone (etcd + MinIO + Milvus, as Milvus's official compose): these three images.
 milvus_image = "milvusdb/milvus:v2.6.11"
-milvus_mode = "standalone"  # etcd + MinIO + Milvus, as Milvus's official standalone compose
 milvus_etcd_image = "quay.io/coreos/etcd:v3.5.25"
 milvus_minio_image = "minio/minio:RELEASE.2024-05-28T17-19-04Z"
-milvus_port = 19530
 # Milvus authentication is on (gpufleet/settings_data.py): root's password and the RAG app's user's
 # come from these control-side files (one random line each, e.g. `openssl rand -hex 24`, mode 0600).
 # A fleet without them does not validate; milvus_authentication = False runs Milvus without, said out loud.
 milvus_root_password_file = "~/.config/gpufleet/milvus-root-password"
 milvus_app_password_file = "~/.config/gpufleet/milvus-app-password"
-lb_port = 80
 
 # --- monitoring on GPU nodes ---------------------------------------------------------------------
 # NVIDIA's DCGM exporter (4.5.3 = DCGM, 4.8.2 = the exporter); the distroless build has no shell.

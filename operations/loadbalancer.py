@@ -49,13 +49,13 @@ from operations import secrets
 from operations.facts.edge import DRAINED_DIR, NGINX_CONF, NginxState, UpstreamHealth
 from operations.digests import short_digest
 from operations.node_exporter import TEXTFILE_DIR
-from operations.util import put_text
+from operations.util import Staged, put_text, swap_script
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "files" / "nginx" / "nginx.conf.j2"
 NEW = f"{NGINX_CONF}.gpufleet-new"
 OLD = f"{NGINX_CONF}.gpufleet-old"
 
-# Keys of ``options`` and their defaults; lb_options() fills them from a host's settings.
+# Keys of ``options`` and their defaults; gpufleet.deploy_args.lb_options() fills them from a host's settings.
 DEFAULT_OPTIONS: dict[str, Any] = {
     "listen_port": 80, "status_port": 8081, "max_fails": 3, "fail_timeout_s": 10, "connect_timeout_s": 5,
     "read_timeout_s": 600, "next_upstream_tries": 3, "next_upstream_timeout_s": 30,
@@ -71,23 +71,6 @@ API_KEY_MAP = "/etc/nginx/gpufleet-api-key.conf"
 VLLM_UPSTREAM = "vllm"
 APP_UPSTREAM = "rag_app"
 _BEARER_TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")  # RFC 6750 b64token: nothing to escape in nginx
-
-
-def lb_options(settings) -> dict[str, Any]:
-    """The nginx options of an lb host's settings (gpufleet.settings.HostSettings)."""
-    return {
-        "listen_port": settings.lb_port, "status_port": settings.lb_status_port,
-        "max_fails": settings.lb_max_fails, "fail_timeout_s": settings.lb_fail_timeout_s,
-        "connect_timeout_s": settings.lb_connect_timeout_s, "read_timeout_s": settings.lb_read_timeout_s,
-        "next_upstream_tries": settings.lb_next_upstream_tries,
-        "next_upstream_timeout_s": settings.lb_next_upstream_timeout_s,
-        "client_max_body_size": settings.lb_client_max_body_size, "keepalive": settings.lb_upstream_keepalive,
-        "keepalive_timeout_s": settings.lb_upstream_keepalive_timeout_s,
-        "worker_connections": settings.lb_worker_connections,
-        "tls_cert_file": settings.lb_tls_cert_file, "tls_key_file": settings.lb_tls_key_file,
-        "api_key_file": settings.vllm_api_key_file if settings.lb_require_api_key else None,
-        "app_listen_port": settings.lb_app_port,
-    }
 
 
 def edge_files(opts: dict[str, Any]) -> dict[str, tuple[str | None, str]]:
@@ -139,13 +122,6 @@ def _edge_commands(opts: dict[str, Any], converge: list, remove_unused: bool = F
         after += [f"rm -f {shlex.quote(dest)}" for dest, (text, _) in files.items()
                   if text is None and host.get_fact(File, path=dest)]
     return writes + converge + after
-
-
-def lb_args(fleet, host_name: str) -> dict[str, Any]:
-    """``replicas`` (every vLLM replica, then every node's RAG app) and ``options`` for
-    nginx/drain/undrain on one lb host of a gpufleet Fleet."""
-    return {"replicas": members(fleet.replicas) + members(fleet.app_members),
-            "options": lb_options(fleet.hosts[host_name].settings)}
 
 
 def upstream_of(member: dict[str, Any]) -> str:
@@ -223,24 +199,13 @@ def _sha1(text: str) -> str:
 def apply_script(config_id: str, status_port: int, test_new: bool = True) -> str:
     """Shell text: test the new file, move it in, reload, wait for the new config id; roll back on failure."""
     url = f"http://127.0.0.1:{int(status_port)}/gpufleet-config"
-    steps = ["set -u"]
-    if test_new:
-        steps += [
-            f'if ! out=$(nginx -t -q -c {NEW} 2>&1); then rm -f {NEW}; '
-            f'echo "gpufleet: nginx -t rejects the new config, {NGINX_CONF} unchanged: $out" >&2; exit 1; fi',
-            f"if [ -e {NGINX_CONF} ]; then cp -p {NGINX_CONF} {OLD}; fi",
-            f"mv -f {NEW} {NGINX_CONF}",
-        ]
-    steps += [
-        "ok=0",
-        "if systemctl reload-or-restart nginx; then for i in $(seq 1 40); do "
-        f'if [ "$(curl -fsS -m 2 {url} 2>/dev/null)" = {config_id} ]; then ok=1; break; fi; sleep 0.25; done; fi',
-        f'if [ "$ok" = 1 ]; then rm -f {OLD}; exit 0; fi',
-        f'echo "gpufleet: nginx does not serve config {config_id} after reload; rolling back" >&2',
-        f"if [ -e {OLD} ]; then mv -f {OLD} {NGINX_CONF}; systemctl reload-or-restart nginx || true; fi",
-        "exit 1",
-    ]
-    return "\n".join(steps)
+    checks = [f'if ! out=$(nginx -t -q -c {NEW} 2>&1); then rm -f {NEW}; '
+              f'echo "gpufleet: nginx -t rejects the new config, {NGINX_CONF} unchanged: $out" >&2; exit 1; fi']
+    return swap_script(
+        [Staged(NEW, NGINX_CONF, OLD, staged=test_new)], checks if test_new else [],
+        reload="systemctl reload-or-restart nginx", tries=40, interval="0.25",
+        probe=f'if [ "$(curl -fsS -m 2 {url} 2>/dev/null)" = {config_id} ]; then ok=1; break; fi',
+        failed=f"nginx does not serve config {config_id} after reload")
 
 
 def _converge(text: str, config_id: str, status_port: int, state: dict):
@@ -258,7 +223,7 @@ def nginx(replicas: list, options: dict | None = None):
     Render /etc/nginx/nginx.conf from the inventory's replicas; test, swap in, reload, roll back.
 
     + replicas: every load-balanced replica (``Fleet.replicas`` or ``[{"name", "address", "port"}]``)
-    + options: nginx tuning, see ``DEFAULT_OPTIONS`` and ``lb_options(settings)``
+    + options: nginx tuning, see ``DEFAULT_OPTIONS`` (gpufleet fills it with ``gpufleet.deploy_args.lb_options``)
 
     Replicas drained on this host (marker files in /etc/nginx/gpufleet/drained/) stay ``down``.
 
@@ -266,7 +231,8 @@ def nginx(replicas: list, options: dict | None = None):
 
     .. code:: python
 
-        loadbalancer.nginx(**loadbalancer.lb_args(fleet, host.name))
+        loadbalancer.nginx(replicas=[{"name": "gpu-node-01-vllm-0", "address": "10.40.1.11", "port": 8000}],
+                           options={"listen_port": 80, "status_port": 8081})
     """
     opts = {**DEFAULT_OPTIONS, **(options or {})}
     state = host.get_fact(NginxState, status_port=opts["status_port"])
@@ -318,7 +284,8 @@ def drain(replica: str | list[str], replicas: list, options: dict | None = None,
 
     .. code:: python
 
-        loadbalancer.drain(replica=["gpu-node-01-vllm-0", "gpu-node-01-rag-app"], reason="vLLM v0.11.1", **lb_args)
+        loadbalancer.drain(replica=["gpu-node-01-vllm-0", "gpu-node-01-rag-app"], reason="vLLM v0.11.1",
+                           replicas=replicas, options=options)
     """
     opts = {**DEFAULT_OPTIONS, **(options or {})}
     state = host.get_fact(NginxState, status_port=opts["status_port"])
@@ -365,7 +332,8 @@ def undrain(replica: str | list[str], replicas: list, options: dict | None = Non
 
     .. code:: python
 
-        loadbalancer.undrain(replica=["gpu-node-01-vllm-0", "gpu-node-01-rag-app"], **lb_args)
+        loadbalancer.undrain(replica=["gpu-node-01-vllm-0", "gpu-node-01-rag-app"], replicas=replicas,
+                             options=options)
     """
     opts = {**DEFAULT_OPTIONS, **(options or {})}
     state = host.get_fact(NginxState, status_port=opts["status_port"])

@@ -33,7 +33,6 @@ import re
 import shlex
 from io import StringIO
 from pathlib import Path
-from typing import Any
 
 import jinja2
 from pyinfra import host
@@ -41,7 +40,7 @@ from pyinfra.api import FileUploadCommand, OperationValueError, StringCommand, o
 from pyinfra.facts.files import FileContents, Sha1File
 
 from operations import containers, pinned_apt
-from operations.util import put_text
+from operations.util import Staged, put_text, swap_script
 from operations.docker_daemon import refuse_daemon_reload_under_gpu_containers
 from operations.facts.edge import PROMETHEUS_CONF, PrometheusState, ServiceState
 from operations.secrets import read_secret, secret_file
@@ -205,33 +204,6 @@ NODE_JOBS = [
 ]
 
 
-def prometheus_args(fleet, host_name: str) -> dict[str, Any]:
-    """``replicas``, ``nodes``, ``options`` (and ``rules`` where the fleet tunes alert hold times) for
-    ``prometheus`` on one lb host of a gpufleet Fleet."""
-    s = fleet.hosts[host_name].settings
-    # A node's row names the exporters it runs; the Milvus host (a node, or a host of its own) adds Milvus's.
-    nodes = []
-    for h in fleet.hosts.values():
-        row = {"name": h.name, "address": h.address}
-        if h.is_gpu_node:
-            row.update(dcgm_exporter_port=h.settings.dcgm_exporter_port, gpu_monitor_port=h.settings.gpu_monitor_port)
-        if h.is_vector_db:
-            row["milvus_metrics_port"] = h.settings.milvus_health_port
-        if len(row) > 2:
-            nodes.append(row)
-    replicas = [{"name": r.name, "node": r.node, "address": r.address, "port": r.port} for r in fleet.replicas]
-    hosts = [{"name": h.name, "address": h.address, "port": h.settings.node_exporter_port}
-             for h in fleet.hosts.values() if h.is_gpu_node or h.is_lb or h.is_vector_db]
-    return {"replicas": replicas, "nodes": nodes, "hosts": hosts,
-            "options": {"port": s.prometheus_port, "scrape_interval_s": s.prometheus_scrape_interval_s,
-                        "retention": s.prometheus_retention,
-                        # Like the exporters: the lb's private address unless metrics_listen_address says otherwise.
-                        "listen_address": s.metrics_listen_address or fleet.hosts[host_name].address,
-                        "alertmanager": ALERTMANAGER_LISTEN if s.alertmanager_webhook_url_file else None},
-            # The shipped rules unless the fleet tunes hold times (the operation's default is the file).
-            **({"rules": alert_rules(s.alert_hold_for)} if s.alert_hold_for else {})}
-
-
 def local_address(listen_address: str | None) -> str:
     """Where this host reaches a server that listens on ``listen_address`` (every interface: 127.0.0.1).
 
@@ -312,47 +284,30 @@ def prometheus_script(port: int, restart: bool, test_new: bool = True, rules: bo
     verb = "restart" if restart else "reload-or-restart"
     metrics = f"http://{address}:{int(port)}/metrics"
     uploaded = " ".join(([RULES_NEW] if rules else []) + ([PROM_NEW] if test_new else []))
-    steps = ["set -u"]
+    checks = []
     if rules:
-        steps.append(f'if ! out=$(promtool check rules {RULES_NEW} 2>&1); then rm -f {uploaded}; '
-                     f'echo "gpufleet: promtool rejects the new rules, {PROMETHEUS_RULES} unchanged: $out" >&2; exit 1; fi')
+        checks.append(f'if ! out=$(promtool check rules {RULES_NEW} 2>&1); then rm -f {uploaded}; '
+                      f'echo "gpufleet: promtool rejects the new rules, {PROMETHEUS_RULES} unchanged: $out" >&2; exit 1; fi')
     if test_new:
         # promtool also loads the rule files a config names: check the new config beside the rules
         # it will run with (the new ones, or the live ones when they do not change).
-        steps += [
+        checks += [
             "check=$(mktemp -d) || exit 1",
             f'cp {PROM_NEW} "$check/prometheus.yml"; cp {RULES_NEW if rules else PROMETHEUS_RULES} "$check/{RULES_NAME}"',
             f'if ! out=$(promtool check config "$check/prometheus.yml" 2>&1); then rm -rf "$check" {uploaded}; '
             f'echo "gpufleet: promtool rejects the new config, {PROMETHEUS_CONF} unchanged: $out" >&2; exit 1; fi',
             'rm -rf "$check"',
         ]
-    if rules:
-        # No rules file before: none after a roll-back either (an old copy is never left over).
-        steps += [f"if [ -e {PROMETHEUS_RULES} ]; then cp -p {PROMETHEUS_RULES} {RULES_OLD}; else rm -f {RULES_OLD}; fi",
-                  f"mv -f {RULES_NEW} {PROMETHEUS_RULES}"]
-    if test_new:
-        steps += [f"if [ -e {PROMETHEUS_CONF} ]; then cp -p {PROMETHEUS_CONF} {PROM_OLD}; fi",
-                  f"mv -f {PROM_NEW} {PROMETHEUS_CONF}"]
-    steps += [
-        "since=$(date +%s); ok=0",
-        f"if systemctl {verb} prometheus; then for i in $(seq 1 240); do "
-        f"m=$(curl -fsS -m 2 {metrics} 2>/dev/null || true); "
-        "r=$(echo \"$m\" | awk '/^prometheus_config_last_reload_successful /{print $2}'); "
-        "t=$(echo \"$m\" | awk '/^prometheus_config_last_reload_success_timestamp_seconds /{printf \"%d\", $2}'); "
-        'if [ "$r" = 1 ] && [ "${t:-0}" -ge "$since" ]; then ok=1; break; fi; sleep 0.5; done; fi',
-        f'if [ "$ok" = 1 ]; then rm -f {PROM_OLD}{f" {RULES_OLD}" if rules else ""}; exit 0; fi',
-        'echo "gpufleet: prometheus did not load the new config; rolling back" >&2',
-    ]
-    if not rules:
-        steps.append(f"if [ -e {PROM_OLD} ]; then mv -f {PROM_OLD} {PROMETHEUS_CONF}; "
-                     f"systemctl {verb} prometheus || true; fi")
-    else:
-        if test_new:
-            steps.append(f"if [ -e {PROM_OLD} ]; then mv -f {PROM_OLD} {PROMETHEUS_CONF}; fi")
-        steps += [f"if [ -e {RULES_OLD} ]; then mv -f {RULES_OLD} {PROMETHEUS_RULES}; else rm -f {PROMETHEUS_RULES}; fi",
-                  f"systemctl {verb} prometheus || true"]
-    steps.append("exit 1")
-    return "\n".join(steps)
+    # No rules file before: none after a roll-back either (optional: an old copy is never left over).
+    files = [Staged(RULES_NEW, PROMETHEUS_RULES, RULES_OLD, staged=rules, optional=True),
+             Staged(PROM_NEW, PROMETHEUS_CONF, PROM_OLD, staged=test_new)]
+    return swap_script(
+        files, checks, reload=f"systemctl {verb} prometheus", start="since=$(date +%s)", tries=240, interval="0.5",
+        probe=(f"m=$(curl -fsS -m 2 {metrics} 2>/dev/null || true); "
+               "r=$(echo \"$m\" | awk '/^prometheus_config_last_reload_successful /{print $2}'); "
+               "t=$(echo \"$m\" | awk '/^prometheus_config_last_reload_success_timestamp_seconds /{printf \"%d\", $2}'); "
+               'if [ "$r" = 1 ] && [ "${t:-0}" -ge "$since" ]; then ok=1; break; fi'),
+        failed="prometheus did not load the new config")
 
 
 @operation()
@@ -376,7 +331,11 @@ def prometheus(replicas: list, nodes: list, options: dict | None = None, rules: 
 
     .. code:: python
 
-        monitoring.prometheus(**monitoring.prometheus_args(fleet, host.name))
+        monitoring.prometheus(
+            replicas=[{"name": "gpu-node-01-vllm-0", "node": "gpu-node-01", "address": "10.40.1.11", "port": 8000}],
+            nodes=[{"name": "gpu-node-01", "address": "10.40.1.11", "dcgm_exporter_port": 9400,
+                    "gpu_monitor_port": 9401}],
+            options={"listen_address": "10.40.0.5"})
     """
     opts = {"port": 9090, "scrape_interval_s": 15, "retention": "15d", **(options or {})}
     rules = alert_rules() if rules is None else rules
@@ -406,11 +365,6 @@ def prometheus(replicas: list, nodes: list, options: dict | None = None, rules: 
 # --- Alertmanager on lb hosts ------------------------------------------------------------------
 
 _WEBHOOK_URL = re.compile(r"^https?://[^\s\"]+$")
-
-
-def alertmanager_args(fleet, host_name: str) -> dict[str, Any]:
-    """``webhook_url_file`` for ``alertmanager`` on one lb host of a gpufleet Fleet."""
-    return {"webhook_url_file": fleet.hosts[host_name].settings.alertmanager_webhook_url_file}
 
 
 def render_alertmanager(webhook_url: str) -> str:
@@ -459,7 +413,7 @@ def alertmanager(webhook_url_file: str | None, listen: str = ALERTMANAGER_LISTEN
 
     .. code:: python
 
-        monitoring.alertmanager(**monitoring.alertmanager_args(fleet, host.name))
+        monitoring.alertmanager(webhook_url_file="~/.config/gpufleet/alert-webhook-url")
     """
     if webhook_url_file is None:
         host.noop("no alertmanager_webhook_url_file: no Alertmanager (alerts stay in Prometheus)")

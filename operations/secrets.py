@@ -47,6 +47,12 @@ SECRETS_DIR = "/etc/gpufleet"
 TEMP_SUFFIX = ".gpufleet-XXXXXX"  # mktemp template: .<name>.gpufleet-XXXXXX beside the target
 _VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MODE = re.compile(r"^0?[0-7]{3}$")
+# What looks like a secret, by name and by value: doctor's container facts mask such environment values,
+# and gpufleet's settings refuse them as data and redact them from every message.
+SECRET_NAME = re.compile(r"(^|_)(TOKEN|SECRET|SECRET_KEY|PASSWORD|PASSWD|API_KEY|APIKEY|ACCESS_KEY|PRIVATE_KEY|"
+                         r"CREDENTIALS?)($|_)|_KEY$")
+# Hugging Face tokens, OpenAI-style keys, bearer headers, URLs with a password.
+SECRET_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}|\bsk-[A-Za-z0-9_-]{16,}|^Bearer\s|://[^/\s:@]+:[^/\s@]+@")
 
 
 class SecretWrite(StringCommand):

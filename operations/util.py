@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from io import StringIO
 
 
@@ -25,3 +26,63 @@ def sudo_arguments(host) -> dict[str, bool]:
     **Example:** ``host.run_shell_command(StringCommand("docker ps"), **sudo_arguments(host))``
     """
     return {"_sudo": True} if host.data.get("_sudo") else {}
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A config file the swap script replaces: the new copy uploaded beside the live one, the old kept.
+
+    + new: where the new copy was uploaded (``staged``) for the swap
+    + live: the file the service reads
+    + old: where the live file is kept until the service runs the new one
+    + staged: a new copy is in ``new`` (False: the file stays, only its leftover ``old`` copy is handled)
+    + optional: the live file may be absent; a roll-back then removes it again
+    """
+
+    new: str
+    live: str
+    old: str
+    staged: bool = True
+    optional: bool = False
+
+
+def swap_script(files: list[Staged], checks: list[str], reload: str, probe: str, tries: int, interval: str,
+                failed: str, start: str = "") -> str:
+    """Shell text: check the new files, swap them in, reload, wait until the service runs them; roll back.
+
+    The one write -> test -> swap -> reload -> roll-back transaction of the lb's nginx and Prometheus
+    (operations/loadbalancer.py, operations/monitoring.py), as dstack's ``write_conf`` with the test first.
+
+    + files: the config files, in the order they are swapped in (rolled back in reverse)
+    + checks: shell lines run first; each removes the uploaded copies and exits 1 when it rejects one
+    + reload: the command that makes the service read its files (``systemctl reload-or-restart nginx``)
+    + probe: shell run every ``interval`` seconds, up to ``tries`` times, after ``reload``: it sets
+      ``ok=1`` and breaks when the service runs the new files
+    + failed: what did not happen, for the roll-back message
+    + start: shell run just before ``reload`` (``since=$(date +%s)`` for a probe that compares times)
+
+    With nothing staged the script reloads and waits; a roll-back then puts back a kept copy that
+    a run cut off after its swap left behind (the last config that was live before it).
+    """
+    steps = ["set -u", *checks]
+    for f in files:
+        if f.staged:
+            keep = f"else rm -f {f.old}; " if f.optional else ""
+            steps += [f"if [ -e {f.live} ]; then cp -p {f.live} {f.old}; {keep}fi", f"mv -f {f.new} {f.live}"]
+    kept = [f for f in reversed(files) if f.staged or not f.optional]
+    steps += [
+        f"{start}; ok=0" if start else "ok=0",
+        f"if {reload}; then for i in $(seq 1 {int(tries)}); do {probe}; sleep {interval}; done; fi",
+        f'if [ "$ok" = 1 ]; then rm -f {" ".join(f.old for f in kept)}; exit 0; fi',
+        f'echo "gpufleet: {failed}; rolling back" >&2',
+    ]
+    back = [f for f in reversed(files) if f.staged] or [f for f in reversed(files) if not f.optional]
+    if len(back) == 1 and not back[0].optional:
+        # One file that was there before: reload only when it was put back.
+        steps.append(f"if [ -e {back[0].old} ]; then mv -f {back[0].old} {back[0].live}; {reload} || true; fi")
+    else:
+        steps += [f"if [ -e {f.old} ]; then mv -f {f.old} {f.live}; "
+                  + (f"else rm -f {f.live}; fi" if f.optional else "fi") for f in back]
+        steps.append(f"{reload} || true")
+    steps.append("exit 1")
+    return "\n".join(steps)

@@ -243,6 +243,8 @@ def replica_spec(*, name: str, image: str, model: str, served_model_name: str, p
     )
 
 
+# The defaults below are the operation's own, for a deploy that calls it without gpufleet's settings;
+# gpufleet's deploy.py passes every one of them from settings_vllm.py, where the fleet's are written.
 @operation()
 def replica(container: str, image: str, model: str, served_model_name: str, port: int, gpus: list[int],
             bind_address: str, tensor_parallel_size: int = 2, max_model_len: int = 32768,

@@ -23,9 +23,12 @@ from gpufleet.planner import (
     parse_gpus,
     plan_replica,
 )
+from gpufleet.settings_vllm import VllmSettings
 from gpufleet.table import render_table
 
 EXIT_FITS, EXIT_BAD_INPUT, EXIT_DOES_NOT_FIT = 0, 1, 2
+# The fleet's own defaults (settings_vllm.py), so that a plain `gpufleet plan` plans what a deploy serves.
+_SETTINGS = VllmSettings.model_fields
 
 
 class _BadInputIsOne(click.Command):
@@ -90,8 +93,9 @@ def _list_models() -> str:
 @click.option("--gpus", "gpus_spec", default="2x32", show_default=True, metavar="NxGIB",
               help="GPU count and memory each: 2x32 (GiB) or 2x32607MiB (an RTX 5090 reports 32607 MiB "
                    "= 31.84 GiB).")
-@click.option("--max-model-len", type=int, default=32768, show_default=True)
-@click.option("--gpu-memory-utilization", type=float, default=0.80, show_default=True)
+@click.option("--max-model-len", type=int, default=_SETTINGS["vllm_max_model_len"].default, show_default=True)
+@click.option("--gpu-memory-utilization", type=float, default=_SETTINGS["vllm_gpu_memory_utilization"].default,
+              show_default=True)
 @click.option("--tp", type=int, default=None, help="Tensor parallel size [default: the GPU count].")
 @click.option("--quantization", default=None,
               help="Override the model's weights: awq, gptq, fp8 or bf16 [default: the model's own].")

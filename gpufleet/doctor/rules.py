@@ -696,7 +696,7 @@ def enforce_eager(ev: dict, out: _Out) -> None:
 
 # ------------------------------------------------------------------------------- config ----------
 def debug_env(ev: dict, out: _Out) -> None:
-    from gpufleet.settings import FORBIDDEN_ENV
+    from gpufleet.settings_vllm import FORBIDDEN_ENV
     from gpufleet.settings_input import DEBUG_ENV, DEBUG_ENV_PREFIXES
 
     allowed = bool((ev.get("declared") or {}).get("allow_debug_settings"))

@@ -302,7 +302,7 @@ def _env(pairs: list[str] | None) -> dict[str, str]:
     The values never leave this function: HF_TOKEN / VLLM_API_KEY reach the container from
     root-only env files, and ``docker inspect`` shows them in plain text.
     """
-    from gpufleet.settings_input import SECRET_NAME, SECRET_VALUE
+    from operations.secrets import SECRET_NAME, SECRET_VALUE
 
     env = {}
     for pair in pairs or []:

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import yaml
 
-from gpufleet import PROJECT_ROOT
+from gpufleet import PROJECT_ROOT, deploy_args
 from gpufleet.drift import DriftReport, HostDrift, write_prometheus
 from gpufleet.fleet import load_fleet
 from operations import monitoring
@@ -88,7 +88,7 @@ def test_a_broken_expression_fails_check_rules(promtool, tmp_path):
 
 def test_rendered_config_and_rules_pass_promtool_check_config(promtool, tmp_path):
     fleet = load_fleet(PROD, cwd=str(PROJECT_ROOT))
-    (tmp_path / "prometheus.yml").write_text(monitoring.render_prometheus(**monitoring.prometheus_args(fleet, "lb-01")))
+    (tmp_path / "prometheus.yml").write_text(monitoring.render_prometheus(**deploy_args.prometheus_args(fleet, "lb-01")))
     shutil.copy(RULES, tmp_path / monitoring.RULES_NAME)
     out = run(promtool, "check", "config", str(tmp_path / "prometheus.yml"))
     assert out.returncode == 0, out.stdout + out.stderr
@@ -108,7 +108,7 @@ def test_every_alert_has_a_severity_a_runbook_and_a_unit_test():
 
 def test_rules_read_the_scrape_jobs_prometheus_yml_defines():
     fleet = load_fleet(PROD, cwd=str(PROJECT_ROOT), overrides={"alertmanager_webhook_url_file": "/nonexistent"})
-    config = yaml.safe_load(monitoring.render_prometheus(**monitoring.prometheus_args(fleet, "lb-01")))
+    config = yaml.safe_load(monitoring.render_prometheus(**deploy_args.prometheus_args(fleet, "lb-01")))
     jobs = {j["job_name"] for j in config["scrape_configs"]}
     assert config["rule_files"] == [monitoring.RULES_NAME]
     assert jobs == {"prometheus", "alertmanager", "vllm", "dcgm", "gpu_monitor", "milvus", "node"}
@@ -235,15 +235,15 @@ WEBHOOK_FILE = PROJECT_ROOT / "tests" / "fixtures" / "prometheus" / "webhook-url
 
 def test_alertmanager_is_off_by_default_and_prometheus_sends_nowhere():
     fleet = load_fleet(PROD, cwd=str(PROJECT_ROOT))
-    assert monitoring.alertmanager_args(fleet, "lb-01") == {"webhook_url_file": None}
-    config = yaml.safe_load(monitoring.render_prometheus(**monitoring.prometheus_args(fleet, "lb-01")))
+    assert deploy_args.alertmanager_args(fleet, "lb-01") == {"webhook_url_file": None}
+    config = yaml.safe_load(monitoring.render_prometheus(**deploy_args.prometheus_args(fleet, "lb-01")))
     assert "alerting" not in config and "alertmanager" not in {j["job_name"] for j in config["scrape_configs"]}
 
 
 def test_prometheus_sends_to_the_local_alertmanager_when_a_webhook_is_configured(promtool, tmp_path):
     fleet = load_fleet(PROD, cwd=str(PROJECT_ROOT), overrides={"alertmanager_webhook_url_file": str(WEBHOOK_FILE)})
-    assert monitoring.alertmanager_args(fleet, "lb-01") == {"webhook_url_file": str(WEBHOOK_FILE)}
-    text = monitoring.render_prometheus(**monitoring.prometheus_args(fleet, "lb-01"))
+    assert deploy_args.alertmanager_args(fleet, "lb-01") == {"webhook_url_file": str(WEBHOOK_FILE)}
+    text = monitoring.render_prometheus(**deploy_args.prometheus_args(fleet, "lb-01"))
     config = yaml.safe_load(text)
     assert config["alerting"] == {"alertmanagers": [{"static_configs": [{"targets": ["127.0.0.1:9093"]}]}]}
     (tmp_path / "prometheus.yml").write_text(text)
@@ -295,11 +295,11 @@ def test_hold_for_replaces_only_the_named_alerts_for_and_passes_promtool(promtoo
 
 def test_hold_for_reaches_the_prometheus_operation():
     fleet = load_fleet(PROD, {"alert_hold_for": {"VllmReplicaDown": "2m"}})
-    args = monitoring.prometheus_args(fleet, fleet.load_balancers[0].name)
+    args = deploy_args.prometheus_args(fleet, fleet.load_balancers[0].name)
     down = args["rules"].split("alert: VllmReplicaDown")[1].split("- alert:")[0]
     assert re.search(r"^\s*for: 2m$", down, re.M)
     # Without the key: the operation's default, the shipped file byte for byte (no new rules on every lb).
-    assert "rules" not in monitoring.prometheus_args(load_fleet(PROD), fleet.load_balancers[0].name)
+    assert "rules" not in deploy_args.prometheus_args(load_fleet(PROD), fleet.load_balancers[0].name)
 
 
 @pytest.mark.parametrize("hold_for, expected", [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pyinfra.api import OperationError
 
-from gpufleet import PROJECT_ROOT
+from gpufleet import PROJECT_ROOT, deploy_args
 from gpufleet.fleet import load_fleet
 from gpufleet.rollout_steps import _members_of
 from operations import loadbalancer
@@ -36,7 +36,7 @@ def test_milvus_listening_everywhere_is_dialled_at_the_private_address():
 
 
 def test_the_lb_config_has_an_app_upstream_with_a_member_per_node(fleet):
-    args = loadbalancer.lb_args(fleet, "lb-01")
+    args = deploy_args.lb_args(fleet, "lb-01")
     text, config_id = loadbalancer.render(args["replicas"], ["gpu-node-03-rag-app"], args["options"])
     app_block = text[text.index("upstream rag_app {"):]
     app_block = app_block[:app_block.index("}")]
@@ -69,7 +69,7 @@ class NginxHost:
 
 
 def test_no_live_member_left_is_counted_per_upstream(fleet, monkeypatch):
-    args = loadbalancer.lb_args(fleet, "lb-01")
+    args = deploy_args.lb_args(fleet, "lb-01")
     rows = loadbalancer.members(args["replicas"])
     apps = [m["name"] for m in rows if m.get("upstream") == "rag_app"]
     # Every app but node 4's is drained: draining node 4's app would leave the app upstream empty,
@@ -98,7 +98,7 @@ def _split(commands) -> tuple[list[str], list[str], list[str]]:
 
 
 def test_a_nodes_members_drain_and_undrain_together_in_one_reload(fleet, monkeypatch):
-    args = loadbalancer.lb_args(fleet, "lb-01")
+    args = deploy_args.lb_args(fleet, "lb-01")
     rows = loadbalancer.members(args["replicas"])
     node4 = ["gpu-node-04-vllm-0", "gpu-node-04-rag-app"]
     monkeypatch.setattr(loadbalancer, "host", NginxHost(rows, []))

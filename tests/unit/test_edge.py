@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from gpufleet import PROJECT_ROOT
+from gpufleet import PROJECT_ROOT, deploy_args
 from gpufleet.fleet import load_fleet
 from gpufleet.settings import HostSettings
 from operations import loadbalancer, monitoring
@@ -23,7 +23,7 @@ def _upstream(text):
 
 def test_nginx_has_one_member_per_replica_of_the_inventory():
     fleet = load_fleet(PROD, cwd=str(PROJECT_ROOT))
-    args = loadbalancer.lb_args(fleet, "lb-01")
+    args = deploy_args.lb_args(fleet, "lb-01")
     text, config_id = loadbalancer.render(args["replicas"], [], args["options"])
     found = [(m[0], int(m[1]), m[5]) for m in SERVER.findall(_upstream(text))]
     assert found == [(r.address, r.port, r.name) for r in fleet.replicas]
@@ -37,7 +37,7 @@ def test_nginx_has_one_member_per_replica_of_the_inventory():
 
 def test_drained_member_is_down_and_changes_the_config_id():
     fleet = load_fleet(PROD, cwd=str(PROJECT_ROOT))
-    args = loadbalancer.lb_args(fleet, "lb-01")
+    args = deploy_args.lb_args(fleet, "lb-01")
     live, live_id = loadbalancer.render(args["replicas"], [], args["options"])
     drained, drained_id = loadbalancer.render(args["replicas"], ["gpu-node-02-vllm-0", "gone-vllm-0"], args["options"])
     rows = {m[5]: m[2] for m in SERVER.findall(_upstream(drained))}
@@ -49,17 +49,17 @@ def test_split_node_gives_two_members_on_two_ports():
     fleet = load_fleet(PROD, cwd=str(PROJECT_ROOT), overrides={
         "vllm_tensor_parallel_size": 1, "vllm_model": "Qwen/Qwen3-8B-AWQ", "vllm_quantization": "awq_marlin",
         "vllm_replicas": [{"name": "vllm-0", "gpus": [0], "port": 8000}, {"name": "vllm-1", "gpus": [1], "port": 8001}]})
-    args = loadbalancer.lb_args(fleet, "lb-01")
+    args = deploy_args.lb_args(fleet, "lb-01")
     text, _ = loadbalancer.render(args["replicas"], [], args["options"])
     assert len(SERVER.findall(_upstream(text))) == 8 == len(fleet.replicas)
-    prom = yaml.safe_load(monitoring.render_prometheus(**monitoring.prometheus_args(fleet, "lb-01")))
+    prom = yaml.safe_load(monitoring.render_prometheus(**deploy_args.prometheus_args(fleet, "lb-01")))
     jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
     assert len(jobs["vllm"]["static_configs"]) == 8 and len(jobs["dcgm"]["static_configs"]) == 4
 
 
 def test_prometheus_has_a_target_per_replica_and_per_node_exporter():
     fleet = load_fleet(PROD, cwd=str(PROJECT_ROOT))
-    args = monitoring.prometheus_args(fleet, "lb-01")
+    args = deploy_args.prometheus_args(fleet, "lb-01")
     prom = yaml.safe_load(monitoring.render_prometheus(**args))
     jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
     assert prom["global"]["scrape_interval"] == "15s"
@@ -108,7 +108,7 @@ def test_unit_runs_the_venv_python_quietly():
     unit = monitoring.monitor_unit(9401, "0.0.0.0", 5.0)
     assert "ExecStart=/opt/gpufleet/gpu-monitor/venv/bin/python /opt/gpufleet/gpu-monitor/gpu_monitor.py" in unit
     assert "--port 9401 --addr 0.0.0.0 --interval 5.0 --quiet" in unit and "Restart=always" in unit
-    json.dumps(monitoring.prometheus_args(load_fleet(PROD, cwd=str(PROJECT_ROOT)), "lb-01"))  # JSON-safe args
+    json.dumps(deploy_args.prometheus_args(load_fleet(PROD, cwd=str(PROJECT_ROOT)), "lb-01"))  # JSON-safe args
 
 
 def _pem(tmp_path, name, block):
@@ -119,7 +119,7 @@ def _pem(tmp_path, name, block):
 
 def test_tls_and_the_api_key_at_the_lb_render_paths_never_the_key(tmp_path):
     fleet = load_fleet(PROD, cwd=str(PROJECT_ROOT))
-    args = loadbalancer.lb_args(fleet, "lb-01")
+    args = deploy_args.lb_args(fleet, "lb-01")
     key_file = tmp_path / "api-key"
     key_file.write_text("sk-test-0123456789abcdef\n")
     on = {**args["options"], "tls_cert_file": _pem(tmp_path, "cert.pem", "CERTIFICATE"),

@@ -2,7 +2,7 @@
 
 import yaml
 
-from gpufleet import PROJECT_ROOT
+from gpufleet import PROJECT_ROOT, deploy_args
 from gpufleet.fleet import load_fleet
 from gpufleet.settings import HostSettings
 from operations import monitoring, node_exporter
@@ -12,7 +12,7 @@ PROD = str(PROJECT_ROOT / "inventory/prod.py")
 
 def test_every_host_is_scraped_on_its_private_address():
     fleet = load_fleet(PROD, cwd=str(PROJECT_ROOT))
-    config = yaml.safe_load(monitoring.render_prometheus(**monitoring.prometheus_args(fleet, "lb-01")))
+    config = yaml.safe_load(monitoring.render_prometheus(**deploy_args.prometheus_args(fleet, "lb-01")))
     [job] = [j for j in config["scrape_configs"] if j["job_name"] == "node"]
     scraped = {c["labels"]["node"]: c["targets"] for c in job["static_configs"]}
     hosts = list(fleet.hosts.values())  # GPU nodes, load balancers and the Milvus host
