@@ -151,7 +151,12 @@ def restore(inventory: str, source: str, replace: bool = False,
 
 def row_counts(inventory: str, overrides: dict[str, Any] | None = None) -> dict[str, int]:
     """Rows per collection of the fleet's Milvus now."""
-    return _on_milvus_host(inventory, overrides, lambda fleet, db, port: _dump("counts", port))
+    return _on_milvus_host(inventory, overrides, lambda fleet, db, port: counts_through(port))
+
+
+def counts_through(port: int) -> dict[str, int]:
+    """Rows per collection of the Milvus a tunnel reaches on 127.0.0.1:``port`` (gpufleet/milvus_tunnel.py)."""
+    return _dump("counts", port)
 
 
 def _remove(path: Path) -> None:
