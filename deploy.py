@@ -155,7 +155,8 @@ if "gpu_nodes" in host.groups:
     # First: a removed replica frees its GPUs and port for the ones below.
     retired = vllm.retire_replicas(name="vLLM replicas removed from the inventory",
                                    keep=[f"vllm-{r.name}" for r in replicas_of(node)],
-                                   stop_timeout=settings.vllm_stop_timeout_effective())
+                                   stop_timeout=settings.vllm_stop_timeout_effective(),
+                                   cache_dir=settings.vllm_cache_dir)
     gate.check(retired, "vLLM replicas removed from the inventory (stop and remove)", kind=REPLICAS)
     for r in host.loop(replicas_of(node)):
         replica = vllm.replica(

@@ -443,12 +443,14 @@ def ready(container: str, url: str, served_model_name: str, timeout: int = 1200,
 
 
 @operation()
-def retire_replicas(keep: list[str], stop_timeout: int):
+def retire_replicas(keep: list[str], stop_timeout: int, cache_dir: str | None = None):
     """
     Stop and remove the replica containers the inventory no longer names (and their kept previous ones).
 
     + keep: the replica containers this node should run (``vllm-<replica>``)
     + stop_timeout: ``docker stop -t``: vLLM finishes its requests in flight (``--shutdown-timeout``)
+    + cache_dir: the replicas' vLLM cache directory (:func:`replica`): a removed replica's own
+      subdirectory goes with it
 
     A removed replica otherwise keeps its GPUs forever. On a live node this interrupts serving,
     so deploy.py puts it behind the serving gate: ``gpufleet rollout`` drains it on every load
@@ -458,7 +460,8 @@ def retire_replicas(keep: list[str], stop_timeout: int):
 
     .. code:: python
 
-        vllm.retire_replicas(keep=["vllm-gpu-node-1-vllm-0"], stop_timeout=45)
+        vllm.retire_replicas(keep=["vllm-gpu-node-1-vllm-0"], stop_timeout=45,
+                             cache_dir="/var/lib/gpufleet/vllm-cache")
     """
     gone = [c for c in host.get_fact(ReplicaContainers) if c not in keep]
     if not gone:
@@ -466,5 +469,7 @@ def retire_replicas(keep: list[str], stop_timeout: int):
         return
     for container in gone:
         name, previous = shlex.quote(container), shlex.quote(containers.previous_name(container))
+        cache = replica_cache_dir(cache_dir, container)
         yield (f"docker stop -t {int(stop_timeout)} {name} >/dev/null && docker rm {name} >/dev/null && "
-               f"{{ docker rm -f {previous} >/dev/null 2>&1 || true; }}")
+               f"{{ docker rm -f {previous} >/dev/null 2>&1 || true; }}"
+               + (f" && rm -rf {shlex.quote(cache)}" if cache else ""))
