@@ -169,7 +169,8 @@ if "gpu_nodes" in host.groups:
     # First: a removed replica frees its GPUs and port for the ones below.
     retired = vllm.retire_replicas(name="vLLM replicas removed from the inventory",
                                    keep=[f"vllm-{r.name}" for r in replicas_of(node)],
-                                   stop_timeout=settings.vllm_stop_timeout_effective())
+                                   stop_timeout=settings.vllm_stop_timeout_effective(),
+                                   cache_dir=settings.vllm_cache_dir)
     gate.check(retired, "vLLM replicas removed from the inventory (stop and remove)", kind=REPLICAS)
     for r in host.loop(replicas_of(node)):
         replica = vllm.replica(
@@ -180,8 +181,8 @@ if "gpu_nodes" in host.groups:
             gpu_memory_utilization=settings.vllm_gpu_memory_utilization, quantization=settings.vllm_quantization,
             extra_args=settings.vllm_extra_args, env=settings.vllm_env,
             shm_size=settings.vllm_shm_size,
-            hf_cache_dir=settings.vllm_hf_cache_dir, hf_token_file=settings.vllm_hf_token_file,
-            api_key_file=settings.vllm_api_key_file, shutdown_timeout=settings.vllm_shutdown_timeout,
+            hf_cache_dir=settings.vllm_hf_cache_dir, cache_dir=settings.vllm_cache_dir,
+            hf_token_file=settings.vllm_hf_token_file, api_key_file=settings.vllm_api_key_file, shutdown_timeout=settings.vllm_shutdown_timeout,
             stop_timeout=settings.vllm_stop_timeout_effective(), restart=settings.vllm_restart_policy)
         gate.check(replica, f"vLLM replica {r.name} (recreate)", kind=REPLICAS)
         vllm.ready(name=f"vLLM replica {r.name} ready", container=f"vllm-{r.name}",

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from gpufleet.control_timer import install_units, service_unit, timer_unit
+from gpufleet.settings_data import DEFAULT_BACKUP_DIR
 
 UNIT = "gpufleet-backup"
 
@@ -30,7 +31,7 @@ def units(inventory: str, on_calendar: str, backup_dir: str, keep: int, textfile
 
 
 def install(inventory: str, on_calendar: str = "*-*-* 02:00:00", unit_dir: str = "/etc/systemd/system",
-            backup_dir: str = "/var/lib/gpufleet/backups", keep: int = 7,
+            backup_dir: str = DEFAULT_BACKUP_DIR, keep: int = 7,
             textfile_dir: str = "/var/lib/prometheus/node-exporter", enable: bool = True) -> list[str]:
     return install_units(units(inventory, on_calendar, backup_dir, keep, textfile_dir), f"{UNIT}.timer", unit_dir, enable)
 

@@ -160,8 +160,14 @@ def restore(inventory: str, source: str, replace: bool = False,
 
 def row_counts(inventory: str, overrides: dict[str, Any] | None = None) -> dict[str, int]:
     """Rows per collection of the fleet's Milvus now."""
-    return _on_milvus_host(inventory, overrides, lambda fleet, db, port: _dump(
-        "counts", port, root_password_file=db.settings.milvus_root_secret()))
+    return _on_milvus_host(inventory, overrides, lambda fleet, db, port: counts_through(
+        port, db.settings.milvus_root_secret()))
+
+
+def counts_through(port: int, root_password_file: str | None = None) -> dict[str, int]:
+    """Rows per collection of the Milvus a tunnel reaches on 127.0.0.1:``port`` (gpufleet/milvus_tunnel.py),
+    as root with ``root_password_file`` where Milvus authenticates."""
+    return _dump("counts", port, root_password_file=root_password_file)
 
 
 def _remove(path: Path) -> None:

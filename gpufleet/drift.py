@@ -176,7 +176,7 @@ def check(inventory_path: str, limit=(), overrides: dict[str, Any] | None = None
     store = CounterStore(default_path(inventory_path) if counters is DEFAULT_COUNTERS else counters)
     timed = {**(overrides or {}), "_timeout": read_timeout or READ_TIMEOUT_S}
     with watching() as failures, planned(inventory_path, limit, timed) as plan:
-        contexts = {h.name: _context(store, h.name, failures) for h in plan.hosts}
+        contexts = {h.name: _context(store, h.name, failures, inventory_path) for h in plan.hosts}
         results = run_parallel(plan.state, plan.hosts, lambda h: check_host(plan, h, contexts[h.name]))
         hosts = [HostDrift(name, reachable=False, error="unreachable over SSH") for name in plan.unreachable]
         hosts += [HostDrift(name, error=failures.describe(name) or f"could not plan: {why}")
@@ -195,8 +195,8 @@ def check(inventory_path: str, limit=(), overrides: dict[str, Any] | None = None
     return report
 
 
-def _context(store, name: str, failures):
-    return runtime_checks.HostContext(seen=store.host(name), failures=failures)
+def _context(store, name: str, failures, inventory_path: str = ""):
+    return runtime_checks.HostContext(seen=store.host(name), failures=failures, inventory=inventory_path)
 
 
 def check_host(plan: Plan, host, ctx) -> HostDrift:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gpufleet.data_drift import data_tier
 from gpufleet.drift_item import DriftItem
 from gpufleet.drift_counters import Seen
 from gpufleet.fleet import Fleet
@@ -30,6 +31,7 @@ class HostContext:
     + failures: pyinfra's error lines, to name a read the control side gave up on
     + problems: reads that timed out or failed (filled by :func:`run`): the host is not checked
     + image: the node's BuiltImage reading, for the fleet-wide comparison (gpufleet.image_drift)
+    + inventory: the inventory file's path (the backups of the data tier are kept per inventory)
     """
 
     specs: dict = field(default_factory=dict)
@@ -37,6 +39,7 @@ class HostContext:
     failures: ReadFailures | None = None
     problems: list[str] = field(default_factory=list)
     image: tuple | None = None
+    inventory: str = ""
 
 
 def run(host, settings: HostSettings, fleet: Fleet, ctx: HostContext | None = None) -> list[DriftItem]:
@@ -44,7 +47,7 @@ def run(host, settings: HostSettings, fleet: Fleet, ctx: HostContext | None = No
     checks = [lambda: driver_loaded(host, settings, ctx), lambda: gpu_health(host, settings, ctx),
               lambda: kernel_xids(host, settings, ctx)] if settings.gpu_count else []
     checks += [lambda: containers(host, settings, fleet, ctx), lambda: container_config(host, settings, ctx),
-               lambda: vllm_image(host, settings, ctx)]
+               lambda: vllm_image(host, settings, ctx), lambda: data_tier(host, settings, fleet, ctx.inventory)]
     checks += [lambda check=check: check(host, settings, fleet) for check in EXTRA_CHECKS]
     items: list[DriftItem] = []
     for check in checks:

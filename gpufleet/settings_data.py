@@ -44,6 +44,8 @@ from gpufleet.versions import pinned_image
 
 VOLUME_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$"
 DOCKER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$"
+# Where the nightly backup timer keeps the fleet's Milvus backups on the control host.
+DEFAULT_BACKUP_DIR = "/var/lib/gpufleet/backups"
 # What operations/app.py sets in the app's environment from the settings; app_env may not override it.
 APP_MANAGED_ENV = ("VLLM_API_URL", "VLLM_MODEL", "MILVUS_URI", "APP_PORT", "MILVUS_COLLECTION", "RAG_TOP_K",
                    "MILVUS_USER")
@@ -78,6 +80,11 @@ class DataSettings(BaseModel):
     milvus_app_password_file: str | None = None
     # Milvus's user name rule: a letter, then letters, digits or underscores, at most 32 in all.
     milvus_app_user: str = Field("gpufleet_app", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
+    # Drift of the backups (gpufleet/data_drift.py): the newest whole backup of the inventory in
+    # milvus_backup_dir (on the control host, where `gpufleet backup install-timer` writes) is at most
+    # this many hours old, and Milvus has at least its rows. None: backups are not checked.
+    milvus_backup_dir: str = Field(DEFAULT_BACKUP_DIR, pattern=r"^(/|~/)")
+    milvus_backup_max_age_h: int | None = Field(26, ge=1, le=24 * 366)  # a nightly timer, and 2 h to finish
 
     # --- RAG application -------------------------------------------------------------------------
     app_image: str | None = None  # None: no application container

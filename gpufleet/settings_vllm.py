@@ -101,6 +101,9 @@ class VllmSettings(BaseModel):
     vllm_bind_address: str | None = None
     # Host directory mounted as the container's Hugging Face cache (models survive recreation).
     vllm_hf_cache_dir: str = Field("/var/lib/gpufleet/hf-cache", pattern=r"^/")
+    # Host directory of vLLM's own caches, one subdirectory per replica (torch.compile artefacts
+    # and model inspections survive recreation: a restart skips that work). None: not kept.
+    vllm_cache_dir: str | None = Field("/var/lib/gpufleet/vllm-cache", pattern=r"^/")
     # Control-side files holding the Hugging Face token / the API key (one line, nothing else).
     # Uploaded as root-only env files (/etc/gpufleet/*.env, 0600) and passed with --env-file: they
     # never appear on a command line or in pyinfra's output. None: no token / no API key.

@@ -75,3 +75,6 @@ pip_install_args = "--no-index --find-links http://lab-repo/wheels/ --trusted-ho
 # The tiny model has a 512-token window and a byte-level tokenizer: fewer, shorter retrievals.
 app_top_k = 2
 app_env = {"VLLM_MAX_TOKENS": "32"}
+# The lab keeps no nightly backup: drift checks backups only where a test says where they are
+# (tests/lab/test_data_tier.py), so every other drift run of the lab stays about what it changed.
+milvus_backup_max_age_h = None

@@ -5,9 +5,20 @@ plan asks about 60 facts, one after the other, ~50 ms each on a LAN (3 s of ever
 check and rollout step). A host's plan asks the same facts run after run, so the control host
 remembers, per host, which facts (class and arguments) its plans asked, and the next plan runs
 all their commands in one shell command before deploy.py starts. While pyinfra *prepares* the
-deploy, ``host.get_fact`` answers from those outputs; anything else reads as pyinfra does:
+deploy, ``host.get_fact`` answers from those outputs.
 
-* at execution (pyinfra re-reads facts there, after earlier operations changed the host);
+At execution pyinfra runs each operation again and re-reads its facts, so that an operation sees
+what earlier operations changed. Until the first command runs on the host in this run (an
+operation's command, upload or callback) nothing has changed it since the snapshot, so execution
+keeps answering from it: a no-op converge reads the host once. From that command on, and for
+facts that look at other hosts (``read_live_at_execution = True``: a health URL, an upstream's
+probes, which other hosts' operations change in the same run), every read is pyinfra's own.
+The snapshot is the plan's moment, as pyinfra's own plan is; the deploy lock
+(operations/deploy_lock.py) keeps other gpufleet runs off the host between the two.
+
+Anything else reads as pyinfra does:
+
+* after the first command of the execution on this host (above);
 * a fact not prefetched (new in deploy.py, or its arguments changed: a new image tag), which is
   then remembered for the next plan;
 * a prefetched command that failed, printed pyinfra's "command missing" marker, or ran with other
@@ -65,7 +76,10 @@ def prefetch_facts() -> int:
         return 0
     facts = _PrefetchedFacts(state, host)
     host.get_fact = facts  # an instance attribute: this Host only, this State only
-    return facts.read()
+    count = facts.read()
+    for method in ("run_shell_command", "put_file", "get_file"):
+        setattr(host, method, facts.noting_changes(getattr(host, method)))
+    return count
 
 
 def _fact_name(cls: type) -> str:
@@ -89,6 +103,24 @@ class _PrefetchedFacts:
         self.path = cache_file(host.name)
         self.remembered = self._load()
         self.answers: dict[str, tuple[str, int, list[str]]] = {}  # key -> (privileges, exit code, stdout)
+        self.reading = False  # inside a fact read of ours or pyinfra's: not a change
+        self.commands_ran = False  # a command, upload or download ran on the host since the snapshot
+
+    def noting_changes(self, method):
+        """``method`` (the host's run_shell_command, put_file, get_file), noting that the snapshot
+        may be out of date once anything but a fact read went through it."""
+        def noted(*args, **kwargs):
+            if not self.reading:
+                self.commands_ran = True
+            return method(*args, **kwargs)
+        return noted
+
+    def _read_live(self, cls, *args, **kwargs):
+        self.reading = True
+        try:
+            return self.read_fact(cls, *args, **kwargs)
+        finally:
+            self.reading = False
 
     def _load(self) -> dict[str, dict[str, Any]]:
         try:
@@ -132,11 +164,14 @@ class _PrefetchedFacts:
         for i, (_, command, _) in enumerate(items):
             parts += ["echo", f"{mark}:{i};", "(", command, ")", "2>/dev/null;", "echo", f'"{mark}:rc:$?";']
         executor_kwargs = {k: v for k, v in items[0][2].items() if k in CONNECTOR_ARGUMENT_KEYS}
+        self.reading = True
         try:
             ok, output = self.host.run_shell_command(StringCommand(*parts), print_output=False, print_input=False,
                                                      **executor_kwargs)
         except Exception:  # noqa: BLE001 - a failed prefetch only means the facts are read one by one
             return
+        finally:
+            self.reading = False
         if not ok:
             return
         current, lines = None, []
@@ -151,11 +186,13 @@ class _PrefetchedFacts:
 
     # ------------------------------------------------------------------ host.get_fact ------------
     def __call__(self, cls, *args, **kwargs):
-        if self.state.current_stage != StateStage.Prepare or not _prefetchable(cls):
-            return self.read_fact(cls, *args, **kwargs)
+        stage = self.state.current_stage
+        if not _prefetchable(cls) or not (stage == StateStage.Prepare or self._snapshot_holds(cls, stage)):
+            return self._read_live(cls, *args, **kwargs)
         fact_kwargs, global_kwargs = _fact_kwargs(self.state, self.host, cls, args, kwargs)
         key = _key(_fact_name(cls), fact_kwargs)
-        self._remember(key, _fact_name(cls), fact_kwargs)
+        if stage == StateStage.Prepare:
+            self._remember(key, _fact_name(cls), fact_kwargs)
         answer = self.answers.get(key)
         if answer is not None:
             privileges, rc, lines = answer
@@ -166,7 +203,11 @@ class _PrefetchedFacts:
                     return fact.process(lines) if lines else fact.default()
                 except Exception:  # noqa: BLE001 - pyinfra's own read reports it properly
                     pass
-        return self.read_fact(cls, *args, **kwargs)
+        return self._read_live(cls, *args, **kwargs)
+
+    def _snapshot_holds(self, cls, stage) -> bool:
+        return (stage == StateStage.Execute and not self.commands_ran
+                and not getattr(cls, "read_live_at_execution", False))
 
     def _remember(self, key: str, name: str, fact_kwargs: dict[str, Any]) -> None:
         today = datetime.date.today().isoformat()

@@ -57,6 +57,11 @@ BUILD_DIR = "/var/lib/gpufleet/build/vllm"
 
 CONTAINER_PORT = 8000
 HF_HOME = "/root/.cache/huggingface"  # the upstream image runs as root
+# vLLM's own cache (VLLM_CACHE_ROOT): torch.compile artefacts and the model-class inspections it
+# otherwise redoes in a subprocess at every start. Mounted from the host, one directory per replica
+# (no two engines write one cache), so a recreated replica starts from it: vLLM keys what it keeps
+# by its version, the model's code and the config, so a new image or flag only adds entries.
+VLLM_CACHE_MOUNT = "/var/cache/gpufleet-vllm"
 HF_TOKEN_ENV_FILE = f"{secrets.SECRETS_DIR}/hf-token.env"
 API_KEY_ENV_FILE = f"{secrets.SECRETS_DIR}/vllm-api-key.env"
 HF_TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")  # huggingface_hub, and older readers
@@ -193,11 +198,12 @@ def replica_spec(*, name: str, image: str, model: str, served_model_name: str, p
                  hf_cache_dir: str | None = "/var/lib/gpufleet/hf-cache", shutdown_timeout: int | None = 30,
                  stop_timeout: int | None = None, restart: str = "unless-stopped",
                  env_files: dict[str, str] | None = None, model_dir: str | None = None,
-                 offline: bool = False) -> ContainerSpec:
+                 offline: bool = False, cache_dir: str | None = None) -> ContainerSpec:
     """The container one replica runs (pure: what :func:`replica` reconciles, what drift compares).
 
     ``model_dir``: a host directory of staged weights, mounted read-only and served instead of
-    ``model`` (operations/weights.py); ``offline``: ``HF_HUB_OFFLINE=1``, the weights are staged.
+    ``model`` (operations/weights.py); ``offline``: ``HF_HUB_OFFLINE=1``, the weights are staged;
+    ``cache_dir``: this replica's host directory for vLLM's cache (:func:`replica_cache_dir`).
     """
     extra_args = list(extra_args or [])
     for arg in extra_args:
@@ -233,14 +239,24 @@ def replica_spec(*, name: str, image: str, model: str, served_model_name: str, p
     return ContainerSpec(
         name=name, image=image, command=command,
         env={**({"HF_HOME": HF_HOME} if hf_cache_dir else {}), **({"HF_HUB_OFFLINE": "1"} if offline else {}),
-             **(env or {})},
+             **({"VLLM_CACHE_ROOT": VLLM_CACHE_MOUNT} if cache_dir else {}), **(env or {})},
         env_files=dict(env_files or {}),
         ports=[f"{host_addr}:{port}:{CONTAINER_PORT}"],
-        volumes=([f"{hf_cache_dir}:{HF_HOME}"] if hf_cache_dir else []) + ([f"{model_dir}:{model}:ro"] if model_dir else []),
+        volumes=([f"{hf_cache_dir}:{HF_HOME}"] if hf_cache_dir else []) + ([f"{model_dir}:{model}:ro"] if model_dir else [])
+        + ([f"{cache_dir}:{VLLM_CACHE_MOUNT}"] if cache_dir else []),
         gpus='"device=' + ",".join(str(g) for g in gpus) + '"',
         shm_size=shm_size, restart=restart, stop_timeout=stop_timeout,
         labels={"io.gpufleet.role": "vllm", "io.gpufleet.served-model-name": served_model_name},
     )
+
+
+def replica_cache_dir(cache_dir: str | None, container: str) -> str | None:
+    """The host directory of one replica's vLLM cache under ``vllm_cache_dir`` (None: no cache kept).
+
+    >>> replica_cache_dir("/var/lib/gpufleet/vllm-cache", "vllm-gpu-node-1-vllm-0")
+    '/var/lib/gpufleet/vllm-cache/vllm-gpu-node-1-vllm-0'
+    """
+    return f"{cache_dir.rstrip('/')}/{container}" if cache_dir else None
 
 
 # The defaults below are the operation's own, for a deploy that calls it without gpufleet's settings;
@@ -253,7 +269,8 @@ def replica(container: str, image: str, model: str, served_model_name: str, port
             env: dict[str, str] | None = None, shm_size: str | None = "16g",
             hf_cache_dir: str | None = "/var/lib/gpufleet/hf-cache", hf_token_file: str | None = None,
             api_key_file: str | None = None, shutdown_timeout: int | None = 30, stop_timeout: int | None = None,
-            restart: str = "unless-stopped", model_dir: str | None = None, offline: bool = False):
+            restart: str = "unless-stopped", model_dir: str | None = None, offline: bool = False,
+            cache_dir: str | None = "/var/lib/gpufleet/vllm-cache"):
     """
     Run one vLLM replica: ``vllm serve`` on its GPUs, published on the node's private address.
 
@@ -280,6 +297,9 @@ def replica(container: str, image: str, model: str, served_model_name: str, port
     + model_dir: host directory of staged weights (:func:`operations.weights.stage`, a URL archive),
       mounted read-only and served in place of ``model``
     + offline: run with ``HF_HUB_OFFLINE=1``: the weights were staged, vLLM never downloads
+    + cache_dir: host directory of vLLM's caches, one subdirectory per replica mounted at
+      ``VLLM_CACHE_ROOT`` (torch.compile artefacts, model inspections: a recreated replica starts
+      without redoing them); None: the cache lives and dies with the container
 
     A running container whose spec (arguments, env, image, secrets' digests, ...) is unchanged is
     left alone; any change stops it (draining) and runs it again. Secrets never appear in a
@@ -305,7 +325,8 @@ def replica(container: str, image: str, model: str, served_model_name: str, port
                         quantization=quantization, extra_args=extra_args, revision=revision, env=env,
                         shm_size=shm_size,
                         hf_cache_dir=hf_cache_dir, shutdown_timeout=shutdown_timeout, stop_timeout=stop_timeout,
-                        restart=restart, env_files=env_files, model_dir=model_dir, offline=offline)
+                        restart=restart, env_files=env_files, model_dir=model_dir, offline=offline,
+                        cache_dir=replica_cache_dir(cache_dir, container))
     # Every secret file is looked at before the first command: a plan (`--dry`) stops reading an
     # operation at its first command, and each file must still say that it differs.
     secret_commands = [c for path, variables in wanted.items()
@@ -313,6 +334,9 @@ def replica(container: str, image: str, model: str, served_model_name: str, port
     yield from secret_commands
     if hf_cache_dir:
         yield from files.directory._inner(path=hf_cache_dir, user="root", group="root", mode="755")
+    if cache_dir:
+        yield from files.directory._inner(path=replica_cache_dir(cache_dir, container), user="root", group="root",
+                                          mode="700")
     # The replaced container is kept, stopped, so that a rollout can roll this replica back.
     yield from containers.container._inner(spec=spec, keep_previous=True)
 
@@ -421,12 +445,14 @@ def ready(container: str, url: str, served_model_name: str, timeout: int = 1200,
 
 
 @operation()
-def retire_replicas(keep: list[str], stop_timeout: int):
+def retire_replicas(keep: list[str], stop_timeout: int, cache_dir: str | None = None):
     """
     Stop and remove the replica containers the inventory no longer names (and their kept previous ones).
 
     + keep: the replica containers this node should run (``vllm-<replica>``)
     + stop_timeout: ``docker stop -t``: vLLM finishes its requests in flight (``--shutdown-timeout``)
+    + cache_dir: the replicas' vLLM cache directory (:func:`replica`): a removed replica's own
+      subdirectory goes with it
 
     A removed replica otherwise keeps its GPUs forever. On a live node this interrupts serving,
     so deploy.py puts it behind the serving gate: ``gpufleet rollout`` drains it on every load
@@ -436,7 +462,8 @@ def retire_replicas(keep: list[str], stop_timeout: int):
 
     .. code:: python
 
-        vllm.retire_replicas(keep=["vllm-gpu-node-1-vllm-0"], stop_timeout=45)
+        vllm.retire_replicas(keep=["vllm-gpu-node-1-vllm-0"], stop_timeout=45,
+                             cache_dir="/var/lib/gpufleet/vllm-cache")
     """
     gone = [c for c in host.get_fact(ReplicaContainers) if c not in keep]
     if not gone:
@@ -444,5 +471,7 @@ def retire_replicas(keep: list[str], stop_timeout: int):
         return
     for container in gone:
         name, previous = shlex.quote(container), shlex.quote(containers.previous_name(container))
+        cache = replica_cache_dir(cache_dir, container)
         yield (f"docker stop -t {int(stop_timeout)} {name} >/dev/null && docker rm {name} >/dev/null && "
-               f"{{ docker rm -f {previous} >/dev/null 2>&1 || true; }}")
+               f"{{ docker rm -f {previous} >/dev/null 2>&1 || true; }}"
+               + (f" && rm -rf {shlex.quote(cache)}" if cache else ""))

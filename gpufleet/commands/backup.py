@@ -9,6 +9,7 @@ import click
 
 from gpufleet.commands.drift import _DriftGroup
 from gpufleet.data_backup import BackupError
+from gpufleet.settings_data import DEFAULT_BACKUP_DIR
 from gpufleet.fleet import parse_data_overrides
 from gpufleet.settings import SettingsError, format_issues
 
@@ -72,7 +73,8 @@ def run(inventory_path: str, to: str | None, keep: int | None, textfile: str | N
 @click.argument("inventory_path", metavar="INVENTORY")
 @click.option("--on-calendar", default="*-*-* 02:00:00", show_default=True, help="systemd OnCalendar= expression.")
 @click.option("--unit-dir", default="/etc/systemd/system", show_default=True)
-@click.option("--backup-dir", default="/var/lib/gpufleet/backups", show_default=True)
+@click.option("--backup-dir", default=DEFAULT_BACKUP_DIR, show_default=True,
+              help="Where the backups go: gpufleet drift looks there too (milvus_backup_dir).")
 @click.option("--keep", type=click.IntRange(min=1), default=7, show_default=True)
 @click.option("--textfile-dir", default="/var/lib/prometheus/node-exporter", show_default=True,
               help="node_exporter's textfile collector directory.")

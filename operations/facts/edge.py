@@ -92,6 +92,9 @@ class UpstreamHealth(FactBase):
         {"gpu-node-1-vllm-1": False}
     """
 
+    # The replicas' own hosts start them in the same run (operations/fact_prefetch.py).
+    read_live_at_execution = True
+
     def command(self, members: list) -> str:
         checks = []
         for m in members:

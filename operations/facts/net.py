@@ -42,6 +42,9 @@ class HttpOk(FactBase):
         True
     """
 
+    # Another host's service, which that host's operations may start in the same run.
+    read_live_at_execution = True
+
     def command(self, url: str) -> str:
         return wrap("curl", f"curl -fsS -m 5 -o /dev/null {shlex.quote(url)}")
 

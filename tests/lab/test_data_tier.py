@@ -3,10 +3,12 @@ RAG app shares, the app behind lb-1, and Milvus reachable only on its host's pri
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -240,6 +242,19 @@ def test_milvus_has_no_default_credentials_and_the_app_user_only_its_grants(serv
     }, found
 
 
+def backup_drift(fleet, backup_dir) -> list[str]:
+    """Drift's findings about the backups in ``backup_dir`` (the Milvus host checked, nothing else
+    drifted there), as a nightly drift with a backup schedule would report them."""
+    from gpufleet import drift as engine
+
+    report = engine.check("inventory/lab.py", limit=(fleet.vector_db.name,),
+                          overrides={"milvus_backup_dir": str(backup_dir), "milvus_backup_max_age_h": 26})
+    [host] = report.hosts
+    assert host.checked, host.error
+    assert all(item.check == "Milvus backup" for item in host.items), [vars(i) for i in host.items]
+    return [item.cause for item in host.items]
+
+
 def test_backup_then_lost_volumes_then_restore_gives_back_the_same_rows_and_answers(serving, fleet, tmp_path):
     """Ingest, back up, destroy Milvus's volume, deploy (an empty Milvus), restore: the same row
     counts, and the same top-k sources for a fixed set of questions."""
@@ -296,10 +311,16 @@ def test_backup_then_lost_volumes_then_restore_gives_back_the_same_rows_and_answ
     assert manifest["source"]["host"] == fleet.vector_db.name
     assert oct((tmp_path / "lab").stat().st_mode & 0o777) == "0o700"
 
-    # The volume is lost; the next deploy starts an empty Milvus.
+    # Drift reads the backups where the nightly timer would keep them (milvus_backup_dir).
+    assert backup_drift(fleet, tmp_path) == []
+
+    # The volume is lost; the next deploy starts an empty Milvus, and drift says what went.
     assert db.run("docker rm -f milvus-standalone >/dev/null && docker volume rm milvus-data").rc == 0
     redeployed = deploy()
     assert redeployed["rc"] == 0, redeployed["stderr"][-3000:]
+    rows = result["collections"]["gpufleet_docs"]
+    assert backup_drift(fleet, tmp_path) == [f"rows dropped since the last backup: gpufleet_docs has 0, {rows} in "
+                                             f"{Path(result['dir']).name}"]
     # A damaged backup is refused before anything is written.
     data_file = Path(result["dir"]) / "gpufleet_docs.jsonl"
     original = data_file.read_bytes()
@@ -311,6 +332,15 @@ def test_backup_then_lost_volumes_then_restore_gives_back_the_same_rows_and_answ
     assert restored.returncode == 0, restored.stderr[-2000:]
     assert json.loads(restored.stdout)["collections"] == result["collections"]
     assert answers() == before and top_ids() == ids_before
+    assert backup_drift(fleet, tmp_path) == []
+    # No backup where the timer writes, and one that is three days old.
+    assert backup_drift(fleet, tmp_path / "none") == [f"no backup of lab in {tmp_path / 'none'}"]
+    stale = tmp_path / "stale" / "lab" / Path(result["dir"]).name
+    shutil.copytree(result["dir"], stale)
+    old_manifest = json.loads((stale / "manifest.json").read_text())
+    three_days = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=3)
+    (stale / "manifest.json").write_text(json.dumps({**old_manifest, "created": three_days.strftime("%Y-%m-%dT%H:%M:%SZ")}))
+    assert backup_drift(fleet, tmp_path / "stale") == ["the newest backup is 72 h old (at most 26 h)"]
     # Restoring over a collection that has rows is refused unless --replace.
     again = gpufleet("restore", "inventory/lab.py", "--from", result["dir"], check=False)
     assert again.returncode == 1 and "exists with" in again.stderr and "--replace" in again.stderr

@@ -19,7 +19,8 @@ BASE = dict(container=NAME, image="gpufleet/vllm-rtx5090:0123456789abcdef", mode
             served_model_name="qwen3-32b-awq", port=8000, gpus=[0, 1], bind_address="10.0.0.11",
             tensor_parallel_size=2, max_model_len=32768, gpu_memory_utilization=0.8, quantization="awq_marlin",
             extra_args=[], env={"NCCL_P2P_DISABLE": "1"}, shm_size="16g", hf_cache_dir="/var/lib/gpufleet/hf-cache",
-            shutdown_timeout=30)
+            shutdown_timeout=30, cache_dir="/var/lib/gpufleet/vllm-cache")
+CACHE_DIR = f"/var/lib/gpufleet/vllm-cache/{NAME}"
 DIR_OK = {"mode": 755, "user": "root", "group": "root"}
 NO_SECRETS = {"path=/etc/gpufleet/hf-token.env": None, "path=/etc/gpufleet/vllm-api-key.env": None}
 
@@ -28,6 +29,7 @@ def spec_of(kw, env_files=None):
     k["name"] = k.pop("container")
     for x in ("hf_token_file", "api_key_file"):
         k.pop(x, None)
+    k["cache_dir"] = vllm.replica_cache_dir(k.pop("cache_dir", None), k["name"])
     return vllm.replica_spec(**k, env_files=env_files or {})
 
 def running(digest):
@@ -41,7 +43,8 @@ def write(op, name, case):
 spec = spec_of(BASE)
 write("vllm.replica", "unchanged_is_noop", {
     "kwargs": BASE,
-    "facts": {"files.File": NO_SECRETS, "files.Directory": {"path=/var/lib/gpufleet/hf-cache": DIR_OK},
+    "facts": {"files.File": NO_SECRETS, "files.Directory": {"path=/var/lib/gpufleet/hf-cache": DIR_OK,
+                                                        f"path={CACHE_DIR}": dict(DIR_OK, mode=700)},
               "docker.ContainerState": {f"container={NAME}": running(spec.digest())}},
     "commands": [], "noop_description": f"{NAME} runs spec {spec.digest()}"})
 
@@ -50,7 +53,8 @@ new = dict(BASE, max_model_len=16384)
 newspec = spec_of(new)
 write("vllm.replica", "max_model_len_change_recreates", {
     "kwargs": new,
-    "facts": {"files.File": NO_SECRETS, "files.Directory": {"path=/var/lib/gpufleet/hf-cache": DIR_OK},
+    "facts": {"files.File": NO_SECRETS, "files.Directory": {"path=/var/lib/gpufleet/hf-cache": DIR_OK,
+                                                        f"path={CACHE_DIR}": dict(DIR_OK, mode=700)},
               "docker.ContainerState": {f"container={NAME}": running(spec.digest())}},
     "commands": [f"docker stop -t 45 {NAME} >/dev/null; docker rm -f {NAME}.gpufleet-previous >/dev/null 2>&1; docker rename {NAME} {NAME}.gpufleet-previous && docker update --restart no {NAME}.gpufleet-previous >/dev/null", newspec.run_command()]})
 
@@ -81,7 +85,8 @@ write("vllm.replica", "secrets_only_as_env_files", {
     "facts": {"files.File": files_ok,
               "files.Sha256File": {"path=/etc/gpufleet/hf-token.env": sha256(tok_text),
                                    "path=/etc/gpufleet/vllm-api-key.env": sha256(key_text)},
-              "files.Directory": {"path=/var/lib/gpufleet/hf-cache": DIR_OK},
+              "files.Directory": {"path=/var/lib/gpufleet/hf-cache": DIR_OK,
+                                                        f"path={CACHE_DIR}": dict(DIR_OK, mode=700)},
               "docker.ContainerState": {f"container={NAME}": ContainerState.default()}},
     "commands": [secspec.run_command()]})
 
@@ -94,7 +99,8 @@ write("vllm.replica", "rotated_token_recreates", {
     "facts": {"files.File": files_ok,
               "files.Sha256File": {"path=/etc/gpufleet/hf-token.env": sha256(old_tok_text),
                                    "path=/etc/gpufleet/vllm-api-key.env": sha256(key_text)},
-              "files.Directory": {"path=/var/lib/gpufleet/hf-cache": DIR_OK},
+              "files.Directory": {"path=/var/lib/gpufleet/hf-cache": DIR_OK,
+                                                        f"path={CACHE_DIR}": dict(DIR_OK, mode=700)},
               "docker.ContainerState": {f"container={NAME}": running(oldspec.digest())}},
     "commands": [secret_write(vllm.HF_TOKEN_ENV_FILE, tok_text),
                  f"docker stop -t 45 {NAME} >/dev/null; docker rm -f {NAME}.gpufleet-previous >/dev/null 2>&1; docker rename {NAME} {NAME}.gpufleet-previous && docker update --restart no {NAME}.gpufleet-previous >/dev/null", secspec.run_command()]})
@@ -102,7 +108,8 @@ write("vllm.replica", "rotated_token_recreates", {
 # 5. --api-key in extra args is refused
 write("vllm.replica", "api_key_on_command_line_refused", {
     "kwargs": dict(BASE, extra_args=["--api-key", "sk-123"]),
-    "facts": {"files.File": NO_SECRETS, "files.Directory": {"path=/var/lib/gpufleet/hf-cache": DIR_OK},
+    "facts": {"files.File": NO_SECRETS, "files.Directory": {"path=/var/lib/gpufleet/hf-cache": DIR_OK,
+                                                        f"path={CACHE_DIR}": dict(DIR_OK, mode=700)},
               "docker.ContainerState": {f"container={NAME}": ContainerState.default()}},
     "exception": {"name": "OperationValueError",
                   "message": "--api-key must not be a command-line argument (it would show in `ps` and `docker inspect`); use vllm_api_key_file / vllm_hf_token_file"}})

@@ -89,16 +89,55 @@ def test_what_was_not_prefetched_or_failed_is_read_by_pyinfra_and_remembered(pre
     assert ("pyinfra.facts.files.Directory", json.dumps({"path": str(tmp_path)})) in remembered
 
 
-def test_execution_reads_again(preparing, tmp_path, monkeypatch):
+def test_execution_answers_from_the_snapshot_until_a_command_ran_on_the_host(preparing, tmp_path, monkeypatch):
     state, host = preparing
     target = tmp_path / "f"
     target.write_text("before\n")
     _remember(host, (FileContents, {"path": str(target)}, None))
     fact_prefetch.prefetch_facts()
-    target.write_text("after\n")
-    assert host.get_fact(FileContents, path=str(target)) == ["before"]  # the plan's moment
+    runs = _count_commands(host, monkeypatch)
     state.set_stage(StateStage.Execute)
-    assert host.get_fact(FileContents, path=str(target)) == ["after"]  # pyinfra re-reads at execution
+    # No operation ran anything on the host yet: the snapshot still holds, no round trip.
+    assert host.get_fact(FileContents, path=str(target)) == ["before"] and runs == []
+    # An operation's command (here it changes the file): from now on pyinfra re-reads.
+    assert host.run_shell_command(f"echo after > {target}")[0]
+    assert host.get_fact(FileContents, path=str(target)) == ["after"]
+    assert len(runs) == 2
+
+
+def test_an_upload_ends_the_snapshot_too(preparing, tmp_path):
+    state, host = preparing
+    target = tmp_path / "f"
+    target.write_text("before\n")
+    _remember(host, (FileContents, {"path": str(target)}, None))
+    fact_prefetch.prefetch_facts()
+    state.set_stage(StateStage.Execute)
+    source = tmp_path / "new"
+    source.write_text("uploaded\n")
+    assert host.put_file(str(source), str(target))
+    assert host.get_fact(FileContents, path=str(target)) == ["uploaded"]
+
+
+def test_a_fact_about_other_hosts_is_read_live_at_execution(preparing, tmp_path, monkeypatch):
+    """A fact marked read_live_at_execution (another host's health) is never answered from the snapshot
+    at execution: that host's operations may have changed it in this run."""
+    from operations.facts.net import HttpOk
+
+    class LiveContents(FileContents):
+        read_live_at_execution = True
+
+    LiveContents.__module__, LiveContents.__qualname__ = __name__, "LiveContents"
+    globals()["LiveContents"] = LiveContents  # importable by name, as the remembered list needs
+    assert HttpOk.read_live_at_execution is True
+    state, host = preparing
+    target = tmp_path / "f"
+    target.write_text("before\n")
+    _remember(host, (LiveContents, {"path": str(target)}, None))
+    fact_prefetch.prefetch_facts()
+    assert host.get_fact(LiveContents, path=str(target)) == ["before"]  # the plan reads the snapshot
+    target.write_text("after\n")
+    state.set_stage(StateStage.Execute)
+    assert host.get_fact(LiveContents, path=str(target)) == ["after"]
 
 
 def test_facts_not_asked_for_a_week_are_forgotten(preparing, tmp_path, monkeypatch):

@@ -1,0 +1,96 @@
+"""Drift of the data tier that no plan can see: the fleet's Milvus backups and its rows.
+
+Run by ``gpufleet drift`` on the Milvus host (inventory group ``vector_db``) only. Milvus down or
+unhealthy needs no check of its own: the plan's ``Milvus healthy (/healthz)`` gate would run its
+wait on such a host, and the containers check names a stopped or restarting Milvus.
+
+With ``milvus_backup_max_age_h`` set (the production default: a nightly backup, 26 h), drift reads
+the backups the nightly timer keeps on the control host (``gpufleet backup install-timer
+--backup-dir``, ``milvus_backup_dir``: the same directory by default) and reports:
+
+- **no backup**, or a newest whole backup older than ``milvus_backup_max_age_h`` (the timer stopped,
+  or its runs fail: a failed run keeps nothing);
+- **rows dropped since the last backup**: a collection with fewer rows in Milvus now than in the
+  newest backup, or gone. Rows counted through the same SSH tunnel the backup uses
+  (gpufleet/milvus_tunnel.py, gpufleet/milvus_dump.py), so nothing is opened to the network.
+
+Collections that grew, and collections newer than the backup, are fine. ``None`` turns both checks
+off (a fleet whose Milvus holds nothing worth a backup, or the lab's default drift runs).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+from gpufleet.drift_item import DriftItem
+from gpufleet.host_reads import NotChecked
+
+CHECK = "Milvus backup"
+
+
+def newest_backup(inventory: str, backup_dir: str) -> tuple[Path, dict] | None:
+    """The newest whole backup of ``inventory`` in ``backup_dir`` and its manifest, or None."""
+    from gpufleet.data_backup import backup_dirs
+
+    kept = backup_dirs(inventory, backup_dir)
+    if not kept:
+        return None
+    return kept[-1], json.loads((kept[-1] / "manifest.json").read_text())
+
+
+def age_hours(manifest: dict, now: datetime.datetime) -> float:
+    """Hours since the backup's manifest was written (its ``created``, UTC).
+
+    >>> age_hours({"created": "2026-12-05T00:00:00Z"}, datetime.datetime(2026, 12, 5, 6, 30, tzinfo=datetime.UTC))
+    6.5
+    """
+    created = datetime.datetime.strptime(manifest["created"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    return (now - created).total_seconds() / 3600
+
+
+def findings(inventory: str, backup_dir: str, max_age_h: int, rows_now, now: datetime.datetime) -> list[DriftItem]:
+    """What drift reports about the backups; ``rows_now()`` counts rows in Milvus (only called
+    when there is a backup to compare with)."""
+    newest = newest_backup(inventory, backup_dir)
+    if newest is None:
+        return [DriftItem("runtime", CHECK, f"no backup of {Path(inventory).stem} in {backup_dir}",
+                          [f"expected one at most {max_age_h} h old: `gpufleet backup install-timer` installs the "
+                           "nightly backup, `gpufleet backup run` takes one now"])]
+    path, manifest = newest
+    items = []
+    age = age_hours(manifest, now)
+    if age > max_age_h:
+        items.append(DriftItem("runtime", CHECK, f"the newest backup is {age:.0f} h old (at most {max_age_h} h)",
+                               [str(path), "see the backup timer's journal: `journalctl -u gpufleet-backup`"]))
+    from gpufleet.data_backup import dropped_rows
+
+    backed_up = {name: entry["rows"] for name, entry in manifest["collections"].items()}
+    dropped = dropped_rows(backed_up, rows_now())
+    for name, (before, after) in sorted(dropped.items()):
+        items.append(DriftItem("runtime", CHECK, f"rows dropped since the last backup: {name} has {after}, "
+                                                 f"{before} in {path.name}",
+                               ["restore with `gpufleet restore INVENTORY --from " + str(path) + " --replace` "
+                                "if the rows were not meant to go"]))
+    return items
+
+
+def data_tier(host, settings, fleet, inventory: str) -> list[DriftItem]:
+    """The backup findings for the fleet's Milvus host (every other host: none)."""
+    db = fleet.vector_db
+    if db is None or db.name != host.name or settings.milvus_backup_max_age_h is None:
+        return []
+
+    def rows_now() -> dict[str, int]:
+        from gpufleet.data_backup import BackupError, counts_through
+        from gpufleet.milvus_tunnel import forwarded
+
+        try:
+            with forwarded(host, db.milvus_address, settings.milvus_port) as port:
+                return counts_through(port, settings.milvus_root_secret())
+        except (BackupError, OSError) as exc:
+            raise NotChecked(f"could not count Milvus's rows: {exc}") from None
+
+    now = datetime.datetime.now(datetime.UTC)
+    return findings(inventory, settings.milvus_backup_dir, settings.milvus_backup_max_age_h, rows_now, now)
