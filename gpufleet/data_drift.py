@@ -78,7 +78,7 @@ def findings(inventory: str, backup_dir: str, max_age_h: int, rows_now, now: dat
 
 def data_tier(host, settings, fleet, inventory: str) -> list[DriftItem]:
     """The backup findings for the fleet's Milvus host (every other host: none)."""
-    db = fleet.vector_db
+    db = fleet.vector_db if fleet is not None else None
     if db is None or db.name != host.name or settings.milvus_backup_max_age_h is None:
         return []
 
