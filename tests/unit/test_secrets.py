@@ -185,7 +185,9 @@ def test_vllm_replica_never_shows_token_or_key(tmp_path, caplog, scenario):
     tok_text = f"HF_TOKEN={token}\nHUGGING_FACE_HUB_TOKEN={token}\n"
     key_text = f"VLLM_API_KEY={key}\n"
     facts = {"files.File": {}, "files.Sha256File": {},
-             "files.Directory": {"path=/var/lib/gpufleet/hf-cache": {"mode": 755, "user": "root", "group": "root"}},
+             "files.Directory": {"path=/var/lib/gpufleet/hf-cache": {"mode": 755, "user": "root", "group": "root"},
+                                 "path=/var/lib/gpufleet/vllm-cache/vllm-n1-vllm-0":
+                                     {"mode": 700, "user": "root", "group": "root"}},
              "docker.ContainerState": {"container=vllm-n1-vllm-0": _absent()}}
     for path, text in ((vllm.HF_TOKEN_ENV_FILE, tok_text), (vllm.API_KEY_ENV_FILE, key_text)):
         for fact, value in _file_facts(path, scenario, text).items():
