@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 DEFAULT_ROOT_PASSWORD = "Milvus"  # what Milvus gives root unless defaultRootPassword says otherwise
@@ -148,6 +149,27 @@ def plan(uri: str, root_password: str, app_user: str | None, app_password: str |
     return changes
 
 
+# A credential change is broadcast to every proxy registered in Milvus's etcd, and right after a
+# restart that still includes the previous process's, until its session expires (embedded 2.3.5
+# answers "UpdateCredentialCache failed, proxyID = N"). The change is made again once it has gone:
+# plan() looks first, so a retry only does what is still missing.
+STALE_PROXY_RETRY_S = 120
+
+
+def _plan_retrying(uri: str, root_password: str, app_user: str | None, app_password: str | None,
+                   collections: list[str], fix: bool) -> list[str]:
+    deadline = time.monotonic() + STALE_PROXY_RETRY_S
+    while True:
+        try:
+            return plan(uri, root_password, app_user, app_password, collections, fix)
+        except Exception as exc:  # noqa: BLE001 - pymilvus's MilvusException; anything else is raised again
+            if not fix or "CredentialCache" not in str(exc) or time.monotonic() > deadline:
+                raise
+            print(f"milvus users: a proxy of an earlier Milvus process is still registered ({str(exc)[:80]}); "
+                  "trying again in 10 s", file=sys.stderr)
+            time.sleep(10)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gpufleet.milvus_users")
     parser.add_argument("action", choices=["check", "apply"])
@@ -161,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     _timeout = TIMEOUT_S[args.action]
     app_password = read_password(args.app_password_file) if args.app_user else None
     try:
-        changes = plan(args.uri, read_password(args.root_password_file), args.app_user, app_password,
-                       args.collection, fix=args.action == "apply")
+        changes = _plan_retrying(args.uri, read_password(args.root_password_file), args.app_user, app_password,
+                                 args.collection, fix=args.action == "apply")
     except Refused:
         raise
     except Exception as exc:  # noqa: BLE001 - Milvus down or not answering: say so, without the traceback
