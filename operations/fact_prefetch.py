@@ -82,6 +82,28 @@ def prefetch_facts() -> int:
     return count
 
 
+def read_once(key: str, read):
+    """``read()`` for a read that is not a pyinfra fact (an API asked from the control host), under
+    the snapshot rule above: at execution, the value found while planning is used again as long as
+    nothing has run on the current host; otherwise, and without a prefetch, ``read()`` again.
+
+    Example (operations/milvus_users.py)::
+
+        found = read_once(f"milvus-users:{uri}", lambda: check(uri))
+    """
+    host = current_host._get_module()
+    facts = host.__dict__.get("get_fact")
+    if not isinstance(facts, _PrefetchedFacts):
+        return read()
+    stage = facts.state.current_stage
+    if stage == StateStage.Execute and not facts.commands_ran and key in facts.planned_reads:
+        return facts.planned_reads[key]
+    value = read()
+    if stage == StateStage.Prepare:
+        facts.planned_reads[key] = value
+    return value
+
+
 def _fact_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -105,6 +127,7 @@ class _PrefetchedFacts:
         self.answers: dict[str, tuple[str, int, list[str]]] = {}  # key -> (privileges, exit code, stdout)
         self.reading = False  # inside a fact read of ours or pyinfra's: not a change
         self.commands_ran = False  # a command, upload or download ran on the host since the snapshot
+        self.planned_reads: dict[str, Any] = {}  # read_once(): what a non-fact read found while planning
 
     def noting_changes(self, method):
         """``method`` (the host's run_shell_command, put_file, get_file), noting that the snapshot

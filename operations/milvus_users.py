@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationError, operation
 
+from operations.fact_prefetch import read_once
 from operations.facts.net import HttpOk
 from operations.milvus import bind_address
 
@@ -92,11 +93,16 @@ def users(address: str, port: int, root_password_file: str, app_user: str | None
     """
     collections = sorted(collections or [])
     ip = bind_address(address)
-    healthy = host.get_fact(HttpOk, url=f"http://{'127.0.0.1' if ip == '0.0.0.0' else ip}:{health_port}/healthz")
-    found = {"unreachable": "not healthy"}
-    if healthy:
+
+    def check() -> dict:
+        health = f"http://{'127.0.0.1' if ip == '0.0.0.0' else ip}:{health_port}/healthz"
+        if not host.get_fact(HttpOk, url=health):
+            return {"unreachable": "not healthy"}
         with _reachable(host, address, port) as uri:
-            found = _child("check", uri, root_password_file, app_user, app_password_file, collections)
+            return _child("check", uri, root_password_file, app_user, app_password_file, collections)
+
+    # Asked once per run: at execution the plan's answer holds while nothing has run on the host.
+    found = read_once(f"milvus-users:{ip}:{port}:{app_user}:{','.join(collections)}", check)
     if not found.get("unreachable") and not found["changes"]:
         host.noop(f"milvus users as declared (root, {app_user or 'no app user'})")
         return

@@ -163,3 +163,19 @@ def test_a_fact_asked_with_other_arguments_of_execution_is_read_again(preparing,
     assert host.get_fact(Directory, path=str(tmp_path), _chdir="/tmp") is not None
     assert len(runs) == 1
     assert host.get_fact(Directory, path=str(tmp_path)) is not None and len(runs) == 1  # same context: prefetched
+
+
+def test_a_read_that_is_not_a_fact_is_asked_once_while_nothing_runs_on_the_host(preparing, tmp_path):
+    state, host = preparing
+    fact_prefetch.prefetch_facts()
+    asked = []
+
+    def read():
+        asked.append(state.current_stage)
+        return len(asked)
+
+    assert fact_prefetch.read_once("k", read) == 1  # planning asks
+    state.set_stage(StateStage.Execute)
+    assert fact_prefetch.read_once("k", read) == 1 and len(asked) == 1  # execution: the plan's answer
+    assert host.run_shell_command("true")[0]  # an operation ran something on the host
+    assert fact_prefetch.read_once("k", read) == 2  # asked again
