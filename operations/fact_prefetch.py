@@ -222,12 +222,15 @@ class _PrefetchedFacts:
     # ------------------------------------------------------------------ host.get_fact ------------
     def __call__(self, cls, *args, **kwargs):
         stage = self.state.current_stage
-        if not _prefetchable(cls) or not (stage == StateStage.Prepare or self._snapshot_holds(cls, stage)):
+        if not _prefetchable(cls):
             return self._read_live(cls, *args, **kwargs)
         fact_kwargs, global_kwargs = _fact_kwargs(self.state, self.host, cls, args, kwargs)
         key = _key(_fact_name(cls), fact_kwargs)
-        if stage == StateStage.Prepare:
-            self._remember(key, _fact_name(cls), fact_kwargs)
+        # Remembered at either stage: `pyinfra -y` (and every run of tests, rollouts and drift that
+        # does not ask) skips running operations while preparing, so most reads happen at execution.
+        self._remember(key, _fact_name(cls), fact_kwargs)
+        if not (stage == StateStage.Prepare or self._snapshot_holds(cls, stage)):
+            return self._read_live(cls, *args, **kwargs)
         answer = self.answers.get(key)
         if answer is not None:
             privileges, rc, lines = answer

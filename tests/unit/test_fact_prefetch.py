@@ -179,3 +179,16 @@ def test_a_read_that_is_not_a_fact_is_asked_once_while_nothing_runs_on_the_host(
     assert fact_prefetch.read_once("k", read) == 1 and len(asked) == 1  # execution: the plan's answer
     assert host.run_shell_command("true")[0]  # an operation ran something on the host
     assert fact_prefetch.read_once("k", read) == 2  # asked again
+
+
+def test_a_read_at_execution_is_remembered_for_the_next_plan(preparing, tmp_path, monkeypatch):
+    """`pyinfra -y` runs no operation while preparing: its facts are first asked at execution, after
+    a command ran, and must still be on the list the next plan prefetches."""
+    state, host = preparing
+    path = _remember(host)
+    fact_prefetch.prefetch_facts()
+    state.set_stage(StateStage.Execute)
+    assert host.run_shell_command("true")[0]  # an operation ran: reads are pyinfra's own from here
+    assert host.get_fact(Directory, path=str(tmp_path)) is not None
+    remembered = {(e["fact"], json.dumps(e["kwargs"])) for e in json.loads(path.read_text())["facts"]}
+    assert ("pyinfra.facts.files.Directory", json.dumps({"path": str(tmp_path)})) in remembered
