@@ -1,7 +1,7 @@
 """``gpufleet backup`` / ``gpufleet restore``: the fleet's Milvus to and from a directory on the control host.
 
 The Milvus host is the inventory's ``vector_db`` host. The control host reaches its Milvus through
-the SSH session pyinfra opens (gpufleet/milvus_tunnel.py), and a child process exports or restores
+the SSH session pyinfra opens (operations/port_forward.py), and a child process exports or restores
 every collection with pymilvus (gpufleet/milvus_dump.py says why a logical export, and its format).
 
 - A backup lands in ``<dir>/<inventory stem>/<UTC time>/`` (``dir``: ``--to`` or
@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gpufleet.milvus_tunnel import forwarded
 from gpufleet.private_files import private_dir, write_private
+from operations.port_forward import forwarded
 
 
 class BackupError(Exception):
@@ -165,7 +165,7 @@ def row_counts(inventory: str, overrides: dict[str, Any] | None = None) -> dict[
 
 
 def counts_through(port: int, root_password_file: str | None = None) -> dict[str, int]:
-    """Rows per collection of the Milvus a tunnel reaches on 127.0.0.1:``port`` (gpufleet/milvus_tunnel.py),
+    """Rows per collection of the Milvus a tunnel reaches on 127.0.0.1:``port`` (operations/port_forward.py),
     as root with ``root_password_file`` where Milvus authenticates."""
     return _dump("counts", port, root_password_file=root_password_file)
 

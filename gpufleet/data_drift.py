@@ -12,7 +12,7 @@ the backups the nightly timer keeps on the control host (``gpufleet backup insta
   or its runs fail: a failed run keeps nothing);
 - **rows dropped since the last backup**: a collection with fewer rows in Milvus now than in the
   newest backup, or gone. Rows counted through the same SSH tunnel the backup uses
-  (gpufleet/milvus_tunnel.py, gpufleet/milvus_dump.py), so nothing is opened to the network.
+  (operations/port_forward.py, gpufleet/milvus_dump.py), so nothing is opened to the network.
 
 Collections that grew, and collections newer than the backup, are fine. ``None`` turns both checks
 off (a fleet whose Milvus holds nothing worth a backup, or the lab's default drift runs).
@@ -84,7 +84,7 @@ def data_tier(host, settings, fleet, inventory: str) -> list[DriftItem]:
 
     def rows_now() -> dict[str, int]:
         from gpufleet.data_backup import BackupError, counts_through
-        from gpufleet.milvus_tunnel import forwarded
+        from operations.port_forward import forwarded
 
         try:
             with forwarded(host, db.milvus_address, settings.milvus_port) as port:

@@ -17,51 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpufleet.settings import HostSettings, SettingsError, SettingsIssue, validate_host_data
+from gpufleet.fleet_checks import inventory_problems
+from gpufleet.fleet_host import FleetHost, replicas_of
+from gpufleet.settings import SettingsError, SettingsIssue, validate_host_data
 from gpufleet.settings_vllm import Replica
 
 GROUP_DATA = "group_data"
-
-GPU_GROUP = "gpu_nodes"
-LB_GROUP = "lb"
-VECTOR_DB_GROUP = "vector_db"
-APP_MEMBER_SUFFIX = "rag-app"  # a node's app behind the load balancers: ``<node>-rag-app``
-
-
-@dataclass
-class FleetHost:
-    name: str
-    groups: list[str]
-    settings: HostSettings
-    data: dict[str, Any]  # the raw resolved data, pyinfra's keys included
-
-    @property
-    def address(self) -> str:
-        return self.settings.private_address or self.name
-
-    @property
-    def is_gpu_node(self) -> bool:
-        return GPU_GROUP in self.groups
-
-    @property
-    def is_lb(self) -> bool:
-        return LB_GROUP in self.groups
-
-    @property
-    def is_vector_db(self) -> bool:
-        return VECTOR_DB_GROUP in self.groups
-
-    @property
-    def milvus_address(self) -> str:
-        """Where the other hosts reach this host's Milvus: its bind address, unless that is every interface."""
-        bind = self.settings.milvus_bind_address
-        return bind if bind not in (None, "0.0.0.0") else self.address
-
-    @property
-    def app_member(self) -> str | None:
-        """The name of this node's RAG app behind the load balancers, or None (no app here)."""
-        return f"{self.name}-{APP_MEMBER_SUFFIX}" if self.is_gpu_node and self.settings.app_image else None
-
 
 @dataclass
 class Fleet:
@@ -116,13 +77,6 @@ class Fleet:
             "app_members": [m["name"] for m in self.app_members],
             "replicas": [r.model_dump() for r in self.replicas],
         }
-
-
-def replicas_of(host: FleetHost) -> list[Replica]:
-    return [
-        r.model_copy(update={"name": f"{host.name}-{r.name}", "node": host.name, "address": host.address})
-        for r in host.settings.replicas_declared()
-    ]
 
 
 def parse_data_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -192,8 +146,6 @@ def load_inventory(inventory_path: str | os.PathLike, overrides: dict[str, Any] 
 
 def fleet_from_inventory(inventory) -> Fleet:
     """Validate every host of a loaded inventory; raise SettingsError listing every error."""
-    from gpufleet.fleet_checks import inventory_problems
-
     hosts: dict[str, FleetHost] = {}
     issues: list[SettingsIssue] = []
     warnings: list[SettingsIssue] = []

@@ -29,16 +29,13 @@ belong to no group at all; they are ad-hoc targets and only their own settings a
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
+from gpufleet.fleet_host import GPU_GROUP, LB_GROUP, VECTOR_DB_GROUP, FleetHost, replicas_of
 from gpufleet.settings import SettingsIssue
+from gpufleet.settings_input import check_control_file
 
-if TYPE_CHECKING:
-    from gpufleet.fleet import FleetHost
-
-GPU_GROUP = "gpu_nodes"
-LB_GROUP = "lb"
-VECTOR_DB_GROUP = "vector_db"  # the Milvus host: a GPU node or a host of its own
 ROLE_GROUPS = (GPU_GROUP, LB_GROUP, VECTOR_DB_GROUP)
 NOT_ROLES = {"all", "lab"}  # pyinfra's group of every host; the lab inventory's file-stem group
 ALIASES = {
@@ -161,8 +158,6 @@ def _role_problems(hosts: list[tuple[str, list[str], dict[str, Any]]],
                                           f"'node': the RAG app speaks plain HTTP and {lbs[0]} serves TLS only"))
         if s.gpu_count == 0 and not host.is_lb:
             problems.append(SettingsIssue(host.name, "gpu_count", 0, f">= 1 for a host in group {GPU_GROUP}"))
-        from gpufleet.fleet import replicas_of
-
         for replica in replicas_of(host):
             if replica.name == host.app_member:
                 problems.append(SettingsIssue(host.name, "vllm_replicas", replica.name,
@@ -209,8 +204,6 @@ MILVUS_PASSWORD_LENGTH = (6, 256)  # Milvus's proxy.minPasswordLength / maxPassw
 
 def milvus_password_problem(path: str) -> str | None:
     """What is wrong with a Milvus password file (never its content), or None."""
-    from gpufleet.settings_input import check_control_file
-
     try:
         length = len(check_control_file(path).read_text(encoding="utf-8").strip())
     except ValueError as exc:
@@ -242,8 +235,6 @@ def _auth_problems(db: FleetHost, with_app: bool) -> list[SettingsIssue]:
         return [SettingsIssue(db.name, "milvus_app_password_file", None,
                               f"a control-side file holding the RAG app's Milvus password ({s.milvus_app_user}) on "
                               "one line: the app logs in to a Milvus with authentication")]
-    from pathlib import Path
-
     if Path(s.milvus_app_password_file).expanduser().resolve() == Path(s.milvus_root_password_file).expanduser().resolve():
         return [SettingsIssue(db.name, "milvus_app_password_file", s.milvus_app_password_file,
                               "a file other than milvus_root_password_file: the app's user must not know root's password")]

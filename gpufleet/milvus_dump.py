@@ -2,7 +2,7 @@
 
 Run by ``gpufleet backup`` / ``gpufleet restore`` in a child process (``python -m
 gpufleet.milvus_dump``) against a local port that the parent forwards over SSH to the Milvus host
-(gpufleet/milvus_tunnel.py): gRPC does not run under the gevent monkey-patching the gpufleet CLI
+(operations/port_forward.py): gRPC does not run under the gevent monkey-patching the gpufleet CLI
 needs for pyinfra, so pymilvus lives in its own process.
 
 Why a logical export, and not Milvus's own tool or a copy of the volumes:

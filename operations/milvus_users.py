@@ -4,7 +4,7 @@ Milvus keeps its users in its own metadata, reachable only through its API, and 
 has no client: so this operation runs pymilvus on the control host, in a child process
 (``python -m gpufleet.milvus_users``, which says what it checks and changes), through a port
 forwarded over the SSH connection pyinfra already holds to the Milvus host
-(gpufleet/milvus_tunnel.py; a host without an SSH connection, ``@local``, is reached directly).
+(operations/port_forward.py; a host without an SSH connection, ``@local``, is reached directly).
 The child reads the passwords from their control-side files; this operation's arguments, the
 child's command line and everything printed name the files, never a value.
 
@@ -26,6 +26,7 @@ from pyinfra.api import FunctionCommand, OperationError, operation
 from operations.fact_prefetch import read_once
 from operations.facts.net import HttpOk
 from operations.milvus import bind_address
+from operations.port_forward import forwarded
 
 CHILD_TIMEOUT_S = 300
 
@@ -37,8 +38,6 @@ def _reachable(target_host, address: str, port: int):
     if client is None or client.get_transport() is None:
         yield f"http://{address}:{int(port)}"
         return
-    from gpufleet.milvus_tunnel import forwarded
-
     with forwarded(target_host, address, port) as local_port:
         yield f"http://127.0.0.1:{local_port}"
 

@@ -47,6 +47,7 @@ from operations.facts.docker import CHECK_IN_IMAGE, ImageState
 from operations.facts.images import BASE_DIGESTS_LABEL, BASE_ID_LABEL, CHECKED_DIR, checked_marker
 from operations.facts.rollout import ReplicaContainers
 from operations.util import sudo_arguments
+from operations.weights import HF_TOKEN_ENV_FILE, HF_TOKEN_VARIABLES, MODEL_MOUNT
 
 FILES = Path(__file__).resolve().parents[1] / "files"
 DOCKERFILE = "Dockerfile.vllm_rtx5090"
@@ -62,11 +63,10 @@ HF_HOME = "/root/.cache/huggingface"  # the upstream image runs as root
 # (no two engines write one cache), so a recreated replica starts from it: vLLM keys what it keeps
 # by its version, the model's code and the config, so a new image or flag only adds entries.
 VLLM_CACHE_MOUNT = "/var/cache/gpufleet-vllm"
-HF_TOKEN_ENV_FILE = f"{secrets.SECRETS_DIR}/hf-token.env"
 API_KEY_ENV_FILE = f"{secrets.SECRETS_DIR}/vllm-api-key.env"
-HF_TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")  # huggingface_hub, and older readers
 API_KEY_VARIABLES = ("VLLM_API_KEY",)  # vLLM's server reads it when --api-key is not given
-# Never on a command line (`ps`, `docker inspect .Args`, pyinfra's output): use the files above.
+# Never on a command line (`ps`, `docker inspect .Args`, pyinfra's output): use the env files
+# (API_KEY_ENV_FILE above, the Hugging Face token's operations.weights.HF_TOKEN_ENV_FILE).
 SECRET_ARGS = ("--api-key", "--hf-token")
 
 
@@ -220,8 +220,6 @@ def replica_spec(*, name: str, image: str, model: str, served_model_name: str, p
         raise OperationValueError(f"bind address {bind_address!r} is not an IP address (docker publishes on IPs; "
                                   "set private_address or vllm_bind_address)") from None
     if model_dir:
-        from operations.weights import MODEL_MOUNT
-
         model = MODEL_MOUNT
     command = [model, "--served-model-name", served_model_name, "--host", "0.0.0.0", "--port", str(CONTAINER_PORT),
                "--tensor-parallel-size", str(tensor_parallel_size)]

@@ -47,6 +47,10 @@ from operations.facts.weights import COUNT_FILES, MANIFEST, MARKER, StagedArchiv
 FILES = Path(__file__).resolve().parents[1] / "files"
 HUB_SCRIPT = "stage_hub_weights.py"
 MODEL_MOUNT = "/gpufleet/model"  # where a replica sees a staged URL archive (read-only)
+# The Hugging Face token on the node: one root-only env file (operations/secrets.py), read by the hub
+# staging container here and by the replicas (operations/vllm.py), which may fetch from the hub too.
+HF_TOKEN_ENV_FILE = f"{secrets.SECRETS_DIR}/hf-token.env"
+HF_TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")  # huggingface_hub, and older readers
 HUB_CACHE = "/hf"  # HF_HOME inside the staging container
 
 
@@ -202,8 +206,6 @@ def stage(source: str, model: str, revision: str | None = None, url: str | None 
         return
     token_env = None
     if hf_token_file:
-        from operations.vllm import HF_TOKEN_ENV_FILE, HF_TOKEN_VARIABLES
-
         token_env = HF_TOKEN_ENV_FILE
         yield from secrets.env_file._inner(dest=token_env, variables=dict.fromkeys(HF_TOKEN_VARIABLES, hf_token_file))
     yield from files.directory._inner(path=hf_cache_dir, user="root", group="root", mode="755")

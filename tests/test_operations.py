@@ -2,7 +2,10 @@
 
 Each folder under tests/operations/ is ``<module>.<operation>`` of operations/; each JSON file
 in it is one case: ``args``/``kwargs``, the ``facts`` the host reports, and the ``commands``
-expected (``[]`` plus ``noop_description`` when nothing must change).
+expected (``[]`` plus ``noop_description`` when nothing must change). Most cases are stored by
+tests/operations/make_*_cases.py from what the operations yield; the command lines that matter most
+(vLLM's ``docker run``, nginx's swap script, the NCCL apt pin) are also written out by hand in
+tests/unit/test_handwritten_commands.py.
 """
 
 from pathlib import Path

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pyinfra.api import OperationValueError
 
-from gpufleet.settings import validate_host_data
+from gpufleet.settings import HostSettings, validate_host_data
 from operations import secrets, vllm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,16 +184,22 @@ def test_probe_script_reads_the_key_from_its_file():
 
 
 # ----------------------------------------------------------------------------- settings -----------
-def test_vllm_settings_defaults_and_checks():
+def test_vllm_settings_checks():
     settings, issues = validate_host_data("n", {"gpu_count": 2, "vllm_image": "vllm/vllm-openai:v0.20.1", **PINNED})
     assert settings is not None and not issues
-    assert settings.vllm_stop_timeout_effective() == 45
     _, issues = validate_host_data("n", {"vllm_shutdown_timeout": 60, "vllm_stop_timeout": 30})
     assert [i.key for i in issues if i.severity == "error"] == ["vllm_stop_timeout"]
     _, issues = validate_host_data("n", {"vllm_shm_size": "lots"})
     assert [i.key for i in issues] == ["vllm_shm_size"]
     _, issues = validate_host_data("n", {"pip_install_args": "--index-url https://u:p@mirror/simple"})
     assert [i.key for i in issues] == ["pip_install_args"]
+
+
+def test_docker_stop_waits_for_vllms_drain_unless_set():
+    # docker stop -t: vLLM's --shutdown-timeout plus a grace, so a drain is never cut short.
+    assert HostSettings(gpu_count=2, vllm_shutdown_timeout=60).vllm_stop_timeout_effective() == 75
+    assert HostSettings(gpu_count=2, vllm_shutdown_timeout=60, vllm_stop_timeout=90).vllm_stop_timeout_effective() == 90
+    assert HostSettings(gpu_count=2, vllm_shutdown_timeout=None).vllm_stop_timeout_effective() is None
 
 
 def test_old_image_with_shutdown_timeout_is_refused():

@@ -1,10 +1,11 @@
 """A local port that reaches a service on a host's private network through that host's SSH session.
 
-``gpufleet backup``/``restore`` talk to Milvus (published on the Milvus host's private address
-only) from the control host: the connection pyinfra already holds to that host (its keys,
-known_hosts, ProxyJump) carries it as an SSH ``direct-tcpip`` channel, so no port is opened to
-the world and nothing else needs the private network. The gpufleet CLI runs under gevent (pyinfra
-needs it): the accept loop and the pumps are greenlets, and paramiko's blocking calls yield.
+Milvus is published on the Milvus host's private address only; the control host reaches it this
+way for the Milvus users step (operations/milvus_users.py) and for ``gpufleet backup``/``restore``
+and drift's row counts (gpufleet/data_backup.py, gpufleet/data_drift.py): the connection pyinfra
+already holds to that host (its keys, known_hosts, ProxyJump) carries it as an SSH ``direct-tcpip``
+channel, so no port is opened to the world and nothing else needs the private network. pyinfra runs
+under gevent: the accept loop and the pumps are greenlets, and paramiko's blocking calls yield.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def _pump(read, write) -> None:
 def forwarded(host, address: str, port: int) -> Iterator[int]:
     """Yield a port on 127.0.0.1 whose connections reach ``address:port`` as ``host`` sees it.
 
-    ``host`` is a connected pyinfra host (gpufleet.remote.connected). Only this process's children
+    ``host`` is a pyinfra host connected over SSH (paramiko). Only this process's children
     use the port: it listens on loopback, for as long as the ``with`` block runs.
     """
     transport = host.connector.client.get_transport()
