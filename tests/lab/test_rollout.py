@@ -3,10 +3,10 @@
 The order matters: a canary that cannot start is rolled back (the lab stays as deployed); a
 plain deploy is refused; a change is rolled over both nodes while gpu-node-2 loses SSH (stopped,
 then resumed with --resume), repeated (nothing to do), tried as a plain deploy (nothing to do);
-and gpu-node-1 gets another driver and another replica in one rollout, then goes back to the
-repository's values. gpu-node-2 keeps the rolled-out change: this module runs after every other
-lab test (tests/lab/conftest.py), and the next session's first deploy, a maintenance window,
-takes it back.
+and gpu-node-1 gets another driver and another replica in one rollout. Both nodes keep what was
+rolled out: this module runs after every other lab test (tests/lab/conftest.py), and on a kept
+lab the next session's first deploy takes it back (through the rollout where a driver changes
+under running GPU containers).
 """
 
 from __future__ import annotations
@@ -161,10 +161,14 @@ def replica_containers(hosts, node: str) -> list[str]:
     return sorted(out.split())
 
 
-def test_a_driver_version_and_a_replaced_replica_are_rolled_out_and_back_with_no_failed_request(live, state_dir):
+def test_a_driver_version_and_a_replaced_replica_are_rolled_out_with_no_failed_request(live, state_dir):
     """gpu-node-1 gets another driver (drain, stop its GPU containers, install, reboot, check the
     loaded version) and, in the same rollout, its replica vllm-0 (port 8000) is replaced by vllm-1
-    (port 8001): the old one is retired, the new one joins the load balancer once ready. Then back."""
+    (port 8001): the old one is retired, the new one joins the load balancer once ready.
+
+    The last test of the session: gpu-node-1 stays so. The way back is the same path in the other
+    direction, so it is left to the next session's first deploy on a kept lab, which takes it
+    through the rollout (tests/lab/conftest.py, ``deployed``); CI starts from a fresh lab."""
     from gpufleet.fleet import load_fleet
 
     pinned = load_fleet("inventory/lab.py").hosts["gpu-node-1"].settings.nvidia_driver_version
@@ -175,24 +179,21 @@ def test_a_driver_version_and_a_replaced_replica_are_rolled_out_and_back_with_no
     with SteadyLoad() as load:
         code, report, err = rollout("--data", f"nvidia_driver_version={other}", "--data", f"vllm_replicas={moved}",
                                     "--limit", "gpu-node-1", state_dir=state_dir)
-        assert code == 0, err[-3000:]
-        node = report["nodes"]["gpu-node-1"]
-        assert node["kind"] == "gpu-stack" and node["state"] == "done"
-        assert loaded_driver("gpu-node-1") == other and loaded_driver("gpu-node-2") == pinned
-        # The GPU containers were stopped for the driver and started again, not recreated.
-        assert live["gpu-node-1"].run(exporter).stdout == exporter_before
-        assert node["retiring"] == ["gpu-node-1-vllm-0"]
-        assert replica_containers(live, "gpu-node-1") == ["vllm-gpu-node-1-vllm-1"]  # the old one is gone
-        members = lb_members(live)
-        assert members["gpu-node-1-vllm-1"] == "live" and "gpu-node-1-vllm-0" not in members
-        # gpu-node-2 was not rolled: its old replica keeps serving, its new one waits (not running yet).
-        assert members["gpu-node-2-vllm-0"] == "live" and members["gpu-node-2-vllm-1"] == "down"
-        code, report, err = rollout("--limit", "gpu-node-1", state_dir=state_dir)  # back to the repository
-        assert code == 0, err[-3000:]
-    assert loaded_driver("gpu-node-1") == pinned
-    assert replica_containers(live, "gpu-node-1") == ["vllm-gpu-node-1-vllm-0"]
-    assert lb_members(live) == {"gpu-node-1-vllm-0": "live", "gpu-node-2-vllm-0": "live"}
+    assert code == 0, err[-3000:]
+    node = report["nodes"]["gpu-node-1"]
+    assert node["kind"] == "gpu-stack" and node["state"] == "done"
+    assert loaded_driver("gpu-node-1") == other and loaded_driver("gpu-node-2") == pinned
+    # The GPU containers were stopped for the driver and started again, not recreated.
+    assert live["gpu-node-1"].run(exporter).stdout == exporter_before
+    assert node["retiring"] == ["gpu-node-1-vllm-0"]
+    assert replica_containers(live, "gpu-node-1") == ["vllm-gpu-node-1-vllm-1"]  # the old one is gone
+    members = lb_members(live)
+    assert members["gpu-node-1-vllm-1"] == "live" and "gpu-node-1-vllm-0" not in members
+    # gpu-node-2 was not rolled: its old replica keeps serving, its new one waits (not running yet).
+    assert members["gpu-node-2-vllm-0"] == "live" and members["gpu-node-2-vllm-1"] == "down"
     assert drained(live) == [] and not load.failures, load.failures[:5]
     assert load.ok > 10
-    back = deploy("--limit", "gpu-node-1")  # gpu-node-2 keeps vllm_max_model_len=384 (module docstring)
-    assert back["rc"] == 0 and back["changed"] == {}, back
+    # What was rolled out holds: the same change as a plain deploy of gpu-node-1 changes nothing.
+    again = deploy("--limit", "gpu-node-1", "--data", f"nvidia_driver_version={other}",
+                   "--data", f"vllm_replicas={moved}")
+    assert again["rc"] == 0 and again["changed"] == {}, again
