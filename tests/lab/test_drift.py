@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.lab.conftest import NODE, assert_only_drifted, deploy, drift
+from tests.lab.conftest import NODE, assert_only_drifted, causes, deploy, drift
 
 GPUS_JSON = "/etc/gpufleet-lab/gpus.json"
 
@@ -18,19 +18,59 @@ def test_clean_lab_reports_nothing_and_exits_0(converged):
     assert report["drifted_hosts"] == [] and all(h["drift"] == [] for h in report["hosts"])
 
 
-# (id, host, inject, expected text in one cause, how to put it back: None = a deploy of that host;
-# "drain" = stop its GPU containers first: the deploy refuses to reinstall the driver under them)
-DRAIN = "docker stop $(docker ps -q --filter label=io.gpufleet.spec --filter name=^vllm- --filter name=^dcgm-)"
-CATALOG = [
-    ("managed-file-edited", NODE, "sed -i 's/modeset=0/modeset=1/' /etc/modprobe.d/gpufleet-blacklist-nouveau.conf",
-     "Blacklist nouveau: /etc/modprobe.d/gpufleet-blacklist-nouveau.conf: content differs", None),
-    ("package-downgraded", NODE,
+# Drifts that a deploy of the node puts back, injected together: one drift run finds them all, one
+# deploy repairs them all (each case alone cost a drift, a deploy and a drift: ~20 s here, minutes
+# on a slow CI machine). Each still has its own test and its own cause; none hides another (two
+# changes to one container would, so the Milvus container's other drift is a case of its own below).
+TOGETHER = [
+    ("managed-file-edited", "sed -i 's/modeset=0/modeset=1/' /etc/modprobe.d/gpufleet-blacklist-nouveau.conf",
+     "Blacklist nouveau: /etc/modprobe.d/gpufleet-blacklist-nouveau.conf: content differs"),
+    ("package-downgraded",
      "apt-get install -y -q --allow-downgrades --allow-change-held-packages "
      "libnccl2=2.27.3-1+cuda12.9 libnccl-dev=2.27.3-1+cuda12.9",
-     "NCCL pin on the host: ", None),
-    ("hold-removed", NODE, "apt-mark unhold libnccl2", "NCCL pin on the host: apt-mark hold libnccl2", None),
-    ("nccl-pin-removed", NODE, "rm /etc/apt/preferences.d/gpufleet-nccl",
-     "NCCL pin on the host: /etc/apt/preferences.d/gpufleet-nccl: missing", None),
+     "libnccl2=2.27.7-1+cuda12.9"),
+    ("hold-removed", "apt-mark unhold libnccl2", "NCCL pin on the host: apt-mark hold libnccl2"),
+    ("nccl-pin-removed", "rm /etc/apt/preferences.d/gpufleet-nccl",
+     "NCCL pin on the host: /etc/apt/preferences.d/gpufleet-nccl: missing"),
+    ("unit-disabled", "systemctl disable nvidia-persistenced",
+     "NVIDIA persistence daemon: systemctl enable nvidia-persistenced"),
+    ("container-recreated-with-another-flag",
+     "img=$(docker inspect --format '{{.Config.Image}}' milvus-standalone); docker rm -f milvus-standalone && "
+     "docker run -d --name milvus-standalone --restart no \"$img\" milvus run standalone",
+     "docker run -d --name milvus-standalone"),
+]
+
+
+@pytest.fixture(scope="module")
+def together(converged):
+    """Every TOGETHER drift injected on NODE, the drift report, then one deploy of NODE and a clean drift."""
+    target = converged[NODE]
+    try:
+        for case_id, inject, _ in TOGETHER:
+            injected = target.run(inject)
+            assert injected.rc == 0, (case_id, injected.stderr)
+        code, report = drift()
+        yield code, report
+    finally:
+        fixed = deploy("--limit", NODE, "--data", "allow_serving_disruption=true")
+        assert fixed["rc"] == 0, fixed["stderr"][-2000:]
+    code, report = drift()
+    assert code == 0, report
+
+
+@pytest.mark.parametrize("expected", [c[2] for c in TOGETHER], ids=[c[0] for c in TOGETHER])
+def test_drifts_injected_together_are_each_found_with_their_cause(together, expected):
+    code, report = together
+    assert code == 2 and report["drifted_hosts"] == [NODE], report
+    found = causes(report, NODE)
+    assert any(expected in c for c in found), found
+
+
+# One at a time: (id, host, inject, expected text in one cause, how to put it back: None = a deploy
+# of that host; "drain" = stop its GPU containers first: the deploy refuses to reinstall the driver
+# under them)
+DRAIN = "docker stop $(docker ps -q --filter label=io.gpufleet.spec --filter name=^vllm- --filter name=^dcgm-)"
+CATALOG = [
     # Put back as it was (Docker never reread it): a deploy's repair restarts Docker, which
     # test_gpu_stack.py's daemon.json test does already.
     ("nvidia-runtime-removed", NODE,
@@ -40,10 +80,6 @@ CATALOG = [
      "Docker daemon.json: nvidia runtime: /etc/docker/daemon.json: content differs",
      "mv /root/daemon.json.bak /etc/docker/daemon.json"),
     ("container-stopped", NODE, "docker stop milvus-standalone", "docker start milvus-standalone", None),
-    ("container-recreated-with-another-flag", NODE,
-     "img=$(docker inspect --format '{{.Config.Image}}' milvus-standalone); docker rm -f milvus-standalone && "
-     "docker run -d --name milvus-standalone --restart no \"$img\" milvus run standalone",
-     "docker run -d --name milvus-standalone", None),
     ("another-image-under-the-pinned-tag", NODE,
      "img=$(docker inspect --format '{{.Config.Image}}' milvus-standalone); "
      "docker tag \"$img\" gpufleet-test/milvus-original:1 && "
@@ -53,8 +89,6 @@ CATALOG = [
      "docker tag gpufleet-test/milvus-original:1 \"$img\" && docker rmi gpufleet-test/milvus-original:1"),
     ("nginx-upstream-edited", "lb-1", "sed -i '0,/server gpu-node-1/s//server gpu-node-9/' /etc/nginx/nginx.conf",
      "/etc/nginx/nginx.conf: content differs", None),
-    ("unit-disabled", NODE, "systemctl disable nvidia-persistenced",
-     "NVIDIA persistence daemon: systemctl enable nvidia-persistenced", None),
     ("driver-upgraded-without-reboot", NODE,
      "apt-get install -y -q --allow-change-held-packages nvidia-open=580.105.08-1",
      "driver loaded: reboot pending: driver 580.105.08 installed, 580.95.05 loaded", "drain"),
