@@ -192,3 +192,35 @@ def test_a_read_at_execution_is_remembered_for_the_next_plan(preparing, tmp_path
     assert host.get_fact(Directory, path=str(tmp_path)) is not None
     remembered = {(e["fact"], json.dumps(e["kwargs"])) for e in json.loads(path.read_text())["facts"]}
     assert ("pyinfra.facts.files.Directory", json.dumps({"path": str(tmp_path)})) in remembered
+
+
+class TimedOutRead(Command):
+    """A read whose tool the host killed at its limit (operations/facts/util.py: wrap's marker)."""
+
+    def process(self, output):
+        from operations.facts.util import raise_on_timeout
+
+        raise_on_timeout(output)
+        return output
+
+
+def test_a_read_the_host_timed_out_is_not_read_again(preparing, monkeypatch):
+    """Reading a hung tool again would hold the run for its limit a second time: the prefetched
+    answer fails the host as pyinfra's own read of it does, with the same error."""
+    state, host = preparing
+    command = "echo partial; echo __gpufleet_timeout=60"
+    _remember(host, (TimedOutRead, {"command": command}, None))
+    fact_prefetch.prefetch_facts()
+    runs = _count_commands(host, monkeypatch)
+    errors = []
+    monkeypatch.setattr(fact_prefetch, "log_error_or_warning",
+                        lambda host, ignore, description, exception: errors.append((description, str(exception))))
+    from pyinfra.api.exceptions import PyinfraError
+
+    # The host fails; it is this run's only host, so pyinfra stops the run, as after its own read.
+    with pytest.raises(PyinfraError, match="No hosts remaining"):
+        host.get_fact(TimedOutRead, command=command)
+    assert runs == []  # answered from the prefetch: no second wait
+    assert host in state.failed_hosts
+    assert errors == [(f"could not process fact: {TimedOutRead().name} command={command}",
+                       "no answer within 60 s (killed on the host)")]
