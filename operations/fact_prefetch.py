@@ -4,8 +4,9 @@ pyinfra 3 reads every fact with a command of its own over SSH and keeps no cache
 plan asks about 60 facts, one after the other, ~50 ms each on a LAN (3 s of every deploy, drift
 check and rollout step). A host's plan asks the same facts run after run, so the control host
 remembers, per host, which facts (class and arguments) its plans asked, and the next plan runs
-all their commands in one shell command (``READ_LANES`` concurrent lanes) before deploy.py
-starts. While pyinfra *prepares* the deploy, ``host.get_fact`` answers from those outputs.
+all their commands in one shell command before deploy.py starts (one after another: running them
+concurrently would need temporary files on the host, and drift only reads). While pyinfra
+*prepares* the deploy, ``host.get_fact`` answers from those outputs.
 
 At execution pyinfra runs each operation again and re-reads its facts, so that an operation sees
 what earlier operations changed. Until the first command runs on the host in this run (an
@@ -56,11 +57,6 @@ from pyinfra.api.util import get_kwargs_str, log_error_or_warning
 from operations.facts.util import TIMED_OUT
 
 FORGET_AFTER_DAYS = 7
-# The remembered reads run in this many concurrent lanes on the host: dpkg-query, apt-cache and
-# docker inspect take 50-450 ms each, and a GPU node's ~90 reads one after another took 2.7 s of
-# every no-op converge in the lab. Reads only, each with its own time limit; four keep a small
-# host's load low.
-READ_LANES = 4
 # Arguments that change what a fact's command sees; the others (timeouts, retries) do not.
 _PRIVILEGE_KEYS = ("_sudo", "_sudo_user", "_use_sudo_login", "_preserve_sudo_env", "_su_user", "_use_su_login",
                    "_preserve_su_env", "_su_shell", "_doas", "_doas_user", "_dzdo", "_dzdo_user",
@@ -192,16 +188,9 @@ class _PrefetchedFacts:
 
     def _run(self, privileges: str, items: list) -> None:
         mark = f"__gpufleet_fact_{secrets.token_hex(4)}"
-        lanes: list[list[Any]] = [[] for _ in range(min(READ_LANES, len(items)))]
+        parts: list[Any] = []
         for i, (_, command, _) in enumerate(items):
-            lanes[i % len(lanes)] += ["echo", f"{mark}:{i};", "(", command, ")", "2>/dev/null;",
-                                      "echo", f'"{mark}:rc:$?";']
-        # Each lane writes to a file of its own (lines of concurrent writers would interleave on
-        # one pipe); the answers are told apart by their marks, so the order of lanes is free.
-        parts: list[Any] = ["d=$(mktemp -d)", "||", "exit", "1;", "trap", "'rm -rf \"$d\"'", "EXIT;"]
-        for n, lane in enumerate(lanes):
-            parts += ["(", *lane, ")", ">", f'"$d/{n}"', "&"]
-        parts += ["wait;", "cat", *(f'"$d/{n}"' for n in range(len(lanes)))]
+            parts += ["echo", f"{mark}:{i};", "(", command, ")", "2>/dev/null;", "echo", f'"{mark}:rc:$?";']
         executor_kwargs = {k: v for k, v in items[0][2].items() if k in CONNECTOR_ARGUMENT_KEYS}
         self.reading = True
         try:

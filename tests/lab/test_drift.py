@@ -21,15 +21,11 @@ def test_clean_lab_reports_nothing_and_exits_0(converged):
 # Drifts that a deploy of the node puts back, injected together: one drift run finds them all, one
 # deploy repairs them all (each case alone cost a drift, a deploy and a drift: ~20 s here, minutes
 # on a slow CI machine). Each still has its own test and its own cause; none hides another (two
-# changes to one container would, so the Milvus container's other drift is a case of its own below).
+# changes to one container would, so the Milvus container's other drift is a case of its own below,
+# and so would three changes to the NCCL pin's packages: the cause shows the first command).
 TOGETHER = [
     ("managed-file-edited", "sed -i 's/modeset=0/modeset=1/' /etc/modprobe.d/gpufleet-blacklist-nouveau.conf",
      "Blacklist nouveau: /etc/modprobe.d/gpufleet-blacklist-nouveau.conf: content differs"),
-    ("package-downgraded",
-     "apt-get install -y -q --allow-downgrades --allow-change-held-packages "
-     "libnccl2=2.27.3-1+cuda12.9 libnccl-dev=2.27.3-1+cuda12.9",
-     "libnccl2=2.27.7-1+cuda12.9"),
-    ("hold-removed", "apt-mark unhold libnccl2", "NCCL pin on the host: apt-mark hold libnccl2"),
     ("nccl-pin-removed", "rm /etc/apt/preferences.d/gpufleet-nccl",
      "NCCL pin on the host: /etc/apt/preferences.d/gpufleet-nccl: missing"),
     ("unit-disabled", "systemctl disable nvidia-persistenced",
@@ -43,19 +39,20 @@ TOGETHER = [
 
 @pytest.fixture(scope="module")
 def together(converged):
-    """Every TOGETHER drift injected on NODE, the drift report, then one deploy of NODE and a clean drift."""
+    """The drift report with every TOGETHER drift injected on NODE; NODE is repaired (one deploy)
+    and drift-clean again before any test reads it."""
     target = converged[NODE]
     try:
         for case_id, inject, _ in TOGETHER:
             injected = target.run(inject)
             assert injected.rc == 0, (case_id, injected.stderr)
-        code, report = drift()
-        yield code, report
+        found = drift()
     finally:
         fixed = deploy("--limit", NODE, "--data", "allow_serving_disruption=true")
         assert fixed["rc"] == 0, fixed["stderr"][-2000:]
     code, report = drift()
     assert code == 0, report
+    return found
 
 
 @pytest.mark.parametrize("expected", [c[2] for c in TOGETHER], ids=[c[0] for c in TOGETHER])
@@ -71,6 +68,11 @@ def test_drifts_injected_together_are_each_found_with_their_cause(together, expe
 # under them)
 DRAIN = "docker stop $(docker ps -q --filter label=io.gpufleet.spec --filter name=^vllm- --filter name=^dcgm-)"
 CATALOG = [
+    ("package-downgraded", NODE,
+     "apt-get install -y -q --allow-downgrades --allow-change-held-packages "
+     "libnccl2=2.27.3-1+cuda12.9 libnccl-dev=2.27.3-1+cuda12.9",
+     "NCCL pin on the host: ", None),
+    ("hold-removed", NODE, "apt-mark unhold libnccl2", "NCCL pin on the host: apt-mark hold libnccl2", None),
     # Put back as it was (Docker never reread it): a deploy's repair restarts Docker, which
     # test_gpu_stack.py's daemon.json test does already.
     ("nvidia-runtime-removed", NODE,
