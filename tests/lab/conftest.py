@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -67,30 +66,11 @@ def pytest_collection_modifyitems(config, items):
 LAB_SHAPE = ("--nodes", "2", "--lbs", "1")
 # operations/docker_daemon.py: refuse_daemon_reload_under_gpu_containers
 GPU_STACK_REFUSAL = "would run `systemctl daemon-reload` while GPU containers run"
-_background_up: list[subprocess.Popen] = []  # the `lab up` started while the other tests run
-
-
-def start_lab_in_background() -> None:
-    """Start `gpufleet lab up` now; the ``lab`` fixture waits for it (tests/conftest.py)."""
-    log = tempfile.NamedTemporaryFile(prefix="gpufleet-lab-up-", suffix=".log", delete=False)  # noqa: SIM115
-    with log:
-        _background_up.append(subprocess.Popen([str(BIN / "gpufleet"), "lab", "up", *LAB_SHAPE], cwd=PROJECT_ROOT,
-                                               stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT))
-
-
-def stop_lab_in_background() -> None:
-    """A session that ends before the lab's tests (-x, interrupted) leaves no `lab up` behind."""
-    for proc in _background_up:
-        if proc.poll() is None:
-            proc.terminate()
 
 
 @pytest.fixture(scope="session")
 def lab():
     """The running lab's hosts (LabHost list)."""
-    for proc in _background_up:
-        proc.wait(timeout=3600)
-    # Whatever the background run did, `lab up` here adopts the lab it left (seconds) or says why not.
     up = gpufleet("lab", "up", *LAB_SHAPE, check=False)
     assert up.returncode == 0, f"gpufleet lab up failed:\n{up.stderr[-3000:]}"
     return read_hosts_file()
