@@ -49,12 +49,11 @@ from pyinfra import host as current_host
 from pyinfra import state as current_state
 from pyinfra.api import FactBase, StringCommand
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
-from pyinfra.api.exceptions import FactProcessError
 from pyinfra.api.facts import _MISSING_COMMAND_MARKER, _handle_fact_kwargs, _make_command
 from pyinfra.api.state import StateStage
 from pyinfra.api.util import get_kwargs_str, log_error_or_warning
 
-from operations.facts.util import TIMED_OUT
+from operations.facts.util import ReadTimedOut
 
 FORGET_AFTER_DAYS = 7
 # Arguments that change what a fact's command sees; the others (timeouts, retries) do not.
@@ -232,14 +231,13 @@ class _PrefetchedFacts:
                 try:
                     _make_command(fact.command, dict(fact_kwargs))  # some facts keep their arguments for process()
                     return fact.process(lines) if lines else fact.default()
-                except FactProcessError as exc:
-                    if any(line.startswith(TIMED_OUT) for line in lines):
-                        return self._timed_out(fact, fact_kwargs, global_kwargs, exc)
+                except ReadTimedOut as exc:
+                    return self._timed_out(fact, fact_kwargs, global_kwargs, exc)
                 except Exception:  # noqa: BLE001 - pyinfra's own read reports it properly
                     pass
         return self._read_live(cls, *args, **kwargs)
 
-    def _timed_out(self, fact, fact_kwargs, global_kwargs, exc: FactProcessError):
+    def _timed_out(self, fact, fact_kwargs, global_kwargs, exc: ReadTimedOut):
         """A read the host killed at its time limit (operations/facts/util.py: wrap) is not read
         again: a hung tool would hold the run for that limit a second time. Reported as pyinfra
         reports a fact it cannot process (``_get_fact``): the error logged, the host failed."""

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import re
 
+from pyinfra.api.exceptions import FactProcessError
+
 MISSING = "__gpufleet_missing"
 RC = "__gpufleet_rc="
 TIMED_OUT = "__gpufleet_timeout="
@@ -55,19 +57,22 @@ def timed_step(command: str, limit: int = READ_LIMIT_S) -> str:
             f'echo "{TIMED_OUT}{int(limit)}"; done')
 
 
+class ReadTimedOut(FactProcessError):
+    """A fact's read the host killed at its time limit: pyinfra fails the host as for any fact it
+    cannot process; operations/fact_prefetch.py does not read it again (it would wait as long)."""
+
+
 def raise_on_timeout(output: list[str]) -> None:
-    """Raise FactProcessError when a step of the fact was killed for taking too long.
+    """Raise ReadTimedOut (a FactProcessError) when a step of the fact was killed for taking too long.
 
     >>> raise_on_timeout(["ii libnccl2", "__gpufleet_timeout=60"])
     Traceback (most recent call last):
     ...
-    pyinfra.api.exceptions.FactProcessError: no answer within 60 s (killed on the host)
+    operations.facts.util.ReadTimedOut: no answer within 60 s (killed on the host)
     """
-    from pyinfra.api.exceptions import FactProcessError
-
     for line in output:
         if line.startswith(TIMED_OUT):
-            raise FactProcessError(f"no answer within {line[len(TIMED_OUT):].strip()} s (killed on the host)")
+            raise ReadTimedOut(f"no answer within {line[len(TIMED_OUT):].strip()} s (killed on the host)")
 
 
 def _status_lines(limit: int, then: str = "") -> str:
@@ -117,7 +122,7 @@ def envelope(output: list[str], missing: str = "command not found") -> tuple[dic
     >>> envelope(["__gpufleet_timeout=60", "__gpufleet_rc=124"])
     Traceback (most recent call last):
     ...
-    pyinfra.api.exceptions.FactProcessError: no answer within 60 s (killed on the host)
+    operations.facts.util.ReadTimedOut: no answer within 60 s (killed on the host)
     """
     lines = list(output)
     if any(line.strip() == MISSING for line in lines):
