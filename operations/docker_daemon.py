@@ -36,6 +36,9 @@ def render_daemon_json(config: dict) -> str:
     return json.dumps(config, indent=4, sort_keys=True) + "\n"
 
 
+DAEMON_RELOAD_REFUSAL = "would run `systemctl daemon-reload` while GPU containers run"
+
+
 def refuse_daemon_reload_under_gpu_containers(what: str) -> None:
     """Fail the host before a step that reloads systemd while GPU containers run.
 
@@ -52,7 +55,7 @@ def refuse_daemon_reload_under_gpu_containers(what: str) -> None:
     running = host.get_fact(GpuContainers)["containers"]
     if running:
         raise ServingInterruption(
-            f"{what} would run `systemctl daemon-reload` while GPU containers run "
+            f"{what} {DAEMON_RELOAD_REFUSAL} "
             f"({', '.join(running)}); that drops their GPUs (NVML: Unknown Error). "
             "Drain the node first (stop its replicas, e.g. with `gpufleet rollout`).",
             what, GPU_STACK)

@@ -17,6 +17,7 @@ import pytest
 import testinfra
 
 from gpufleet import PROJECT_ROOT
+from operations.docker_daemon import DAEMON_RELOAD_REFUSAL
 from gpufleet.lab.topology import KNOWN_HOSTS, SSH_KEY, read_hosts_file
 
 BIN = Path(sys.executable).parent
@@ -64,8 +65,6 @@ def pytest_collection_modifyitems(config, items):
 
 
 LAB_SHAPE = ("--nodes", "2", "--lbs", "1")
-# operations/docker_daemon.py: refuse_daemon_reload_under_gpu_containers
-GPU_STACK_REFUSAL = "would run `systemctl daemon-reload` while GPU containers run"
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +80,7 @@ def deployed(lab):
     """The lab after one full deploy (the first run of the session): a maintenance window, so that
     a lab kept from an earlier session converges whatever that session's last tests changed."""
     first = deploy("--data", "allow_serving_disruption=true")
-    if first["rc"] != 0 and GPU_STACK_REFUSAL in first["stderr"]:
+    if first["rc"] != 0 and DAEMON_RELOAD_REFUSAL in first["stderr"]:
         # A kept lab whose last session ended with its rollout tests: gpu-node-1 runs another
         # driver (tests/lab/test_rollout.py). No plain deploy swaps a driver under running GPU
         # containers; the rollout drains the node, stops them and takes it back.
