@@ -1,13 +1,15 @@
-"""``gpufleet backup`` / ``gpufleet restore``: the fleet's Milvus to and from a directory on the control host.
+"""``gpufleet backup`` / ``gpufleet restore``: the fleet's Milvus to and from a directory on the
+control host or an S3-compatible bucket (gpufleet/backup_store.py: the layout, and why a backup
+is whole only once its manifest is there).
 
 The Milvus host is the inventory's ``vector_db`` host. The control host reaches its Milvus through
 the SSH session pyinfra opens (operations/port_forward.py), and a child process exports or restores
 every collection with pymilvus (gpufleet/milvus_dump.py says why a logical export, and its format).
 
-- A backup lands in ``<dir>/<inventory stem>/<UTC time>/`` (``dir``: ``--to`` or
-  ``$GPUFLEET_STATE_DIR/backups``, default ``~/.local/state/gpufleet/backups``), owner-only (the
-  documents are the fleet's data). It is written as ``<time>.partial`` and renamed when the
-  manifest is complete: a directory without ``.partial`` is a whole backup.
+- A backup lands in ``<location>/<inventory stem>/<UTC time>/`` (``location``: ``--to``, a path or
+  ``s3://bucket/prefix``; default ``$GPUFLEET_STATE_DIR/backups``, ``~/.local/state/gpufleet/backups``),
+  owner-only on disk (the documents are the fleet's data). A bucket is reached with the Milvus
+  host's ``milvus_backup_s3_*`` settings.
 - With Milvus authentication on, the child logs in as ``root`` with the Milvus host's
   ``milvus_root_password_file`` (read on the control host, handed to the child in its environment,
   ``MILVUS_USER``/``MILVUS_PASSWORD``: never on a command line, never printed): a backup reads every
@@ -27,25 +29,36 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gpufleet.private_files import private_dir, write_private
+from gpufleet.backup_store import BackupError, S3Access, is_s3, open_store
+from gpufleet.private_files import write_private
 from operations.port_forward import forwarded
 
-
-class BackupError(Exception):
-    """A backup or restore that could not run or did not check out; the message says why."""
-
-
-def backups_root(to: str | None = None) -> Path:
-    if to:
-        return Path(to).expanduser()
-    return Path(os.environ.get("GPUFLEET_STATE_DIR") or Path.home() / ".local/state/gpufleet") / "backups"
+__all__ = ["BackupError", "backup", "restore", "row_counts", "counts_through", "most_rows", "prune",
+           "dropped_rows", "default_location", "store_for"]
 
 
-def backup_dirs(inventory: str, to: str | None = None) -> list[Path]:
-    """Whole backups of ``inventory`` (oldest first)."""
-    base = backups_root(to) / Path(inventory).stem
-    return sorted(p for p in base.glob("*") if p.is_dir() and not p.name.endswith(".partial")
-                  and (p / "manifest.json").is_file())
+def default_location() -> str:
+    """Where ``gpufleet backup`` writes without ``--to``: the control host's state directory."""
+    return str(Path(os.environ.get("GPUFLEET_STATE_DIR") or Path.home() / ".local/state/gpufleet") / "backups")
+
+
+def s3_access(settings) -> S3Access:
+    """The Milvus host's ``milvus_backup_s3_*`` settings."""
+    return S3Access(settings.milvus_backup_s3_endpoint, settings.milvus_backup_s3_region,
+                    settings.milvus_backup_s3_credentials_file)
+
+
+def store_for(location: str | None, inventory: str | None = None, overrides: dict[str, Any] | None = None,
+              settings=None):
+    """The store at ``location`` (None: :func:`default_location`); a bucket is reached with
+    ``settings`` or, when not given, the settings of ``inventory``'s Milvus host."""
+    location = location or default_location()
+    if is_s3(location) and settings is None and inventory is not None:
+        from gpufleet.fleet import load_fleet
+
+        db = load_fleet(inventory, overrides).vector_db
+        settings = db.settings if db is not None else None
+    return open_store(location, s3_access(settings) if settings is not None else None)
 
 
 def _dump(action: str, port: int, directory: Path | None = None, replace: bool = False,
@@ -80,22 +93,18 @@ def _on_milvus_host(inventory: str, overrides: dict[str, Any] | None, work):
             return work(fleet, db, port)
 
 
-def most_rows(inventory: str, to: str | None = None) -> dict[str, int]:
-    """The most rows each collection has in any kept backup of ``inventory``."""
+def most_rows(store, stem: str) -> dict[str, int]:
+    """The most rows each collection has in any whole backup of ``stem`` in ``store``."""
     most: dict[str, int] = {}
-    for kept in backup_dirs(inventory, to):
-        for name, entry in json.loads((kept / "manifest.json").read_text())["collections"].items():
+    for stamp in store.whole(stem):
+        for name, entry in store.manifest(stem, stamp)["collections"].items():
             most[name] = max(most.get(name, 0), entry["rows"])
     return most
 
 
-def prune(inventory: str, to: str | None, keep: int) -> list[str]:
-    """Remove all but the newest ``keep`` whole backups of ``inventory``; the removed directories."""
-    removed = []
-    for old in backup_dirs(inventory, to)[:-keep]:
-        _remove(old)
-        removed.append(str(old))
-    return removed
+def prune(store, stem: str, keep: int) -> list[str]:
+    """Remove all but the newest ``keep`` whole backups of ``stem``; where the removed ones were."""
+    return [store.remove(stem, stamp) for stamp in store.whole(stem)[:-keep]]
 
 
 def dropped_rows(previous: dict[str, int], now: dict[str, int]) -> dict[str, tuple[int, int]]:
@@ -109,53 +118,58 @@ def dropped_rows(previous: dict[str, int], now: dict[str, int]) -> dict[str, tup
 
 def backup(inventory: str, to: str | None = None, overrides: dict[str, Any] | None = None,
            keep: int | None = None) -> dict[str, Any]:
-    """Export every collection of the fleet's Milvus; return ``{"dir", "collections": {name: rows},
-    "dropped": {name: (most rows in a kept backup, rows now)}, "removed": [older backups removed]}``.
+    """Export every collection of the fleet's Milvus; return ``{"dir": where the backup is,
+    "collections": {name: rows}, "dropped": {name: (most rows in a kept backup, rows now)},
+    "removed": [older backups removed]}``.
 
-    ``keep``: how many whole backups of this inventory to keep, this one included (None: all).
-    Rows are compared with the most each collection had in any kept backup, and while one has
-    fewer nothing is removed: the copy with the rows stays, and so does the alert, until the rows
-    are back (a restore) or an operator removes the older backups (the drop was meant).
+    ``to``: a directory or ``s3://bucket/prefix`` (None: :func:`default_location`). ``keep``: how
+    many whole backups of this inventory to keep, this one included (None: all). Rows are compared
+    with the most each collection had in any kept backup, and while one has fewer nothing is
+    removed: the copy with the rows stays, and so does the alert, until the rows are back (a
+    restore) or an operator removes the older backups (the drop was meant).
     """
-    previous = most_rows(inventory, to)
+    store = store_for(to, inventory, overrides)  # a bad location or credentials file: before any host
+    stem = Path(inventory).stem
+    previous = most_rows(store, stem)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    base = private_dir(private_dir(backups_root(to)) / Path(inventory).stem)
-    partial, final = base / f"{stamp}.partial", base / stamp
-    if partial.exists() or final.exists():  # another backup of the same second, or one still running
-        raise BackupError(f"{partial if partial.exists() else final} exists: another backup is running or ran "
-                          "this second; try again")
+    staged = store.stage(stem, stamp)
 
     def work(fleet, db, port):
-        counts = _dump("export", port, partial, root_password_file=db.settings.milvus_root_secret())
-        manifest = json.loads((partial / "manifest.json").read_text())
+        counts = _dump("export", port, staged, root_password_file=db.settings.milvus_root_secret())
+        manifest = json.loads((staged / "manifest.json").read_text())
         manifest["source"] = {"inventory": inventory, "host": db.name, "milvus_mode": db.settings.milvus_mode}
-        write_private(partial / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
+        write_private(staged / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
         return counts
 
     try:
         counts = _on_milvus_host(inventory, overrides, work)
     except BaseException:
-        _remove(partial)
+        store.discard(staged)
         raise
-    partial.rename(final)
+    where = store.publish(staged, stem, stamp)
     dropped = dropped_rows(previous, counts)
-    removed = prune(inventory, to, keep) if keep is not None and not dropped else []
-    return {"dir": str(final), "collections": counts, "dropped": dropped, "removed": removed}
+    removed = prune(store, stem, keep) if keep is not None and not dropped else []
+    return {"dir": where, "collections": counts, "dropped": dropped, "removed": removed}
 
 
 def restore(inventory: str, source: str, replace: bool = False,
             overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Recreate the backup's collections on the fleet's Milvus; raise BackupError unless every count matches."""
-    directory = Path(source).expanduser()
-    if not (directory / "manifest.json").is_file():
-        raise BackupError(f"{directory} holds no manifest.json: not a gpufleet backup (or an unfinished one)")
-    result = _on_milvus_host(inventory, overrides, lambda fleet, db, port: _dump(
-        "restore", port, directory, replace, root_password_file=db.settings.milvus_root_secret()))
+    """Recreate the backup's collections on the fleet's Milvus; raise BackupError unless every count matches.
+
+    ``source``: a backup's directory, or its ``s3://`` location (downloaded first, then checked
+    like a directory).
+    """
+    store = store_for(source, inventory, overrides)
+    with store.fetched(source) as directory:
+        if not (directory / "manifest.json").is_file():
+            raise BackupError(f"{source} holds no manifest.json: not a gpufleet backup (or an unfinished one)")
+        result = _on_milvus_host(inventory, overrides, lambda fleet, db, port: _dump(
+            "restore", port, directory, replace, root_password_file=db.settings.milvus_root_secret()))
     wrong = {name: c for name, c in result.items() if c["rows"] != c["expected"]}
     if wrong:
         raise BackupError("restored, but the row counts differ from the backup's: "
                           + ", ".join(f"{n}: {c['rows']} of {c['expected']}" for n, c in wrong.items()))
-    return {"dir": str(directory), "collections": {name: c["rows"] for name, c in result.items()}}
+    return {"dir": source, "collections": {name: c["rows"] for name, c in result.items()}}
 
 
 def row_counts(inventory: str, overrides: dict[str, Any] | None = None) -> dict[str, int]:
@@ -168,10 +182,3 @@ def counts_through(port: int, root_password_file: str | None = None) -> dict[str
     """Rows per collection of the Milvus a tunnel reaches on 127.0.0.1:``port`` (operations/port_forward.py),
     as root with ``root_password_file`` where Milvus authenticates."""
     return _dump("counts", port, root_password_file=root_password_file)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        for child in path.iterdir():
-            child.unlink()
-        path.rmdir()

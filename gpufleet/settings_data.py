@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gpufleet.backup_store import StoreError, is_s3, parse_s3
 from gpufleet.settings_input import ipv4_address
 from gpufleet.versions import pinned_image
 
@@ -81,10 +82,17 @@ class DataSettings(BaseModel):
     # Milvus's user name rule: a letter, then letters, digits or underscores, at most 32 in all.
     milvus_app_user: str = Field("gpufleet_app", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
     # Drift of the backups (gpufleet/data_drift.py): the newest whole backup of the inventory in
-    # milvus_backup_dir (on the control host, where `gpufleet backup install-timer` writes) is at most
-    # this many hours old, and Milvus has at least its rows. None: backups are not checked.
-    milvus_backup_dir: str = Field(DEFAULT_BACKUP_DIR, pattern=r"^(/|~/)")
+    # milvus_backup_dir (a control-host directory or s3://bucket/prefix, where `gpufleet backup
+    # install-timer` writes) is at most this many hours old, and Milvus has at least its rows.
+    # None: backups are not checked.
+    milvus_backup_dir: str = Field(DEFAULT_BACKUP_DIR, pattern=r"^(/|~/|s3://)")
     milvus_backup_max_age_h: int | None = Field(26, ge=1, le=24 * 366)  # a nightly timer, and 2 h to finish
+    # A bucket as backup location (gpufleet/backup_store.py): its endpoint (None: AWS), region, and a
+    # control-side file in the AWS credentials format (None: boto3's chain: AWS_* environment,
+    # ~/.aws, an instance role).
+    milvus_backup_s3_endpoint: str | None = Field(None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    milvus_backup_s3_region: str | None = Field(None, pattern=r"^[a-z0-9-]{1,32}$")
+    milvus_backup_s3_credentials_file: str | None = None
 
     # --- RAG application -------------------------------------------------------------------------
     app_image: str | None = None  # None: no application container
@@ -107,7 +115,17 @@ class DataSettings(BaseModel):
     def _bind_is_ip(cls, v: str | None) -> str | None:
         return None if v is None else ipv4_address(v, "an IP address literal (or leave unset for the host's private_address)")
 
-    @field_validator("milvus_root_password_file", "milvus_app_password_file")
+    @field_validator("milvus_backup_dir")
+    @classmethod
+    def _backup_location(cls, v: str) -> str:
+        if is_s3(v):
+            try:
+                parse_s3(v)
+            except StoreError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("milvus_root_password_file", "milvus_app_password_file", "milvus_backup_s3_credentials_file")
     @classmethod
     def _milvus_password_path(cls, v: str | None) -> str | None:
         # The form only: the content is checked for the Milvus host alone (fleet_checks.py), so that

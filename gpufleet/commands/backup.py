@@ -1,4 +1,4 @@
-"""``gpufleet backup`` and ``gpufleet restore``: the fleet's Milvus to and from the control host."""
+"""``gpufleet backup`` and ``gpufleet restore``: the fleet's Milvus to and from the control host or a bucket."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def backup() -> None:
 
 @backup.command("run")
 @click.argument("inventory_path", metavar="INVENTORY")
-@click.option("--to", "to", default=None, help="Directory for backups (default: ~/.local/state/gpufleet/backups).")
+@click.option("--to", "to", default=None, help="Directory or s3://BUCKET/PREFIX for backups (default: "
+              "~/.local/state/gpufleet/backups); a bucket is reached with the Milvus host's milvus_backup_s3_* settings.")
 @click.option("--keep", type=click.IntRange(min=1), default=None, help="Keep this many backups of the inventory "
               "(this one included); older ones are removed. Default: all.")
 @click.option("--prometheus", "textfile", default=None, help="Write node_exporter textfile metrics here.")
@@ -74,7 +75,8 @@ def run(inventory_path: str, to: str | None, keep: int | None, textfile: str | N
 @click.option("--on-calendar", default="*-*-* 02:00:00", show_default=True, help="systemd OnCalendar= expression.")
 @click.option("--unit-dir", default="/etc/systemd/system", show_default=True)
 @click.option("--backup-dir", default=DEFAULT_BACKUP_DIR, show_default=True,
-              help="Where the backups go: gpufleet drift looks there too (milvus_backup_dir).")
+              help="Where the backups go, a directory or s3://BUCKET/PREFIX: gpufleet drift looks there too "
+              "(milvus_backup_dir).")
 @click.option("--keep", type=click.IntRange(min=1), default=7, show_default=True)
 @click.option("--textfile-dir", default="/var/lib/prometheus/node-exporter", show_default=True,
               help="node_exporter's textfile collector directory.")
@@ -89,7 +91,7 @@ def install_timer(inventory_path, on_calendar, unit_dir, backup_dir, keep, textf
 
 @click.command()
 @click.argument("inventory_path", metavar="INVENTORY")
-@click.option("--from", "source", required=True, help="A backup directory (gpufleet backup prints it).")
+@click.option("--from", "source", required=True, help="A backup's directory or s3:// location (gpufleet backup prints it).")
 @click.option("--replace", is_flag=True, help="Drop collections that exist with rows before restoring them.")
 @click.option("--data", multiple=True, help="key=value override, as for pyinfra.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

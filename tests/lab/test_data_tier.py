@@ -20,6 +20,8 @@ import pytest
 from gpufleet import PROJECT_ROOT
 from gpufleet.fleet import load_fleet
 from gpufleet.lab.topology import lab_group_data
+from gpufleet.backup_store import staging_root
+from tests.s3_server import s3_server
 
 APP_LB_PORT = 8080  # lb_app_port's default: lb-1 serves the app here
 
@@ -242,13 +244,14 @@ def test_milvus_has_no_default_credentials_and_the_app_user_only_its_grants(serv
     }, found
 
 
-def backup_drift(fleet, backup_dir) -> list[str]:
+def backup_drift(fleet, backup_dir, **s3) -> list[str]:
     """Drift's findings about the backups in ``backup_dir`` (the Milvus host checked, nothing else
-    drifted there), as a nightly drift with a backup schedule would report them."""
+    drifted there), as a nightly drift with a backup schedule would report them; ``s3``: the
+    ``milvus_backup_s3_*`` settings of a bucket."""
     from gpufleet import drift as engine
 
     report = engine.check("inventory/lab.py", limit=(fleet.vector_db.name,),
-                          overrides={"milvus_backup_dir": str(backup_dir), "milvus_backup_max_age_h": 26})
+                          overrides={"milvus_backup_dir": str(backup_dir), "milvus_backup_max_age_h": 26, **s3})
     [host] = report.hosts
     assert host.checked, host.error
     assert all(item.check == "Milvus backup" for item in host.items), [vars(i) for i in host.items]
@@ -341,6 +344,30 @@ def test_backup_then_lost_volumes_then_restore_gives_back_the_same_rows_and_answ
     three_days = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=3)
     (stale / "manifest.json").write_text(json.dumps({**old_manifest, "created": three_days.strftime("%Y-%m-%dT%H:%M:%SZ")}))
     assert backup_drift(fleet, tmp_path / "stale") == ["the newest backup is 72 h old (at most 26 h)"]
+
+    # The same through an S3-compatible bucket (`rclone serve s3` on 127.0.0.1, tests/s3_server.py),
+    # reached with the Milvus host's milvus_backup_s3_* settings: a backup that leaves nothing on
+    # the control host, drift reading it, and a restore --replace from it.
+    with s3_server(tmp_path / "s3") as s3:
+        s3.make_bucket("fleet-backups")
+        access = {"milvus_backup_s3_endpoint": s3.endpoint, "milvus_backup_s3_credentials_file": str(s3.credentials_file)}
+        data = [arg for key, value in access.items() for arg in ("--data", f"{key}={value}")]
+        made = gpufleet("backup", "inventory/lab.py", "--to", "s3://fleet-backups/milvus", *data, "--json", check=False)
+        assert made.returncode == 0, made.stderr[-2000:]
+        in_bucket = json.loads(made.stdout)
+        assert in_bucket["dir"].startswith("s3://fleet-backups/milvus/lab/")
+        assert in_bucket["collections"] == result["collections"]
+        objects = sorted(p.name for p in (s3.root / "fleet-backups").rglob("*") if p.is_file())
+        assert objects == ["gpufleet_docs.jsonl", "manifest.json"]
+        assert not list(staging_root().glob(f"lab-{in_bucket['dir'].rsplit('/', 1)[1]}-*"))  # nothing stays here
+        assert backup_drift(fleet, "s3://fleet-backups/milvus", **access) == []
+        restored = gpufleet("restore", "inventory/lab.py", "--from", in_bucket["dir"], "--replace", *data, "--json",
+                            check=False)
+        assert restored.returncode == 0, restored.stderr[-2000:]
+        assert json.loads(restored.stdout)["collections"] == result["collections"]
+        assert answers() == before and top_ids() == ids_before
+        assert not list(staging_root().glob("restore-*"))
+        assert s3.secret_key not in made.stdout + made.stderr + restored.stdout + restored.stderr
     # Restoring over a collection that has rows is refused unless --replace.
     again = gpufleet("restore", "inventory/lab.py", "--from", result["dir"], check=False)
     assert again.returncode == 1 and "exists with" in again.stderr and "--replace" in again.stderr

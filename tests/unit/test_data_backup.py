@@ -8,6 +8,7 @@ import os
 import pytest
 
 from gpufleet import backup_timer, data_backup
+from gpufleet.backup_store import open_store
 from gpufleet.milvus_dump import sha256_file, verify_files
 
 
@@ -35,8 +36,7 @@ def test_only_whole_backups_count_and_restore_wants_a_manifest(tmp_path):
     _backup(tmp_path, "20261202T020000Z", 4)
     (tmp_path / "lab" / "20261203T020000Z.partial").mkdir()  # an export that died: not a backup
     (tmp_path / "lab" / "20261204T020000Z").mkdir()  # no manifest: not a backup either
-    assert [p.name for p in data_backup.backup_dirs("inventory/lab.py", str(tmp_path))] == [
-        "20261201T020000Z", "20261202T020000Z"]
+    assert open_store(str(tmp_path)).whole("lab") == ["20261201T020000Z", "20261202T020000Z"]
     with pytest.raises(data_backup.BackupError, match="no manifest.json"):
         data_backup.restore("inventory/lab.py", str(tmp_path / "lab" / "20261204T020000Z"))
 
@@ -81,10 +81,10 @@ def test_metrics_say_when_and_what_and_which_collection_lost_rows(tmp_path):
 def test_rows_are_compared_with_the_most_any_kept_backup_has_and_pruning_keeps_the_newest(tmp_path):
     for day, rows in ((1, 120), (2, 90), (3, 100)):  # rows dropped on day 2, partly back on day 3
         _backup(tmp_path, f"2026120{day}T020000Z", rows)
-    most = data_backup.most_rows("inventory/lab.py", str(tmp_path))
+    store = open_store(str(tmp_path))
+    most = data_backup.most_rows(store, "lab")
     assert most == {"docs": 120}
     assert data_backup.dropped_rows(most, {"docs": 100}) == {"docs": (120, 100)}  # still missing: still reported
-    removed = data_backup.prune("inventory/lab.py", str(tmp_path), keep=2)
-    assert [p.rsplit("/", 1)[1] for p in removed] == ["20261201T020000Z"]
-    assert [p.name for p in data_backup.backup_dirs("inventory/lab.py", str(tmp_path))] == [
-        "20261202T020000Z", "20261203T020000Z"]
+    removed = data_backup.prune(store, "lab", keep=2)
+    assert removed == [str(tmp_path / "lab" / "20261201T020000Z")]
+    assert store.whole("lab") == ["20261202T020000Z", "20261203T020000Z"]
