@@ -19,7 +19,7 @@ from operations import (app, distro_packages, docker_daemon, loadbalancer, milvu
                         node_exporter, nvidia, pinned_apt, preflight, vllm, weights)
 from operations.deploy_lock import take_deploy_lock
 from operations.fact_prefetch import prefetch_facts
-from operations.serving_gate import REPLICAS, ServingGate
+from operations.serving_gate import REPLICAS, ServingGate, refuse_other_rollouts
 
 fleet = fleet_for(inventory)
 settings = host_settings(fleet, host)
@@ -101,6 +101,8 @@ if "gpu_nodes" in host.groups:
 # on every host before the next one).
 if "vector_db" in host.groups:
     if "gpu_nodes" not in host.groups:
+        # `gpufleet rollout` locks it too while it backs Milvus up and updates it: nobody else may change it.
+        refuse_other_rollouts(settings.rollout_id)
         # A host of its own: the distribution's Docker, no GPU runtime. live-restore keeps Milvus
         # running while dockerd restarts (a daemon.json change, a patch-release upgrade).
         distro_packages.install(

@@ -28,6 +28,13 @@ The policy:
   update replaced (kept stopped as ``<name>.gpufleet-previous``) and the node is undrained once
   ready; a GPU-stack change, or an unreachable node, stays drained and failed. The rest of the
   fleet keeps serving.
+* **the Milvus host of its own** (group vector_db, not a GPU node), when it changes, is rolled
+  first, alone (:func:`make_batches`): lock -> back Milvus up when the change recreates it ->
+  update in place (it serves no load-balanced replica: nothing is drained; the RAG apps wait for
+  Milvus while it restarts) -> validate (Milvus answers) -> the row counts kept -> unlock. A failed
+  backup puts it back unchanged; a failed update, validation or row check leaves it failed and
+  locked, the error naming the backup and the restore command (Milvus is never rolled back), and
+  no GPU node is touched.
 
 The state lives on the control host (one JSON file per rollout, ``GPUFLEET_STATE_DIR`` or
 ``~/.local/state/gpufleet/rollouts``) and in a lock on each node; ``--resume`` continues the
@@ -160,11 +167,22 @@ def new_id() -> str:
 
 # ----------------------------------------------------------------------------------- policy ------
 
-def make_batches(nodes: list[str], canary: int, max_unavailable: int) -> list[list[str]]:
-    """The canary batch first, then batches of at most ``max_unavailable`` nodes, in inventory order."""
+def make_batches(nodes: list[str], canary: int, max_unavailable: int, data: list[str] = ()) -> list[list[str]]:
+    """The canary batch first, then batches of at most ``max_unavailable`` nodes, in inventory order.
+
+    ``data``, the Milvus host of its own when it changes, is prepended here, as a batch of its own
+    before every GPU node: its backup is taken while the whole fleet is healthy, and a change that
+    loses rows stops the rollout before any GPU node is drained. It serves no load-balanced replica,
+    so it is neither the canary nor counted in ``max_unavailable``: the canary is still the first
+    batch of GPU nodes, and :func:`check_capacity` finds nothing drained in its batch.
+
+    >>> make_batches(["n1", "n2", "n3"], canary=1, max_unavailable=2, data=["db-1"])
+    [['db-1'], ['n1'], ['n2', 'n3']]
+    """
     if canary < 0 or max_unavailable < 1:
         raise RolloutError(f"--canary must be >= 0 and --max-unavailable >= 1 (got {canary}, {max_unavailable})")
-    batches = [nodes[:canary]] if canary else []
+    batches = [list(data)]
+    batches += [nodes[:canary]] if canary else []
     rest = nodes[canary:]
     batches += [rest[i:i + max_unavailable] for i in range(0, len(rest), max_unavailable)]
     return [b for b in batches if b]
@@ -308,11 +326,14 @@ class Runner:
 
     def fail(self, node: NodeRollout, why: str, steps) -> bool:
         updated_before = any(state == UPDATING for state, _ in node.history)
-        if node.state == PENDING or (node.state == DRAINING and not updated_before):
+        # Still pending, or failed before in this rollout and never updated (a --resume that fails
+        # again at its lock or its Milvus backup): nothing this rollout did is on the node.
+        untouched = node.state == PENDING or (node.state == FAILED and not updated_before)
+        if untouched or (node.state == DRAINING and not updated_before):
             # Nothing changed on the node: what ran there must be read again when it is retried
             # (--resume), or a rollback could put back a container this rollout never replaced.
             node.before = {}
-        if node.state == PENDING:  # its lock may be taken, nothing else happened: give it back
+        if untouched:  # its lock may be taken, nothing else happened: give it back
             try:
                 steps.unlock(self.rollout, node.name)
             except Exception:  # noqa: BLE001 - unreachable: its lock is released with --resume
@@ -327,6 +348,9 @@ class Runner:
                 why = f"{why}; undrain failed too: {exc}"
             self.node_state(node, FAILED, why)
             return False
+        if node.data_backup and updated_before:  # Milvus is never rolled back: say where its data is
+            why = (f"{why}; Milvus was backed up before the change to {node.data_backup}: "
+                   f"`{restore_command(self.rollout.inventory, node.data_backup)}` if it lost data")
         if node.rollback_allowed and node.disruptive and node.state in (UPDATING, VALIDATING):
             self.say(f"{'':7}   {node.name:<16} rolling back: {why}")
             try:
@@ -347,6 +371,11 @@ class Runner:
         self.rollout.exit_code = code
         self.rollout.save()
         return code
+
+
+def restore_command(inventory: str, backup_dir: str) -> str:
+    """How a person puts back the Milvus backup a rollout took before its change."""
+    return f"gpufleet restore {inventory} --from {backup_dir} --replace"
 
 
 def holder() -> str:

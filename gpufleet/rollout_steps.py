@@ -5,7 +5,9 @@ the node's lock (gpufleet/node_lock.py), nginx drain/undrain (operations/loadbal
 every load balancer through gpufleet/apply.py), requests in flight (gpufleet/vllm_control.py),
 the node's deploy (deploy.py through gpufleet/deploy_run.py), readiness (operations/vllm.ready),
 the NCCL vLLM loads (operations/facts/docker.VllmNcclVersions), the verify ladder
-(gpufleet/verify.py), and the rollback command (operations/containers.py).
+(gpufleet/verify.py), and the rollback command (operations/containers.py). The Milvus host of its
+own goes through the same steps with what fits a host without GPUs: its backup and row counts
+(gpufleet/data_backup.py), and Milvus's readiness gate (operations/milvus.health_url, wait_commands).
 """
 
 from __future__ import annotations
@@ -62,8 +64,8 @@ def plan(inventory: str, overrides: dict[str, Any], limit: tuple[str, ...], roll
 
     ``{"nodes": {node: (changes, kind)}, "live": {node: [replicas running now]}, "unreachable": [...],
     "blocked": {node: why}, "lbs": {lb: changes}, "data": {Milvus host of its own: changes}, "fleet": Fleet}``;
-    ``kind`` is ``""`` for a
-    change made in place, else the serving gate's kind (``replicas`` or ``gpu-stack``).
+    ``kind`` is ``""`` for a change made in place, else the serving gate's kind (``replicas`` or
+    ``gpu-stack``). A host left out by ``--limit`` is not planned, so not in ``nodes`` nor ``data``.
 
     Planned with the rollout's id and no lock yet: the serving gate refuses exactly the nodes
     whose changes would interrupt live replicas (a typed ServingInterruption), which is what
@@ -172,8 +174,8 @@ def unlock(rollout, name: str, forget_previous: bool = False) -> None:
     from operations.containers import previous_name
 
     with _on_node(rollout, name) as (host, fleet):
-        if forget_previous:
-            names = [previous_name(f"vllm-{r.name}") for r in replicas_of(fleet.hosts[name])]
+        names = [previous_name(f"vllm-{r.name}") for r in replicas_of(fleet.hosts[name])]
+        if forget_previous and names:  # none on a host without replicas (the Milvus host of its own)
             shell(host, "docker rm -f " + " ".join(shlex.quote(n) for n in names) + " >/dev/null 2>&1; true",
                   **sudo_arguments(host))
         node_lock.release(host, rollout.id)
@@ -203,6 +205,7 @@ def back_up_milvus(rollout) -> tuple[str, dict[str, int]]:
 def milvus_rows_kept(rollout, before: dict[str, int], backup_dir: str) -> tuple[bool, str]:
     """After the update: every collection has at least the rows it had in the backup."""
     from gpufleet import data_backup
+    from gpufleet.rollout import restore_command
 
     try:
         now = data_backup.row_counts(rollout.inventory, rollout.overrides)
@@ -212,8 +215,7 @@ def milvus_rows_kept(rollout, before: dict[str, int], backup_dir: str) -> tuple[
     if dropped:
         return False, ("Milvus lost rows across the change (" + ", ".join(f"{c}: {b} -> {n}" for c, (b, n) in
                                                                           dropped.items())
-                       + f"); the backup is {backup_dir}: `gpufleet restore {rollout.inventory} --from {backup_dir} "
-                       "--replace`")
+                       + f"); the backup is {backup_dir}: `{restore_command(rollout.inventory, backup_dir)}`")
     return True, ""
 
 
@@ -251,9 +253,15 @@ def _members_of(node) -> list[str]:
 
 
 def _retiring_on(host, node) -> list[str]:
-    """Replicas whose containers run on the node but which the inventory no longer names."""
+    """Replicas whose containers run on the node but which the inventory no longer names.
+
+    None on a host outside gpu_nodes (the Milvus host of its own): deploy.py retires replicas only
+    on GPU nodes, and its Docker is not asked about containers it never runs.
+    """
     from operations.facts.rollout import ReplicaContainers
 
+    if not node.is_gpu_node:
+        return []
     declared = {f"vllm-{r.name}" for r in replicas_of(node)}
     return [c.removeprefix("vllm-") for c in host.get_fact(ReplicaContainers) if c not in declared]
 
@@ -378,10 +386,14 @@ def validate(rollout, name: str) -> tuple[bool, str]:
 
     One SSH session for all of it: right after a restart the node's CPU is the engine's, and each
     new session (inventory, connect) costs the rollout time in which nothing is served from the node.
+    A host outside gpu_nodes (the Milvus host of its own) has no GPU, driver, NCCL or replica:
+    :func:`milvus_answers` is its validation.
     """
     from gpufleet import verify
     from gpufleet.host_reads import watching
 
+    if not _fleet(rollout).hosts[name].is_gpu_node:
+        return milvus_answers(rollout, name)
     s = _fleet(rollout).hosts[name].settings
     with watching() as failures:
         try:
@@ -397,6 +409,29 @@ def validate(rollout, name: str) -> tuple[bool, str]:
         return False, wrong
     if not report.ok:
         return False, f"verify failed at {report.failed_step}"
+    return True, ""
+
+
+def milvus_answers(rollout, name: str) -> tuple[bool, str]:
+    """The Milvus host of its own after its update: Milvus answers ``/healthz`` within
+    ``milvus_ready_timeout_s``, asked on the host as deploy.py's readiness gate (operations/milvus.ready)
+    asks it. Whether it kept its data is the row check's (:func:`milvus_rows_kept`), which follows."""
+    from gpufleet.host_reads import watching
+    from operations import milvus
+
+    s = _fleet(rollout).hosts[name].settings
+    with watching() as failures:
+        try:
+            with _on_node(rollout, name) as (host, fleet):
+                url = milvus.health_url(s.milvus_bind_address or fleet.hosts[name].address, s.milvus_health_port)
+                ok, out = shell(host, milvus.wait_commands(url, milvus.MILVUS, s.milvus_ready_timeout_s, "milvus"),
+                                timeout=s.milvus_ready_timeout_s + 60, **sudo_arguments(host))
+        except PyinfraError as exc:  # a read gave up, or the address does not resolve on the host
+            return False, f"validation could not read the Milvus host: {failures.describe(name) or exc}"
+    if not ok:  # wait_commands' headline, then Milvus's last log lines
+        lines = [line.strip() for line in out.strip().splitlines() if line.strip()]
+        headline = next((line for line in lines if "not healthy at" in line), f"Milvus does not answer at {url}")
+        return False, headline + (f" ... {lines[-1]}" if lines and lines[-1] != headline else "")
     return True, ""
 
 
@@ -420,6 +455,8 @@ def _loaded_pins_on(host, s) -> tuple[bool, str]:
 def _container_ids_on(host, node) -> dict[str, str]:
     """``{container: id}`` of the node's replica containers now (missing ones left out)."""
     names = [f"vllm-{r.name}" for r in replicas_of(node)]
+    if not names:  # a host without replicas (the Milvus host of its own): nothing to ask
+        return {}
     ok, out = shell(host, "for c in " + " ".join(shlex.quote(n) for n in names) + "; do "
                     "printf '%s %s\\n' \"$c\" \"$(docker inspect --format '{{.Id}}' \"$c\" 2>/dev/null)\"; done",
                     **sudo_arguments(host))

@@ -290,6 +290,13 @@ def wait_commands(url: str, container: str, timeout: int, what: str) -> str:
     )
 
 
+def health_url(address: str, health_port: int = 9091) -> str:
+    """Where the host itself asks Milvus's ``/healthz``: the address Milvus publishes on (127.0.0.1 for
+    every interface). Shared by :func:`ready` and the rollout's validation of a Milvus host of its own."""
+    ip = bind_address(address)
+    return f"http://{'127.0.0.1' if ip == '0.0.0.0' else ip}:{health_port}/healthz"
+
+
 @operation()
 def ready(address: str, health_port: int = 9091, timeout: int = 180, container: str = MILVUS):
     """
@@ -303,9 +310,7 @@ def ready(address: str, health_port: int = 9091, timeout: int = 180, container: 
     Healthy now: no command (so a converged host shows no change in a drift check). Otherwise the
     wait runs on the host with curl. Gate it on the container op if you like: ``_if=milvus.did_change``.
     """
-    ip = bind_address(address)
-    ip = "127.0.0.1" if ip == "0.0.0.0" else ip
-    url = f"http://{ip}:{health_port}/healthz"
+    url = health_url(address, health_port)
     if host.get_fact(HttpOk, url=url):
         host.noop(f"milvus healthy at {url}")
         return

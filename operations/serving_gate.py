@@ -7,6 +7,7 @@ before anything runs on any host:
 
 * a node held by a rollout (its lock, operations/facts/rollout.py) is refused to everyone but
   that rollout, naming the holder and since when: a second rollout, a deploy, a ``drift --fix``;
+  so is the Milvus host of its own (:func:`refuse_other_rollouts`, its only gate: it serves no replica);
 * on a node with live replicas (running vLLM containers), an operation that would change and
   interrupt serving is refused, naming the operation and pointing to ``gpufleet rollout``;
 * fresh nodes and nodes with no live replica converge fully; so does a node drained and locked
@@ -52,6 +53,28 @@ class RolloutLockHeld(OperationError):
     """The node is held by another rollout: nobody else may change it."""
 
 
+def refuse_other_rollouts(rollout_id: str | None = None) -> dict | None:
+    """
+    Refuse the current host to everyone but the rollout that holds its lock; return the lock (or None).
+
+    The whole gate on a host that serves no replica (the Milvus host of its own, which
+    ``gpufleet rollout`` also locks, backs up and updates): nothing on it is drained, but a deploy
+    must not change it under a rollout, nor after one that stopped there and left it locked.
+
+    **Example** (deploy.py):
+
+    .. code:: python
+
+        refuse_other_rollouts(settings.rollout_id)
+    """
+    lock = host.get_fact(RolloutLock)
+    if lock is not None and lock.get("id") != rollout_id:
+        raise RolloutLockHeld(
+            f"{host.name} is held by rollout {lock.get('id')} ({lock.get('holder')}, since {lock.get('since')}, "
+            f"state {lock.get('state')}): wait for it, or continue it with `gpufleet rollout --resume`")
+    return lock
+
+
 class ServingGate:
     """
     Decide, at plan time, whether this deploy may interrupt serving on the current host.
@@ -66,11 +89,7 @@ class ServingGate:
     """
 
     def __init__(self, allow: bool = False, rollout_id: str | None = None):
-        lock = host.get_fact(RolloutLock)
-        if lock is not None and lock.get("id") != rollout_id:
-            raise RolloutLockHeld(
-                f"{host.name} is held by rollout {lock.get('id')} ({lock.get('holder')}, since {lock.get('since')}, "
-                f"state {lock.get('state')}): wait for it, or continue it with `gpufleet rollout --resume`")
+        lock = refuse_other_rollouts(rollout_id)
         self.live = host.get_fact(LiveReplicas)
         self.allowed = allow or (lock is not None and rollout_id is not None)
 

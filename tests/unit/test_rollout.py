@@ -115,6 +115,9 @@ def test_the_gate_lets_fresh_nodes_and_the_lock_holder_through(monkeypatch):
         gate_module.ServingGate(rollout_id="r-other")
 
 
+MILVUS_HOST = "db-1"  # the vector_db host, a host of its own
+
+
 class FakeSteps:
     """The rollout's steps, recorded; ``fail`` names a step and a node that fail."""
 
@@ -147,6 +150,8 @@ class FakeSteps:
         self._do("unlock", name)
 
     def retiring_replicas(self, rollout, name):
+        if name == MILVUS_HOST:  # no replicas there (rollout_steps._retiring_on)
+            return []
         return [f"{name}-vllm-old"]  # a replica removed from the inventory, still running
 
     def drain(self, rollout, name, retiring=()):
@@ -159,7 +164,7 @@ class FakeSteps:
         self.undrained_retiring = list(retiring)
 
     def container_ids(self, rollout, name):
-        return {f"vllm-{name}-vllm-0": "old"}
+        return {} if name == MILVUS_HOST else {f"vllm-{name}-vllm-0": "old"}
 
     def update(self, rollout, names):
         self.calls.append(("update", tuple(names)))
@@ -476,7 +481,7 @@ def test_validation_names_a_read_that_gave_up_instead_of_raising(monkeypatch):
     from gpufleet import rollout_steps as steps
     from gpufleet.settings import HostSettings
 
-    node = SimpleNamespace(settings=HostSettings())
+    node = SimpleNamespace(settings=HostSettings(), is_gpu_node=True)
     fleet = SimpleNamespace(hosts={"n1": node})
 
     class Host:
@@ -492,3 +497,214 @@ def test_validation_names_a_read_that_gave_up_instead_of_raising(monkeypatch):
     monkeypatch.setattr(steps, "_ready_on", lambda host, n: (True, ""))
     ok, why = steps.validate(SimpleNamespace(id="r-test", inventory="inventory/lab.py", overrides={}), "n1")
     assert not ok and why.startswith("validation could not read the node: ") and "No hosts remaining" in why
+
+
+# ------------------------------------------------------------------ the Milvus host of its own ----
+
+def _rollout_with_milvus_host(tmp_path, monkeypatch, changes=("Milvus (standalone)", "Base packages")):
+    """n1 and n2 (replica changes, canary 1) and the Milvus host of its own, batched as a new rollout is."""
+    r = _rollout(tmp_path, monkeypatch)
+    r.nodes = {MILVUS_HOST: NodeRollout(MILVUS_HOST, changes=list(changes)), **r.nodes}
+    r.batches = make_batches(["n1", "n2"], canary=1, max_unavailable=1, data=[MILVUS_HOST])
+    return r
+
+
+def _calls_on(fake, name):
+    return [c for c in fake.calls if c[1] in (name, (name,))]
+
+
+def _gpu_nodes_touched(fake):
+    return [c for c in fake.calls if c[0] != "prepare" and c[1] in ("n1", "n2", ("n1",), ("n2",))]
+
+
+def test_the_milvus_host_of_its_own_goes_first_in_its_own_batch_and_the_canary_stays_the_first_gpu_node():
+    assert make_batches(["n1", "n2", "n3"], canary=1, max_unavailable=2, data=[MILVUS_HOST]) == [
+        [MILVUS_HOST], ["n1"], ["n2", "n3"]]
+    assert make_batches(["n1", "n2"], canary=0, max_unavailable=2, data=[MILVUS_HOST]) == [[MILVUS_HOST], ["n1", "n2"]]
+    assert make_batches([], canary=1, max_unavailable=1, data=[MILVUS_HOST]) == [[MILVUS_HOST]]  # --limit db-1
+    assert make_batches(["n1", "n2"], canary=1, max_unavailable=1) == [["n1"], ["n2"]]
+
+
+def test_the_milvus_host_is_locked_backed_up_updated_validated_checked_and_never_drained(tmp_path, monkeypatch):
+    r = _rollout_with_milvus_host(tmp_path, monkeypatch)
+    fake = FakeSteps()
+    assert _run(r, fake, monkeypatch) == 0
+    db = [c for c in fake.calls if c[1] in (MILVUS_HOST, (MILVUS_HOST,), "fleet") or c[0] == "milvus_rows_kept"]
+    assert db == [("lock", MILVUS_HOST), ("back_up_milvus", "fleet"), ("update", (MILVUS_HOST,)),
+                  ("validate", MILVUS_HOST), ("milvus_rows_kept", (("docs", 120),)),
+                  ("forget_previous", MILVUS_HOST), ("unlock", MILVUS_HOST)]
+    assert [s for s, _ in r.nodes[MILVUS_HOST].history] == ["updating", "validating", "done"]
+    # Done before the canary is locked; the GPU nodes roll one at a time after it, as ever.
+    assert fake.calls.index(("unlock", MILVUS_HOST)) < fake.calls.index(("lock", "n1"))
+    assert ("update", ("n1",)) in fake.calls and ("update", ("n2",)) in fake.calls
+    assert [c[0] for c in _calls_on(fake, "n1")] == ["lock", "drain", "update", "validate", "undrain",
+                                                      "forget_previous", "unlock"]
+
+
+def test_a_milvus_host_change_without_milvus_is_converged_without_a_backup(tmp_path, monkeypatch):
+    r = _rollout_with_milvus_host(tmp_path, monkeypatch, changes=("Base packages",))
+    fake = FakeSteps()
+    assert _run(r, fake, monkeypatch) == 0
+    assert [c[0] for c in _calls_on(fake, MILVUS_HOST)] == ["lock", "update", "validate", "forget_previous", "unlock"]
+    assert not any(c[0] in ("back_up_milvus", "milvus_rows_kept") for c in fake.calls)
+
+
+def test_a_milvus_host_that_lost_rows_stops_the_rollout_locked_before_any_gpu_node(tmp_path, monkeypatch):
+    r = _rollout_with_milvus_host(tmp_path, monkeypatch)
+    fake = FakeSteps(fail={("milvus_rows_kept", "fleet")})
+    assert _run(r, fake, monkeypatch) == 2
+    node = r.nodes[MILVUS_HOST]
+    assert node.state == "failed" and "/backups/lab/20261205T000000Z" in node.error and "stays locked" in node.error
+    assert ("unlock", MILVUS_HOST) not in fake.calls
+    assert not any(c[0] in ("drain", "undrain", "rollback") for c in _calls_on(fake, MILVUS_HOST))
+    assert _gpu_nodes_touched(fake) == [] and r.nodes["n1"].state == "pending"
+
+
+@pytest.mark.parametrize("step", ["update", "validate"])
+def test_a_milvus_host_that_fails_its_update_stays_locked_and_names_its_backup(tmp_path, monkeypatch, step):
+    r = _rollout_with_milvus_host(tmp_path, monkeypatch)
+    fake = FakeSteps(fail={(step, MILVUS_HOST)})
+    assert _run(r, fake, monkeypatch) == 2
+    node = r.nodes[MILVUS_HOST]
+    assert node.state == "failed" and "stays locked" in node.error
+    restore = "gpufleet restore inventory/lab.py --from /backups/lab/20261205T000000Z --replace"
+    assert restore in node.error
+    # Milvus is never rolled back (there is no previous container of it), nothing was drained.
+    assert [c[0] for c in _calls_on(fake, MILVUS_HOST) if c[0] in ("unlock", "rollback", "drain", "undrain")] == []
+    assert _gpu_nodes_touched(fake) == []
+
+
+def test_a_failed_milvus_backup_puts_the_host_back_unchanged_and_resume_rolls_it_again(tmp_path, monkeypatch):
+    r = _rollout_with_milvus_host(tmp_path, monkeypatch)
+    fake = FakeSteps(fail={("back_up_milvus", "fleet")})
+    assert _run(r, fake, monkeypatch) == 2
+    node = r.nodes[MILVUS_HOST]
+    assert node.state == "failed" and node.data_backup is None and "back_up_milvus failed" in node.error
+    assert [c[0] for c in _calls_on(fake, MILVUS_HOST)] == ["lock", "unlock"]  # unlocked, never updated
+    assert _gpu_nodes_touched(fake) == []
+    # --resume reads the state file back; a backup that fails again still leaves the host unlocked.
+    resumed = last_unfinished("inventory/lab.py")
+    assert resumed.batches[0] == [MILVUS_HOST] and resumed.nodes[MILVUS_HOST].kind == ""
+    fake = FakeSteps(fail={("back_up_milvus", "fleet")})
+    assert _run(resumed, fake, monkeypatch) == 2
+    assert [c[0] for c in _calls_on(fake, MILVUS_HOST)] == ["lock", "unlock"] and _gpu_nodes_touched(fake) == []
+    resumed = last_unfinished("inventory/lab.py")
+    fake = FakeSteps()
+    assert _run(resumed, fake, monkeypatch) == 0
+    assert {n: v.state for n, v in resumed.nodes.items()} == {MILVUS_HOST: "done", "n1": "done", "n2": "done"}
+    assert resumed.nodes[MILVUS_HOST].data_backup == "/backups/lab/20261205T000000Z"
+
+
+def test_the_plan_makes_the_milvus_host_an_in_place_node_before_the_canary():
+    from types import SimpleNamespace
+
+    from gpufleet.rollout_plan import describe, rollout_nodes
+
+    def planned(nodes, data, live):
+        fleet = SimpleNamespace(nodes=[SimpleNamespace(name=n) for n in ("n1", "n2", "n3")])
+        return {"fleet": fleet, "nodes": nodes, "data": data, "live": live}
+
+    live = {"n1": ["n1-vllm-0"], "n2": ["n2-vllm-0"], "n3": ["n3-vllm-0"]}
+    gpu = {"n2": (["vLLM replica n2-vllm-0 (recreate)"], REPLICAS), "n1": (["NVIDIA driver 580"], GPU_STACK)}
+    milvus = {MILVUS_HOST: ["Milvus (standalone)", "Base packages"]}
+    nodes, batches = rollout_nodes(planned(gpu, milvus, live), canary=1, max_unavailable=2)
+    assert batches == [[MILVUS_HOST], ["n1"], ["n2"]] and list(nodes) == [MILVUS_HOST, "n1", "n2"]
+    db = nodes[MILVUS_HOST]
+    assert (db.kind, db.disruptive, db.changes) == ("", False, ["Milvus (standalone)", "Base packages"])
+    assert (nodes["n1"].kind, nodes["n2"].kind) == (GPU_STACK, REPLICAS)
+    assert describe(db, milvus_host=True).startswith(
+        f"Milvus host {MILVUS_HOST}: backed up, updated in place, row counts checked, before the GPU nodes")
+    assert "Milvus answers checked" in describe(NodeRollout(MILVUS_HOST, changes=["Base packages"]), milvus_host=True)
+    assert describe(nodes["n2"]).startswith("n2: drain, update, validate, undrain")
+    # --limit db-1: only it; one live replica left is no reason to refuse (it drains nothing).
+    nodes, batches = rollout_nodes(planned({}, milvus, {"n1": ["n1-vllm-0"]}), canary=1, max_unavailable=1)
+    assert (list(nodes), batches) == ([MILVUS_HOST], [[MILVUS_HOST]])
+    # --limit gpu_nodes: the Milvus host was not planned, so it is not rolled.
+    nodes, batches = rollout_nodes(planned(gpu, {}, live), canary=1, max_unavailable=2)
+    assert batches == [["n1"], ["n2"]] and MILVUS_HOST not in nodes
+    # Capacity is judged on the GPU batches as before: draining every live replica is refused.
+    with pytest.raises(RolloutError, match="no live replica"):
+        rollout_nodes(planned(gpu, milvus, {"n1": ["n1-vllm-0"], "n2": ["n2-vllm-0"]}), canary=0, max_unavailable=2)
+    assert rollout_nodes(planned({}, {}, live), canary=1, max_unavailable=1) == ({}, [])
+
+
+def _milvus_host_steps(monkeypatch, shell_answer=(True, "")):
+    """rollout_steps with the Milvus host of its own as its fleet, a host that answers no read, and
+    ``shell`` recorded: what validating or locking that host asks it."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from gpufleet import rollout_steps as steps
+    from gpufleet.fleet_host import FleetHost
+    from gpufleet.settings import HostSettings
+
+    db = FleetHost(MILVUS_HOST, ["vector_db"], HostSettings(private_address="10.0.0.5"), {})
+    fleet = SimpleNamespace(hosts={MILVUS_HOST: db})
+    commands = []
+
+    class Host:
+        name, data = MILVUS_HOST, {}
+
+        def get_fact(self, fact, **kwargs):
+            raise AssertionError(f"read {fact.__name__} on a host without GPUs or replicas")
+
+        def run_shell_command(self, command, **kwargs):
+            raise AssertionError(f"ran {command} on a host without replicas")
+
+    @contextmanager
+    def on_node(rollout, name):
+        yield Host(), fleet
+
+    def shell(host, command, timeout=300, **arguments):
+        commands.append(command)
+        return shell_answer
+
+    monkeypatch.setattr(steps, "_fleet", lambda rollout: fleet)
+    monkeypatch.setattr(steps, "_on_node", on_node)
+    monkeypatch.setattr(steps, "shell", shell)
+    monkeypatch.setattr(steps, "_ready_on", lambda host, n: pytest.fail("validated vLLM replicas on the Milvus host"))
+    rollout = SimpleNamespace(id="r-test", inventory="inventory/lab.py", overrides={}, holder="me@ctl", since="t0")
+    return steps, rollout, db, Host(), commands
+
+
+def test_the_milvus_host_is_validated_by_milvus_answering_not_by_gpu_checks(monkeypatch):
+    steps, rollout, _, _, commands = _milvus_host_steps(monkeypatch)
+    assert steps.validate(rollout, MILVUS_HOST) == (True, "")
+    assert len(commands) == 1 and "http://10.0.0.5:9091/healthz" in commands[0] and "milvus-standalone" in commands[0]
+    down = "milvus not healthy at http://10.0.0.5:9091/healthz after 180s; last log lines of x:\nlog 1\nlog 2"
+    steps, rollout, _, _, _ = _milvus_host_steps(monkeypatch, shell_answer=(False, down))
+    ok, why = steps.validate(rollout, MILVUS_HOST)
+    assert not ok and why.startswith("milvus not healthy at http://10.0.0.5:9091/healthz") and why.endswith("log 2")
+
+
+def test_locking_and_unlocking_the_milvus_host_asks_nothing_about_replicas(monkeypatch):
+    from gpufleet import node_lock
+
+    steps, rollout, db, host, commands = _milvus_host_steps(monkeypatch)
+    assert steps._retiring_on(host, db) == [] and steps._container_ids_on(host, db) == {}
+    taken = []
+    monkeypatch.setattr(node_lock, "acquire", lambda host, *args: taken.append(args))
+    monkeypatch.setattr(node_lock, "release", lambda host, rollout_id: taken.append(("release", rollout_id)))
+    assert steps.lock(rollout, MILVUS_HOST, "updating") == {"retiring": [], "before": {}}
+    steps.unlock(rollout, MILVUS_HOST, forget_previous=True)
+    assert taken == [("r-test", "me@ctl", "t0", "updating"), ("release", "r-test")]
+    assert commands == []  # no `docker rm -f` of previous replicas there are none of
+
+
+def test_the_milvus_host_of_its_own_is_refused_to_all_but_the_rollout_that_holds_it(monkeypatch):
+    import ast
+
+    from gpufleet import PROJECT_ROOT
+
+    lock = {"id": "r-1", "holder": "sre@ctl", "since": "t0", "state": "updating"}
+    monkeypatch.setattr(gate_module, "host", FakeHost(lock, []))
+    assert gate_module.refuse_other_rollouts("r-1") == lock
+    with pytest.raises(gate_module.RolloutLockHeld, match=r"held by rollout r-1 \(sre@ctl"):
+        gate_module.refuse_other_rollouts(None)  # a plain deploy
+    monkeypatch.setattr(gate_module, "host", FakeHost(None, []))
+    assert gate_module.refuse_other_rollouts(None) is None
+    # deploy.py asks it first thing for a Milvus host outside gpu_nodes (which has no ServingGate).
+    tree = ast.parse((PROJECT_ROOT / "deploy.py").read_text())
+    block = next(b for b in tree.body if isinstance(b, ast.If) and "'vector_db' in host.groups" in ast.unparse(b.test))
+    own = next(b for b in block.body if isinstance(b, ast.If) and "'gpu_nodes' not in host.groups" in ast.unparse(b.test))
+    assert ast.unparse(own.body[0]) == "refuse_other_rollouts(settings.rollout_id)"
