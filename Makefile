@@ -7,12 +7,14 @@ BIN      := $(VENV)/bin
 INVENTORY ?= inventory/lab.py
 LAB_NODES ?= 2
 LAB_LBS   ?= 1
+LAB_DATA_HOSTS ?= 0
 PYTEST_ARGS ?=
 ROLLOUT_ARGS ?=
 BENCH_SIZES ?= 1 2 4
+SCALE_HOSTS ?= 32
 
 .PHONY: help install deploy deploy-dry validate verify drift rollout inventory lab-up lab-down lab-purge lab-status \
-        test test-unit test-lab lint plan clean bench bench-rollout
+        test test-unit test-lab lint plan clean bench bench-scale bench-rollout
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -53,9 +55,9 @@ inventory: install  ## list nodes and load-balanced replicas of $(INVENTORY)
 lab-up-if-lab:
 	@if [ "$(INVENTORY)" = inventory/lab.py ]; then $(MAKE) --no-print-directory lab-up; fi
 
-lab-up: install  ## start the lab ($(LAB_NODES) GPU nodes, $(LAB_LBS) LB) or adopt the running one
+lab-up: install  ## start the lab ($(LAB_NODES) GPU nodes, $(LAB_LBS) LB, LAB_DATA_HOSTS=1: Milvus on db-1) or adopt it
 	lab/ensure-engine.sh
-	$(BIN)/gpufleet lab up --nodes $(LAB_NODES) --lbs $(LAB_LBS)
+	$(BIN)/gpufleet lab up --nodes $(LAB_NODES) --lbs $(LAB_LBS) --data-hosts $(LAB_DATA_HOSTS)
 
 lab-down: install  ## remove the lab's containers, volumes, network and state (keeps cached images)
 	$(BIN)/gpufleet lab down
@@ -85,6 +87,9 @@ clean:  ## remove the venv and caches (not the lab: see lab-down)
 
 bench: install lab-up  ## floor vs no-op converge vs drift on 1, 2 and 4 lab nodes (prints a table)
 	$(BIN)/python -m gpufleet.bench $(BENCH_SIZES)
+
+bench-scale: install lab-up  ## 1 vs $(SCALE_HOSTS) light stand-in hosts: base role converge and check, control CPU, profile
+	$(BIN)/python -m gpufleet.bench_scale $(SCALE_HOSTS) --profile
 
 bench-rollout: install  ## rollout wall time vs the sum of replica restart-to-ready, on $(INVENTORY) (converged)
 	$(BIN)/python -m gpufleet.bench_rollout $(INVENTORY)

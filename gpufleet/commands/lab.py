@@ -18,13 +18,15 @@ def lab() -> None:
 @lab.command()
 @click.option("--nodes", default=2, show_default=True, help="Stand-in GPU nodes (gpu-node-1..N).")
 @click.option("--lbs", default=1, show_default=True, help="Stand-in load balancers (lb-1..M).")
-def up(nodes: int, lbs: int) -> None:
+@click.option("--data-hosts", type=click.IntRange(0, 1), default=0, show_default=True,
+              help="1: Milvus on a host of its own (db-1, group vector_db) instead of gpu-node-2.")
+def up(nodes: int, lbs: int, data_hosts: int) -> None:
     """Start the lab (building cached images on first use) or adopt the running one."""
     from gpufleet.lab.control import LabError
     from gpufleet.lab.control import up as lab_up
 
     try:
-        started = lab_up(nodes, lbs)
+        started = lab_up(nodes, lbs, data_hosts)
     except (LabError, ValueError, TimeoutError) as exc:
         click.echo(f"lab up failed: {exc}", err=True)
         sys.exit(1)

@@ -37,9 +37,9 @@ def docker_client() -> docker.DockerClient:
         raise LabError(f"no Docker engine answers ({exc}); start dockerd (see README: `make lab-up`)") from exc
 
 
-def up(nodes: int, lbs: int) -> list[LabHost]:
+def up(nodes: int, lbs: int, data_hosts: int = 0) -> list[LabHost]:
     started = time.monotonic()
-    wanted = lab_hosts(nodes, lbs)
+    wanted = lab_hosts(nodes, lbs, data_hosts)
     client = docker_client()
     public_key = _ensure_ssh_key()
     base = images.base_image(client)

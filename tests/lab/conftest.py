@@ -48,14 +48,16 @@ def deploy(*extra: str) -> dict:
     return report
 
 
-LAST_MODULE = "test_rollout.py"
+# In this order, after every other lab test: they leave the lab changed (Milvus on db-1; rolled-out
+# changes on the GPU nodes) for the next session's lab fixture and first deploy to take back.
+LAST_MODULES = ("test_data_host.py", "test_rollout.py")
 
 
 def pytest_collection_modifyitems(config, items):
-    """The rollout tests run after every other lab test: they leave gpu-node-2 with a rolled-out
-    change (tests/lab/test_rollout.py) that the next session's first deploy takes back."""
+    """The data-host and rollout tests run after every other lab test (LAST_MODULES)."""
     here = Path(__file__).parent
-    last = [item for item in items if item.path == here / LAST_MODULE]
+    last = sorted((item for item in items if item.path.parent == here and item.path.name in LAST_MODULES),
+                  key=lambda item: LAST_MODULES.index(item.path.name))  # stable: file order within a module
     if not last:
         return
     rest = [item for item in items if item not in last]
