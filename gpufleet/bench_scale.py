@@ -45,18 +45,40 @@ def sim_hosts(n: int) -> list[LabHost]:
     return [LabHost(f"sim-{i}", "sim", SIM_SSH_PORT_BASE + i) for i in range(1, n + 1)]
 
 
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+INOTIFY_NEEDED = 1024  # each host's systemd holds several; every container's root shares the kernel's count
+
+
+def ensure_inotify_instances() -> None:
+    """Many systemd containers exhaust root's inotify instances (128 by default): systemd then logs
+    "Failed to create inotify object: Too many open files" and never finishes booting. Raise the
+    limit on this lab machine (as root), saying so; otherwise stop with the command to run."""
+    have = int(INOTIFY_INSTANCES.read_text())
+    if have >= INOTIFY_NEEDED:
+        return
+    try:
+        INOTIFY_INSTANCES.write_text(str(INOTIFY_NEEDED))
+    except OSError as exc:
+        raise SystemExit(f"fs.inotify.max_user_instances is {have}: too few for the simulated hosts' systemd; "
+                         f"run `sysctl -w fs.inotify.max_user_instances={INOTIFY_NEEDED}` as root ({exc.strerror})")
+    print(f"bench-scale: fs.inotify.max_user_instances {have} -> {INOTIFY_NEEDED} on this machine (every "
+          "simulated host's systemd needs several; they share root's count)", flush=True)
+
+
 def start(n: int) -> None:
     """Start (or adopt) ``sim-1..n`` on the lab's network; write their inventory and known_hosts."""
     from gpufleet.lab import aptrepo, hosts, images
     from gpufleet.lab.control import _ensure_ssh_key, docker_client
     from gpufleet.lab.topology import SSH_KEY
 
+    ensure_inotify_instances()
     client = docker_client()
     base, key, digest = images.base_image(client), _ensure_ssh_key(), aptrepo.inputs_digest()
     wanted = sim_hosts(n)
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda h: hosts.ensure_host(client, h, base, key, digest), wanted))
-        keys = list(pool.map(lambda h: hosts.wait_until_booted(client.containers.get(h.name)), wanted))
+        # 32 systemd boots share this machine's cores: minutes, not the lab's 120 s per host.
+        keys = list(pool.map(lambda h: hosts.wait_until_booted(client.containers.get(h.name), timeout=600), wanted))
     SIM_DIR.mkdir(parents=True, exist_ok=True)
     (SIM_DIR / "known_hosts").write_text("".join(f"[127.0.0.1]:{h.ssh_port} {k}\n" for h, k in zip(wanted, keys)))
     for size in sorted({1, n}):
@@ -89,42 +111,77 @@ def pyinfra_args(step: str, inventory: str) -> list[str]:
             "check": ["--dry", *common, DEPLOY]}[step]
 
 
-def run_measured(args: list[str], profile: str | None = None) -> dict:
-    """One pyinfra CLI run in a child process: wall seconds, its CPU seconds, commands per host."""
+def container_cpu_seconds(ids: list[str]) -> float | None:
+    """CPU seconds the containers have used so far (cgroup v1 cpuacct or v2 cpu.stat); None if unreadable."""
+    total = 0.0
+    for cid in ids:
+        v1 = Path(f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage")
+        v2 = [Path(f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat"), Path(f"/sys/fs/cgroup/docker/{cid}/cpu.stat")]
+        if v1.exists():
+            total += int(v1.read_text()) / 1e9
+            continue
+        stat = next((p for p in v2 if p.exists()), None)
+        if stat is None:
+            return None
+        usage = dict(line.split() for line in stat.read_text().splitlines())
+        total += int(usage["usage_usec"]) / 1e6
+    return total
+
+
+def sim_container_ids(n: int) -> list[str]:
+    from gpufleet.lab.control import docker_client
+
+    client = docker_client()
+    return [client.containers.get(h.name).id for h in sim_hosts(n)]
+
+
+def run_measured(args: list[str], profile: str | None = None, hosts: list[str] = ()) -> dict:
+    """One pyinfra CLI run in a child process: wall seconds, its CPU seconds, commands per host, and
+    the CPU seconds the simulated ``hosts`` (container ids) spent meanwhile (they share this machine)."""
     counts_file = SIM_DIR / f"counts-{os.getpid()}.json"
     command = [sys.executable, "-m", "gpufleet.bench_scale", "--pyinfra", str(counts_file),
                *(["--profile-to", profile] if profile else []), "--", *args]
+    hosts_before = container_cpu_seconds(list(hosts))
     started = time.perf_counter()
     child = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              env={**os.environ, "PYINFRA_PROGRESS": "off"})
     output = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - started
+    hosts_after = container_cpu_seconds(list(hosts))
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"pyinfra {' '.join(args)} failed:\n{output[-3000:]}")
     counts = json.loads(counts_file.read_text())
     counts_file.unlink()
     return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime,
-            "cmds": statistics.median(counts.values()) if counts else 0}
+            "cmds": statistics.median(counts.values()) if counts else 0,
+            "hosts_cpu": None if hosts_before is None or hosts_after is None else hosts_after - hosts_before}
 
 
 def measure(size: int, repeat: int) -> dict:
     inventory = str(SIM_DIR / str(size) / "lab.py")
+    ids = sim_container_ids(size)
     run_measured(pyinfra_args("converge", inventory))  # converged before anything is measured
     out = {}
     for step in ("floor", "converge", "check"):
-        runs = [run_measured(pyinfra_args(step, inventory)) for _ in range(repeat)]
+        runs = [run_measured(pyinfra_args(step, inventory), hosts=ids) for _ in range(repeat)]
         out[step] = {k: statistics.median(r[k] for r in runs) for k in ("wall", "cpu", "cmds")}
+        host_cpu = [r["hosts_cpu"] for r in runs if r["hosts_cpu"] is not None]
+        out[step]["hosts_cpu"] = statistics.median(host_cpu) if host_cpu else None
     return out
 
 
-# Where self time goes, by the file (or builtin) a function lives in.
-GROUPS = (("gevent hub: waiting on sockets", ("gevent/libev", "gevent.libev", "loop' objects", "'run' of 'gevent")),
-          ("gevent: greenlet switching", ("gevent",)),
-          ("paramiko + crypto: SSH transport", ("paramiko", "cryptography", "nacl", "bcrypt", "_hashlib", "_ssl")),
-          ("pyinfra: inventory, planning, operations", ("pyinfra",)),
+# Where self time goes, by the file (or builtin) a function lives in; first match wins. pyinfra's
+# per-operation argument handling is most of what it spends in inspect and typing.
+GROUPS = (("waiting on sockets (gevent recv/send/connect)", ("_socketcommon.py", "'send' of '_socket", "connect_ex",
+                                                               "'recv", "gevent/thread.py", "libev", "libuv")),
+          ("gevent: greenlet switching and the hub", ("gevent",)),
+          ("SSH: paramiko and its crypto", ("paramiko", "cryptography", "nacl", "bcrypt", "_hashlib", "_ssl")),
+          ("pyinfra: inventory, operations, their arguments (inspect, typing)",
+           ("pyinfra", "/inspect.py", "/typing.py")),
           ("gpufleet and operations/", ("gpufleet", "/operations/", "lab/bench")),
-          ("imports and the rest", ("",)))
+          ("Python: imports, compile, paths", ("<frozen", "builtins.compile", "builtins.exec", "posix.")),
+          ("the rest", ("",)))
 
 
 def profile_groups(path: str) -> list[tuple[str, float]]:
@@ -142,8 +199,8 @@ def profile_groups(path: str) -> list[tuple[str, float]]:
 def main(n: int, repeat: int, profile: bool, keep: bool) -> int:
     from gpufleet.table import render_table
 
-    start(n)
     try:
+        start(n)
         results = {size: measure(size, repeat) for size in sorted({1, n})}
         rows = []
         for size, r in results.items():
@@ -158,12 +215,15 @@ def main(n: int, repeat: int, profile: bool, keep: bool) -> int:
             print(f"\n{n} hosts / 1 host, wall: floor {ratio['floor']:.2f}, converge {ratio['converge']:.2f}, "
                   f"check {ratio['check']:.2f} (goal: <= 2)")
             for k in ("converge", "check"):
-                cpu, wall = results[n][k]["cpu"], results[n][k]["wall"]
+                cpu, wall, hosts_cpu = (results[n][k][x] for x in ("cpu", "wall", "hosts_cpu"))
                 print(f"{n} hosts, {k}: the control process used {cpu:.1f} s of CPU in {wall:.1f} s "
-                      f"({100 * cpu / wall:.0f}% of one core)")
+                      f"({100 * cpu / wall:.0f}% of one core)"
+                      + (f"; the simulated hosts {hosts_cpu:.1f} s, on the same {os.cpu_count()} cores"
+                         if hosts_cpu is not None else ""))
         if profile:
             path = str(SIM_DIR / "converge.pstats")
             run_measured(pyinfra_args("converge", str(SIM_DIR / str(n) / "lab.py")), profile=path)
+            print(f"\nThe profiled process's top functions by self time: `python -m pstats {path}`")
             groups = profile_groups(path)
             total = sum(t for _, t in groups)
             print(f"\nWhere one {n}-host converge's control-host time goes (cProfile self time, {total:.1f} s):")
