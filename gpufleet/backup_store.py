@@ -10,7 +10,11 @@ retention or by drift.
 A bucket backup is exported to a private staging directory on the control host first (the
 export needs a file system, and a checksum is taken of what was written), then uploaded; a
 restore downloads it to a private directory and checks every file against the manifest's sha256
-before anything is written to Milvus. Nothing is kept on the control host after either.
+before anything is written to Milvus. Both directories are removed when the run ends, however it
+ends short of a killed process or a lost machine; what such a crash leaves (owner-only, under
+``backup-staging/`` in the state directory) is for the operator to remove. Only names gpufleet
+gives backups (``YYYYMMDDTHHMMSSZ``) count: an operator's own copy beside them is never pruned
+or read as the newest.
 
 S3 access (``milvus_backup_s3_*`` of the Milvus host's settings, gpufleet/settings_data.py):
 ``endpoint`` (None: AWS), ``region`` and a control-side credentials file in the AWS shared
@@ -39,6 +43,8 @@ from gpufleet.private_files import private_dir
 
 MANIFEST = "manifest.json"
 S3_SCHEME = "s3://"
+# gpufleet backup's own names (UTC time): anything else beside them (an operator's copy) is not counted.
+STAMP = re.compile(r"^\d{8}T\d{6}Z$")
 # AWS's rule for bucket names (S3-compatible servers accept at least these).
 BUCKET = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
 S3_LOCATION = re.compile(rf"^s3://(?P<bucket>{BUCKET})(?:/(?P<prefix>[^\s]*))?$")
@@ -109,8 +115,7 @@ class LocalStore:
     def whole(self, stem: str) -> list[str]:
         """The stamps of ``stem``'s whole backups, oldest first."""
         base = self.root / stem
-        return sorted(p.name for p in base.glob("*") if p.is_dir() and not p.name.endswith(".partial")
-                      and (p / MANIFEST).is_file())
+        return sorted(p.name for p in base.glob("*") if p.is_dir() and STAMP.match(p.name) and (p / MANIFEST).is_file())
 
     def manifest(self, stem: str, stamp: str) -> dict[str, Any]:
         return json.loads((self.root / stem / stamp / MANIFEST).read_text())
@@ -133,7 +138,9 @@ class LocalStore:
         shutil.rmtree(staged, ignore_errors=True)
 
     def remove(self, stem: str, stamp: str) -> str:
+        """Delete a backup, its manifest first (it stops counting as whole before its data goes)."""
         path = self.root / stem / stamp
+        (path / MANIFEST).unlink(missing_ok=True)
         shutil.rmtree(path)
         return str(path)
 
@@ -169,7 +176,7 @@ class S3Store:
         base = self._key(stem) + "/"
         stamps = {key[len(base):].split("/", 1)[0] for key in self._keys(base)
                   if key[len(base):].count("/") == 1 and key.endswith("/" + MANIFEST)}
-        return sorted(stamps)
+        return sorted(stamp for stamp in stamps if STAMP.match(stamp))
 
     def manifest(self, stem: str, stamp: str) -> dict[str, Any]:
         body = self._call("read", self.where(stem, stamp), lambda c: c.get_object(
@@ -187,7 +194,7 @@ class S3Store:
         try:
             for key in keys:
                 name = key[len(prefix):]
-                if "/" in name or name.startswith("."):  # the layout is flat: anything else is not ours
+                if not name or "/" in name or name.startswith("."):  # flat layout; "" is a folder marker
                     continue
                 fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "wb") as handle:
@@ -214,7 +221,10 @@ class S3Store:
                 self._call("upload", where, lambda c, p=path, k=key: c.upload_file(str(p), self.bucket, k))
                 uploaded.append(key)
         except BaseException:
+            # The manifest first, whether or not its upload seemed to fail: a PUT that committed
+            # before its answer was lost would otherwise make a whole-looking backup without data.
             with contextlib.suppress(Exception):
+                self._delete([self._key(stem, stamp, MANIFEST)])
                 self._delete(uploaded)
             raise
         finally:
@@ -240,22 +250,30 @@ class S3Store:
         return self._call("list", f"{S3_SCHEME}{self.bucket}/{prefix}", listing)
 
     def _delete(self, keys: list[str]) -> None:
+        """Delete ``keys``; a key S3 refused (access, object lock) is a StoreError naming it."""
         for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
             batch = [{"Key": k} for k in keys[start:start + 1000]]
-            self._call("delete", f"{S3_SCHEME}{self.bucket}", lambda c, b=batch: c.delete_objects(
+            answer = self._call("delete", f"{S3_SCHEME}{self.bucket}", lambda c, b=batch: c.delete_objects(
                 Bucket=self.bucket, Delete={"Objects": b, "Quiet": True}))
+            refused = answer.get("Errors") or []
+            if refused:
+                raise StoreError(f"delete in {S3_SCHEME}{self.bucket}: " + "; ".join(
+                    f"{e.get('Key')}: {e.get('Code')}" for e in refused[:5]) + (" ..." if len(refused) > 5 else ""))
 
     def _call(self, what: str, where: str, request):
         """``request(client)``; boto3's errors become a StoreError naming the location (boto3's
         messages carry no keys)."""
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
+        from s3transfer.exceptions import RetriesExceededError, S3DownloadFailedError, S3UploadFailedError
 
         try:
             return request(self.client())
         except ClientError as exc:
             error = exc.response.get("Error", {})
             raise StoreError(f"{what} {where}: {error.get('Code', 'error')}: {error.get('Message', exc)}") from None
-        except BotoCoreError as exc:
+        # boto3's upload_file wraps S3's answer in S3UploadFailedError; s3transfer gives up with its own.
+        except (BotoCoreError, Boto3Error, RetriesExceededError, S3DownloadFailedError, S3UploadFailedError) as exc:
             raise StoreError(f"{what} {where}: {exc}") from None
 
     def client(self):

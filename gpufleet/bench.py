@@ -62,10 +62,13 @@ def floor() -> None:
         run_parallel(state, reachable, lambda h: h.get_fact(Hostname))
 
 
-def converge() -> None:
+def converge(setup: bool = False) -> None:
+    """A converge of the whole lab; ``setup``: the one before anything is measured, a maintenance
+    window (the bench's TP=1 replicas replace the lab's, which the serving gate refuses otherwise)."""
     from gpufleet.deploy_run import execute, planned
 
-    with planned(INVENTORY, overrides=OVERRIDES, check_for_changes=False) as plan:
+    overrides = {**OVERRIDES, "allow_serving_disruption": True} if setup else OVERRIDES
+    with planned(INVENTORY, overrides=overrides, check_for_changes=False) as plan:
         results = execute(plan, [h.name for h in plan.hosts])
     if not all(results.values()):
         raise RuntimeError(f"converge failed: {results}")
@@ -95,7 +98,7 @@ def one_size(n: int, repeat: int) -> dict:
     from gpufleet.lab.control import up
 
     up(n, 1)
-    converge()
+    converge(setup=True)
     a, ca = measure(floor, repeat)
     b, cb = measure(converge, repeat)
     c, cc = measure(drift, repeat)

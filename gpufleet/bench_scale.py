@@ -135,7 +135,7 @@ def sim_container_ids(n: int) -> list[str]:
     return [client.containers.get(h.name).id for h in sim_hosts(n)]
 
 
-def run_measured(args: list[str], profile: str | None = None, hosts: list[str] = ()) -> dict:
+def run_measured(args: list[str], profile: str | None = None, hosts: tuple[str, ...] = ()) -> dict:
     """One pyinfra CLI run in a child process: wall seconds, its CPU seconds, commands per host, and
     the CPU seconds the simulated ``hosts`` (container ids) spent meanwhile (they share this machine)."""
     counts_file = SIM_DIR / f"counts-{os.getpid()}.json"
@@ -164,7 +164,7 @@ def measure(size: int, repeat: int) -> dict:
     run_measured(pyinfra_args("converge", inventory))  # converged before anything is measured
     out = {}
     for step in ("floor", "converge", "check"):
-        runs = [run_measured(pyinfra_args(step, inventory), hosts=ids) for _ in range(repeat)]
+        runs = [run_measured(pyinfra_args(step, inventory), hosts=tuple(ids)) for _ in range(repeat)]
         out[step] = {k: statistics.median(r[k] for r in runs) for k in ("wall", "cpu", "cmds")}
         host_cpu = [r["hosts_cpu"] for r in runs if r["hosts_cpu"] is not None]
         out[step]["hosts_cpu"] = statistics.median(host_cpu) if host_cpu else None
@@ -179,7 +179,8 @@ GROUPS = (("waiting on sockets (gevent recv/send/connect)", ("_socketcommon.py",
           ("SSH: paramiko and its crypto", ("paramiko", "cryptography", "nacl", "bcrypt", "_hashlib", "_ssl")),
           ("pyinfra: inventory, operations, their arguments (inspect, typing)",
            ("pyinfra", "/inspect.py", "/typing.py")),
-          ("gpufleet and operations/", ("gpufleet", "/operations/", "lab/bench")),
+          ("gpufleet and operations/", (f"{PROJECT_ROOT}/gpufleet/", f"{PROJECT_ROOT}/operations/",
+                                        f"{PROJECT_ROOT}/lab/bench/", f"{PROJECT_ROOT}/deploy.py")),
           ("Python: imports, compile, paths", ("<frozen", "builtins.compile", "builtins.exec", "posix.")),
           ("the rest", ("",)))
 

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gpufleet.backup_store import BackupError, S3Access, is_s3, open_store
+from gpufleet.backup_store import BackupError, S3Access, open_store
 from gpufleet.private_files import write_private
 from operations.port_forward import forwarded
 
@@ -48,17 +48,16 @@ def s3_access(settings) -> S3Access:
                     settings.milvus_backup_s3_credentials_file)
 
 
-def store_for(location: str | None, inventory: str | None = None, overrides: dict[str, Any] | None = None,
-              settings=None):
-    """The store at ``location`` (None: :func:`default_location`); a bucket is reached with
-    ``settings`` or, when not given, the settings of ``inventory``'s Milvus host."""
-    location = location or default_location()
-    if is_s3(location) and settings is None and inventory is not None:
-        from gpufleet.fleet import load_fleet
+def store_for(location: str | None, inventory: str, overrides: dict[str, Any] | None = None):
+    """The store at ``location`` (None: :func:`default_location`); a bucket is reached with the
+    ``milvus_backup_s3_*`` settings of ``inventory``'s Milvus host. An inventory with no Milvus
+    host is refused here, before any bucket or host is asked."""
+    from gpufleet.fleet import load_fleet
 
-        db = load_fleet(inventory, overrides).vector_db
-        settings = db.settings if db is not None else None
-    return open_store(location, s3_access(settings) if settings is not None else None)
+    db = load_fleet(inventory, overrides).vector_db
+    if db is None:
+        raise BackupError(f"{inventory} has no host in group vector_db: there is no Milvus to back up")
+    return open_store(location or default_location(), s3_access(db.settings))
 
 
 def _dump(action: str, port: int, directory: Path | None = None, replace: bool = False,

@@ -187,7 +187,7 @@ def _data_tier_problems(hosts: list[tuple[str, list[str], dict[str, Any]]],
                      for h in with_app]
     db = next((valid[d] for d in databases[:1] if d in valid), None)
     if db is not None:
-        problems += _auth_problems(db, bool(with_app))
+        problems += _auth_problems(db, bool(with_app)) + _backup_bucket_problems(db)
     for lb in (h for h in valid.values() if h.is_lb and with_app):  # the lbs then serve the app on lb_app_port
         s = lb.settings
         taken = {s.lb_port: "lb_port", s.lb_status_port: "lb_status_port", s.prometheus_port: "prometheus_port",
@@ -197,6 +197,24 @@ def _data_tier_problems(hosts: list[tuple[str, list[str], dict[str, Any]]],
                                           f"a port not already used by {taken[s.lb_app_port]} (the nodes run the "
                                           "RAG app, which this load balancer serves on lb_app_port)"))
     return problems
+
+
+def _backup_bucket_problems(db: FleetHost) -> list[SettingsIssue]:
+    """A bucket as milvus_backup_dir: its credentials file (when named) reads as AWS credentials now,
+    not at the nightly backup's 02:00 (gpufleet/backup_store.py)."""
+    from gpufleet.backup_store import StoreError, is_s3, read_credentials
+
+    s = db.settings
+    path = s.milvus_backup_s3_credentials_file
+    if not is_s3(s.milvus_backup_dir) or not path:
+        return []
+    try:
+        read_credentials(path)
+    except StoreError as exc:
+        return [SettingsIssue(db.name, "milvus_backup_s3_credentials_file", path,
+                              f"an AWS credentials file ([default] with aws_access_key_id and "
+                              f"aws_secret_access_key), 0600, outside the checkout: {exc}")]
+    return []
 
 
 MILVUS_PASSWORD_LENGTH = (6, 256)  # Milvus's proxy.minPasswordLength / maxPasswordLength defaults

@@ -49,6 +49,7 @@ import getpass
 import json
 import os
 import secrets
+import shlex
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -167,7 +168,7 @@ def new_id() -> str:
 
 # ----------------------------------------------------------------------------------- policy ------
 
-def make_batches(nodes: list[str], canary: int, max_unavailable: int, data: list[str] = ()) -> list[list[str]]:
+def make_batches(nodes: list[str], canary: int, max_unavailable: int, data: tuple[str, ...] = ()) -> list[list[str]]:
     """The canary batch first, then batches of at most ``max_unavailable`` nodes, in inventory order.
 
     ``data``, the Milvus host of its own when it changes, is prepended here, as a batch of its own
@@ -273,7 +274,8 @@ class Runner:
     def _prepare_node(self, node: NodeRollout, steps) -> bool:
         """lock -> draining -> updating (GPU containers stopped for a GPU-stack change)."""
         r = self.rollout
-        running = steps.lock(r, node.name, DRAINING)  # and what the node runs, read in the same session
+        # The lock says what the rollout does there: a host changed in place is never drained.
+        running = steps.lock(r, node.name, DRAINING if node.disruptive else UPDATING)  # and what it runs now
         if not node.before:  # on --resume, keep what was there before the first attempt
             node.before = running["before"]
         if node.disruptive:
@@ -328,7 +330,8 @@ class Runner:
         updated_before = any(state == UPDATING for state, _ in node.history)
         # Still pending, or failed before in this rollout and never updated (a --resume that fails
         # again at its lock or its Milvus backup): nothing this rollout did is on the node.
-        untouched = node.state == PENDING or (node.state == FAILED and not updated_before)
+        untouched = node.state == PENDING or (node.state == FAILED and not any(
+            state in (DRAINING, UPDATING) for state, _ in node.history))
         if untouched or (node.state == DRAINING and not updated_before):
             # Nothing changed on the node: what ran there must be read again when it is retried
             # (--resume), or a rollback could put back a container this rollout never replaced.
@@ -375,7 +378,7 @@ class Runner:
 
 def restore_command(inventory: str, backup_dir: str) -> str:
     """How a person puts back the Milvus backup a rollout took before its change."""
-    return f"gpufleet restore {inventory} --from {backup_dir} --replace"
+    return f"gpufleet restore {shlex.quote(inventory)} --from {shlex.quote(backup_dir)} --replace"
 
 
 def holder() -> str:

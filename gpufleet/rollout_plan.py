@@ -23,7 +23,7 @@ def rollout_nodes(planned: dict[str, Any], canary: int,
     leave no live replica behind the load balancers.
     """
     changed = [n.name for n in planned["fleet"].nodes if n.name in planned["nodes"]]
-    data = sorted(planned["data"])  # at most one host: the inventory is validated so
+    data = tuple(sorted(planned["data"]))  # at most one host: the inventory is validated so
     batches = make_batches(changed, canary, max_unavailable, data=data)
     live = planned["live"]  # {node: replicas running now, named in the inventory or being retired}
     # What a batch takes out of rotation: the live replicas of its disruptive nodes (a node

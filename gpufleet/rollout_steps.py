@@ -192,11 +192,15 @@ def changes_milvus(changes: list[str]) -> bool:
 
 
 def back_up_milvus(rollout) -> tuple[str, dict[str, int]]:
-    """``gpufleet backup`` of the fleet's Milvus as it runs now: ``(directory, rows per collection)``."""
+    """``gpufleet backup`` of the fleet's Milvus as it runs now, to its ``milvus_backup_dir`` (where the
+    nightly backups are, a bucket included: counted by their retention and by drift):
+    ``(where, rows per collection)``."""
     from gpufleet import data_backup
 
+    db = _fleet(rollout).vector_db
     try:
-        result = data_backup.backup(rollout.inventory, overrides=rollout.overrides)
+        result = data_backup.backup(rollout.inventory, to=db.settings.milvus_backup_dir if db else None,
+                                    overrides=rollout.overrides)
     except data_backup.BackupError as exc:
         raise StepError(f"Milvus backup before the change failed, nothing changed: {exc}") from None
     return result["dir"], result["collections"]

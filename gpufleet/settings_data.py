@@ -90,7 +90,8 @@ class DataSettings(BaseModel):
     # A bucket as backup location (gpufleet/backup_store.py): its endpoint (None: AWS), region, and a
     # control-side file in the AWS credentials format (None: boto3's chain: AWS_* environment,
     # ~/.aws, an instance role).
-    milvus_backup_s3_endpoint: str | None = Field(None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    # No user:password@ in it: botocore prints the endpoint in its errors.
+    milvus_backup_s3_endpoint: str | None = Field(None, pattern=r"^https?://[^\s/@]+(/[^\s@]*)?$")
     milvus_backup_s3_region: str | None = Field(None, pattern=r"^[a-z0-9-]{1,32}$")
     milvus_backup_s3_credentials_file: str | None = None
 

@@ -25,6 +25,23 @@ def _or_exit(what: str, work):
     sys.exit(1)
 
 
+def _location(ctx, param, value: str | None) -> str | None:
+    """A backup location: an absolute or ~/ directory, or s3://BUCKET[/PREFIX]; refused before anything runs."""
+    from gpufleet.backup_store import StoreError, is_s3, parse_s3
+
+    if value is None:
+        return None
+    if is_s3(value):
+        try:
+            parse_s3(value)
+        except StoreError as exc:
+            raise click.BadParameter(str(exc)) from None
+    elif not value.startswith(("/", "~")):
+        raise click.BadParameter(f"{value}: an absolute or ~/ directory, or s3://BUCKET[/PREFIX] (a relative path "
+                                 "would depend on where the command, or the timer's service, runs)")
+    return value
+
+
 class _BackupGroup(_DriftGroup):
     """`gpufleet backup INVENTORY ...` backs up; `gpufleet backup install-timer ...` installs the timer."""
 
@@ -38,7 +55,7 @@ def backup() -> None:
 
 @backup.command("run")
 @click.argument("inventory_path", metavar="INVENTORY")
-@click.option("--to", "to", default=None, help="Directory or s3://BUCKET/PREFIX for backups (default: "
+@click.option("--to", "to", default=None, callback=_location, help="Directory or s3://BUCKET/PREFIX for backups (default: "
               "~/.local/state/gpufleet/backups); a bucket is reached with the Milvus host's milvus_backup_s3_* settings.")
 @click.option("--keep", type=click.IntRange(min=1), default=None, help="Keep this many backups of the inventory "
               "(this one included); older ones are removed. Default: all.")
@@ -74,7 +91,7 @@ def run(inventory_path: str, to: str | None, keep: int | None, textfile: str | N
 @click.argument("inventory_path", metavar="INVENTORY")
 @click.option("--on-calendar", default="*-*-* 02:00:00", show_default=True, help="systemd OnCalendar= expression.")
 @click.option("--unit-dir", default="/etc/systemd/system", show_default=True)
-@click.option("--backup-dir", default=DEFAULT_BACKUP_DIR, show_default=True,
+@click.option("--backup-dir", default=DEFAULT_BACKUP_DIR, show_default=True, callback=_location,
               help="Where the backups go, a directory or s3://BUCKET/PREFIX: gpufleet drift looks there too "
               "(milvus_backup_dir).")
 @click.option("--keep", type=click.IntRange(min=1), default=7, show_default=True)

@@ -1,7 +1,7 @@
 """Milvus on a host of its own, as production places it: db-1 joins the lab (`gpufleet lab up
---data-hosts 1`) as the inventory's vector_db host, a deploy moves every node's RAG app to it, and
-a Milvus "upgrade" (a second tag of the lab's Milvus image) goes through `gpufleet rollout` under
-app load through lb-1.
+--data-hosts 1`) as the inventory's vector_db host, a deploy moves every node's RAG app to it, a
+backup of gpu-node-2's Milvus is restored onto db-1's fresh one, and a Milvus "upgrade" (a second
+tag of the lab's Milvus image) goes through `gpufleet rollout` under app load through lb-1.
 
 Runs just before tests/lab/test_rollout.py (tests/lab/conftest.py) and leaves db-1 in place: the
 rollout tests then run against the production placement too, and the next session's lab fixture
@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -24,12 +25,25 @@ from gpufleet.lab.topology import REGISTRY_LOCAL_PORT, lab_group_data, read_host
 from operations.facts.rollout import LOCK_PATH
 from tests.lab.conftest import LAB_SHAPE, deploy, gpufleet, host_over_ssh
 from tests.lab.steady_load import SteadyLoad, rollout
+from tests.lab.test_data_tier import post
 
 DB = "db-1"
 
 
 @pytest.fixture(scope="module")
-def on_db_host(deployed, hosts, tmp_path_factory):
+def moved(deployed, hosts, tmp_path_factory):
+    """Before the move: a document ingested through lb-1 into gpu-node-2's Milvus, and a backup of
+    that Milvus (``(source, backup result)``), to restore on db-1."""
+    source = f"moved-{uuid.uuid4().hex[:8]}/vrillix.md"
+    post(hosts["lb-1"], "/documents", {"source": source, "text": "vrillix quandorp valves vrillix quandorp seals"})
+    made = gpufleet("backup", "inventory/lab.py", "--to", str(tmp_path_factory.mktemp("before-move")), "--json",
+                    check=False)
+    assert made.returncode == 0, made.stderr[-2000:]
+    return source, json.loads(made.stdout)
+
+
+@pytest.fixture(scope="module")
+def on_db_host(moved, hosts, tmp_path_factory):
     """The lab with db-1 as its Milvus host, converged: ``(fleet, {host: testinfra host})``."""
     up = gpufleet("lab", "up", *LAB_SHAPE, "--data-hosts", "1", check=False)
     assert up.returncode == 0, up.stderr[-3000:]
@@ -59,6 +73,19 @@ def test_the_apps_move_to_the_milvus_host_of_its_own(on_db_host):
     for node in fleet.nodes:
         env = hosts[node.name].run("docker inspect --format '{{range .Config.Env}}{{println .}}{{end}}' rag-app")
         assert f"MILVUS_URI=http://{ip}:19530" in env.stdout.splitlines(), node.name
+
+
+def test_a_backup_restored_onto_the_fresh_milvus_host_answers_what_was_ingested_before_the_move(on_db_host, moved):
+    """The way data moves to a new Milvus host: the backup taken from gpu-node-2 restored onto
+    db-1's fresh Milvus (whose collection holds only what the apps index at start)."""
+    fleet, hosts = on_db_host
+    source, backup = moved
+    question = {"question": "What do vrillix quandorp valves hold?", "top_k": 1}
+    assert [s["source"] for s in post(hosts["lb-1"], "/query", question)["sources"]] != [source]  # not there yet
+    restored = gpufleet("restore", "inventory/lab.py", "--from", backup["dir"], "--replace", "--json", check=False)
+    assert restored.returncode == 0, restored.stderr[-2000:]
+    assert json.loads(restored.stdout)["collections"] == backup["collections"]
+    assert [s["source"] for s in post(hosts["lb-1"], "/query", question)["sources"]] == [source]
 
 
 def test_a_milvus_upgrade_on_its_own_host_is_rolled_first_keeps_the_data_and_fails_no_app_request(

@@ -10,6 +10,7 @@ import json
 import os
 
 import pytest
+from boto3.exceptions import S3UploadFailedError
 
 from gpufleet import data_backup
 from gpufleet.backup_store import LocalStore, S3Access, S3Store, StoreError, open_store, read_credentials
@@ -92,22 +93,53 @@ def test_an_upload_cut_off_before_its_manifest_is_not_a_backup_and_a_failed_one_
         with store.fetched(f"s3://{bucket}/prod/20261205T020000Z"):
             pass
 
-    # An upload that fails at the manifest removes the data it had uploaded.
+    # An upload whose manifest PUT committed but whose answer was an error (boto3 wraps S3's in
+    # S3UploadFailedError): a StoreError naming the backup, and nothing of it left, manifest first.
     client = store.client()
     upload = client.upload_file
 
-    def failing(path, bucket_name, key, *args, **kwargs):
+    def committed_then_failed(path, bucket_name, key, *args, **kwargs):
+        upload(path, bucket_name, key, *args, **kwargs)
         if key.endswith("manifest.json"):
-            raise StoreError("upload interrupted")
-        return upload(path, bucket_name, key, *args, **kwargs)
+            raise S3UploadFailedError(f"Failed to upload {path} to {bucket_name}/{key}: connection reset")
 
-    monkeypatch.setattr(client, "upload_file", failing)
+    monkeypatch.setattr(client, "upload_file", committed_then_failed)
     staged = store.stage("prod", "20261206T020000Z")
     export_into(staged, 4)
-    with pytest.raises(StoreError, match="interrupted"):
+    with pytest.raises(StoreError, match=rf"upload s3://{bucket}/prod/20261206T020000Z: Failed to upload"):
         store.publish(staged, "prod", "20261206T020000Z")
     assert not any(k.startswith("prod/20261206T020000Z/") for k in keys(server, bucket))
+    assert store.whole("prod") == ["20261204T020000Z"]
     assert not staged.exists()
+
+
+def test_a_removal_takes_the_manifest_first_and_a_refused_delete_is_an_error(server, bucket, monkeypatch):
+    store = open_store(f"s3://{bucket}", access(server))
+    published(store, "20261201T020000Z", 1)
+    published(store, "20261202T020000Z", 2)
+    client = store.client()
+    delete = client.delete_objects
+    batches = []
+
+    def recorded(**kwargs):
+        batches.append(sorted(o["Key"] for o in kwargs["Delete"]["Objects"]))
+        return delete(**kwargs)
+
+    monkeypatch.setattr(client, "delete_objects", recorded)
+    data_backup.prune(store, "prod", keep=1)
+    assert batches == [["prod/20261201T020000Z/manifest.json"], ["prod/20261201T020000Z/docs.jsonl"]]
+    # S3 answers 200 with the keys it refused (access, object lock): not removed, and said so.
+    monkeypatch.setattr(client, "delete_objects", lambda **kwargs: {"Errors": [
+        {"Key": o["Key"], "Code": "AccessDenied"} for o in kwargs["Delete"]["Objects"]]})
+    with pytest.raises(StoreError, match="prod/20261202T020000Z/manifest.json: AccessDenied"):
+        store.remove("prod", "20261202T020000Z")
+
+
+def test_only_names_gpufleet_gives_backups_count(server, bucket, tmp_path):
+    for store in (open_store(str(tmp_path / "backups")), open_store(f"s3://{bucket}", access(server))):
+        published(store, "20261201T020000Z", 3)
+        published(store, "pre-upgrade-copy", 3)  # an operator's copy beside them: never pruned, never newest
+        assert store.whole("prod") == ["20261201T020000Z"]
 
 
 def test_retention_and_the_row_high_water_mark_read_the_bucket(server, bucket):
@@ -200,3 +232,41 @@ def test_bucket_staging_is_private_and_not_in_tmp(tmp_path, server, bucket):
     staged = open_store(f"s3://{bucket}", access(server)).stage("prod", "20261205T020000Z")
     assert str(staged).startswith(os.environ["GPUFLEET_STATE_DIR"])
     assert oct(staged.stat().st_mode & 0o777) == "0o700"
+
+
+def test_validate_reads_the_buckets_credentials_file_and_the_cli_refuses_a_bad_location(tmp_path):
+    from click.testing import CliRunner
+
+    from gpufleet import PROJECT_ROOT
+    from gpufleet.cli import main as cli
+    from gpufleet.fleet import load_fleet
+    from gpufleet.settings import SettingsError
+
+    inventory = str(PROJECT_ROOT / "inventory/lab.py")
+    garbled = tmp_path / "creds"
+    garbled.write_text("aws_secret_access_key = s3cr3t-value\n")
+    with pytest.raises(SettingsError) as refused:
+        load_fleet(inventory, {"milvus_backup_dir": "s3://fleet-backups/milvus",
+                               "milvus_backup_s3_credentials_file": str(garbled)}, cwd=str(PROJECT_ROOT))
+    [issue] = [i for i in refused.value.issues if i.severity == "error"]
+    assert issue.key == "milvus_backup_s3_credentials_file" and issue.value == str(garbled)
+    assert "not in the AWS credentials format" in issue.expected and "s3cr3t" not in issue.expected
+    # The same file is not read while the backups are on disk: nothing asks for it.
+    load_fleet(inventory, {"milvus_backup_s3_credentials_file": str(garbled)}, cwd=str(PROJECT_ROOT))
+
+    for args, expected in ((["backup", inventory, "--to", "backups"], "an absolute or ~/ directory"),
+                           (["backup", inventory, "--to", "s3://Fleet_Backups"], "expected s3://BUCKET"),
+                           (["backup", "install-timer", inventory, "--backup-dir", "s3://x", "--no-enable"],
+                            "expected s3://BUCKET")):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2 and expected in result.output, (args, result.output)
+
+
+def test_an_endpoint_with_credentials_in_it_is_refused():
+    from pydantic import ValidationError
+
+    from gpufleet.settings_data import DataSettings
+
+    with pytest.raises(ValidationError, match="milvus_backup_s3_endpoint"):
+        DataSettings(milvus_backup_s3_endpoint="https://AKIA:secret@minio.internal:9000")
+    assert DataSettings(milvus_backup_s3_endpoint="https://minio.internal:9000").milvus_backup_s3_endpoint

@@ -141,6 +141,7 @@ class FakeSteps:
         return {n: None for n in nodes}
 
     def lock(self, rollout, name, state):
+        self.lock_states = {**getattr(self, "lock_states", {}), name: state}
         self._do("lock", name)
         return {"retiring": self.retiring_replicas(rollout, name), "before": self.container_ids(rollout, name)}
 
@@ -338,6 +339,23 @@ def test_a_node_that_fails_at_its_lock_gives_the_lock_back_and_a_resumed_node_is
     fake.container_ids = lambda rollout, name: fake._do("container_ids", name)
     assert _run(in_place, fake, monkeypatch) == 2
     assert ("unlock", "n1") in fake.calls  # its lock was given back
+
+
+def test_a_resumed_node_left_drained_keeps_its_lock_when_it_fails_again_and_the_lock_says_what_happens(
+        tmp_path, monkeypatch):
+    # Failed while draining, and its undrain failed too: still drained on the lbs. Failing again at
+    # its lock on --resume must not hand the lock back as if nothing had happened to it.
+    r = _rollout(tmp_path, monkeypatch)
+    fake = FakeSteps(fail={("container_ids", "n1")})
+    fake.container_ids = lambda rollout, name: fake._do("container_ids", name)
+    r.nodes["n1"].state, r.nodes["n1"].history = "failed", [("draining", 1.0), ("failed", 2.0)]
+    assert _run(r, fake, monkeypatch) == 2
+    assert ("unlock", "n1") not in fake.calls
+    # The node lock names the state the rollout is in there: never "draining" for a host changed in place.
+    in_place = _rollout(tmp_path, monkeypatch, kind="")
+    fake = FakeSteps()
+    assert _run(in_place, fake, monkeypatch) == 0
+    assert fake.lock_states == {"n1": "updating", "n2": "updating"}
 
 
 def test_a_rollout_that_takes_nothing_live_out_is_never_refused():
