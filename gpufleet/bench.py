@@ -82,15 +82,32 @@ def drift() -> None:
         raise RuntimeError(f"the lab is not clean: {report.as_dict()['drifted_hosts']}")
 
 
-def measure(fn, repeat: int) -> tuple[float, float]:
-    times, per_host = [], []
+def lab_host_ids() -> list[str]:
+    from gpufleet.lab import hosts
+    from gpufleet.lab.control import docker_client
+    from gpufleet.lab.topology import LABEL
+
+    return [c.id for c in hosts.lab_containers(docker_client()) if c.labels.get(LABEL) == "host"]
+
+
+def measure(fn, repeat: int) -> tuple[float, float, float | None]:
+    """Median wall seconds, commands per host, and CPU seconds the lab's hosts spent meanwhile
+    (they share this machine's cores with the control process: the fleet-size ratio reads them)."""
+    from gpufleet.bench_scale import container_cpu_seconds
+
+    ids = lab_host_ids()
+    times, per_host, host_cpu = [], [], []
     for _ in range(repeat):
         with counting() as counts:
+            before = container_cpu_seconds(ids)
             started = time.perf_counter()
             fn()
             times.append(time.perf_counter() - started)
+            after = container_cpu_seconds(ids)
         per_host.append(max(counts.values()) if counts else 0)
-    return statistics.median(times), statistics.median(per_host)
+        if before is not None and after is not None:
+            host_cpu.append(after - before)
+    return statistics.median(times), statistics.median(per_host), statistics.median(host_cpu) if host_cpu else None
 
 
 def one_size(n: int, repeat: int) -> dict:
@@ -99,10 +116,10 @@ def one_size(n: int, repeat: int) -> dict:
 
     up(n, 1)
     converge(setup=True)
-    a, ca = measure(floor, repeat)
-    b, cb = measure(converge, repeat)
-    c, cc = measure(drift, repeat)
-    return {"nodes": n, "floor": a, "converge": b, "drift": c, "cmds": [ca, cb, cc]}
+    a, ca, ha = measure(floor, repeat)
+    b, cb, hb = measure(converge, repeat)
+    c, cc, hc = measure(drift, repeat)
+    return {"nodes": n, "floor": a, "converge": b, "drift": c, "cmds": [ca, cb, cc], "hosts_cpu": [ha, hb, hc]}
 
 
 def main(sizes: list[int], repeat: int = 3) -> int:
@@ -122,9 +139,10 @@ def main(sizes: list[int], repeat: int = 3) -> int:
     for n, r in results.items():
         a, b, c = r["floor"], r["converge"], r["drift"]
         rows.append([n, f"{a:.2f}s", f"{b:.2f}s", f"{c:.2f}s", f"{b / a:.2f}", f"{c / b:.2f}",
-                     " / ".join(f"{x:.0f}" for x in r["cmds"])])
+                     " / ".join(f"{x:.0f}" for x in r["cmds"]),
+                     " / ".join("n/a" if x is None else f"{x:.1f}s" for x in r["hosts_cpu"])])
     print(render_table(["NODES", "(a) FLOOR", "(b) CONVERGE", "(c) DRIFT", "(b)/(a)", "(c)/(b)",
-                        "CMDS/HOST a/b/c"], rows))
+                        "CMDS/HOST a/b/c", "LAB HOSTS' CPU a/b/c"], rows))
     lo, hi = min(sizes), max(sizes)
     if hi != lo:
         scale = [results[hi][k] / results[lo][k] for k in ("floor", "converge", "drift")]
