@@ -11,10 +11,11 @@ LAB_DATA_HOSTS ?= 0
 PYTEST_ARGS ?=
 ROLLOUT_ARGS ?=
 BENCH_SIZES ?= 1 2 4
+NODE ?= gpu-node-1
 SCALE_HOSTS ?= 32
 
 .PHONY: help install deploy deploy-dry validate verify drift rollout inventory lab-up lab-down lab-purge lab-status \
-        test test-unit test-lab lint plan clean bench bench-scale bench-rollout
+        test test-unit test-lab lint plan clean bench bench-scale bench-reads bench-rollout
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -90,6 +91,9 @@ bench: install lab-up  ## floor vs no-op converge vs drift on 1, 2 and 4 lab nod
 
 bench-scale: install lab-up  ## 1 vs $(SCALE_HOSTS) light stand-in hosts: base role converge and check, control CPU, profile
 	$(BIN)/python -m gpufleet.bench_scale $(SCALE_HOSTS) --profile
+
+bench-reads: install  ## the costliest remembered reads on one host: make bench-reads NODE=gpu-node-1 (after a deploy)
+	$(BIN)/python -m gpufleet.bench_reads $(INVENTORY) $(NODE)
 
 bench-rollout: install  ## rollout wall time vs the sum of replica restart-to-ready, on $(INVENTORY) (converged)
 	$(BIN)/python -m gpufleet.bench_rollout $(INVENTORY)

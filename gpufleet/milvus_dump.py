@@ -70,7 +70,13 @@ class Unreadable(SystemExit):
 
 
 def opened(collection) -> bool:
-    """Load ``collection`` for reading; True when it was loaded already (then leave it loaded).
+    """Load ``collection`` for reading; True when it was loaded already, or being loaded by Milvus
+    (then leave it loaded). The caller releases it afterwards only when this returns False.
+
+    A collection Milvus is loading (right after a restart it reloads what was loaded: the moment a
+    rollout counts rows after a Milvus upgrade) is the app's: this waits for it, and it must never
+    be released by a backup or a row count, or every app query fails with "collection not loaded"
+    until someone loads it again.
 
     A collection without an index cannot be loaded, so its rows cannot be read: that stops the
     backup (a backup that silently left a collection out would be worse than none).
@@ -78,7 +84,9 @@ def opened(collection) -> bool:
     from pymilvus import utility
     from pymilvus.client.types import LoadState
 
-    if utility.load_state(collection.name) == LoadState.Loaded:
+    state = utility.load_state(collection.name)
+    if state in (LoadState.Loaded, LoadState.Loading):
+        collection.load()  # returns once loaded; a no-op for a loaded one
         return True
     if not collection.has_index():
         raise Unreadable(f"collection {collection.name} has no index: Milvus cannot load it, so its rows cannot "
