@@ -89,7 +89,7 @@ def test_a_backup_restored_onto_the_fresh_milvus_host_answers_what_was_ingested_
 
 
 def test_a_milvus_upgrade_on_its_own_host_is_rolled_first_keeps_the_data_and_fails_no_app_request(
-        on_db_host, tmp_path):
+        on_db_host, moved, tmp_path):
     """`gpufleet rollout` takes db-1 first, alone: lock, backup, update in place (nothing drained),
     Milvus answers, row counts kept, unlock; the app answers through lb-1 the whole time (its
     queries wait for Milvus, they do not fail)."""
@@ -125,3 +125,8 @@ def test_a_milvus_upgrade_on_its_own_host_is_rolled_first_keeps_the_data_and_fai
     assert "Milvus backed up to" in err
     assert not hosts[DB].file(LOCK_PATH).exists  # unlocked
     assert rows() == before
+    # Milvus reloads its collections after the restart, and the rollout's row check must leave them
+    # so: the app still answers after the rollout (a released collection fails every query).
+    source, _ = moved
+    reply = post(hosts["lb-1"], "/query", {"question": "What do vrillix quandorp valves hold?", "top_k": 1})
+    assert [s["source"] for s in reply["sources"]] == [source]
