@@ -22,8 +22,8 @@ monkey.patch_all()  # before anything opens a socket, as pyinfra's CLI does
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from collections import Counter  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
+
+from gpufleet.ssh_counting import counting  # noqa: E402
 
 INVENTORY = "inventory/lab.py"
 # Four CPU vLLM engines at TP=2 need ~20 GiB: more than this 24 GiB machine has beside the rest.
@@ -33,24 +33,6 @@ OVERRIDES = {
     "vllm_env": {"VLLM_CPU_KVCACHE_SPACE": "1", "TORCHDYNAMO_DISABLE": "1",
                  "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"},
 }
-
-
-@contextmanager
-def counting():
-    from pyinfra.connectors.ssh import SSHConnector
-
-    counts: Counter = Counter()
-    original = SSHConnector.run_shell_command
-
-    def counted(self, command, *args, **kwargs):
-        counts[self.host.name] += 1
-        return original(self, command, *args, **kwargs)
-
-    SSHConnector.run_shell_command = counted
-    try:
-        yield counts
-    finally:
-        SSHConnector.run_shell_command = original
 
 
 def floor() -> None:

@@ -240,19 +240,10 @@ def run_pyinfra(counts_file: str, profile_to: str | None, args: list[str]) -> in
     """The child: pyinfra's CLI in this process (gevent first, as its own entry point does), every
     SSH command counted per host; the counts written to ``counts_file``."""
     import pyinfra_cli  # noqa: F401 - gevent's monkey patching, before anything opens a socket
-    from collections import Counter
-
-    from pyinfra.connectors.ssh import SSHConnector
     from pyinfra_cli.main import main as pyinfra_main
 
-    counts: Counter = Counter()
-    original = SSHConnector.run_shell_command
+    from gpufleet.ssh_counting import counting
 
-    def counted(self, command, *a, **kw):
-        counts[self.host.name] += 1
-        return original(self, command, *a, **kw)
-
-    SSHConnector.run_shell_command = counted
     profiler = None
     if profile_to:
         import cProfile
@@ -261,15 +252,16 @@ def run_pyinfra(counts_file: str, profile_to: str | None, args: list[str]) -> in
         profiler.enable()
     code = 0
     sys.argv = ["pyinfra", *args]
-    try:
-        pyinfra_main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        if profiler is not None:
-            profiler.disable()
-            profiler.dump_stats(profile_to)
-        Path(counts_file).write_text(json.dumps(counts))
+    with counting() as counts:
+        try:
+            pyinfra_main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(profile_to)
+            Path(counts_file).write_text(json.dumps(counts))
     return code
 
 
