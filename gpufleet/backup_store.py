@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpufleet.private_files import private_dir
+from gpufleet.private_files import private_dir, state_root
 
 MANIFEST = "manifest.json"
 S3_SCHEME = "s3://"
@@ -91,8 +91,7 @@ def parse_s3(location: str) -> tuple[str, str]:
 def staging_root() -> Path:
     """Where bucket backups are exported and restores downloaded on the control host (not /tmp:
     a backup can be larger than a tmpfs)."""
-    state = os.environ.get("GPUFLEET_STATE_DIR") or Path.home() / ".local/state/gpufleet"
-    return Path(state) / "backup-staging"
+    return state_root() / "backup-staging"
 
 
 def open_store(location: str, s3: S3Access | None = None):

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gpufleet.backup_store import BackupError, S3Access, open_store
-from gpufleet.private_files import write_private
+from gpufleet.private_files import state_root, write_private
 from operations.port_forward import forwarded
 
 __all__ = ["BackupError", "backup", "restore", "row_counts", "counts_through", "most_rows", "prune",
@@ -39,7 +39,7 @@ __all__ = ["BackupError", "backup", "restore", "row_counts", "counts_through", "
 
 def default_location() -> str:
     """Where ``gpufleet backup`` writes without ``--to``: the control host's state directory."""
-    return str(Path(os.environ.get("GPUFLEET_STATE_DIR") or Path.home() / ".local/state/gpufleet") / "backups")
+    return str(state_root() / "backups")
 
 
 def s3_access(settings) -> S3Access:

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpufleet.private_files import write_private
+from gpufleet.private_files import state_root, write_private
 
 
 def default_path(inventory_path: str) -> Path:
-    root = Path(os.environ.get("GPUFLEET_STATE_DIR") or Path.home() / ".local/state/gpufleet")
+    root = state_root()
     return root / "drift" / f"{Path(inventory_path).stem}-counters.json"
 
 

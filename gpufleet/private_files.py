@@ -17,6 +17,12 @@ import os
 from pathlib import Path
 
 
+def state_root() -> Path:
+    """Where gpufleet keeps its state on the control host: ``$GPUFLEET_STATE_DIR``, else
+    ``~/.local/state/gpufleet`` (rollouts, drift counters, backups, bench results under it)."""
+    return Path(os.environ.get("GPUFLEET_STATE_DIR") or Path.home() / ".local/state/gpufleet")
+
+
 def private_dir(path: Path) -> Path:
     """Make ``path`` (and missing parents) with mode 0700; an existing directory keeps its mode."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import os
 import secrets
 import shlex
 import socket
@@ -57,7 +56,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 # What a disruptive change needs: the serving gate's typed refusal says which (re-exported here).
-from gpufleet.private_files import write_private
+from gpufleet.private_files import state_root, write_private
 from operations.serving_gate import GPU_STACK, REPLICAS  # noqa: F401
 
 PENDING, DRAINING, UPDATING, VALIDATING, UNDRAINING = "pending", "draining", "updating", "validating", "undraining"
@@ -147,7 +146,7 @@ def _with_kind(node: dict[str, Any]) -> dict[str, Any]:
 
 
 def state_dir() -> Path:
-    return Path(os.environ.get("GPUFLEET_STATE_DIR") or Path.home() / ".local/state/gpufleet") / "rollouts"
+    return state_root() / "rollouts"
 
 
 def last_unfinished(inventory: str) -> Rollout | None:

@@ -14,12 +14,12 @@ time, so two runs can be compared (:func:`compare`).
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+from gpufleet.private_files import state_root
 from gpufleet.servebench.client import LevelResult
 from gpufleet.table import render_table
 
@@ -92,7 +92,7 @@ def _fmt(value: float | None) -> str:
 def results_dir(explicit: str | None = None) -> Path:
     if explicit:
         return Path(explicit)
-    return Path(os.environ.get("GPUFLEET_STATE_DIR") or Path.home() / ".local/state/gpufleet") / "bench"
+    return state_root() / "bench"
 
 
 def save(run: dict, directory: Path) -> Path:
