@@ -33,13 +33,16 @@ DB = "db-1"
 @pytest.fixture(scope="module")
 def moved(deployed, hosts, tmp_path_factory):
     """Before the move: a document ingested through lb-1 into gpu-node-2's Milvus, and a backup of
-    that Milvus (``(source, backup result)``), to restore on db-1."""
-    source = f"moved-{uuid.uuid4().hex[:8]}/vrillix.md"
-    post(hosts["lb-1"], "/documents", {"source": source, "text": "vrillix quandorp valves vrillix quandorp seals"})
+    that Milvus (``(source, the run's id in its words, backup result)``), to restore on db-1."""
+    # Words of this run only: a kept lab's Milvus still holds an earlier run's document.
+    run = uuid.uuid4().hex[:6]
+    source = f"moved-{run}/vrillix.md"
+    post(hosts["lb-1"], "/documents", {"source": source, "text": f"vrillix{run} quandorp{run} valves vrillix{run} "
+                                                                  f"quandorp{run} seals"})
     made = gpufleet("backup", "inventory/lab.py", "--to", str(tmp_path_factory.mktemp("before-move")), "--json",
                     check=False)
     assert made.returncode == 0, made.stderr[-2000:]
-    return source, json.loads(made.stdout)
+    return source, run, json.loads(made.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +82,8 @@ def test_a_backup_restored_onto_the_fresh_milvus_host_answers_what_was_ingested_
     """The way data moves to a new Milvus host: the backup taken from gpu-node-2 restored onto
     db-1's fresh Milvus (whose collection holds only what the apps index at start)."""
     fleet, hosts = on_db_host
-    source, backup = moved
-    question = {"question": "What do vrillix quandorp valves hold?", "top_k": 1}
+    source, run, backup = moved
+    question = {"question": f"What do vrillix{run} quandorp{run} valves hold?", "top_k": 1}
     assert [s["source"] for s in post(hosts["lb-1"], "/query", question)["sources"]] != [source]  # not there yet
     restored = gpufleet("restore", "inventory/lab.py", "--from", backup["dir"], "--replace", "--json", check=False)
     assert restored.returncode == 0, restored.stderr[-2000:]
@@ -127,6 +130,6 @@ def test_a_milvus_upgrade_on_its_own_host_is_rolled_first_keeps_the_data_and_fai
     assert rows() == before
     # Milvus reloads its collections after the restart, and the rollout's row check must leave them
     # so: the app still answers after the rollout (a released collection fails every query).
-    source, _ = moved
-    reply = post(hosts["lb-1"], "/query", {"question": "What do vrillix quandorp valves hold?", "top_k": 1})
+    source, run, _ = moved
+    reply = post(hosts["lb-1"], "/query", {"question": f"What do vrillix{run} quandorp{run} valves hold?", "top_k": 1})
     assert [s["source"] for s in reply["sources"]] == [source]
