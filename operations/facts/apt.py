@@ -6,7 +6,7 @@ import re
 
 from pyinfra.api import FactBase
 
-from operations.facts.util import quote_all, raise_on_timeout, timed_step
+from operations.facts.util import answer, quote_all, wrap_answer
 
 
 class PackageStates(FactBase):
@@ -24,10 +24,9 @@ class PackageStates(FactBase):
     def command(self, packages: list[str]) -> str:
         names = quote_all(packages)
         # dpkg-query exits 1 when a package is unknown: that is an answer, not an error.
-        return (
-            timed_step(f"dpkg-query -W -f='pkg\\t${{Package}}\\t${{Version}}\\t${{db:Status-Abbrev}}\\n' {names} "
-                       "2>/dev/null") + "; "
-            + timed_step("apt-mark showhold 2>/dev/null | sed 's/^/hold\\t/'") + "; true"
+        return wrap_answer(
+            f"dpkg-query -W -f='pkg\\t${{Package}}\\t${{Version}}\\t${{db:Status-Abbrev}}\\n' {names} 2>/dev/null; "
+            "apt-mark showhold 2>/dev/null | sed 's/^/hold\\t/'"
         )
 
     @staticmethod
@@ -35,10 +34,9 @@ class PackageStates(FactBase):
         return {}
 
     def process(self, output: list[str]) -> dict:  # type: ignore[override]
-        raise_on_timeout(output)
         states: dict[str, dict] = {}
         held = set()
-        for line in output:
+        for line in answer(output):
             parts = line.split("\t")
             if parts[0] == "pkg" and len(parts) >= 4:
                 name, version, status = parts[1].split(":")[0], parts[2], parts[3].strip()
@@ -65,17 +63,17 @@ class AptCandidates(FactBase):
     """
 
     def command(self, packages: list[str]) -> str:
-        return timed_step(f"LC_ALL=C apt-cache policy {quote_all(packages)} 2>/dev/null") + "; true"
+        # Nothing printed (a package no archive knows) is an answer too: {}.
+        return wrap_answer(f"LC_ALL=C apt-cache policy {quote_all(packages)} 2>/dev/null")
 
     @staticmethod
     def default() -> dict:
         return {}
 
     def process(self, output: list[str]) -> dict:  # type: ignore[override]
-        raise_on_timeout(output)
         found: dict[str, dict] = {}
         current = None
-        for line in output:
+        for line in answer(output):
             if line and not line[0].isspace() and line.rstrip().endswith(":"):
                 current = found.setdefault(line.rstrip()[:-1].split(":")[0], {"installed": None, "candidate": None})
                 continue
@@ -96,15 +94,15 @@ class KeyringFingerprints(FactBase):
 
     def command(self, path: str) -> str:
         quoted = quote_all([path])
-        return (f"[ -f {quoted} ] && gpg --show-keys --with-colons {quoted} 2>/dev/null "
-                "| awk -F: '/^fpr/ {print $10}'; true")
+        return wrap_answer(f"[ -f {quoted} ] && gpg --show-keys --with-colons {quoted} 2>/dev/null "
+                           "| awk -F: '/^fpr/ {print $10}'")
 
     @staticmethod
     def default() -> list:
         return []
 
     def process(self, output: list[str]) -> list:  # type: ignore[override]
-        return [line.strip().upper() for line in output if line.strip()]
+        return [line.strip().upper() for line in answer(output) if line.strip()]
 
 
 class KernelFlavours(FactBase):
@@ -119,15 +117,14 @@ class KernelFlavours(FactBase):
         ["generic-hwe-24.04"]        # Ubuntu with the HWE kernel
     """
 
-    command = timed_step("dpkg-query -W -f='${Package} ${db:Status-Abbrev}\\n' 'linux-image-*' 2>/dev/null") + "; true"
+    command = wrap_answer("dpkg-query -W -f='${Package} ${db:Status-Abbrev}\\n' 'linux-image-*' 2>/dev/null")
 
     @staticmethod
     def default() -> list:
         return []
 
     def process(self, output: list[str]) -> list[str]:  # type: ignore[override]
-        raise_on_timeout(output)
-        return kernel_flavours(output)
+        return kernel_flavours(answer(output))
 
 
 RELEASE = re.compile(r"(^|-)\d+\.\d+\.\d+-\d+")  # a kernel release inside a package name

@@ -6,7 +6,7 @@ import shlex
 
 from pyinfra.api import FactBase
 
-from .util import raise_on_timeout, timed_step
+from .util import READ_LIMIT_S, answer, wrap_answer
 
 NGINX_CONF = "/etc/nginx/nginx.conf"
 DRAINED_DIR = "/etc/nginx/gpufleet/drained"  # one marker file per drained replica
@@ -16,6 +16,12 @@ PROMETHEUS_CONF = "/etc/prometheus/prometheus.yml"
 def _sha1_line(key: str, path: str) -> str:
     return f'echo "{key}=$(sha1sum {path} 2>/dev/null | cut -d" " -f1)"'
 
+
+# The members of the config in place (files/nginx/nginx.conf.j2 ends each with "# <name>"), each
+# with the upstream block it is in: ``member=<name> <address:port> [JOINING] upstream=<block>``.
+MEMBERS_AWK = ("awk '$1 == \"upstream\" { u = $2 } $1 == \"server\" && index($0, \";  # \") { "
+               "t = $2; sub(/;$/, \"\", t); c = substr($0, index($0, \";  # \") + 5); n = c; sub(/ .*/, \"\", n); "
+               "print \"member=\" n \" \" t substr(c, length(n) + 1) \" upstream=\" u }'")
 
 
 def key_values(output: list[str]) -> list[tuple[str, str]]:
@@ -43,17 +49,12 @@ class NginxState(FactBase):
     """
 
     def command(self, status_port: int) -> str:
-        return "; ".join([
+        return wrap_answer("; ".join([
             _sha1_line("config_sha1", NGINX_CONF),
             f'for f in {DRAINED_DIR}/*; do [ -f "$f" ] && echo "drained=${{f##*/}}"; done',
             f'echo "live=$(curl -fsS -m 3 http://127.0.0.1:{int(status_port)}/gpufleet-config 2>/dev/null)"',
-            # The members of the config in place (files/nginx/nginx.conf.j2 ends each with "# <name>"),
-            # each with the upstream block it is in.
-            "awk '$1 == \"upstream\" { u = $2 } $1 == \"server\" && index($0, \";  # \") { "
-            "t = $2; sub(/;$/, \"\", t); c = substr($0, index($0, \";  # \") + 5); n = c; sub(/ .*/, \"\", n); "
-            f"print \"member=\" n \" \" t substr(c, length(n) + 1) \" upstream=\" u }}' {NGINX_CONF} 2>/dev/null",
-            "true",
-        ])
+            f"{MEMBERS_AWK} {NGINX_CONF} 2>/dev/null",
+        ]))
 
     @staticmethod
     def default():
@@ -61,7 +62,7 @@ class NginxState(FactBase):
 
     def process(self, output):
         state = self.default()
-        for key, value in key_values(output):
+        for key, value in key_values(answer(output)):
             if key == "config_sha1":
                 state["config_sha1"] = value or None
             elif key == "drained" and value:
@@ -100,14 +101,16 @@ class UpstreamHealth(FactBase):
         for m in members:
             url = shlex.quote(f"http://{m['address']}:{int(m['port'])}/health")
             checks.append(f'echo "{m["name"]}=$(curl -s -o /dev/null -m 3 -w "%{{http_code}}" {url})"')
-        return "; ".join([*checks, "true"])
+        # One probe after another, each at most 3 s: the limit grows with them, so that only a
+        # hung read is killed.
+        return wrap_answer("; ".join(checks) or "true", limit=READ_LIMIT_S + 3 * len(checks))
 
     @staticmethod
     def default():
         return {}
 
     def process(self, output):
-        return {key: value == "200" for key, value in key_values(output) if key}
+        return {key: value == "200" for key, value in key_values(answer(output)) if key}
 
 
 class PrometheusState(FactBase):
@@ -123,12 +126,11 @@ class PrometheusState(FactBase):
     """
 
     def command(self, port: int, address: str = "127.0.0.1") -> str:
-        return "; ".join([
+        return wrap_answer("; ".join([
             _sha1_line("config_sha1", PROMETHEUS_CONF),
             f"echo \"reload=$(curl -fsS -m 3 http://{address}:{int(port)}/metrics 2>/dev/null "
             "| awk '/^prometheus_config_last_reload_successful /{print $2}')\"",
-            "true",
-        ])
+        ]))
 
     @staticmethod
     def default():
@@ -136,7 +138,7 @@ class PrometheusState(FactBase):
 
     def process(self, output):
         state = self.default()
-        for key, value in key_values(output):
+        for key, value in key_values(answer(output)):
             if key == "config_sha1":
                 state["config_sha1"] = value or None
             elif key == "reload":
@@ -149,18 +151,17 @@ class ServiceState(FactBase):
 
     def command(self, service: str) -> str:
         s = shlex.quote(service)
-        # systemctl waits on PID 1; a wedged systemd must not hang the read (util.timed_step).
-        return (f"{timed_step(f'echo active=$(systemctl is-active {s} 2>/dev/null)')}; "
-                f"{timed_step(f'echo enabled=$(systemctl is-enabled {s} 2>/dev/null)')}; true")
+        # systemctl waits on PID 1; a wedged systemd must not hang the read (time-limited: util.wrap_answer).
+        return wrap_answer(f"echo active=$(systemctl is-active {s} 2>/dev/null); "
+                           f"echo enabled=$(systemctl is-enabled {s} 2>/dev/null)")
 
     @staticmethod
     def default():
         return {"active": None, "enabled": None}
 
     def process(self, output):
-        raise_on_timeout(output)
         state = self.default()
-        for key, value in key_values(output):
+        for key, value in key_values(answer(output)):
             if key in state:
                 state[key] = value or None
         return state

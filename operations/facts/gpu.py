@@ -13,7 +13,7 @@ import shlex
 
 from pyinfra.api import FactBase
 
-from .util import envelope, strip_ansi, wrap, wrap_file
+from .util import answer, envelope, strip_ansi, wrap, wrap_answer, wrap_file
 
 QUERY_FIELDS = "index,name,uuid,compute_cap,memory.total,driver_version,pci.bus_id"
 
@@ -234,13 +234,13 @@ class DriverRebootMarker(FactBase):
 
     def command(self, version: str) -> str:
         v = shlex.quote(version)
-        return (f"[ -f /var/lib/gpufleet/driver-reboots/{v} ] && echo marker; "
-                f"[ -e /run/gpufleet-driver-reboot/{v} ] && echo pending; true")
+        return wrap_answer(f"[ -f /var/lib/gpufleet/driver-reboots/{v} ] && echo marker; "
+                           f"[ -e /run/gpufleet-driver-reboot/{v} ] && echo pending")
 
     @staticmethod
     def default():
         return {"marker": False, "rebooted_since": False}
 
     def process(self, output):
-        lines = {line.strip() for line in output}
+        lines = {line.strip() for line in answer(output)}
         return {"marker": "marker" in lines, "rebooted_since": "marker" in lines and "pending" not in lines}

@@ -66,7 +66,7 @@ class BuiltImage(FactBase):
             f"i=$(docker image inspect --format {_INSPECT} {r} 2>/dev/null) && {{ echo \"image=$i\"; "
             f"id=$(docker image inspect --format '{{{{.Id}}}}' {r}); "
             f"if [ -f \"{CHECKED_DIR}/${{id#sha256:}}.json\" ]; then echo checked=yes; else echo checked=no; fi; }}; "
-            f"b=$(docker image inspect --format {_INSPECT} {b} 2>/dev/null) && echo \"base=$b\"; true"))
+            f"if b=$(docker image inspect --format {_INSPECT} {b} 2>/dev/null); then echo \"base=$b\"; fi"))
 
     @staticmethod
     def default():

@@ -11,7 +11,7 @@ import re
 
 from pyinfra.api import FactBase
 
-from .util import KILL_AFTER_S, READ_LIMIT_S
+from .util import KILL_AFTER_S, READ_LIMIT_S, answer, timed, wrap_answer
 
 MARK = "__gpufleet_k"
 KEEP = 50  # the last events kept with their text (all are counted)
@@ -20,12 +20,14 @@ _XID = re.compile(r"NVRM: Xid \(([^)]*)\): (\d+)")
 
 # journalctl exits 0 with "No journal files were found" / "-- No entries --" when the user may not
 # read the journal: only output with kernel timestamps counts as read.
+# Each of the two reads has the usual time limit, and one that runs out is a log not read (its
+# reason says exit 124), not a failed fact; the whole read's own limit covers both.
 KERNEL_LOG_COMMAND = (
-    f"k=$(timeout -k {KILL_AFTER_S} {READ_LIMIT_S} dmesg 2>&1); krc=$?; src=dmesg; "
+    f"k=$( {timed('dmesg')} 2>&1); krc=$?; src=dmesg; "
     'if [ "$krc" != 0 ]; then src=; '
     "why=\"dmesg (exit $krc): $(printf '%s' \"$k\" | head -n 1)\"; "
     "if command -v journalctl >/dev/null 2>&1; then "
-    f"j=$(timeout -k {KILL_AFTER_S} {READ_LIMIT_S} journalctl -k -b -o short-monotonic --no-pager 2>&1); "
+    f"j=$( {timed('journalctl -k -b -o short-monotonic --no-pager')} 2>&1); "
     "if printf '%s\\n' \"$j\" | grep -q '^\\[ *[0-9]'; then k=$j; src=journalctl; "
     "else why=\"$why; journalctl -k -b: $(printf '%s' \"$j\" | head -n 1)\"; fi; "
     'else why="$why; no journalctl"; fi; fi; '
@@ -64,7 +66,7 @@ class KernelXids(FactBase):
     "count": None, ...}``. ``events`` holds the last 50; ``count`` counts them all.
     """
 
-    command = KERNEL_LOG_COMMAND
+    command = wrap_answer(KERNEL_LOG_COMMAND, limit=2 * (READ_LIMIT_S + KILL_AFTER_S) + 10)
 
     @staticmethod
     def default():
@@ -72,7 +74,7 @@ class KernelXids(FactBase):
 
     def process(self, output):
         found = self.default()
-        for line in output:
+        for line in answer(output, strict=True):
             if not line.startswith(MARK):
                 continue
             key, _, value = line[len(MARK):].partition("=")

@@ -6,6 +6,8 @@ import shlex
 
 from pyinfra.api import FactBase
 
+from .util import answer, wrap_answer
+
 GENERATION_MARK = "# gpufleet-generation "
 
 
@@ -26,10 +28,10 @@ class CredentialsGeneration(FactBase):
 
     def command(self, path: str) -> str:
         q_path = shlex.quote(path)
-        return f"if [ -f {q_path} ]; then sed -n 1p {q_path}; fi"
+        return wrap_answer(f"if [ -f {q_path} ]; then sed -n 1p {q_path}; fi")
 
     def process(self, output):
-        line = "\n".join(output).strip()
+        line = "\n".join(answer(output, strict=True)).strip()  # a file sed cannot read: no answer
         if not line.startswith(GENERATION_MARK):
             return None
         value = line[len(GENERATION_MARK):].strip()

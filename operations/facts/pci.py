@@ -7,7 +7,7 @@ import shlex
 
 from pyinfra.api import FactBase
 
-from .util import RC, envelope, wrap
+from .util import envelope, wrap, wrap_answer
 
 NVIDIA_VENDOR = "10de"
 GPU_CLASSES = ("0300", "0302")  # VGA compatible controller, 3D controller
@@ -220,13 +220,14 @@ class NvidiaPciDevices(FactBase):
     def command(self, dump_file: str | None = None):
         if dump_file:
             return wrap("lspci", f"lspci -Dnn -F {shlex.quote(dump_file)}")
-        # Without pciutils, read sysfs and print what `lspci -Dnn` would (minus the names).
-        return (
-            f"if command -v lspci >/dev/null 2>&1; then {{ lspci -Dnn; }} 2>&1; echo \"{RC}$?\"; "
+        # Without pciutils, read sysfs and print what `lspci -Dnn` would (minus the names); the
+        # loop's status is 0 (a `continue` or an `echo` is the last thing it runs).
+        return wrap_answer(
+            "if command -v lspci >/dev/null 2>&1; then lspci -Dnn 2>&1; "
             "else for d in /sys/bus/pci/devices/*; do [ -r \"$d/vendor\" ] || continue; "
             "v=$(cat \"$d/vendor\"); [ \"$v\" = 0x10de ] || continue; "
             "echo \"${d##*/} PCI device [$(cut -c3-6 \"$d/class\")]: NVIDIA Corporation Device [10de:$(cut -c3-6 \"$d/device\")]\"; "
-            f"done; echo \"{RC}0\"; fi"
+            "done; fi"
         )
 
     @staticmethod

@@ -6,6 +6,8 @@ import json
 
 from pyinfra.api import FactBase
 
+from .util import answer, wrap_answer
+
 LOCK_PATH = "/var/lib/gpufleet/rollout.lock"
 VLLM_ROLE_LABEL = "io.gpufleet.role=vllm"
 # No Docker (a fresh host), or dockerd stopped by systemd without live-restore (its containers
@@ -29,14 +31,14 @@ class RolloutLock(FactBase):
         {"id": "r-20261204-181500-ab12", "holder": "sre@ctl-1", "since": "2026-12-04T18:15:02Z", "state": "updating"}
     """
 
-    command = f"cat {LOCK_PATH} 2>/dev/null || true"
+    command = wrap_answer(f"cat {LOCK_PATH} 2>/dev/null")  # no lock file: no lock
 
     @staticmethod
     def default():
         return None
 
     def process(self, output):
-        text = "\n".join(output).strip()
+        text = "\n".join(answer(output)).strip()
         if not text:
             return None
         try:
@@ -55,16 +57,16 @@ class LiveReplicas(FactBase):
         ["vllm-gpu-node-1-vllm-0"]
     """
 
-    # A Docker that fails or hangs is no answer: the fact fails, and so does the deploy that asked
-    # (the serving gate must never read "none" from a Docker it could not ask).
-    command = (f"{DOCKER_GUARD}timeout -k 5 60 docker ps --filter label={VLLM_ROLE_LABEL} --format '{{{{.Names}}}}'")
+    # A Docker that fails or hangs is no answer: the fact fails (strict), and so does the deploy
+    # that asked (the serving gate must never read "none" from a Docker it could not ask).
+    command = wrap_answer(f"{DOCKER_GUARD}docker ps --filter label={VLLM_ROLE_LABEL} --format '{{{{.Names}}}}'")
 
     @staticmethod
     def default():
         return []
 
     def process(self, output):
-        return sorted(line.strip() for line in output if line.strip())
+        return sorted(line.strip() for line in answer(output, strict=True) if line.strip())
 
 
 class ReplicaContainers(FactBase):
@@ -77,11 +79,12 @@ class ReplicaContainers(FactBase):
         ["vllm-gpu-node-1-vllm-0", "vllm-gpu-node-1-vllm-1"]
     """
 
-    command = f"{DOCKER_GUARD}timeout -k 5 60 docker ps -a --filter label={VLLM_ROLE_LABEL} --format '{{{{.Names}}}}'"
+    command = wrap_answer(f"{DOCKER_GUARD}docker ps -a --filter label={VLLM_ROLE_LABEL} --format '{{{{.Names}}}}'")
 
     @staticmethod
     def default():
         return []
 
     def process(self, output):
-        return sorted(n.strip() for n in output if n.strip() and not n.strip().endswith(".gpufleet-previous"))
+        names = (n.strip() for n in answer(output, strict=True))  # as LiveReplicas: a failed read is no answer
+        return sorted(n for n in names if n and not n.endswith(".gpufleet-previous"))

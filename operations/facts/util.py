@@ -1,23 +1,49 @@
-"""Shared helpers for gpufleet facts: commands that never fail the host, and their envelope.
+"""Shared helpers for gpufleet facts: one envelope for every read, and its parser.
 
 pyinfra fails a host when a fact's command exits non-zero. Hardware tools do exactly that when
 something is wrong (nvidia-smi exits 9 when the driver is not loaded), which is when we most want
-the fact. So every fact command is wrapped in sh so that it always exits 0 and reports the tool's
-real exit status on a marker line; `envelope()` turns that back into
-`{"status": "ok"|"failed"|"missing", "exit_code": N, "error": str|None}`.
+the fact. So every fact's command is built here and has one shape, the envelope: it always exits
+0, prints the read's own output, and ends with a status line::
 
-Every remote read has a time limit on the host (`timed`: coreutils `timeout`, TERM then KILL), so a
-hung tool (``nvidia-smi`` with a GPU fallen off the bus, a wedged dockerd) cannot stall the run. A
-read that timed out is never taken for an answer ("no containers", "driver not loaded" would make
-operations act: recreate, reboot): `envelope()` raises pyinfra's FactProcessError, so pyinfra fails
-that host (nothing runs on it) and ``gpufleet drift`` reports it "not checked", naming the read. A
-process stuck in the kernel (D state) ignores even KILL: the control side's own limit on each
-command (``_timeout``, gpufleet.host_reads) covers that case.
+    <the read's output>
+    __gpufleet_timeout=60     (only when the read was killed at its time limit)
+    __gpufleet_rc=<the read's exit status>
+
+or prints only ``__gpufleet_missing`` when the tool it reads is not installed. A read of several
+steps (``dpkg-query``, then ``apt-mark``) prints each step's output, then the one status. (The
+two scripts of doctor.py are sections of this shape, one per tool, built in their own shell.)
+
+* :func:`wrap` reads a tool (its stdout and stderr; missing when the tool is not on the PATH),
+  :func:`wrap_file` a file (missing when it is not readable), :func:`wrap_answer` anything else:
+  a read whose answer is what it prints on stdout, printing nothing included (``apt-cache policy``
+  of an unknown package).
+* :func:`envelope` splits the output into ``{"status": "ok"|"failed"|"missing", "exit_code": N,
+  "error": str|None}`` and the read's own lines; :func:`answer` (on top of it) gives the lines of
+  a :func:`wrap_answer` read, whose exit status is part of its answer unless the fact says a
+  failed read is no answer (``strict``: pyinfra then fails the host, as for a failing command).
+
+Every remote read has a time limit on the host (:func:`timed`: coreutils ``timeout``, TERM then
+KILL), so a hung tool (``nvidia-smi`` with a GPU fallen off the bus, a wedged dockerd) cannot stall
+the run. A read that timed out is never taken for an answer ("no containers", "driver not loaded"
+would make operations act: recreate, reboot): :func:`envelope` raises :class:`ReadTimedOut`, a
+pyinfra FactProcessError, so pyinfra fails that host (nothing runs on it) and ``gpufleet drift``
+reports it "not checked", naming the read. A process stuck in the kernel (D state) ignores even
+KILL: the control side's own limit on each command (``_timeout``, gpufleet.host_reads) covers that
+case.
+
+Example (a fact in this style)::
+
+    class KernelFlavours(FactBase):
+        command = wrap_answer("dpkg-query -W -f='${Package} ${db:Status-Abbrev}\\n' 'linux-image-*' 2>/dev/null")
+
+        def process(self, output):
+            return kernel_flavours(answer(output))  # ReadTimedOut if dpkg-query hung
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 
 from pyinfra.api.exceptions import FactProcessError
 
@@ -43,18 +69,8 @@ def timed(command: str, limit: int = READ_LIMIT_S) -> str:
     >>> timed("nvidia-smi -L", 30)
     "( timeout -k 5 30 sh -c 'nvidia-smi -L' & t=$!; wait $t; rc=$?; kill -KILL -$t 2>/dev/null; exit $rc )"
     """
-    import shlex
-
     return (f"( timeout -k {KILL_AFTER_S} {int(limit)} sh -c {shlex.quote(command)} & t=$!; wait $t; rc=$?; "
             "kill -KILL -$t 2>/dev/null; exit $rc )")
-
-
-def timed_step(command: str, limit: int = READ_LIMIT_S) -> str:
-    """One step of a fact that prints several things: `command` under the limit, and a line
-    ``__gpufleet_timeout=<limit>`` if it was killed (see :func:`raise_on_timeout`)."""
-    codes = " ".join(str(c) for c in TIMEOUT_CODES)
-    return (f'{timed(command, limit)}; rc=$?; for t in {codes}; do [ "$rc" != "$t" ] || '
-            f'echo "{TIMED_OUT}{int(limit)}"; done')
 
 
 class ReadTimedOut(FactProcessError):
@@ -63,7 +79,9 @@ class ReadTimedOut(FactProcessError):
 
 
 def raise_on_timeout(output: list[str]) -> None:
-    """Raise ReadTimedOut (a FactProcessError) when a step of the fact was killed for taking too long.
+    """Raise ReadTimedOut (a FactProcessError) when the output says the read was killed at its limit.
+
+    :func:`envelope` calls it for every read that did not exit 0.
 
     >>> raise_on_timeout(["ii libnccl2", "__gpufleet_timeout=60"])
     Traceback (most recent call last):
@@ -89,6 +107,9 @@ def wrap(tool: str, command: str, limit: int = READ_LIMIT_S) -> str:
     Prints `__gpufleet_missing` when `tool` is not on the PATH, otherwise the command's stdout and
     stderr followed by `__gpufleet_rc=<exit status>`; the command is killed after `limit` seconds
     (then `__gpufleet_timeout=<limit>` comes before the rc line).
+
+    >>> wrap("nvidia-smi", "nvidia-smi -L").startswith("command -v nvidia-smi >/dev/null 2>&1 || ")
+    True
     """
     return (
         f"command -v {tool} >/dev/null 2>&1 || {{ echo {MISSING}; exit 0; }}; "
@@ -100,12 +121,37 @@ def wrap_file(path: str, limit: int = READ_LIMIT_S) -> str:
     """Shell text that prints a readable file followed by the rc marker, or the missing marker.
 
     The read is time-limited too: /proc files of a wedged driver can block their readers.
+    `path` is shell text (quote it if it needs quoting).
     """
     # $(...) drops trailing newlines and printf puts one back: a file without a final newline
     # cannot swallow the marker line.
     show = 'printf "%s\\n" "$out"; '
-    return (f"if [ -r {path} ]; then out=$(timeout -k {KILL_AFTER_S} {int(limit)} cat {path} 2>&1); "
+    return (f"if [ -r {path} ]; then out=$( {timed(f'cat {path}', limit)} 2>&1); "
             f"{_status_lines(limit, then=show)}; else echo {MISSING}; fi")
+
+
+def wrap_answer(command: str, limit: int = READ_LIMIT_S) -> str:
+    """Shell text that runs `command` (shell text: one step or several) and always exits 0: its
+    stdout, then `__gpufleet_rc=<exit status of its last step>`; killed after `limit` seconds
+    (then `__gpufleet_timeout=<limit>` comes before the rc line).
+
+    For reads whose answer is what they print, nothing included: no missing marker (a step that
+    needs a missing tool prints what it prints without it), and stderr is left out of the answer,
+    as pyinfra leaves it out of a fact's output. Parse the output with :func:`answer`.
+
+    >>> for part in wrap_answer("cat /etc/hostname", 10).split("; "): print(part)
+    ( timeout -k 5 10 sh -c 'cat /etc/hostname' & t=$!
+    wait $t
+    rc=$?
+    kill -KILL -$t 2>/dev/null
+    exit $rc )
+    rc=$?
+    for t in 124 137
+    do [ "$rc" != "$t" ] || echo "__gpufleet_timeout=10"
+    done
+    echo "__gpufleet_rc=$rc"
+    """
+    return f"{timed(command, limit)}; {_status_lines(limit)}"
 
 
 def strip_ansi(text: str) -> str:
@@ -113,7 +159,7 @@ def strip_ansi(text: str) -> str:
 
 
 def envelope(output: list[str], missing: str = "command not found") -> tuple[dict, list[str]]:
-    """Split wrapped output into (status dict, the tool's own output lines).
+    """Split enveloped output into (status dict, the read's own output lines).
 
     >>> envelope(["GPU 0: x", "__gpufleet_rc=0"])
     ({'status': 'ok', 'exit_code': 0, 'error': None}, ['GPU 0: x'])
@@ -128,11 +174,11 @@ def envelope(output: list[str], missing: str = "command not found") -> tuple[dic
     if any(line.strip() == MISSING for line in lines):
         return {"status": "missing", "exit_code": None, "error": missing}, []
     exit_code = None
-    limit = None
+    timed_out = []
     body = []
     for line in lines:
         if line.startswith(TIMED_OUT):
-            limit = line[len(TIMED_OUT):].strip()
+            timed_out.append(line)
             continue
         if line.startswith(RC):
             try:
@@ -143,14 +189,36 @@ def envelope(output: list[str], missing: str = "command not found") -> tuple[dic
         body.append(line)
     if exit_code == 0:
         return {"status": "ok", "exit_code": 0, "error": None}, body
-    if limit is not None:
-        raise_on_timeout([f"{TIMED_OUT}{limit}"])
+    raise_on_timeout(timed_out)
     error = " ".join(line.strip() for line in body if line.strip()) or "no output"
     return {"status": "failed", "exit_code": exit_code, "error": error}, body
 
 
+def answer(output: list[str], strict: bool = False) -> list[str]:
+    """The output lines of a :func:`wrap_answer` read, through :func:`envelope`.
+
+    Its exit status is part of the answer (``dpkg-query`` exits 1 for a package it does not know),
+    unless `strict`: then a read that exited non-zero is no answer and raises FactProcessError
+    (pyinfra fails the host, as it does for a fact command that fails). A read killed at its time
+    limit is never an answer: ReadTimedOut.
+
+    >>> answer(["marker", "__gpufleet_rc=1"])
+    ['marker']
+    >>> answer(["__gpufleet_rc=1"], strict=True)
+    Traceback (most recent call last):
+    ...
+    pyinfra.api.exceptions.FactProcessError: the read failed (exit 1): no output
+    >>> answer(["__gpufleet_timeout=60", "__gpufleet_rc=124"])
+    Traceback (most recent call last):
+    ...
+    operations.facts.util.ReadTimedOut: no answer within 60 s (killed on the host)
+    """
+    result, body = envelope(output)
+    if strict and result["status"] != "ok":
+        raise FactProcessError(f"the read failed (exit {result['exit_code']}): {result['error']}")
+    return body
+
+
 def quote_all(words: list[str]) -> str:
     """Shell-quote each word and join with spaces (package names, paths)."""
-    import shlex
-
     return " ".join(shlex.quote(w) for w in words)

@@ -8,6 +8,8 @@ import shlex
 
 from pyinfra.api import FactBase
 
+from .util import answer, wrap_answer
+
 MARKER = ".gpufleet-staged.json"  # in the staged directory; written last, after verification
 ARCHIVE_DIR = re.compile(r"[0-9a-f]{64}(\.replaced-\d+)?")  # what operations/weights.py stages
 MANIFEST = ".gpufleet-manifest.sha256"  # `sha256sum -c` input for every staged file (URL archives)
@@ -35,11 +37,11 @@ class StagedWeights(FactBase):
     def command(self, directory: str) -> str:
         d = directory if "$(" in directory else shlex.quote(directory)
         marker = shlex.quote(MARKER)
-        return (f'd={d}; if [ -f "$d/"{marker} ]; then cat "$d/"{marker}; echo; '
-                f'set -- "$d"; {COUNT_FILES}; else echo absent; fi')
+        return wrap_answer(f'd={d}; if [ -f "$d/"{marker} ]; then cat "$d/"{marker}; echo; '
+                           f'set -- "$d"; {COUNT_FILES}; else echo absent; fi')
 
     def process(self, output: list[str]) -> dict:
-        lines = [line for line in output if line.strip()]
+        lines = [line for line in answer(output, strict=True) if line.strip()]
         if not lines or lines[0].strip() == "absent":
             return {"marker": None, "files": 0, "bytes": 0}
         try:
@@ -65,19 +67,19 @@ class StagedArchives(FactBase):
     def command(self, models_dir: str) -> str:
         # A replaced copy (<sha256>.replaced-<time>) is what a container started before that time
         # still has mounted: Docker names the original path, the mount follows the renamed one.
-        return (f"cd {shlex.quote(models_dir)} 2>/dev/null || exit 0; for d in *; do "
-                '[ -d "$d" ] || continue; case "$d" in '
-                '*.replaced-*) ts="${d##*.replaced-}"; n=0; '
-                'for c in $(docker ps -q --filter volume="$PWD/${d%%.replaced-*}" 2>/dev/null); do '
-                "s=$(date -d \"$(docker inspect -f '{{.State.StartedAt}}' \"$c\")\" +%s 2>/dev/null || echo 0); "
-                '[ "$s" -lt "$ts" ] && n=$((n + 1)); done ;; '
-                '*) n=$(docker ps -aq --filter volume="$PWD/$d" 2>/dev/null | wc -l) ;; esac; '
-                'docker info >/dev/null 2>&1 || n=unknown; '
-                'echo "$d $(stat -c %Y "$d") $n"; done')
+        return wrap_answer(f"cd {shlex.quote(models_dir)} 2>/dev/null || exit 0; for d in *; do "
+                           '[ -d "$d" ] || continue; case "$d" in '
+                           '*.replaced-*) ts="${d##*.replaced-}"; n=0; '
+                           'for c in $(docker ps -q --filter volume="$PWD/${d%%.replaced-*}" 2>/dev/null); do '
+                           "s=$(date -d \"$(docker inspect -f '{{.State.StartedAt}}' \"$c\")\" +%s 2>/dev/null || echo 0); "
+                           '[ "$s" -lt "$ts" ] && n=$((n + 1)); done ;; '
+                           '*) n=$(docker ps -aq --filter volume="$PWD/$d" 2>/dev/null | wc -l) ;; esac; '
+                           'docker info >/dev/null 2>&1 || n=unknown; '
+                           'echo "$d $(stat -c %Y "$d") $n"; done')
 
     def process(self, output: list[str]) -> list[dict]:
         found = []
-        for line in output:
+        for line in answer(output, strict=True):
             parts = line.split()
             if len(parts) != 3 or not parts[1].isdigit() or not ARCHIVE_DIR.fullmatch(parts[0]):
                 continue  # not a staged archive (another file an operator keeps there)

@@ -187,7 +187,7 @@ XID_13 = ("[ 9001.500000] NVRM: Xid (PCI:0000:02:00): 13, pid=3107, name=python3
 
 def kernel_output(*events, boot=BOOT):
     return ([f"__gpufleet_kboot={boot}", "__gpufleet_ksource=dmesg", f"__gpufleet_kcount={len(events)}"]
-            + [f"__gpufleet_kevent={e}" for e in events])
+            + [f"__gpufleet_kevent={e}" for e in events] + [RC0])
 
 
 def xid_items(output, before):
@@ -217,7 +217,7 @@ def test_an_unreadable_kernel_log_is_not_zero_events():
 
     unreadable = [f"__gpufleet_kboot={BOOT}",
                   "__gpufleet_kunreadable=dmesg (exit 1): dmesg: read kernel buffer failed: Operation not permitted; "
-                  "journalctl -k -b: No journal files were found."]
+                  "journalctl -k -b: No journal files were found.", RC0]
     with pytest.raises(NotChecked, match="could not read the kernel log.*Operation not permitted"):
         xid_items(unreadable, {})
     found, _ = xid_items(kernel_output(), {})  # the neighbour: readable, and no XID at all

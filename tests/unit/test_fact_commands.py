@@ -19,11 +19,13 @@ import pytest
 
 from pyinfra.api.exceptions import FactProcessError
 
-from operations.facts.apt import PackageStates
+from operations.facts.apt import AptCandidates, KeyringFingerprints, PackageStates
+from operations.facts.edge import ServiceState
 from operations.facts.gpu_health import GpuHealth
 from operations.facts.images import BuiltImage
 from operations.facts.kernel_log import KernelXids
-from operations.facts.util import envelope, wrap, wrap_file
+from operations.facts.milvus import CredentialsGeneration
+from operations.facts.util import ReadTimedOut, envelope, wrap, wrap_file
 from operations.vllm import build_command, check_command
 
 XID = "[ 8523.121244] NVRM: Xid (PCI:0000:01:00): 79, pid=2207, name=python3, GPU has fallen off the bus."
@@ -67,6 +69,70 @@ def test_a_multi_step_fact_that_hangs_fails_instead_of_reading_as_not_installed(
     out = run(command, tmp_path)
     with pytest.raises(FactProcessError, match="no answer within 60 s"):
         PackageStates().process(out)  # (the marker still names the 60 s of the real command)
+
+
+def test_an_answer_only_read_that_hangs_fails_with_the_same_error_as_a_tool_read(tmp_path):
+    """systemctl waiting on a wedged PID 1: never "inactive" or "not enabled"."""
+    tool(tmp_path, "systemctl", "exec sleep 30\n")
+    started = time.monotonic()
+    out = run(ServiceState().command("docker").replace("timeout -k 5 60", "timeout -k 5 1"), tmp_path)
+    assert time.monotonic() - started < 10
+    assert out[-2:] == ["__gpufleet_timeout=60", "__gpufleet_rc=124"]
+    with pytest.raises(ReadTimedOut, match=r"^no answer within 60 s \(killed on the host\)$"):
+        ServiceState().process(out)
+
+
+def _only(bin_dir: Path, *names: str) -> Path:
+    """`bin_dir` holding the shell and coreutils a read needs, and none of the tools it asks."""
+    import shutil
+
+    bin_dir.mkdir(exist_ok=True)
+    for name in ("sh", "timeout", "cat", "sed", "awk", *names):
+        if not (bin_dir / name).exists():
+            (bin_dir / name).symlink_to(shutil.which(name))
+    return bin_dir
+
+
+def run_only(command: str, bin_dir: Path) -> list[str]:
+    done = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, env={"PATH": str(bin_dir)},
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_answer_only_reads_whose_tool_is_missing_answer_as_before(tmp_path):
+    bin_dir = _only(tmp_path / "bin")
+    assert ServiceState().process(run_only(ServiceState().command("docker"), bin_dir)) == ServiceState.default()
+    assert AptCandidates().process(run_only(AptCandidates().command(["nginx"]), bin_dir)) == {}
+    assert PackageStates().process(run_only(PackageStates().command(["libnccl2"]), bin_dir)) == {}
+    keyring = tmp_path / "key.gpg"
+    keyring.write_text("not a key")
+    assert KeyringFingerprints().process(run_only(KeyringFingerprints().command(str(keyring)), bin_dir)) == []
+
+
+def test_an_answer_only_read_that_exits_non_zero_is_still_an_answer(tmp_path):
+    # dpkg-query exits 1 for a package it does not know; apt-mark still names the held ones.
+    bin_dir = _only(tmp_path / "bin")
+    tool(bin_dir, "dpkg-query", "echo 'dpkg-query: no packages found matching libnccl2' >&2; exit 1\n")
+    tool(bin_dir, "apt-mark", "echo libnccl-dev\n")
+    out = run_only(PackageStates().command(["libnccl2", "libnccl-dev"]), bin_dir)
+    assert PackageStates().process(out) == {"libnccl-dev": {"version": None, "held": True}}
+    # apt-cache policy of a package no archive knows prints nothing: an answer, not a failure.
+    tool(bin_dir, "apt-cache", "exit 0\n")
+    assert AptCandidates().process(run_only(AptCandidates().command(["no-such-package"]), bin_dir)) == {}
+
+
+def test_a_strict_read_that_exits_non_zero_fails_and_one_that_answers_does_not(tmp_path):
+    env_file = tmp_path / "minio.env"
+    env_file.write_text("# gpufleet-generation 3\nMINIO_ROOT_PASSWORD=x\n")
+    bin_dir = _only(tmp_path / "bin")
+    assert CredentialsGeneration().process(run_only(CredentialsGeneration().command(str(env_file)), bin_dir)) == 3
+    absent = run_only(CredentialsGeneration().command(str(tmp_path / "none")), bin_dir)
+    assert absent == ["__gpufleet_rc=0"] and CredentialsGeneration().process(absent) is None
+    (bin_dir / "sed").unlink()
+    tool(bin_dir, "sed", "echo 'sed: cannot read minio.env: Permission denied' >&2; exit 2\n")
+    with pytest.raises(FactProcessError, match=r"^the read failed \(exit 2\)"):
+        CredentialsGeneration().process(run_only(CredentialsGeneration().command(str(env_file)), bin_dir))
 
 
 def test_a_tool_that_fails_quickly_is_a_failure_not_a_timeout(tmp_path):

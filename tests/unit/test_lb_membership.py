@@ -78,20 +78,23 @@ def test_a_fresh_lb_renders_the_inventory_without_probing(lb):
     assert rows == [NODE1, NODE2] and joining == set() and fake.asked == []
 
 
-def test_the_nginx_fact_reads_the_members_of_the_config_in_place():
+def test_the_nginx_fact_reads_the_members_of_the_config_in_place(tmp_path, monkeypatch):
+    from operations.facts import edge
     from operations.facts.edge import NginxState
 
     app = {"name": "gpu-node-1-rag-app", "address": "10.0.0.1", "port": 8080, "upstream": "rag_app"}
     text, _ = loadbalancer.render([NODE1, NODE1_NEW, app], ["gpu-node-1-vllm-0", app["name"]], None,
                                   {"gpu-node-1-vllm-1"})
     assert "upstream rag_app {" in text and "proxy_pass http://rag_app;" in text
-    # What the fact's awk prints for the whole rendered file, run here with the host's awk.
+    # The fact's command on the whole rendered file, run here with the host's sh and awk.
     import subprocess
 
-    command = NginxState().command(8081)
-    awk = command[command.index("awk "):command.index(" /etc/nginx/nginx.conf 2>/dev/null; true")]
-    out = subprocess.run(["sh", "-c", awk], input=text, capture_output=True, text=True).stdout
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(text)
+    monkeypatch.setattr(edge, "NGINX_CONF", str(conf))
+    out = subprocess.run(["sh", "-c", NginxState().command(9)], capture_output=True, text=True).stdout
     state = NginxState().process(out.splitlines())
+    assert state["config_sha1"] and state["live_config_id"] is None  # nothing answers on port 9 here
     assert state["members"] == [NODE1, {**NODE1_NEW, "joining": True}, app]
     # Without the app, no app upstream and no app server.
     text, _ = loadbalancer.render([NODE1], [], None)

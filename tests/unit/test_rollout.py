@@ -304,15 +304,22 @@ def test_the_rollout_bench_reads_docker_times_and_the_state_history():
 
 @pytest.mark.parametrize("fact", ["LiveReplicas", "ReplicaContainers"])
 def test_a_docker_that_fails_is_no_answer_never_no_replicas(tmp_path, fact):
+    import shutil
     import subprocess
+
+    from pyinfra.api.exceptions import FactProcessError
 
     from operations.facts import rollout as facts
 
-    command = getattr(facts, fact).command
+    cls = getattr(facts, fact)
+    command = cls.command
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
+    for name in ("sh", "timeout"):  # what the read's time limit runs, and nothing of Docker
+        (bin_dir / name).symlink_to(shutil.which(name))
     no_docker = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, env={"PATH": str(bin_dir)})
-    assert no_docker.returncode == 0 and no_docker.stdout == ""  # a fresh host: nothing runs
+    assert no_docker.returncode == 0 and no_docker.stdout == "__gpufleet_rc=0\n"  # a fresh host: nothing runs
+    assert cls().process(no_docker.stdout.splitlines()) == []
     docker = bin_dir / "docker"
     docker.write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n")
     docker.chmod(0o755)
@@ -321,7 +328,9 @@ def test_a_docker_that_fails_is_no_answer_never_no_replicas(tmp_path, fact):
     systemctl.chmod(0o755)
     broken = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True,
                             env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
-    assert broken.returncode != 0  # pyinfra fails the fact, and the deploy that asked
+    assert broken.returncode == 0 and broken.stdout.splitlines()[-1] == "__gpufleet_rc=1"
+    with pytest.raises(FactProcessError, match=r"^the read failed \(exit 1\)"):
+        cls().process(broken.stdout.splitlines())  # pyinfra fails the fact, and the deploy that asked
 
 
 def test_a_node_that_fails_at_its_lock_gives_the_lock_back_and_a_resumed_node_is_never_undrained_half_updated(
@@ -380,7 +389,8 @@ def test_a_stopped_docker_service_without_live_restore_runs_nothing(tmp_path):
         tool.chmod(0o755)
     run = subprocess.run(["/bin/sh", "-c", LiveReplicas.command], capture_output=True, text=True,
                          env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
-    assert run.returncode == 0 and run.stdout == ""
+    assert run.returncode == 0 and run.stdout == "__gpufleet_rc=0\n"
+    assert LiveReplicas().process(run.stdout.splitlines()) == []
 
 
 def test_a_state_file_from_before_kinds_resumes_with_the_kind_it_meant(tmp_path, monkeypatch):
