@@ -11,6 +11,11 @@ and prints the wall times, (b)/(a), (c)/(b), N=max/N=min for each, and the comma
 (every shell command pyinfra runs over SSH, counted at the connector). Targets from the issue:
 (b)/(a) <= 2, (c)/(b) <= 1.2, N=4/N=1 <= 1.3. Timings are noisy on shared machines: each number is
 the median of --repeat runs, and the ratios come from the same run.
+
+Options: ``--lanes 1,4`` measures each size once per number of concurrent reads in the prefetch
+(operations/fact_prefetch.READ_LANES; 1 is the one-after-another read of earlier versions), and
+``--as-is`` measures the lab as deployed (its size, its TP=2 replicas) without reshaping it:
+``python -m gpufleet.bench --as-is --lanes 1,4 2``.
 """
 
 from __future__ import annotations
@@ -35,12 +40,20 @@ OVERRIDES = {
 }
 
 
+def overrides() -> dict:
+    """The bench's data on top of the lab's: none when it measures the lab as it is (``--as-is``)."""
+    return {} if AS_IS else OVERRIDES
+
+
+AS_IS = False  # --as-is: measure the lab as deployed (its size, its TP), without reshaping it
+
+
 def floor() -> None:
     from pyinfra.facts.server import Hostname
 
     from gpufleet.remote import connected, run_parallel
 
-    with connected(INVENTORY, overrides=OVERRIDES) as (state, _, reachable, _unreachable):
+    with connected(INVENTORY, overrides=overrides()) as (state, _, reachable, _unreachable):
         run_parallel(state, reachable, lambda h: h.get_fact(Hostname))
 
 
@@ -49,8 +62,8 @@ def converge(setup: bool = False) -> None:
     window (the bench's TP=1 replicas replace the lab's, which the serving gate refuses otherwise)."""
     from gpufleet.deploy_run import execute, planned
 
-    overrides = {**OVERRIDES, "allow_serving_disruption": True} if setup else OVERRIDES
-    with planned(INVENTORY, overrides=overrides, check_for_changes=False) as plan:
+    data = {**overrides(), "allow_serving_disruption": True} if setup else overrides()
+    with planned(INVENTORY, overrides=data, check_for_changes=False) as plan:
         results = execute(plan, [h.name for h in plan.hosts])
     if not all(results.values()):
         raise RuntimeError(f"converge failed: {results}")
@@ -59,7 +72,7 @@ def converge(setup: bool = False) -> None:
 def drift() -> None:
     from gpufleet.drift import check
 
-    report = check(INVENTORY, overrides=OVERRIDES)
+    report = check(INVENTORY, overrides=overrides())
     if report.exit_code != 0:
         raise RuntimeError(f"the lab is not clean: {report.as_dict()['drifted_hosts']}")
 
@@ -92,52 +105,69 @@ def measure(fn, repeat: int) -> tuple[float, float, float | None]:
     return statistics.median(times), statistics.median(per_host), statistics.median(host_cpu) if host_cpu else None
 
 
-def one_size(n: int, repeat: int) -> dict:
-    """Bring the lab to N nodes, converge it (not measured), then measure (a), (b), (c)."""
+def one_size(n: int, repeat: int, lanes: int) -> dict:
+    """Bring the lab to N nodes, converge it (not measured), then measure (a), (b), (c) with the
+    prefetch reading ``lanes`` facts at a time on each host (operations/fact_prefetch.READ_LANES)."""
     from gpufleet.lab.control import up
+    from operations import fact_prefetch
 
-    up(n, 1)
-    converge(setup=True)
+    if not AS_IS:
+        up(n, 1)
+        converge(setup=True)
+    fact_prefetch.READ_LANES = lanes
     a, ca, ha = measure(floor, repeat)
     b, cb, hb = measure(converge, repeat)
     c, cc, hc = measure(drift, repeat)
-    return {"nodes": n, "floor": a, "converge": b, "drift": c, "cmds": [ca, cb, cc], "hosts_cpu": [ha, hb, hc]}
+    return {"nodes": n, "lanes": lanes, "floor": a, "converge": b, "drift": c, "cmds": [ca, cb, cc],
+            "hosts_cpu": [ha, hb, hc]}
 
 
-def main(sizes: list[int], repeat: int = 3) -> int:
+def main(sizes: list[int], repeat: int = 3, lanes: tuple[int, ...] | None = None) -> int:
     import json
     import subprocess
 
     from gpufleet.table import render_table
 
+    from operations.fact_prefetch import READ_LANES
+
     results = {}
     for n in sizes:
-        # One process per size: pyinfra's SSH client caches known_hosts per process, and the lab
-        # gives re-created hosts new host keys.
-        run = subprocess.run([sys.executable, "-m", "gpufleet.bench", "--one", str(n), str(repeat)],
-                             stdout=subprocess.PIPE, text=True, check=True)
-        results[n] = json.loads(run.stdout.strip().splitlines()[-1])
+        for lane_count in lanes or (READ_LANES,):
+            # One process per size: pyinfra's SSH client caches known_hosts per process, and the lab
+            # gives re-created hosts new host keys.
+            run = subprocess.run([sys.executable, "-m", "gpufleet.bench", "--one", str(n), str(repeat),
+                                  str(lane_count), *(["--as-is"] if AS_IS else [])],
+                                 stdout=subprocess.PIPE, text=True, check=True)
+            results[n, lane_count] = json.loads(run.stdout.strip().splitlines()[-1])
     rows = []
-    for n, r in results.items():
+    for (n, lane_count), r in results.items():
         a, b, c = r["floor"], r["converge"], r["drift"]
-        rows.append([n, f"{a:.2f}s", f"{b:.2f}s", f"{c:.2f}s", f"{b / a:.2f}", f"{c / b:.2f}",
+        rows.append([n, lane_count, f"{a:.2f}s", f"{b:.2f}s", f"{c:.2f}s", f"{b / a:.2f}", f"{c / b:.2f}",
                      " / ".join(f"{x:.0f}" for x in r["cmds"]),
                      " / ".join("n/a" if x is None else f"{x:.1f}s" for x in r["hosts_cpu"])])
-    print(render_table(["NODES", "(a) FLOOR", "(b) CONVERGE", "(c) DRIFT", "(b)/(a)", "(c)/(b)",
+    print(render_table(["NODES", "READ LANES", "(a) FLOOR", "(b) CONVERGE", "(c) DRIFT", "(b)/(a)", "(c)/(b)",
                         "CMDS/HOST a/b/c", "LAB HOSTS' CPU a/b/c"], rows))
     lo, hi = min(sizes), max(sizes)
     if hi != lo:
-        scale = [results[hi][k] / results[lo][k] for k in ("floor", "converge", "drift")]
-        print(f"\nN={hi}/N={lo}: floor {scale[0]:.2f}, converge {scale[1]:.2f}, drift {scale[2]:.2f}")
+        for lane_count in lanes or (READ_LANES,):
+            scale = [results[hi, lane_count][k] / results[lo, lane_count][k] for k in ("floor", "converge", "drift")]
+            print(f"\nN={hi}/N={lo} ({lane_count} read lanes): floor {scale[0]:.2f}, converge {scale[1]:.2f}, "
+                  f"drift {scale[2]:.2f}")
     print("targets: (b)/(a) <= 2, (c)/(b) <= 1.2, N=4/N=1 <= 1.3")
     return 0
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--one"]:
+    args = sys.argv[1:]
+    if "--as-is" in args:  # the lab as deployed: one size (its own), no reshaping, no TP=1 converge
+        args.remove("--as-is")
+        AS_IS = True
+    if args[:1] == ["--one"]:
         import json
 
-        print(json.dumps(one_size(int(sys.argv[2]), int(sys.argv[3]))))
+        print(json.dumps(one_size(int(args[1]), int(args[2]), int(args[3]))))
         sys.exit(0)
-    args = [int(a) for a in sys.argv[1:]] or [1, 2, 4]
-    sys.exit(main(args))
+    lanes = None
+    if args[:1] == ["--lanes"]:  # e.g. --lanes 1,4: the prefetch's reads one at a time vs four
+        lanes, args = tuple(int(x) for x in args[1].split(",")), args[2:]
+    sys.exit(main([int(a) for a in args] or [1, 2, 4], lanes=lanes))

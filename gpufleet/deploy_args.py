@@ -103,5 +103,6 @@ def prometheus_args(fleet: Fleet, host_name: str) -> dict[str, Any]:
 
 
 def alertmanager_args(fleet: Fleet, host_name: str) -> dict[str, Any]:
-    """``webhook_url_file`` for ``alertmanager`` on one lb host of a gpufleet Fleet."""
-    return {"webhook_url_file": fleet.hosts[host_name].settings.alertmanager_webhook_url_file}
+    """``webhook_url_file`` and ``group_wait`` for ``alertmanager`` on one lb host of a gpufleet Fleet."""
+    s = fleet.hosts[host_name].settings
+    return {"webhook_url_file": s.alertmanager_webhook_url_file, "group_wait": s.alertmanager_group_wait}

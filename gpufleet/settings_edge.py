@@ -24,6 +24,8 @@ def check_pem_file(path: str, block: str) -> Path:
 
 
 _NGINX_SIZE = re.compile(r"^[0-9]+[kKmMgG]?$")
+# Prometheus's duration: units from the largest down, each at most once ("1h30m", not "30m1h").
+PROMETHEUS_DURATION = r"(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?"
 
 
 def tls_pair_problem(cert_file: str, key_file: str) -> str | None:
@@ -108,6 +110,16 @@ class EdgeSettings(BaseModel):
     # line is the webhook URL alerts are posted to (a secret: such URLs carry tokens; never printed).
     # None: no Alertmanager; alerts are evaluated and shown in Prometheus only.
     alertmanager_webhook_url_file: str | None = None
+    # How long Alertmanager holds a new group's first alert for others of its group (its
+    # `group_wait`): 30s, Alertmanager's own default, pages once per node rather than once per alert.
+    alertmanager_group_wait: str = "30s"
+
+    @field_validator("alertmanager_group_wait")
+    @classmethod
+    def _group_wait_is_a_duration(cls, v: str) -> str:
+        if not v or not re.fullmatch(PROMETHEUS_DURATION, v):
+            raise ValueError(f"{v!r} is not a Prometheus duration such as 10s, 30s or 1m")
+        return v
     # How long an alert's condition must hold before it fires, per alert, replacing the `for:` of
     # files/prometheus/alerts.yml: e.g. {"VllmReplicaDown": "10m"} for a fleet whose replicas take
     # longer than 5 minutes to load. Only alerts that have a `for:` can be tuned (the others fire at once).
@@ -123,8 +135,7 @@ class EdgeSettings(BaseModel):
             if alert not in shipped:
                 raise ValueError(f"{alert!r} is not an alert with a `for:` in files/prometheus/alerts.yml "
                                  f"(those are: {', '.join(sorted(shipped))})")
-            # Prometheus's duration: units from the largest down, each at most once ("1h30m", not "30m1h").
-            if not str(duration) or not re.fullmatch(r"(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?", str(duration)):
+            if not str(duration) or not re.fullmatch(PROMETHEUS_DURATION, str(duration)):
                 raise ValueError(f"{alert}: {duration!r} is not a Prometheus duration such as 30s, 5m or 1h30m")
         return v
 

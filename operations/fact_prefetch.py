@@ -4,9 +4,16 @@ pyinfra 3 reads every fact with a command of its own over SSH and keeps no cache
 plan asks about 60 facts, one after the other, ~50 ms each on a LAN (3 s of every deploy, drift
 check and rollout step). A host's plan asks the same facts run after run, so the control host
 remembers, per host, which facts (class and arguments) its plans asked, and the next plan runs
-all their commands in one shell command before deploy.py starts (one after another: running them
-concurrently would need temporary files on the host, and drift only reads). While pyinfra
-*prepares* the deploy, ``host.get_fact`` answers from those outputs.
+all their commands in one shell command before deploy.py starts. While pyinfra *prepares* the
+deploy, ``host.get_fact`` answers from those outputs.
+
+That command runs the reads in ``READ_LANES`` concurrent lanes: most of a read's time is a
+process starting and waiting on a daemon (dockerd, dpkg's database, apt's cache), so one after
+another they cost a GPU node ~1.7 s (`make bench-reads`). Each read's output goes to a file in a
+private temporary directory on the host (``mktemp -d`` under ``$TMPDIR``, umask 077, removed when
+the command ends), and the files are printed in order, so a read's output is exactly what it was
+when read alone. Facts only read: running them side by side changes no answer. A host where the
+directory cannot be made answers nothing, and its facts are read one by one, as without a prefetch.
 
 At execution pyinfra runs each operation again and re-reads its facts, so that an operation sees
 what earlier operations changed. Until the first command runs on the host in this run (an
@@ -56,6 +63,11 @@ from pyinfra.api.util import get_kwargs_str, log_error_or_warning
 from operations.facts.util import ReadTimedOut
 
 FORGET_AFTER_DAYS = 7
+# Concurrent reads per host in the prefetch: enough to overlap the waits on the daemons; more only
+# crowd the host's cores (a lab node has two).
+READ_LANES = 4
+# The prefetch's only write on the host: its scratch directory, removed when its command ends.
+SCRATCH_CLEANUP = "trap 'rm -rf \"$d\"' EXIT;"
 # Arguments that change what a fact's command sees; the others (timeouts, retries) do not.
 _PRIVILEGE_KEYS = ("_sudo", "_sudo_user", "_use_sudo_login", "_preserve_sudo_env", "_su_user", "_use_su_login",
                    "_preserve_su_env", "_su_shell", "_doas", "_doas_user", "_dzdo", "_dzdo_user",
@@ -187,13 +199,12 @@ class _PrefetchedFacts:
 
     def _run(self, privileges: str, items: list) -> None:
         mark = f"__gpufleet_fact_{secrets.token_hex(4)}"
-        parts: list[Any] = []
-        for i, (_, command, _) in enumerate(items):
-            parts += ["echo", f"{mark}:{i};", "(", command, ")", "2>/dev/null;", "echo", f'"{mark}:rc:$?";']
+        commands = [command for _, command, _ in items]
         executor_kwargs = {k: v for k, v in items[0][2].items() if k in CONNECTOR_ARGUMENT_KEYS}
         self.reading = True
         try:
-            ok, output = self.host.run_shell_command(StringCommand(*parts), print_output=False, print_input=False,
+            ok, output = self.host.run_shell_command(concurrent_reads(commands, mark), print_output=False,
+                                                     print_input=False,
                                                      **executor_kwargs)
         except Exception:  # noqa: BLE001 - a failed prefetch only means the facts are read one by one
             return
@@ -265,6 +276,29 @@ class _PrefetchedFacts:
             self._save()
         except OSError:
             pass  # a read-only home only costs speed
+
+
+def concurrent_reads(commands: list, mark: str, lanes: int = READ_LANES) -> StringCommand:
+    """One shell command that runs ``commands`` in ``lanes`` concurrent lanes and prints, in order,
+    ``<mark>:<i>``, command i's stdout, and ``<mark>:rc:<its exit status>``.
+
+    Command i runs in lane ``i % lanes``, in a subshell of its own (an ``exit`` in it ends only it),
+    its stderr dropped as pyinfra's own read drops it. Example::
+
+        concurrent_reads([StringCommand("uname", "-r"), StringCommand("hostname")], "__m")
+        # prints: __m:0 / 6.1.0-27-amd64 / __m:rc:0 / __m:1 / gpu-node-1 / __m:rc:0
+    """
+    parts: list[Any] = ["umask", "077;", 'd=$(mktemp -d "${TMPDIR:-/tmp}/gpufleet-reads.XXXXXX")', "||", "exit", "1;",
+                        SCRATCH_CLEANUP]
+    for lane in range(min(lanes, len(commands))):
+        parts.append("{")
+        for i in range(lane, len(commands), lanes):
+            parts += ["(", commands[i], ")", f'>"$d/{i}"', "2>/dev/null;", "echo", "$?", f'>"$d/{i}.rc";']
+        parts.append("} &")
+    parts += ["wait;", "i=0;", "while", "[", "$i", "-lt", str(len(commands)), "];", "do",
+              "echo", f'"{mark}:$i";', "cat", '"$d/$i";', "echo", f'"{mark}:rc:$(cat "$d/$i.rc")";',
+              "i=$((i+1));", "done"]
+    return StringCommand(*parts)
 
 
 def _fact_kwargs(state, host, cls, args, kwargs) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -367,8 +367,8 @@ def prometheus(replicas: list, nodes: list, options: dict | None = None, rules: 
 _WEBHOOK_URL = re.compile(r"^https?://[^\s\"]+$")
 
 
-def render_alertmanager(webhook_url: str) -> str:
-    return _render("prometheus/alertmanager.yml.j2", webhook_url=webhook_url)
+def render_alertmanager(webhook_url: str, group_wait: str = "30s") -> str:
+    return _render("prometheus/alertmanager.yml.j2", webhook_url=webhook_url, group_wait=group_wait)
 
 
 def alertmanager_defaults(listen: str) -> str:
@@ -397,13 +397,15 @@ def alertmanager_script(listen: str, restart: bool) -> str:
 
 
 @operation()
-def alertmanager(webhook_url_file: str | None, listen: str = ALERTMANAGER_LISTEN):
+def alertmanager(webhook_url_file: str | None, listen: str = ALERTMANAGER_LISTEN, group_wait: str = "30s"):
     """
     Alertmanager with one webhook receiver, for the Prometheus on the same lb host; off without a URL.
 
     + webhook_url_file: *control-side* file whose one line is the webhook URL (``http(s)://...``);
       None: no Alertmanager (nothing is installed or changed)
     + listen: ``address:port`` of its API (the Prometheus config's ``alerting`` target)
+    + group_wait: how long a new group's first alert waits for others before it is sent (a
+      Prometheus duration; Alertmanager's 30s: lower pages sooner, in more messages)
 
     The URL is read on the control host when the operation runs and written only into
     /etc/prometheus/alertmanager.yml (root:prometheus 0640) through operations/secrets.py: compared
@@ -425,7 +427,7 @@ def alertmanager(webhook_url_file: str | None, listen: str = ALERTMANAGER_LISTEN
     yield from pinned_apt.packages._inner(packages=["prometheus-alertmanager"])
     defaults = list(put_text(ALERTMANAGER_DEFAULTS, alertmanager_defaults(listen)))
     yield from defaults
-    config = list(secret_file(ALERTMANAGER_CONF, render_alertmanager(url), user="root", group="prometheus",
+    config = list(secret_file(ALERTMANAGER_CONF, render_alertmanager(url, group_wait), user="root", group="prometheus",
                               mode="640"))
     yield from config
     service = host.get_fact(ServiceState, service=ALERTMANAGER_SERVICE)

@@ -79,19 +79,23 @@ def test_a_stopped_replica_reaches_the_webhook_through_alertmanager(deployed, ho
            f"cat > /run/lab-alert-webhook.py <<'EOF'\n{RECEIVER}\nEOF")
     started = lb.run("systemd-run --unit=lab-alert-webhook --collect python3 /run/lab-alert-webhook.py")
     assert started.rc == 0, started.stderr
+    # Shorter waits than production's, by data only: a scrape every 5 s (15), the rule's hold 10 s
+    # (5 minutes) and Alertmanager's group_wait 5 s (30 s).
     on = deploy("--limit", "lb-1", "--data", f"alertmanager_webhook_url_file={url_file}",
-                "--data", 'alert_hold_for={"VllmReplicaDown": "10s"}')
+                "--data", 'alert_hold_for={"VllmReplicaDown": "10s"}', "--data", "prometheus_scrape_interval_s=5",
+                "--data", "alertmanager_group_wait=5s")
     try:
         assert on["rc"] == 0, on["stderr"][-3000:]
         assert "127.0.0.1:9099" not in on["stderr"]  # the webhook URL is a secret: never printed
         assert lb.run("systemctl is-active prometheus-alertmanager").stdout.strip() == "active"
         assert lb.run("grep -c 'for: 10s' /etc/prometheus/gpufleet-alerts.yml").stdout.strip() == "1"
+        assert lb.run("grep -c 'group_wait: 5s' /etc/prometheus/alertmanager.yml").stdout.strip() == "1"
         _wait_calm(lb)
         received_before = len(_notifications(lb))
 
         stopped_at = time.monotonic()
         assert node.run(f"docker stop -t 30 vllm-{REPLICA}").rc == 0
-        # Scrape (15 s) + the rule's 10 s + evaluation (15 s) + Alertmanager's group_wait (30 s).
+        # Scrape (5 s) + the rule's 10 s + evaluation (5 s) + Alertmanager's group_wait (5 s).
         deadline = stopped_at + 240
         fired: list[dict] = []
         while not fired and time.monotonic() < deadline:

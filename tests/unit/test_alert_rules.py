@@ -235,14 +235,14 @@ WEBHOOK_FILE = PROJECT_ROOT / "tests" / "fixtures" / "prometheus" / "webhook-url
 
 def test_alertmanager_is_off_by_default_and_prometheus_sends_nowhere():
     fleet = load_fleet(PROD, cwd=str(PROJECT_ROOT))
-    assert deploy_args.alertmanager_args(fleet, "lb-01") == {"webhook_url_file": None}
+    assert deploy_args.alertmanager_args(fleet, "lb-01")["webhook_url_file"] is None
     config = yaml.safe_load(monitoring.render_prometheus(**deploy_args.prometheus_args(fleet, "lb-01")))
     assert "alerting" not in config and "alertmanager" not in {j["job_name"] for j in config["scrape_configs"]}
 
 
 def test_prometheus_sends_to_the_local_alertmanager_when_a_webhook_is_configured(promtool, tmp_path):
     fleet = load_fleet(PROD, cwd=str(PROJECT_ROOT), overrides={"alertmanager_webhook_url_file": str(WEBHOOK_FILE)})
-    assert deploy_args.alertmanager_args(fleet, "lb-01") == {"webhook_url_file": str(WEBHOOK_FILE)}
+    assert deploy_args.alertmanager_args(fleet, "lb-01")["webhook_url_file"] == str(WEBHOOK_FILE)
     text = monitoring.render_prometheus(**deploy_args.prometheus_args(fleet, "lb-01"))
     config = yaml.safe_load(text)
     assert config["alerting"] == {"alertmanagers": [{"static_configs": [{"targets": ["127.0.0.1:9093"]}]}]}
@@ -254,8 +254,10 @@ def test_prometheus_sends_to_the_local_alertmanager_when_a_webhook_is_configured
 
 def test_alertmanager_config_has_the_webhook_and_passes_amtool(tmp_path):
     url = "https://hooks.example.internal/alert?token=abc&channel=\"gpu\""
-    text = monitoring.render_alertmanager(url)
+    text = monitoring.render_alertmanager(url, group_wait="5s")
     config = yaml.safe_load(text)
+    assert config["route"]["group_wait"] == "5s"
+    assert yaml.safe_load(monitoring.render_alertmanager(url))["route"]["group_wait"] == "30s"
     assert config["receivers"] == [{"name": "webhook", "webhook_configs": [{"url": url, "send_resolved": True}]}]
     assert config["route"]["receiver"] == "webhook"
     amtool = shutil.which("amtool")
@@ -317,3 +319,15 @@ def test_hold_for_refuses_what_prometheus_would_not_load(hold_for, expected):
         load_fleet(PROD, {"alert_hold_for": hold_for})
     issues = [i for i in refused.value.issues if i.key == "alert_hold_for"]
     assert issues and expected in issues[0].expected
+
+
+def test_group_wait_reaches_the_alertmanager_operation_and_bad_values_are_refused():
+    from gpufleet.settings import SettingsError
+
+    lb = load_fleet(PROD).load_balancers[0].name
+    assert deploy_args.alertmanager_args(load_fleet(PROD, {"alertmanager_group_wait": "10s"}), lb)["group_wait"] == "10s"
+    assert deploy_args.alertmanager_args(load_fleet(PROD), lb)["group_wait"] == "30s"
+    with pytest.raises(SettingsError) as refused:
+        load_fleet(PROD, {"alertmanager_group_wait": "10 s"})
+    issues = [i for i in refused.value.issues if i.key == "alertmanager_group_wait"]
+    assert issues and "is not a Prometheus duration" in issues[0].expected and issues[0].value == "10 s"

@@ -224,3 +224,44 @@ def test_a_read_the_host_timed_out_is_not_read_again(preparing, monkeypatch):
     assert host in state.failed_hosts
     assert errors == [(f"could not process fact: {TimedOutRead().name} command={command}",
                        "no answer within 60 s (killed on the host)")]
+
+
+def test_reads_run_side_by_side_and_answer_in_order_as_if_read_alone(preparing, tmp_path, monkeypatch):
+    """More reads than lanes: each answer is its own command's, an `exit` ends only its read, and the
+    scratch directory on the host is gone afterwards."""
+    state, host = preparing
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    # Sleeps that would add up to 1.2 s one after another; each prints its own number.
+    commands = [f"sleep 0.{i % 3}; echo read-{i}; echo line-2-of-{i}" for i in range(9)]
+    commands[4] = "echo partial; exit 3"
+    _remember(host, *[(Command, {"command": c}, None) for c in commands])
+    runs = _count_commands(host, monkeypatch)
+
+    assert fact_prefetch.prefetch_facts() == len(commands)
+    assert len(runs) == 1
+    answers = [host.get_fact(Command, command=c, _ignore_errors=True) for c in commands]
+    assert len(runs) == 2  # the failed read (exit 3) alone is read again, by pyinfra
+    assert answers[4] is None
+    assert [a for i, a in enumerate(answers) if i != 4] == [f"read-{i}\nline-2-of-{i}" for i in range(9) if i != 4]
+    assert list(scratch.iterdir()) == []
+
+
+def test_a_host_where_the_scratch_directory_cannot_be_made_is_read_one_by_one(preparing, tmp_path, monkeypatch):
+    state, host = preparing
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "no-such-directory"))
+    _remember(host, (Command, {"command": "echo one"}, None), (Command, {"command": "echo two"}, None))
+    runs = _count_commands(host, monkeypatch)
+
+    assert fact_prefetch.prefetch_facts() == 0
+    assert [host.get_fact(Command, command=c) for c in ("echo one", "echo two")] == ["one", "two"]
+    assert len(runs) == 3  # the failed prefetch, then pyinfra's own two reads
+
+
+def test_the_prefetch_command_runs_reads_in_lanes():
+    from pyinfra.api import StringCommand
+
+    text = fact_prefetch.concurrent_reads([StringCommand("echo", str(i)) for i in range(6)], "__m", lanes=4).get_raw_value()
+    assert text.count("} &") == 4 and "wait;" in text
+    assert fact_prefetch.SCRATCH_CLEANUP in text
