@@ -2,9 +2,10 @@
 
 Every host's data is validated first (gpufleet.settings); a bad inventory stops the run before
 any operation is added for any host. Then each host gets the roles of its groups, in order:
-every host: preflight, base packages; ``gpu_nodes``: the GPU stack; ``vector_db``: Milvus (on a
-GPU node or a host of its own); ``gpu_nodes``: the RAG app and the vLLM replicas; ``lb``: the
-load balancer (nginx over every replica and every app, Prometheus).
+every host: the deploy lock, preflight, base packages (operations/base_role.py); ``gpu_nodes``:
+the GPU stack; ``vector_db``: Milvus (on a GPU node or a host of its own); ``gpu_nodes``: the RAG
+app and the vLLM replicas; ``lb``: the load balancer (nginx over every replica and every app,
+Prometheus).
 """
 
 from pyinfra import host, inventory
@@ -16,22 +17,15 @@ from gpufleet.deploy_args import (alertmanager_args, lb_args, prometheus_args, r
 from gpufleet.deploying import fleet_for, host_settings
 from gpufleet.fleet import replicas_of
 from operations import (app, distro_packages, docker_daemon, loadbalancer, milvus, milvus_users, monitoring,
-                        node_exporter, nvidia, pinned_apt, preflight, vllm, weights)
-from operations.deploy_lock import take_deploy_lock
-from operations.fact_prefetch import prefetch_facts
+                        node_exporter, nvidia, preflight, vllm, weights)
+from operations.base_role import every_host_first
 from operations.serving_gate import REPLICAS, ServingGate, refuse_other_rollouts
 
 fleet = fleet_for(inventory)
 settings = host_settings(fleet, host)
-# One run of deploy.py per host at a time, from plan to end (operations/deploy_lock.py): taken
-# before any fact is read, released when this run's SSH connection closes.
-take_deploy_lock(f"rollout {settings.rollout_id}" if settings.rollout_id else "pyinfra deploy",
-                 wait_s=settings.deploy_lock_wait_s)
-prefetch_facts()  # the facts this host's last plans asked, in one round trip (operations/fact_prefetch.py)
 
-# --- every host -----------------------------------------------------------------------------------
-preflight.supported_os(name="Preflight: supported OS", supported=settings.supported_os)
-if "gpu_nodes" in host.groups:
+
+def gpu_node_preflight():
     # Reads only: a host that cannot be a node (GPUs, PCIe width, Secure Boot, disk, headers) is
     # stopped here, before the first package is installed on it.
     preflight.gpu_node(name="Preflight: GPU node", gpu_count=settings.gpu_count, device_id=settings.gpu_pci_device_id,
@@ -39,7 +33,13 @@ if "gpu_nodes" in host.groups:
                        module_signing=settings.secure_boot_module_signing,
                        docker_data_root=settings.docker_data_root(), min_free_gib=settings.preflight_disk_gib(),
                        kernel_headers=settings.nvidia_kernel_headers, pci_dump_file=settings.pci_dump_file)
-pinned_apt.packages(name="Base packages", packages=settings.base_packages)
+
+
+# --- every host (operations/base_role.py) ---------------------------------------------------------
+# The deploy lock (one run of deploy.py per host at a time, from plan to end: taken before any fact
+# is read, released when this run's SSH connection closes), the facts this host's last plans asked
+# in one round trip, the supported-OS preflight, a GPU node's own preflight, the base packages.
+every_host_first(settings, role_preflight=gpu_node_preflight if "gpu_nodes" in host.groups else None)
 
 # --- GPU nodes: driver, Docker with the Container Toolkit, NCCL ----------------------------------
 if "gpu_nodes" in host.groups:

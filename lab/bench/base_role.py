@@ -3,23 +3,18 @@ every host before any role, with the same operations and the same settings from 
 
 The scale bench's light stand-in hosts (sshd, apt and systemd; no Docker, no vLLM) are in no role
 group, which deploy.py's fleet validation refuses on purpose (a host in none gets no role), so
-this file builds each host's settings itself (gpufleet.settings.validate_host_data) and runs
-deploy.py's "every host" block: the deploy lock, the remembered facts in one round trip, the
-supported-OS preflight and the base packages. Keep it in step with deploy.py.
+this file builds each host's settings itself (gpufleet.settings.validate_host_data) and calls the
+function deploy.py calls on every host (operations/base_role.every_host_first): the deploy lock,
+the remembered facts in one round trip, the supported-OS preflight and the base packages.
 """
 
 from pyinfra import host
 from pyinfra.api.exceptions import PyinfraError
 
 from gpufleet.settings import format_issues, validate_host_data
-from operations import pinned_apt, preflight
-from operations.deploy_lock import take_deploy_lock
-from operations.fact_prefetch import prefetch_facts
+from operations.base_role import every_host_first
 
 settings, issues = validate_host_data(host.name, host.data.dict())
 if settings is None:
     raise PyinfraError(format_issues(issues))
-take_deploy_lock("pyinfra deploy (bench-scale)", wait_s=settings.deploy_lock_wait_s)
-prefetch_facts()
-preflight.supported_os(name="Preflight: supported OS", supported=settings.supported_os)
-pinned_apt.packages(name="Base packages", packages=settings.base_packages)
+every_host_first(settings, what="pyinfra deploy (bench-scale)")

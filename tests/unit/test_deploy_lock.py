@@ -90,12 +90,18 @@ def test_an_unreadable_holder_record_is_still_a_refusal_and_garbage_is_an_error(
 
 
 def test_deploy_py_takes_the_lock_before_any_fact_is_read():
-    """The lock is deploy.py's first call on the host: before the fact prefetch and every operation."""
+    """The lock is deploy.py's first call on the host (operations/base_role.every_host_first, whose
+    first step it is): before the fact prefetch and every operation."""
     tree = ast.parse((PROJECT_ROOT / "deploy.py").read_text())
     calls = [node.value.func for node in tree.body
              if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)]
     names = [c.id if isinstance(c, ast.Name) else f"{ast.unparse(c)}" for c in calls]
-    assert names[:2] == ["take_deploy_lock", "prefetch_facts"], names[:4]
+    assert names[:1] == ["every_host_first"], names[:4]
     fact_reads = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "get_fact"]
-    lock_line = next(c.lineno for c in calls if isinstance(c, ast.Name) and c.id == "take_deploy_lock")
+    lock_line = next(c.lineno for c in calls if isinstance(c, ast.Name) and c.id == "every_host_first")
     assert all(n.lineno > lock_line for n in fact_reads)
+    base = ast.parse((PROJECT_ROOT / "operations" / "base_role.py").read_text())
+    first = next(n for n in base.body if isinstance(n, ast.FunctionDef) and n.name == "every_host_first")
+    steps = [ast.unparse(n.value.func) for n in first.body if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)]
+    assert steps[:2] == ["take_deploy_lock", "prefetch_facts"], steps
+    assert not [n for n in ast.walk(first) if isinstance(n, ast.Attribute) and n.attr == "get_fact"]

@@ -13,6 +13,11 @@ after the persistence daemon and the DCGM exporter).
 from __future__ import annotations
 
 import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from gpufleet import PROJECT_ROOT
 
@@ -86,3 +91,45 @@ def test_the_check_catches_the_old_order():
     assert any(p.startswith("systemd.service:nvidia-persistenced before the reboot") for p in problems), problems
     assert any(p.startswith("monitoring.dcgm_exporter before the reboot") for p in problems), problems
     assert any(p.startswith("monitoring.gpu_monitor before the reboot") for p in problems), problems
+
+
+# ------------------------------------------------------------------ every host, before any role ---
+ORDER_DEPLOY = """
+from types import SimpleNamespace
+
+from pyinfra import host
+from pyinfra.facts.server import LinuxDistribution
+from pyinfra.operations import server
+
+from operations.base_role import every_host_first
+from operations.preflight import _os_label
+
+settings = SimpleNamespace(rollout_id=None, deploy_lock_wait_s=1, base_packages={},
+                           supported_os=[_os_label(host.get_fact(LinuxDistribution))])
+
+
+def role_preflight():
+    server.shell(name="Role preflight", commands=["true"])
+
+
+every_host_first(settings, role_preflight=role_preflight)
+server.shell(name="First role operation", commands=["true"])
+"""
+
+
+def test_every_host_first_runs_a_roles_preflight_between_the_os_preflight_and_the_base_packages(tmp_path):
+    """deploy.py and lab/bench/base_role.py share operations/base_role.every_host_first; a role's
+    preflight passed to it (deploy.py's GPU-node preflight) comes out of pyinfra's plan where deploy.py
+    had it before the function existed: after the supported-OS preflight, before the base packages.
+    (pyinfra orders operations by the call stack's line numbers: the real CLI, against @local.)"""
+    (tmp_path / "deploy.py").write_text(ORDER_DEPLOY)
+    env = {**os.environ, "PYINFRA_PROGRESS": "off", "PYTHONPATH": str(PROJECT_ROOT),
+           "GPUFLEET_CACHE_DIR": str(tmp_path / "cache")}
+    run = subprocess.run([str(Path(sys.executable).parent / "pyinfra"), "@local", "deploy.py", "--dry", "--json"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
+    assert run.returncode == 0, run.stderr[-2000:]
+    plan = json.loads(run.stdout.strip().splitlines()[-1])["plan"]
+    assert [op["name"] for op in plan] == ["Preflight: supported OS", "Role preflight", "Base packages",
+                                           "First role operation"]
+    deploy, bench = (PROJECT_ROOT / "deploy.py").read_text(), (PROJECT_ROOT / "lab/bench/base_role.py").read_text()
+    assert "every_host_first(settings, role_preflight=gpu_node_preflight" in deploy and "every_host_first(" in bench
