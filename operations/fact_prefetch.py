@@ -60,6 +60,7 @@ from pyinfra.api.facts import _MISSING_COMMAND_MARKER, _handle_fact_kwargs, _mak
 from pyinfra.api.state import StateStage
 from pyinfra.api.util import get_kwargs_str, log_error_or_warning
 
+from operations import pyinfra_speedups
 from operations.facts.util import ReadTimedOut
 
 FORGET_AFTER_DAYS = 7
@@ -87,6 +88,7 @@ def prefetch_facts() -> int:
         from operations.fact_prefetch import prefetch_facts
         prefetch_facts()
     """
+    pyinfra_speedups.install()
     state, host = current_state._get_module(), current_host._get_module()
     if state.current_stage != StateStage.Prepare or isinstance(host.__dict__.get("get_fact"), _PrefetchedFacts):
         return 0
