@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gpufleet.fleet_checks import inventory_problems
-from gpufleet.fleet_host import FleetHost, replicas_of
+from gpufleet.fleet_host import GPU_GROUP, FleetHost, replicas_of
 from gpufleet.settings import SettingsError, SettingsIssue, validate_host_data
 from gpufleet.settings_vllm import Replica
 
@@ -155,7 +155,10 @@ def fleet_from_inventory(inventory) -> Fleet:
         every.append((host.name, list(host.groups), data))
         settings, found = validate_host_data(host.name, data)
         issues.extend(i for i in found if i.severity == "error")
-        warnings.extend(i for i in found if i.severity == "warning")
+        # A vLLM setting warns where vLLM runs: group data shared with an lb or a Milvus host
+        # would say the same thing once more per such host.
+        warnings.extend(i for i in found if i.severity == "warning"
+                        and (GPU_GROUP in host.groups or not i.key.startswith("vllm_")))
         if settings is not None:
             hosts[host.name] = FleetHost(host.name, list(host.groups), settings, data)
     issues.extend(inventory_problems(every, list(inventory.group_data), hosts))

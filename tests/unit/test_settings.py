@@ -123,3 +123,11 @@ def test_the_model_revision_is_a_commit_and_a_branch_is_refused():
     assert [w[0] for w in HostSettings(gpu_count=2).warnings()] == ["vllm_model_revision"]  # unpinned: said, not fatal
     assert HostSettings(gpu_count=2, vllm_model_revision=commit).warnings() == []
     assert HostSettings(gpu_count=2, vllm_model="/models/qwen3-tiny").warnings() == []  # a directory has no revisions
+
+
+def test_a_vllm_warning_is_said_for_the_gpu_nodes_only():
+    from gpufleet.fleet import load_fleet
+
+    fleet = load_fleet("inventory/prod.py", {"vllm_extra_args": ["--enforce-eager"]})
+    warned = {w.host for w in fleet.warnings if w.key == "vllm_extra_args"}
+    assert warned == {h.name for h in fleet.nodes} and warned and len(fleet.hosts) > len(warned)
