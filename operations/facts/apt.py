@@ -12,8 +12,11 @@ from operations.facts.util import answer, quote_all, wrap_answer
 class PackageStates(FactBase):
     """``{package: {"version": str|None, "held": bool}}`` for the packages asked about.
 
-    One round trip for installed versions and holds together (pyinfra 3.10 does not cache
-    facts, so every fact is an SSH round trip). A package that is not installed has version None.
+    One ``dpkg-query`` for installed versions and holds together: a hold is dpkg's selection state
+    (the first letter of ``db:Status-Abbrev``, ``h``), which is what ``apt-mark hold`` sets and
+    ``apt-mark showhold`` lists, without loading apt's package cache (``apt-mark`` took 40 ms on
+    a lab node and 0.7 s on a host with full Debian lists, once per package list of a plan). A
+    package that is not installed has version None.
 
     Example::
 
@@ -25,8 +28,7 @@ class PackageStates(FactBase):
         names = quote_all(packages)
         # dpkg-query exits 1 when a package is unknown: that is an answer, not an error.
         return wrap_answer(
-            f"dpkg-query -W -f='pkg\\t${{Package}}\\t${{Version}}\\t${{db:Status-Abbrev}}\\n' {names} 2>/dev/null; "
-            "apt-mark showhold 2>/dev/null | sed 's/^/hold\\t/'"
+            f"dpkg-query -W -f='pkg\\t${{Package}}\\t${{Version}}\\t${{db:Status-Abbrev}}\\n' {names} 2>/dev/null"
         )
 
     @staticmethod
@@ -40,9 +42,10 @@ class PackageStates(FactBase):
             parts = line.split("\t")
             if parts[0] == "pkg" and len(parts) >= 4:
                 name, version, status = parts[1].split(":")[0], parts[2], parts[3].strip()
-                # "ii" = installed; "rc" (removed, config left) and "un" are not installed.
-                states[name] = {"version": version if status.startswith(("ii", "hi")) else None, "held": False}
-            elif parts[0] == "hold" and len(parts) == 2:
+                # Wanted state, then installed state: "ii" installed, "hi" held and installed; "rc"
+                # (removed, config left) and "un" are not installed.
+                states[name] = {"version": version if status.startswith(("ii", "hi")) else None, "held": status[:1] == "h"}
+            elif parts[0] == "hold" and len(parts) == 2:  # `apt-mark showhold`, in doctor captures made before
                 held.add(parts[1].strip().split(":")[0])
         for name in held:
             states.setdefault(name, {"version": None, "held": False})["held"] = True

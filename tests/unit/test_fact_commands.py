@@ -111,12 +111,16 @@ def test_answer_only_reads_whose_tool_is_missing_answer_as_before(tmp_path):
 
 
 def test_an_answer_only_read_that_exits_non_zero_is_still_an_answer(tmp_path):
-    # dpkg-query exits 1 for a package it does not know; apt-mark still names the held ones.
+    # dpkg-query exits 1 when one package is unknown, and still prints the others: a held one not
+    # installed ("hn"), a held installed one ("hi"), one installed and not held ("ii").
     bin_dir = _only(tmp_path / "bin")
-    tool(bin_dir, "dpkg-query", "echo 'dpkg-query: no packages found matching libnccl2' >&2; exit 1\n")
-    tool(bin_dir, "apt-mark", "echo libnccl-dev\n")
-    out = run_only(PackageStates().command(["libnccl2", "libnccl-dev"]), bin_dir)
-    assert PackageStates().process(out) == {"libnccl-dev": {"version": None, "held": True}}
+    tool(bin_dir, "dpkg-query", "printf 'pkg\\tlibnccl-dev\\t\\thn \\npkg\\tlibnccl2\\t2.27.7-1+cuda12.9\\thi \\n"
+                                "pkg\\tjq\\t1.6-2.1\\tii \\n'; echo 'dpkg-query: no packages found matching nope' >&2; exit 1\n")
+    tool(bin_dir, "apt-mark", "echo apt-mark is not asked >&2; exit 99\n")
+    out = run_only(PackageStates().command(["libnccl2", "libnccl-dev", "jq", "nope"]), bin_dir)
+    assert PackageStates().process(out) == {"libnccl-dev": {"version": None, "held": True},
+                                            "libnccl2": {"version": "2.27.7-1+cuda12.9", "held": True},
+                                            "jq": {"version": "1.6-2.1", "held": False}}
     # apt-cache policy of a package no archive knows prints nothing: an answer, not a failure.
     tool(bin_dir, "apt-cache", "exit 0\n")
     assert AptCandidates().process(run_only(AptCandidates().command(["no-such-package"]), bin_dir)) == {}
