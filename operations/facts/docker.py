@@ -175,13 +175,15 @@ class ManagedContainers(FactBase):
     the container started; it is None when the tag no longer exists locally.
     """
 
+    # One `docker inspect` for every container (a container removed meanwhile is left out), then
+    # the image each one's tag names now.
     command = wrap(
         "docker",
-        f"for c in $(docker ps -aq --filter label={SPEC_LABEL}); do "
+        f"ids=$(docker ps -aq --filter label={SPEC_LABEL}); [ -z \"$ids\" ] || "
         "docker inspect --format '{{.Name}}|{{.State.Status}}|{{.State.Restarting}}|{{.RestartCount}}|"
-        "{{.Image}}|{{.Config.Image}}' \"$c\" | while IFS='|' read -r n s r k i ref; do "
+        "{{.Image}}|{{.Config.Image}}' $ids 2>/dev/null | while IFS='|' read -r n s r k i ref; do "
         "t=$(docker image inspect --format '{{.Id}}' \"$ref\" 2>/dev/null); "
-        "echo \"$n|$s|$r|$k|$i|$ref|$t\"; done; done",
+        "echo \"$n|$s|$r|$k|$i|$ref|$t\"; done",
     )
 
     @staticmethod
@@ -221,14 +223,14 @@ class VllmNcclVersions(FactBase):
 
     command = wrap(
         "docker",
-        f"for c in $(docker ps -q --filter label={SPEC_LABEL} --filter name=^vllm-); do "
-        "n=$(docker inspect --format '{{.Name}}' \"$c\"); "
+        f"docker ps --filter label={SPEC_LABEL} --filter name=^vllm- --format '{{{{.ID}}}} {{{{.Names}}}}' | "
+        "while read -r c n; do "
         f"out=$(docker exec \"$c\" python3 {CHECK_IN_IMAGE} --running 2>/dev/null); "
         # An image built before --running existed prints only its usage (on stderr): the full check.
         f"[ -n \"$out\" ] || out=$(docker exec \"$c\" python3 {CHECK_IN_IMAGE} 2>/dev/null); "
         "v=$(printf '%s' \"$out\" | "
         "python3 -c 'import json,sys; print(json.load(sys.stdin).get(\"nccl_version\") or \"\")' 2>/dev/null); "
-        "echo \"nccl|${n#/}|$v\"; done",
+        "echo \"nccl|$n|$v\"; done",
         limit=240,  # the fallback imports torch in each running replica
     )
 

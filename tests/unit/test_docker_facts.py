@@ -38,3 +38,56 @@ def test_gpu_containers_parse_docker_output():
         '/vllm-gpu-node-1-vllm-0|runc|[{"Driver":"","Count":0,"DeviceIDs":["0","1"],"Capabilities":[["gpu"]]}]',
         "/milvus|runc|null", "/legacy|nvidia|null", "__gpufleet_rc=0"])
     assert containers["containers"] == ["legacy", "vllm-gpu-node-1-vllm-0"]
+
+
+FAKE_DOCKER = r"""#!/bin/sh
+# A docker CLI that knows three containers (one renamed for a rollback) and logs each call.
+echo "$*" >> "$(dirname "$0")/calls"
+case "$1 $2" in
+  "ps -aq") printf 'a1\nb2\nc3\n' ;;
+  "ps --filter") printf 'a1 vllm-node-vllm-0\n' ;;
+  "inspect --format")
+    shift 3
+    for c in "$@"; do case "$c" in
+      a1) echo '/vllm-node-vllm-0|running|false|0|sha256:img1|lab/vllm:1' ;;
+      b2) echo '/milvus|running|false|2|sha256:img2|lab/milvus:2' ;;
+      c3) echo '/vllm-node-vllm-0.gpufleet-previous|exited|false|0|sha256:img0|lab/vllm:0' ;;
+    esac; done ;;
+  "image inspect") case "$5" in lab/vllm:1) echo sha256:img1 ;; lab/milvus:2) echo sha256:newer ;; *) exit 1 ;; esac ;;
+  "exec a1") echo '{"nccl_version": "2.27.7"}' ;;
+  *) echo "unexpected: $*" >&2; exit 2 ;;
+esac
+"""
+
+
+def _with_fake_docker(tmp_path, command: str) -> tuple[list[str], list[str]]:
+    import os
+
+    (tmp_path / "docker").write_text(FAKE_DOCKER)
+    (tmp_path / "docker").chmod(0o755)
+    out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}).stdout
+    return out.splitlines(), (tmp_path / "calls").read_text().splitlines()
+
+
+def test_managed_containers_inspects_every_container_in_one_call(tmp_path):
+    from operations.facts.docker import ManagedContainers
+
+    out, calls = _with_fake_docker(tmp_path, ManagedContainers.command)
+    fact = ManagedContainers().process(out)
+    assert fact["status"] == "ok"
+    assert fact["containers"] == [
+        {"name": "milvus", "status": "running", "restarting": False, "restart_count": 2, "image_id": "sha256:img2",
+         "image": "lab/milvus:2", "tag_id": "sha256:newer"},
+        {"name": "vllm-node-vllm-0", "status": "running", "restarting": False, "restart_count": 0,
+         "image_id": "sha256:img1", "image": "lab/vllm:1", "tag_id": "sha256:img1"}]
+    # docker ps, one inspect of all three, one image inspect per container.
+    assert [c.split()[0] for c in calls] == ["ps", "inspect", "image", "image", "image"]
+
+
+def test_vllm_nccl_versions_names_containers_from_docker_ps(tmp_path):
+    from operations.facts.docker import VllmNcclVersions
+
+    out, calls = _with_fake_docker(tmp_path, VllmNcclVersions.command)
+    assert VllmNcclVersions().process(out)["containers"] == {"vllm-node-vllm-0": "2.27.7"}
+    assert [c.split()[0] for c in calls] == ["ps", "exec"]
