@@ -200,9 +200,14 @@ def nccl_in_vllm(host, settings: HostSettings, fleet: Fleet) -> list[DriftItem]:
     """The NCCL the running vLLM loads is the pin (the host's libnccl2 does not decide it)."""
     if not settings.gpu_count:
         return []
+    from gpufleet import nccl_checks
     from operations.facts.docker import VllmNcclVersions
 
-    found = read(host, VllmNcclVersions, "NCCL inside the vLLM containers (docker exec)")["containers"]
+    # Only containers not checked in an earlier run of theirs are asked (gpufleet/nccl_checks.py).
+    read_now = read(host, VllmNcclVersions, "NCCL inside the vLLM containers (docker exec)",
+                    known=nccl_checks.known(host.name))
+    nccl_checks.remember(host.name, read_now)
+    found = read_now["containers"]
     return [DriftItem("runtime", f"container {name}", f"loads NCCL {version or 'unknown'}, pinned {settings.nccl_version}")
             for name, version in sorted(found.items()) if version != settings.nccl_version]
 

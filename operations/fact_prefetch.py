@@ -33,8 +33,10 @@ Anything else reads as pyinfra does:
   privileges than the fact now asks for (``_sudo``...): read again, so errors are pyinfra's own;
 * facts with preconditions and short facts.
 
-Facts not asked for ``FORGET_AFTER_DAYS`` are dropped from the list. The list lives in
-``$GPUFLEET_CACHE_DIR`` (default ``~/.cache/gpufleet``) ``/fact-reads/<host>.json``; deleting it
+Facts not asked for ``FORGET_AFTER_DAYS`` are dropped from the list. A fact class with
+``remember_latest_only = True`` keeps only its latest arguments: for a read whose arguments are the
+answers it already has (VllmNcclVersions' ``known``), an older set would only redo the work.
+The list lives in ``$GPUFLEET_CACHE_DIR`` (default ``~/.cache/gpufleet``) ``/fact-reads/<host>.json``; deleting it
 only makes the next plan slower.
 
 Uses pyinfra's fact-command helpers (``_handle_fact_kwargs``, ``_make_command``): pyinfra is
@@ -75,9 +77,13 @@ _PRIVILEGE_KEYS = ("_sudo", "_sudo_user", "_use_sudo_login", "_preserve_sudo_env
                    "_shell_executable", "_chdir", "_env")
 
 
+def cache_root() -> Path:
+    """What gpufleet remembers to go faster: ``$GPUFLEET_CACHE_DIR``, else ``~/.cache/gpufleet``."""
+    return Path(os.environ.get("GPUFLEET_CACHE_DIR") or Path.home() / ".cache" / "gpufleet")
+
+
 def cache_file(host_name: str) -> Path:
-    root = Path(os.environ.get("GPUFLEET_CACHE_DIR") or Path.home() / ".cache" / "gpufleet")
-    return root / "fact-reads" / f"{host_name}.json"
+    return cache_root() / "fact-reads" / f"{host_name}.json"
 
 
 def prefetch_facts() -> int:
@@ -233,7 +239,7 @@ class _PrefetchedFacts:
         key = _key(_fact_name(cls), fact_kwargs)
         # Remembered at either stage: `pyinfra -y` (and every run of tests, rollouts and drift that
         # does not ask) skips running operations while preparing, so most reads happen at execution.
-        self._remember(key, _fact_name(cls), fact_kwargs)
+        self._remember(key, _fact_name(cls), fact_kwargs, getattr(cls, "remember_latest_only", False))
         if not (stage == StateStage.Prepare or self._snapshot_holds(cls, stage)):
             return self._read_live(cls, *args, **kwargs)
         answer = self.answers.get(key)
@@ -265,7 +271,7 @@ class _PrefetchedFacts:
         return (stage == StateStage.Execute and not self.commands_ran
                 and not getattr(cls, "read_live_at_execution", False))
 
-    def _remember(self, key: str, name: str, fact_kwargs: dict[str, Any]) -> None:
+    def _remember(self, key: str, name: str, fact_kwargs: dict[str, Any], latest_only: bool = False) -> None:
         today = datetime.date.today().isoformat()
         if self.remembered.get(key, {}).get("asked") == today:
             return
@@ -273,6 +279,8 @@ class _PrefetchedFacts:
             json.dumps(fact_kwargs)
         except TypeError:
             return  # arguments that do not survive a round trip through JSON are not remembered
+        if latest_only:  # its arguments are what it already knows: an older set only costs a read
+            self.remembered = {k: e for k, e in self.remembered.items() if e["fact"] != name}
         self.remembered[key] = {"fact": name, "kwargs": fact_kwargs, "asked": today}
         try:
             self._save()

@@ -211,38 +211,52 @@ class VllmNcclVersions(FactBase):
 
     Runs the image's own check (files/vllm_nccl_check.py ``--running``: the library the engine's
     processes have mapped, without importing torch; the full check when none maps one) in every
-    running gpufleet container named ``vllm-*``.
+    running gpufleet container named ``vllm-*``, except where ``known`` already has the answer.
+
+    + known: ``{"<container id>@<image id>@<started at>": version}`` from earlier reads (the
+      control host keeps them: gpufleet/nccl_checks.py). The processes of a container run can only
+      map what they mapped when it started, so its answer holds until the container is recreated
+      or restarted, which changes the key: the check then runs inside it again, once.
 
     .. code:: python
 
         host.get_fact(VllmNcclVersions)
-        {"status": "ok", "containers": {"vllm-gpu-node-1-vllm-0": "2.27.7"}}
+        {"status": "ok", "containers": {"vllm-gpu-node-1-vllm-0": "2.27.7"},
+         "keys": {"vllm-gpu-node-1-vllm-0": "3f2a…@sha256:9c1d…@2026-12-06T11:21:46.171107366Z"}}
 
     A container whose check cannot run reports None.
     """
 
-    command = wrap(
-        "docker",
-        f"docker ps --filter label={SPEC_LABEL} --filter name=^vllm- --format '{{{{.ID}}}} {{{{.Names}}}}' | "
-        "while read -r c n; do "
-        f"out=$(docker exec \"$c\" python3 {CHECK_IN_IMAGE} --running 2>/dev/null); "
-        # An image built before --running existed prints only its usage (on stderr): the full check.
-        f"[ -n \"$out\" ] || out=$(docker exec \"$c\" python3 {CHECK_IN_IMAGE} 2>/dev/null); "
-        "v=$(printf '%s' \"$out\" | "
-        "python3 -c 'import json,sys; print(json.load(sys.stdin).get(\"nccl_version\") or \"\")' 2>/dev/null); "
-        "echo \"nccl|$n|$v\"; done",
-        limit=240,  # the fallback imports torch in each running replica
-    )
+    remember_latest_only = True  # operations/fact_prefetch.py: an older ``known`` would check again
+
+    def command(self, known: dict[str, str] | None = None) -> str:
+        answered = "".join(f"{shlex.quote(key)}) v={shlex.quote(version)} ;; "
+                           for key, version in sorted((known or {}).items()) if version)
+        return wrap(
+            "docker",
+            f"ids=$(docker ps -q --filter label={SPEC_LABEL} --filter name=^vllm-); [ -z \"$ids\" ] || "
+            "docker inspect --format '{{.Id}}@{{.Image}}@{{.State.StartedAt}} {{.Name}}' $ids 2>/dev/null | "
+            f"while read -r key n; do case \"$key\" in {answered}*) c=${{key%%@*}}; "
+            f"out=$(docker exec \"$c\" python3 {CHECK_IN_IMAGE} --running 2>/dev/null </dev/null); "
+            # An image built before --running existed prints only its usage (on stderr): the full check.
+            f"[ -n \"$out\" ] || out=$(docker exec \"$c\" python3 {CHECK_IN_IMAGE} 2>/dev/null </dev/null); "
+            "v=$(printf '%s' \"$out\" | "
+            "python3 -c 'import json,sys; print(json.load(sys.stdin).get(\"nccl_version\") or \"\")' 2>/dev/null) ;; "
+            "esac; echo \"nccl|${n#/}|$v|$key\"; done",
+            limit=240,  # the fallback imports torch in each running replica
+        )
 
     @staticmethod
     def default():
-        return {"status": "missing", "exit_code": None, "error": "docker not installed", "containers": {}}
+        return {"status": "missing", "exit_code": None, "error": "docker not installed", "containers": {}, "keys": {}}
 
     def process(self, output):
         result, body = envelope(output)
-        found = {}
+        found, keys = {}, {}
         for line in body:
             parts = line.strip().split("|")
-            if len(parts) == 3 and parts[0] == "nccl":
+            if len(parts) in (3, 4) and parts[0] == "nccl":
                 found[parts[1]] = parts[2] or None
-        return {**result, "containers": found}
+                if len(parts) == 4 and parts[3]:
+                    keys[parts[1]] = parts[3]
+        return {**result, "containers": found, "keys": keys}

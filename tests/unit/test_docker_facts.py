@@ -45,8 +45,13 @@ FAKE_DOCKER = r"""#!/bin/sh
 echo "$*" >> "$(dirname "$0")/calls"
 case "$1 $2" in
   "ps -aq") printf 'a1\nb2\nc3\n' ;;
-  "ps --filter") printf 'a1 vllm-node-vllm-0\n' ;;
+  "ps -q") printf 'a1\nd4\n' ;;
   "inspect --format")
+    case "$3" in *@*)  # VllmNcclVersions: the key of each container's run, and its name
+      shift 3
+      for c in "$@"; do echo "${c}full@sha256:img-$c@2026-12-06T11:21:46Z /vllm-node-vllm-$c"; done
+      exit 0 ;;
+    esac
     shift 3
     for c in "$@"; do case "$c" in
       a1) echo '/vllm-node-vllm-0|running|false|0|sha256:img1|lab/vllm:1' ;;
@@ -54,7 +59,8 @@ case "$1 $2" in
       c3) echo '/vllm-node-vllm-0.gpufleet-previous|exited|false|0|sha256:img0|lab/vllm:0' ;;
     esac; done ;;
   "image inspect") case "$5" in lab/vllm:1) echo sha256:img1 ;; lab/milvus:2) echo sha256:newer ;; *) exit 1 ;; esac ;;
-  "exec a1") echo '{"nccl_version": "2.27.7"}' ;;
+  "exec a1full") echo '{"nccl_version": "2.27.7"}' ;;
+  "exec d4full") echo '{"nccl_version": "2.27.3"}' ;;
   *) echo "unexpected: $*" >&2; exit 2 ;;
 esac
 """
@@ -85,9 +91,18 @@ def test_managed_containers_inspects_every_container_in_one_call(tmp_path):
     assert [c.split()[0] for c in calls] == ["ps", "inspect", "image", "image", "image"]
 
 
-def test_vllm_nccl_versions_names_containers_from_docker_ps(tmp_path):
+def test_vllm_nccl_versions_checks_inside_only_the_containers_it_has_no_answer_for(tmp_path):
     from operations.facts.docker import VllmNcclVersions
 
-    out, calls = _with_fake_docker(tmp_path, VllmNcclVersions.command)
-    assert VllmNcclVersions().process(out)["containers"] == {"vllm-node-vllm-0": "2.27.7"}
-    assert [c.split()[0] for c in calls] == ["ps", "exec"]
+    out, calls = _with_fake_docker(tmp_path, VllmNcclVersions().command())
+    first = VllmNcclVersions().process(out)
+    assert first["containers"] == {"vllm-node-vllm-a1": "2.27.7", "vllm-node-vllm-d4": "2.27.3"}
+    assert first["keys"]["vllm-node-vllm-a1"] == "a1full@sha256:img-a1@2026-12-06T11:21:46Z"
+    assert [c.split()[0] for c in calls] == ["ps", "inspect", "exec", "exec"]
+
+    # a1's run already answered: only d4 is asked (its key changed: another start time).
+    (tmp_path / "calls").unlink()
+    known = {first["keys"]["vllm-node-vllm-a1"]: "2.27.7", "d4full@sha256:img-d4@2026-12-01T00:00:00Z": "2.27.7"}
+    out, calls = _with_fake_docker(tmp_path, VllmNcclVersions().command(known=known))
+    assert VllmNcclVersions().process(out)["containers"] == first["containers"]
+    assert [c.split()[:2] for c in calls] == [["ps", "-q"], ["inspect", "--format"], ["exec", "d4full"]]

@@ -265,3 +265,21 @@ def test_the_prefetch_command_runs_reads_in_lanes():
     text = fact_prefetch.concurrent_reads([StringCommand("echo", str(i)) for i in range(6)], "__m", lanes=4).get_raw_value()
     assert text.count("} &") == 4 and "wait;" in text
     assert fact_prefetch.SCRATCH_CLEANUP in text
+
+
+def test_a_fact_that_remembers_its_latest_arguments_only(preparing, tmp_path):
+    """VllmNcclVersions' arguments are the answers it has: an older set is not read again."""
+    state, host = preparing
+
+    class Knowing(Command):
+        remember_latest_only = True
+
+    Knowing.__module__, Knowing.__qualname__ = __name__, "Knowing"
+    globals()["Knowing"] = Knowing
+    fact_prefetch.prefetch_facts()
+    assert host.get_fact(Knowing, command="echo first") == "first"
+    assert host.get_fact(Command, command="echo other") == "other"
+    assert host.get_fact(Knowing, command="echo second") == "second"
+    entries = json.loads(fact_prefetch.cache_file(host.name).read_text())["facts"]
+    assert sorted((e["fact"].rsplit(".", 1)[1], e["kwargs"]["command"]) for e in entries) == [
+        ("Command", "echo other"), ("Knowing", "echo second")]
