@@ -18,6 +18,21 @@ def test_clean_lab_reports_nothing_and_exits_0(converged):
     assert report["drifted_hosts"] == [] and all(h["drift"] == [] for h in report["hosts"])
 
 
+def test_the_nccl_check_runs_once_per_container_run(converged):
+    """A drift after a drift asks no replica that was checked already (gpufleet/nccl_checks.py; a
+    container restarted or recreated since is asked again: tests/unit/test_docker_facts.py)."""
+    node = converged[NODE]
+
+    def checks_since(since: str) -> list[str]:
+        out = node.run(f"docker events --since {since} --until $(date +%s) --filter event=exec_start "
+                       "--format '{{.Actor.Attributes.name}} {{.Action}}'").stdout
+        return [line for line in out.splitlines() if "vllm_nccl_check" in line]
+
+    since = node.run("date +%s").stdout.strip()
+    assert drift()[0] == 0
+    assert checks_since(since) == []  # the clean drift before this test asked already
+
+
 # Drifts that a deploy of the node puts back, injected together: one drift run finds them all, one
 # deploy repairs them all (each case alone cost a drift, a deploy and a drift: ~20 s here, minutes
 # on a slow CI machine). Each still has its own test and its own cause; none hides another (two
