@@ -104,9 +104,8 @@ class SteadyLoad:
             except Exception as exc:  # noqa: BLE001 - every failure is counted, whatever it is
                 self.failures.append(f"{'stream' if stream else 'plain'}: {type(exc).__name__}: {exc}")
                 continue
-            # Steady, not saturating: on the lab's 2 CPU cores a replica starting beside the serving
-            # ones needs the CPU (the lab's vLLM image also turns off the workers' 1 s busy-wait
-            # after each request: lab/images/vllm-cpu/Dockerfile).
+            # Steady, not saturating: on the lab's 2 CPU cores, a vLLM CPU engine busy-waits for 1 s
+            # after each request (vLLM's shm_broadcast), and a replica starting beside it needs CPU.
             self._stop.wait(self.pause_s)
             if good:
                 self.ok += 1
