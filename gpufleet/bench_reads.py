@@ -1,7 +1,8 @@
 """`make bench-reads`: which of a host's remembered reads cost its time on the host.
 
 A no-op converge reads a host once, in the one prefetch command (operations/fact_prefetch.py),
-which runs every fact the host's plans asked for, one after another. This runs the same commands,
+which runs every fact the host's plans asked for (in ``READ_LANES`` concurrent lanes). This runs
+the same commands one after another,
 built the same way from the same list (``$GPUFLEET_CACHE_DIR/fact-reads/<host>.json``, filled by
 any earlier deploy), in one SSH command that times each on the host (``date +%s%N`` around it), and
 prints the costliest, their sum, and the sum by fact class. Read-only: the facts only read.

@@ -200,10 +200,10 @@ def nccl_in_vllm(host, settings: HostSettings, fleet: Fleet) -> list[DriftItem]:
     """The NCCL the running vLLM loads is the pin (the host's libnccl2 does not decide it)."""
     if not settings.gpu_count:
         return []
-    from gpufleet import nccl_checks
+    from operations import nccl_checks
     from operations.facts.docker import VllmNcclVersions
 
-    # Only containers not checked in an earlier run of theirs are asked (gpufleet/nccl_checks.py).
+    # Only containers not checked in an earlier run of theirs are asked (operations/nccl_checks.py).
     read_now = read(host, VllmNcclVersions, "NCCL inside the vLLM containers (docker exec)",
                     known=nccl_checks.known(host.name))
     nccl_checks.remember(host.name, read_now)

@@ -10,9 +10,9 @@ deploy, ``host.get_fact`` answers from those outputs.
 That command runs the reads in ``READ_LANES`` concurrent lanes: most of a read's time is a
 process starting and waiting on a daemon (dockerd, dpkg's database, apt's cache), so one after
 another they cost a GPU node ~1.7 s (`make bench-reads`). Each read's output goes to a file in a
-private temporary directory on the host (``mktemp -d`` under ``$TMPDIR``, umask 077, removed when
-the command ends), and the files are printed in order, so a read's output is exactly what it was
-when read alone. Facts only read: running them side by side changes no answer. A host where the
+private temporary directory on the host (``mktemp -d`` under ``$TMPDIR``, mode 0700, removed when
+the command ends or is killed), and the files are printed in order: each read's output, exit
+status and stderr (dropped) are as when pyinfra reads it alone. Facts only read: running them side by side changes no answer. A host where the
 directory cannot be made answers nothing, and its facts are read one by one, as without a prefetch.
 
 At execution pyinfra runs each operation again and re-reads its facts, so that an operation sees
@@ -34,8 +34,10 @@ Anything else reads as pyinfra does:
 * facts with preconditions and short facts.
 
 Facts not asked for ``FORGET_AFTER_DAYS`` are dropped from the list. A fact class with
-``remember_latest_only = True`` keeps only its latest arguments: for a read whose arguments are the
-answers it already has (VllmNcclVersions' ``known``), an older set would only redo the work.
+``remember_latest_only = True`` is remembered once, whatever its arguments; with a
+``prefetch_kwargs(host_name)`` static method it is prefetched with the arguments that returns:
+for a read whose arguments are the answers the control host has (VllmNcclVersions' ``known``),
+the remembered ones are a run old and would redo the work.
 The list lives in ``$GPUFLEET_CACHE_DIR`` (default ``~/.cache/gpufleet``) ``/fact-reads/<host>.json``; deleting it
 only makes the next plan slower.
 
@@ -69,8 +71,10 @@ FORGET_AFTER_DAYS = 7
 # Concurrent reads per host in the prefetch: enough to overlap the waits on the daemons; more only
 # crowd the host's cores (a lab node has two).
 READ_LANES = 4
-# The prefetch's only write on the host: its scratch directory, removed when its command ends.
-SCRATCH_CLEANUP = "trap 'rm -rf \"$d\"' EXIT;"
+# The prefetch's only write on the host: its scratch directory, removed when its command ends,
+# also when the control side goes away (SIGHUP, SIGPIPE) or gives up on it (SIGTERM, SIGINT).
+SCRATCH_CLEANUP = ("trap 'rm -rf \"$__gpufleet_reads\"' EXIT; trap 'exit 129' HUP; trap 'exit 130' INT; "
+                   "trap 'exit 141' PIPE; trap 'exit 143' TERM;")
 # Arguments that change what a fact's command sees; the others (timeouts, retries) do not.
 _PRIVILEGE_KEYS = ("_sudo", "_sudo_user", "_use_sudo_login", "_preserve_sudo_env", "_su_user", "_use_su_login",
                    "_preserve_su_env", "_su_shell", "_doas", "_doas_user", "_dzdo", "_dzdo_user",
@@ -197,7 +201,12 @@ class _PrefetchedFacts:
                 continue  # a fact class that no longer exists
             if not _prefetchable(cls):
                 continue
-            fact_kwargs, global_kwargs = _fact_kwargs(self.state, self.host, cls, [], dict(entry["kwargs"]))
+            # A fact whose arguments are what the control host knows now says so (prefetch_kwargs).
+            hook = getattr(cls, "prefetch_kwargs", None)
+            asked = hook(self.host.name) if hook is not None else dict(entry["kwargs"])
+            fact_kwargs, global_kwargs = _fact_kwargs(self.state, self.host, cls, [], asked)
+            if hook is not None:
+                key = _key(entry["fact"], fact_kwargs)
             command = _fact_command(cls(), dict(fact_kwargs))
             if command is not None:
                 groups.setdefault(_privileges(global_kwargs), []).append((key, command, global_kwargs))
@@ -288,25 +297,28 @@ class _PrefetchedFacts:
             pass  # a read-only home only costs speed
 
 
-def concurrent_reads(commands: list, mark: str, lanes: int = READ_LANES) -> StringCommand:
+def concurrent_reads(commands: list, mark: str, lanes: int | None = None) -> StringCommand:
     """One shell command that runs ``commands`` in ``lanes`` concurrent lanes and prints, in order,
     ``<mark>:<i>``, command i's stdout, and ``<mark>:rc:<its exit status>``.
 
-    Command i runs in lane ``i % lanes``, in a subshell of its own (an ``exit`` in it ends only it),
-    its stderr dropped as pyinfra's own read drops it. Example::
+    Command i runs in lane ``i % lanes`` (default ``READ_LANES``), in a subshell of its own (an
+    ``exit`` in it ends only it), its stderr dropped as pyinfra's own read drops it, its stdin
+    /dev/null. Example::
 
         concurrent_reads([StringCommand("uname", "-r"), StringCommand("hostname")], "__m")
         # prints: __m:0 / 6.1.0-27-amd64 / __m:rc:0 / __m:1 / gpu-node-1 / __m:rc:0
     """
-    parts: list[Any] = ["umask", "077;", 'd=$(mktemp -d "${TMPDIR:-/tmp}/gpufleet-reads.XXXXXX")', "||", "exit", "1;",
-                        SCRATCH_CLEANUP]
+    lanes = READ_LANES if lanes is None else lanes
+    d = '"$__gpufleet_reads'  # the scratch directory (private: umask 077), by a name no read uses
+    parts: list[Any] = ["__gpufleet_reads=$(umask", "077;", 'mktemp -d "${TMPDIR:-/tmp}/gpufleet-reads.XXXXXX")',
+                        "||", "exit", "1;", SCRATCH_CLEANUP]
     for lane in range(min(lanes, len(commands))):
         parts.append("{")
         for i in range(lane, len(commands), lanes):
-            parts += ["(", commands[i], ")", f'>"$d/{i}"', "2>/dev/null;", "echo", "$?", f'>"$d/{i}.rc";']
-        parts.append("} &")
+            parts += ["(", commands[i], ")", f'>{d}/{i}"', "2>/dev/null;", "echo", "$?", f'>{d}/{i}.rc";']
+        parts.append("} </dev/null &")
     parts += ["wait;", "i=0;", "while", "[", "$i", "-lt", str(len(commands)), "];", "do",
-              "echo", f'"{mark}:$i";', "cat", '"$d/$i";', "echo", f'"{mark}:rc:$(cat "$d/$i.rc")";',
+              "echo", f'"{mark}:$i";', "cat", f'{d}/$i";', "echo", f'"{mark}:rc:$(cat {d}/$i.rc")";',
               "i=$((i+1));", "done"]
     return StringCommand(*parts)
 

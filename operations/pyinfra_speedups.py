@@ -95,8 +95,11 @@ def global_arguments_once() -> list[tuple[str, type]]:
 @functools.cache
 def install() -> bool:
     """Put both in place in pyinfra's modules, once; False (nothing replaced) for another pyinfra."""
-    if (source_digest(_PYINFRA_ORDER) != REPLACED["get_operation_order_from_stack"]
-            or source_digest(_PYINFRA_GLOBAL_ARGUMENTS) != REPLACED["all_global_arguments"]):
+    try:
+        if (source_digest(_PYINFRA_ORDER) != REPLACED["get_operation_order_from_stack"]
+                or source_digest(_PYINFRA_GLOBAL_ARGUMENTS) != REPLACED["all_global_arguments"]):
+            return False
+    except (OSError, TypeError):  # pyinfra installed without its sources: cannot tell, leave it
         return False
     _util.get_operation_order_from_stack = operation_order_from_frames
     _operation.get_operation_order_from_stack = operation_order_from_frames

@@ -57,7 +57,7 @@ def up(nodes: int, lbs: int, data_hosts: int = 0) -> list[LabHost]:
     _ensure_service(client, REGISTRY_CONTAINER, REGISTRY_ALIAS, registry, None,
                     ports={f"{REGISTRY_PORT}/tcp": ("127.0.0.1", REGISTRY_LOCAL_PORT)})
     _publish(client, base, "gpufleet-lab/toolkit-check:1")
-    serving = serving_images.build_all(client, base, lambda local_tag, name: _publish(client, local_tag, name))
+    serving = serving_images.build_all(docker_client, base, _publish)
     _check_room_for_new_nodes(client, wanted, [local_tag for local_tag, _ in serving])
     wanted_names = {h.name for h in wanted}
     for container in hosts.lab_containers(client):

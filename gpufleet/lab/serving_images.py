@@ -22,16 +22,19 @@ from gpufleet.lab import images_app, images_milvus, images_monitoring, images_vl
 LANES = [[images_vllm.build], [images_milvus.build, images_app.build, images_monitoring.build]]
 
 
-def build_all(client, base_image: str, publish: Callable[[str, str], None]) -> list[tuple[str, str]]:
-    """Build every serving image and ``publish(local tag, registry name)`` each one once built;
-    the (local tag, registry name) pairs, in ``LANES`` order. A failed build or push in either lane
-    fails the lab's start once the other lane has ended (a half-pushed image is pushed again next time)."""
+def build_all(new_client: Callable[[], object], base_image: str,
+              publish: Callable[[object, str, str], None]) -> list[tuple[str, str]]:
+    """Build every serving image and ``publish(client, local tag, registry name)`` each one once
+    built; the (local tag, registry name) pairs, in ``LANES`` order. Each lane has a Docker client
+    of its own (``new_client()``: docker-py's client is not made for two threads). A failed build
+    or push in either lane fails the lab's start once the other lane has ended (a half-pushed image
+    is pushed again next time)."""
 
     def lane(builders) -> list[tuple[str, str]]:
-        published = []
+        client, published = new_client(), []
         for build in builders:
             for local_tag, name in build(client, base_image):
-                publish(local_tag, name)
+                publish(client, local_tag, name)
                 published.append((local_tag, name))
         return published
 

@@ -214,7 +214,7 @@ class VllmNcclVersions(FactBase):
     running gpufleet container named ``vllm-*``, except where ``known`` already has the answer.
 
     + known: ``{"<container id>@<image id>@<started at>": version}`` from earlier reads (the
-      control host keeps them: gpufleet/nccl_checks.py). The processes of a container run can only
+      control host keeps them: operations/nccl_checks.py). The processes of a container run can only
       map what they mapped when it started, so its answer holds until the container is recreated
       or restarted, which changes the key: the check then runs inside it again, once.
 
@@ -227,7 +227,14 @@ class VllmNcclVersions(FactBase):
     A container whose check cannot run reports None.
     """
 
-    remember_latest_only = True  # operations/fact_prefetch.py: an older ``known`` would check again
+    remember_latest_only = True  # operations/fact_prefetch.py: one remembered read of this class
+
+    @staticmethod
+    def prefetch_kwargs(host_name: str) -> dict:
+        """The arguments the prefetch reads it with: the answers kept now (operations/nccl_checks.py)."""
+        from operations import nccl_checks
+
+        return {"known": nccl_checks.known(host_name)}
 
     def command(self, known: dict[str, str] | None = None) -> str:
         answered = "".join(f"{shlex.quote(key)}) v={shlex.quote(version)} ;; "

@@ -10,7 +10,7 @@ the fact. So every fact's command is built here and has one shape, the envelope:
     __gpufleet_rc=<the read's exit status>
 
 or prints only ``__gpufleet_missing`` when the tool it reads is not installed. A read of several
-steps (``dpkg-query``, then ``apt-mark``) prints each step's output, then the one status. (The
+steps (KernelXids: ``dmesg``, then ``journalctl``) prints each step's output, then the one status. (The
 two scripts of doctor.py are sections of this shape, one per tool, built in their own shell.)
 
 * :func:`wrap` reads a tool (its stdout and stderr; missing when the tool is not on the PATH),
@@ -158,6 +158,24 @@ def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
 
 
+def _markers_on_their_own_lines(output: list[str]) -> list[str]:
+    """A read whose output does not end in a newline (a tool killed mid-line: stdio writes to a
+    pipe in blocks) has the status line glued to its last line: split it off again, so that a
+    read killed at its limit is never taken for an answer.
+
+    >>> _markers_on_their_own_lines(["pkg\\tlibnccl2\\t2.27__gpufleet_timeout=60", "__gpufleet_rc=124"])
+    ['pkg\\tlibnccl2\\t2.27', '__gpufleet_timeout=60', '__gpufleet_rc=124']
+    """
+    lines = []
+    for line in output:
+        cut = min((i for i in (line.find(TIMED_OUT), line.find(RC)) if i > 0), default=-1)
+        if cut > 0:
+            lines += [line[:cut], *_markers_on_their_own_lines([line[cut:]])]
+        else:
+            lines.append(line)
+    return lines
+
+
 def envelope(output: list[str], missing: str = "command not found") -> tuple[dict, list[str]]:
     """Split enveloped output into (status dict, the read's own output lines).
 
@@ -170,7 +188,7 @@ def envelope(output: list[str], missing: str = "command not found") -> tuple[dic
     ...
     operations.facts.util.ReadTimedOut: no answer within 60 s (killed on the host)
     """
-    lines = list(output)
+    lines = _markers_on_their_own_lines(output)
     if any(line.strip() == MISSING for line in lines):
         return {"status": "missing", "exit_code": None, "error": missing}, []
     exit_code = None

@@ -19,7 +19,7 @@ def test_clean_lab_reports_nothing_and_exits_0(converged):
 
 
 def test_the_nccl_check_runs_once_per_container_run(converged):
-    """A drift after a drift asks no replica that was checked already (gpufleet/nccl_checks.py; a
+    """A drift after a drift asks no replica that was checked already (operations/nccl_checks.py; a
     container restarted or recreated since is asked again: tests/unit/test_docker_facts.py)."""
     node = converged[NODE]
 

@@ -266,3 +266,14 @@ def test_built_image_reads_the_marker_of_the_image_it_inspects(docker, tmp_path,
     found = BuiltImage().process(run(command, bin_dir))
     assert found["status"] == "ok" and found["checked"] is False  # /var/lib/gpufleet/images/checked/9a9a.json
     assert found["image"]["labels"]["io.gpufleet.base-id"] == "sha256:5151" and found["base"]["layers"] == ["l1", "l2"]
+
+
+def test_a_read_killed_mid_line_is_no_answer(tmp_path):
+    """dpkg-query hangs after half a line (stdio writes to a pipe in blocks): the timeout marker
+    lands on that line, and the read still raises instead of answering without libnccl2."""
+    tool(tmp_path, "dpkg-query", "printf 'pkg\\tjq\\t1.6-2.1\\tii \\npkg\\tlibnccl2\\t2.27'; exec sleep 30\n")
+    command = PackageStates().command(["jq", "libnccl2"]).replace("timeout -k 5 60", "timeout -k 5 1")
+    out = run(command, tmp_path)
+    assert any(line.startswith("pkg\tlibnccl2\t2.27__gpufleet_timeout=") for line in out)
+    with pytest.raises(ReadTimedOut):
+        PackageStates().process(out)

@@ -259,12 +259,22 @@ def test_a_host_where_the_scratch_directory_cannot_be_made_is_read_one_by_one(pr
     assert len(runs) == 3  # the failed prefetch, then pyinfra's own two reads
 
 
-def test_the_prefetch_command_runs_reads_in_lanes():
+def test_reads_overlap_in_lanes_and_one_lane_reads_one_after_another(tmp_path):
+    """Each read marks its start, waits, then counts the starts: a read beside another sees two."""
+    import subprocess
+
     from pyinfra.api import StringCommand
 
-    text = fact_prefetch.concurrent_reads([StringCommand("echo", str(i)) for i in range(6)], "__m", lanes=4).get_raw_value()
-    assert text.count("} &") == 4 and "wait;" in text
-    assert fact_prefetch.SCRATCH_CLEANUP in text
+    def first_count(lanes):
+        marks = tmp_path / f"lanes-{lanes}"
+        marks.mkdir()
+        reads = [StringCommand(f"touch {marks}/{i}; sleep 0.5; ls {marks} | wc -l") for i in range(4)]
+        text = fact_prefetch.concurrent_reads(reads, "__m", lanes=lanes).get_raw_value()
+        out = subprocess.run(["sh", "-c", text], capture_output=True, text=True, check=True).stdout.split()
+        return int(out[out.index("__m:0") + 1])
+
+    assert first_count(4) >= 2
+    assert first_count(1) == 1
 
 
 def test_a_fact_that_remembers_its_latest_arguments_only(preparing, tmp_path):
@@ -283,3 +293,23 @@ def test_a_fact_that_remembers_its_latest_arguments_only(preparing, tmp_path):
     entries = json.loads(fact_prefetch.cache_file(host.name).read_text())["facts"]
     assert sorted((e["fact"].rsplit(".", 1)[1], e["kwargs"]["command"]) for e in entries) == [
         ("Command", "echo other"), ("Knowing", "echo second")]
+
+
+def test_a_fact_with_prefetch_kwargs_is_prefetched_with_what_the_control_host_knows_now(preparing, tmp_path):
+    """Remembered with the arguments of the run that asked (a run old); prefetched with today's."""
+    state, host = preparing
+    today = tmp_path / "today"
+    today.write_text("echo today\n")
+
+    class Asking(Command):
+        remember_latest_only = True
+
+        @staticmethod
+        def prefetch_kwargs(host_name):
+            return {"command": today.read_text().strip()}
+
+    Asking.__module__, Asking.__qualname__ = __name__, "Asking"
+    globals()["Asking"] = Asking
+    _remember(host, (Asking, {"command": "echo yesterday"}, None))
+    assert fact_prefetch.prefetch_facts() == 1
+    assert [lines for _, _, lines in host.get_fact.answers.values()] == [["today"]]

@@ -1,10 +1,10 @@
-"""gpufleet/nccl_checks.py: the answers of earlier NCCL checks, per container run, kept 0600."""
+"""operations/nccl_checks.py: the answers of earlier NCCL checks, per container run, kept 0600."""
 
 from __future__ import annotations
 
 import stat
 
-from gpufleet import nccl_checks
+from operations import nccl_checks
 
 
 def test_answers_are_kept_for_the_containers_running_now_only(tmp_path, monkeypatch):

@@ -25,6 +25,7 @@ def test_the_pinned_pyinfra_has_the_functions_replaced_and_install_puts_them_in_
         monkeypatch.setattr(module, name, getattr(module, name))  # undone after the test
     assert pyinfra_speedups.install.__wrapped__() is True
     assert operation.get_operation_order_from_stack is pyinfra_speedups.operation_order_from_frames
+    assert util.get_operation_order_from_stack is pyinfra_speedups.operation_order_from_frames
     assert arguments.all_global_arguments is pyinfra_speedups.global_arguments_once
     assert facts.all_global_arguments is pyinfra_speedups.global_arguments_once
 

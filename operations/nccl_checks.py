@@ -12,6 +12,10 @@ The answers live in ``<cache dir>/nccl-checks/<host>.json`` (``$GPUFLEET_CACHE_D
 ``~/.cache/gpufleet``; 0600), only the containers running at the last read; deleting the file only
 makes the next check run inside every replica again. An unreadable file counts as empty.
 
+The prefetch (operations/fact_prefetch.py) reads VllmNcclVersions with the answers kept *now*
+(the fact's ``prefetch_kwargs``), not with those of the run that remembered the read: so the
+check of a new container runs once, in the run that finds it.
+
 Example::
 
     known = nccl_checks.known(host.name)
@@ -22,10 +26,10 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from gpufleet.private_files import write_private
 from operations.fact_prefetch import cache_root
 
 
@@ -50,7 +54,13 @@ def remember(host_name: str, found: dict[str, Any]) -> None:
     answers = {keys[name]: version for name, version in versions.items() if version and name in keys}
     if answers == known(host_name):
         return
+    path = cache_file(host_name)
     try:
-        write_private(cache_file(host_name), json.dumps(answers, indent=1, sort_keys=True) + "\n")
+        # Owner-only, like everything gpufleet keeps about the fleet (gpufleet/private_files.py).
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+            handle.write(json.dumps(answers, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
     except OSError:
         pass  # a read-only home only costs speed
