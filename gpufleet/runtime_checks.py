@@ -81,7 +81,8 @@ def driver_loaded(host, settings: HostSettings, ctx: HostContext | None = None) 
 def gpu_health(host, settings: HostSettings, ctx: HostContext | None = None) -> list[DriftItem]:
     from operations.facts.gpu_health import GpuHealth
 
-    health = read(host, GpuHealth, "GPU health (nvidia-smi)", ctx.failures if ctx else None)
+    health = read(host, GpuHealth, "GPU health (nvidia-smi)", ctx.failures if ctx else None,
+                  limit=settings.gpu_health_read_limit_s)
     if health["status"] != "ok":
         return [DriftItem("runtime", "gpus", f"nvidia-smi {health['status']}: {health['error']}")]
     items = []
