@@ -81,8 +81,7 @@ def driver_loaded(host, settings: HostSettings, ctx: HostContext | None = None) 
 def gpu_health(host, settings: HostSettings, ctx: HostContext | None = None) -> list[DriftItem]:
     from operations.facts.gpu_health import GpuHealth
 
-    health = read(host, GpuHealth, "GPU health (nvidia-smi)", ctx.failures if ctx else None,
-                  limit=settings.gpu_health_read_limit_s)
+    health = read(host, GpuHealth, "GPU health (nvidia-smi)", ctx.failures if ctx else None)
     if health["status"] != "ok":
         return [DriftItem("runtime", "gpus", f"nvidia-smi {health['status']}: {health['error']}")]
     items = []

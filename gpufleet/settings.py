@@ -89,10 +89,6 @@ class HostSettings(VllmSettings, WeightsSettings, DataSettings, EdgeSettings, In
     nvidia_repo_key_fingerprint: str = Field(default="EB693B3035CD5710E231E123A4B469963BF863CC",
                                              pattern=r"^[0-9A-F]{40}$")
     nvidia_proc_version_path: str = "/proc/driver/nvidia/version"  # where the loaded module reports
-    # How long drift's read of GPU health (nvidia-smi) may take on a node before it is killed and
-    # the node reported "not checked": a GPU fallen off the bus hangs nvidia-smi. A healthy
-    # nvidia-smi answers in well under a second; a slower limit only delays that report.
-    gpu_health_read_limit_s: int = Field(60, ge=5, le=600)
     nvidia_kernel_headers: bool = True  # linux-headers-$(uname -r) for DKMS
     unattended_upgrades_blacklist: list[str] = Field(
         default_factory=lambda: ["nvidia-", "libnvidia-", "cuda-", "libcuda", "libnccl", "nvidia-container-toolkit"])

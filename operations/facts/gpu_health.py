@@ -6,7 +6,7 @@ import csv
 
 from pyinfra.api import FactBase
 
-from .util import READ_LIMIT_S, envelope, wrap
+from .util import envelope, wrap
 
 HEALTH_FIELDS = "index,uuid,ecc.errors.uncorrected.volatile.total,clocks_throttle_reasons.active"
 # Throttle reasons that mean trouble (nvml.h clocksThrottleReasons); idle (0x1) and the software
@@ -38,12 +38,10 @@ class GpuHealth(FactBase):
          "gpus": [{"index": 0, "uuid": "GPU-...", "ecc_uncorrected": None, "throttle": []}]}
 
     ``ecc_uncorrected`` is None where the board has no ECC (GeForce). nvidia-smi that does not
-    answer within ``limit`` seconds (60) is killed and the fact fails (FactProcessError: pyinfra
-    fails the host); drift passes the host's ``gpu_health_read_limit_s``.
+    answer within 60 s is killed and the fact fails (FactProcessError: pyinfra fails the host).
     """
 
-    def command(self, limit: int = READ_LIMIT_S) -> str:
-        return wrap("nvidia-smi", f"nvidia-smi --query-gpu={HEALTH_FIELDS} --format=csv,noheader", limit=limit)
+    command = wrap("nvidia-smi", f"nvidia-smi --query-gpu={HEALTH_FIELDS} --format=csv,noheader")
 
     @staticmethod
     def default():

@@ -82,19 +82,17 @@ def test_an_unreadable_kernel_log_is_not_checked_not_zero(converged):
 
 
 def test_a_hung_nvidia_smi_is_a_host_not_checked_and_the_run_ends(converged):
-    """The host's limit on nvidia-smi (gpu_health_read_limit_s, 60 s; 10 s here) kills the
-    stand-in; the control side's (--read-timeout) is above it so that the lab's slower reads (NCCL
-    inside the replicas) still answer."""
+    """The host's limit on nvidia-smi (60 s) kills the stand-in; the control side's (--read-timeout)
+    is above it here so that the lab's slower reads (NCCL inside the replicas) still answer."""
     target = converged[NODE]
     shadow(target, "nvidia-smi", "exec sleep 3600")
     try:
         started = time.monotonic()
-        code, report = drift("--read-timeout", "150", "--data", "gpu_health_read_limit_s=10")
-        assert time.monotonic() - started < 300
+        code, report = drift("--read-timeout", "150")
+        assert time.monotonic() - started < 400
         by_host = {h["host"]: h for h in report["hosts"]}
         assert code == 1 and report["unchecked_hosts"] == [NODE], report
         assert by_host[NODE]["error"].startswith("timed out reading GPU health (nvidia-smi)"), by_host[NODE]["error"]
-        assert "no answer within 10 s" in by_host[NODE]["error"], by_host[NODE]["error"]
         assert by_host["gpu-node-1"]["error"] is None and by_host["lb-1"]["error"] is None
     finally:
         unshadow(target, "nvidia-smi")
