@@ -313,3 +313,25 @@ def test_a_fact_with_prefetch_kwargs_is_prefetched_with_what_the_control_host_kn
     _remember(host, (Asking, {"command": "echo yesterday"}, None))
     assert fact_prefetch.prefetch_facts() == 1
     assert [lines for _, _, lines in host.get_fact.answers.values()] == [["today"]]
+
+
+@pytest.mark.parametrize("signal_name, code", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_the_scratch_directory_goes_when_the_read_is_killed(tmp_path, signal_name, code):
+    """The control side gives up (SIGTERM) or goes away (SIGHUP): nothing is left in $TMPDIR."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from pyinfra.api import StringCommand
+
+    text = fact_prefetch.concurrent_reads([StringCommand("sleep", "5"), StringCommand("echo", "x")], "__m").get_raw_value()
+    run = subprocess.Popen(["sh", "-c", text], env={**os.environ, "TMPDIR": str(tmp_path)}, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not list(tmp_path.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(tmp_path.iterdir()), "the scratch directory was never made"
+    run.send_signal(getattr(signal, signal_name))
+    assert run.wait(timeout=10) == code
+    assert list(tmp_path.iterdir()) == []
