@@ -203,9 +203,10 @@ def nccl_in_vllm(host, settings: HostSettings, fleet: Fleet) -> list[DriftItem]:
     from operations import nccl_checks
     from operations.facts.docker import VllmNcclVersions
 
-    # Only containers not checked in an earlier run of theirs are asked (operations/nccl_checks.py).
+    # Only containers not checked in an earlier run of theirs are asked (operations/nccl_checks.py),
+    # with the arguments the prefetch read it with: its answer, not a second round trip.
     read_now = read(host, VllmNcclVersions, "NCCL inside the vLLM containers (docker exec)",
-                    known=nccl_checks.known(host.name))
+                    **VllmNcclVersions.prefetch_kwargs(host.name))
     nccl_checks.remember(host.name, read_now)
     found = read_now["containers"]
     return [DriftItem("runtime", f"container {name}", f"loads NCCL {version or 'unknown'}, pinned {settings.nccl_version}")

@@ -12,8 +12,9 @@ process starting and waiting on a daemon (dockerd, dpkg's database, apt's cache)
 another they cost a GPU node ~1.7 s (`make bench-reads`). Each read's output goes to a file in a
 private temporary directory on the host (``mktemp -d`` under ``$TMPDIR``, mode 0700, removed when
 the command ends or is killed), and the files are printed in order: each read's output, exit
-status and stderr (dropped) are as when pyinfra reads it alone. Facts only read: running them side by side changes no answer. A host where the
-directory cannot be made answers nothing, and its facts are read one by one, as without a prefetch.
+status and stderr (dropped) are as when pyinfra reads it alone. Facts only read: running them side
+by side changes no answer. A host where the directory cannot be made answers nothing, and its
+facts are read one by one, as without a prefetch.
 
 At execution pyinfra runs each operation again and re-reads its facts, so that an operation sees
 what earlier operations changed. Until the first command runs on the host in this run (an
@@ -33,13 +34,12 @@ Anything else reads as pyinfra does:
   privileges than the fact now asks for (``_sudo``...): read again, so errors are pyinfra's own;
 * facts with preconditions and short facts.
 
-Facts not asked for ``FORGET_AFTER_DAYS`` are dropped from the list. A fact class with
-``remember_latest_only = True`` is remembered once, whatever its arguments; with a
-``prefetch_kwargs(host_name)`` static method it is prefetched with the arguments that returns:
-for a read whose arguments are the answers the control host has (VllmNcclVersions' ``known``),
-the remembered ones are a run old and would redo the work.
-The list lives in ``$GPUFLEET_CACHE_DIR`` (default ``~/.cache/gpufleet``) ``/fact-reads/<host>.json``; deleting it
-only makes the next plan slower.
+Facts not asked for ``FORGET_AFTER_DAYS`` are dropped from the list. A fact class with a
+``prefetch_kwargs(host_name)`` static method is remembered once, whatever its arguments, and
+prefetched with the arguments that returns: for a read whose arguments are the answers the
+control host has (VllmNcclVersions' ``known``), the remembered ones are a run old and would redo
+the work. The list lives in ``$GPUFLEET_CACHE_DIR`` (default ``~/.cache/gpufleet``)
+``/fact-reads/<host>.json``; deleting it only makes the next plan slower.
 
 Uses pyinfra's fact-command helpers (``_handle_fact_kwargs``, ``_make_command``): pyinfra is
 pinned exactly (pyproject.toml), and tests/unit/test_fact_prefetch.py compares every answer
@@ -88,6 +88,17 @@ def cache_root() -> Path:
 
 def cache_file(host_name: str) -> Path:
     return cache_root() / "fact-reads" / f"{host_name}.json"
+
+
+def write_cache_file(path: Path, text: str) -> None:
+    """Write ``text`` to a file under :func:`cache_root`: 0600 from its first byte in a 0700
+    directory (like everything gpufleet keeps about the fleet: gpufleet/private_files.py),
+    replaced atomically. OSError propagates: a caller that only goes faster with it ignores it."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
 
 
 def prefetch_facts() -> int:
@@ -182,14 +193,8 @@ class _PrefetchedFacts:
         return {_key(e["fact"], e["kwargs"]): e for e in entries if isinstance(e, dict) and e.get("asked", "") >= oldest}
 
     def _save(self) -> None:
-        # Owner-only, like everything gpufleet keeps about the fleet (gpufleet/private_files.py).
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps({"facts": sorted(self.remembered.values(),
-                                                     key=lambda e: _key(e["fact"], e["kwargs"]))}, indent=1) + "\n")
-        os.replace(tmp, self.path)
+        entries = sorted(self.remembered.values(), key=lambda e: _key(e["fact"], e["kwargs"]))
+        write_cache_file(self.path, json.dumps({"facts": entries}, indent=1) + "\n")
 
     # ------------------------------------------------------------------ one round trip -----------
     def read(self) -> int:
@@ -248,7 +253,7 @@ class _PrefetchedFacts:
         key = _key(_fact_name(cls), fact_kwargs)
         # Remembered at either stage: `pyinfra -y` (and every run of tests, rollouts and drift that
         # does not ask) skips running operations while preparing, so most reads happen at execution.
-        self._remember(key, _fact_name(cls), fact_kwargs, getattr(cls, "remember_latest_only", False))
+        self._remember(key, _fact_name(cls), fact_kwargs, latest_only=hasattr(cls, "prefetch_kwargs"))
         if not (stage == StateStage.Prepare or self._snapshot_holds(cls, stage)):
             return self._read_live(cls, *args, **kwargs)
         answer = self.answers.get(key)
@@ -288,7 +293,7 @@ class _PrefetchedFacts:
             json.dumps(fact_kwargs)
         except TypeError:
             return  # arguments that do not survive a round trip through JSON are not remembered
-        if latest_only:  # its arguments are what it already knows: an older set only costs a read
+        if latest_only:  # prefetched with prefetch_kwargs(): older arguments would be the same read twice
             self.remembered = {k: e for k, e in self.remembered.items() if e["fact"] != name}
         self.remembered[key] = {"fact": name, "kwargs": fact_kwargs, "asked": today}
         try:

@@ -18,19 +18,17 @@ check of a new container runs once, in the run that finds it.
 
 Example::
 
-    known = nccl_checks.known(host.name)
-    found = host.get_fact(VllmNcclVersions, known=known)
+    found = host.get_fact(VllmNcclVersions, **VllmNcclVersions.prefetch_kwargs(host.name))
     nccl_checks.remember(host.name, found)
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from operations.fact_prefetch import cache_root
+from operations.fact_prefetch import cache_root, write_cache_file
 
 
 def cache_file(host_name: str) -> Path:
@@ -54,13 +52,7 @@ def remember(host_name: str, found: dict[str, Any]) -> None:
     answers = {keys[name]: version for name, version in versions.items() if version and name in keys}
     if answers == known(host_name):
         return
-    path = cache_file(host_name)
     try:
-        # Owner-only, like everything gpufleet keeps about the fleet (gpufleet/private_files.py).
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
-            handle.write(json.dumps(answers, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        write_cache_file(cache_file(host_name), json.dumps(answers, indent=1, sort_keys=True) + "\n")
     except OSError:
         pass  # a read-only home only costs speed

@@ -227,11 +227,10 @@ class VllmNcclVersions(FactBase):
     A container whose check cannot run reports None.
     """
 
-    remember_latest_only = True  # operations/fact_prefetch.py: one remembered read of this class
-
     @staticmethod
     def prefetch_kwargs(host_name: str) -> dict:
-        """The arguments the prefetch reads it with: the answers kept now (operations/nccl_checks.py)."""
+        """The arguments to read it with: the answers kept now (operations/nccl_checks.py). The
+        prefetch reads it so (operations/fact_prefetch.py), and so does drift."""
         from operations import nccl_checks
 
         return {"known": nccl_checks.known(host_name)}

@@ -282,7 +282,9 @@ def test_a_fact_that_remembers_its_latest_arguments_only(preparing, tmp_path):
     state, host = preparing
 
     class Knowing(Command):
-        remember_latest_only = True
+        @staticmethod
+        def prefetch_kwargs(host_name):
+            return {"command": "echo second"}
 
     Knowing.__module__, Knowing.__qualname__ = __name__, "Knowing"
     globals()["Knowing"] = Knowing
@@ -302,8 +304,6 @@ def test_a_fact_with_prefetch_kwargs_is_prefetched_with_what_the_control_host_kn
     today.write_text("echo today\n")
 
     class Asking(Command):
-        remember_latest_only = True
-
         @staticmethod
         def prefetch_kwargs(host_name):
             return {"command": today.read_text().strip()}
