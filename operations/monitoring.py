@@ -67,6 +67,7 @@ ALERTMANAGER_CONF = "/etc/prometheus/alertmanager.yml"  # Debian's path
 ALERTMANAGER_DEFAULTS = "/etc/default/prometheus-alertmanager"
 ALERTMANAGER_SERVICE = "prometheus-alertmanager"
 ALERTMANAGER_LISTEN = "127.0.0.1:9093"
+ALERTMANAGER_GROUP_WAIT = "30s"  # Alertmanager's own default
 
 
 def _render(template: str, **values) -> str:
@@ -367,7 +368,7 @@ def prometheus(replicas: list, nodes: list, options: dict | None = None, rules: 
 _WEBHOOK_URL = re.compile(r"^https?://[^\s\"]+$")
 
 
-def render_alertmanager(webhook_url: str, group_wait: str = "30s") -> str:
+def render_alertmanager(webhook_url: str, group_wait: str = ALERTMANAGER_GROUP_WAIT) -> str:
     return _render("prometheus/alertmanager.yml.j2", webhook_url=webhook_url, group_wait=group_wait)
 
 
@@ -397,7 +398,8 @@ def alertmanager_script(listen: str, restart: bool) -> str:
 
 
 @operation()
-def alertmanager(webhook_url_file: str | None, listen: str = ALERTMANAGER_LISTEN, group_wait: str = "30s"):
+def alertmanager(webhook_url_file: str | None, listen: str = ALERTMANAGER_LISTEN,
+                 group_wait: str = ALERTMANAGER_GROUP_WAIT):
     """
     Alertmanager with one webhook receiver, for the Prometheus on the same lb host; off without a URL.
 
