@@ -158,16 +158,20 @@ def main(sizes: list[int], repeat: int = 3, lanes: tuple[int, ...] | None = None
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    if "--as-is" in args:  # the lab as deployed: one size (its own), no reshaping, no TP=1 converge
-        args.remove("--as-is")
-        AS_IS = True
-    if args[:1] == ["--one"]:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m gpufleet.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sizes", nargs="*", type=int, default=[1, 2, 4], help="lab GPU nodes to measure")
+    parser.add_argument("--lanes", type=lambda v: tuple(int(x) for x in v.split(",")), default=None,
+                        help="prefetch read lanes to compare, e.g. 1,4 (default: READ_LANES)")
+    parser.add_argument("--as-is", action="store_true", help="measure the lab as deployed, without reshaping it")
+    parser.add_argument("--one", nargs=3, type=int, metavar=("NODES", "REPEAT", "LANES"),
+                        help=argparse.SUPPRESS)  # the child process of one measurement
+    options = parser.parse_args()
+    AS_IS = options.as_is
+    if options.one:
         import json
 
-        print(json.dumps(one_size(int(args[1]), int(args[2]), int(args[3]))))
+        print(json.dumps(one_size(*options.one)))
         sys.exit(0)
-    lanes = None
-    if args[:1] == ["--lanes"]:  # e.g. --lanes 1,4: the prefetch's reads one at a time vs four
-        lanes, args = tuple(int(x) for x in args[1].split(",")), args[2:]
-    sys.exit(main([int(a) for a in args] or [1, 2, 4], lanes=lanes))
+    sys.exit(main(options.sizes, lanes=options.lanes))
