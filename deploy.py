@@ -35,11 +35,28 @@ def gpu_node_preflight():
                        kernel_headers=settings.nvidia_kernel_headers, pci_dump_file=settings.pci_dump_file)
 
 
+def milvus_users_args() -> dict:
+    """Milvus's users as this host's data declares them (operations/milvus_users.py)."""
+    app_collections = sorted({n.settings.app_collection for n in fleet.nodes if n.settings.app_image})
+    return dict(address=fleet.hosts[host.name].milvus_address, port=settings.milvus_port,
+                root_password_file=settings.milvus_root_secret(),
+                app_user=settings.milvus_app_user if app_collections else None,
+                app_password_file=settings.milvus_app_secret(), collections=app_collections,
+                health_port=settings.milvus_health_port)
+
+
+def milvus_users_ahead():
+    # The Milvus users check is a child process on the control host (about a second): started beside
+    # the facts' round trip, it is done when the plan gets to it, instead of holding the plan there.
+    milvus_users.ask_ahead(**milvus_users_args())
+
+
 # --- every host (operations/base_role.py) ---------------------------------------------------------
 # The deploy lock (one run of deploy.py per host at a time, from plan to end: taken before any fact
 # is read, released when this run's SSH connection closes), the facts this host's last plans asked
 # in one round trip, the supported-OS preflight, a GPU node's own preflight, the base packages.
-every_host_first(settings, role_preflight=gpu_node_preflight if "gpu_nodes" in host.groups else None)
+every_host_first(settings, role_preflight=gpu_node_preflight if "gpu_nodes" in host.groups else None,
+                 reads_ahead=milvus_users_ahead if "vector_db" in host.groups and settings.milvus_root_secret() else None)
 
 # --- GPU nodes: driver, Docker with the Container Toolkit, NCCL ----------------------------------
 if "gpu_nodes" in host.groups:
@@ -131,12 +148,7 @@ if "vector_db" in host.groups:
     if settings.milvus_root_secret():
         # Root's password and the app's user live in Milvus's metadata: set through its API, from the
         # control host (operations/milvus_users.py), once Milvus answers.
-        app_collections = sorted({n.settings.app_collection for n in fleet.nodes if n.settings.app_image})
-        milvus_users.users(name="Milvus users: root and the RAG app's", address=fleet.hosts[host.name].milvus_address,
-                           port=settings.milvus_port, root_password_file=settings.milvus_root_secret(),
-                           app_user=settings.milvus_app_user if app_collections else None,
-                           app_password_file=settings.milvus_app_secret(), collections=app_collections,
-                           health_port=settings.milvus_health_port)
+        milvus_users.users(name="Milvus users: root and the RAG app's", **milvus_users_args())
 
 # --- GPU nodes: the RAG app, then the vLLM replicas -----------------------------------------------
 if "gpu_nodes" in host.groups:

@@ -19,12 +19,14 @@ if TYPE_CHECKING:
 
 
 def every_host_first(settings: HostSettings, role_preflight: Callable[[], None] | None = None,
-                     what: str | None = None) -> None:
+                     what: str | None = None, reads_ahead: Callable[[], None] | None = None) -> None:
     """Call in a deploy file, for the current host, before any role's operations:
 
     1. the deploy lock (operations/deploy_lock.py): before any fact is read; ``what`` names the run
        in the holder record (default: ``rollout <id>`` in a rollout, else ``pyinfra deploy``);
-    2. the facts this host's last plans asked, in one round trip (operations/fact_prefetch.py);
+    2. the facts this host's last plans asked, in one round trip (operations/fact_prefetch.py),
+       with ``reads_ahead()``, if given, beside it: it starts the role's slow reads from the
+       control host (``fact_prefetch.read_ahead``), which then run while the plan is made;
     3. the supported-OS preflight ("Preflight: supported OS");
     4. ``role_preflight()``, if given: the host's role's own preflight (reads only), so that a host
        that cannot take its role is stopped before the first package is installed on it;
@@ -33,6 +35,7 @@ def every_host_first(settings: HostSettings, role_preflight: Callable[[], None] 
     + settings: the host's validated settings (gpufleet.settings.HostSettings)
     + role_preflight: a function adding the role's preflight operations, or None
     + what: the run, as the deploy lock's holder record names it
+    + reads_ahead: a function starting the role's slow control-side reads, or None
 
     **Example** (deploy.py)::
 
@@ -44,7 +47,7 @@ def every_host_first(settings: HostSettings, role_preflight: Callable[[], None] 
     if what is None:
         what = f"rollout {settings.rollout_id}" if settings.rollout_id else "pyinfra deploy"
     take_deploy_lock(what, wait_s=settings.deploy_lock_wait_s)
-    prefetch_facts()
+    prefetch_facts(reads_ahead)
     preflight.supported_os(name="Preflight: supported OS", supported=settings.supported_os)
     if role_preflight is not None:
         role_preflight()

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationError, operation
 
-from operations.fact_prefetch import read_once
+from operations.fact_prefetch import read_ahead, read_once
 from operations.facts.net import HttpOk
 from operations.milvus import bind_address
 from operations.port_forward import forwarded
@@ -90,6 +90,33 @@ def users(address: str, port: int, root_password_file: str, app_user: str | None
                            app_user="gpufleet_app", app_password_file="~/.config/gpufleet/milvus-app-password",
                            collections=["gpufleet_docs"])
     """
+    key, check = _check(address, port, root_password_file, app_user, app_password_file, collections, health_port)
+    # Asked once per run: at execution the plan's answer holds while nothing has run on the host.
+    found = read_once(key, check)
+    if not found.get("unreachable") and not found["changes"]:
+        host.noop(f"milvus users as declared (root, {app_user or 'no app user'})")
+        return
+    yield FunctionCommand(_apply, (address, port, root_password_file, app_user, app_password_file,
+                                   sorted(collections or [])), {})
+
+
+def ask_ahead(address: str, port: int, root_password_file: str, app_user: str | None = None,
+              app_password_file: str | None = None, collections: list[str] | None = None,
+              health_port: int = 9091) -> None:
+    """Start :func:`users`' check now, with its arguments, so that it runs while the rest of the
+    Milvus host's plan is made: it is a child process on the control host (Python and pymilvus
+    starting: about a second), which the plan otherwise waits for when it reaches ``users``.
+    Read-only; its answer is the plan's (operations/fact_prefetch.py: ``read_ahead``). Example::
+
+        every_host_first(settings)
+        milvus_users.ask_ahead(address="10.0.0.5", port=19530,
+                               root_password_file="~/.config/gpufleet/milvus-root-password")
+    """
+    read_ahead(*_check(address, port, root_password_file, app_user, app_password_file, collections, health_port))
+
+
+def _check(address, port, root_password_file, app_user, app_password_file, collections, health_port):
+    """(read_once's key, the read) for Milvus's users as the arguments declare them."""
     collections = sorted(collections or [])
     ip = bind_address(address)
 
@@ -100,9 +127,4 @@ def users(address: str, port: int, root_password_file: str, app_user: str | None
         with _reachable(host, address, port) as uri:
             return _child("check", uri, root_password_file, app_user, app_password_file, collections)
 
-    # Asked once per run: at execution the plan's answer holds while nothing has run on the host.
-    found = read_once(f"milvus-users:{ip}:{port}:{app_user}:{','.join(collections)}", check)
-    if not found.get("unreachable") and not found["changes"]:
-        host.noop(f"milvus users as declared (root, {app_user or 'no app user'})")
-        return
-    yield FunctionCommand(_apply, (address, port, root_password_file, app_user, app_password_file, collections), {})
+    return f"milvus-users:{ip}:{port}:{app_user}:{','.join(collections)}", check

@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime
 import json
 
+import gevent
 import pytest
-from pyinfra.api import Config, Inventory, State
+from pyinfra import host as current_host
+from pyinfra.api import Config, Inventory, OperationError, State
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_host, ctx_state
@@ -154,6 +156,38 @@ def test_outside_prepare_nothing_is_installed(preparing):
     assert "get_fact" not in host.__dict__
 
 
+def test_reads_none_of_the_last_runs_asked_are_forgotten_and_asked_ones_are_kept(preparing, tmp_path):
+    state, host = preparing
+    run = 10  # the list says the host had 10 runs: this one is the 11th
+    recent, stale = str(tmp_path / "recent"), str(tmp_path / "stale")
+    path = fact_prefetch.cache_file(host.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    today = datetime.date.today().isoformat()
+    path.write_text(json.dumps({"runs": run, "facts": [
+        {"fact": "pyinfra.facts.files.Directory", "kwargs": {"path": recent}, "asked": today,
+         "run": run + 1 - fact_prefetch.KEEP_RUNS},
+        {"fact": "pyinfra.facts.files.Directory", "kwargs": {"path": stale}, "asked": today,
+         "run": run - fact_prefetch.KEEP_RUNS}]}))
+    assert fact_prefetch.prefetch_facts() == 1  # the stale one is not read
+    assert host.get_fact(Directory, path=recent) is None  # asked again (answered from the snapshot)
+    host.disconnect()  # the run ends
+    kept = json.loads(path.read_text())
+    assert [e["kwargs"]["path"] for e in kept["facts"]] == [recent] and kept["runs"] == run + 1
+    assert kept["facts"][0]["run"] == run + 1  # this run asked it: it lives KEEP_RUNS runs more
+
+
+def test_a_read_asked_again_is_saved_when_the_run_disconnects_not_per_read(preparing, tmp_path):
+    state, host = preparing
+    path = _remember(host, (Directory, {"path": str(tmp_path)}, None))
+    fact_prefetch.prefetch_facts()
+    before = path.read_text()
+    assert host.get_fact(Directory, path=str(tmp_path)) is not None
+    assert path.read_text() == before  # no write per read of a known fact
+    host.disconnect()
+    saved = json.loads(path.read_text())
+    assert saved["runs"] == 1 and saved["facts"][0]["run"] == 1  # a list without runs: this was the first
+
+
 def test_a_fact_asked_with_other_arguments_of_execution_is_read_again(preparing, tmp_path, monkeypatch):
     # Prefetched without _chdir; asked with it: another shell context, so pyinfra reads it itself.
     state, host = preparing
@@ -179,6 +213,60 @@ def test_a_read_that_is_not_a_fact_is_asked_once_while_nothing_runs_on_the_host(
     assert fact_prefetch.read_once("k", read) == 1 and len(asked) == 1  # execution: the plan's answer
     assert host.run_shell_command("true")[0]  # an operation ran something on the host
     assert fact_prefetch.read_once("k", read) == 2  # asked again
+
+
+def test_a_read_ahead_runs_beside_the_plan_as_its_host_and_read_once_takes_its_answer(preparing):
+    state, host = preparing
+    fact_prefetch.prefetch_facts()
+    ran_as = []
+
+    def slow_read():
+        ran_as.append(current_host._get_module())
+        gevent.sleep(0.05)
+        return "ahead"
+
+    fact_prefetch.read_ahead("k", slow_read)
+    assert ran_as == []  # starts when this greenlet waits, not inside read_ahead
+    gevent.sleep(0.01)
+    assert ran_as == [host]  # pyinfra's host context is per greenlet: the read has the plan's
+    assert fact_prefetch.read_once("k", lambda: pytest.fail("read again")) == "ahead"
+    state.set_stage(StateStage.Execute)
+    assert fact_prefetch.read_once("k", lambda: pytest.fail("read again")) == "ahead"  # nothing ran since
+
+
+def test_a_read_ahead_that_fails_raises_where_read_once_waits_for_it(preparing, capsys):
+    fact_prefetch.prefetch_facts()
+
+    def refused():
+        raise OperationError("Milvus refused root")
+
+    fact_prefetch.read_ahead("k", refused)
+    gevent.sleep(0.01)
+    with pytest.raises(OperationError, match="refused root"):
+        fact_prefetch.read_once("k", lambda: pytest.fail("read again"))
+    assert "Traceback" not in capsys.readouterr().err  # not a greenlet dying loudly on the side
+
+
+def test_a_read_ahead_is_read_again_at_execution_once_a_command_ran(preparing):
+    state, host = preparing
+    fact_prefetch.prefetch_facts()
+    fact_prefetch.read_ahead("k", lambda: "before")
+    state.set_stage(StateStage.Execute)
+    assert host.run_shell_command("true")[0]
+    assert fact_prefetch.read_once("k", lambda: "after") == "after"
+
+
+def test_a_command_beside_a_read_ahead_inside_a_fact_read_is_still_a_change(preparing):
+    """The read ahead's fact reads are not changes, but only on its own greenlet: an operation's
+    command on the plan's greenlet meanwhile is one, and must end the snapshot."""
+    state, host = preparing
+    fact_prefetch.prefetch_facts()
+    fact_prefetch.read_ahead("k", lambda: host.get_fact(Command, command="sleep 0.5; echo read"))
+    gevent.sleep(0.1)  # the read ahead is now waiting inside its fact read
+    state.set_stage(StateStage.Execute)
+    assert host.run_shell_command("true")[0]
+    assert host.get_fact.commands_ran
+    assert fact_prefetch.read_once("k", lambda: "again") == "again"
 
 
 def test_a_read_at_execution_is_remembered_for_the_next_plan(preparing, tmp_path, monkeypatch):
