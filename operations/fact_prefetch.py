@@ -272,7 +272,7 @@ class _PrefetchedFacts:
         oldest = (datetime.date.today() - datetime.timedelta(days=FORGET_AFTER_DAYS)).isoformat()
         return run, {_key(e["fact"], e["kwargs"]): e for e in entries
                      if isinstance(e, dict) and e.get("asked", "") >= oldest
-                     and _count(e.get("run"), run - 1) >= run - KEEP_RUNS}
+                     and _count(e.get("run"), 0) >= run - KEEP_RUNS}
 
     def _save(self) -> None:
         entries = sorted(self.remembered.values(), key=lambda e: _key(e["fact"], e["kwargs"]))

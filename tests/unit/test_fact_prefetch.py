@@ -188,6 +188,19 @@ def test_a_read_asked_again_is_saved_when_the_run_disconnects_not_per_read(prepa
     assert saved["runs"] == 1 and saved["facts"][0]["run"] == 1  # a list without runs: this was the first
 
 
+def test_reads_remembered_before_runs_were_counted_are_forgotten_once_enough_runs_miss_them(preparing, tmp_path):
+    state, host = preparing
+    path = fact_prefetch.cache_file(host.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    today = datetime.date.today().isoformat()
+    old = {"fact": "pyinfra.facts.files.Directory", "kwargs": {"path": str(tmp_path)}, "asked": today}  # no "run"
+    path.write_text(json.dumps({"runs": fact_prefetch.KEEP_RUNS - 1, "facts": [old]}))
+    assert fact_prefetch.prefetch_facts() == 1  # still within the last KEEP_RUNS runs (run 0 of the count)
+    path.write_text(json.dumps({"runs": fact_prefetch.KEEP_RUNS, "facts": [old]}))
+    host.get_fact = type(host).get_fact.__get__(host)  # a new plan of the host
+    assert fact_prefetch.prefetch_facts() == 0
+
+
 def test_a_fact_asked_with_other_arguments_of_execution_is_read_again(preparing, tmp_path, monkeypatch):
     # Prefetched without _chdir; asked with it: another shell context, so pyinfra reads it itself.
     state, host = preparing
