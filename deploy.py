@@ -23,6 +23,8 @@ from operations.serving_gate import REPLICAS, ServingGate, refuse_other_rollouts
 
 fleet = fleet_for(inventory)
 settings = host_settings(fleet, host)
+# The Milvus host sets root's password and the app's user through Milvus's API, when authentication is on.
+sets_milvus_users = "vector_db" in host.groups and bool(settings.milvus_root_secret())
 
 
 def gpu_node_preflight():
@@ -56,7 +58,7 @@ def milvus_users_ahead():
 # is read, released when this run's SSH connection closes), the facts this host's last plans asked
 # in one round trip, the supported-OS preflight, a GPU node's own preflight, the base packages.
 every_host_first(settings, role_preflight=gpu_node_preflight if "gpu_nodes" in host.groups else None,
-                 reads_ahead=milvus_users_ahead if "vector_db" in host.groups and settings.milvus_root_secret() else None)
+                 reads_ahead=milvus_users_ahead if sets_milvus_users else None)
 
 # --- GPU nodes: driver, Docker with the Container Toolkit, NCCL ----------------------------------
 if "gpu_nodes" in host.groups:
@@ -145,7 +147,7 @@ if "vector_db" in host.groups:
                       root_password_file=settings.milvus_root_secret())  # None: authentication off
     milvus.ready(name="Milvus healthy (/healthz)", address=milvus_address,
                  health_port=settings.milvus_health_port, timeout=settings.milvus_ready_timeout_s)
-    if settings.milvus_root_secret():
+    if sets_milvus_users:
         # Root's password and the app's user live in Milvus's metadata: set through its API, from the
         # control host (operations/milvus_users.py), once Milvus answers.
         milvus_users.users(name="Milvus users: root and the RAG app's", **milvus_users_args())

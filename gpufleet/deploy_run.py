@@ -27,6 +27,7 @@ from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
 from gpufleet import PROJECT_ROOT
 from gpufleet.fleet import Fleet, fleet_from_inventory, load_inventory
 from gpufleet.remote import close_connections, select
+from operations.fact_prefetch import READS_KIND_ATTRIBUTE
 from operations.serving_gate import ServingInterruption
 
 DEPLOY_FILE = "deploy.py"
@@ -86,14 +87,20 @@ def _cli_mode():
 
 @contextmanager
 def planned(inventory_path: str, limit=(), overrides: dict[str, Any] | None = None,
-            check_for_changes: bool = True, connect_timeout: int = 10) -> Iterator[Plan]:
-    """Connect, load deploy.py for every reachable host (Prepare), yield the Plan, disconnect."""
+            check_for_changes: bool = True, connect_timeout: int = 10, reads_kind: str | None = None) -> Iterator[Plan]:
+    """Connect, load deploy.py for every reachable host (Prepare), yield the Plan, disconnect.
+
+    ``reads_kind``: which of the hosts' remembered fact lists the prefetch reads (``"drift"`` for a
+    drift check, which also asks the runtime reads; default: a deploy's; operations/fact_prefetch.py).
+    """
     cwd = str(PROJECT_ROOT)
     inventory = load_inventory(inventory_path, overrides, cwd=cwd)
     fleet = fleet_from_inventory(inventory)  # bad data stops here, before any connection
     wanted = select(inventory, limit)
     state = State(check_for_changes=check_for_changes)
     state.cwd = cwd
+    if reads_kind is not None:
+        setattr(state, READS_KIND_ATTRIBUTE, reads_kind)
     config = Config(CONNECT_TIMEOUT=connect_timeout, FAIL_PERCENT=None)
     state.init(inventory, config, initial_limit=wanted)
     with ctx_state.use(state), ctx_inventory.use(inventory), ctx_config.use(config), _cli_mode():

@@ -175,7 +175,7 @@ def check(inventory_path: str, limit=(), overrides: dict[str, Any] | None = None
     checkout = revision(PROJECT_ROOT)
     store = CounterStore(default_path(inventory_path) if counters is DEFAULT_COUNTERS else counters)
     timed = {**(overrides or {}), "_timeout": read_timeout or READ_TIMEOUT_S}
-    with watching() as failures, planned(inventory_path, limit, timed) as plan:
+    with watching() as failures, planned(inventory_path, limit, timed, reads_kind="drift") as plan:
         contexts = {h.name: _context(store, h.name, failures, inventory_path) for h in plan.hosts}
         results = run_parallel(plan.state, plan.hosts, lambda h: check_host(plan, h, contexts[h.name]))
         hosts = [HostDrift(name, reachable=False, error="unreachable over SSH") for name in plan.unreachable]

@@ -34,10 +34,13 @@ Anything else reads as pyinfra does:
   privileges than the fact now asks for (``_sudo``...): read again, so errors are pyinfra's own;
 * facts with preconditions and short facts.
 
-Facts that none of the host's last ``KEEP_RUNS`` runs asked, or none asked for
-``FORGET_AFTER_DAYS``, are dropped from the list: each costs the host a process in every plan,
+Each kind of run prefetches what its own last ``KEEP_RUNS`` runs on the host asked: a deploy
+(every plan of deploy.py: ``pyinfra``, rollouts, ``drift --fix``) and a drift check, which adds
+the runtime reads a deploy does not need (the kind is the State's ``gpufleet_reads_kind``,
+default ``deploy``; gpufleet/drift.py sets ``drift``). Facts that no kind's last ``KEEP_RUNS``
+runs asked, or none asked for ``FORGET_AFTER_DAYS``, are dropped from the list: each costs the host a process in every plan,
 and a week of them (reads only a change asks, old image tags, hosts since removed) had a lab
-node read 121 facts in a no-op converge that asks 84 (the lab's converge: 4.2 s, then 2.8 s). A read dropped too
+node read 121 facts in a no-op converge that asks 84 (README: "Speed"). A read dropped too
 early is only read by pyinfra when asked, and remembered again. A fact class with a
 ``prefetch_kwargs(host_name)`` static method is remembered once, whatever its arguments, and
 prefetched with the arguments that returns: for a read whose arguments are the answers the
@@ -77,9 +80,12 @@ from operations import pyinfra_speedups
 from operations.facts.util import ReadTimedOut
 
 FORGET_AFTER_DAYS = 7
-# Runs of the host (plans, with their execution) a remembered read survives without being asked:
-# a few, so that the runtime reads only a nightly drift asks outlive a day's deploys.
+# Runs of the host of one kind (plans, with their execution) that a remembered read is still
+# prefetched for without being asked (a read asked only by some runs: one that a change asks).
 KEEP_RUNS = 3
+# The State attribute naming the kind of run (above), and the kind when it is not set.
+READS_KIND_ATTRIBUTE = "gpufleet_reads_kind"
+DEFAULT_READS_KIND = "deploy"
 # Concurrent reads per host in the prefetch: enough to overlap the waits on the daemons; more only
 # crowd the host's cores (a lab node has two).
 READ_LANES = 4
@@ -131,7 +137,11 @@ def prefetch_facts(reads_ahead: Callable[[], None] | None = None) -> int:
     facts = _PrefetchedFacts(state, host)
     host.get_fact = facts  # an instance attribute: this Host only, this State only
     if reads_ahead is not None:
-        reads_ahead()  # their greenlets start when this one waits on the snapshot below
+        reads_ahead()
+        # Their greenlets start now, up to their first wait: their first fact reads get no
+        # operation's arguments (pyinfra takes them from the operation in progress on the host),
+        # even when the snapshot below has nothing to read and so never waits.
+        gevent.sleep(0)
     count = facts.read()
     for method in ("run_shell_command", "put_file", "get_file"):
         setattr(host, method, facts.noting_changes(getattr(host, method)))
@@ -156,9 +166,14 @@ def read_once(key: str, read):
     stage = facts.state.current_stage
     holds = stage == StateStage.Prepare or not facts.commands_ran
     found = facts.planned_reads.get(key, _NOT_READ)
-    if isinstance(found, _ReadAhead) and holds:
-        found = facts.planned_reads[key] = found.result()
-        return found
+    if isinstance(found, _ReadAhead):
+        del facts.planned_reads[key]
+        if holds:
+            value = found.result()  # what it raised is raised here, and nothing kept: asked again next time
+            facts.planned_reads[key] = value
+            return value
+        found.cancel()  # a command ran on the host since it started: its answer may be out of date
+        found = _NOT_READ
     if stage == StateStage.Execute and holds and found is not _NOT_READ:
         return found
     value = read()
@@ -170,9 +185,14 @@ def read_once(key: str, read):
 def read_ahead(key: str, read) -> None:
     """Start ``read()`` now, on a greenlet of its own, for a later ``read_once(key, read)`` of the
     current host's plan: a slow read from the control host (a child process, an API) then runs
-    while the rest of the plan is made, instead of after it. Its answer is a plan-time answer,
-    under read_once's rule; an exception it raises is raised by that read_once. Nothing happens
-    outside a prefetched plan's Prepare stage, or when the key was read already. Example::
+    while the rest of the plan is made, instead of after it. While nothing has run on the host,
+    read_once waits for it and returns its answer, or raises what it raised (and the next
+    read_once asks again); once a command ran, read_once cancels it and asks again. A read ahead
+    that nobody waited for (the plan stopped before it got there) is cancelled when the host
+    disconnects. Nothing happens outside a prefetched plan's Prepare stage, or when the key was
+    read already. Its fact reads must not depend on an operation's context: it runs beside the
+    plan, and pyinfra gives a fact read the arguments of the operation in progress on its host
+    (prefetch_facts starts it before any operation). Example::
 
         prefetch_facts(reads_ahead=lambda: read_ahead(f"milvus-users:{uri}", lambda: check(uri)))
     """
@@ -206,10 +226,17 @@ class _ReadAhead:
             raise value
         return value
 
+    def cancel(self, wait_s: float | None = None) -> None:
+        """Stop it (GreenletExit inside it: a child process it waits for is killed, a tunnel it
+        holds closed); ``wait_s``: wait that long for it to be gone."""
+        self.greenlet.kill(block=wait_s is not None, timeout=wait_s)
 
-def _count(value, default: int) -> int:
-    """A run number from the list (written by this module; anything else reads as ``default``)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+def _run_numbers(value) -> dict[str, int]:
+    """``{kind: run number}`` from the list (written by this module; anything else reads as none)."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)}
 
 
 def _fact_name(cls: type) -> str:
@@ -231,7 +258,9 @@ class _PrefetchedFacts:
         self.state, self.host = state, host
         self.read_fact = type(host).get_fact.__get__(host)  # pyinfra's own
         self.path = cache_file(host.name)
-        self.run, self.remembered = self._load()  # this run's number on the host; the list
+        self.kind = getattr(state, READS_KIND_ATTRIBUTE, None) or DEFAULT_READS_KIND
+        self.runs: dict[str, int] = {}  # {kind: its last run's number on the host}
+        self.run, self.remembered = self._load()  # this run's number among its kind; the list
         self.marked = False  # a remembered read was asked again in this run: saved when it ends
         self.answers: dict[str, tuple[str, int, list[str]]] = {}  # key -> (privileges, exit code, stdout)
         self.readers: set = set()  # greenlets inside a fact read of ours or pyinfra's: not a change
@@ -266,23 +295,38 @@ class _PrefetchedFacts:
     def _load(self) -> tuple[int, dict[str, dict[str, Any]]]:
         try:
             saved = json.loads(self.path.read_text())
-            entries, run = saved["facts"], _count(saved.get("runs"), 0) + 1
+            entries, self.runs = saved["facts"], _run_numbers(saved.get("runs"))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return 1, {}
+        run = self.runs.get(self.kind, 0) + 1
         oldest = (datetime.date.today() - datetime.timedelta(days=FORGET_AFTER_DAYS)).isoformat()
-        return run, {_key(e["fact"], e["kwargs"]): e for e in entries
-                     if isinstance(e, dict) and e.get("asked", "") >= oldest
-                     and _count(e.get("run"), 0) >= run - KEEP_RUNS}
+        kept = {}
+        for e in entries:
+            if not isinstance(e, dict) or e.get("asked", "") < oldest:
+                continue
+            # A list from before runs were counted: its reads count as asked by the deploy "run 0".
+            asked_in = _run_numbers(e.get("runs")) if "runs" in e else {DEFAULT_READS_KIND: 0}
+            if any(n > self.runs.get(kind, 0) - KEEP_RUNS for kind, n in asked_in.items()):
+                kept[_key(e["fact"], e["kwargs"])] = {**e, "runs": asked_in}
+        return run, kept
+
+    def _prefetched_now(self, entry: dict[str, Any]) -> bool:
+        """Whether one of this kind's last KEEP_RUNS runs asked it."""
+        return entry["runs"].get(self.kind, 0) >= self.run - KEEP_RUNS and self.kind in entry["runs"]
 
     def _save(self) -> None:
         entries = sorted(self.remembered.values(), key=lambda e: _key(e["fact"], e["kwargs"]))
-        write_cache_file(self.path, json.dumps({"runs": self.run, "facts": entries}, indent=1) + "\n")
+        runs = {**self.runs, self.kind: self.run}
+        write_cache_file(self.path, json.dumps({"runs": runs, "facts": entries}, indent=1) + "\n")
         self.marked = False
 
     def saving_at_the_end(self, disconnect):
-        """``disconnect`` (the host's), first saving which remembered reads this run asked again
-        (pyinfra disconnects every host at the end of a run: its CLI, gpufleet's runs)."""
+        """``disconnect`` (the host's), first cancelling reads ahead nobody waited for and saving
+        which remembered reads this run asked again (pyinfra disconnects every host at the end of
+        a run: its CLI, gpufleet's runs)."""
         def saved_then_disconnected(*args, **kwargs):
+            for pending in [r for r in self.planned_reads.values() if isinstance(r, _ReadAhead)]:
+                pending.cancel(wait_s=5)  # the plan stopped before it needed that answer
             if self.marked:
                 try:
                     self._save()
@@ -295,6 +339,8 @@ class _PrefetchedFacts:
     def read(self) -> int:
         groups: dict[str, list[tuple[str, Any, dict[str, Any]]]] = {}
         for key, entry in self.remembered.items():
+            if not self._prefetched_now(entry):
+                continue
             try:
                 cls = getattr(importlib.import_module(entry["fact"].rsplit(".", 1)[0]), entry["fact"].rsplit(".", 1)[1])
             except (ImportError, AttributeError, ValueError):
@@ -380,7 +426,7 @@ class _PrefetchedFacts:
     def _remember(self, key: str, name: str, fact_kwargs: dict[str, Any], latest_only: bool = False) -> None:
         today = datetime.date.today().isoformat()
         known = self.remembered.get(key)
-        if known is not None and known.get("asked") == today and known.get("run") == self.run:
+        if known is not None and known.get("asked") == today and known["runs"].get(self.kind) == self.run:
             return
         try:
             json.dumps(fact_kwargs)
@@ -388,7 +434,8 @@ class _PrefetchedFacts:
             return  # arguments that do not survive a round trip through JSON are not remembered
         if latest_only:  # prefetched with prefetch_kwargs(): older arguments would be the same read twice
             self.remembered = {k: e for k, e in self.remembered.items() if e["fact"] != name}
-        self.remembered[key] = {"fact": name, "kwargs": fact_kwargs, "asked": today, "run": self.run}
+        runs = {**(known["runs"] if known is not None else {}), self.kind: self.run}
+        self.remembered[key] = {"fact": name, "kwargs": fact_kwargs, "asked": today, "runs": runs}
         if known is not None:
             self.marked = True  # saved once, when the run ends: not a file write per read
             return

@@ -103,14 +103,13 @@ def users(address: str, port: int, root_password_file: str, app_user: str | None
 def ask_ahead(address: str, port: int, root_password_file: str, app_user: str | None = None,
               app_password_file: str | None = None, collections: list[str] | None = None,
               health_port: int = 9091) -> None:
-    """Start :func:`users`' check now, with its arguments, so that it runs while the rest of the
-    Milvus host's plan is made: it is a child process on the control host (Python and pymilvus
+    """Start :func:`users`' check now, with its arguments, so that it runs beside the facts' round
+    trip and while the rest of the Milvus host's plan is made: it is a child process on the control host (Python and pymilvus
     starting: about a second), which the plan otherwise waits for when it reaches ``users``.
     Read-only; its answer is the plan's (operations/fact_prefetch.py: ``read_ahead``). Example::
 
-        every_host_first(settings)
-        milvus_users.ask_ahead(address="10.0.0.5", port=19530,
-                               root_password_file="~/.config/gpufleet/milvus-root-password")
+        every_host_first(settings, reads_ahead=lambda: milvus_users.ask_ahead(
+            address="10.0.0.5", port=19530, root_password_file="~/.config/gpufleet/milvus-root-password"))
     """
     read_ahead(*_check(address, port, root_password_file, app_user, app_password_file, collections, health_port))
 

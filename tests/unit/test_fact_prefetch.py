@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 
 import gevent
+import gevent.subprocess
 import pytest
 from pyinfra import host as current_host
 from pyinfra.api import Config, Inventory, OperationError, State
@@ -163,17 +165,17 @@ def test_reads_none_of_the_last_runs_asked_are_forgotten_and_asked_ones_are_kept
     path = fact_prefetch.cache_file(host.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     today = datetime.date.today().isoformat()
-    path.write_text(json.dumps({"runs": run, "facts": [
+    path.write_text(json.dumps({"runs": {"deploy": run}, "facts": [
         {"fact": "pyinfra.facts.files.Directory", "kwargs": {"path": recent}, "asked": today,
-         "run": run + 1 - fact_prefetch.KEEP_RUNS},
+         "runs": {"deploy": run + 1 - fact_prefetch.KEEP_RUNS}},
         {"fact": "pyinfra.facts.files.Directory", "kwargs": {"path": stale}, "asked": today,
-         "run": run - fact_prefetch.KEEP_RUNS}]}))
+         "runs": {"deploy": run - fact_prefetch.KEEP_RUNS}}]}))
     assert fact_prefetch.prefetch_facts() == 1  # the stale one is not read
     assert host.get_fact(Directory, path=recent) is None  # asked again (answered from the snapshot)
     host.disconnect()  # the run ends
     kept = json.loads(path.read_text())
-    assert [e["kwargs"]["path"] for e in kept["facts"]] == [recent] and kept["runs"] == run + 1
-    assert kept["facts"][0]["run"] == run + 1  # this run asked it: it lives KEEP_RUNS runs more
+    assert [e["kwargs"]["path"] for e in kept["facts"]] == [recent] and kept["runs"] == {"deploy": run + 1}
+    assert kept["facts"][0]["runs"] == {"deploy": run + 1}  # this run asked it: it lives KEEP_RUNS runs more
 
 
 def test_a_read_asked_again_is_saved_when_the_run_disconnects_not_per_read(preparing, tmp_path):
@@ -185,7 +187,7 @@ def test_a_read_asked_again_is_saved_when_the_run_disconnects_not_per_read(prepa
     assert path.read_text() == before  # no write per read of a known fact
     host.disconnect()
     saved = json.loads(path.read_text())
-    assert saved["runs"] == 1 and saved["facts"][0]["run"] == 1  # a list without runs: this was the first
+    assert saved["runs"] == {"deploy": 1} and saved["facts"][0]["runs"] == {"deploy": 1}  # the first run counted
 
 
 def test_reads_remembered_before_runs_were_counted_are_forgotten_once_enough_runs_miss_them(preparing, tmp_path):
@@ -194,11 +196,36 @@ def test_reads_remembered_before_runs_were_counted_are_forgotten_once_enough_run
     path.parent.mkdir(parents=True, exist_ok=True)
     today = datetime.date.today().isoformat()
     old = {"fact": "pyinfra.facts.files.Directory", "kwargs": {"path": str(tmp_path)}, "asked": today}  # no "run"
-    path.write_text(json.dumps({"runs": fact_prefetch.KEEP_RUNS - 1, "facts": [old]}))
-    assert fact_prefetch.prefetch_facts() == 1  # still within the last KEEP_RUNS runs (run 0 of the count)
-    path.write_text(json.dumps({"runs": fact_prefetch.KEEP_RUNS, "facts": [old]}))
+    path.write_text(json.dumps({"runs": {"deploy": fact_prefetch.KEEP_RUNS - 1}, "facts": [old]}))
+    assert fact_prefetch.prefetch_facts() == 1  # still within the last KEEP_RUNS runs (deploy run 0)
+    path.write_text(json.dumps({"runs": {"deploy": fact_prefetch.KEEP_RUNS}, "facts": [old]}))
     host.get_fact = type(host).get_fact.__get__(host)  # a new plan of the host
     assert fact_prefetch.prefetch_facts() == 0
+
+
+def test_each_kind_of_run_prefetches_what_its_own_runs_asked(preparing, tmp_path):
+    """A drift check's runtime reads are not in a deploy's snapshot, and no number of deploys
+    drops them from the drift check's."""
+    state, host = preparing
+    plan_read, drift_only = str(tmp_path / "plan"), str(tmp_path / "drift")
+
+    def one_run(kind: str, asks: list[str]) -> int:
+        host.get_fact = type(host).get_fact.__get__(host)  # a new plan of the host
+        setattr(state, fact_prefetch.READS_KIND_ATTRIBUTE, kind)
+        count = fact_prefetch.prefetch_facts()
+        for path in asks:
+            host.get_fact(Directory, path=path)
+        host.disconnect()
+        return count
+
+    assert one_run("drift", [plan_read, drift_only]) == 0  # nothing remembered yet
+    assert one_run("deploy", [plan_read]) == 0  # a deploy has no runs of its own yet
+    for _ in range(fact_prefetch.KEEP_RUNS + 2):
+        assert one_run("deploy", [plan_read]) == 1  # the plan's read only
+    assert one_run("drift", [plan_read, drift_only]) == 2  # both, after any number of deploys
+    for _ in range(fact_prefetch.KEEP_RUNS + 1):
+        one_run("drift", [plan_read])
+    assert one_run("drift", []) == 1  # a read no drift asked in KEEP_RUNS drifts is dropped
 
 
 def test_a_fact_asked_with_other_arguments_of_execution_is_read_again(preparing, tmp_path, monkeypatch):
@@ -258,15 +285,48 @@ def test_a_read_ahead_that_fails_raises_where_read_once_waits_for_it(preparing, 
     with pytest.raises(OperationError, match="refused root"):
         fact_prefetch.read_once("k", lambda: pytest.fail("read again"))
     assert "Traceback" not in capsys.readouterr().err  # not a greenlet dying loudly on the side
+    assert fact_prefetch.read_once("k", lambda: "asked again") == "asked again"  # a failure is not kept
 
 
-def test_a_read_ahead_is_read_again_at_execution_once_a_command_ran(preparing):
+def _sleeper(tmp_path):
+    """A read ahead that waits on a child process (as the Milvus users check does) and says its pid."""
+    pid_file = tmp_path / "child.pid"
+
+    def read():
+        return gevent.subprocess.run(["sh", "-c", f"echo $$ > {pid_file}; exec sleep 30"]).returncode
+
+    def child_gone() -> bool:
+        try:
+            os.kill(int(pid_file.read_text()), 0)
+        except ProcessLookupError:
+            return True
+        return False
+    return read, pid_file, child_gone
+
+
+def test_a_read_ahead_is_cancelled_and_read_again_at_execution_once_a_command_ran(preparing, tmp_path):
     state, host = preparing
     fact_prefetch.prefetch_facts()
-    fact_prefetch.read_ahead("k", lambda: "before")
+    read, pid_file, child_gone = _sleeper(tmp_path)
+    fact_prefetch.read_ahead("k", read)
+    gevent.sleep(0.2)
+    assert pid_file.exists() and not child_gone()
     state.set_stage(StateStage.Execute)
     assert host.run_shell_command("true")[0]
     assert fact_prefetch.read_once("k", lambda: "after") == "after"
+    gevent.sleep(0.2)
+    assert child_gone()  # the stale read's child is killed, not left to run out its 30 s
+
+
+def test_a_read_ahead_nobody_waited_for_is_cancelled_when_the_host_disconnects(preparing, tmp_path):
+    state, host = preparing
+    fact_prefetch.prefetch_facts()
+    read, pid_file, child_gone = _sleeper(tmp_path)
+    fact_prefetch.read_ahead("k", read)  # and the plan stops before it gets to read_once
+    gevent.sleep(0.2)
+    assert not child_gone()
+    host.disconnect()
+    assert child_gone()
 
 
 def test_a_command_beside_a_read_ahead_inside_a_fact_read_is_still_a_change(preparing):
@@ -279,7 +339,7 @@ def test_a_command_beside_a_read_ahead_inside_a_fact_read_is_still_a_change(prep
     state.set_stage(StateStage.Execute)
     assert host.run_shell_command("true")[0]
     assert host.get_fact.commands_ran
-    assert fact_prefetch.read_once("k", lambda: "again") == "again"
+    assert fact_prefetch.read_once("k", lambda: "again") == "again"  # and the read ahead is cancelled
 
 
 def test_a_read_at_execution_is_remembered_for_the_next_plan(preparing, tmp_path, monkeypatch):
