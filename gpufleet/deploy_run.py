@@ -90,8 +90,8 @@ def planned(inventory_path: str, limit=(), overrides: dict[str, Any] | None = No
             check_for_changes: bool = True, connect_timeout: int = 10, reads_kind: str | None = None) -> Iterator[Plan]:
     """Connect, load deploy.py for every reachable host (Prepare), yield the Plan, disconnect.
 
-    ``reads_kind``: which of the hosts' remembered fact lists the prefetch reads (``"drift"`` for a
-    drift check, which also asks the runtime reads; default: a deploy's; operations/fact_prefetch.py).
+    ``reads_kind``: the kind of run, whose own recent runs' reads the prefetch reads (``"drift"``
+    for a drift check, which also asks the runtime reads; default: a deploy; operations/fact_prefetch.py).
     """
     cwd = str(PROJECT_ROOT)
     inventory = load_inventory(inventory_path, overrides, cwd=cwd)

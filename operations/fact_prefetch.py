@@ -46,7 +46,10 @@ early is only read by pyinfra when asked, and remembered again. A fact class wit
 prefetched with the arguments that returns: for a read whose arguments are the answers the
 control host has (VllmNcclVersions' ``known``), the remembered ones are a run old and would redo
 the work. The list lives in ``$GPUFLEET_CACHE_DIR`` (default ``~/.cache/gpufleet``)
-``/fact-reads/<host>.json``; deleting it only makes the next plan slower.
+``/fact-reads/<host>.json``; deleting it only makes the next plan of each kind slower.
+A run counts once it asked a remembered read, also when its plan stopped early (a refusal): the
+reads past that point age, at worst into one slower plan. A drift prefetches what drifts asked:
+after a deploy with new arguments (a new image tag), its plan reads them one by one, once.
 
 Uses pyinfra's fact-command helpers (``_handle_fact_kwargs``, ``_make_command``): pyinfra is
 pinned exactly (pyproject.toml), and tests/unit/test_fact_prefetch.py compares every answer
@@ -136,17 +139,16 @@ def prefetch_facts(reads_ahead: Callable[[], None] | None = None) -> int:
         return 0
     facts = _PrefetchedFacts(state, host)
     host.get_fact = facts  # an instance attribute: this Host only, this State only
+    for method in ("run_shell_command", "put_file", "get_file"):
+        setattr(host, method, facts.noting_changes(getattr(host, method)))
+    host.disconnect = facts.saving_at_the_end(host.disconnect)
     if reads_ahead is not None:
         reads_ahead()
         # Their greenlets start now, up to their first wait: their first fact reads get no
         # operation's arguments (pyinfra takes them from the operation in progress on the host),
         # even when the snapshot below has nothing to read and so never waits.
         gevent.sleep(0)
-    count = facts.read()
-    for method in ("run_shell_command", "put_file", "get_file"):
-        setattr(host, method, facts.noting_changes(getattr(host, method)))
-    host.disconnect = facts.saving_at_the_end(host.disconnect)
-    return count
+    return facts.read()
 
 
 def read_once(key: str, read):
@@ -304,10 +306,12 @@ class _PrefetchedFacts:
         for e in entries:
             if not isinstance(e, dict) or e.get("asked", "") < oldest:
                 continue
-            # A list from before runs were counted: its reads count as asked by the deploy "run 0".
-            asked_in = _run_numbers(e.get("runs")) if "runs" in e else {DEFAULT_READS_KIND: 0}
+            # A list from before runs were counted per kind: its reads count as asked by run 0 of each.
+            asked_in = (_run_numbers(e.get("runs")) if isinstance(e.get("runs"), dict)
+                        else {kind: 0 for kind in (DEFAULT_READS_KIND, "drift", self.kind)})
             if any(n > self.runs.get(kind, 0) - KEEP_RUNS for kind, n in asked_in.items()):
-                kept[_key(e["fact"], e["kwargs"])] = {**e, "runs": asked_in}
+                kept[_key(e["fact"], e["kwargs"])] = {"fact": e["fact"], "kwargs": e["kwargs"], "asked": e["asked"],
+                                                      "runs": asked_in}
         return run, kept
 
     def _prefetched_now(self, entry: dict[str, Any]) -> bool:
@@ -325,8 +329,10 @@ class _PrefetchedFacts:
         which remembered reads this run asked again (pyinfra disconnects every host at the end of
         a run: its CLI, gpufleet's runs)."""
         def saved_then_disconnected(*args, **kwargs):
-            for pending in [r for r in self.planned_reads.values() if isinstance(r, _ReadAhead)]:
-                pending.cancel(wait_s=5)  # the plan stopped before it needed that answer
+            for key, pending in list(self.planned_reads.items()):
+                if isinstance(pending, _ReadAhead):  # the plan stopped before it needed that answer
+                    pending.cancel(wait_s=5)
+                    del self.planned_reads[key]  # a later read_once (after a reboot) asks again
             if self.marked:
                 try:
                     self._save()
@@ -432,9 +438,13 @@ class _PrefetchedFacts:
             json.dumps(fact_kwargs)
         except TypeError:
             return  # arguments that do not survive a round trip through JSON are not remembered
+        runs = dict(known["runs"]) if known is not None else {}
         if latest_only:  # prefetched with prefetch_kwargs(): older arguments would be the same read twice
+            for older in [e for e in self.remembered.values() if e["fact"] == name]:
+                for kind, n in older["runs"].items():  # which kinds asked it stays known
+                    runs[kind] = max(n, runs.get(kind, n))
             self.remembered = {k: e for k, e in self.remembered.items() if e["fact"] != name}
-        runs = {**(known["runs"] if known is not None else {}), self.kind: self.run}
+        runs[self.kind] = self.run
         self.remembered[key] = {"fact": name, "kwargs": fact_kwargs, "asked": today, "runs": runs}
         if known is not None:
             self.marked = True  # saved once, when the run ends: not a file write per read

@@ -104,9 +104,11 @@ def ask_ahead(address: str, port: int, root_password_file: str, app_user: str | 
               app_password_file: str | None = None, collections: list[str] | None = None,
               health_port: int = 9091) -> None:
     """Start :func:`users`' check now, with its arguments, so that it runs beside the facts' round
-    trip and while the rest of the Milvus host's plan is made: it is a child process on the control host (Python and pymilvus
-    starting: about a second), which the plan otherwise waits for when it reaches ``users``.
-    Read-only; its answer is the plan's (operations/fact_prefetch.py: ``read_ahead``). Example::
+    trip and while the rest of the Milvus host's plan is made: it is a child process on the
+    control host (Python and pymilvus starting: about a second), which the plan otherwise waits
+    for when it reaches ``users``. Read-only, and it reads on its own greenlet (the host's address,
+    Milvus's /healthz, then the child); its answer is the plan's (operations/fact_prefetch.py:
+    ``read_ahead``). Example::
 
         every_host_first(settings, reads_ahead=lambda: milvus_users.ask_ahead(
             address="10.0.0.5", port=19530, root_password_file="~/.config/gpufleet/milvus-root-password"))
@@ -117,13 +119,13 @@ def ask_ahead(address: str, port: int, root_password_file: str, app_user: str | 
 def _check(address, port, root_password_file, app_user, app_password_file, collections, health_port):
     """(read_once's key, the read) for Milvus's users as the arguments declare them."""
     collections = sorted(collections or [])
-    ip = bind_address(address)
 
     def check() -> dict:
+        ip = bind_address(address)  # a fact read: on the reading greenlet, not the caller's
         health = f"http://{'127.0.0.1' if ip == '0.0.0.0' else ip}:{health_port}/healthz"
         if not host.get_fact(HttpOk, url=health):
             return {"unreachable": "not healthy"}
         with _reachable(host, address, port) as uri:
             return _child("check", uri, root_password_file, app_user, app_password_file, collections)
 
-    return f"milvus-users:{ip}:{port}:{app_user}:{','.join(collections)}", check
+    return f"milvus-users:{address}:{port}:{app_user}:{','.join(collections)}", check

@@ -187,7 +187,7 @@ def test_a_read_asked_again_is_saved_when_the_run_disconnects_not_per_read(prepa
     assert path.read_text() == before  # no write per read of a known fact
     host.disconnect()
     saved = json.loads(path.read_text())
-    assert saved["runs"] == {"deploy": 1} and saved["facts"][0]["runs"] == {"deploy": 1}  # the first run counted
+    assert saved["runs"] == {"deploy": 1} and saved["facts"][0]["runs"]["deploy"] == 1  # the first run counted
 
 
 def test_reads_remembered_before_runs_were_counted_are_forgotten_once_enough_runs_miss_them(preparing, tmp_path):
@@ -201,6 +201,22 @@ def test_reads_remembered_before_runs_were_counted_are_forgotten_once_enough_run
     path.write_text(json.dumps({"runs": {"deploy": fact_prefetch.KEEP_RUNS}, "facts": [old]}))
     host.get_fact = type(host).get_fact.__get__(host)  # a new plan of the host
     assert fact_prefetch.prefetch_facts() == 0
+
+
+def test_a_list_from_before_runs_were_counted_per_kind_is_read_by_both_kinds(preparing, tmp_path):
+    state, host = preparing
+    path = fact_prefetch.cache_file(host.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    today = datetime.date.today().isoformat()
+    entry = {"fact": "pyinfra.facts.files.Directory", "kwargs": {"path": str(tmp_path)}, "asked": today, "run": 5}
+    path.write_text(json.dumps({"runs": 5, "facts": [entry]}))  # the format of one earlier commit
+    setattr(state, fact_prefetch.READS_KIND_ATTRIBUTE, "drift")
+    assert fact_prefetch.prefetch_facts() == 1
+    assert host.get_fact(Directory, path=str(tmp_path)) is not None
+    host.disconnect()
+    saved = json.loads(path.read_text())
+    assert saved["runs"] == {"drift": 1} and "run" not in saved["facts"][0]
+    assert saved["facts"][0]["runs"]["drift"] == 1
 
 
 def test_each_kind_of_run_prefetches_what_its_own_runs_asked(preparing, tmp_path):
@@ -336,10 +352,33 @@ def test_a_command_beside_a_read_ahead_inside_a_fact_read_is_still_a_change(prep
     fact_prefetch.prefetch_facts()
     fact_prefetch.read_ahead("k", lambda: host.get_fact(Command, command="sleep 0.5; echo read"))
     gevent.sleep(0.1)  # the read ahead is now waiting inside its fact read
+    ahead = host.get_fact.planned_reads["k"]
     state.set_stage(StateStage.Execute)
     assert host.run_shell_command("true")[0]
     assert host.get_fact.commands_ran
-    assert fact_prefetch.read_once("k", lambda: "again") == "again"  # and the read ahead is cancelled
+    assert fact_prefetch.read_once("k", lambda: "again") == "again"
+    gevent.sleep(0.01)
+    assert ahead.greenlet.dead  # cancelled: its answer predates the command
+
+
+def test_reads_ahead_start_outside_any_operation_even_with_nothing_to_prefetch(preparing):
+    """pyinfra gives a fact read the global arguments of the operation in progress on its host: a
+    read ahead must have made its first read before the plan's first operation, also when the
+    snapshot has nothing to read and so never waits."""
+    state, host = preparing
+    seen = []
+
+    def read():
+        seen.append(dict(host.current_op_global_arguments or {}))
+        return "read"
+
+    fact_prefetch.prefetch_facts(reads_ahead=lambda: fact_prefetch.read_ahead("k", read))
+    host.current_op_global_arguments = {"_chdir": "/tmp", "_timeout": 3}  # the next operation's
+    try:
+        assert fact_prefetch.read_once("k", lambda: pytest.fail("read again")) == "read"
+    finally:
+        host.current_op_global_arguments = None
+    assert seen == [{}]
 
 
 def test_a_read_at_execution_is_remembered_for_the_next_plan(preparing, tmp_path, monkeypatch):
