@@ -170,12 +170,13 @@ def check(inventory_path: str, limit=(), overrides: dict[str, Any] | None = None
     from gpufleet.drift_counters import CounterStore, default_path
     from gpufleet.host_reads import READ_TIMEOUT_S, watching
     from gpufleet.remote import run_parallel
+    from operations.fact_prefetch import DRIFT_READS_KIND
 
     started = time.time()
     checkout = revision(PROJECT_ROOT)
     store = CounterStore(default_path(inventory_path) if counters is DEFAULT_COUNTERS else counters)
     timed = {**(overrides or {}), "_timeout": read_timeout or READ_TIMEOUT_S}
-    with watching() as failures, planned(inventory_path, limit, timed, reads_kind="drift") as plan:
+    with watching() as failures, planned(inventory_path, limit, timed, reads_kind=DRIFT_READS_KIND) as plan:
         contexts = {h.name: _context(store, h.name, failures, inventory_path) for h in plan.hosts}
         results = run_parallel(plan.state, plan.hosts, lambda h: check_host(plan, h, contexts[h.name]))
         hosts = [HostDrift(name, reachable=False, error="unreachable over SSH") for name in plan.unreachable]

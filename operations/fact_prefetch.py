@@ -89,6 +89,7 @@ KEEP_RUNS = 3
 # The State attribute naming the kind of run (above), and the kind when it is not set.
 READS_KIND_ATTRIBUTE = "gpufleet_reads_kind"
 DEFAULT_READS_KIND = "deploy"
+DRIFT_READS_KIND = "drift"
 # Concurrent reads per host in the prefetch: enough to overlap the waits on the daemons; more only
 # crowd the host's cores (a lab node has two).
 READ_LANES = 4
@@ -241,6 +242,12 @@ def _run_numbers(value) -> dict[str, int]:
     return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)}
 
 
+def _asked_lately(asked_in: dict[str, int], kind: str, runs: dict[str, int]) -> bool:
+    """Whether one of the last KEEP_RUNS runs of ``kind`` on the host asked a read (``asked_in``:
+    the read's last run of each kind; ``runs``: the host's last run of each kind, before this one)."""
+    return kind in asked_in and asked_in[kind] > runs.get(kind, 0) - KEEP_RUNS
+
+
 def _fact_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -261,8 +268,8 @@ class _PrefetchedFacts:
         self.read_fact = type(host).get_fact.__get__(host)  # pyinfra's own
         self.path = cache_file(host.name)
         self.kind = getattr(state, READS_KIND_ATTRIBUTE, None) or DEFAULT_READS_KIND
-        self.runs: dict[str, int] = {}  # {kind: its last run's number on the host}
-        self.run, self.remembered = self._load()  # this run's number among its kind; the list
+        self.runs, self.remembered = self._load()  # {kind: its last run's number on the host}; the list
+        self.run = self.runs.get(self.kind, 0) + 1  # this run's number among its kind
         self.marked = False  # a remembered read was asked again in this run: saved when it ends
         self.answers: dict[str, tuple[str, int, list[str]]] = {}  # key -> (privileges, exit code, stdout)
         self.readers: set = set()  # greenlets inside a fact read of ours or pyinfra's: not a change
@@ -294,13 +301,12 @@ class _PrefetchedFacts:
         with self._reading():
             return self.read_fact(cls, *args, **kwargs)
 
-    def _load(self) -> tuple[int, dict[str, dict[str, Any]]]:
+    def _load(self) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
         try:
             saved = json.loads(self.path.read_text())
-            entries, self.runs = saved["facts"], _run_numbers(saved.get("runs"))
+            entries, runs = saved["facts"], _run_numbers(saved.get("runs"))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return 1, {}
-        run = self.runs.get(self.kind, 0) + 1
+            return {}, {}
         oldest = (datetime.date.today() - datetime.timedelta(days=FORGET_AFTER_DAYS)).isoformat()
         kept = {}
         for e in entries:
@@ -308,15 +314,11 @@ class _PrefetchedFacts:
                 continue
             # A list from before runs were counted per kind: its reads count as asked by run 0 of each.
             asked_in = (_run_numbers(e.get("runs")) if isinstance(e.get("runs"), dict)
-                        else {kind: 0 for kind in (DEFAULT_READS_KIND, "drift", self.kind)})
-            if any(n > self.runs.get(kind, 0) - KEEP_RUNS for kind, n in asked_in.items()):
+                        else {kind: 0 for kind in (DEFAULT_READS_KIND, DRIFT_READS_KIND, self.kind)})
+            if any(_asked_lately(asked_in, kind, runs) for kind in asked_in):
                 kept[_key(e["fact"], e["kwargs"])] = {"fact": e["fact"], "kwargs": e["kwargs"], "asked": e["asked"],
                                                       "runs": asked_in}
-        return run, kept
-
-    def _prefetched_now(self, entry: dict[str, Any]) -> bool:
-        """Whether one of this kind's last KEEP_RUNS runs asked it."""
-        return entry["runs"].get(self.kind, 0) >= self.run - KEEP_RUNS and self.kind in entry["runs"]
+        return runs, kept
 
     def _save(self) -> None:
         entries = sorted(self.remembered.values(), key=lambda e: _key(e["fact"], e["kwargs"]))
@@ -345,7 +347,7 @@ class _PrefetchedFacts:
     def read(self) -> int:
         groups: dict[str, list[tuple[str, Any, dict[str, Any]]]] = {}
         for key, entry in self.remembered.items():
-            if not self._prefetched_now(entry):
+            if not _asked_lately(entry["runs"], self.kind, self.runs):
                 continue
             try:
                 cls = getattr(importlib.import_module(entry["fact"].rsplit(".", 1)[0]), entry["fact"].rsplit(".", 1)[1])

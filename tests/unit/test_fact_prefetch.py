@@ -209,7 +209,8 @@ def test_a_list_from_before_runs_were_counted_per_kind_is_read_by_both_kinds(pre
     path.parent.mkdir(parents=True, exist_ok=True)
     today = datetime.date.today().isoformat()
     entry = {"fact": "pyinfra.facts.files.Directory", "kwargs": {"path": str(tmp_path)}, "asked": today, "run": 5}
-    path.write_text(json.dumps({"runs": 5, "facts": [entry]}))  # the format of one earlier commit
+    # Counts that are not per kind (an unreleased commit of stop 19 wrote integers; stop 18, none).
+    path.write_text(json.dumps({"runs": 5, "facts": [entry]}))
     setattr(state, fact_prefetch.READS_KIND_ATTRIBUTE, "drift")
     assert fact_prefetch.prefetch_facts() == 1
     assert host.get_fact(Directory, path=str(tmp_path)) is not None
