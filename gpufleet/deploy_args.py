@@ -103,6 +103,7 @@ def prometheus_args(fleet: Fleet, host_name: str) -> dict[str, Any]:
 
 
 def alertmanager_args(fleet: Fleet, host_name: str) -> dict[str, Any]:
-    """``webhook_url_file`` and ``group_wait`` for ``alertmanager`` on one lb host of a gpufleet Fleet."""
+    """``webhook_url_file``, ``group_wait`` and ``group_interval`` for ``alertmanager`` on one lb host."""
     s = fleet.hosts[host_name].settings
-    return {"webhook_url_file": s.alertmanager_webhook_url_file, "group_wait": s.alertmanager_group_wait}
+    return {"webhook_url_file": s.alertmanager_webhook_url_file, "group_wait": s.alertmanager_group_wait,
+            "group_interval": s.alertmanager_group_interval}

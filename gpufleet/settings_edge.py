@@ -113,10 +113,14 @@ class EdgeSettings(BaseModel):
     # How long Alertmanager holds a new group's first alert for others of its group (its
     # `group_wait`): 30s, Alertmanager's own default, pages once per node rather than once per alert.
     alertmanager_group_wait: str = "30s"
+    # How long a group that has notified waits before it sends what changed (its `group_interval`):
+    # 5m, Alertmanager's own default. A new alert for a node whose earlier alert of the same name
+    # resolved less than this ago joins that group and waits for its next send, up to this long.
+    alertmanager_group_interval: str = "5m"
 
-    @field_validator("alertmanager_group_wait")
+    @field_validator("alertmanager_group_wait", "alertmanager_group_interval")
     @classmethod
-    def _group_wait_is_a_duration(cls, v: str) -> str:
+    def _alertmanager_waits_are_durations(cls, v: str) -> str:
         if not v or not re.fullmatch(PROMETHEUS_DURATION, v):
             raise ValueError(f"{v!r} is not a Prometheus duration such as 10s, 30s or 1m")
         return v

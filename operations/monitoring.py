@@ -68,6 +68,7 @@ ALERTMANAGER_DEFAULTS = "/etc/default/prometheus-alertmanager"
 ALERTMANAGER_SERVICE = "prometheus-alertmanager"
 ALERTMANAGER_LISTEN = "127.0.0.1:9093"
 ALERTMANAGER_GROUP_WAIT = "30s"  # Alertmanager's own default
+ALERTMANAGER_GROUP_INTERVAL = "5m"  # Alertmanager's own default
 
 
 def _render(template: str, **values) -> str:
@@ -368,8 +369,10 @@ def prometheus(replicas: list, nodes: list, options: dict | None = None, rules: 
 _WEBHOOK_URL = re.compile(r"^https?://[^\s\"]+$")
 
 
-def render_alertmanager(webhook_url: str, group_wait: str = ALERTMANAGER_GROUP_WAIT) -> str:
-    return _render("prometheus/alertmanager.yml.j2", webhook_url=webhook_url, group_wait=group_wait)
+def render_alertmanager(webhook_url: str, group_wait: str = ALERTMANAGER_GROUP_WAIT,
+                        group_interval: str = ALERTMANAGER_GROUP_INTERVAL) -> str:
+    return _render("prometheus/alertmanager.yml.j2", webhook_url=webhook_url, group_wait=group_wait,
+                   group_interval=group_interval)
 
 
 def alertmanager_defaults(listen: str) -> str:
@@ -399,7 +402,7 @@ def alertmanager_script(listen: str, restart: bool) -> str:
 
 @operation()
 def alertmanager(webhook_url_file: str | None, listen: str = ALERTMANAGER_LISTEN,
-                 group_wait: str = ALERTMANAGER_GROUP_WAIT):
+                 group_wait: str = ALERTMANAGER_GROUP_WAIT, group_interval: str = ALERTMANAGER_GROUP_INTERVAL):
     """
     Alertmanager with one webhook receiver, for the Prometheus on the same lb host; off without a URL.
 
@@ -408,6 +411,9 @@ def alertmanager(webhook_url_file: str | None, listen: str = ALERTMANAGER_LISTEN
     + listen: ``address:port`` of its API (the Prometheus config's ``alerting`` target)
     + group_wait: how long a new group's first alert waits for others before it is sent (a
       Prometheus duration; Alertmanager's 30s: lower pages sooner, in more messages)
+    + group_interval: how long a group that has already notified waits before it sends what changed:
+      a new alert joining a group whose earlier alert resolved less than this ago waits for it too
+      (Alertmanager's 5m)
 
     The URL is read on the control host when the operation runs and written only into
     /etc/prometheus/alertmanager.yml (root:prometheus 0640) through operations/secrets.py: compared
@@ -429,7 +435,7 @@ def alertmanager(webhook_url_file: str | None, listen: str = ALERTMANAGER_LISTEN
     yield from pinned_apt.packages._inner(packages=["prometheus-alertmanager"])
     defaults = list(put_text(ALERTMANAGER_DEFAULTS, alertmanager_defaults(listen)))
     yield from defaults
-    config = list(secret_file(ALERTMANAGER_CONF, render_alertmanager(url, group_wait), user="root", group="prometheus",
+    config = list(secret_file(ALERTMANAGER_CONF, render_alertmanager(url, group_wait, group_interval), user="root", group="prometheus",
                               mode="640"))
     yield from config
     service = host.get_fact(ServiceState, service=ALERTMANAGER_SERVICE)

@@ -254,10 +254,11 @@ def test_prometheus_sends_to_the_local_alertmanager_when_a_webhook_is_configured
 
 def test_alertmanager_config_has_the_webhook_and_passes_amtool(tmp_path):
     url = "https://hooks.example.internal/alert?token=abc&channel=\"gpu\""
-    text = monitoring.render_alertmanager(url, group_wait="5s")
+    text = monitoring.render_alertmanager(url, group_wait="5s", group_interval="10s")
     config = yaml.safe_load(text)
-    assert config["route"]["group_wait"] == "5s"
-    assert yaml.safe_load(monitoring.render_alertmanager(url))["route"]["group_wait"] == "30s"
+    assert (config["route"]["group_wait"], config["route"]["group_interval"]) == ("5s", "10s")
+    default = yaml.safe_load(monitoring.render_alertmanager(url))["route"]
+    assert (default["group_wait"], default["group_interval"]) == ("30s", "5m")
     assert config["receivers"] == [{"name": "webhook", "webhook_configs": [{"url": url, "send_resolved": True}]}]
     assert config["route"]["receiver"] == "webhook"
     amtool = shutil.which("amtool")
@@ -321,13 +322,15 @@ def test_hold_for_refuses_what_prometheus_would_not_load(hold_for, expected):
     assert issues and expected in issues[0].expected
 
 
-def test_group_wait_reaches_the_alertmanager_operation_and_bad_values_are_refused():
+@pytest.mark.parametrize("key, arg, default", [("alertmanager_group_wait", "group_wait", "30s"),
+                                               ("alertmanager_group_interval", "group_interval", "5m")])
+def test_alertmanager_waits_reach_the_operation_and_bad_values_are_refused(key, arg, default):
     from gpufleet.settings import SettingsError
 
     lb = load_fleet(PROD).load_balancers[0].name
-    assert deploy_args.alertmanager_args(load_fleet(PROD, {"alertmanager_group_wait": "10s"}), lb)["group_wait"] == "10s"
-    assert deploy_args.alertmanager_args(load_fleet(PROD), lb)["group_wait"] == "30s"
+    assert deploy_args.alertmanager_args(load_fleet(PROD, {key: "10s"}), lb)[arg] == "10s"
+    assert deploy_args.alertmanager_args(load_fleet(PROD), lb)[arg] == default
     with pytest.raises(SettingsError) as refused:
-        load_fleet(PROD, {"alertmanager_group_wait": "10 s"})
-    issues = [i for i in refused.value.issues if i.key == "alertmanager_group_wait"]
+        load_fleet(PROD, {key: "10 s"})
+    issues = [i for i in refused.value.issues if i.key == key]
     assert issues and "is not a Prometheus duration" in issues[0].expected and issues[0].value == "10 s"
