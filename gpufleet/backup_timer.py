@@ -1,6 +1,8 @@
 """The nightly Milvus backup as a systemd timer on the control host, and the metrics each run leaves.
 
-The service runs ``gpufleet backup INVENTORY --keep N --prometheus FILE`` from this checkout. Each
+The service runs ``gpufleet backup INVENTORY --keep N --prometheus FILE`` from this checkout, into
+the fleet's ``milvus_backup_dir`` as it is set when the timer runs (``--to`` only where the operator
+named another location at install: drift then looks in ``milvus_backup_dir`` still, so set both). Each
 run writes node_exporter textfile metrics: when the last backup succeeded, the rows of each
 collection, and whether a collection has fewer rows than a kept backup has (exit 2: the backup
 is kept, no older one is removed, and the drop is for a person to look at). Alert rules in
@@ -15,15 +17,14 @@ import time
 from pathlib import Path
 
 from gpufleet.control_timer import install_units, service_unit, timer_unit
-from gpufleet.settings_data import DEFAULT_BACKUP_DIR
 
 UNIT = "gpufleet-backup"
 
 
-def units(inventory: str, on_calendar: str, backup_dir: str, keep: int, textfile_dir: str) -> dict[str, str]:
+def units(inventory: str, on_calendar: str, backup_dir: str | None, keep: int, textfile_dir: str) -> dict[str, str]:
     gpufleet_bin = Path(sys.executable).with_name("gpufleet")
-    command = [str(gpufleet_bin), "backup", inventory, "--to", backup_dir, "--keep", str(keep),
-               "--prometheus", f"{textfile_dir}/gpufleet_milvus_backup.prom"]
+    command = [str(gpufleet_bin), "backup", inventory, *(["--to", backup_dir] if backup_dir else []),
+               "--keep", str(keep), "--prometheus", f"{textfile_dir}/gpufleet_milvus_backup.prom"]
     service = service_unit("gpufleet backup install-timer", f"gpufleet nightly Milvus backup ({inventory})", [textfile_dir], command,
                            "backed up, but a collection has fewer rows than in the previous backup: the metrics say so.")
     timer = timer_unit("gpufleet backup install-timer", "Back up the fleet's Milvus nightly", on_calendar)
@@ -31,7 +32,7 @@ def units(inventory: str, on_calendar: str, backup_dir: str, keep: int, textfile
 
 
 def install(inventory: str, on_calendar: str = "*-*-* 02:00:00", unit_dir: str = "/etc/systemd/system",
-            backup_dir: str = DEFAULT_BACKUP_DIR, keep: int = 7,
+            backup_dir: str | None = None, keep: int = 7,
             textfile_dir: str = "/var/lib/prometheus/node-exporter", enable: bool = True) -> list[str]:
     return install_units(units(inventory, on_calendar, backup_dir, keep, textfile_dir), f"{UNIT}.timer", unit_dir, enable)
 

@@ -7,7 +7,8 @@ the SSH session pyinfra opens (operations/port_forward.py), and a child process 
 every collection with pymilvus (gpufleet/milvus_dump.py says why a logical export, and its format).
 
 - A backup lands in ``<location>/<inventory stem>/<UTC time>/`` (``location``: ``--to``, a path or
-  ``s3://bucket/prefix``; default ``$GPUFLEET_STATE_DIR/backups``, ``~/.local/state/gpufleet/backups``),
+  ``s3://bucket/prefix``; default the Milvus host's ``milvus_backup_dir``, where the nightly timer,
+  a rollout's pre-upgrade backup and drift's backup-age check look too: one place per fleet),
   owner-only on disk (the documents are the fleet's data). A bucket is reached with the Milvus
   host's ``milvus_backup_s3_*`` settings.
 - With Milvus authentication on, the child logs in as ``root`` with the Milvus host's
@@ -30,16 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from gpufleet.backup_store import BackupError, S3Access, open_store
-from gpufleet.private_files import state_root, write_private
+from gpufleet.private_files import write_private
 from operations.port_forward import forwarded
 
 __all__ = ["BackupError", "backup", "restore", "row_counts", "counts_through", "most_rows", "prune",
-           "dropped_rows", "default_location", "store_for"]
-
-
-def default_location() -> str:
-    """Where ``gpufleet backup`` writes without ``--to``: the control host's state directory."""
-    return str(state_root() / "backups")
+           "dropped_rows", "store_for"]
 
 
 def s3_access(settings) -> S3Access:
@@ -49,7 +45,7 @@ def s3_access(settings) -> S3Access:
 
 
 def store_for(location: str | None, inventory: str, overrides: dict[str, Any] | None = None):
-    """The store at ``location`` (None: :func:`default_location`); a bucket is reached with the
+    """The store at ``location`` (None: the Milvus host's ``milvus_backup_dir``); a bucket is reached with the
     ``milvus_backup_s3_*`` settings of ``inventory``'s Milvus host. An inventory with no Milvus
     host is refused here, before any bucket or host is asked."""
     from gpufleet.fleet import load_fleet
@@ -57,7 +53,7 @@ def store_for(location: str | None, inventory: str, overrides: dict[str, Any] | 
     db = load_fleet(inventory, overrides).vector_db
     if db is None:
         raise BackupError(f"{inventory} has no host in group vector_db: there is no Milvus to back up")
-    return open_store(location or default_location(), s3_access(db.settings))
+    return open_store(location or db.settings.milvus_backup_dir, s3_access(db.settings))
 
 
 def _dump(action: str, port: int, directory: Path | None = None, replace: bool = False,
@@ -121,7 +117,7 @@ def backup(inventory: str, to: str | None = None, overrides: dict[str, Any] | No
     "collections": {name: rows}, "dropped": {name: (most rows in a kept backup, rows now)},
     "removed": [older backups removed]}``.
 
-    ``to``: a directory or ``s3://bucket/prefix`` (None: :func:`default_location`). ``keep``: how
+    ``to``: a directory or ``s3://bucket/prefix`` (None: the fleet's ``milvus_backup_dir``). ``keep``: how
     many whole backups of this inventory to keep, this one included (None: all). Rows are compared
     with the most each collection had in any kept backup, and while one has fewer nothing is
     removed: the copy with the rows stays, and so does the alert, until the rows are back (a

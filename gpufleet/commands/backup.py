@@ -9,7 +9,6 @@ import click
 
 from gpufleet.commands.drift import _DriftGroup
 from gpufleet.data_backup import BackupError
-from gpufleet.settings_data import DEFAULT_BACKUP_DIR
 from gpufleet.fleet import parse_data_overrides
 from gpufleet.settings import SettingsError, format_issues
 
@@ -55,8 +54,8 @@ def backup() -> None:
 
 @backup.command("run")
 @click.argument("inventory_path", metavar="INVENTORY")
-@click.option("--to", "to", default=None, callback=_location, help="Directory or s3://BUCKET/PREFIX for backups (default: "
-              "~/.local/state/gpufleet/backups); a bucket is reached with the Milvus host's milvus_backup_s3_* settings.")
+@click.option("--to", "to", default=None, callback=_location, help="Directory or s3://BUCKET/PREFIX for backups (default: the "
+              "Milvus host's milvus_backup_dir, where drift looks); a bucket is reached with its milvus_backup_s3_* settings.")
 @click.option("--keep", type=click.IntRange(min=1), default=None, help="Keep this many backups of the inventory "
               "(this one included); older ones are removed. Default: all.")
 @click.option("--prometheus", "textfile", default=None, help="Write node_exporter textfile metrics here.")
@@ -91,9 +90,10 @@ def run(inventory_path: str, to: str | None, keep: int | None, textfile: str | N
 @click.argument("inventory_path", metavar="INVENTORY")
 @click.option("--on-calendar", default="*-*-* 02:00:00", show_default=True, help="systemd OnCalendar= expression.")
 @click.option("--unit-dir", default="/etc/systemd/system", show_default=True)
-@click.option("--backup-dir", default=DEFAULT_BACKUP_DIR, show_default=True, callback=_location,
-              help="Where the backups go, a directory or s3://BUCKET/PREFIX: gpufleet drift looks there too "
-              "(milvus_backup_dir).")
+@click.option("--backup-dir", default=None, callback=_location,
+              help="Where the backups go, a directory or s3://BUCKET/PREFIX (default: the Milvus host's "
+              "milvus_backup_dir when each run starts, where gpufleet drift looks; another location here "
+              "needs milvus_backup_dir set to it too).")
 @click.option("--keep", type=click.IntRange(min=1), default=7, show_default=True)
 @click.option("--textfile-dir", default="/var/lib/prometheus/node-exporter", show_default=True,
               help="node_exporter's textfile collector directory.")

@@ -50,13 +50,26 @@ def test_a_fleet_without_a_milvus_host_has_nothing_to_back_up(tmp_path):
 
 
 def test_the_timer_runs_the_backup_with_retention_and_metrics_and_tolerates_a_drop():
-    units = backup_timer.units("inventory/prod.py", "*-*-* 02:00:00", "/var/lib/gpufleet/backups", 7,
-                               "/var/lib/prometheus/node-exporter")
+    units = backup_timer.units("inventory/prod.py", "*-*-* 02:00:00", None, 7, "/var/lib/prometheus/node-exporter")
     service = units["gpufleet-backup.service"]
-    assert " backup inventory/prod.py --to /var/lib/gpufleet/backups --keep 7 --prometheus " \
+    # No --to: each run backs up to milvus_backup_dir as it is then, where drift looks.
+    assert " backup inventory/prod.py --keep 7 --prometheus " \
            "/var/lib/prometheus/node-exporter/gpufleet_milvus_backup.prom" in service
     assert "SuccessExitStatus=2" in service
     assert "OnCalendar=*-*-* 02:00:00" in units["gpufleet-backup.timer"]
+    elsewhere = backup_timer.units("inventory/prod.py", "*-*-* 02:00:00", "s3://fleet-backups/milvus", 7, "/tmp")
+    assert " backup inventory/prod.py --to s3://fleet-backups/milvus --keep 7 " in elsewhere["gpufleet-backup.service"]
+
+
+def test_a_backup_without_to_goes_where_drift_and_the_rollout_look(tmp_path):
+    """gpufleet backup's default location is the Milvus host's milvus_backup_dir, not a second place."""
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text("gpu_nodes = [('gpu-node-01', {'private_address': '10.40.1.11'})]\n"
+                         "vector_db = [('db-01', {'private_address': '10.40.2.11'})]\n")
+    nightly = data_backup.store_for(None, str(inventory), {"milvus_backup_dir": str(tmp_path / "nightly")})
+    assert nightly.where("inventory", "T") == str(tmp_path / "nightly" / "inventory" / "T")
+    assert data_backup.store_for(None, str(inventory)).where("inventory", "T") == "/var/lib/gpufleet/backups/inventory/T"
+    assert data_backup.store_for(str(tmp_path / "b"), str(inventory)).where("i", "T") == str(tmp_path / "b" / "i" / "T")
 
 
 def test_metrics_say_when_and_what_and_which_collection_lost_rows(tmp_path):
