@@ -10,9 +10,11 @@ retention or by drift.
 A bucket backup is exported to a private staging directory on the control host first (the
 export needs a file system, and a checksum is taken of what was written), then uploaded; a
 restore downloads it to a private directory and checks every file against the manifest's sha256
-before anything is written to Milvus. Both directories are removed when the run ends, however it
-ends short of a killed process or a lost machine; what such a crash leaves (owner-only, under
-``backup-staging/`` in the state directory) is for the operator to remove. Only names gpufleet
+before anything is written to Milvus. Both directories are removed when the run ends. A run that
+is killed or loses its machine leaves its ``<stamp>.partial`` or staging directory (owner-only,
+under ``backup-staging/`` in the state directory); each run claims its directory
+(gpufleet/claimed_dirs.py), and the next backup or restore removes the ones whose run is gone.
+Only names gpufleet
 gives backups (``YYYYMMDDTHHMMSSZ``) count: an operator's own copy beside them is never pruned
 or read as the newest.
 
@@ -39,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpufleet.claimed_dirs import Claim, sweep
 from gpufleet.private_files import private_dir, state_root
 
 MANIFEST = "manifest.json"
@@ -94,6 +97,29 @@ def staging_root() -> Path:
     return state_root() / "backup-staging"
 
 
+def _staging_dir(prefix: str) -> tuple[Path, Claim]:
+    """A new private staging directory, claimed, after removing those whose run died."""
+    sweep(staging_root(), "*")
+    directory = Path(tempfile.mkdtemp(prefix=prefix, dir=private_dir(staging_root())))
+    return directory, Claim(directory)
+
+
+class _Claims:
+    """The directories this store's runs work in, each claimed until it is published or removed."""
+
+    def __init__(self):
+        self._claims: dict[Path, Claim] = {}
+
+    def _hold(self, directory: Path, claim: Claim) -> Path:
+        self._claims[directory] = claim
+        return directory
+
+    def _let_go(self, directory: Path) -> None:
+        claim = self._claims.pop(directory, None)
+        if claim is not None:
+            claim.release()
+
+
 def open_store(location: str, s3: S3Access | None = None):
     """The store at ``location``: :class:`LocalStore` for a path, :class:`S3Store` for ``s3://``."""
     if is_s3(location):
@@ -102,10 +128,11 @@ def open_store(location: str, s3: S3Access | None = None):
     return LocalStore(Path(location).expanduser())
 
 
-class LocalStore:
+class LocalStore(_Claims):
     """Backups in a directory of the control host, owner-only (the documents are the fleet's data)."""
 
     def __init__(self, root: Path):
+        super().__init__()
         self.root = root
 
     def where(self, stem: str, stamp: str) -> str:
@@ -120,21 +147,29 @@ class LocalStore:
         return json.loads((self.root / stem / stamp / MANIFEST).read_text())
 
     def stage(self, stem: str, stamp: str) -> Path:
-        """The directory to export into: ``<stamp>.partial`` beside the whole backups."""
+        """The directory to export into: ``<stamp>.partial`` beside the whole backups, claimed
+        (a ``.partial`` whose run died is removed first)."""
         base = private_dir(private_dir(self.root) / stem)
+        sweep(base, "*.partial")
         partial, final = base / f"{stamp}.partial", base / stamp
+        busy = StoreError(f"{partial if partial.exists() else final} exists: another backup is running or ran "
+                          "this second; try again")
         if partial.exists() or final.exists():  # another backup of the same second, or one still running
-            raise StoreError(f"{partial if partial.exists() else final} exists: another backup is running or ran "
-                             "this second; try again")
-        return partial
+            raise busy
+        try:
+            return self._hold(partial, Claim(partial))
+        except BlockingIOError:
+            raise busy from None
 
     def publish(self, staged: Path, stem: str, stamp: str) -> str:
         final = self.root / stem / stamp
         staged.rename(final)
+        self._let_go(staged)
         return str(final)
 
     def discard(self, staged: Path) -> None:
         shutil.rmtree(staged, ignore_errors=True)
+        self._let_go(staged)
 
     def remove(self, stem: str, stamp: str) -> str:
         """Delete a backup, its manifest first (it stops counting as whole before its data goes)."""
@@ -149,10 +184,11 @@ class LocalStore:
         yield Path(location).expanduser()
 
 
-class S3Store:
+class S3Store(_Claims):
     """Backups as objects ``<prefix>/<stem>/<stamp>/<file>`` in a bucket."""
 
     def __init__(self, bucket: str, prefix: str, access: S3Access):
+        super().__init__()
         self.bucket, self.prefix, self.access = bucket, prefix, access
         self._client = None
 
@@ -189,7 +225,7 @@ class S3Store:
         keys = self._keys(prefix)
         if prefix + MANIFEST not in keys:
             raise StoreError(f"{location} holds no {MANIFEST}: not a gpufleet backup (or an unfinished one)")
-        directory = Path(tempfile.mkdtemp(prefix="restore-", dir=private_dir(staging_root())))
+        directory, claim = _staging_dir("restore-")
         try:
             for key in keys:
                 name = key[len(prefix):]
@@ -201,12 +237,13 @@ class S3Store:
             yield directory
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+            claim.release()
 
     # -- writes --------------------------------------------------------------------------------
     def stage(self, stem: str, stamp: str) -> Path:
         if stamp in self.whole(stem):
             raise StoreError(f"{self.where(stem, stamp)} exists: a backup ran this second; try again")
-        return Path(tempfile.mkdtemp(prefix=f"{stem}-{stamp}-", dir=private_dir(staging_root())))
+        return self._hold(*_staging_dir(f"{stem}-{stamp}-"))
 
     def publish(self, staged: Path, stem: str, stamp: str) -> str:
         """Upload the data files, then the manifest (the backup is whole from that moment); on a
@@ -228,10 +265,12 @@ class S3Store:
             raise
         finally:
             shutil.rmtree(staged, ignore_errors=True)
+            self._let_go(staged)
         return where
 
     def discard(self, staged: Path) -> None:
         shutil.rmtree(staged, ignore_errors=True)
+        self._let_go(staged)
 
     def remove(self, stem: str, stamp: str) -> str:
         """Delete a backup, its manifest first (it stops counting as whole before its data goes)."""
