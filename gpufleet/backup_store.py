@@ -11,10 +11,11 @@ A bucket backup is exported to a private staging directory on the control host f
 export needs a file system, and a checksum is taken of what was written), then uploaded; a
 restore downloads it to a private directory and checks every file against the manifest's sha256
 before anything is written to Milvus. Both directories are removed when the run ends. A run that
-is killed or loses its machine leaves its ``<stamp>.partial`` or staging directory (owner-only,
-under ``backup-staging/`` in the state directory); each run claims its directory
-(gpufleet/claimed_dirs.py), and the next backup or restore removes the ones whose run is gone.
-Only names gpufleet
+is killed or loses its machine leaves its directory (owner-only): a ``<stamp>.partial`` beside the
+backups, or a staging directory under ``backup-staging/`` in the state directory. Each run claims
+its directory (gpufleet/claimed_dirs.py): the next backup of the same inventory to the same
+directory removes a dead run's ``.partial``, and the next bucket backup or bucket restore a dead
+run's staging directory. Only names gpufleet
 gives backups (``YYYYMMDDTHHMMSSZ``) count: an operator's own copy beside them is never pruned
 or read as the newest.
 
@@ -34,20 +35,22 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpufleet.claimed_dirs import Claim, sweep
+from gpufleet.claimed_dirs import Claim, lock_path, sweep
 from gpufleet.private_files import private_dir, state_root
 
 MANIFEST = "manifest.json"
 S3_SCHEME = "s3://"
 # gpufleet backup's own names (UTC time): anything else beside them (an operator's copy) is not counted.
 STAMP = re.compile(r"^\d{8}T\d{6}Z$")
+PARTIAL_SUFFIX = ".partial"
+PARTIAL_PATTERN = "[0-9]" * 8 + "T" + "[0-9]" * 6 + "Z" + PARTIAL_SUFFIX  # STAMP's, as a glob: only gpufleet's
 # AWS's rule for bucket names (S3-compatible servers accept at least these).
 BUCKET = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
 S3_LOCATION = re.compile(rf"^s3://(?P<bucket>{BUCKET})(?:/(?P<prefix>[^\s]*))?$")
@@ -98,10 +101,31 @@ def staging_root() -> Path:
 
 
 def _staging_dir(prefix: str) -> tuple[Path, Claim]:
-    """A new private staging directory, claimed, after removing those whose run died."""
-    sweep(staging_root(), "*")
-    directory = Path(tempfile.mkdtemp(prefix=prefix, dir=private_dir(staging_root())))
-    return directory, Claim(directory)
+    """A new private staging directory, claimed before it is made, after removing those whose run died."""
+    root = staging_root()
+    with _writable(root):
+        private_dir(root)
+        sweep(root, "*")
+        while True:
+            directory = root / f"{prefix}{secrets.token_hex(6)}"
+            claim = Claim(directory)
+            try:
+                directory.mkdir(mode=0o700)
+                return directory, claim
+            except FileExistsError:  # a name another run has: another name
+                claim.release()
+
+
+@contextlib.contextmanager
+def _writable(directory: Path) -> Iterator[None]:
+    """Where this user cannot write ``directory``: a StoreError naming it, not a traceback."""
+    try:
+        yield
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        raise StoreError(f"{directory}: {exc.strerror or exc}: a backup location this user can write is needed "
+                         "(--to, or milvus_backup_dir)") from None
 
 
 class _Claims:
@@ -149,21 +173,27 @@ class LocalStore(_Claims):
     def stage(self, stem: str, stamp: str) -> Path:
         """The directory to export into: ``<stamp>.partial`` beside the whole backups, claimed
         (a ``.partial`` whose run died is removed first)."""
-        base = private_dir(private_dir(self.root) / stem)
-        sweep(base, "*.partial")
-        partial, final = base / f"{stamp}.partial", base / stamp
-        busy = StoreError(f"{partial if partial.exists() else final} exists: another backup is running or ran "
-                          "this second; try again")
-        if partial.exists() or final.exists():  # another backup of the same second, or one still running
-            raise busy
-        try:
-            return self._hold(partial, Claim(partial))
-        except BlockingIOError:
-            raise busy from None
+        base = self.root / stem
+        with _writable(base):
+            private_dir(private_dir(self.root) / stem)
+            sweep(base, PARTIAL_PATTERN)
+            partial, final = base / f"{stamp}{PARTIAL_SUFFIX}", base / stamp
+            if partial.exists() or final.exists():  # another backup of the same second, or one still running
+                raise StoreError(f"{partial if partial.exists() else final} exists: another backup is running or "
+                                 "ran this second; try again")
+            try:
+                return self._hold(partial, Claim(partial))
+            except BlockingIOError:
+                raise StoreError(f"{lock_path(partial)} is held: another backup of this second is running; "
+                                 "try again") from None
 
     def publish(self, staged: Path, stem: str, stamp: str) -> str:
         final = self.root / stem / stamp
-        staged.rename(final)
+        try:
+            staged.rename(final)
+        except BaseException:
+            self.discard(staged)
+            raise
         self._let_go(staged)
         return str(final)
 

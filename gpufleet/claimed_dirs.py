@@ -1,16 +1,19 @@
 """Working directories a run claims, so that the next run can tell a crash's leftovers from work in progress.
 
 A backup exports into ``<stamp>.partial`` (or a staging directory, for a bucket) and a restore
-downloads into one; each is removed when the run ends. A run that is killed (``systemctl stop`` of
-the timer's service past its stop timeout, the OOM killer, a reboot) leaves its directory behind:
-owner-only copies of the fleet's documents that nothing would ever remove.
+from a bucket downloads into one; each is removed (or renamed into place) when the run ends. A run
+that is killed (``systemctl stop`` of the timer's service past its stop timeout, the OOM killer, a
+reboot) leaves its directory behind: owner-only copies of the fleet's documents that nothing would
+ever remove.
 
 A run claims its directory with an exclusive ``flock`` on ``<directory>.lock``, taken *before* the
-directory is made and held until it is published or removed. The kernel drops the lock when the
-process dies, however it dies, so a later run that can take the lock knows the owner is gone and
-removes both (:func:`sweep`). A directory with no lock file at all was left by a version without
-claims, or by a crash between publishing and removing the lock: removed once it is an hour old.
-Age alone is never the test for a locked one: a large backup may run for hours.
+directory is made and held until the directory is renamed into place or removed. The kernel drops
+the lock when the process dies, however it dies, so a later run that can take the lock knows the
+owner is gone and removes both (:func:`sweep`). Age alone is never the test for a claimed
+directory: a large backup may run for hours without touching its directory's mtime.
+
+A directory with no lock file at all was left by a gpufleet without claims: removed once it is an
+hour old (a lock file with no directory, a run killed between the two, goes at once).
 """
 
 from __future__ import annotations
@@ -22,25 +25,55 @@ import time
 from pathlib import Path
 
 LOCK_SUFFIX = ".lock"
-UNCLAIMED_AFTER_S = 3600  # a directory without a lock file: left by an older gpufleet, or a crash at the end
+UNCLAIMED_AFTER_S = 3600  # a directory without a lock file: left by a gpufleet without claims
+CONTENDED_S = 1.0  # how long a claim waits out a sweep that holds the lock file it opened
+
+
+def lock_path(directory: Path) -> Path:
+    return directory.with_name(directory.name + LOCK_SUFFIX)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open on ``fd`` (a sweep may have unlinked it meanwhile)."""
+    try:
+        at_path = path.stat()
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (at_path.st_dev, at_path.st_ino)
 
 
 class Claim:
-    """An exclusive claim on ``directory`` (not made here): released by :meth:`release`, or by the process's end."""
+    """An exclusive claim on ``directory`` (made by the caller, after this): released by
+    :meth:`release`, or by the process's end. ``BlockingIOError`` when another live run holds it."""
 
     def __init__(self, directory: Path):
         self.directory = directory
-        self.lock = directory.with_name(directory.name + LOCK_SUFFIX)
-        self._fd: int | None = os.open(self.lock, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            self._fd = None
-            raise
+        self.lock = lock_path(directory)
+        # A sweep holds a lock file for milliseconds (it found it unheld between our open and our
+        # flock, and is removing it): try again for a moment. A live run holds it for its whole run.
+        deadline = time.monotonic() + CONTENDED_S
+        while True:
+            fd = os.open(self.lock, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
+                continue
+            except BaseException:
+                os.close(fd)
+                raise
+            if _same_file(fd, self.lock):
+                self._fd: int | None = fd
+                return
+            os.close(fd)  # a sweep removed that lock file between our open and our flock: again
 
     def release(self) -> None:
-        """Remove the lock file, then drop the lock (in that order: a sweep never removes a live one)."""
+        """Remove the lock file, then drop the lock. Callers release only once the directory is
+        renamed into place or removed, so a sweep that takes the lock next finds nothing to remove."""
         if self._fd is None:
             return
         self.lock.unlink(missing_ok=True)
@@ -50,7 +83,8 @@ class Claim:
 
 def sweep(parent: Path, pattern: str, now: float | None = None) -> list[Path]:
     """Remove the directories matching ``pattern`` in ``parent`` whose run is gone, with their lock
-    files (and lock files whose directory is gone); return what was removed.
+    files (and lock files whose directory is gone); return the directories removed. Never fails the
+    caller's run: what cannot be read or removed now is left for the next sweep.
 
     >>> import tempfile; root = Path(tempfile.mkdtemp())
     >>> claim = Claim(root / "20261206T020000Z.partial"); (root / "20261206T020000Z.partial").mkdir()
@@ -59,24 +93,35 @@ def sweep(parent: Path, pattern: str, now: float | None = None) -> list[Path]:
     >>> os.close(claim._fd); claim._fd = None   # as when the process dies
     >>> [p.name for p in sweep(root, "*.partial")], sorted(p.name for p in root.iterdir())
     (['20261206T020000Z.partial'], [])
+    >>> root.rmdir()
     """
-    if not parent.is_dir():
-        return []
     now = time.time() if now is None else now
     removed = []
-    for directory in sorted(p for p in parent.glob(pattern) if p.is_dir() and not p.is_symlink()):
-        lock = directory.with_name(directory.name + LOCK_SUFFIX)
-        if not lock.exists():
-            if now - directory.stat().st_mtime >= UNCLAIMED_AFTER_S:
-                shutil.rmtree(directory, ignore_errors=True)
+    try:
+        entries = sorted(parent.glob(pattern))
+        orphan_locks = sorted(parent.glob(pattern + LOCK_SUFFIX))
+    except OSError:
+        return []
+    for directory in entries:
+        try:
+            if directory.is_symlink() or not directory.is_dir():
+                continue
+            lock = lock_path(directory)
+            if lock.exists():
+                if _remove_if_unheld(lock, directory):
+                    removed.append(directory)
+            elif now - directory.stat().st_mtime >= UNCLAIMED_AFTER_S:
+                shutil.rmtree(directory)
                 removed.append(directory)
+        except OSError:  # published, discarded or removed by another run meanwhile; or not ours to remove
             continue
-        if _remove_if_unheld(lock, directory):
-            removed.append(directory)
-    for lock in parent.glob(pattern + LOCK_SUFFIX):  # a run killed after its lock, before its directory
+    for lock in orphan_locks:  # a run killed after its lock, before its directory
         directory = lock.with_name(lock.name[:-len(LOCK_SUFFIX)])
-        if not directory.exists():
-            _remove_if_unheld(lock, directory)
+        try:
+            if not directory.exists():
+                _remove_if_unheld(lock, directory)
+        except OSError:
+            continue
     return removed
 
 
@@ -90,6 +135,8 @@ def _remove_if_unheld(lock: Path, directory: Path) -> bool:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False  # a run in progress
+        if not _same_file(fd, lock):
+            return False  # released and replaced since we opened it: not ours to judge
         shutil.rmtree(directory, ignore_errors=True)
         lock.unlink(missing_ok=True)
         return True

@@ -19,7 +19,7 @@ from pathlib import Path
 
 def state_root() -> Path:
     """Where gpufleet keeps its state on the control host: ``$GPUFLEET_STATE_DIR``, else
-    ``~/.local/state/gpufleet`` (rollouts, drift counters, backups, bench results under it)."""
+    ``~/.local/state/gpufleet`` (rollouts, drift counters, bucket backups' staging, bench results under it)."""
     return Path(os.environ.get("GPUFLEET_STATE_DIR") or Path.home() / ".local/state/gpufleet")
 
 

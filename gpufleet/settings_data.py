@@ -82,8 +82,9 @@ class DataSettings(BaseModel):
     # Milvus's user name rule: a letter, then letters, digits or underscores, at most 32 in all.
     milvus_app_user: str = Field("gpufleet_app", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
     # Drift of the backups (gpufleet/data_drift.py): the newest whole backup of the inventory in
-    # milvus_backup_dir (a control-host directory or s3://bucket/prefix, where `gpufleet backup
-    # install-timer` writes) is at most this many hours old, and Milvus has at least its rows.
+    # milvus_backup_dir (a control-host directory or s3://bucket/prefix, where `gpufleet backup`
+    # without --to, its timer and a rollout's backup write) is at most this many hours old, and
+    # Milvus has at least its rows.
     # None: backups are not checked.
     milvus_backup_dir: str = Field(DEFAULT_BACKUP_DIR, pattern=r"^(/|~/|s3://)")
     milvus_backup_max_age_h: int | None = Field(26, ge=1, le=24 * 366)  # a nightly timer, and 2 h to finish

@@ -113,16 +113,19 @@ class EdgeSettings(BaseModel):
     # How long Alertmanager holds a new group's first alert for others of its group (its
     # `group_wait`): 30s, Alertmanager's own default, pages once per node rather than once per alert.
     alertmanager_group_wait: str = "30s"
-    # How long a group that has notified waits before it sends what changed (its `group_interval`):
-    # 5m, Alertmanager's own default. A new alert for a node whose earlier alert of the same name
-    # resolved less than this ago joins that group and waits for its next send, up to this long.
+    # How often a group that has notified sends what changed (its `group_interval`): 5m,
+    # Alertmanager's own default. A resolved alert is told at the group's next send; one that fires
+    # again before that send is, to the receiver, the firing alert it was told about, and is not
+    # told again before the 4h repeat interval. Not zero (amtool refuses it).
     alertmanager_group_interval: str = "5m"
 
     @field_validator("alertmanager_group_wait", "alertmanager_group_interval")
     @classmethod
-    def _alertmanager_waits_are_durations(cls, v: str) -> str:
+    def _alertmanager_waits_are_durations(cls, v: str, info) -> str:
         if not v or not re.fullmatch(PROMETHEUS_DURATION, v):
             raise ValueError(f"{v!r} is not a Prometheus duration such as 10s, 30s or 1m")
+        if info.field_name == "alertmanager_group_interval" and not re.search(r"[1-9]", v):
+            raise ValueError(f"{v!r} is zero: a group interval above zero such as 10s or 5m (Alertmanager refuses 0)")
         return v
     # How long an alert's condition must hold before it fires, per alert, replacing the `for:` of
     # files/prometheus/alerts.yml: e.g. {"VllmReplicaDown": "10m"} for a fleet whose replicas take

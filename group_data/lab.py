@@ -78,6 +78,6 @@ app_env = {"VLLM_MAX_TOKENS": "32"}
 # The lab keeps no nightly backup: drift checks backups only where a test says where they are
 # (tests/lab/test_data_tier.py), so every other drift run of the lab stays about what it changed.
 milvus_backup_max_age_h = None
-# Where a rollout's backup before a Milvus change goes (and `gpufleet backup install-timer` would
-# write): the lab's git-ignored state, not /var/lib/gpufleet on this machine.
+# Where a rollout's backup before a Milvus change goes (and `gpufleet backup` without --to, or its
+# timer, would write): the lab's git-ignored state, not /var/lib/gpufleet on this machine.
 milvus_backup_dir = str(_milvus_secrets.STATE_DIR / "backups")

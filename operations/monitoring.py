@@ -411,9 +411,9 @@ def alertmanager(webhook_url_file: str | None, listen: str = ALERTMANAGER_LISTEN
     + listen: ``address:port`` of its API (the Prometheus config's ``alerting`` target)
     + group_wait: how long a new group's first alert waits for others before it is sent (a
       Prometheus duration; Alertmanager's 30s: lower pages sooner, in more messages)
-    + group_interval: how long a group that has already notified waits before it sends what changed:
-      a new alert joining a group whose earlier alert resolved less than this ago waits for it too
-      (Alertmanager's 5m)
+    + group_interval: how often a group that has notified sends what changed (Alertmanager's 5m): a
+      resolved alert is told at the next send; one that fires again before it is still the firing
+      alert the receiver was told about, and is not told again before the 4h repeat interval
 
     The URL is read on the control host when the operation runs and written only into
     /etc/prometheus/alertmanager.yml (root:prometheus 0640) through operations/secrets.py: compared

@@ -8,11 +8,12 @@ minutes would make this test wait 5 minutes; the hold time itself is promtool-te
 tests/unit/test_alert_rules.py). The replica is stopped only once Prometheus scrapes both replicas
 and no VllmReplicaDown is active: right after a lab's first deploy the 2-core machine can be so busy
 that /metrics misses the scrape timeout for minutes, and an alert that is already firing (or pending
-under the old hold time) when Alertmanager starts is not the one this test is about. Such an alert
-that fired and resolved before the freeze leaves its Alertmanager group (alert name and node) alive
-until the group's next send, and the frozen replica's alert joins that group and waits for it: with
-Alertmanager's 5-minute ``group_interval`` that is longer than this test waits (CI saw it), so the
-group interval is set by data too. The webhook receiver stands in for the on-call's endpoint (a
+under the old hold time) when Alertmanager starts is not the one this test is about. Nor may one
+that fired and resolved be awaiting its resolved notice: Alertmanager tells a resolution at the
+group's next send (``group_interval``), and an alert that fires again before that is the firing
+alert the receiver already has, not told again for 4 hours (CI saw this: a blip after the deploy,
+then the freeze, and no page). So the group interval is 10 s by data, and the freeze waits until
+the webhook has the resolved notice of any VllmReplicaDown it was told of. The webhook receiver stands in for the on-call's endpoint (a
 chat or paging service's URL): a few lines of Python on lb-1's loopback that write each POST to a
 file, so no traffic leaves the lab. Then lb-1 goes back to the lab's data (no Alertmanager in the
 Prometheus config) and the replica answers again.
@@ -61,17 +62,26 @@ def _prometheus(lb, query: str) -> list[dict]:
     return json.loads(out.stdout)["data"]["result"] if out.rc == 0 else [{"unreadable": out.stderr}]
 
 
+def _told(notifications: list[dict], alertname: str) -> dict[str, str]:
+    """The last status the webhook was told for each replica's ``alertname``: firing or resolved."""
+    return {a["labels"].get("replica"): a.get("status") for n in notifications for a in n.get("alerts", [])
+            if a["labels"].get("alertname") == alertname}
+
+
 def _wait_calm(lb, timeout: float = 600) -> None:
-    """Until every vLLM replica is scraped up and no VllmReplicaDown is pending or firing."""
+    """Until every vLLM replica is scraped up, no VllmReplicaDown is pending or firing, and the webhook
+    has the resolved notice of every VllmReplicaDown it was told of."""
     deadline, seen = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         up = _prometheus(lb, 'up{job="vllm"}')
         active = _prometheus(lb, 'ALERTS{alertname="VllmReplicaDown"}')
-        if up and all(r.get("value", [0, "0"])[1] == "1" for r in up) and not active:
+        unresolved = {r: status for r, status in _told(_notifications(lb), "VllmReplicaDown").items()
+                      if status != "resolved"}
+        if up and all(r.get("value", [0, "0"])[1] == "1" for r in up) and not active and not unresolved:
             return
-        seen = (up, active)
+        seen = (up, active, unresolved)
         time.sleep(5)
-    raise AssertionError(f"the lab's replicas were not all scraped up within {timeout:.0f} s: {seen}")
+    raise AssertionError(f"the lab was not calm within {timeout:.0f} s (up, alerts, told firing): {seen}")
 
 
 def _alert_states(lb) -> list[tuple]:
@@ -115,7 +125,7 @@ def test_a_replica_that_stops_answering_reaches_the_webhook_through_alertmanager
         stopped_at = time.monotonic()
         assert node.run(f"docker pause vllm-{REPLICA}").rc == 0
         # Scrape and its timeout (5 s) + the rule's 10 s + evaluation (5 s) + Alertmanager's group_wait
-        # (5 s) or, in a group that is still alive, its group_interval (10 s): under a minute when calm.
+        # (5 s) or, in a group that has notified, its next send (group_interval, 10 s): about a minute.
         deadline = stopped_at + 240
         fired: list[dict] = []
         while not fired and time.monotonic() < deadline:

@@ -334,3 +334,14 @@ def test_alertmanager_waits_reach_the_operation_and_bad_values_are_refused(key, 
         load_fleet(PROD, {key: "10 s"})
     issues = [i for i in refused.value.issues if i.key == key]
     assert issues and "is not a Prometheus duration" in issues[0].expected and issues[0].value == "10 s"
+
+
+def test_a_zero_group_interval_is_refused_before_amtool_would_and_a_zero_group_wait_is_not():
+    from gpufleet.settings import SettingsError
+
+    with pytest.raises(SettingsError) as refused:
+        load_fleet(PROD, {"alertmanager_group_interval": "0m"})
+    issues = [i for i in refused.value.issues if i.key == "alertmanager_group_interval"]
+    assert issues and "above zero" in issues[0].expected and issues[0].value == "0m"
+    lb = load_fleet(PROD).load_balancers[0].name
+    assert deploy_args.alertmanager_args(load_fleet(PROD, {"alertmanager_group_wait": "0s"}), lb)["group_wait"] == "0s"

@@ -110,7 +110,7 @@ def test_an_upload_cut_off_before_its_manifest_is_not_a_backup_and_a_failed_one_
         store.publish(staged, "prod", "20261206T020000Z")
     assert not any(k.startswith("prod/20261206T020000Z/") for k in keys(server, bucket))
     assert store.whole("prod") == ["20261204T020000Z"]
-    assert not staged.exists()
+    assert not staged.exists() and list(staged.parent.iterdir()) == []  # its claim (lock file) gone too
 
 
 def test_a_removal_takes_the_manifest_first_and_a_refused_delete_is_an_error(server, bucket, monkeypatch):
@@ -226,6 +226,30 @@ def test_a_bad_bucket_location_or_endpoint_in_the_settings_is_refused_naming_wha
         DataSettings(milvus_backup_s3_endpoint="minio.internal:9000")
     with pytest.raises(ValidationError, match="absolute or ~/ path"):
         DataSettings(milvus_backup_s3_credentials_file="creds.ini")
+
+
+def test_a_killed_runs_staging_is_swept_by_the_next_bucket_backup_and_restore_a_live_ones_kept(server, bucket):
+    """Real processes, killed with SIGKILL: no Python cleanup runs, only the kernel drops their claims."""
+    from gpufleet.backup_store import staging_root
+    from tests.unit.test_claimed_dirs import _killed, _run_that_claims
+
+    store = open_store(f"s3://{bucket}", access(server))
+    where = published(store, "20261205T020000Z", 2)
+    staging_root().mkdir(parents=True, exist_ok=True)
+    dead_backup = _run_that_claims(staging_root() / "prod-20261206T020000Z-dead")
+    _killed(dead_backup)
+    live_restore = _run_that_claims(staging_root() / "restore-live")
+    try:
+        with store.fetched(where) as directory:  # a restore's download sweeps first
+            assert sorted(p.name for p in staging_root().iterdir()) == sorted(
+                [directory.name, directory.name + ".lock", "restore-live", "restore-live.lock"])
+        staged = store.stage("prod", "20261206T030000Z")
+        store.discard(staged)
+        assert sorted(p.name for p in staging_root().iterdir()) == ["restore-live", "restore-live.lock"]
+    finally:
+        _killed(live_restore)
+    published(store, "20261206T040000Z", 3)  # the next backup sweeps the restore killed meanwhile
+    assert list(staging_root().iterdir()) == []
 
 
 def test_bucket_staging_is_private_and_not_in_tmp(tmp_path, server, bucket):

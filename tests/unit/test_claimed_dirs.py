@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from gpufleet import backup_store
-from gpufleet.backup_store import LocalStore, S3Access, S3Store, StoreError
-from gpufleet.claimed_dirs import UNCLAIMED_AFTER_S, Claim, sweep
+from gpufleet.backup_store import LocalStore, StoreError
+from gpufleet.claimed_dirs import CONTENDED_S, UNCLAIMED_AFTER_S, Claim, sweep
 
 CLAIMING_RUN = """
 import sys, time
@@ -62,18 +61,67 @@ def test_a_directory_without_a_lock_is_removed_only_once_it_is_an_hour_old(tmp_p
     assert sweep(tmp_path, "*.partial", now=now) == [older] and not older.exists()
 
 
-def test_a_lock_left_without_its_directory_is_removed_and_other_names_are_not_touched(tmp_path):
+def test_a_lock_left_without_its_directory_is_removed_and_a_whole_backup_is_not(tmp_path):
     (tmp_path / "20261206T020000Z.partial.lock").write_text("")
-    (tmp_path / "20261206T020000Z").mkdir()  # a whole backup
-    (tmp_path / "my-copy.partial-not").mkdir()
-    sweep(tmp_path, "*.partial")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["20261206T020000Z", "my-copy.partial-not"]
+    (tmp_path / "20261205T020000Z").mkdir()  # a whole backup, old: not a .partial, never swept
+    os.utime(tmp_path / "20261205T020000Z", (0, 0))
+    assert sweep(tmp_path, "*.partial") == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["20261205T020000Z"]
 
 
-def test_a_second_claim_on_a_live_directory_is_refused(tmp_path):
+def test_an_operators_own_partial_named_directory_is_not_a_backup_runs_leftover(tmp_path):
+    mine = tmp_path / "prod" / "my-copy.partial"  # not a name gpufleet gives: kept however old
+    mine.mkdir(parents=True)
+    os.utime(mine, (0, 0))
+    LocalStore(tmp_path).stage("prod", "20261206T030000Z")
+    assert mine.is_dir()
+
+
+def test_a_sweep_does_not_fail_when_a_directory_goes_under_it(tmp_path, monkeypatch):
+    gone = tmp_path / "20261206T020000Z.partial"
+    gone.mkdir()
+    real_stat = Path.stat
+
+    def published_meanwhile(self, *args, **kwargs):  # another run renamed it between the glob and the stat
+        if self == gone:
+            raise FileNotFoundError(2, "No such file or directory", str(self))
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", published_meanwhile)
+    assert sweep(tmp_path, "*.partial") == []
+
+
+def test_a_claim_whose_lock_file_a_sweep_removed_takes_a_new_one(tmp_path):
+    """A sweep that found the lock file unheld, between a claimant's open and its flock, removed it:
+    the claimant must not hold a lock on a deleted file (a second claim would then also succeed)."""
+    import fcntl
+
+    directory = tmp_path / "d"
+    lock = tmp_path / "d.lock"
+    lock.write_text("")
+    sweeper = os.open(lock, os.O_WRONLY)
+    fcntl.flock(sweeper, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def sweep_finishes():
+        time.sleep(0.2)
+        lock.unlink()
+        os.close(sweeper)
+
+    import threading
+    threading.Thread(target=sweep_finishes).start()
+    claim = Claim(directory)  # waits the sweep out, then takes the lock file that is at the path
+    assert lock.exists() and os.fstat(claim._fd).st_ino == lock.stat().st_ino
+    with pytest.raises(BlockingIOError):
+        Claim(directory)
+    claim.release()
+
+
+def test_a_second_claim_on_a_live_directory_is_refused_after_a_moment(tmp_path):
     first = Claim(tmp_path / "d")
+    started = time.monotonic()
     with pytest.raises(BlockingIOError):
         Claim(tmp_path / "d")
+    assert time.monotonic() - started >= CONTENDED_S
     first.release()
     assert not (tmp_path / "d.lock").exists()
     Claim(tmp_path / "d").release()
@@ -97,15 +145,10 @@ def test_a_local_backup_sweeps_a_killed_runs_partial_and_refuses_a_live_ones_sec
     assert store.whole("prod") == ["20261206T030000Z"]
 
 
-def test_a_bucket_backups_staging_dir_is_claimed_and_a_killed_runs_is_swept(tmp_path, monkeypatch):
-    monkeypatch.setenv("GPUFLEET_STATE_DIR", str(tmp_path / "state"))
-    store = S3Store("fleet-backups", "milvus", S3Access())
-    monkeypatch.setattr(store, "whole", lambda stem: [])  # no bucket to list: the staging side only
-    os.makedirs(backup_store.staging_root())
-    run = _run_that_claims(backup_store.staging_root() / "prod-20261206T020000Z-abc")
-    _killed(run)
-    staged = store.stage("prod", "20261206T030000Z")
-    assert staged.is_dir() and staged.parent == backup_store.staging_root()
-    assert sorted(p.name for p in staged.parent.iterdir()) == [staged.name, staged.name + ".lock"]
-    store.discard(staged)
-    assert list(staged.parent.iterdir()) == []
+def test_a_location_that_cannot_be_written_is_a_store_error_naming_it(tmp_path):
+    """As for a non-root operator and /var/lib/gpufleet/backups: a message, not a traceback (here the
+    location is under a file, since these tests may run as root, whom permissions do not stop)."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    with pytest.raises(StoreError, match=rf"{blocker}/backups/prod: .*--to, or milvus_backup_dir"):
+        LocalStore(blocker / "backups").stage("prod", "20261206T030000Z")
