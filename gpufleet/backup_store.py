@@ -103,7 +103,7 @@ def staging_root() -> Path:
 def _staging_dir(prefix: str) -> tuple[Path, Claim]:
     """A new private staging directory, claimed before it is made, after removing those whose run died."""
     root = staging_root()
-    with _writable(root):
+    with _writable(root, "the state directory (GPUFLEET_STATE_DIR) must be one this user can write"):
         private_dir(root)
         sweep(root, "*")
         while True:
@@ -114,18 +114,21 @@ def _staging_dir(prefix: str) -> tuple[Path, Claim]:
                 return directory, claim
             except FileExistsError:  # a name another run has: another name
                 claim.release()
+            except BaseException:
+                claim.release()
+                raise
 
 
 @contextlib.contextmanager
-def _writable(directory: Path) -> Iterator[None]:
-    """Where this user cannot write ``directory``: a StoreError naming it, not a traceback."""
+def _writable(directory: Path, advice: str) -> Iterator[None]:
+    """An OSError while making or claiming under ``directory`` (permissions, a full disk): a
+    StoreError naming it and the error, with ``advice``, not a traceback."""
     try:
         yield
     except BlockingIOError:
         raise
     except OSError as exc:
-        raise StoreError(f"{directory}: {exc.strerror or exc}: a backup location this user can write is needed "
-                         "(--to, or milvus_backup_dir)") from None
+        raise StoreError(f"{directory}: {exc.strerror or exc}; {advice}") from None
 
 
 class _Claims:
@@ -174,7 +177,7 @@ class LocalStore(_Claims):
         """The directory to export into: ``<stamp>.partial`` beside the whole backups, claimed
         (a ``.partial`` whose run died is removed first)."""
         base = self.root / stem
-        with _writable(base):
+        with _writable(base, "where this user cannot write, choose another location (--to, or milvus_backup_dir)"):
             private_dir(private_dir(self.root) / stem)
             sweep(base, PARTIAL_PATTERN)
             partial, final = base / f"{stamp}{PARTIAL_SUFFIX}", base / stamp

@@ -14,6 +14,9 @@ directory: a large backup may run for hours without touching its directory's mti
 
 A directory with no lock file at all was left by a gpufleet without claims: removed once it is an
 hour old (a lock file with no directory, a run killed between the two, goes at once).
+
+The state and backup directories are local file systems: on NFS, Linux emulates ``flock`` with
+POSIX locks, which do not conflict within one process.
 """
 
 from __future__ import annotations
@@ -66,7 +69,12 @@ class Claim:
             except BaseException:
                 os.close(fd)
                 raise
-            if _same_file(fd, self.lock):
+            try:
+                ours = _same_file(fd, self.lock)
+            except BaseException:
+                os.close(fd)
+                raise
+            if ours:
                 self._fd: int | None = fd
                 return
             os.close(fd)  # a sweep removed that lock file between our open and our flock: again

@@ -12,8 +12,9 @@ under the old hold time) when Alertmanager starts is not the one this test is ab
 that fired and resolved be awaiting its resolved notice: Alertmanager tells a resolution at the
 group's next send (``group_interval``), and an alert that fires again before that is the firing
 alert the receiver already has, not told again for 4 hours (CI saw this: a blip after the deploy,
-then the freeze, and no page). So the group interval is 10 s by data, and the freeze waits until
-the webhook has the resolved notice of any VllmReplicaDown it was told of. The webhook receiver stands in for the on-call's endpoint (a
+then the freeze, and no page). So the group interval is 10 s by data, the freeze waits until
+the webhook has the resolved notice of any VllmReplicaDown it was told of, and after the thaw the
+test waits for (and asserts) the resolved notice of its own. The webhook receiver stands in for the on-call's endpoint (a
 chat or paging service's URL): a few lines of Python on lb-1's loopback that write each POST to a
 file, so no traffic leaves the lab. Then lb-1 goes back to the lab's data (no Alertmanager in the
 Prometheus config) and the replica answers again.
@@ -141,6 +142,12 @@ def test_a_replica_that_stops_answering_reaches_the_webhook_through_alertmanager
         print(f"VllmReplicaDown reached the webhook {time.monotonic() - stopped_at:.0f} s after the freeze")
     finally:
         node.run(f"docker unpause vllm-{REPLICA}")
+        # The on-call hears that it is back, and Alertmanager's log (which outlives this test) holds
+        # the resolution: otherwise a re-fire within 4 h would not be told (see the module's docstring).
+        thawed, told = time.monotonic(), None
+        while time.monotonic() - thawed < 120 and told != "resolved":
+            time.sleep(5)
+            told = _told(_notifications(lb), "VllmReplicaDown").get(REPLICA)
         lb.run(f"systemctl stop lab-alert-webhook; rm -f /run/lab-alert-webhook.py {RECEIVED}")
         off = deploy("--limit", "lb-1")
         # The same container again: the next test finds the lab as it was once it answers.
@@ -148,4 +155,5 @@ def test_a_replica_that_stops_answering_reaches_the_webhook_through_alertmanager
                          "sleep 1; done; exit 1")
     assert off["rc"] == 0, off["stderr"][-3000:]
     assert ready.rc == 0, f"vllm-{REPLICA} did not answer /health within 300 s after docker unpause"
+    assert told == "resolved", f"no resolved VllmReplicaDown for {REPLICA} reached the webhook within 120 s of the thaw"
     assert "alerting" not in lb.run("cat /etc/prometheus/prometheus.yml").stdout

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from gpufleet import claimed_dirs
 from gpufleet.backup_store import LocalStore, StoreError
 from gpufleet.claimed_dirs import CONTENDED_S, UNCLAIMED_AFTER_S, Claim, sweep
 
@@ -80,40 +81,74 @@ def test_an_operators_own_partial_named_directory_is_not_a_backup_runs_leftover(
 def test_a_sweep_does_not_fail_when_a_directory_goes_under_it(tmp_path, monkeypatch):
     gone = tmp_path / "20261206T020000Z.partial"
     gone.mkdir()
-    real_stat = Path.stat
+    real_lock_path = claimed_dirs.lock_path
 
-    def published_meanwhile(self, *args, **kwargs):  # another run renamed it between the glob and the stat
-        if self == gone:
-            raise FileNotFoundError(2, "No such file or directory", str(self))
-        return real_stat(self, *args, **kwargs)
+    def published_meanwhile(directory):  # another run renamed it between the glob and the stat
+        directory.rmdir()
+        return real_lock_path(directory)
 
-    monkeypatch.setattr(Path, "stat", published_meanwhile)
+    monkeypatch.setattr(claimed_dirs, "lock_path", published_meanwhile)
     assert sweep(tmp_path, "*.partial") == []
 
 
-def test_a_claim_whose_lock_file_a_sweep_removed_takes_a_new_one(tmp_path):
-    """A sweep that found the lock file unheld, between a claimant's open and its flock, removed it:
-    the claimant must not hold a lock on a deleted file (a second claim would then also succeed)."""
-    import fcntl
+def _flock_that_first(monkeypatch, meanwhile):
+    """fcntl.flock whose first call runs ``meanwhile()`` before it locks: another process's step
+    landing in the window between an open and its flock."""
+    real_flock, calls = claimed_dirs.fcntl.flock, []
 
-    directory = tmp_path / "d"
-    lock = tmp_path / "d.lock"
-    lock.write_text("")
-    sweeper = os.open(lock, os.O_WRONLY)
-    fcntl.flock(sweeper, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    def flock(fd, op):
+        if not calls:
+            calls.append(fd)
+            meanwhile()
+        return real_flock(fd, op)
 
-    def sweep_finishes():
-        time.sleep(0.2)
-        lock.unlink()
-        os.close(sweeper)
+    monkeypatch.setattr(claimed_dirs.fcntl, "flock", flock)
 
-    import threading
-    threading.Thread(target=sweep_finishes).start()
-    claim = Claim(directory)  # waits the sweep out, then takes the lock file that is at the path
+
+def test_a_claim_whose_lock_file_a_sweep_removed_before_its_flock_takes_a_new_one(tmp_path, monkeypatch):
+    """The claimant opened the lock file, a sweep (which found it unheld) removed it, the claimant
+    locked the deleted file: it must not count that as a claim (a second one would also succeed)."""
+    directory, lock = tmp_path / "d", tmp_path / "d.lock"
+    _flock_that_first(monkeypatch, lock.unlink)
+    claim = Claim(directory)
     assert lock.exists() and os.fstat(claim._fd).st_ino == lock.stat().st_ino
+    monkeypatch.undo()
     with pytest.raises(BlockingIOError):
         Claim(directory)
     claim.release()
+
+
+def test_a_stale_sweep_never_removes_a_directory_claimed_again_meanwhile(tmp_path, monkeypatch):
+    """A sweep opened a dead run's lock file; before its flock, another sweep removed both and a new
+    run of the same name claimed and made the directory. The first sweep's flock then succeeds (on
+    the unlinked file): it must leave the live run's directory alone."""
+    directory = tmp_path / "20261206T020000Z.partial"
+    dead = _run_that_claims(directory)
+    _killed(dead)
+    live: list[Claim] = []
+
+    def other_sweep_then_new_run():
+        (directory / "docs.jsonl").unlink()
+        directory.rmdir()
+        (tmp_path / "20261206T020000Z.partial.lock").unlink()
+        live.append(Claim(directory))
+        directory.mkdir()
+
+    _flock_that_first(monkeypatch, other_sweep_then_new_run)
+    assert sweep(tmp_path, "*.partial") == []
+    assert directory.is_dir() and (tmp_path / "20261206T020000Z.partial.lock").exists()
+    live[0].release()
+
+
+def test_a_failed_rename_at_publish_releases_the_claim_and_removes_the_partial(tmp_path):
+    store = LocalStore(tmp_path)
+    staged = store.stage("prod", "20261206T030000Z")
+    staged.mkdir()
+    (staged / "manifest.json").write_text("{}")
+    (tmp_path / "prod" / "20261206T030000Z" / "x").mkdir(parents=True)  # a non-empty directory in the way
+    with pytest.raises(OSError):
+        store.publish(staged, "prod", "20261206T030000Z")
+    assert sorted(p.name for p in (tmp_path / "prod").iterdir()) == ["20261206T030000Z"]
 
 
 def test_a_second_claim_on_a_live_directory_is_refused_after_a_moment(tmp_path):
