@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gpufleet.settings_input import read_control_file
 from gpufleet.versions import exact_debian_version, pinned_image
+from operations.monitoring import ALERTMANAGER_GROUP_INTERVAL, ALERTMANAGER_GROUP_WAIT
 
 
 def check_pem_file(path: str, block: str) -> Path:
@@ -112,19 +113,24 @@ class EdgeSettings(BaseModel):
     alertmanager_webhook_url_file: str | None = None
     # How long Alertmanager holds a new group's first alert for others of its group (its
     # `group_wait`): 30s, Alertmanager's own default, pages once per node rather than once per alert.
-    alertmanager_group_wait: str = "30s"
+    alertmanager_group_wait: str = ALERTMANAGER_GROUP_WAIT
     # How often a group that has notified sends what changed (its `group_interval`): 5m,
     # Alertmanager's own default. A resolved alert is told at the group's next send; one that fires
     # again before that send is, to the receiver, the firing alert it was told about, and is not
     # told again before the 4h repeat interval. Not zero (amtool refuses it).
-    alertmanager_group_interval: str = "5m"
+    alertmanager_group_interval: str = ALERTMANAGER_GROUP_INTERVAL
 
     @field_validator("alertmanager_group_wait", "alertmanager_group_interval")
     @classmethod
-    def _alertmanager_waits_are_durations(cls, v: str, info) -> str:
+    def _alertmanager_waits_are_durations(cls, v: str) -> str:
         if not v or not re.fullmatch(PROMETHEUS_DURATION, v):
             raise ValueError(f"{v!r} is not a Prometheus duration such as 10s, 30s or 1m")
-        if info.field_name == "alertmanager_group_interval" and not re.search(r"[1-9]", v):
+        return v
+
+    @field_validator("alertmanager_group_interval")
+    @classmethod
+    def _group_interval_above_zero(cls, v: str) -> str:
+        if not re.search(r"[1-9]", v):
             raise ValueError(f"{v!r} is zero: a group interval above zero such as 10s or 5m (Alertmanager refuses 0)")
         return v
     # How long an alert's condition must hold before it fires, per alert, replacing the `for:` of
