@@ -146,6 +146,11 @@ class _Claims:
         if claim is not None:
             claim.release()
 
+    def discard(self, staged: Path) -> None:
+        """Remove a staged directory (a failed export or upload), then its claim."""
+        shutil.rmtree(staged, ignore_errors=True)
+        self._let_go(staged)
+
 
 def open_store(location: str, s3: S3Access | None = None):
     """The store at ``location``: :class:`LocalStore` for a path, :class:`S3Store` for ``s3://``."""
@@ -200,9 +205,6 @@ class LocalStore(_Claims):
         self._let_go(staged)
         return str(final)
 
-    def discard(self, staged: Path) -> None:
-        shutil.rmtree(staged, ignore_errors=True)
-        self._let_go(staged)
 
     def remove(self, stem: str, stamp: str) -> str:
         """Delete a backup, its manifest first (it stops counting as whole before its data goes)."""
@@ -301,9 +303,6 @@ class S3Store(_Claims):
             self._let_go(staged)
         return where
 
-    def discard(self, staged: Path) -> None:
-        shutil.rmtree(staged, ignore_errors=True)
-        self._let_go(staged)
 
     def remove(self, stem: str, stamp: str) -> str:
         """Delete a backup, its manifest first (it stops counting as whole before its data goes)."""

@@ -197,10 +197,8 @@ def back_up_milvus(rollout) -> tuple[str, dict[str, int]]:
     ``(where, rows per collection)``."""
     from gpufleet import data_backup
 
-    db = _fleet(rollout).vector_db
-    try:
-        result = data_backup.backup(rollout.inventory, to=db.settings.milvus_backup_dir if db else None,
-                                    overrides=rollout.overrides)
+    try:  # without `to`, the backup goes to milvus_backup_dir (data_backup.store_for)
+        result = data_backup.backup(rollout.inventory, overrides=rollout.overrides)
     except data_backup.BackupError as exc:
         raise StepError(f"Milvus backup before the change failed, nothing changed: {exc}") from None
     return result["dir"], result["collections"]
