@@ -30,7 +30,11 @@ def private_dir(path: Path) -> Path:
 
 
 def write_private(path: Path | str, text: str) -> None:
-    """Write ``text`` to ``path`` as 0600 from the first byte, replacing it atomically."""
+    """Write ``text`` to ``path`` as 0600 from the first byte, replacing it atomically.
+
+    The new file's data reaches the disk before the rename: after a power loss the path holds the
+    old text or the new one, never an empty file (a rollout's state file is read by --resume).
+    """
     path = Path(path)
     private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -38,6 +42,8 @@ def write_private(path: Path | str, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -50,6 +50,7 @@ import json
 import secrets
 import shlex
 import socket
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,9 +58,10 @@ from typing import Any, Callable
 
 # What a disruptive change needs: the serving gate's typed refusal says which (re-exported here).
 from gpufleet.private_files import state_root, write_private
-from operations.serving_gate import GPU_STACK, REPLICAS  # noqa: F401
+from operations.serving_gate import DRAINED_LOCK_STATE, GPU_STACK, REPLICAS  # noqa: F401
 
-PENDING, DRAINING, UPDATING, VALIDATING, UNDRAINING = "pending", "draining", "updating", "validating", "undraining"
+PENDING, UPDATING, VALIDATING, UNDRAINING = "pending", "updating", "validating", "undraining"
+DRAINING = DRAINED_LOCK_STATE  # also what the node's lock says, which lets the rollout's update through the gate
 DONE, FAILED, ROLLED_BACK = "done", "failed", "rolled-back"
 FINAL = (DONE, FAILED, ROLLED_BACK)
 EXIT_DONE, EXIT_CANNOT_START, EXIT_STOPPED = 0, 1, 2
@@ -149,15 +151,26 @@ def state_dir() -> Path:
     return state_root() / "rollouts"
 
 
+def since_rollback(history: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """The node's states since its last rollback (all of them if it was never rolled back)."""
+    last = max((i for i, (state, _) in enumerate(history) if state == ROLLED_BACK), default=-1)
+    return history[last + 1:]
+
+
 def last_unfinished(inventory: str) -> Rollout | None:
     """The latest rollout of ``inventory`` that did not end with every node done (interrupted or stopped)."""
     found = []
     for path in state_dir().glob("r-*.json"):
-        data = json.loads(path.read_text())
-        if data["inventory"] != inventory:
-            continue
-        if data.get("exit_code") != EXIT_DONE and any(n["state"] != DONE for n in data["nodes"].values()):
-            found.append(Rollout.from_dict(data))
+        try:
+            data = json.loads(path.read_text())
+            if data["inventory"] != inventory:
+                continue
+            if data.get("exit_code") != EXIT_DONE and any(n["state"] != DONE for n in data["nodes"].values()):
+                found.append(Rollout.from_dict(data))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # One damaged file (a disk that filled up, a hand edit) must not stop every --resume.
+            print(f"gpufleet: skipped the unreadable rollout state file {path}: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
     return max(found, key=lambda r: r.started) if found else None
 
 
@@ -258,7 +271,7 @@ class Runner:
             for node in ready:
                 updated, why = results.get(node.name, (False, "the deploy did not report this node"))
                 if not updated:
-                    self.fail(node, why, steps)
+                    self.fail(node, why, steps, nothing_ran=why.startswith(steps.REFUSED))
                     continue
                 self._step(node, steps, self._finish_node)
         return all(node.state == DONE for node in nodes)
@@ -325,12 +338,23 @@ class Runner:
         self.node_state(node, FAILED, f"{why} (the node stays locked; restore, then --resume checks again)")
         return False
 
-    def fail(self, node: NodeRollout, why: str, steps) -> bool:
-        updated_before = any(state == UPDATING for state, _ in node.history)
-        # Still pending, or failed before in this rollout and never updated (a --resume that fails
-        # again at its lock or its Milvus backup): nothing this rollout did is on the node.
-        untouched = node.state == PENDING or (node.state == FAILED and not any(
-            state in (DRAINING, UPDATING) for state, _ in node.history))
+    def fail(self, node: NodeRollout, why: str, steps, nothing_ran: bool = False) -> bool:
+        """The node's failure handling; ``nothing_ran``: its update was refused while it was planned."""
+        # What this rollout did on the node since it was last rolled back (a rollback put the node
+        # back as it was: a --resume of a rolled-back node starts from nothing changed).
+        since = since_rollback(node.history)
+        updated_before = any(state == UPDATING for state, _ in since)
+        # Still pending, or stopped before in this rollout and neither drained nor updated since it
+        # was last rolled back (a --resume that fails again at its lock or its Milvus backup):
+        # nothing this rollout did is on the node. (One drained before and put back counts as
+        # touched: its undrain may have failed too, and a lock kept is the safe side.)
+        untouched = node.state == PENDING or (node.state in (FAILED, ROLLED_BACK) and not any(
+            state in (DRAINING, UPDATING) for state, _ in since))
+        if nothing_ran and not node.disruptive and not any(state == UPDATING for state, _ in since[:-1]):
+            # Planned as in place, refused now (its replicas serve again): nothing ran, nothing drained.
+            untouched = True
+            why = (f"{why}; nothing ran there: it was planned as an in-place change when it served "
+                   "nothing; start a new rollout, which plans it again and drains it")
         if untouched or (node.state == DRAINING and not updated_before):
             # Nothing changed on the node: what ran there must be read again when it is retried
             # (--resume), or a rollback could put back a container this rollout never replaced.
@@ -356,9 +380,10 @@ class Runner:
         if node.rollback_allowed and node.disruptive and node.state in (UPDATING, VALIDATING):
             self.say(f"{'':7}   {node.name:<16} rolling back: {why}")
             try:
-                steps.rollback(self.rollout, node.name, node.before)
+                steps.rollback(self.rollout, node.name, node.before, node.retiring)
                 steps.undrain(self.rollout, node.name, node.retiring, check=False)
                 steps.unlock(self.rollout, node.name)
+                node.before = {}  # it runs what it ran before: a --resume reads it again
                 self.node_state(node, ROLLED_BACK, why)
                 return False
             except Exception as exc:  # noqa: BLE001

@@ -178,7 +178,10 @@ def unlock(rollout, name: str, forget_previous: bool = False) -> None:
         if forget_previous and names:  # none on a host without replicas (the Milvus host of its own)
             shell(host, "docker rm -f " + " ".join(shlex.quote(n) for n in names) + " >/dev/null 2>&1; true",
                   **sudo_arguments(host))
-        node_lock.release(host, rollout.id)
+        try:
+            node_lock.release(host, rollout.id)
+        except node_lock.LockHeld as exc:
+            raise StepError(str(exc)) from None
 
 
 # ------------------------------------------------------------------------------ Milvus -----------
@@ -358,6 +361,10 @@ def stop_gpu_containers(rollout, name: str) -> None:
 
 # ------------------------------------------------------------------------------ update -----------
 
+# How update() says a node's deploy stopped while it was planned: nothing ran on the node.
+REFUSED = "deploy refused: "
+
+
 def update(rollout, names: list[str]) -> dict[str, tuple[bool, str]]:
     """Converge the batch's nodes with one deploy.py run (the rollout's id lets the serving gate through).
 
@@ -373,7 +380,7 @@ def update(rollout, names: list[str]) -> dict[str, tuple[bool, str]]:
             if name in p.unreachable:
                 out[name] = (False, f"{name} is unreachable over SSH")
             elif p.errors.get(name) or p.refusals.get(name):
-                out[name] = (False, f"deploy refused: {p.errors.get(name) or p.refusals.get(name)}")
+                out[name] = (False, f"{REFUSED}{p.errors.get(name) or p.refusals.get(name)}")
         runnable = [n for n in names if n not in out]
         if runnable:
             for name, ok in execute(p, runnable).items():
@@ -456,7 +463,11 @@ def _loaded_pins_on(host, s) -> tuple[bool, str]:
 
 def _container_ids_on(host, node) -> dict[str, str]:
     """``{container: id}`` of the node's replica containers now (missing ones left out)."""
-    names = [f"vllm-{r.name}" for r in replicas_of(node)]
+    return _container_ids(host, [f"vllm-{r.name}" for r in replicas_of(node)])
+
+
+def _container_ids(host, names: list[str]) -> dict[str, str]:
+    """``{container: id}`` of the named containers that exist on the host now."""
     if not names:  # a host without replicas (the Milvus host of its own): nothing to ask
         return {}
     ok, out = shell(host, "for c in " + " ".join(shlex.quote(n) for n in names) + "; do "
@@ -465,44 +476,67 @@ def _container_ids_on(host, node) -> dict[str, str]:
     return {parts[0]: parts[1] for parts in (line.split() for line in out.splitlines()) if len(parts) == 2}
 
 
-def rollback(rollout, name: str, before: dict[str, str]) -> None:
-    """Put back each container the update replaced (its id changed) and wait until it is ready.
+def rollback(rollout, name: str, before: dict[str, str], retiring: list[str] = ()) -> None:
+    """Put the node's replicas back as they ran before the update, and wait until they are ready.
 
-    A replica whose container is the one that ran before the update is left alone: the kept
-    ``.gpufleet-previous`` may be older than it.
+    + before: ``{container: id}`` read when the node was locked
+    + retiring: the replicas the update retires (the inventory no longer names them)
+
+    A replica whose container is the one that ran before the update is left alone (the kept
+    ``.gpufleet-previous`` may be older than it); one the update replaced gets its previous
+    container back; one the update added (no container before) is removed. Every replica is
+    tried before a failure is raised. A retired replica's container is removed with its previous
+    one by the update, so nothing can put it back: that is raised too, and the node stays drained.
     """
     from operations.containers import rollback_command
 
     fleet = _fleet(rollout)
     node = fleet.hosts[name]
+    stop_timeout = node.settings.vllm_stop_timeout_effective()
+    failed = []
     with _on_node(rollout, name) as (host, _):
         now = _container_ids_on(host, node)
         for r in replicas_of(node):
             container = f"vllm-{r.name}"
             if container in before and now.get(container) == before[container]:
                 continue
-            ok, out = shell(host, rollback_command(container, node.settings.vllm_restart_policy,
-                                                   node.settings.vllm_stop_timeout_effective()),
-                            timeout=node.settings.vllm_stop_timeout_effective() + 120, **sudo_arguments(host))
+            if container in before:
+                command = rollback_command(container, node.settings.vllm_restart_policy, stop_timeout)
+            elif container in now:  # added by the update: nothing ran in its place before
+                command = f"docker stop -t {stop_timeout} {shlex.quote(container)} >/dev/null; " \
+                          f"docker rm -f {shlex.quote(container)} >/dev/null"
+            else:
+                continue
+            ok, out = shell(host, command, timeout=stop_timeout + 120, **sudo_arguments(host))
             if not ok:
-                raise StepError(f"rollback of {container}: {out.strip()[-300:]}")
-    ok, why = replicas_ready(rollout, name)
+                failed.append(f"{container}: {out.strip()[-300:]}")
+        retired = [f"vllm-{r}" for r in retiring]
+        gone = sorted(set(retired) - set(_container_ids(host, retired)))
+        if gone:
+            failed.append(f"{', '.join(gone)} retired by the update, cannot be put back (deploy the "
+                          "inventory that names it, or --resume once the new replicas serve)")
+    if failed:
+        raise StepError("rollback: " + "; ".join(failed))
+    ok, why = replicas_ready(rollout, name, only=set(before))  # the ones it added are gone
     if not ok:
         raise StepError(f"after the rollback: {why}")
 
 
-def replicas_ready(rollout, name: str) -> tuple[bool, str]:
-    """Each replica of the node answers /health, lists its model and completes a prompt (operations/vllm.ready)."""
+def replicas_ready(rollout, name: str, only: set[str] | None = None) -> tuple[bool, str]:
+    """Each replica of the node (or each whose container is in ``only``) answers /health, lists its
+    model and completes a prompt (operations/vllm.ready)."""
     with _on_node(rollout, name) as (host, fleet):
-        return _ready_on(host, fleet.hosts[name])
+        return _ready_on(host, fleet.hosts[name], only)
 
 
-def _ready_on(host, node) -> tuple[bool, str]:
+def _ready_on(host, node, only: set[str] | None = None) -> tuple[bool, str]:
     """:func:`replicas_ready` on a connected host: the probe of operations/vllm.ready, run here."""
     from operations import vllm
 
     s = node.settings
     for r in replicas_of(node):
+        if only is not None and f"vllm-{r.name}" not in only:
+            continue
         if not vllm.wait_ready(host, f"vllm-{r.name}", f"http://{r.address}:{r.port}", s.vllm_served_model_name,
                                s.vllm_ready_timeout, api_key=s.vllm_api_key_file is not None):
             return False, f"{r.name} is not ready (its last log lines are above)"

@@ -11,8 +11,9 @@ before anything runs on any host:
 * on a node with live replicas (running vLLM containers), an operation that would change and
   interrupt serving is refused, naming the operation and pointing to ``gpufleet rollout``;
 * fresh nodes and nodes with no live replica converge fully; so does a node drained and locked
-  by the rollout that runs this deploy, and every node when ``allow_serving_disruption`` is set
-  (a maintenance window).
+  by the rollout that runs this deploy (its lock says ``draining``; not one the rollout changes in
+  place, whose replicas may be live again by its turn), and every node when
+  ``allow_serving_disruption`` is set (a maintenance window).
 
 Refusals are raised while deploy.py is loaded: pyinfra stops before it executes anything, and
 ``gpufleet drift`` reports the refusal as drift of that host. A refusal *because serving would be
@@ -35,6 +36,9 @@ from operations.facts.rollout import LiveReplicas, RolloutLock
 
 
 REPLICAS, GPU_STACK = "replicas", "gpu-stack"
+# What the rollout's lock says on a node it drained before its update ("updating": one it changes
+# in place, drained nowhere). Only a drained node's live replicas may be interrupted by the rollout.
+DRAINED_LOCK_STATE = "draining"
 
 
 class ServingInterruption(OperationError):
@@ -91,7 +95,10 @@ class ServingGate:
     def __init__(self, allow: bool = False, rollout_id: str | None = None):
         lock = refuse_other_rollouts(rollout_id)
         self.live = host.get_fact(LiveReplicas)
-        self.allowed = allow or (lock is not None and rollout_id is not None)
+        # A node the rollout planned as in place (its replicas were not live then) may serve again by
+        # its turn: the lock alone does not let an interruption through, only a drain does.
+        self.allowed = allow or (lock is not None and rollout_id is not None
+                                 and lock.get("state") == DRAINED_LOCK_STATE)
 
     def check(self, meta, what: str, kind: str = GPU_STACK) -> None:
         """Refuse ``what`` when it would change while replicas are live and no rollout drained them."""

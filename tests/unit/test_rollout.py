@@ -8,6 +8,7 @@ from pyinfra.api import OperationError
 
 import operations.serving_gate as gate_module
 from gpufleet.rollout_steps import changes_milvus as REAL_CHANGES_MILVUS
+from gpufleet.rollout_steps import REFUSED as REAL_REFUSED
 from gpufleet.rollout_steps import needs_prepare as REAL_NEEDS_PREPARE
 from gpufleet.rollout import (DONE, FAILED, GPU_STACK, PENDING, REPLICAS, NodeRollout, Rollout, RolloutError,
                               check_capacity, last_unfinished, make_batches)
@@ -106,9 +107,14 @@ def test_the_gate_refuses_disruption_of_live_replicas_outside_a_rollout(monkeypa
 def test_the_gate_lets_fresh_nodes_and_the_lock_holder_through(monkeypatch):
     monkeypatch.setattr(gate_module, "host", FakeHost(None, []))
     gate_module.ServingGate().check(Meta(True), "fresh node")
-    lock = {"id": "r-20261204-1", "holder": "sre@ctl", "since": "2026-12-04T18:00:00Z", "state": "updating"}
+    lock = {"id": "r-20261204-1", "holder": "sre@ctl", "since": "2026-12-04T18:00:00Z", "state": "draining"}
     monkeypatch.setattr(gate_module, "host", FakeHost(lock, ["vllm-gpu-node-1-vllm-0"]))
     gate_module.ServingGate(rollout_id="r-20261204-1").check(Meta(True), "the rollout's own update")
+    # Locked for an in-place change (planned when it served nothing), serving again by its turn:
+    # the lock alone lets no interruption through.
+    monkeypatch.setattr(gate_module, "host", FakeHost({**lock, "state": "updating"}, ["vllm-gpu-node-1-vllm-0"]))
+    with pytest.raises(gate_module.ServingInterruption, match="would interrupt serving"):
+        gate_module.ServingGate(rollout_id="r-20261204-1").check(Meta(True), "vLLM replica x (recreate)")
     with pytest.raises(OperationError, match=r"held by rollout r-20261204-1 \(sre@ctl, since 2026-12-04T18:00:00Z"):
         gate_module.ServingGate()
     with pytest.raises(OperationError, match="held by rollout"):
@@ -123,6 +129,8 @@ class FakeSteps:
 
     class StepError(Exception):
         pass
+
+    REFUSED = REAL_REFUSED
 
     def __init__(self, fail=()):
         self.fail = set(fail)
@@ -175,9 +183,10 @@ class FakeSteps:
         self.calls.append(("validate", name))
         return ("validate", name) not in self.fail, "not ready"
 
-    def rollback(self, rollout, name, before):
+    def rollback(self, rollout, name, before, retiring=()):
         self._do("rollback", name)
-        assert before == {f"vllm-{name}-vllm-0": "old"}
+        self.rolled_back_to = {**getattr(self, "rolled_back_to", {}), name: dict(before)}
+        assert list(retiring) == [f"{name}-vllm-old"]
 
     def stop_gpu_containers(self, rollout, name):
         self._do("stop_gpu_containers", name)
@@ -440,6 +449,100 @@ def test_a_node_put_back_unchanged_forgets_what_ran_there(tmp_path, monkeypatch)
     assert r.nodes["n1"].state == "failed" and r.nodes["n1"].before == {}
     assert ("undrain", "n1") in fake.calls and ("unlock", "n1") in fake.calls
 
+
+
+def test_a_rolled_back_node_is_read_again_when_resumed_and_rolled_back_to_what_ran_then(tmp_path, monkeypatch):
+    # Between the rollback and --resume, a maintenance-window deploy replaced n1's replica (id "B").
+    # The resumed attempt fails again: its rollback puts back "B", never the container of the first
+    # attempt, which this attempt did not replace.
+    r = _rollout(tmp_path, monkeypatch)
+    fake = FakeSteps(fail={("validate", "n1")})
+    assert _run(r, fake, monkeypatch) == 2
+    assert r.nodes["n1"].state == "rolled-back" and r.nodes["n1"].before == {}
+    assert fake.rolled_back_to["n1"] == {"vllm-n1-vllm-0": "old"}
+    resumed = last_unfinished("inventory/lab.py")
+    fake = FakeSteps(fail={("validate", "n1")})
+    fake.container_ids = lambda rollout, name: {f"vllm-{name}-vllm-0": "B"}
+    assert _run(resumed, fake, monkeypatch) == 2
+    assert fake.rolled_back_to["n1"] == {"vllm-n1-vllm-0": "B"}
+    assert resumed.nodes["n1"].state == "rolled-back"
+
+
+def test_a_resumed_rolled_back_node_whose_drain_fails_is_put_back_not_left_drained(tmp_path, monkeypatch):
+    # The rollback put the node back as it was: its first attempt's "updating" does not make the
+    # second attempt's failed drain a half-updated node.
+    r = _rollout(tmp_path, monkeypatch)
+    assert _run(r, FakeSteps(fail={("validate", "n1")}), monkeypatch) == 2
+    resumed = last_unfinished("inventory/lab.py")
+    fake = FakeSteps(fail={("drain", "n1")})
+    assert _run(resumed, fake, monkeypatch) == 2
+    n1 = resumed.nodes["n1"]
+    assert n1.state == "failed" and "stays drained" not in n1.error, n1.error
+    assert ("undrain", "n1") in fake.calls and ("unlock", "n1") in fake.calls
+    assert ("rollback", "n1") not in fake.calls
+
+
+def test_a_rolled_back_node_whose_lock_fails_on_resume_gets_it_back_and_is_not_called_drained(tmp_path, monkeypatch):
+    r = _rollout(tmp_path, monkeypatch)
+    assert _run(r, FakeSteps(fail={("validate", "n1")}), monkeypatch) == 2
+    resumed = last_unfinished("inventory/lab.py")
+    fake = FakeSteps(fail={("lock", "n1")})
+    assert _run(resumed, fake, monkeypatch) == 2
+    assert "stays drained" not in resumed.nodes["n1"].error and ("unlock", "n1") in fake.calls
+
+
+def _gpu_node_steps(monkeypatch, now: dict[str, str]):
+    """rollout_steps with one GPU node (replicas vllm-0 and vllm-1) whose replica containers are
+    ``now``; ``shell`` answers the id listing from it and records every other command."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from gpufleet import rollout_steps as steps
+    from gpufleet.fleet_host import FleetHost
+    from gpufleet.settings import HostSettings
+
+    replicas = [{"name": "vllm-0", "gpus": [0], "port": 8000}, {"name": "vllm-1", "gpus": [1], "port": 8001}]
+    node = FleetHost("n1", ["gpu_nodes"], HostSettings(private_address="10.0.0.6", vllm_replicas=replicas), {})
+    fleet = SimpleNamespace(hosts={"n1": node})
+    commands, ready_for = [], []
+
+    @contextmanager
+    def on_node(rollout, name):
+        yield SimpleNamespace(name="n1", data={}), fleet
+
+    def shell(host, command, timeout=300, **arguments):
+        if command.startswith("for c in "):  # the ids of the named containers that exist
+            asked = command.split("for c in ", 1)[1].split("; do", 1)[0].split()
+            return True, "".join(f"{c} {now[c]}\n" for c in asked if c in now)
+        commands.append(command)
+        return True, ""
+
+    monkeypatch.setattr(steps, "_fleet", lambda rollout: fleet)
+    monkeypatch.setattr(steps, "_on_node", on_node)
+    monkeypatch.setattr(steps, "shell", shell)
+    monkeypatch.setattr(steps, "_ready_on", lambda host, n, only=None: (ready_for.append(only), (True, ""))[1])
+    return steps, SimpleNamespace(id="r-test", inventory="inventory/lab.py", overrides={}), commands, ready_for
+
+
+def test_a_rollback_removes_the_replica_the_update_added_and_puts_back_the_one_it_replaced(monkeypatch):
+    # Before: only vllm-0 ("old"). The update recreated vllm-0 ("new") and added vllm-1.
+    steps, rollout, commands, ready_for = _gpu_node_steps(
+        monkeypatch, now={"vllm-n1-vllm-0": "new", "vllm-n1-vllm-1": "added"})
+    steps.rollback(rollout, "n1", {"vllm-n1-vllm-0": "old"})
+    assert len(commands) == 2
+    assert "docker rename vllm-n1-vllm-0.gpufleet-previous vllm-n1-vllm-0" in commands[0]
+    assert "docker rm -f vllm-n1-vllm-1" in commands[1] and "gpufleet-previous" not in commands[1]
+    assert ready_for == [{"vllm-n1-vllm-0"}]  # the removed one is not waited for
+
+
+def test_a_rollback_that_cannot_put_back_a_retired_replica_raises_after_trying_every_replica(monkeypatch):
+    # The update retired n1-vllm-old (removed with its previous container) and added vllm-0 and vllm-1.
+    steps, rollout, commands, ready_for = _gpu_node_steps(
+        monkeypatch, now={"vllm-n1-vllm-0": "added", "vllm-n1-vllm-1": "added-too"})
+    with pytest.raises(steps.StepError, match=r"vllm-n1-vllm-old retired by the update, cannot be put back"):
+        steps.rollback(rollout, "n1", {}, retiring=["n1-vllm-old"])
+    assert [c.split("docker rm -f ")[1].split()[0] for c in commands] == ["vllm-n1-vllm-0", "vllm-n1-vllm-1"]
+    assert ready_for == []  # raised before waiting: the node stays drained for a person
 
 
 @pytest.mark.parametrize("rows_kept, kind", [(True, ""), (False, ""), (False, REPLICAS)])
@@ -736,3 +839,59 @@ def test_the_milvus_host_of_its_own_is_refused_to_all_but_the_rollout_that_holds
     block = next(b for b in tree.body if isinstance(b, ast.If) and "'vector_db' in host.groups" in ast.unparse(b.test))
     own = next(b for b in block.body if isinstance(b, ast.If) and "'gpu_nodes' not in host.groups" in ast.unparse(b.test))
     assert ast.unparse(own.body[0]) == "refuse_other_rollouts(settings.rollout_id)"
+
+
+def test_the_node_lock_runs_with_the_hosts_sudo_and_a_lock_that_cannot_be_released_is_an_error():
+    # pyinfra applies a host's `_sudo` to operations, not to a raw command: the lock, in root's
+    # /var/lib/gpufleet, must pass it, or a rollout on a `_sudo = True` fleet locks nothing.
+    from types import SimpleNamespace
+
+    from gpufleet import node_lock
+
+    class Host:
+        name, data = "n1", {"_sudo": True}
+
+        def __init__(self, answers):
+            self.answers, self.calls = list(answers), []
+
+        def run_shell_command(self, command, **arguments):
+            self.calls.append(arguments)
+            ok, text = self.answers.pop(0)
+            return ok, SimpleNamespace(combined_lines=[SimpleNamespace(line=text)])
+
+    host = Host([(True, "ACQUIRED"), (True, "")])
+    node_lock.acquire(host, "r-1", "sre@ctl", "t0", "draining")
+    node_lock.release(host, "r-1")
+    assert [call.get("_sudo") for call in host.calls] == [True, True]
+    refused = Host([(False, "rm: cannot remove '/var/lib/gpufleet/rollout.lock': Permission denied")])
+    with pytest.raises(node_lock.LockHeld, match=r"n1: could not release the rollout lock .*Permission denied"):
+        node_lock.release(refused, "r-1")
+
+
+def test_a_damaged_state_file_is_skipped_with_a_warning_and_resume_finds_the_rollout(tmp_path, monkeypatch, capsys):
+    r = _rollout(tmp_path, monkeypatch)
+    assert _run(r, FakeSteps(fail={("validate", "n1")}), monkeypatch) == 2
+    (tmp_path / "rollouts" / "r-20200101-000000-dead.json").write_text("")  # a write cut short
+    (tmp_path / "rollouts" / "r-20200101-000000-beef.json").write_text('{"inventory": "inventory/lab.py"}')
+    assert last_unfinished("inventory/lab.py").id == "r-test"
+    warned = capsys.readouterr().err
+    assert "r-20200101-000000-dead.json" in warned and "r-20200101-000000-beef.json" in warned
+
+
+def test_an_in_place_node_refused_at_its_turn_is_given_back_untouched_and_says_what_to_do(tmp_path, monkeypatch):
+    # n1 served nothing when the rollout was planned (kind ""); by its turn its replica serves
+    # again, and the gate refuses the recreate under the in-place lock: nothing ran there.
+    r = _rollout(tmp_path, monkeypatch, kind="")
+    fake = FakeSteps()
+    fake.update = lambda rollout, names: {n: (False, f"{REAL_REFUSED}vLLM replica x would interrupt serving on {n}")
+                                          for n in names}
+    assert _run(r, fake, monkeypatch) == 2
+    n1 = r.nodes["n1"]
+    assert n1.state == "failed" and "start a new rollout" in n1.error and "stays" not in n1.error, n1.error
+    assert ("unlock", "n1") in fake.calls and ("drain", "n1") not in fake.calls and n1.before == {}
+    # The same refusal of a drained node is not this case: it stays drained and locked for a person.
+    r = _rollout(tmp_path, monkeypatch)
+    fake = FakeSteps()
+    fake.update = lambda rollout, names: {n: (False, f"{REAL_REFUSED}held by rollout r-other") for n in names}
+    assert _run(r, fake, monkeypatch) == 2
+    assert "start a new rollout" not in r.nodes["n1"].error
