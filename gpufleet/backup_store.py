@@ -48,12 +48,12 @@ from gpufleet.private_files import private_dir, state_root
 MANIFEST = "manifest.json"
 S3_SCHEME = "s3://"
 # gpufleet backup's own names (UTC time): anything else beside them (an operator's copy) is not counted.
-STAMP = re.compile(r"^\d{8}T\d{6}Z$")
+STAMP = re.compile(r"\d{8}T\d{6}Z")
 PARTIAL_SUFFIX = ".partial"
 PARTIAL_PATTERN = "[0-9]" * 8 + "T" + "[0-9]" * 6 + "Z" + PARTIAL_SUFFIX  # STAMP's, as a glob: only gpufleet's
 # AWS's rule for bucket names (S3-compatible servers accept at least these).
 BUCKET = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
-S3_LOCATION = re.compile(rf"^s3://(?P<bucket>{BUCKET})(?:/(?P<prefix>[^\s]*))?$")
+S3_LOCATION = re.compile(rf"s3://(?P<bucket>{BUCKET})(?:/(?P<prefix>[^\s]*))?")
 
 
 class BackupError(Exception):
@@ -87,7 +87,7 @@ def parse_s3(location: str) -> tuple[str, str]:
     ...
     gpufleet.backup_store.StoreError: s3://Fleet_Backups/x: expected s3://BUCKET[/PREFIX], BUCKET 3 to 63 lowercase letters, digits, dots or hyphens
     """
-    match = S3_LOCATION.match(location)
+    match = S3_LOCATION.fullmatch(location)
     if not match:
         raise StoreError(f"{location}: expected s3://BUCKET[/PREFIX], BUCKET 3 to 63 lowercase letters, digits, "
                          "dots or hyphens")
@@ -173,7 +173,7 @@ class LocalStore(_Claims):
     def whole(self, stem: str) -> list[str]:
         """The stamps of ``stem``'s whole backups, oldest first."""
         base = self.root / stem
-        return sorted(p.name for p in base.glob("*") if p.is_dir() and STAMP.match(p.name) and (p / MANIFEST).is_file())
+        return sorted(p.name for p in base.glob("*") if p.is_dir() and STAMP.fullmatch(p.name) and (p / MANIFEST).is_file())
 
     def manifest(self, stem: str, stamp: str) -> dict[str, Any]:
         return json.loads((self.root / stem / stamp / MANIFEST).read_text())
@@ -246,7 +246,7 @@ class S3Store(_Claims):
         base = self._key(stem) + "/"
         stamps = {key[len(base):].split("/", 1)[0] for key in self._keys(base)
                   if key[len(base):].count("/") == 1 and key.endswith("/" + MANIFEST)}
-        return sorted(stamp for stamp in stamps if STAMP.match(stamp))
+        return sorted(stamp for stamp in stamps if STAMP.fullmatch(stamp))
 
     def manifest(self, stem: str, stamp: str) -> dict[str, Any]:
         body = self._call("read", self.where(stem, stamp), lambda c: c.get_object(

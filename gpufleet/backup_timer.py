@@ -25,7 +25,7 @@ def units(inventory: str, on_calendar: str, backup_dir: str | None, keep: int, t
     gpufleet_bin = Path(sys.executable).with_name("gpufleet")
     command = [str(gpufleet_bin), "backup", inventory, *(["--to", backup_dir] if backup_dir else []),
                "--keep", str(keep), "--prometheus", f"{textfile_dir}/gpufleet_milvus_backup.prom"]
-    service = service_unit("gpufleet backup install-timer", f"gpufleet nightly Milvus backup ({inventory})", [textfile_dir], command,
+    service = service_unit("gpufleet backup install-timer", f"gpufleet nightly Milvus backup ({inventory})", command,
                            "backed up, but a collection has fewer rows than in the previous backup: the metrics say so.")
     timer = timer_unit("gpufleet backup install-timer", "Back up the fleet's Milvus nightly", on_calendar)
     return {f"{UNIT}.service": service, f"{UNIT}.timer": timer}

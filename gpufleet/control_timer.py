@@ -1,17 +1,72 @@
-"""A nightly gpufleet job as a systemd service + timer on the control host (drift, backup)."""
+"""A nightly gpufleet job as a systemd service + timer on the control host (drift, backup).
+
+Nothing goes into a unit unchecked: a newline would start a setting of its own and systemd expands
+``%`` specifiers everywhere (:func:`unit_value_problem`); the commands check their flags with it,
+and the calendar with ``systemd-analyze`` (:func:`calendar_problem`), before anything is written.
+Command words are quoted by systemd's rules (:func:`systemd_quote`), not a shell's.
+"""
 
 from __future__ import annotations
 
-import shlex
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
 from gpufleet import PROJECT_ROOT
 
+# Words systemd reads as they are; any other is double-quoted (systemd.syntax(7), "Quoting").
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9_@+=:,./-]+")
 
-def service_unit(managed_by: str, description: str, dirs: list[str], command: list[str], exit_2: str) -> str:
-    """The oneshot ``.service`` unit: ``command`` from this checkout, after ``mkdir -p dirs``; exit 2
-    (``exit_2`` says what it means) is reported through metrics, not a unit failure."""
+
+def unit_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot be written into a unit file, or None."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return "no newline or other control character (each line of a unit file is a setting of its own)"
+    if "%" in value:
+        return "no % (systemd expands %-specifiers in unit files)"
+    return None
+
+
+def calendar_problem(value: str) -> str | None:
+    """Why ``value`` is not an OnCalendar= expression, or None.
+
+    Asked of ``systemd-analyze calendar`` where this host has it. Where it has not, only the
+    characters are checked (:func:`unit_value_problem`), and a bad expression is refused by systemd
+    when the timer is enabled, after the units were written.
+    """
+    problem = unit_value_problem(value)
+    if problem or shutil.which("systemd-analyze") is None:
+        return problem
+    result = subprocess.run(["systemd-analyze", "calendar", "--", value], capture_output=True, text=True)
+    if result.returncode != 0:
+        said = (result.stderr.strip().splitlines() or ["refused"])[-1]
+        return f"a systemd calendar expression such as '*-*-* 03:00:00' or 'daily' (systemd-analyze: {said})"
+    return None
+
+
+def systemd_quote(word: str) -> str:
+    """``word`` as one item of an ``Exec*=`` command line: double-quoted unless plain, ``\\`` and ``"``
+    escaped, ``$`` doubled (systemd substitutes ``${VAR}`` inside quotes too)."""
+    if _PLAIN_WORD.fullmatch(word):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"').replace("$", "$$") + '"'
+
+
+def _check(values: list[tuple[str, str]]) -> None:
+    for what, value in values:
+        problem = unit_value_problem(value)
+        if problem:
+            raise ValueError(f"{what} {value!r}: {problem}")
+
+
+def service_unit(managed_by: str, description: str, command: list[str], exit_2: str) -> str:
+    """The oneshot ``.service`` unit: ``command`` from this checkout; exit 2 (``exit_2`` says what it
+    means) is reported through metrics, not a unit failure. Nothing runs before the command: it makes
+    the directories it writes, the state directory 0700 (gpufleet/private_files.py), where a
+    ``mkdir -p`` would have made it 0755 first."""
+    _check([("the checkout's path", str(PROJECT_ROOT)), ("the description", description)]
+           + [("the command word", word) for word in command])
     return f"""# Managed by `{managed_by}`.
 [Unit]
 Description={description}
@@ -21,8 +76,7 @@ Wants=network-online.target
 [Service]
 Type=oneshot
 WorkingDirectory={PROJECT_ROOT}
-ExecStartPre=/usr/bin/mkdir -p {" ".join(dirs)}
-ExecStart={" ".join(shlex.quote(c) for c in command)}
+ExecStart={" ".join(systemd_quote(c) for c in command)}
 # 2 = {exit_2}
 SuccessExitStatus=2
 Nice=10
@@ -31,6 +85,7 @@ Nice=10
 
 def timer_unit(managed_by: str, description: str, on_calendar: str) -> str:
     """The ``.timer`` unit: ``on_calendar`` with up to 15 minutes' random delay, caught up after downtime."""
+    _check([("the calendar", on_calendar)])
     return f"""# Managed by `{managed_by}`.
 [Unit]
 Description={description}

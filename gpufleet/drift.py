@@ -34,6 +34,7 @@ import io
 import re
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gpufleet import runtime_checks
@@ -162,7 +163,8 @@ def check(inventory_path: str, limit=(), overrides: dict[str, Any] | None = None
     """Check every host (or ``limit``); with ``fix``, re-converge the drifted, fully checked ones.
 
     + counters: file keeping the last run's XID/restart counters (gpufleet.drift_counters);
-      None keeps nothing (every counter then reads as new)
+      None keeps nothing (every counter then reads as new). A host whose check raised keeps the
+      last run's: its result, and so its new events, were not reported
     + read_timeout: seconds the control side waits for any one command (gpufleet.host_reads)
     """
     from gpufleet import PROJECT_ROOT
@@ -186,6 +188,9 @@ def check(inventory_path: str, limit=(), overrides: dict[str, Any] | None = None
             if isinstance(result, Exception):
                 result = HostDrift(name, error=failures.describe(name) or
                                    f"could not check: {type(result).__name__}: {result}")
+                # No item of this host is reported: what its checks recorded as seen (XID events,
+                # restarts) must be new again next run, not counted as told.
+                contexts[name].seen.now.clear()
             hosts.append(result)
         _fleet_image_drift(hosts, contexts)
     store.save()
@@ -290,6 +295,7 @@ def write_prometheus(report: DriftReport, path: str) -> None:
     Gauge("gpufleet_drift_exit_code", "0 clean, 2 drift, 1 not checked", registry=registry).set(report.exit_code)
     Gauge("gpufleet_drift_fix_refused", "1 when --fix was asked for and refused (a checkout with uncommitted changes)",
           registry=registry).set(1 if (report.fix or {}).get("refused") else 0)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # the timer's unit makes no directory before the run
     write_to_textfile(path, registry)
 
 

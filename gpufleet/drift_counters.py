@@ -16,7 +16,9 @@ boot of the last XID seen, and the restart count per container id:
   dropped old lines does not hide new ones); another boot, or no reading yet → all of this boot's;
 * restarts: same container id → the restarts since; a new container (recreated) → all of its own.
 
-A reading that could not be taken (kernel log unreadable, Docker down) leaves the old one in place.
+A reading that could not be taken (kernel log unreadable, Docker down) leaves the old one in place,
+and so do the readings of a host whose check raised (gpufleet.drift.check): a reading is kept as
+seen only with the result that reported it.
 """
 
 from __future__ import annotations

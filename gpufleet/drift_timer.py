@@ -27,7 +27,7 @@ def units(inventory: str, on_calendar: str, state_dir: str, textfile_dir: str, f
     command = [str(gpufleet_bin), "drift", inventory, "--report", f"{state_dir}/last.json",
                "--counters", f"{state_dir}/counters.json", "--prometheus", f"{textfile_dir}/gpufleet_drift.prom"]
     command += (["--fix"] + (["--allow-dirty"] if allow_dirty else [])) if fix else []
-    service = service_unit("gpufleet drift install-timer", f"gpufleet nightly drift check ({inventory})", [state_dir, textfile_dir], command,
+    service = service_unit("gpufleet drift install-timer", f"gpufleet nightly drift check ({inventory})", command,
                            "drift found: reported through the metrics and the report, not a unit failure.")
     timer = timer_unit("gpufleet drift install-timer", "Run the gpufleet drift check nightly", on_calendar)
     return {f"{UNIT}.service": service, f"{UNIT}.timer": timer}

@@ -43,7 +43,7 @@ ALIASES = {
     LB_GROUP: {"lbs", "loadbalancer", "loadbalancers", "load_balancer", "load_balancers", "balancers", "nginx"},
     VECTOR_DB_GROUP: {"milvus", "vectordb", "vector_dbs", "vectordbs", "vector_database", "db", "dbs", "data"},
 }
-DNS_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+DNS_NAME = re.compile(r"(?=.{1,253}\Z)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
 
 
 def _distance(a: str, b: str) -> int:
@@ -111,7 +111,7 @@ def _host_problems(name: str, groups: list[str], data: dict[str, Any], everyone:
         problems.append(SettingsIssue(name, "groups", serving_roles,
                                       "one role: gpu_nodes or lb, not both (a node cannot be its own load balancer, "
                                       "and the two roles' group data disagree, e.g. gpu_count)"))
-    if roles and not DNS_NAME.match(name):
+    if roles and not DNS_NAME.fullmatch(name):
         problems.append(SettingsIssue(name, "inventory name", name,
                                       "a lower-case DNS name (a-z, 0-9, '-' inside labels of <= 63, dots between): "
                                       "it names the host's containers and nginx upstreams"))

@@ -450,7 +450,10 @@ def _loaded_pins_on(host, s) -> tuple[bool, str]:
     from operations.facts.gpu import NvidiaDriver
 
     driver = host.get_fact(NvidiaDriver, path=s.nvidia_proc_version_path)
-    loaded = host.get_fact(VllmNcclVersions)["containers"]
+    nccl = host.get_fact(VllmNcclVersions)
+    if nccl.get("status") != "ok":  # Docker did not answer: no container's NCCL was read
+        return False, f"could not read the NCCL inside the vLLM containers: {nccl.get('error') or nccl.get('status')}"
+    loaded = nccl["containers"]
     if driver.get("version") != s.nvidia_driver_version:
         return False, f"the loaded driver is {driver.get('version') or 'none'}, not the pin {s.nvidia_driver_version}"
     wrong = {c: v for c, v in loaded.items() if v != s.nccl_version}

@@ -6,12 +6,15 @@ serving containers use the names the serving operations give them (deploy.py: ``
 
 Every read goes through :func:`gpufleet.host_reads.read`: a read that times out or fails raises
 :class:`~gpufleet.host_reads.NotChecked`, which :func:`run` records in ``ctx.problems`` (the host
-is then reported "not checked") while the other checks of the host still run.
+is then reported "not checked") while the other checks of the host still run. A check that
+raises anything else (a bug, output it cannot parse) is recorded the same way, naming the check:
+the items the other checks found are kept, with the readings they recorded as seen.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 from gpufleet.data_drift import data_tier
 from gpufleet.drift_item import DriftItem
@@ -29,7 +32,8 @@ class HostContext:
     + specs: ``{container name: ContainerSpec}`` the planned deploy reconciles on this host
     + seen: this host's counters from the last run, and this run's (gpufleet.drift_counters)
     + failures: pyinfra's error lines, to name a read the control side gave up on
-    + problems: reads that timed out or failed (filled by :func:`run`): the host is not checked
+    + problems: reads that timed out or failed, checks that raised (filled by :func:`run`): the host
+      is not checked
     + image: the node's BuiltImage reading, for the fleet-wide comparison (gpufleet.image_drift)
     + inventory: the inventory file's path (the backups of the data tier are kept per inventory)
     """
@@ -43,18 +47,24 @@ class HostContext:
 
 
 def run(host, settings: HostSettings, fleet: Fleet, ctx: HostContext | None = None) -> list[DriftItem]:
+    """Every runtime check of the host: the items found; a check that could not finish, for
+    whatever reason, is a problem in ``ctx.problems`` (the host is not checked), never an exception."""
     ctx = ctx if ctx is not None else HostContext()
-    checks = [lambda: driver_loaded(host, settings, ctx), lambda: gpu_health(host, settings, ctx),
-              lambda: kernel_xids(host, settings, ctx)] if settings.gpu_count else []
-    checks += [lambda: containers(host, settings, fleet, ctx), lambda: container_config(host, settings, ctx),
-               lambda: vllm_image(host, settings, ctx), lambda: data_tier(host, settings, fleet, ctx.inventory)]
-    checks += [lambda check=check: check(host, settings, fleet) for check in EXTRA_CHECKS]
+    checks = [partial(driver_loaded, host, settings, ctx), partial(gpu_health, host, settings, ctx),
+              partial(kernel_xids, host, settings, ctx)] if settings.gpu_count else []
+    checks += [partial(containers, host, settings, fleet, ctx), partial(container_config, host, settings, ctx),
+               partial(vllm_image, host, settings, ctx), partial(data_tier, host, settings, fleet, ctx.inventory)]
+    checks += [partial(check, host, settings, fleet) for check in EXTRA_CHECKS]
     items: list[DriftItem] = []
     for check in checks:
         try:
             items += check()
         except NotChecked as exc:
             ctx.problems.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - kernel_xids and container_config already recorded
+            # this run's readings as seen: raised out of here, the host's result would be replaced by
+            # an item-less error and the events they report lost for good.
+            ctx.problems.append(f"{check.func.__name__} failed: {type(exc).__name__}: {exc}")
     return items
 
 
@@ -197,7 +207,8 @@ def vllm_image(host, settings: HostSettings, ctx: HostContext) -> list[DriftItem
 
 
 def nccl_in_vllm(host, settings: HostSettings, fleet: Fleet) -> list[DriftItem]:
-    """The NCCL the running vLLM loads is the pin (the host's libnccl2 does not decide it)."""
+    """The NCCL the running vLLM loads is the pin (the host's libnccl2 does not decide it); a Docker
+    that does not answer is a read that failed (the host is not checked), never "no replica"."""
     if not settings.gpu_count:
         return []
     from operations import nccl_checks
@@ -207,7 +218,11 @@ def nccl_in_vllm(host, settings: HostSettings, fleet: Fleet) -> list[DriftItem]:
     # with the arguments the prefetch read it with: its answer, not a second round trip.
     read_now = read(host, VllmNcclVersions, "NCCL inside the vLLM containers (docker exec)",
                     **VllmNcclVersions.prefetch_kwargs(host.name))
-    nccl_checks.remember(host.name, read_now)
+    if read_now["status"] == "missing":
+        return []
+    if read_now["status"] != "ok":
+        raise NotChecked(f"could not read the NCCL inside the vLLM containers: {read_now['error']}")
+    nccl_checks.remember(host.name, read_now)  # a failed read would forget every answer kept
     found = read_now["containers"]
     return [DriftItem("runtime", f"container {name}", f"loads NCCL {version or 'unknown'}, pinned {settings.nccl_version}")
             for name, version in sorted(found.items()) if version != settings.nccl_version]

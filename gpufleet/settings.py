@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gpufleet.settings_data import DataSettings
 from gpufleet.settings_edge import EdgeSettings
-from gpufleet.settings_input import InputSettings, redact
+from gpufleet.settings_input import InputSettings, plain_http_url, redact
 from gpufleet.settings_rollout import RolloutSettings
 from gpufleet.settings_vllm import VllmSettings
 from gpufleet.settings_weights import WeightsSettings
@@ -40,10 +40,11 @@ from gpufleet.versions import exact_debian_version
 PYINFRA_KEY_PREFIXES = ("_", "ssh_", "dockerssh_", "podman_", "chroot_", "local_", "fake_", "winrm_")
 PYINFRA_KEYS = {"docker_platform", "docker_architecture"}  # @docker connector data; docker_* is ours
 
-DRIVER_VERSION = re.compile(r"^\d{3}\.\d{2,3}(\.\d{2,3})?$")
-NCCL_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
-CUDA_VERSION = re.compile(r"^\d+\.\d+$")
+DRIVER_VERSION = re.compile(r"\d{3}\.\d{2,3}(\.\d{2,3})?")
+NCCL_VERSION = re.compile(r"\d+\.\d+\.\d+")
+CUDA_VERSION = re.compile(r"\d+\.\d+")
 COMPUTE_CAPABILITY = re.compile(r"^\d+\.\d+$")
+REPO_KEY_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 # First branch with Blackwell (compute capability >= 10) support, open modules only.
 BLACKWELL_MIN_DRIVER_BRANCH = 570
@@ -132,7 +133,7 @@ class HostSettings(VllmSettings, WeightsSettings, DataSettings, EdgeSettings, In
     @field_validator("nvidia_driver_version")
     @classmethod
     def _driver_version_exact(cls, v: str) -> str:
-        if not DRIVER_VERSION.match(v):
+        if not DRIVER_VERSION.fullmatch(v):
             raise ValueError("an exact driver version such as 580.95.05 (no wildcards or ranges)")
         return v
 
@@ -141,17 +142,31 @@ class HostSettings(VllmSettings, WeightsSettings, DataSettings, EdgeSettings, In
     def _package_version_exact(cls, v: str | None) -> str | None:
         return exact_debian_version(v)
 
+    @field_validator("apt_mirror")
+    @classmethod
+    def _mirror_url(cls, v: str | None) -> str | None:
+        return None if v is None else plain_http_url(v, "that replaces https://developer.download.nvidia.com",
+                                                     "it goes into an apt sources file and a shell command")
+
+    @field_validator("nvidia_repo_key_name")
+    @classmethod
+    def _key_file_name(cls, v: str) -> str:
+        if not REPO_KEY_NAME.fullmatch(v):
+            raise ValueError("a file name beside the repository's index, such as 3bf863cc.pub (letters, digits, "
+                             "'.', '_', '-': it is appended to the repository's URL)")
+        return v
+
     @field_validator("nccl_version")
     @classmethod
     def _nccl_exact(cls, v: str) -> str:
-        if not NCCL_VERSION.match(v):
+        if not NCCL_VERSION.fullmatch(v):
             raise ValueError("an exact NCCL version such as 2.27.7")
         return v
 
     @field_validator("nccl_cuda_version")
     @classmethod
     def _cuda_exact(cls, v: str) -> str:
-        if not CUDA_VERSION.match(v):
+        if not CUDA_VERSION.fullmatch(v):
             raise ValueError("a CUDA major.minor such as 12.9")
         return v
 

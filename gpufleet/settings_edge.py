@@ -24,7 +24,7 @@ def check_pem_file(path: str, block: str) -> Path:
     return Path(path).expanduser()
 
 
-_NGINX_SIZE = re.compile(r"^[0-9]+[kKmMgG]?$")
+_NGINX_SIZE = re.compile(r"[0-9]+[kKmMgG]?")
 # Prometheus's duration: units from the largest down, each at most once ("1h30m", not "30m1h").
 PROMETHEUS_DURATION = r"(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?"
 
@@ -172,14 +172,14 @@ class EdgeSettings(BaseModel):
     @field_validator("lb_client_max_body_size")
     @classmethod
     def _nginx_size(cls, v: str) -> str:
-        if not _NGINX_SIZE.match(v):
+        if not _NGINX_SIZE.fullmatch(v):
             raise ValueError("an nginx size such as 64m, 512k or 1g")
         return v
 
     @field_validator("gpu_monitor_requirements")
     @classmethod
     def _requirements_pinned(cls, v: list[str]) -> list[str]:
-        loose = [r for r in v if not re.match(r"^[A-Za-z0-9._-]+==[A-Za-z0-9.+!-]+$", r)]
+        loose = [r for r in v if not re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.+!-]+", r)]
         if loose:
             raise ValueError(f"exact pins such as prometheus-client==0.23.1, not {loose}")
         return v

@@ -8,13 +8,16 @@ exists.
 - **Addresses** are IP literals: ``private_address`` (Docker publishes ports on addresses, and
   every host must reach a node the same way) and ``metrics_listen_address``. Whether a role host
   may omit ``private_address`` is a fleet check (gpufleet/fleet_checks.py).
-- **Names** that end up on command lines are not empty: ``vllm_model``, ``vllm_served_model_name``.
+- **Names** that end up on command lines are not empty: ``vllm_model``, ``vllm_served_model_name``;
+  the served name is letters, digits and ``._/:-`` only (the readiness probe's script carries it too).
 - **Secrets never travel as data.** ``vllm_extra_args`` may not carry ``--api-key``/``--hf-token``
-  or a secret-looking value, and ``vllm_env``/``app_env`` no ``*_TOKEN``/``*_KEY``/``*SECRET*``/
-  ``*PASSWORD*`` variable or secret-looking value: all of them show in ``ps``, ``docker inspect``,
-  pyinfra's output and drift reports. Secrets go in the control-side files ``vllm_hf_token_file``
-  and ``vllm_api_key_file``, which must exist, be readable and hold one non-empty line, at an
-  absolute or ``~/`` path (never a path inside the checkout, one ``git add`` from a commit).
+  (spelt with ``_`` too, as vLLM reads them: :func:`arg_flag`) or a secret-looking value, and
+  ``vllm_env``/``app_env`` no secret-named variable (operations/secrets.py ``SECRET_NAME``:
+  ``PGPASSWORD``, ``MYSQL_PWD``, ``*_KEY``...) or secret-looking value: all of them show in ``ps``,
+  ``docker inspect``, pyinfra's output and drift reports. Secrets go in the control-side files
+  ``vllm_hf_token_file`` and ``vllm_api_key_file``, which must exist, be readable and hold one
+  non-empty line, at an absolute or ``~/`` path (never a path inside the checkout, one ``git add``
+  from a commit).
 - **Flags with their own setting** (``--port``, ``--host``, ``--tensor-parallel-size``...) are
   refused in ``vllm_extra_args``: the deploy sets them, and vLLM would get them twice.
 - **Debugging settings are errors unless ``allow_debug_settings``.** ``CUDA_LAUNCH_BLOCKING``
@@ -42,6 +45,7 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -59,6 +63,10 @@ OWN_SETTING_ARGS = {
     "--quantization": "vllm_quantization", "-q": "vllm_quantization", "--shutdown-timeout": "vllm_shutdown_timeout",
 }
 COMMIT = re.compile(r"[0-9a-f]{40}")
+# Never part of a URL setting: each would end a line of a config file or mean something to a shell.
+_NOT_IN_URL = re.compile(r"[\s\x00-\x1f\x7f\"'`$\\]")
+# What clients ask for (Qwen/Qwen3-32B-AWQ, qwen3-tiny); a leading "-" would read as a flag to vLLM.
+SERVED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:-]*")
 
 # Debugging environment: name -> (is it set to a debugging value?, why it is not for production).
 DEBUG_ENV = {
@@ -92,6 +100,26 @@ def ipv4_address(v: str, what: str) -> str:
     return v
 
 
+def plain_http_url(v: str, what: str, why: str) -> str:
+    """``v`` when it is an http(s) URL with a host and no credentials, holding nothing that a shell
+    or a config line would read as more than text (whitespace, control characters, quotes, ``$``,
+    backquote, backslash); else a ValueError saying a URL ``what`` was expected, and ``why``.
+
+    The one URL rule of the settings: ``apt_mirror`` goes into a sources file and a shell command,
+    ``vllm_model_url`` into plans and the staged marker.
+    """
+    try:
+        parts = urlsplit(v)
+        host = parts.hostname
+    except ValueError:  # a bad [IPv6] host
+        parts, host = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not host or _NOT_IN_URL.search(v):
+        raise ValueError(f"an http:// or https:// URL {what}, without spaces, quotes, $, ` or \\ ({why})")
+    if parts.username or parts.password:
+        raise ValueError(f"an http:// or https:// URL {what} without credentials ({why})")
+    return v
+
+
 def read_control_file(path: str) -> str:
     """The text of a control-side file given as an absolute or ``~/`` path (secrets and keys are
     never in the checkout); a ValueError saying what was expected otherwise. Never shows the text."""
@@ -120,6 +148,13 @@ def check_control_file(path: str) -> Path:
     return Path(path).expanduser()
 
 
+def arg_flag(arg: str) -> str:
+    """The flag of one ``vllm_extra_args`` item as vLLM reads it: its parser takes ``_`` for ``-`` in
+    long flags, so ``--api_key=x`` is ``--api-key``. The refusals and :func:`redact` both read it so."""
+    flag = arg.split("=", 1)[0]
+    return "--" + flag[2:].replace("_", "-") if flag.startswith("--") else flag
+
+
 def redact(value: Any) -> Any:
     """``value`` with every secret-looking part replaced by ``***``, for error messages and reports."""
     if isinstance(value, dict):
@@ -128,11 +163,11 @@ def redact(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         out, hide_next = [], False
         for item in value:
-            flag = item.split("=", 1)[0] if isinstance(item, str) else ""
+            flag = arg_flag(item) if isinstance(item, str) else ""
             if hide_next:
                 out.append("***")
             elif flag in SECRET_ARGS and "=" in item:
-                out.append(f"{flag}=***")
+                out.append(item.split("=", 1)[0] + "=***")  # the flag as it was written
             else:
                 out.append(redact(item))
             hide_next = flag in SECRET_ARGS and "=" not in item
@@ -164,11 +199,20 @@ class InputSettings(BaseModel):
     def _metrics_ip(cls, v: str | None) -> str | None:
         return None if v is None else ipv4_address(v, "an IP address literal (the exporters bind to it)")
 
-    @field_validator("vllm_model", "vllm_served_model_name", check_fields=False)
+    @field_validator("vllm_model", check_fields=False)
     @classmethod
     def _not_blank(cls, v: str) -> str:
         if not v.strip() or v != v.strip() or any(c.isspace() for c in v):
             raise ValueError("a non-empty name without spaces (it goes on vLLM's command line)")
+        return v
+
+    @field_validator("vllm_served_model_name", check_fields=False)
+    @classmethod
+    def _served_name(cls, v: str) -> str:
+        if not SERVED_NAME.fullmatch(v):
+            raise ValueError("a non-empty name without spaces, of letters, digits and . _ / : - (a letter or digit "
+                             "first), such as Qwen/Qwen3-32B-AWQ: it goes on vLLM's command line and into the "
+                             "readiness probe's script and JSON")
         return v
 
     # ------------------------------------------------------------------ secrets ------------------
@@ -177,8 +221,7 @@ class InputSettings(BaseModel):
     def _args_no_secrets_no_owned_flags(cls, v: list[str]) -> list[str]:
         bad, after_secret_flag = [], False
         for arg in v:
-            flag = arg.split("=", 1)[0]
-            flag = flag if not flag.startswith("--") else "--" + flag[2:].replace("_", "-")
+            flag = arg_flag(arg)
             if after_secret_flag:  # the secret itself: already refused with its flag
                 after_secret_flag = False
                 continue
@@ -220,7 +263,7 @@ class InputSettings(BaseModel):
         if not v:
             raise ValueError("at least one 'Name major[.minor]' such as 'Debian 12' (preflight refuses every "
                              "other OS, so [] refuses every host)")
-        loose = [s for s in v if not re.match(r"^[A-Z][A-Za-z ]*[A-Za-z] \d+(\.\d+)?$", s)]
+        loose = [s for s in v if not re.fullmatch(r"[A-Z][A-Za-z ]*[A-Za-z] \d+(\.\d+)?", s)]
         if loose:
             raise ValueError(f"entries like 'Debian 12' or 'Ubuntu 24.04', not {loose}")
         return v

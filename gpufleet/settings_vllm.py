@@ -20,7 +20,7 @@ from gpufleet import PROJECT_ROOT
 from gpufleet.settings_input import ipv4_address
 from gpufleet.versions import pinned_image
 
-SIZE = re.compile(r"^\d+(\.\d+)?[bkmg]?$", re.IGNORECASE)  # docker's --shm-size units
+SIZE = re.compile(r"\d+(\.\d+)?[bkmg]?", re.IGNORECASE)  # docker's --shm-size units
 MIN_SHUTDOWN_TIMEOUT_VERSION = (0, 18)  # `vllm serve --shutdown-timeout` (vLLM PRs #34730/#36666)
 # The config.json fields a model description must give (gpufleet.model_presets.arch_from_config).
 MODEL_CONFIG_REQUIRED = ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size")
@@ -118,7 +118,7 @@ class VllmSettings(BaseModel):
     @field_validator("vllm_shm_size")
     @classmethod
     def _shm_size(cls, v: str) -> str:
-        if not SIZE.match(v):
+        if not SIZE.fullmatch(v):
             raise ValueError("a size docker understands, such as 16g or 512m")
         return v
 

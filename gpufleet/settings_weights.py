@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 from typing import Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gpufleet.settings_input import plain_http_url
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -38,14 +39,8 @@ class WeightsSettings(BaseModel):
     @field_validator("vllm_model_url")
     @classmethod
     def _plain_url(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("an http:// or https:// URL of the model archive")
-        if parts.username or parts.password:
-            raise ValueError("a URL without credentials (it is shown in plans and kept in the staged marker)")
-        return v
+        return None if v is None else plain_http_url(v, "of the model archive",
+                                                     "it is shown in plans and kept in the staged marker")
 
     @field_validator("vllm_model_sha256")
     @classmethod

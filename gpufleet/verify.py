@@ -78,7 +78,8 @@ class Probe(Protocol):
 
 
 class HostProbe:
-    """A Probe over a connected pyinfra host (facts from operations/facts)."""
+    """A Probe over a connected pyinfra host (facts from operations/facts); its ``docker run``
+    commands run under sudo where the host's data sets ``_sudo``, as the deploy's do."""
 
     def __init__(self, host, settings: HostSettings):
         self.host, self.settings = host, settings
@@ -114,8 +115,11 @@ class HostProbe:
 
     def toolkit(self, image: str) -> tuple[bool, str]:
         from gpufleet.remote import shell
+        from operations.util import sudo_arguments
 
-        return shell(self.host, f"docker run --rm --gpus all {image} nvidia-smi -L", timeout=600)
+        # Docker needs root: a raw command gets no `_sudo` from host data (operations/util.py).
+        return shell(self.host, f"docker run --rm --gpus all {image} nvidia-smi -L", timeout=600,
+                     **sudo_arguments(self.host))
 
     def topology(self) -> dict:
         from operations.facts.gpu import NvidiaTopology
@@ -129,12 +133,15 @@ class HostProbe:
 
     def nccl_acceptance(self) -> tuple[bool, str]:
         from gpufleet.remote import shell
+        from operations.util import sudo_arguments
 
         remote = self.host.get_temp_filename("gpufleet-nccl-acceptance")
         if not self.host.put_file(str(ACCEPTANCE_SCRIPT), remote):
             return False, f"could not upload {ACCEPTANCE_SCRIPT.name} to {remote}"
         try:
-            return shell(self.host, nccl_acceptance_command(self.settings, remote), timeout=ACCEPTANCE_TIMEOUT)
+            # `docker run` as root where the host asks for sudo; the script is the login user's file.
+            return shell(self.host, nccl_acceptance_command(self.settings, remote), timeout=ACCEPTANCE_TIMEOUT,
+                         **sudo_arguments(self.host))
         finally:
             shell(self.host, f"rm -f {shlex.quote(remote)}")
 

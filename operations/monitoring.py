@@ -366,7 +366,7 @@ def prometheus(replicas: list, nodes: list, options: dict | None = None, rules: 
 
 # --- Alertmanager on lb hosts ------------------------------------------------------------------
 
-_WEBHOOK_URL = re.compile(r"^https?://[^\s\"]+$")
+_WEBHOOK_URL = re.compile(r"https?://[^\s\"]+")
 
 
 def render_alertmanager(webhook_url: str, group_wait: str = ALERTMANAGER_GROUP_WAIT,
@@ -429,7 +429,7 @@ def alertmanager(webhook_url_file: str | None, listen: str = ALERTMANAGER_LISTEN
         host.noop("no alertmanager_webhook_url_file: no Alertmanager (alerts stay in Prometheus)")
         return
     url = read_secret(webhook_url_file)
-    if not _WEBHOOK_URL.match(url):
+    if not _WEBHOOK_URL.fullmatch(url):
         raise OperationValueError(f"secret file {webhook_url_file}: one http:// or https:// URL expected "
                                   "(the value is not shown)")
     yield from pinned_apt.packages._inner(packages=["prometheus-alertmanager"])

@@ -146,7 +146,7 @@ def fetch_key_command(key_url: str, fingerprint: str, keyring: str) -> str:
         f'set -e; install -d -m 0755 /etc/apt/keyrings; tmp=$(mktemp); trap \'rm -f "$tmp" {keyring}.tmp\' EXIT; '
         f'curl -fsSL {url} -o "$tmp"; '
         f'got=$(gpg --show-keys --with-colons "$tmp" 2>/dev/null | awk -F: \'/^fpr/ {{print $10; exit}}\'); '
-        f'if [ "$got" != {fingerprint} ]; then echo "gpufleet: the key at {key_url} has fingerprint '
+        f'if [ "$got" != {fingerprint} ]; then echo "gpufleet: the key at "{url}" has fingerprint '
         f'${{got:-none}}, expected {fingerprint} (nvidia_repo_key_fingerprint); {keyring} unchanged" >&2; exit 1; fi; '
         f'gpg --dearmor --yes -o {keyring}.tmp < "$tmp" 2>/dev/null || cp "$tmp" {keyring}.tmp; '
         f"chmod 0644 {keyring}.tmp; mv {keyring}.tmp {keyring}"

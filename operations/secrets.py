@@ -45,12 +45,15 @@ from pyinfra.facts.files import File, Sha256File
 
 SECRETS_DIR = "/etc/gpufleet"
 TEMP_SUFFIX = ".gpufleet-XXXXXX"  # mktemp template: .<name>.gpufleet-XXXXXX beside the target
-_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_MODE = re.compile(r"^0?[0-7]{3}$")
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_MODE = re.compile(r"0?[0-7]{3}")
 # What looks like a secret, by name and by value: doctor's container facts mask such environment values,
-# and gpufleet's settings refuse them as data and redact them from every message.
-SECRET_NAME = re.compile(r"(^|_)(TOKEN|SECRET|SECRET_KEY|PASSWORD|PASSWD|API_KEY|APIKEY|ACCESS_KEY|PRIVATE_KEY|"
-                         r"CREDENTIALS?)($|_)|_KEY$")
+# and gpufleet's settings refuse them as data and redact them from every message. Names (upper-cased) are
+# searched for the secret words anywhere, not as whole words: PGPASSWORD, MYSQL_PWD, CLIENTSECRET. TOKEN
+# only with no letter after it (VLLM_MAX_TOKENS, TOKENIZERS_PARALLELISM are settings), PWD but not the
+# shell's own PWD/OLDPWD (directories).
+SECRET_NAME = re.compile(r"PASSW|PASSPHRASE|^(?!(OLD)?PWD\Z).*PWD|SECRET|TOKEN(?![A-Z])|CREDENTIAL|API_?KEY|"
+                         r"ACCESS_?KEY|PRIVATE_?KEY|_KEY\d*$")
 # Hugging Face tokens, OpenAI-style keys, bearer headers, URLs with a password.
 SECRET_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}|\bsk-[A-Za-z0-9_-]{16,}|^Bearer\s|://[^/\s:@]+:[^/\s@]+@")
 
@@ -93,7 +96,7 @@ def env_text(variables: dict[str, str]) -> str:
     values: dict[str, str] = {}
     lines = []
     for name, path in variables.items():
-        if not _VARIABLE.match(name):
+        if not _VARIABLE.fullmatch(name):
             raise OperationValueError(f"{name!r} is not an environment variable name")
         if path not in values:
             values[path] = read_secret(path)
@@ -119,7 +122,7 @@ def write_command(dest: str, user: str = "root", group: str = "root", mode: str 
 def _check_args(dest: str, mode: str) -> None:
     if not dest.startswith("/") or dest.endswith("/"):
         raise OperationValueError(f"secret file {dest!r}: an absolute file path")
-    if not _MODE.match(str(mode)):
+    if not _MODE.fullmatch(str(mode)):
         raise OperationValueError(f"secret file mode {mode!r}: three octal digits such as 600")
 
 

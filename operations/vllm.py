@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
+import re
 import shlex
 import time
 from io import StringIO
@@ -340,6 +342,11 @@ def replica(container: str, image: str, model: str, served_model_name: str, port
 
 
 # ------------------------------------------------------------------------------- ready ------------
+def _grep_literal(text: str) -> str:
+    """``text`` as a grep basic regular expression that matches only itself."""
+    return re.sub(r"([.*^$\\[])", r"\\\1", text)
+
+
 def probe_script(container: str, url: str, served_model_name: str, api_key_env_file: str | None,
                  max_restarts: int = 3) -> str:
     """One round of the readiness probe, run on the host; prints ``READY`` or what is missing.
@@ -350,8 +357,9 @@ def probe_script(container: str, url: str, served_model_name: str, api_key_env_f
     q = shlex.quote
     auth = (f"sed -n 's/^VLLM_API_KEY=/Authorization: Bearer /p' {q(api_key_env_file)}"
             if api_key_env_file else "true")
-    listed = '"id": *"' + served_model_name + '"'
-    body = ('{"model": "' + served_model_name + '", "prompt": "Hello", "max_tokens": 4, "temperature": 0}')
+    # The name is data, never shell or JSON text: quoted wherever the script shows it, encoded in the body.
+    listed = '"id": *' + _grep_literal(json.dumps(served_model_name))
+    body = json.dumps({"model": served_model_name, "prompt": "Hello", "max_tokens": 4, "temperature": 0})
     return "\n".join([
         f"state=$(docker inspect --type container --format '{{{{.State.Status}}}} {{{{.RestartCount}}}}' {q(container)} 2>&1)"
         " || { echo \"FAIL container: $state\"; exit 0; }",
@@ -362,8 +370,9 @@ def probe_script(container: str, url: str, served_model_name: str, api_key_env_f
         '[ "$code" = 200 ] || { echo "/health: HTTP $code (restarts: ${state#* })"; exit 0; }',
         f"models=$({auth} | curl -s --max-time 10 -H @- {q(url + '/v1/models')})"
         " || { echo \"/v1/models: no answer\"; exit 0; }",
-        f"echo \"$models\" | grep -q {q(listed)}"
-        f" || {{ echo \"/v1/models does not list {served_model_name}: $(echo \"$models\" | head -c 200)\"; exit 0; }}",
+        # printf, not echo: dash's echo rewrites the backslash escapes of the JSON it is given.
+        f"printf '%s\\n' \"$models\" | grep -q {q(listed)}"
+        f" || {{ echo \"/v1/models does not list \"{q(served_model_name)}\": $(echo \"$models\" | head -c 200)\"; exit 0; }}",
         f"out=$({auth} | curl -s --max-time 120 -H @- -H 'Content-Type: application/json' -d {q(body)}"
         f" {q(url + '/v1/completions')})",
         'case "$out" in *\'"choices"\'*) echo READY ;; *) echo "completion: $(echo "$out" | head -c 200)" ;; esac',

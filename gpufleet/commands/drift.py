@@ -23,6 +23,26 @@ class _DriftGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
+def _unit_value(ctx, param, value: str | None) -> str | None:
+    """A value the timer's units carry (gpufleet/control_timer.py): refused before anything is written."""
+    from gpufleet.control_timer import unit_value_problem
+
+    problem = value is not None and unit_value_problem(value)
+    if problem:
+        raise click.BadParameter(f"{value!r}: {problem}")
+    return value
+
+
+def _on_calendar(ctx, param, value: str) -> str:
+    """An OnCalendar= expression, checked by systemd-analyze where this host has it."""
+    from gpufleet.control_timer import calendar_problem
+
+    problem = calendar_problem(value)
+    if problem:
+        raise click.BadParameter(f"{value!r}: {problem}")
+    return value
+
+
 @click.group(cls=_DriftGroup)
 def drift() -> None:
     """Compare every host with the repository (`gpufleet drift INVENTORY`), or install the nightly timer."""
@@ -71,12 +91,14 @@ def check(inventory_path, limit, data, as_json, prometheus_file, junit_file, rep
 
 
 @drift.command("install-timer")
-@click.argument("inventory_path", metavar="INVENTORY")
-@click.option("--on-calendar", default="*-*-* 03:00:00", show_default=True, help="systemd OnCalendar= expression.")
+@click.argument("inventory_path", metavar="INVENTORY", callback=_unit_value)
+@click.option("--on-calendar", default="*-*-* 03:00:00", show_default=True, callback=_on_calendar,
+              help="systemd OnCalendar= expression.")
 @click.option("--unit-dir", default="/etc/systemd/system", show_default=True)
-@click.option("--state-dir", default="/var/lib/gpufleet/drift", show_default=True, help="Where last.json is kept.")
+@click.option("--state-dir", default="/var/lib/gpufleet/drift", show_default=True, callback=_unit_value,
+              help="Where last.json is kept.")
 @click.option("--textfile-dir", default="/var/lib/prometheus/node-exporter", show_default=True,
-              help="node_exporter's textfile collector directory.")
+              callback=_unit_value, help="node_exporter's textfile collector directory.")
 @click.option("--fix", is_flag=True, help="Let the nightly run re-converge drifted hosts (off by default); "
               "each run refuses a checkout with uncommitted changes.")
 @click.option("--allow-dirty", is_flag=True, help="With --fix: let the nightly run deploy uncommitted changes too.")

@@ -18,6 +18,7 @@ The evidence is a plain dict (JSON-serialisable), so the rules are tested on dic
 
     {"host": "gpu-node-01",
      "read": {"complete": True, "errors": [], "round_trips": [{"name": "snapshot", "ok": True, "seconds": 1.8}]},
+     "read_at": 1796116444.0,  # epoch seconds when the snapshot came back
      "declared": {"gpu_count": 2, "tp": 2, "nccl_version": "2.27.7", "shm_size": "16g", ...,
                   "replicas": [{"name": "gpu-node-01-vllm-0", "container": "vllm-gpu-node-01-vllm-0",
                                 "gpus": [0, 1], "port": 8000}]},
@@ -120,6 +121,9 @@ def read_node(host, node: FleetHost) -> dict[str, Any]:
                         SNAPSHOT_TIMEOUT, sudo, evidence["read"])
     if lines is None:
         return evidence
+    # When the containers were read, for their age since Docker's StartedAt (a crash loop is a recent
+    # start, gpufleet.doctor.rules): the control host's clock, which NTP keeps within seconds of the node's.
+    evidence["read_at"] = time.time()
     evidence.update(snapshot.process(lines))
     evidence["probes"] = {}
     if evidence["containers"]:

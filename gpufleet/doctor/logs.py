@@ -3,7 +3,8 @@
 The patterns are vLLM's, torch's, NCCL's and huggingface_hub's own messages, as they appear in
 ``docker logs`` of crashed replicas (tests/fixtures/doctor/logs/, see its README for the issues
 each excerpt comes from). Classes are tried in the order of :data:`CLASSES`, most specific first:
-a replica that ran out of memory while NCCL set up reports the OOM, not the NCCL error it caused.
+a replica that ran out of memory while NCCL set up reports the OOM, not the NCCL error it caused,
+and one whose /dev/shm ran out under NCCL reports the shm.
 
 >>> classify(["RuntimeError: CUDA error: no kernel image is available for execution on the device"])["class"]
 'no-kernel-image'
@@ -47,6 +48,12 @@ CLASSES: tuple[LogClass, ...] = (
        r"CUDA out of memory|torch\.OutOfMemoryError|CUDA error: out of memory",
        "the weights, activations or CUDA graphs do not fit: check `gpufleet plan` for the replica's flags "
        "(memory.plan-does-not-fit), lower vllm_max_model_len / vllm_gpu_memory_utilization or use TP=2"),
+    # Before nccl: a full /dev/shm is an NCCL warning ("NCCL WARN Call to posix_fallocate failed : No
+    # space left on device"), then NCCL's "unhandled system error"; the shm is the cause.
+    _c("shm", "shared memory exhausted",
+       r"No space left on device|Bus error|shm.{0,40}(?:too small|insufficient)|unable to (?:write|allocate|mmap).{0,60}shm",
+       "/dev/shm is too small for NCCL's SHM transport and vLLM's shared-memory broadcast: raise vllm_shm_size "
+       "(see nccl.shm-too-small)"),
     _c("nccl", "NCCL error",
        r"NCCL error|ncclUnhandledCudaError|ncclSystemError|ncclInternalError|unhandled cuda error|NCCL WARN",
        "check the NCCL vLLM loads against the pin (nccl.version-not-pinned), PCIe ACS (nccl.acs-redirect) and "
@@ -65,10 +72,6 @@ CLASSES: tuple[LogClass, ...] = (
        r"No CUDA GPUs are available|could not select device driver",
        "the container did not get the GPUs: see the toolkit findings (runtime in daemon.json, a pending "
        "Docker restart, a daemon-reload that detached them) and the driver findings"),
-    _c("shm", "shared memory exhausted",
-       r"No space left on device|Bus error|shm.{0,40}(?:too small|insufficient)|unable to (?:write|allocate|mmap).{0,60}shm",
-       "/dev/shm is too small for NCCL's SHM transport and vLLM's shared-memory broadcast: raise vllm_shm_size "
-       "(see nccl.shm-too-small)"),
     _c("port-in-use", "port already in use",
        r"Address already in use",
        "another process listens on the replica's port: find it (`ss -ltnp`) or change the replica's port"),

@@ -38,6 +38,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from operations.nvidia import upstream_version
@@ -46,6 +47,11 @@ from gpufleet.doctor.logs import classify
 
 SEVERITIES = ("error", "warning")
 RESTARTS_ALARM = 3  # restarts since creation that mean a crash loop (gpufleet.runtime_checks uses the same)
+# ... but only while the replica is down or has run at most this long since its last start. A
+# crash-looping one starts again within Docker's back-off (a minute at most between tries), and a
+# vLLM start (weights, torch.compile, CUDA graphs) takes minutes: one that has run longer got past
+# its start, and its restarts since creation are history.
+RECENT_START_S = 15 * 60
 MIN_SHM_BYTES = 1024**3  # below this, TP>1 NCCL SHM transport and vLLM's shm broadcast run short
 ACTIVE_PSTATES = ("P0", "P1", "P2")
 ACTIVE_UTILIZATION = 10  # % GPU utilisation above which a PCIe link must be at full speed
@@ -195,8 +201,37 @@ def _gpus(ev: dict) -> list[dict]:
     return (gpus.get("gpus") or []) if gpus.get("status") == "ok" else []
 
 
-def _crashing(c: dict) -> bool:
-    return bool(c.get("restarting")) or int(c.get("restart_count") or 0) >= RESTARTS_ALARM
+def _started_s_ago(c: dict, ev: dict) -> float | None:
+    """Seconds from the container's last start (Docker's State.StartedAt) to the read, or None."""
+    read_at = ev.get("read_at")
+    try:
+        started = datetime.fromisoformat(c.get("started_at") or "").timestamp()
+    except ValueError:
+        return None
+    if read_at is None or started <= 0:  # never started: Docker says 0001-01-01T00:00:00Z
+        return None
+    return max(0.0, read_at - started)
+
+
+def _crashing(c: dict, ev: dict) -> bool:
+    """Docker restarts it now; or it restarted RESTARTS_ALARM times (since its creation) and is down,
+    or runs since a start less than RECENT_START_S ago. One that has run longer is not crash-looping,
+    whatever its restarts since creation (a start time unknown: not judged, :func:`replicas` notes it)."""
+    if c.get("restarting"):
+        return True
+    if int(c.get("restart_count") or 0) < RESTARTS_ALARM:
+        return False
+    if not c.get("running"):
+        return True
+    age = _started_s_ago(c, ev)
+    return age is not None and age < RECENT_START_S
+
+
+def _duration(seconds: float) -> str:
+    """``12 min``, ``5.2 hours``, ``21 days``."""
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} hours" if seconds < 2 * 86400 else f"{seconds / 86400:.0f} days"
 
 
 def _cmdline(c: dict) -> str:
@@ -550,7 +585,7 @@ def memory_plan(ev: dict, out: _Out) -> None:
             continue
         if plan.fits:
             continue
-        down = _crashing(c) or not c.get("running")
+        down = _crashing(c, ev) or not c.get("running")
         out.find("memory.plan-does-not-fit", "error" if down else "warning",
                  f"{c['name']}: {plan.hf_id} does not fit with the flags it runs with",
                  [("flags", f"docker inspect {c['name']} (Config.Cmd)",
@@ -733,12 +768,23 @@ def replicas(ev: dict, out: _Out) -> None:
     logs = ev.get("logs") or {}
     for c in containers.values():
         lines = logs.get(c["name"]) or []
-        crashing, down = _crashing(c), not c.get("running")
+        crashing, down = _crashing(c, ev), not c.get("running")
+        age = _started_s_ago(c, ev)
         if not (crashing or down):
+            if int(c.get("restart_count") or 0) >= RESTARTS_ALARM:
+                since = (f"has run {_duration(age)} since its last start" if age is not None
+                         else "its last start time is unknown")
+                out.note(f"{c['name']} restarted {c.get('restart_count')} times since it was created, but {since}: "
+                         f"not a crash loop now (`docker logs {c['name']}` keeps the earlier crashes)")
             continue
         verdict = classify(lines, oom_killed=bool(c.get("oom_killed")))
-        state = (f"restarting, {c.get('restart_count')} restarts" if crashing else
-                 f"{c.get('status')}, exit code {c.get('exit_code')}")
+        restarts = c.get("restart_count")
+        if c.get("restarting"):
+            state = f"restarting, {restarts} restarts"
+        elif not down:  # crashing: running again since a recent start
+            state = f"running again, {restarts} restarts, last started {_duration(age or 0)} ago"
+        else:
+            state = f"{c.get('status')}, exit code {c.get('exit_code')}" + (f", {restarts} restarts" if crashing else "")
         evidence = [("state", f"docker inspect {c['name']}", f"{state}; last exit {c.get('exit_code')}"
                      + (f", error {c['error']}" if c.get("error") else "") + (", OOMKilled" if c.get("oom_killed") else "")),
                     ("cause", f"docker logs --tail {len(lines)} {c['name']}", f"{verdict['label']}: "

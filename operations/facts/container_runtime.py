@@ -80,10 +80,14 @@ class ContainerRuntimes(FactBase):
            "limits": {"Memory": 0, "NanoCpus": 0, ...}}]}
 
     ``spec`` is the ``io.gpufleet.spec`` label (None: not a container gpufleet runs). A container
-    removed while the fact runs is left out, not an error.
+    removed while the fact runs is left out, not an error; a Docker that does not answer is
+    ``"status": "failed"`` (never an empty list).
     """
 
-    command = wrap("docker", f"ids=$(docker ps -aq); [ -z \"$ids\" ] || docker inspect --format '{TEMPLATE}' $ids")
+    # A `docker ps` that fails (daemon down, socket refused) fails the read with its status: an
+    # empty list would read as "no containers" (gpufleet drift: nothing changed in place).
+    command = wrap("docker", f"ids=$(docker ps -aq) || exit $?; "
+                             f"[ -z \"$ids\" ] || docker inspect --format '{TEMPLATE}' $ids")
 
     @staticmethod
     def default():

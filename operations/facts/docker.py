@@ -172,14 +172,16 @@ class ManagedContainers(FactBase):
           "tag_id": "sha256:aa.."}]}
 
     ``tag_id`` differs from ``image_id`` when another image was put under the pinned tag after
-    the container started; it is None when the tag no longer exists locally.
+    the container started; it is None when the tag no longer exists locally. A Docker that does
+    not answer is ``"status": "failed"``, never an empty list.
     """
 
     # One `docker inspect` for every container (a container removed meanwhile is left out), then
-    # the image each one's tag names now.
+    # the image each one's tag names now. A failing `docker ps` fails the read (its exit status),
+    # never "no containers".
     command = wrap(
         "docker",
-        f"ids=$(docker ps -aq --filter label={SPEC_LABEL}); [ -z \"$ids\" ] || "
+        f"ids=$(docker ps -aq --filter label={SPEC_LABEL}) || exit $?; [ -z \"$ids\" ] || "
         "docker inspect --format '{{.Name}}|{{.State.Status}}|{{.State.Restarting}}|{{.RestartCount}}|"
         "{{.Image}}|{{.Config.Image}}' $ids 2>/dev/null | while IFS='|' read -r n s r k i ref; do "
         "t=$(docker image inspect --format '{{.Id}}' \"$ref\" 2>/dev/null); "
@@ -224,7 +226,8 @@ class VllmNcclVersions(FactBase):
         {"status": "ok", "containers": {"vllm-gpu-node-1-vllm-0": "2.27.7"},
          "keys": {"vllm-gpu-node-1-vllm-0": "3f2a…@sha256:9c1d…@2026-12-06T11:21:46.171107366Z"}}
 
-    A container whose check cannot run reports None.
+    A container whose check cannot run reports None; a Docker that does not answer makes the read
+    ``"status": "failed"`` (no containers listed).
     """
 
     @staticmethod
@@ -240,7 +243,8 @@ class VllmNcclVersions(FactBase):
                            for key, version in sorted((known or {}).items()) if version)
         return wrap(
             "docker",
-            f"ids=$(docker ps -q --filter label={SPEC_LABEL} --filter name=^vllm-); [ -z \"$ids\" ] || "
+            # A failing `docker ps` fails the read, never "no vLLM container".
+            f"ids=$(docker ps -q --filter label={SPEC_LABEL} --filter name=^vllm-) || exit $?; [ -z \"$ids\" ] || "
             "docker inspect --format '{{.Id}}@{{.Image}}@{{.State.StartedAt}} {{.Name}}' $ids 2>/dev/null | "
             f"while read -r key n; do case \"$key\" in {answered}*) c=${{key%%@*}}; "
             f"out=$(docker exec \"$c\" python3 {CHECK_IN_IMAGE} --running 2>/dev/null </dev/null); "

@@ -57,12 +57,16 @@ class BuiltImage(FactBase):
          "checked": True,
          "base": {"id": "sha256:51..", "digests": ["vllm/vllm-openai@sha256:e1.."], "labels": {}, "layers": [...]}}
 
-    ``image`` / ``base`` are None when not on the host.
+    ``image`` / ``base`` are None when not on the host; a Docker that does not answer is
+    ``"status": "failed"`` (never "not built").
     """
 
     def command(self, ref: str, base: str) -> str:
         r, b = shlex.quote(ref), shlex.quote(base)
+        # `docker image inspect` fails alike for "no such image" and for a daemon that does not
+        # answer: ask the daemon first, so that only the first reads as "not built".
         return wrap("docker", (
+            "docker version --format '{{.Server.Version}}' >/dev/null || exit $?; "
             f"i=$(docker image inspect --format {_INSPECT} {r} 2>/dev/null) && {{ echo \"image=$i\"; "
             f"id=$(docker image inspect --format '{{{{.Id}}}}' {r}); "
             f"if [ -f \"{CHECKED_DIR}/${{id#sha256:}}.json\" ]; then echo checked=yes; else echo checked=no; fi; }}; "

@@ -54,3 +54,20 @@ def test_the_pinned_key_is_installed_and_another_is_refused(tmp_path, monkeypatc
 
 def test_a_missing_keyring_has_no_fingerprint(tmp_path):
     assert fingerprints(tmp_path / "nothing.gpg") == []
+
+
+def test_a_refused_key_names_its_url_without_running_it(tmp_path, monkeypatch):
+    # The URL goes into the refusal's message: shown as it is, never run as shell.
+    monkeypatch.setenv("GNUPGHOME", str(tmp_path / "reader"))
+    (tmp_path / "reader").mkdir(mode=0o700)
+    _, good_fpr = make_key(tmp_path / "good", "repo <good@example.invalid>")
+    bad, _ = make_key(tmp_path / "bad", "swapped <bad@example.invalid>")
+    (tmp_path / "bad.pub").write_bytes(bad)
+    keyring = tmp_path / "keyrings" / "repo.gpg"
+    url = f"file://{tmp_path}/bad.pub?$(id>pwned1)`id>pwned2`"  # curl fetches the file, the query is ignored
+    command = fetch_key_command(url, good_fpr, str(keyring)).replace(
+        "install -d -m 0755 /etc/apt/keyrings", f"install -d -m 0755 {keyring.parent}")
+    refused = subprocess.run(["sh", "-c", command], capture_output=True, text=True, cwd=tmp_path)
+    assert refused.returncode == 1
+    assert f"the key at {url} has fingerprint" in refused.stderr
+    assert not (tmp_path / "pwned1").exists() and not (tmp_path / "pwned2").exists()

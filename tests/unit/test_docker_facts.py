@@ -2,6 +2,8 @@
 
 import subprocess
 
+import pytest
+
 from operations.docker_daemon import merged
 from operations.facts.docker import DockerDaemonConfig, GpuContainers
 from operations.facts.util import wrap_file
@@ -106,3 +108,35 @@ def test_vllm_nccl_versions_checks_inside_only_the_containers_it_has_no_answer_f
     out, calls = _with_fake_docker(tmp_path, VllmNcclVersions().command(known=known))
     assert VllmNcclVersions().process(out)["containers"] == first["containers"]
     assert [c.split()[:2] for c in calls] == [["ps", "-q"], ["inspect", "--format"], ["exec", "d4full"]]
+
+
+# A docker CLI whose daemon does not answer: what the real CLI prints (stderr) and its exit status.
+DOCKER_DOWN = """#!/bin/sh
+echo "$*" >> "$(dirname "$0")/calls"
+echo "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?" >&2
+exit 1
+"""
+
+
+def _fact_commands():
+    from operations.facts.container_runtime import ContainerRuntimes
+    from operations.facts.docker import ManagedContainers, VllmNcclVersions
+    from operations.facts.images import BuiltImage
+
+    return [(ContainerRuntimes, ContainerRuntimes.command), (ManagedContainers, ManagedContainers.command),
+            (VllmNcclVersions, VllmNcclVersions().command()),
+            (BuiltImage, BuiltImage().command(ref="gpufleet/vllm-rtx5090:6e73", base="vllm/vllm-openai:v0.21.0"))]
+
+
+@pytest.mark.parametrize("fact,command", _fact_commands(), ids=lambda v: getattr(v, "__name__", ""))
+def test_a_docker_that_does_not_answer_fails_the_read_never_reads_as_no_containers(tmp_path, fact, command):
+    import os
+
+    (tmp_path / "docker").write_text(DOCKER_DOWN)
+    (tmp_path / "docker").chmod(0o755)
+    done = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert done.returncode == 0  # the envelope: the read's status is in its output
+    found = fact().process(done.stdout.splitlines())
+    assert found["status"] == "failed" and found["exit_code"] == 1
+    assert "Cannot connect to the Docker daemon" in found["error"]

@@ -7,6 +7,7 @@ from tests/fixtures/doctor/; everything after it (the rules, the outputs, the ex
 from __future__ import annotations
 
 import json
+import time
 from types import SimpleNamespace
 
 from click.testing import CliRunner
@@ -46,6 +47,7 @@ def test_reader_makes_two_round_trips_with_timeouts_and_sudo():
     assert ev["read"]["complete"] and [r["name"] for r in ev["read"]["round_trips"]] == ["snapshot", "container probes"]
     assert ev["probes"][CONTAINER]["nccl"]["nccl_version"] == "2.27.7"
     assert ev["declared"]["replicas"][0]["container"] == CONTAINER
+    assert abs(ev["read_at"] - time.time()) < 60  # the containers' age: a crash loop is a recent start
     result = runner.result_of(HOST, ev)
     assert result.checked and result.diagnosis.findings == []
 

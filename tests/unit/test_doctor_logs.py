@@ -49,3 +49,22 @@ def test_every_class_is_covered_by_a_fixture():
                      "Address already in use"])["class"] == "port-in-use"
     assert classify(["RuntimeError: unable to write to file </torch_1_2650112043_0>: No space left on device (28)"]
                     )["class"] == "shm"
+
+
+def test_shm_run_out_under_nccl_is_shm_not_nccl():
+    """NCCL reports a full /dev/shm as its own warning, then a generic NCCL error: the cause is the
+    shm (NCCL's include/shm.h lines as NCCL 2.7+ logs them, then torch's NCCL error)."""
+    lines = [
+        "4e9a7654171e:8639:8745 [0] include/shm.h:28 NCCL WARN Call to posix_fallocate failed : No space left on device",
+        "4e9a7654171e:8639:8745 [0] NCCL INFO include/shm.h:41 -> 2",
+        "4e9a7654171e:8639:8745 [0] include/shm.h:48 NCCL WARN Error while creating shared memory segment "
+        "nccl-shm-recv-170206743cd9fd1d-0-1-0 (size 9637888)",
+        "(VllmWorker rank=0 pid=212) ERROR torch.distributed.DistBackendError: NCCL error in: "
+        "../torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:3356, unhandled system error (run with NCCL_DEBUG=INFO "
+        "for details), NCCL version 2.27.7",
+    ]
+    verdict = classify(lines)
+    assert verdict["class"] == "shm" and "posix_fallocate failed : No space left on device" in verdict["line"]
+    assert "vllm_shm_size" in verdict["fix"]
+    # The neighbour: an NCCL error with room in /dev/shm stays an NCCL error.
+    assert classify(lines[3:])["class"] == "nccl"

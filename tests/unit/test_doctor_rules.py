@@ -291,6 +291,42 @@ def test_crash_loop_is_classified_from_its_log():
     assert "sm_120" in f.fix
 
 
+# Docker's State.StartedAt of the fixture's container, and a read some time after it.
+STARTED = "2026-12-01T09:14:04.020554210Z"
+STARTED_EPOCH = 1796116444.02055
+
+
+def read_after(ev, seconds: float, restarts: int, **state) -> None:
+    container(ev).update(started_at=STARTED, restart_count=restarts, **state)
+    ev["read_at"] = STARTED_EPOCH + seconds
+
+
+def test_a_replica_running_for_weeks_after_old_restarts_is_not_crash_looping():
+    """RestartCount counts since the container was created: three crashes weeks ago, then weeks of
+    serving, is history (a note), not a crash loop."""
+    ev = healthy_evidence()
+    read_after(ev, 21 * 86400, restarts=3)
+    assert "replica.crash-loop" not in ids(ev) and "memory.plan-does-not-fit" not in ids(ev)
+    assert any(f"{CONTAINER} restarted 3 times since it was created" in n and "21 days since its last start" in n
+               for n in judge(ev).notes), judge(ev).notes
+
+
+@pytest.mark.parametrize("state,said", [
+    ({"restarts": 4, "seconds": 5, "status": "restarting", "running": False, "restarting": True},  # Docker: now
+     "restarting, 4 restarts"),
+    ({"restarts": 5, "seconds": 120}, "running again, 5 restarts, last started 2 min ago"),
+    ({"restarts": 6, "seconds": 21 * 86400, "status": "exited", "running": False, "exit_code": 1},  # gave up
+     "exited, exit code 1, 6 restarts"),
+], ids=["restarting", "started-recently", "exited"])
+def test_a_replica_restarting_now_or_just_restarted_is_crash_looping(state, said):
+    ev = healthy_evidence()
+    read_after(ev, state.pop("seconds"), state.pop("restarts"), **state)
+    ev["logs"][CONTAINER] = text(LOGS / "cuda-oom.log")
+    f = finding(ev, "replica.crash-loop")
+    assert f.severity == "error" and "CUDA out of memory" in f.title
+    assert next(e.value for e in f.evidence if e.what == "state").startswith(said)
+
+
 def test_debug_env_is_a_warning_in_a_declared_debugging_session():
     ev = healthy_evidence()
     debug_env(ev)

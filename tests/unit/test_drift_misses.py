@@ -280,3 +280,88 @@ def test_nodes_holding_one_tag_on_different_upstream_images_are_named():
     assert "on gpu-node-1, gpu-node-2 on sha256:51ac" in found["gpu-node-3"] and "re-pushed" in found["gpu-node-3"]
     # The neighbour: the same upstream image everywhere.
     assert fleet_findings({"gpu-node-1": (TAG, ref, old), "gpu-node-3": (TAG, ref, old)}) == {}
+
+
+# ------------------------------------------------------------- a check that breaks ----------------
+def test_a_check_that_breaks_keeps_the_xids_read_before_it_reported_and_the_host_not_checked(monkeypatch, tmp_path):
+    """kernel_xids records this run's reading as seen; a later check that raises anything (a bug,
+    output it cannot parse) must not throw away the result that reports those events, or the next
+    run would count them as already seen."""
+    from types import SimpleNamespace
+
+    from gpufleet import runtime_checks
+    from gpufleet.drift import check_host
+    from gpufleet.drift_counters import CounterStore
+
+    def container_config(*args):  # a check after kernel_xids that breaks
+        raise KeyError("restart_count")
+
+    for name in ("driver_loaded", "gpu_health", "containers", "vllm_image", "data_tier"):
+        monkeypatch.setattr(runtime_checks, name, lambda *args: [])
+    monkeypatch.setattr(runtime_checks, "container_config", container_config)
+    monkeypatch.setattr(runtime_checks, "EXTRA_CHECKS", [])
+    host = ReplayHost({KernelXids: kernel_output(XID_79)})
+    plan = SimpleNamespace(state=SimpleNamespace(failed_hosts=set()), refusals={}, ops=lambda h: [],
+                           fleet=SimpleNamespace(hosts={host.name: SimpleNamespace(settings=SETTINGS)}))
+    store = CounterStore(tmp_path / "counters.json")
+    result = check_host(plan, host, HostContext(seen=store.host(host.name)))
+    assert not result.checked and result.error == "container_config failed: KeyError: 'restart_count'"
+    assert [i.cause for i in result.items] == [
+        "1 new NVIDIA XID events since boot (no earlier check of this boot): Xid 79 on 0000:01:00"]
+    store.save()  # what is saved as seen is what this result reported
+    assert CounterStore(tmp_path / "counters.json").host(host.name).before["xid"]["count"] == 1
+
+
+def test_a_host_whose_check_raised_keeps_the_last_runs_counters(monkeypatch, tmp_path):
+    """Whatever raises out of a host's check, its result is replaced by an item-less error: the
+    readings its checks recorded as seen are then not saved, so the next run reports them."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from gpufleet import drift, remote
+    from gpufleet.drift_counters import CounterStore
+
+    path = tmp_path / "counters.json"
+    last = CounterStore(path)
+    last.host("gpu-node-2").now.update({"boot_id": BOOT, "xid": {"count": 1, "last_t": 8523.121244}})
+    last.save()
+    plan = SimpleNamespace(hosts=[SimpleNamespace(name="gpu-node-2")], unreachable=[], errors={}, state=None)
+
+    @contextmanager
+    def planned(*args, **kwargs):
+        yield plan
+
+    def check_host(plan, host, ctx):
+        ctx.seen.now.update({"boot_id": BOOT, "xid": {"count": 2, "last_t": 9001.5}})
+        raise RuntimeError("broke after reading the kernel log")
+
+    def run_parallel(state, hosts, work):
+        try:
+            return {h.name: work(h) for h in hosts}
+        except RuntimeError as exc:
+            return {h.name: exc for h in hosts}
+
+    monkeypatch.setattr(drift, "planned", planned)
+    monkeypatch.setattr(drift, "check_host", check_host)
+    monkeypatch.setattr(remote, "run_parallel", run_parallel)
+    report = drift.check("inventory/prod.py", counters=path)
+    (host,) = report.hosts
+    assert not host.checked and not host.items and "broke after reading the kernel log" in host.error
+    assert CounterStore(path).host("gpu-node-2").before["xid"] == {"count": 1, "last_t": 8523.121244}
+
+
+def test_nccl_in_vllm_is_not_checked_when_docker_does_not_answer():
+    """A failed read of the containers is "not checked", never "no vLLM container, nothing to compare"."""
+    from gpufleet.host_reads import NotChecked
+    from gpufleet.runtime_checks import nccl_in_vllm
+    from operations.facts.docker import VllmNcclVersions
+
+    down = ["Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?",
+            "__gpufleet_rc=1"]
+    with pytest.raises(NotChecked, match="could not read the NCCL inside the vLLM containers: Cannot connect"):
+        nccl_in_vllm(ReplayHost({VllmNcclVersions: down}), SETTINGS, None)
+    # The neighbours: Docker not installed (nothing runs), and a replica that loads the pin.
+    assert nccl_in_vllm(ReplayHost({VllmNcclVersions: ["__gpufleet_missing"]}), SETTINGS, None) == []
+    key = f"{'c' * 64}@sha256:9a9a@2026-12-06T11:21:46Z"
+    ok = [f"nccl|vllm-gpu-node-2-vllm-0|{SETTINGS.nccl_version}|{key}", RC0]
+    assert nccl_in_vllm(ReplayHost({VllmNcclVersions: ok}), SETTINGS, None) == []

@@ -895,3 +895,20 @@ def test_an_in_place_node_refused_at_its_turn_is_given_back_untouched_and_says_w
     fake.update = lambda rollout, names: {n: (False, f"{REAL_REFUSED}held by rollout r-other") for n in names}
     assert _run(r, fake, monkeypatch) == 2
     assert "start a new rollout" not in r.nodes["n1"].error
+
+
+def test_validation_does_not_pass_the_nccl_pin_when_docker_did_not_answer():
+    # A failed read lists no containers: "no container loads another NCCL" must not follow from it.
+    from types import SimpleNamespace
+
+    from gpufleet import rollout_steps as steps
+    from gpufleet.settings import HostSettings
+
+    s = HostSettings()
+    answers = {"NvidiaDriver": {"version": s.nvidia_driver_version},
+               "VllmNcclVersions": {"status": "failed", "error": "Cannot connect to the Docker daemon", "containers": {}}}
+    host = SimpleNamespace(get_fact=lambda fact, **kwargs: answers[fact.__name__])
+    pinned, why = steps._loaded_pins_on(host, s)
+    assert not pinned and "Cannot connect to the Docker daemon" in why
+    answers["VllmNcclVersions"] = {"status": "ok", "containers": {"vllm-n1-vllm-0": s.nccl_version}}
+    assert steps._loaded_pins_on(host, s) == (True, "")

@@ -431,3 +431,36 @@ def test_rag_app_without_a_key_needs_none(monkeypatch):
     finally:
         server.shutdown()
         fake_vllm.shutdown()
+
+
+# ----------------------------------------------------------------------------- secret names -------
+SECRET_NAMES = ["PGPASSWORD", "DBPASSWORD", "MYSQL_PWD", "APP_SECRETS", "CLIENTSECRET", "REDIS_PASSWORD1",
+                "HF_TOKEN", "GITHUBTOKEN", "OPENAI_API_KEY", "MYAPIKEY", "SSH_PRIVATE_KEY", "JWT_SIGNING_KEY",
+                "GOOGLE_APPLICATION_CREDENTIALS", "AWS_ACCESS_KEY_ID", "pgpassword"]
+PLAIN_NAMES = ["VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU",
+               "TORCHDYNAMO_DISABLE", "HF_HUB_OFFLINE", "HF_HOME", "VLLM_MAX_TOKENS", "MAX_NUM_BATCHED_TOKENS",
+               "TOKENIZERS_PARALLELISM", "KEYCLOAK_URL", "NCCL_DEBUG", "PWD", "OLDPWD", "PATH"]
+
+
+@pytest.mark.parametrize("name", SECRET_NAMES)
+def test_a_secret_named_variable_is_refused_as_data_and_masked_by_doctor(name):
+    # Both readers of the rule: the settings refuse it as data; doctor masks it in `docker inspect`.
+    from gpufleet.settings import validate_host_data
+    from operations.facts.doctor import _env
+
+    for key in ("vllm_env", "app_env"):
+        _, issues = validate_host_data("gpu-node-01", {key: {name: "Zq9-not-a-pattern"}})
+        [issue] = [i for i in issues if i.key == key]
+        assert issue.host == "gpu-node-01" and f"no secrets ({name})" in issue.expected
+        assert "Zq9-not-a-pattern" not in repr(issue.value)
+    assert _env([f"{name}=Zq9-not-a-pattern"]) == {name: "***"}
+
+
+@pytest.mark.parametrize("name", PLAIN_NAMES)
+def test_a_plain_variable_is_neither_refused_nor_masked(name):
+    from gpufleet.settings import validate_host_data
+    from operations.facts.doctor import _env
+
+    _, issues = validate_host_data("gpu-node-01", {"app_env": {name: "1"}})
+    assert issues == []
+    assert _env([f"{name}=1"]) == {name: "1"}

@@ -131,3 +131,84 @@ def test_a_vllm_warning_is_said_for_the_gpu_nodes_only():
     fleet = load_fleet("inventory/prod.py", {"vllm_extra_args": ["--enforce-eager"]})
     warned = {w.host for w in fleet.warnings if w.key == "vllm_extra_args"}
     assert warned == {h.name for h in fleet.nodes} and warned and len(fleet.hosts) > len(warned)
+
+
+# ---------------------------------------------------------------------------- review mends -----
+@pytest.mark.parametrize("args", [["--api_key", "TopSecretValue123"], ["--api_key=TopSecretValue123"],
+                                  ["--dtype", "float32", "--hf_token", "TopSecretValue123"]])
+def test_a_secret_flag_spelt_with_underscores_is_refused_and_its_value_never_shown(args):
+    # vLLM reads --api_key as --api-key: the refusal and the redaction must read it the same way.
+    import json
+
+    from gpufleet.settings import format_issues
+
+    _, issues = validate_host_data("gpu-node-01", {**GPU_NODE, "vllm_extra_args": args})
+    [issue] = [i for i in issues if i.key == "vllm_extra_args"]
+    assert issue.host == "gpu-node-01" and ("_file" in issue.expected and "no --" in issue.expected)
+    shown = format_issues(issues) + json.dumps([i.as_dict() for i in issues]) + repr(issue.value)
+    assert "TopSecretValue123" not in shown
+    assert "***" in json.dumps(issue.as_dict())
+
+
+@pytest.mark.parametrize("mirror", [
+    "http://mirror.internal/$(reboot)", "http://mirror.internal/`id`", 'http://mirror.internal/"x',
+    "http://mirror.internal/'x", "http://mirror.internal/a b", "http://mirror.internal\nTypes: deb",
+    "http://mirror.internal/\n", "http://svc:Hunter2Pw@mirror.internal/", "ftp://mirror.internal/",
+    "mirror.internal", "http:///nvidia", "http://mirror.internal/a\\b",
+])
+def test_apt_mirror_is_a_plain_http_url(mirror):
+    # It goes into a deb822 sources file and into the key fetch's shell command.
+    settings, found = errors({"apt_mirror": mirror})
+    assert settings is None
+    issue = found[("apt_mirror", "error")]
+    assert issue.host == "gpu-node-01" and "http:// or https:// URL" in issue.expected
+    assert "Hunter2Pw" not in repr(issue.value)
+
+
+def test_the_mirrors_and_key_names_in_use_stay_valid():
+    for mirror in ("http://lab-repo", "https://mirror.internal/nvidia/", "http://10.40.0.5:8080/cuda"):
+        settings, found = errors({"apt_mirror": mirror, "nvidia_repo_key_name": "gpufleet-lab.pub"})
+        assert settings is not None and found == {}, (mirror, found)
+
+
+@pytest.mark.parametrize("name", ["../../keys/x.pub", "a b.pub", "x.pub\n", "$(id).pub", "x.pub;id", ""])
+def test_the_repo_key_name_is_a_file_name(name):
+    settings, found = errors({"nvidia_repo_key_name": name})
+    assert settings is None
+    assert "a file name" in found[("nvidia_repo_key_name", "error")].expected
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("nccl_version", "2.27.7\n"),
+    ("vllm_image", "vllm/vllm-openai:v0.20.1\n"),
+    ("nvidia_driver_version", "580.95.05\n"),
+    ("container_toolkit_version", "1.17.8-1\n"),
+    ("nccl_cuda_version", "12.9\n"),
+    ("vllm_shm_size", "16g\n"),
+    ("supported_os", ["Debian 12\n"]),
+    ("lb_client_max_body_size", "64m\n"),
+    ("gpu_monitor_requirements", ["prometheus-client==0.23.1\n"]),
+])
+def test_a_trailing_newline_is_not_an_exact_value(key, value):
+    # re.match's "$" matches before a final newline; the value would end up on a command line with it.
+    settings, found = errors({key: value})
+    assert settings is None
+    issue = found[(key, "error")]
+    assert issue.host == "gpu-node-01" and issue.value == value
+
+
+def test_the_validators_outside_the_settings_refuse_a_trailing_newline_too():
+    from pyinfra.api import OperationValueError
+
+    from gpufleet.backup_store import StoreError, parse_s3
+    from gpufleet.fleet_checks import inventory_problems
+    from operations import secrets
+
+    with pytest.raises(StoreError, match="expected s3://BUCKET"):
+        parse_s3("s3://fleet-backups/milvus\n")
+    issues = inventory_problems([("gpu-node-01\n", ["gpu_nodes"], {"private_address": "10.0.0.1"})], [], {})
+    assert [(i.key, i.value) for i in issues if i.key == "inventory name"] == [("inventory name", "gpu-node-01\n")]
+    with pytest.raises(OperationValueError, match="not an environment variable name"):
+        secrets.env_text({"VLLM_API_KEY\n": "/nonexistent"})
+    with pytest.raises(OperationValueError, match="three octal digits"):
+        secrets._check_args("/etc/gpufleet/x.env", "600\n")

@@ -137,3 +137,40 @@ def test_driver_not_loaded_fails_with_the_reboot_advice():
 def test_host_without_gpus_is_not_laddered():
     report = run_ladder("lb-01", HostSettings(gpu_count=0), h200_probe())
     assert report.ok and len(report.checks) == 1
+
+
+class RecordingHost:
+    """A pyinfra host that records every command and the arguments it was run with."""
+
+    def __init__(self, data: dict):
+        self.data = data
+        self.ran: list[tuple[str, dict]] = []
+
+    def run_shell_command(self, command, **arguments):
+        from types import SimpleNamespace
+
+        self.ran.append((str(command), arguments))
+        return True, SimpleNamespace(combined_lines=[])
+
+    def get_temp_filename(self, hash_key):
+        return f"/tmp/pyinfra-{hash_key}"
+
+    def put_file(self, src, dest):
+        return True
+
+
+def test_the_docker_runs_of_verify_use_sudo_when_the_host_asks_for_it():
+    """Docker needs root (the nodes' `_sudo = True`, as for the deploy): the toolkit and NCCL steps'
+    `docker run` are raw commands, which get no `_sudo` from host data unless passed."""
+    from gpufleet.verify import HostProbe
+
+    host = RecordingHost({"_sudo": True})
+    probe = HostProbe(host, FLEET)
+    probe.toolkit("gpufleet/vllm-rtx5090:6e73")
+    probe.nccl_acceptance()
+    docker_runs = [(command, arguments) for command, arguments in host.ran if command.startswith("docker run")]
+    assert len(docker_runs) == 2 and all(arguments.get("_sudo") is True for _, arguments in docker_runs)
+    # The neighbour: a host that logs in as root asks for nothing more.
+    host = RecordingHost({})
+    HostProbe(host, FLEET).toolkit("gpufleet/vllm-rtx5090:6e73")
+    assert "_sudo" not in host.ran[0][1]

@@ -234,3 +234,67 @@ def test_the_running_check_finds_what_a_cuda_torch_mapped_on_a_real_gpu_machine(
     library, pid = _check_module().engine_library(proc)
     assert (library, pid) == ("/opt/torch/.venv/lib/python3.12/site-packages/nvidia/nccl/lib/libnccl.so.2", 451)
     assert '"method": "mapped by the running engine (pid 451)"' in capture and '"nccl_version": "2.28.9"' in capture
+
+
+@pytest.fixture
+def probe_host(tmp_path, monkeypatch):
+    """Stub docker and curl on PATH: the container runs, /health answers 200, /v1/models lists $MODELS,
+    and a completion's body is kept in $BODY."""
+    import os
+    import stat
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text("#!/bin/sh\necho 'running 0'\n")
+    (bin_dir / "curl").write_text(
+        f"#!{sys.executable}\nimport os, sys\nargs = sys.argv[1:]\n"
+        "if '-w' in args:\n    print('200', end='')\n"
+        "elif args[-1].endswith('/v1/models'):\n    print(os.environ['MODELS'])\n"
+        "else:\n    open(os.environ['BODY'], 'w').write(args[args.index('-d') + 1])\n"
+        "    print('{\"choices\": [{\"text\": \" ok\"}]}')\n")
+    for tool in ("docker", "curl"):
+        (bin_dir / tool).chmod(stat.S_IRWXU)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("BODY", str(tmp_path / "body.json"))
+    return tmp_path
+
+
+def _probe(served_model_name: str, listed: str, cwd) -> str:
+    import os
+    import subprocess
+
+    script = vllm.probe_script("vllm-0", "http://10.0.0.11:8000", served_model_name, None)
+    env = {**os.environ, "MODELS": json.dumps({"object": "list", "data": [{"id": listed}]}, separators=(",", ":"))}
+    done = subprocess.run(["sh", "-c", script], cwd=cwd, env=env, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("name", ["Qwen/Qwen3-32B-AWQ", "qwen3-tiny", 'odd "name" $HOME\\x'])
+def test_the_probe_asks_for_the_served_name_in_a_json_body(probe_host, name):
+    # The body is JSON whatever the name holds, and /v1/models (compact JSON, as vLLM answers) lists it.
+    assert _probe(name, name, probe_host) == "READY"
+    assert json.loads((probe_host / "body.json").read_text()) == {
+        "model": name, "prompt": "Hello", "max_tokens": 4, "temperature": 0}
+    assert _probe("qwen3-tiny", "qwen3-tinyX", probe_host).startswith("/v1/models does not list qwen3-tiny")
+
+
+def test_the_probe_never_runs_a_served_name_as_shell(probe_host):
+    name = 'm";touch pwned1;"$(touch pwned2)`touch pwned3`'
+    said = _probe(name, "another-model", probe_host)
+    assert sorted(p.name for p in probe_host.iterdir() if p.name.startswith("pwned")) == []
+    assert said.startswith(f"/v1/models does not list {name}: ")
+
+
+@pytest.mark.parametrize("name", ["qwen$(reboot)", 'a"b', "a'b", "-served", "qwen3\n", "x;y", "a\\b", "über"])
+def test_a_served_model_name_is_a_plain_name(name):
+    _, issues = validate_host_data("gpu-node-01", {"gpu_count": 2, **PINNED, "vllm_served_model_name": name})
+    [issue] = [i for i in issues if i.key == "vllm_served_model_name"]
+    assert issue.host == "gpu-node-01" and issue.value == name and "letters, digits" in issue.expected
+
+
+def test_the_served_names_in_use_stay_valid():
+    for name in ("Qwen/Qwen3-32B-AWQ", "qwen3-tiny", "qwen3-32b-awq", "org/model:v1.2_x"):
+        _, issues = validate_host_data("gpu-node-01", {"gpu_count": 2, **PINNED, "vllm_served_model_name": name})
+        assert issues == [], (name, issues)
