@@ -252,9 +252,29 @@ class Runner:
                     return self.finish(EXIT_STOPPED)
         for batch in r.batches:
             nodes = [r.nodes[n] for n in batch if r.nodes[n].state != DONE]
-            if nodes and not self.roll_batch(nodes, steps):
+            if nodes and not (self.capacity_holds(nodes, steps) and self.roll_batch(nodes, steps)):
                 return self.finish(EXIT_STOPPED)
         return self.finish(EXIT_DONE)
+
+    def capacity_holds(self, nodes: list[NodeRollout], steps) -> bool:
+        """Before a batch is drained: the replicas running *now* keep one serving without it.
+
+        The plan checked the same rule with what ran when it was planned; a replica elsewhere may
+        have died since (minutes into a long rollout, or days before a --resume). A batch that
+        would leave none stops the rollout before anything is drained: its nodes fail untouched,
+        and --resume checks again.
+        """
+        drained = [node.name for node in nodes if node.disruptive]
+        if not drained:
+            return True
+        live = steps.fleet_live_replicas(self.rollout)
+        try:
+            check_capacity([drained], {n: live.get(n, []) for n in drained}, [r for names in live.values() for r in names])
+        except RolloutError as exc:
+            for node in nodes:
+                self.node_state(node, FAILED, f"not drained: {exc}")
+            return False
+        return True
 
     def roll_batch(self, nodes: list[NodeRollout], steps) -> bool:
         """Roll the nodes of one batch together: each is locked and drained, then one deploy

@@ -120,6 +120,11 @@ def live_replicas(inventory: str, nodes: list[str], overrides: dict[str, Any]) -
     return {name: _replica_names(names) for name, names in running.items() if isinstance(names, list)}
 
 
+def fleet_live_replicas(rollout) -> dict[str, list[str]]:
+    """:func:`live_replicas` of every GPU node of the rollout's fleet, read before a batch is drained."""
+    return live_replicas(rollout.inventory, [n.name for n in _fleet(rollout).nodes], rollout.overrides)
+
+
 # ------------------------------------------------------------------------------ prepare ----------
 
 # deploy.py's names of the operations prepare() runs ahead of the drain.

@@ -172,6 +172,10 @@ class FakeSteps:
         self._do("undrain", name)
         self.undrained_retiring = list(retiring)
 
+    def fleet_live_replicas(self, rollout):
+        self.calls.append(("fleet_live_replicas", "*"))
+        return getattr(self, "live", {n: [f"{n}-vllm-0"] for n in rollout.nodes if n != MILVUS_HOST})
+
     def container_ids(self, rollout, name):
         return {} if name == MILVUS_HOST else {f"vllm-{name}-vllm-0": "old"}
 
@@ -551,6 +555,7 @@ def test_a_milvus_change_is_backed_up_before_and_its_rows_checked_after(tmp_path
     rollout.nodes = {"n1": rollout.nodes["n1"]}  # the vector_db node alone
     rollout.batches = [["n1"]]
     fake = FakeSteps(fail=() if rows_kept else [("milvus_rows_kept", "fleet")])
+    fake.live = {"n1": ["n1-vllm-0"], "n9": ["n9-vllm-0"]}  # a node with nothing to change serves meanwhile
     code = _run(rollout, fake, monkeypatch)
     steps = [c[0] for c in fake.calls]
     assert steps.index("back_up_milvus") < steps.index("update") < steps.index("milvus_rows_kept")
@@ -912,3 +917,25 @@ def test_validation_does_not_pass_the_nccl_pin_when_docker_did_not_answer():
     assert not pinned and "Cannot connect to the Docker daemon" in why
     answers["VllmNcclVersions"] = {"status": "ok", "containers": {"vllm-n1-vllm-0": s.nccl_version}}
     assert steps._loaded_pins_on(host, s) == (True, "")
+
+
+def test_a_batch_is_not_drained_when_the_replicas_left_running_now_would_be_none(tmp_path, monkeypatch):
+    # Planned with both replicas live; by n2's turn n1's replica has died: draining n2 would leave
+    # nothing behind the load balancers. The rollout stops before n2 is locked or drained.
+    r = _rollout(tmp_path, monkeypatch)
+    fake = FakeSteps()
+    reads = iter([{"n1": ["n1-vllm-0"], "n2": ["n2-vllm-0"]}, {"n1": [], "n2": ["n2-vllm-0"]}])
+    fake.fleet_live_replicas = lambda rollout: next(reads)
+    assert _run(r, fake, monkeypatch) == 2
+    assert r.nodes["n1"].state == "done"
+    n2 = r.nodes["n2"]
+    assert n2.state == "failed" and n2.error.startswith("not drained: draining n2 would leave no live replica"), n2.error
+    assert not any(c[1] == "n2" for c in fake.calls if c[0] != "prepare")
+    # --resume checks again, and rolls n2 once n1 serves.
+    resumed = last_unfinished("inventory/lab.py")
+    fake = FakeSteps()
+    assert _run(resumed, fake, monkeypatch) == 0 and resumed.nodes["n2"].state == "done"
+    # A batch changed in place drains nothing: nothing to read.
+    in_place = _rollout(tmp_path, monkeypatch, kind="")
+    fake = FakeSteps()
+    assert _run(in_place, fake, monkeypatch) == 0 and ("fleet_live_replicas", "*") not in fake.calls
