@@ -45,8 +45,10 @@ failure, 1 could not start.
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import json
+import os
 import secrets
 import shlex
 import socket
@@ -57,7 +59,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 # What a disruptive change needs: the serving gate's typed refusal says which (re-exported here).
-from gpufleet.private_files import state_root, write_private
+from gpufleet.private_files import private_dir, state_root, write_private
 from operations.serving_gate import DRAINED_LOCK_STATE, GPU_STACK, REPLICAS  # noqa: F401
 
 PENDING, UPDATING, VALIDATING, UNDRAINING = "pending", "updating", "validating", "undraining"
@@ -149,6 +151,37 @@ def _with_kind(node: dict[str, Any]) -> dict[str, Any]:
 
 def state_dir() -> Path:
     return state_root() / "rollouts"
+
+
+class RunLock:
+    """One process at a time runs a rollout: an exclusive ``flock`` on ``<state file>.lock``,
+    taken when made, released when the process ends or :meth:`release` (``with`` does it).
+
+    Two ``--resume`` of the same rollout would both take the nodes' locks (a node lock takes its
+    own rollout's id back) and write the same state file, one losing the other's history. The
+    state directory is local to the control host (flock on NFS does not hold between processes
+    of one host the same way).
+    """
+
+    def __init__(self, rollout: Rollout):
+        private_dir(state_dir())
+        self.path = rollout.path().with_suffix(".lock")
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise RolloutError(f"rollout {rollout.id} is being run by another gpufleet process on this control "
+                               f"host ({self.path} is locked): wait for it to end") from None
+
+    def release(self) -> None:
+        os.close(self.fd)  # the file stays: removing a lock file others may open races them
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def since_rollback(history: list[tuple[str, float]]) -> list[tuple[str, float]]:

@@ -23,5 +23,6 @@ class RolloutSettings(BaseModel):
     # refused (operations/deploy_lock.py). `gpufleet rollout` waits longer for the node it has
     # just drained (a nightly drift check holding it for a minute must not fail a drained node).
     deploy_lock_wait_s: int = Field(5, ge=0, le=3600)
-    # How long a drain waits for a replica's running and waiting requests to reach 0.
-    rollout_drain_timeout_s: int = Field(300, ge=0, le=86400)
+    # How long a drain waits for a replica's running and waiting requests to reach 0 (at least a
+    # second: 0 would fail every drain before its first look).
+    rollout_drain_timeout_s: int = Field(300, ge=1, le=86400)

@@ -52,6 +52,7 @@ def rollout(inventory_path, data, limit, max_unavailable, canary, resume, yes, a
                 sys.exit(rl.EXIT_DONE)
             if not yes and not click.confirm("Start the rollout?", default=False, err=as_json):
                 sys.exit(rl.EXIT_CANNOT_START)
+        run_lock = rl.RunLock(r)  # before the state file is written: another process may be running it
         r.save()
     except SettingsError as exc:
         click.echo("invalid inventory data; nothing was changed:\n" + format_issues(exc.issues), err=True)
@@ -59,7 +60,8 @@ def rollout(inventory_path, data, limit, max_unavailable, canary, resume, yes, a
     except rl.RolloutError as exc:
         click.echo(f"rollout: {exc}", err=True)
         sys.exit(rl.EXIT_CANNOT_START)
-    code = rl.Runner(r, say).run()
+    with run_lock:
+        code = rl.Runner(r, say).run()
     say(f"{r.id}: " + ("done" if code == rl.EXIT_DONE else "stopped") + f" in {time.time() - r.started:.0f}s; "
         + ", ".join(f"{n} {v.state}" for n, v in r.nodes.items()) + f" (state: {r.path()})")
     if as_json:

@@ -939,3 +939,18 @@ def test_a_batch_is_not_drained_when_the_replicas_left_running_now_would_be_none
     in_place = _rollout(tmp_path, monkeypatch, kind="")
     fake = FakeSteps()
     assert _run(in_place, fake, monkeypatch) == 0 and ("fleet_live_replicas", "*") not in fake.calls
+
+
+def test_one_process_at_a_time_runs_a_rollout(tmp_path, monkeypatch):
+    # A second --resume of the same rollout while the first runs: refused before it writes anything.
+    from gpufleet.rollout import RunLock
+
+    r = _rollout(tmp_path, monkeypatch)
+    with RunLock(r):
+        with pytest.raises(RolloutError, match=r"rollout r-test is being run by another gpufleet process"):
+            RunLock(r)
+    RunLock(r).release()  # released with the first: the next run takes it
+    other = _rollout(tmp_path, monkeypatch)
+    other.id = "r-other"
+    with RunLock(r), RunLock(other):  # another rollout's file is another lock
+        pass

@@ -36,6 +36,7 @@ def test_valid_gpu_node_has_one_tp2_replica_and_ignores_pyinfra_keys():
         ("vllm_env", {"NCCL_MIN_NRINGS": "4"}, "deprecated NCCL variable"),
         ("vllm_env", {"VLLM_USE_V1": "0"}, "V0 engine"),
         ("nvidia_kernel_modules", "closed", "'open' or 'proprietary'"),
+        ("rollout_drain_timeout_s", 0, "greater than or equal to 1"),  # 0 fails every drain
     ],
 )
 def test_each_bad_value_names_key_value_and_expectation(key, value, expected_fragment):
