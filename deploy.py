@@ -216,7 +216,9 @@ if "lb" in host.groups:
                             packages={"nginx": settings.lb_nginx_min_version,
                                       "prometheus": settings.prometheus_min_version},
                             preferences_name="gpufleet-lb")
-    loadbalancer.nginx(name="nginx: a member per vLLM replica and per RAG app", **lb_args(fleet, host.name))
+    # A maintenance window recreates the replicas in this run: a member whose port moved moves now.
+    loadbalancer.nginx(name="nginx: a member per vLLM replica and per RAG app", **lb_args(fleet, host.name),
+                       move_at_once=settings.allow_serving_disruption)
     systemd.service(name="nginx running", service="nginx", running=True, enabled=True)
     monitoring.alertmanager(name="Alertmanager: webhook receiver", **alertmanager_args(fleet, host.name))
     monitoring.prometheus(name="Prometheus: scrape jobs from the inventory", **prometheus_args(fleet, host.name))

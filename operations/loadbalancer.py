@@ -142,26 +142,48 @@ def members(replicas) -> list[dict[str, Any]]:
     return out
 
 
-def membership(replicas, state: dict) -> tuple[list[dict[str, Any]], set[str]]:
+def membership(replicas, state: dict, move_at_once: bool = False) -> tuple[list[dict[str, Any]], set[str]]:
     """``(members, joining)``: the inventory's replicas plus the removed ones that still serve.
 
     Read against the config in place (``state["members"]``, the NginxState fact): a replica not
     in it, or rendered there as joining, is *joining* and rendered ``down`` until it answers
-    ``/health`` from this host; a member
-    no longer in the inventory is kept while it answers (its node has not retired it yet).
+    ``/health`` from this host; a member no longer in the inventory is kept while it answers (its
+    node has not retired it yet). A member whose address or port changed (a new ``vllm_port``)
+    *moves* once its new target answers; until then it stays where it answers now (its node has
+    not been rolled yet), or joins at the new one if neither answers. ``move_at_once`` (a
+    maintenance window, which recreates every replica in the same run) takes the new target.
     Health is asked only when there is such a difference, so a converged lb sends no probe.
     """
     wanted = members(replicas)
     current = state.get("members") or []
     names = {m["name"] for m in wanted}
-    known = {m["name"] for m in current if not m.get("joining")}  # a joining member is new until it answers
+    known = {m["name"]: m for m in current if not m.get("joining")}  # a joining member is new until it answers
     new = [m for m in wanted if m["name"] not in known] if current else []
     removed = [m for m in current if m["name"] not in names]
-    if not new and not removed:
+    moved = [] if move_at_once else [m for m in wanted if m["name"] in known and _target(m) != _target(known[m["name"]])]
+    if not new and not removed and not moved:
         return wanted, set()
-    health = host.get_fact(UpstreamHealth, members=new + removed)
+    previous = [{**known[m["name"]], "name": m["name"] + PREVIOUS_TARGET} for m in moved]
+    health = host.get_fact(UpstreamHealth, members=new + removed + moved + previous)
     joining = {m["name"] for m in new if not health.get(m["name"])}
-    return wanted + [m for m in removed if health.get(m["name"])], joining
+    rows = []
+    for m in wanted:
+        if m in moved and not health.get(m["name"]):
+            was = known[m["name"]]
+            if health.get(m["name"] + PREVIOUS_TARGET):  # still served where it was: it stays there for now
+                m = {**m, "address": was["address"], "port": was["port"]}
+            else:
+                joining.add(m["name"])
+        rows.append(m)
+    return rows + [m for m in removed if health.get(m["name"])], joining
+
+
+# How membership names a moved member's probe at the target it has now (UpstreamHealth answers by name).
+PREVIOUS_TARGET = "@previous"
+
+
+def _target(member: dict[str, Any]) -> tuple[str, int]:
+    return member["address"], int(member["port"])
 
 
 def render(replicas, drained=(), options: dict | None = None, joining=()) -> tuple[str, str]:
@@ -218,12 +240,15 @@ def _converge(text: str, config_id: str, status_port: int, state: dict):
 
 
 @operation()
-def nginx(replicas: list, options: dict | None = None):
+def nginx(replicas: list, options: dict | None = None, move_at_once: bool = False):
     """
     Render /etc/nginx/nginx.conf from the inventory's replicas; test, swap in, reload, roll back.
 
     + replicas: every load-balanced replica (``Fleet.replicas`` or ``[{"name", "address", "port"}]``)
     + options: nginx tuning, see ``DEFAULT_OPTIONS`` (gpufleet fills it with ``gpufleet.deploy_args.lb_options``)
+    + move_at_once: a member whose address or port changed takes its new target now, not once it
+      answers there (:func:`membership`): for a maintenance window, which recreates the replicas
+      in the same run
 
     Replicas drained on this host (marker files in /etc/nginx/gpufleet/drained/) stay ``down``.
 
@@ -236,7 +261,7 @@ def nginx(replicas: list, options: dict | None = None):
     """
     opts = {**DEFAULT_OPTIONS, **(options or {})}
     state = host.get_fact(NginxState, status_port=opts["status_port"])
-    rows, joining = membership(replicas, state)
+    rows, joining = membership(replicas, state, move_at_once)
     text, config_id = render(rows, state["drained"], opts, joining)
     commands = _edge_commands(opts, list(_converge(text, config_id, opts["status_port"], state)), remove_unused=True)
     if not commands:

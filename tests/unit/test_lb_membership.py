@@ -121,3 +121,31 @@ def test_undrain_of_a_retired_replica_this_lb_never_had_changes_nothing(monkeypa
     monkeypatch.setattr(loadbalancer, "host", fake)
     commands = list(loadbalancer.undrain._inner(replica="gpu-node-3-vllm-0", replicas=[NODE1, NODE2]))
     assert commands == [] and fake.noops == ["gpu-node-3-vllm-0 is neither drained nor a member"]
+
+
+def test_a_member_whose_port_changed_stays_where_it_answers_until_its_new_port_answers(lb):
+    # `gpufleet rollout --data vllm_port=8001`: draining the canary renders every lb with the new
+    # port, while every node not rolled yet still serves on 8000. Each stays on 8000 until 8001 answers.
+    moved = [{**NODE1, "port": 8001}, {**NODE2, "port": 8001}]
+    fake = lb(health={"gpu-node-1-vllm-0@previous": True, "gpu-node-2-vllm-0@previous": True})
+    rows, joining = loadbalancer.membership(moved, {"members": [NODE1, NODE2]})
+    assert rows == [NODE1, NODE2] and joining == set()
+    assert sorted(fake.asked[0]) == sorted(["gpu-node-1-vllm-0", "gpu-node-2-vllm-0", "gpu-node-1-vllm-0@previous",
+                                            "gpu-node-2-vllm-0@previous"])
+    # gpu-node-1 rolled: it answers on 8001 and moves; gpu-node-2 still serves on 8000.
+    lb(health={"gpu-node-1-vllm-0": True, "gpu-node-2-vllm-0@previous": True})
+    rows, joining = loadbalancer.membership(moved, {"members": [NODE1, NODE2]})
+    assert rows == [moved[0], NODE2] and joining == set()
+    assert "server 10.0.0.1:8001 max_fails=3 fail_timeout=10s;  # gpu-node-1-vllm-0" in member_lines(rows)
+    # Answering nowhere: it joins at the new port (down), as a new replica does.
+    lb(health={})
+    rows, joining = loadbalancer.membership(moved, {"members": [NODE1, NODE2]})
+    assert rows == moved and joining == {"gpu-node-1-vllm-0", "gpu-node-2-vllm-0"}
+
+
+def test_a_maintenance_window_moves_members_at_once_and_asks_nothing(lb):
+    # The window recreates every replica on its new port in the same run, after the lb's step.
+    fake = lb(health=None)
+    moved = [{**NODE1, "port": 8001}, {**NODE2, "port": 8001}]
+    rows, joining = loadbalancer.membership(moved, {"members": [NODE1, NODE2]}, move_at_once=True)
+    assert rows == moved and joining == set() and fake.asked == []
