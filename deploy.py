@@ -144,7 +144,9 @@ if "vector_db" in host.groups:
                       network=settings.milvus_network,
                       credentials_generation=settings.milvus_minio_credentials_generation,
                       seccomp_unconfined=settings.milvus_seccomp_unconfined,
-                      root_password_file=settings.milvus_root_secret())  # None: authentication off
+                      root_password_file=settings.milvus_root_secret(),  # None: authentication off
+                      # Recreating a running Milvus goes through the rollout (backup, row check) or a window.
+                      allow_interruption=settings.allow_serving_disruption or settings.rollout_id is not None)
     milvus.ready(name="Milvus healthy (/healthz)", address=milvus_address,
                  health_port=settings.milvus_health_port, timeout=settings.milvus_ready_timeout_s)
     if sets_milvus_users:

@@ -130,6 +130,14 @@ def rollback_command(name: str, restart: str, stop_timeout: int | None = None) -
             f"docker start {q} >/dev/null")
 
 
+def interrupts(spec: ContainerSpec, recreate: bool = False) -> bool:
+    """Whether :func:`container` would stop this container while it runs: its spec changed, or
+    ``recreate``. A missing or stopped container is only created or started: nothing it serves stops."""
+    state = host.get_fact(ContainerState, container=spec.name)
+    return bool(state["exists"] and (state["running"] or state["restarting"])
+                and (recreate or state["spec"] != spec.digest()))
+
+
 @operation()
 def container(spec: ContainerSpec, keep_previous: bool = False, recreate: bool = False):
     """

@@ -73,6 +73,7 @@ from operations import secrets
 from operations.util import put_text
 from operations.containers import ContainerSpec
 from operations.containers import container as _container
+from operations.containers import interrupts
 from operations.facts.docker import ContainerState
 from operations.facts.milvus import GENERATION_MARK, CredentialsGeneration
 from operations.facts.net import HttpOk, ResolvedAddress
@@ -211,13 +212,17 @@ def credentials_command(path: str, generation: int) -> str:
     ])
 
 
+class MilvusInterruption(OperationError):
+    """A plain deploy would stop the fleet's running Milvus (a changed image or setting)."""
+
+
 @operation()
 def standalone(mode: str, image: str, address: str, port: int = 19530, health_port: int = 9091,
                etcd_image: str = "quay.io/coreos/etcd:v3.5.25",
                minio_image: str = "minio/minio:RELEASE.2024-05-28T17-19-04Z",
                volume: str = "milvus-data", etcd_volume: str = "milvus-etcd", minio_volume: str = "milvus-minio",
                network: str = "milvus", credentials_generation: int = 1, seccomp_unconfined: bool = False,
-               root_password_file: str | None = None):
+               root_password_file: str | None = None, allow_interruption: bool = True):
     """
     Run Milvus standalone: etcd + MinIO + Milvus (``mode="standalone"``) or one embedded container.
 
@@ -234,6 +239,10 @@ def standalone(mode: str, image: str, address: str, port: int = 19530, health_po
     + root_password_file: *control-side* file with root's password (``milvus_root_password_file``):
       authentication on, the password in /etc/gpufleet/milvus/auth.env (root 0600, never shown) as
       ``COMMON_SECURITY_DEFAULTROOTPASSWORD``; None: authentication off, that file removed
+    + allow_interruption: False refuses (:class:`MilvusInterruption`, while the plan is made) a
+      change that would stop a running Milvus, etcd or MinIO container: gpufleet's deploy.py
+      passes False outside a rollout and a maintenance window, so that a plain deploy never
+      recreates the fleet's Milvus without the rollout's backup and row check
 
     Converged: no command. A changed setting recreates only the containers whose spec changed;
     switching modes removes the other mode's containers (data is not migrated).
@@ -269,9 +278,17 @@ def standalone(mode: str, image: str, address: str, port: int = 19530, health_po
     for name in stale:
         if host.get_fact(ContainerState, container=name)["exists"]:
             commands.append(f"docker rm -f {shlex.quote(name)} >/dev/null")
+    recreated = {spec.name: mode == "standalone" and MINIO_ENV in spec.env_files and regenerated for spec in specs}
+    if not allow_interruption:
+        stopped = [spec.name for spec in specs if interrupts(spec, recreate=recreated[spec.name])]
+        stopped += [name for name in stale if host.get_fact(ContainerState, container=name)["running"]]
+        if stopped:
+            raise MilvusInterruption(
+                f"Milvus ({mode}) would recreate {', '.join(stopped)} while it serves: roll it out "
+                "with `gpufleet rollout INVENTORY` (a backup first, row counts checked after), or allow it for a "
+                "maintenance window with --data allow_serving_disruption=true")
     for spec in specs:
-        reads_credentials = mode == "standalone" and MINIO_ENV in spec.env_files
-        commands += list(_container._inner(spec=spec, recreate=reads_credentials and regenerated))
+        commands += list(_container._inner(spec=spec, recreate=recreated[spec.name]))
     if not commands:
         host.noop(f"milvus ({mode}) runs as declared on {ip}:{port}")
         return
