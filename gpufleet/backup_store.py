@@ -3,14 +3,15 @@
 A location is a path (``/var/lib/gpufleet/backups``, ``~/backups``) or ``s3://bucket[/prefix]``.
 Both hold ``<inventory stem>/<UTC stamp>/`` with ``manifest.json`` and one file per collection
 (gpufleet/milvus_dump.py). A backup is *whole* when its manifest is there, and the manifest is
-always written last: renamed into place from ``<stamp>.partial`` on disk, uploaded after every
-data file to a bucket. A backup cut off halfway is therefore never read as one, by a restore, by
-retention or by drift.
+always written last: renamed into place from ``<stamp>.partial`` on disk (every file, the
+directory and the rename synced to the disk), uploaded after every data file to a bucket. A
+backup cut off halfway is therefore never read as one, by a restore, by retention or by drift.
 
 A bucket backup is exported to a private staging directory on the control host first (the
-export needs a file system, and a checksum is taken of what was written), then uploaded; a
-restore downloads it to a private directory and checks every file against the manifest's sha256
-before anything is written to Milvus. Both directories are removed when the run ends. A run that
+export needs a file system, and a checksum is taken of what was written), then uploaded, each
+object's size checked against its file (HEAD) before the manifest goes up; a restore downloads
+it to a private directory and checks every file against the manifest's sha256 before anything
+is written to Milvus. Both directories are removed when the run ends. A run that
 is killed or loses its machine leaves its directory (owner-only): a ``<stamp>.partial`` beside the
 backups, or a staging directory under ``backup-staging/`` in the state directory. Each run claims
 its directory (gpufleet/claimed_dirs.py): the next backup of the same inventory to the same
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from gpufleet.claimed_dirs import Claim, lock_path, sweep
-from gpufleet.private_files import private_dir, state_root
+from gpufleet.private_files import private_dir, state_root, sync_dir
 
 MANIFEST = "manifest.json"
 S3_SCHEME = "s3://"
@@ -196,10 +197,20 @@ class LocalStore(_Claims):
                                  "try again") from None
 
     def publish(self, staged: Path, stem: str, stamp: str) -> str:
+        """Rename ``<stamp>.partial`` to ``<stamp>``, on disk before and after: the staged directory's
+        names are synced first (each file's data was synced when it was written), then the rename
+        in its parent. A backup whose rename may not have reached the disk is not left as one."""
         final = self.root / stem / stamp
+        renamed = False
         try:
+            sync_dir(staged)
             staged.rename(final)
+            renamed = True
+            sync_dir(final.parent)
         except BaseException:
+            if renamed:
+                (final / MANIFEST).unlink(missing_ok=True)
+                shutil.rmtree(final, ignore_errors=True)
             self.discard(staged)
             raise
         self._let_go(staged)
@@ -291,6 +302,7 @@ class S3Store(_Claims):
                 key = self._key(stem, stamp, path.name)
                 self._call("upload", where, lambda c, p=path, k=key: c.upload_file(str(p), self.bucket, k))
                 uploaded.append(key)
+                self._check_size(where, path, key)  # each data file before the manifest goes up
         except BaseException:
             # The manifest first, whether or not its upload seemed to fail: a PUT that committed
             # before its answer was lost would otherwise make a whole-looking backup without data.
@@ -303,6 +315,14 @@ class S3Store(_Claims):
             self._let_go(staged)
         return where
 
+
+    def _check_size(self, where: str, path: Path, key: str) -> None:
+        """The object at ``key`` has as many bytes as ``path`` (an upload the server cut short or
+        stored partly fails the backup, not a restore months later)."""
+        size = self._call("check", where, lambda c: c.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+        local = path.stat().st_size
+        if size != local:
+            raise StoreError(f"upload {where}: {path.name} is {size} bytes in the bucket, {local} on this host")
 
     def remove(self, stem: str, stamp: str) -> str:
         """Delete a backup, its manifest first (it stops counting as whole before its data goes)."""

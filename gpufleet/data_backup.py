@@ -16,8 +16,10 @@ every collection with pymilvus (gpufleet/milvus_dump.py says why a logical expor
   ``MILVUS_USER``/``MILVUS_PASSWORD``: never on a command line, never printed): a backup reads every
   collection and a restore creates them, which the app's user may not.
 - A restore checks every file against the manifest's sha256 and refuses collections that exist
-  with rows (``--replace`` drops them first) before it writes anything; then it compares each
-  collection's row count with the manifest's.
+  with rows (``--replace`` replaces them) before it writes anything; each collection is restored
+  under a temporary name and takes the original's place only once its rows match the manifest's
+  (gpufleet/milvus_dump.py restore()); then each collection's row count is compared with the
+  manifest's.
 """
 
 from __future__ import annotations
@@ -97,9 +99,13 @@ def most_rows(store, stem: str) -> dict[str, int]:
     return most
 
 
-def prune(store, stem: str, keep: int) -> list[str]:
-    """Remove all but the newest ``keep`` whole backups of ``stem``; where the removed ones were."""
-    return [store.remove(stem, stamp) for stamp in store.whole(stem)[:-keep]]
+def prune(store, stem: str, keep: int, removed: list[str] | None = None) -> list[str]:
+    """Remove all but the newest ``keep`` whole backups of ``stem``; where the removed ones were
+    (appended to ``removed`` as each goes, so a caller knows them when a later one fails)."""
+    removed = [] if removed is None else removed
+    for stamp in store.whole(stem)[:-keep]:
+        removed.append(store.remove(stem, stamp))
+    return removed
 
 
 def dropped_rows(previous: dict[str, int], now: dict[str, int]) -> dict[str, tuple[int, int]]:
@@ -115,13 +121,15 @@ def backup(inventory: str, to: str | None = None, overrides: dict[str, Any] | No
            keep: int | None = None) -> dict[str, Any]:
     """Export every collection of the fleet's Milvus; return ``{"dir": where the backup is,
     "collections": {name: rows}, "dropped": {name: (most rows in a kept backup, rows now)},
-    "removed": [older backups removed]}``.
+    "removed": [older backups removed], "prune_error": None, or why removing them stopped}``.
 
     ``to``: a directory or ``s3://bucket/prefix`` (None: the fleet's ``milvus_backup_dir``). ``keep``: how
     many whole backups of this inventory to keep, this one included (None: all). Rows are compared
     with the most each collection had in any kept backup, and while one has fewer nothing is
     removed: the copy with the rows stays, and so does the alert, until the rows are back (a
-    restore) or an operator removes the older backups (the drop was meant).
+    restore) or an operator removes the older backups (the drop was meant). Once the backup is
+    published it is kept whatever happens to the older ones: a removal that fails is returned in
+    ``prune_error``, not raised (the backup is there, and its caller reports both).
     """
     store = store_for(to, inventory, overrides)  # a bad location or credentials file: before any host
     stem = Path(inventory).stem
@@ -143,8 +151,14 @@ def backup(inventory: str, to: str | None = None, overrides: dict[str, Any] | No
         raise
     where = store.publish(staged, stem, stamp)
     dropped = dropped_rows(previous, counts)
-    removed = prune(store, stem, keep) if keep is not None and not dropped else []
-    return {"dir": where, "collections": counts, "dropped": dropped, "removed": removed}
+    removed: list[str] = []
+    prune_error = None
+    if keep is not None and not dropped:
+        try:
+            prune(store, stem, keep, removed)
+        except Exception as exc:  # an S3 refusal, a permission, a vanished directory: the new backup stands
+            prune_error = str(exc) or type(exc).__name__
+    return {"dir": where, "collections": counts, "dropped": dropped, "removed": removed, "prune_error": prune_error}
 
 
 def restore(inventory: str, source: str, replace: bool = False,

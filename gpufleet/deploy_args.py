@@ -80,17 +80,19 @@ def prometheus_args(fleet: Fleet, host_name: str) -> dict[str, Any]:
 
     s = fleet.hosts[host_name].settings
     # A node's row names the exporters it runs; the Milvus host (a node, or a host of its own) adds Milvus's.
+    # Each is scraped where it listens: the exporters on metrics_listen_address, Milvus on its bind
+    # address (the private address where those are unset or every interface).
     nodes = []
     for h in fleet.hosts.values():
-        row = {"name": h.name, "address": h.address}
+        row: dict[str, Any] = {"name": h.name, "address": h.metrics_address}
         if h.is_gpu_node:
             row.update(dcgm_exporter_port=h.settings.dcgm_exporter_port, gpu_monitor_port=h.settings.gpu_monitor_port)
         if h.is_vector_db:
-            row["milvus_metrics_port"] = h.settings.milvus_health_port
+            row.update(milvus_metrics_port=h.settings.milvus_health_port, milvus_address=h.milvus_address)
         if len(row) > 2:
             nodes.append(row)
     replicas = [{"name": r.name, "node": r.node, "address": r.address, "port": r.port} for r in fleet.replicas]
-    hosts = [{"name": h.name, "address": h.address, "port": h.settings.node_exporter_port}
+    hosts = [{"name": h.name, "address": h.metrics_address, "port": h.settings.node_exporter_port}
              for h in fleet.hosts.values() if h.is_gpu_node or h.is_lb or h.is_vector_db]
     return {"replicas": replicas, "nodes": nodes, "hosts": hosts,
             "options": {"port": s.prometheus_port, "scrape_interval_s": s.prometheus_scrape_interval_s,

@@ -48,6 +48,13 @@ class FleetHost:
         return bind if bind not in (None, "0.0.0.0") else self.address
 
     @property
+    def metrics_address(self) -> str:
+        """Where Prometheus reaches this host's exporters (node_exporter, DCGM exporter, gpu_monitor):
+        ``metrics_listen_address``, unless that is unset or every interface (then the private address)."""
+        listen = self.settings.metrics_listen_address
+        return listen if listen not in (None, "0.0.0.0") else self.address
+
+    @property
     def app_member(self) -> str | None:
         """The name of this node's RAG app behind the load balancers, or None (no app here)."""
         return f"{self.name}-{APP_MEMBER_SUFFIX}" if self.is_gpu_node and self.settings.app_image else None

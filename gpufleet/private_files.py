@@ -48,3 +48,13 @@ def write_private(path: Path | str, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def sync_dir(path: Path | str) -> None:
+    """fsync the directory ``path``: the names made, renamed or removed in it reach the disk (a
+    file's own fsync covers its data, not the entry that names it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

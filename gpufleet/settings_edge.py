@@ -12,9 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from gpufleet.settings_input import read_control_file
+from gpufleet.settings_input import check_control_file, read_control_file
 from gpufleet.versions import exact_debian_version, pinned_image
-from operations.monitoring import ALERTMANAGER_GROUP_INTERVAL, ALERTMANAGER_GROUP_WAIT
+from operations.monitoring import ALERTMANAGER_GROUP_INTERVAL, ALERTMANAGER_GROUP_WAIT, webhook_url_problem
 
 
 def check_pem_file(path: str, block: str) -> Path:
@@ -109,6 +109,8 @@ class EdgeSettings(BaseModel):
     prometheus_retention: str = Field("15d", pattern=r"^[0-9]+(ms|s|m|h|d|w|y)$")
     # Alertmanager (Debian's prometheus-alertmanager) beside Prometheus: a *control-side* file whose one
     # line is the webhook URL alerts are posted to (a secret: such URLs carry tokens; never printed).
+    # Read when the settings load: a URL Alertmanager would refuse (operations/monitoring.py
+    # webhook_url_problem: a port that is not a number...) is refused then, by this key.
     # None: no Alertmanager; alerts are evaluated and shown in Prometheus only.
     alertmanager_webhook_url_file: str | None = None
     # How long Alertmanager holds a new group's first alert for others of its group (its
@@ -119,6 +121,17 @@ class EdgeSettings(BaseModel):
     # again before that send is, to the receiver, the firing alert it was told about, and is not
     # told again before the 4h repeat interval. Not zero (amtool refuses it).
     alertmanager_group_interval: str = ALERTMANAGER_GROUP_INTERVAL
+
+    @field_validator("alertmanager_webhook_url_file")
+    @classmethod
+    def _webhook_url(cls, v: str | None) -> str | None:
+        # Read and checked before any host is touched (the operation checks it again when it runs).
+        if v is not None:
+            problem = webhook_url_problem(check_control_file(v).read_text(encoding="utf-8").strip())
+            if problem:
+                raise ValueError(f"a file holding one webhook URL Alertmanager can load: {problem} "
+                                 "(the value is not shown)")
+        return v
 
     @field_validator("alertmanager_group_wait", "alertmanager_group_interval")
     @classmethod

@@ -23,12 +23,15 @@
   ``alertmanager_webhook_url_file`` names a control-side file with a webhook URL: one webhook
   receiver (files/prometheus/alertmanager.yml.j2), listening on 127.0.0.1:9093 without gossip; that
   lb's Prometheus sends its alerts there. The URL is a secret: the config holding it is written by
-  operations/secrets.py (root:prometheus 0640, compared by digest, never shown or diffed).
+  operations/secrets.py (root:prometheus 0640, compared by digest, never shown or diffed) beside
+  the live one, checked with ``amtool check-config``, then swapped in, loaded and rolled back like
+  Prometheus's (operations/util.py ``swap_script``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import shlex
 from io import StringIO
@@ -37,13 +40,13 @@ from pathlib import Path
 import jinja2
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationValueError, StringCommand, operation
-from pyinfra.facts.files import FileContents, Sha1File
+from pyinfra.facts.files import File, FileContents, Sha1File
 
 from operations import containers, pinned_apt
 from operations.util import Staged, put_text, swap_script
 from operations.docker_daemon import refuse_daemon_reload_under_gpu_containers
 from operations.facts.edge import PROMETHEUS_CONF, PrometheusState, ServiceState
-from operations.secrets import read_secret, secret_file
+from operations.secrets import SecretWrite, read_secret, secret_file
 from operations.digests import short_digest
 
 FILES = Path(__file__).resolve().parents[1] / "files"
@@ -64,6 +67,8 @@ PROMETHEUS_RULES = f"/etc/prometheus/{RULES_NAME}"
 RULES_NEW = f"{PROMETHEUS_RULES}.gpufleet-new"
 RULES_OLD = f"{PROMETHEUS_RULES}.gpufleet-old"
 ALERTMANAGER_CONF = "/etc/prometheus/alertmanager.yml"  # Debian's path
+ALERTMANAGER_NEW = f"{ALERTMANAGER_CONF}.gpufleet-new"
+ALERTMANAGER_OLD = f"{ALERTMANAGER_CONF}.gpufleet-old"
 ALERTMANAGER_DEFAULTS = "/etc/default/prometheus-alertmanager"
 ALERTMANAGER_SERVICE = "prometheus-alertmanager"
 ALERTMANAGER_LISTEN = "127.0.0.1:9093"
@@ -196,12 +201,13 @@ def gpu_monitor(gpu_count: int, requirements: list[str], pip_install_args: list[
 
 # --- Prometheus on lb hosts ----------------------------------------------------------------------
 
+# "address": the row's key holding where the job's target listens ("address" when the row lacks it).
 NODE_JOBS = [
-    {"name": "dcgm", "key": "dcgm_exporter_port", "path": "/metrics",
+    {"name": "dcgm", "key": "dcgm_exporter_port", "address": "address", "path": "/metrics",
      "comment": "DCGM exporter per GPU node (DCGM_FI_DEV_* fields)."},
-    {"name": "gpu_monitor", "key": "gpu_monitor_port", "path": "/metrics",
+    {"name": "gpu_monitor", "key": "gpu_monitor_port", "address": "address", "path": "/metrics",
      "comment": "gpufleet's NVML monitor per GPU node (gpufleet_gpu_*, gpufleet_nvml_up)."},
-    {"name": "milvus", "key": "milvus_metrics_port", "path": "/metrics",
+    {"name": "milvus", "key": "milvus_metrics_port", "address": "milvus_address", "path": "/metrics",
      "comment": "Milvus on the vector_db host (its /metrics is on milvus_health_port)."},
 ]
 
@@ -290,12 +296,15 @@ def prometheus_script(port: int, restart: bool, test_new: bool = True, rules: bo
     if rules:
         checks.append(f'if ! out=$(promtool check rules {RULES_NEW} 2>&1); then rm -f {uploaded}; '
                       f'echo "gpufleet: promtool rejects the new rules, {PROMETHEUS_RULES} unchanged: $out" >&2; exit 1; fi')
+    rules_in = RULES_NEW if rules else PROMETHEUS_RULES
     if test_new:
         # promtool also loads the rule files a config names: check the new config beside the rules
         # it will run with (the new ones, or the live ones when they do not change).
         checks += [
-            "check=$(mktemp -d) || exit 1",
-            f'cp {PROM_NEW} "$check/prometheus.yml"; cp {RULES_NEW if rules else PROMETHEUS_RULES} "$check/{RULES_NAME}"',
+            f"check=$(mktemp -d) || {{ rm -f {uploaded}; exit 1; }}",
+            # A copy that fails (a full disk) stops here; live rules that are absent are left to promtool.
+            f'if ! cp {PROM_NEW} "$check/prometheus.yml" || {{ [ -e {rules_in} ] && ! cp {rules_in} "$check/{RULES_NAME}"; }}; '
+            f'then rm -rf "$check" {uploaded}; echo "gpufleet: cannot copy the new config to check it, {PROMETHEUS_CONF} unchanged" >&2; exit 1; fi',
             f'if ! out=$(promtool check config "$check/prometheus.yml" 2>&1); then rm -rf "$check" {uploaded}; '
             f'echo "gpufleet: promtool rejects the new config, {PROMETHEUS_CONF} unchanged: $out" >&2; exit 1; fi',
             'rm -rf "$check"',
@@ -320,8 +329,10 @@ def prometheus(replicas: list, nodes: list, options: dict | None = None, rules: 
     roll back on failure.
 
     + replicas: ``[{"name", "node", "address", "port"}]`` (one vLLM target each)
-    + nodes: ``[{"name", "address", "dcgm_exporter_port", "gpu_monitor_port", "milvus_metrics_port"}]``
-      (a host without one of the ports is not a target of that job: Milvus runs on one host)
+    + nodes: ``[{"name", "address", "dcgm_exporter_port", "gpu_monitor_port", "milvus_metrics_port",
+      "milvus_address"}]`` (a host without one of the ports is not a target of that job: Milvus runs on
+      one host); ``address`` is where the exporters listen, ``milvus_address`` (default: ``address``)
+      where Milvus does
     + options: ``port`` (9090), ``scrape_interval_s`` (15), ``retention`` (15d), ``alertmanager``
       (``host:port`` alerts are sent to; None: none)
     + rules: the alert rules' text, installed as /etc/prometheus/gpufleet-alerts.yml
@@ -366,7 +377,55 @@ def prometheus(replicas: list, nodes: list, options: dict | None = None, rules: 
 
 # --- Alertmanager on lb hosts ------------------------------------------------------------------
 
-_WEBHOOK_URL = re.compile(r"https?://[^\s\"]+")
+# What Alertmanager's config loader takes as a webhook URL (Go's net/url.Parse, then an http(s)
+# scheme and a host), narrowed to RFC 3986's characters: anything else %-encoded.
+_WEBHOOK_URL = re.compile(r"(https?)://(?:([^/?#]*)@)?([^/?#@]*)([/?#].*)?", re.S)
+_URL_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*")
+_URL_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_URL_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")  # a DNS name or an IPv4 address
+_URL_HOST_PORT = re.compile(r"(\[[^\]]*\]|[^:\[\]]*)(?::([^:\[\]]*))?")
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """What keeps ``url`` from being a webhook URL Alertmanager loads, or None; never shows the URL.
+
+    Go's ``net/url.Parse`` refuses a port that is not a number (``http://h:abc/x``), a bad ``%``
+    escape, a host with characters such as a space or ``|``, an unclosed ``[``; Alertmanager then
+    wants http(s) and a host. Refused here too: characters outside RFC 3986 (a space, ``"``,
+    ``<``, ``\\``... they must be %-encoded), a port outside 1-65535, a host that is neither a DNS
+    name nor an IP address.
+
+    >>> webhook_url_problem("https://hooks.example.internal:8443/alert?token=abc") is None
+    True
+    >>> webhook_url_problem("http://h:abc/x")
+    'the port is not a number from 1 to 65535'
+    """
+    match = _WEBHOOK_URL.fullmatch(url)
+    if not match:
+        return "one http:// or https:// URL expected"
+    if not _URL_CHARS.fullmatch(url):
+        return "characters a URL may not hold (spaces, quotes, <>, \\, {}, |, ^, `: %-encode them)"
+    if _URL_BAD_ESCAPE.search(url):
+        return "a % that does not start a %XX escape"
+    _, userinfo, hostport, _ = match.groups()
+    if userinfo is not None and re.search(r"[\[\]]", userinfo):
+        return "a user:password part with [ or ]"
+    parts = _URL_HOST_PORT.fullmatch(hostport)
+    if not parts:
+        return "a host with at most one :port after it (an IPv6 address in [])"
+    host, port = parts.groups()
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return "an IPv6 address inside [ ]"
+    elif not host:
+        return "a host (none found)"
+    elif not _URL_HOST.fullmatch(host):
+        return "a host that is a DNS name or an IP address"
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+        return "the port is not a number from 1 to 65535"
+    return None
 
 
 def render_alertmanager(webhook_url: str, group_wait: str = ALERTMANAGER_GROUP_WAIT,
@@ -381,23 +440,27 @@ def alertmanager_defaults(listen: str) -> str:
             f'ARGS="--web.listen-address={listen} --cluster.listen-address="\n')
 
 
-def alertmanager_script(listen: str, restart: bool) -> str:
-    """Shell text: amtool-check the config (its output, which may quote the URL, is not shown), (re)load, wait."""
+def alertmanager_script(listen: str, restart: bool, test_new: bool = True) -> str:
+    """Shell text: amtool-check the new config, swap it in, (re)load, wait for a successful load; roll back.
+
+    ``test_new``: a new config is in ALERTMANAGER_NEW (amtool's output, which may quote the URL, is
+    not shown). Without it: reload (or restart) and wait only; a kept copy that a run cut off after
+    its swap left behind goes back if that fails. No config before (a fresh host): none after a
+    roll-back either, so the next run writes and checks it again.
+    """
     verb = "restart" if restart else "reload-or-restart"
-    return "\n".join([
-        "set -u",
-        f"if ! amtool check-config {ALERTMANAGER_CONF} >/dev/null 2>&1; then "
-        f'echo "gpufleet: amtool rejects {ALERTMANAGER_CONF} (output not shown: it holds the webhook URL)" >&2; exit 1; fi',
-        "since=$(date +%s); ok=0",
-        f"if systemctl {verb} {ALERTMANAGER_SERVICE}; then for i in $(seq 1 120); do "
-        f"m=$(curl -fsS -m 2 http://{listen}/metrics 2>/dev/null || true); "
-        "r=$(echo \"$m\" | awk '/^alertmanager_config_last_reload_successful /{print $2}'); "
-        "t=$(echo \"$m\" | awk '/^alertmanager_config_last_reload_success_timestamp_seconds /{printf \"%d\", $2}'); "
-        'if [ "$r" = 1 ] && [ "${t:-0}" -ge "$since" ]; then ok=1; break; fi; sleep 0.5; done; fi',
-        'if [ "$ok" = 1 ]; then exit 0; fi',
-        f'echo "gpufleet: {ALERTMANAGER_SERVICE} did not load {ALERTMANAGER_CONF}" >&2',
-        "exit 1",
-    ])
+    checks = [f"if ! amtool check-config {ALERTMANAGER_NEW} >/dev/null 2>&1; then rm -f {ALERTMANAGER_NEW}; "
+              f'echo "gpufleet: amtool rejects the new config, {ALERTMANAGER_CONF} unchanged '
+              '(output not shown: it holds the webhook URL)" >&2; exit 1; fi']
+    return swap_script(
+        [Staged(ALERTMANAGER_NEW, ALERTMANAGER_CONF, ALERTMANAGER_OLD, staged=test_new, optional=test_new)],
+        checks if test_new else [], reload=f"systemctl {verb} {ALERTMANAGER_SERVICE}", start="since=$(date +%s)",
+        tries=120, interval="0.5",
+        probe=(f"m=$(curl -fsS -m 2 http://{listen}/metrics 2>/dev/null || true); "
+               "r=$(echo \"$m\" | awk '/^alertmanager_config_last_reload_successful /{print $2}'); "
+               "t=$(echo \"$m\" | awk '/^alertmanager_config_last_reload_success_timestamp_seconds /{printf \"%d\", $2}'); "
+               'if [ "$r" = 1 ] && [ "${t:-0}" -ge "$since" ]; then ok=1; break; fi'),
+        failed=f"{ALERTMANAGER_SERVICE} did not load {ALERTMANAGER_CONF}")
 
 
 @operation()
@@ -417,7 +480,11 @@ def alertmanager(webhook_url_file: str | None, listen: str = ALERTMANAGER_LISTEN
 
     The URL is read on the control host when the operation runs and written only into
     /etc/prometheus/alertmanager.yml (root:prometheus 0640) through operations/secrets.py: compared
-    by sha256, never printed, diffed or put on a command line.
+    by sha256, never printed, diffed or put on a command line. A new config is written beside the
+    live one (``alertmanager.yml.gpufleet-new``, its final owner and mode from the first byte),
+    checked with ``amtool check-config``, swapped in and loaded; one Alertmanager does not load
+    is rolled back (operations/util.py ``swap_script``). The live file only ever holds a config
+    that passed, so its digest matching means there is nothing to do.
 
     **Example:**
 
@@ -429,19 +496,25 @@ def alertmanager(webhook_url_file: str | None, listen: str = ALERTMANAGER_LISTEN
         host.noop("no alertmanager_webhook_url_file: no Alertmanager (alerts stay in Prometheus)")
         return
     url = read_secret(webhook_url_file)
-    if not _WEBHOOK_URL.fullmatch(url):
-        raise OperationValueError(f"secret file {webhook_url_file}: one http:// or https:// URL expected "
+    problem = webhook_url_problem(url)
+    if problem:
+        raise OperationValueError(f"alertmanager_webhook_url_file {webhook_url_file}: {problem} "
                                   "(the value is not shown)")
     yield from pinned_apt.packages._inner(packages=["prometheus-alertmanager"])
     defaults = list(put_text(ALERTMANAGER_DEFAULTS, alertmanager_defaults(listen)))
     yield from defaults
-    config = list(secret_file(ALERTMANAGER_CONF, render_alertmanager(url, group_wait, group_interval), user="root", group="prometheus",
-                              mode="640"))
+    # New content goes beside the live file, for the script to check and swap in; an owner or mode
+    # fix of an unchanged file is made in place.
+    config = list(secret_file(ALERTMANAGER_CONF, render_alertmanager(url, group_wait, group_interval), user="root",
+                              group="prometheus", mode="640", stage_at=ALERTMANAGER_NEW))
+    new_config = any(isinstance(c, SecretWrite) for c in config)
     yield from config
+    # A copy a run cut off after its swap kept: the live config was never seen loading.
+    leftover = host.get_fact(File, path=ALERTMANAGER_OLD)
     service = host.get_fact(ServiceState, service=ALERTMANAGER_SERVICE)
     if service["enabled"] != "enabled":
         yield f"systemctl enable {ALERTMANAGER_SERVICE}"
-    if defaults or config or service["active"] != "active":
-        yield StringCommand(alertmanager_script(listen, restart=bool(defaults)))
+    if defaults or config or leftover or service["active"] != "active":
+        yield StringCommand(alertmanager_script(listen, restart=bool(defaults), test_new=new_config))
     elif service["enabled"] == "enabled":
         host.noop(f"{ALERTMANAGER_SERVICE} runs on {listen} with its webhook receiver")

@@ -126,13 +126,21 @@ def _check_args(dest: str, mode: str) -> None:
         raise OperationValueError(f"secret file mode {mode!r}: three octal digits such as 600")
 
 
-def secret_file(dest: str, text: str, user: str = "root", group: str = "root", mode: str = "600"):
+def secret_file(dest: str, text: str, user: str = "root", group: str = "root", mode: str = "600",
+                stage_at: str | None = None):
     """Yield what makes ``dest`` hold ``text`` with owner ``user:group`` and ``mode`` (nothing when it does).
 
     A helper for operations (``yield from secret_file(...)``), not an operation: its content is an
     argument. Returns the content digest (:func:`content_digest`).
+
+    ``stage_at``: new content is written there (the same way: stdin, final owner and mode, atomic)
+    instead of over ``dest``, for a script that checks it before swapping it in
+    (operations/util.py ``swap_script``); the :class:`SecretWrite` still names ``dest``. An owner or
+    mode fix of an unchanged ``dest`` is made in place.
     """
     _check_args(dest, mode)
+    if stage_at is not None:
+        _check_args(stage_at, mode)
     mode = str(mode).lstrip("0") or "0"
     current = host.get_fact(File, path=dest)
     if current is False:
@@ -143,7 +151,7 @@ def secret_file(dest: str, text: str, user: str = "root", group: str = "root", m
         if state.config.DIFF:
             logger.info(f"{host.print_prefix}{'Will create' if not current else 'Will modify'} {dest}: "
                         f"{reason} (secret, not shown)")
-        yield SecretWrite(dest, reason, write_command(dest, user, group, mode), text.encode())
+        yield SecretWrite(dest, reason, write_command(stage_at or dest, user, group, mode), text.encode())
         return content_digest(text)
     changed = False
     if str(current.get("mode")) != mode:

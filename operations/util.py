@@ -50,8 +50,9 @@ def swap_script(files: list[Staged], checks: list[str], reload: str, probe: str,
                 failed: str, start: str = "") -> str:
     """Shell text: check the new files, swap them in, reload, wait until the service runs them; roll back.
 
-    The one write -> test -> swap -> reload -> roll-back transaction of the lb's nginx and Prometheus
-    (operations/loadbalancer.py, operations/monitoring.py), as dstack's ``write_conf`` with the test first.
+    The one write -> test -> swap -> reload -> roll-back transaction of the lb's nginx, Prometheus
+    and Alertmanager (operations/loadbalancer.py, operations/monitoring.py), as dstack's
+    ``write_conf`` with the test first.
 
     + files: the config files, in the order they are swapped in (rolled back in reverse)
     + checks: shell lines run first; each removes the uploaded copies and exits 1 when it rejects one
@@ -63,16 +64,30 @@ def swap_script(files: list[Staged], checks: list[str], reload: str, probe: str,
 
     With nothing staged the script reloads and waits; a roll-back then puts back a kept copy that
     a run cut off after its swap left behind (the last config that was live before it).
+
+    Each step stops the script when it fails (no ``set -e``: explicit ``||``): a live file that
+    cannot be copied aside (a full disk) ends it before anything is swapped, its partial copy and
+    the uploaded files removed; a new file that cannot be moved in skips the reload and rolls
+    back what was moved.
     """
     steps = ["set -u", *checks]
-    for f in files:
-        if f.staged:
-            keep = f"else rm -f {f.old}; " if f.optional else ""
-            steps += [f"if [ -e {f.live} ]; then cp -p {f.live} {f.old}; {keep}fi", f"mv -f {f.new} {f.live}"]
+    staged = [f for f in files if f.staged]
+    uploaded = " ".join(f.new for f in staged)
+    # Every live file is copied aside before any is replaced: a copy that fails leaves all of them as they were.
+    for f in staged:
+        keep = f"else rm -f {f.old}; " if f.optional else ""
+        steps.append(f"if [ -e {f.live} ]; then cp -p {f.live} {f.old} || {{ rm -f {f.old} {uploaded}; "
+                     f'echo "gpufleet: cannot copy {f.live} to {f.old}, nothing changed" >&2; exit 1; }}; {keep}fi')
     kept = [f for f in reversed(files) if f.staged or not f.optional]
+    moved = ""
+    if staged:
+        # A new file that cannot be moved in: no reload, and what was moved goes back (below).
+        steps.append(f"moved=0; if {' && '.join(f'mv -f {f.new} {f.live}' for f in staged)}; then moved=1; "
+                     'else echo "gpufleet: cannot move the new files in" >&2; fi')
+        moved = '[ "$moved" = 1 ] && '
     steps += [
         f"{start}; ok=0" if start else "ok=0",
-        f"if {reload}; then for i in $(seq 1 {int(tries)}); do {probe}; sleep {interval}; done; fi",
+        f"if {moved}{reload}; then for i in $(seq 1 {int(tries)}); do {probe}; sleep {interval}; done; fi",
         f'if [ "$ok" = 1 ]; then rm -f {" ".join(f.old for f in kept)}; exit 0; fi',
         f'echo "gpufleet: {failed}; rolling back" >&2',
     ]

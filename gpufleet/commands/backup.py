@@ -71,7 +71,7 @@ def run(inventory_path: str, to: str | None, keep: int | None, textfile: str | N
     """Export every Milvus collection (schema, indexes, rows) with a manifest of row counts and sha256s.
 
     Exit 0: backed up; 2: backed up, but a collection has fewer rows than in the previous backup
-    (or is gone); 1: no backup (nothing kept).
+    (or is gone); 3: backed up, but removing older backups (--keep) failed; 1: no backup (nothing kept).
     """
     from gpufleet import backup_timer, data_backup
 
@@ -88,6 +88,10 @@ def run(inventory_path: str, to: str | None, keep: int | None, textfile: str | N
             click.echo(f"removed {path} (--keep {keep})")
     for name, (before, now) in result["dropped"].items():
         click.echo(f"warning: {name} has {now} rows, {before} in the previous backup", err=True)
+    if result["prune_error"]:
+        click.echo(f"backup kept at {result['dir']}, but removing older backups (--keep {keep}) failed: "
+                   f"{result['prune_error']}", err=True)
+        sys.exit(3)
     sys.exit(2 if result["dropped"] else 0)
 
 
@@ -115,7 +119,8 @@ def install_timer(inventory_path, on_calendar, unit_dir, backup_dir, keep, textf
 @click.command()
 @click.argument("inventory_path", metavar="INVENTORY")
 @click.option("--from", "source", required=True, help="A backup's directory or s3:// location (gpufleet backup prints it).")
-@click.option("--replace", is_flag=True, help="Drop collections that exist with rows before restoring them.")
+@click.option("--replace", is_flag=True, help="Replace collections that exist with rows (each is dropped once its "
+              "restored copy holds the backup's rows).")
 @click.option("--data", multiple=True, help="key=value override, as for pyinfra.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def restore(inventory_path: str, source: str, replace: bool, data: tuple[str, ...], as_json: bool) -> None:

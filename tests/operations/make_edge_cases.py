@@ -141,11 +141,12 @@ URL_FILE = "tests/fixtures/prometheus/webhook-url"
 URL = (T.parent / "fixtures/prometheus/webhook-url").read_text().strip()
 AM = mon.render_alertmanager(URL)
 AMD = mon.alertmanager_defaults(mon.ALERTMANAGER_LISTEN)
-def am(installed=True, conf=AM, defaults_ok=True, active="active", enabled="enabled"):
+def am(installed=True, conf=AM, defaults_ok=True, active="active", enabled="enabled", leftover=False, conf_mode=640):
     sha256 = lambda t: hashlib.sha256(t.encode()).hexdigest()
     return {"apt.PackageStates": {"packages=['prometheus-alertmanager']": {"prometheus-alertmanager": {"version": "0.25.0-1+b4", "held": False}} if installed else {}},
             "files.File": {f"path={mon.ALERTMANAGER_DEFAULTS}": {"mode": 644, "user": "root", "group": "root"},
-                           f"path={mon.ALERTMANAGER_CONF}": {"mode": 640, "user": "root", "group": "prometheus"} if conf is not None else None},
+                           f"path={mon.ALERTMANAGER_CONF}": {"mode": conf_mode, "user": "root", "group": "prometheus"} if conf is not None else None,
+                           f"path={mon.ALERTMANAGER_OLD}": {"mode": 640, "user": "root", "group": "prometheus"} if leftover else None},
             "files.Sha1File": {f"path={mon.ALERTMANAGER_DEFAULTS}": sha1(AMD) if defaults_ok else "0000"},
             "files.Sha256File": {f"path={mon.ALERTMANAGER_CONF}": sha256(conf) if conf is not None else None},
             "files.Directory": {"path=/etc/default": {"mode": 755}},
@@ -155,3 +156,6 @@ write("monitoring.alertmanager", "converged_is_noop", {"kwargs": {"webhook_url_f
 write("monitoring.alertmanager", "fresh_lb_installs_configures_and_starts", {"kwargs": {"webhook_url_file": URL_FILE}, "facts": am(installed=False, conf=None, defaults_ok=False, active="inactive", enabled="disabled")})
 write("monitoring.alertmanager", "rotated_url_rewrites_config_and_reloads", {"kwargs": {"webhook_url_file": URL_FILE}, "facts": am(conf=mon.render_alertmanager("https://old.example.internal/hook"))})
 write("monitoring.alertmanager", "not_a_url_refused_without_showing_it", {"kwargs": {"webhook_url_file": "tests/fixtures/prometheus/webhook-url-not-a-url"}, "facts": {}})
+write("monitoring.alertmanager", "port_not_a_number_refused_naming_the_key", {"kwargs": {"webhook_url_file": "tests/fixtures/prometheus/webhook-url-bad-port"}, "facts": {}})
+write("monitoring.alertmanager", "copy_left_by_a_cut_off_run_reloads_and_waits", {"kwargs": {"webhook_url_file": URL_FILE}, "facts": am(leftover=True)})
+write("monitoring.alertmanager", "mode_fixed_in_place_then_reloaded", {"kwargs": {"webhook_url_file": URL_FILE}, "facts": am(conf_mode=644)})

@@ -107,7 +107,7 @@ def test_every_alert_has_a_severity_a_runbook_and_a_unit_test():
 
 
 def test_rules_read_the_scrape_jobs_prometheus_yml_defines():
-    fleet = load_fleet(PROD, cwd=str(PROJECT_ROOT), overrides={"alertmanager_webhook_url_file": "/nonexistent"})
+    fleet = load_fleet(PROD, cwd=str(PROJECT_ROOT), overrides={"alertmanager_webhook_url_file": str(WEBHOOK_FILE)})
     config = yaml.safe_load(monitoring.render_prometheus(**deploy_args.prometheus_args(fleet, "lb-01")))
     jobs = {j["job_name"] for j in config["scrape_configs"]}
     assert config["rule_files"] == [monitoring.RULES_NAME]

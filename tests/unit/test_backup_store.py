@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+from pathlib import Path
 
 import pytest
 from boto3.exceptions import S3UploadFailedError
@@ -294,3 +295,47 @@ def test_an_endpoint_with_credentials_in_it_is_refused():
     with pytest.raises(ValidationError, match="milvus_backup_s3_endpoint"):
         DataSettings(milvus_backup_s3_endpoint="https://AKIA:secret@minio.internal:9000")
     assert DataSettings(milvus_backup_s3_endpoint="https://minio.internal:9000").milvus_backup_s3_endpoint
+
+
+def test_an_object_smaller_in_the_bucket_than_its_file_fails_the_backup_before_its_manifest(server, bucket,
+                                                                                            monkeypatch):
+    """A PUT the server answered 200 but stored short (a proxy's cut, a full disk on a gateway)."""
+    store = open_store(f"s3://{bucket}", access(server))
+    client = store.client()
+    upload, sent = client.upload_file, []
+
+    def stored_short(path, bucket_name, key, *args, **kwargs):
+        sent.append(key)
+        if key.endswith("docs.jsonl"):
+            client.put_object(Bucket=bucket_name, Key=key, Body=Path(path).read_bytes()[:-10])
+        else:
+            upload(path, bucket_name, key, *args, **kwargs)
+
+    monkeypatch.setattr(client, "upload_file", stored_short)
+    staged = store.stage("prod", "20261205T020000Z")
+    export_into(staged, 4)
+    size = (staged / "docs.jsonl").stat().st_size
+    with pytest.raises(StoreError, match=rf"upload s3://{bucket}/prod/20261205T020000Z: docs.jsonl is {size - 10} "
+                                         rf"bytes in the bucket, {size} on this host"):
+        store.publish(staged, "prod", "20261205T020000Z")
+    assert sent == ["prod/20261205T020000Z/docs.jsonl"]  # the manifest never went up
+    assert keys(server, bucket) == [] and store.whole("prod") == []
+
+
+def test_a_published_backup_reaches_the_disk_files_directory_then_the_rename(tmp_path, monkeypatch):
+    """Each file is synced as it is written (milvus_dump, write_private); publish syncs the staged
+    directory's names, renames it, and syncs the parent that holds the rename."""
+    store = LocalStore(tmp_path / "backups")
+    staged = store.stage("prod", "20261205T020000Z")
+    export_into(staged, 2)
+    final = tmp_path / "backups" / "prod" / "20261205T020000Z"
+    synced, real = [], os.fsync
+
+    def fsync(fd):
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), final.is_dir()))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert store.publish(staged, "prod", "20261205T020000Z") == str(final)
+    # (path, renamed yet?): the staged directory before the rename, its parent after it
+    assert synced == [(str(staged), False), (str(final.parent), True)]

@@ -101,3 +101,44 @@ def test_rows_are_compared_with_the_most_any_kept_backup_has_and_pruning_keeps_t
     removed = data_backup.prune(store, "lab", keep=2)
     assert removed == [str(tmp_path / "lab" / "20261201T020000Z")]
     assert store.whole("lab") == ["20261202T020000Z", "20261203T020000Z"]
+
+
+def test_a_backup_kept_while_pruning_fails_is_reported_as_kept_with_its_metrics(tmp_path, monkeypatch):
+    """Retention runs after the backup is published: its failure is its own, and the new backup stands."""
+    import types
+
+    from click.testing import CliRunner
+
+    from gpufleet.backup_store import LocalStore, StoreError
+    from gpufleet.cli import main as cli
+
+    root = tmp_path / "backups"
+    for day in (1, 2):
+        _backup(root, f"2026120{day}T020000Z", 3)
+
+    def exported(action, port, directory=None, replace=False, root_password_file=None):  # milvus_dump's export
+        directory.mkdir(mode=0o700)
+        (directory / "docs.jsonl").write_text('{"id": 1}\n' * 3)
+        (directory / "manifest.json").write_text(json.dumps({"format": 1, "collections": {"docs": {
+            "rows": 3, "file": "docs.jsonl", "sha256": sha256_file(directory / "docs.jsonl")}}}))
+        return {"docs": 3}
+
+    db = types.SimpleNamespace(name="db-01", settings=types.SimpleNamespace(milvus_root_secret=lambda: None,
+                                                                            milvus_mode="standalone"))
+    monkeypatch.setattr(data_backup, "store_for", lambda location, inventory, overrides=None: open_store(str(root)))
+    monkeypatch.setattr(data_backup, "_on_milvus_host", lambda inventory, overrides, work: work(None, db, 19530))
+    monkeypatch.setattr(data_backup, "_dump", exported)
+
+    def refused(self, stem, stamp):
+        raise StoreError(f"{self.root / stem / stamp}: Permission denied")
+
+    monkeypatch.setattr(LocalStore, "remove", refused)
+    metrics = tmp_path / "m.prom"
+    result = CliRunner().invoke(cli, ["backup", "inventory/lab.py", "--keep", "1", "--prometheus", str(metrics)])
+    [new] = [s for s in open_store(str(root)).whole("lab") if s not in ("20261201T020000Z", "20261202T020000Z")]
+    assert "nothing kept" not in result.output
+    assert f"backup kept at {root / 'lab' / new}, but removing older backups (--keep 1) failed: " \
+           f"{root / 'lab' / '20261201T020000Z'}: Permission denied" in result.output
+    assert f"{root / 'lab' / new}: docs 3 rows" in result.output
+    assert result.exit_code == 3  # not 0 (older backups pile up), not 1 (that is "no backup")
+    assert "gpufleet_milvus_backup_last_success_timestamp_seconds" in metrics.read_text()

@@ -78,6 +78,30 @@ def test_prometheus_has_a_target_per_replica_and_per_node_exporter():
     assert ":9090 " in monitoring.prometheus_defaults(9090, "15d", "0.0.0.0")  # every interface, as before
 
 
+def test_exporters_are_scraped_where_metrics_listen_address_puts_them(tmp_path):
+    # gpu-node-01 puts its exporters on a metrics network of their own and also runs Milvus (on its
+    # private address); gpu-node-02 listens on every interface; gpu-node-03 and lb-01 leave it unset.
+    inventory = tmp_path / "metrics.py"
+    inventory.write_text(
+        'gpu_nodes = [("gpu-node-01", {"private_address": "10.40.1.11", "metrics_listen_address": "10.50.1.11"}),\n'
+        '             ("gpu-node-02", {"private_address": "10.40.1.12", "metrics_listen_address": "0.0.0.0"}),\n'
+        '             ("gpu-node-03", {"private_address": "10.40.1.13"})]\n'
+        'lb = [("lb-01", {"private_address": "10.40.0.21"})]\n'
+        'vector_db = [("gpu-node-01", {})]\n')
+    fleet = load_fleet(str(inventory), cwd=str(PROJECT_ROOT))
+    prom = yaml.safe_load(monitoring.render_prometheus(**deploy_args.prometheus_args(fleet, "lb-01")))
+    targets = {j["job_name"]: {c["labels"]["node"]: c["targets"] for c in j["static_configs"]}
+               for j in prom["scrape_configs"] if j["job_name"] in ("dcgm", "gpu_monitor", "node", "milvus")}
+    assert targets["dcgm"] == {"gpu-node-01": ["10.50.1.11:9400"], "gpu-node-02": ["10.40.1.12:9400"],
+                               "gpu-node-03": ["10.40.1.13:9400"]}
+    assert targets["gpu_monitor"] == {"gpu-node-01": ["10.50.1.11:9401"], "gpu-node-02": ["10.40.1.12:9401"],
+                                      "gpu-node-03": ["10.40.1.13:9401"]}
+    assert targets["node"] == {"gpu-node-01": ["10.50.1.11:9100"], "gpu-node-02": ["10.40.1.12:9100"],
+                               "gpu-node-03": ["10.40.1.13:9100"], "lb-01": ["10.40.0.21:9100"]}
+    # Milvus is published on its own bind address (the private one here), not on the exporters'.
+    assert targets["milvus"] == {"gpu-node-01": ["10.40.1.11:9091"]}
+
+
 def test_edge_port_clashes():
     clash = HostSettings(lb_status_port=80)
     assert ("lb_status_port", 80, "a port not already used by lb_port") in clash.edge_consistency_problems()

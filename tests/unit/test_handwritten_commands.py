@@ -119,13 +119,18 @@ NGINX_SWAP = "\n".join([
     # removed and the live config stays as it was.
     'if ! out=$(nginx -t -q -c /etc/nginx/nginx.conf.gpufleet-new 2>&1); then rm -f /etc/nginx/nginx.conf.gpufleet-new;'
     ' echo "gpufleet: nginx -t rejects the new config, /etc/nginx/nginx.conf unchanged: $out" >&2; exit 1; fi',
-    # Keep the live file (with its mode) for the roll-back, then move the new one in (atomic rename).
-    "if [ -e /etc/nginx/nginx.conf ]; then cp -p /etc/nginx/nginx.conf /etc/nginx/nginx.conf.gpufleet-old; fi",
-    "mv -f /etc/nginx/nginx.conf.gpufleet-new /etc/nginx/nginx.conf",
+    # Keep the live file (with its mode) for the roll-back: a copy that fails (a full disk) stops
+    # everything before the swap. Then move the new one in (atomic rename).
+    "if [ -e /etc/nginx/nginx.conf ]; then cp -p /etc/nginx/nginx.conf /etc/nginx/nginx.conf.gpufleet-old"
+    " || { rm -f /etc/nginx/nginx.conf.gpufleet-old /etc/nginx/nginx.conf.gpufleet-new;"
+    ' echo "gpufleet: cannot copy /etc/nginx/nginx.conf to /etc/nginx/nginx.conf.gpufleet-old, nothing changed" >&2;'
+    " exit 1; }; fi",
+    "moved=0; if mv -f /etc/nginx/nginx.conf.gpufleet-new /etc/nginx/nginx.conf; then moved=1;"
+    ' else echo "gpufleet: cannot move the new files in" >&2; fi',
     "ok=0",
     # Reload (restart when stopped), then wait until the workers serve the new config id: a reload
-    # that nginx accepted but did not apply is a failure, not a success.
-    "if systemctl reload-or-restart nginx; then for i in $(seq 1 40); do"
+    # that nginx accepted but did not apply is a failure, not a success. No reload without the move.
+    'if [ "$moved" = 1 ] && systemctl reload-or-restart nginx; then for i in $(seq 1 40); do'
     ' if [ "$(curl -fsS -m 2 http://127.0.0.1:8081/gpufleet-config 2>/dev/null)" = ' + DIGEST + " ]; then ok=1; break; fi;"
     " sleep 0.25; done; fi",
     'if [ "$ok" = 1 ]; then rm -f /etc/nginx/nginx.conf.gpufleet-old; exit 0; fi',
