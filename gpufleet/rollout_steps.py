@@ -496,14 +496,15 @@ def rollback(rollout, name: str, before: dict[str, str], retiring: list[str] = (
     tried before a failure is raised. A retired replica's container is removed with its previous
     one by the update, so nothing can put it back: that is raised too, and the node stays drained.
     """
-    from operations.containers import rollback_command
+    from operations.containers import remove_command, rollback_command
 
     fleet = _fleet(rollout)
     node = fleet.hosts[name]
     stop_timeout = node.settings.vllm_stop_timeout_effective()
+    retired = [f"vllm-{r}" for r in retiring]
     failed = []
     with _on_node(rollout, name) as (host, _):
-        now = _container_ids_on(host, node)
+        now = _container_ids(host, [f"vllm-{r.name}" for r in replicas_of(node)] + retired)  # one read
         for r in replicas_of(node):
             container = f"vllm-{r.name}"
             if container in before and now.get(container) == before[container]:
@@ -511,15 +512,13 @@ def rollback(rollout, name: str, before: dict[str, str], retiring: list[str] = (
             if container in before:
                 command = rollback_command(container, node.settings.vllm_restart_policy, stop_timeout)
             elif container in now:  # added by the update: nothing ran in its place before
-                command = f"docker stop -t {stop_timeout} {shlex.quote(container)} >/dev/null; " \
-                          f"docker rm -f {shlex.quote(container)} >/dev/null"
+                command = remove_command(container, stop_timeout)
             else:
                 continue
             ok, out = shell(host, command, timeout=stop_timeout + 120, **sudo_arguments(host))
             if not ok:
                 failed.append(f"{container}: {out.strip()[-300:]}")
-        retired = [f"vllm-{r}" for r in retiring]
-        gone = sorted(set(retired) - set(_container_ids(host, retired)))
+        gone = sorted(set(retired) - set(now))
         if gone:
             failed.append(f"{', '.join(gone)} retired by the update, cannot be put back (deploy the "
                           "inventory that names it, or --resume once the new replicas serve)")

@@ -130,12 +130,28 @@ def rollback_command(name: str, restart: str, stop_timeout: int | None = None) -
             f"docker start {q} >/dev/null")
 
 
+def remove_command(name: str, stop_timeout: int | None = None) -> str:
+    """Shell that stops a container (``docker stop -t``: a server finishes what it has) and removes it."""
+    q = shlex.quote(name)
+    timeout = f" -t {int(stop_timeout)}" if stop_timeout is not None else ""
+    return f"docker stop{timeout} {q} >/dev/null; docker rm -f {q} >/dev/null"
+
+
+def _action(state: dict, spec: ContainerSpec, recreate: bool) -> str:
+    """What :func:`container` does to a container in ``state`` (ContainerState): ``none``,
+    ``start``, ``create`` or ``recreate``."""
+    if not state["exists"]:
+        return "create"
+    if state["spec"] == spec.digest() and not recreate:
+        return "none" if state["running"] or state["restarting"] else "start"
+    return "recreate"
+
+
 def interrupts(spec: ContainerSpec, recreate: bool = False) -> bool:
     """Whether :func:`container` would stop this container while it runs: its spec changed, or
     ``recreate``. A missing or stopped container is only created or started: nothing it serves stops."""
     state = host.get_fact(ContainerState, container=spec.name)
-    return bool(state["exists"] and (state["running"] or state["restarting"])
-                and (recreate or state["spec"] != spec.digest()))
+    return _action(state, spec, recreate) == "recreate" and bool(state["running"] or state["restarting"])
 
 
 @operation()
@@ -163,23 +179,22 @@ def container(spec: ContainerSpec, keep_previous: bool = False, recreate: bool =
     """
     _remember(spec)
     state = host.get_fact(ContainerState, container=spec.name)
-    digest = spec.digest()
-    if state["exists"] and state["spec"] == digest and not recreate:
-        if state["running"] or state["restarting"]:
-            host.noop(f"{spec.name} runs spec {digest}")
-            return
+    action = _action(state, spec, recreate)
+    if action == "none":
+        host.noop(f"{spec.name} runs spec {spec.digest()}")
+        return
+    if action == "start":
         yield f"docker start {shlex.quote(spec.name)}"
         return
-    if state["exists"]:
-        timeout = f" -t {spec.stop_timeout}" if spec.stop_timeout is not None else ""
-        name = shlex.quote(spec.name)
+    if action == "recreate":
         if keep_previous:
-            prev = shlex.quote(previous_name(spec.name))
+            timeout = f" -t {spec.stop_timeout}" if spec.stop_timeout is not None else ""
+            name, prev = shlex.quote(spec.name), shlex.quote(previous_name(spec.name))
             # Kept with --restart no: a Docker restart or reboot must not start it beside its successor.
             yield (f"docker stop{timeout} {name} >/dev/null; docker rm -f {prev} >/dev/null 2>&1; "
                    f"docker rename {name} {prev} && docker update --restart no {prev} >/dev/null")
         else:
-            yield f"docker stop{timeout} {name} >/dev/null; docker rm -f {name} >/dev/null"
+            yield remove_command(spec.name, spec.stop_timeout)
     yield spec.run_command()
     for network in spec.networks[1:]:
         yield f"docker network connect {shlex.quote(network)} {shlex.quote(spec.name)}"

@@ -167,8 +167,9 @@ def membership(replicas, state: dict, move_at_once: bool = False) -> tuple[list[
     health = host.get_fact(UpstreamHealth, members=new + removed + moved + previous)
     joining = {m["name"] for m in new if not health.get(m["name"])}
     rows = []
+    moved_names = {m["name"] for m in moved}
     for m in wanted:
-        if m in moved and not health.get(m["name"]):
+        if m["name"] in moved_names and not health.get(m["name"]):
             was = known[m["name"]]
             if health.get(m["name"] + PREVIOUS_TARGET):  # still served where it was: it stays there for now
                 m = {**m, "address": was["address"], "port": was["port"]}
