@@ -12,7 +12,7 @@ import json
 from pyinfra.api import FactBase
 
 from .docker import SPEC_LABEL
-from .util import envelope, wrap
+from .util import envelope, for_docker_ids, wrap
 
 # `docker update` flags and the HostConfig fields they set (docker container update --help).
 LIMIT_FIELDS = ("Memory", "MemoryReservation", "MemorySwap", "NanoCpus", "CpuShares", "CpuPeriod", "CpuQuota",
@@ -84,10 +84,8 @@ class ContainerRuntimes(FactBase):
     ``"status": "failed"`` (never an empty list).
     """
 
-    # A `docker ps` that fails (daemon down, socket refused) fails the read with its status: an
-    # empty list would read as "no containers" (gpufleet drift: nothing changed in place).
-    command = wrap("docker", f"ids=$(docker ps -aq) || exit $?; "
-                             f"[ -z \"$ids\" ] || docker inspect --format '{TEMPLATE}' $ids")
+    # A failing `docker ps` fails the read: "no containers" would be "nothing changed in place" to drift.
+    command = wrap("docker", for_docker_ids("-aq") + f"docker inspect --format '{TEMPLATE}' $ids")
 
     @staticmethod
     def default():

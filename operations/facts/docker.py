@@ -7,7 +7,7 @@ import shlex
 
 from pyinfra.api import FactBase
 
-from .util import MISSING, envelope, wrap, wrap_file
+from .util import MISSING, envelope, for_docker_ids, wrap, wrap_file
 
 # Where operations/vllm.image copies files/vllm_nccl_check.py into the image (and every reader runs it).
 CHECK_IN_IMAGE = "/opt/gpufleet/vllm_nccl_check.py"
@@ -181,8 +181,8 @@ class ManagedContainers(FactBase):
     # never "no containers".
     command = wrap(
         "docker",
-        f"ids=$(docker ps -aq --filter label={SPEC_LABEL}) || exit $?; [ -z \"$ids\" ] || "
-        "docker inspect --format '{{.Name}}|{{.State.Status}}|{{.State.Restarting}}|{{.RestartCount}}|"
+        for_docker_ids(f"-aq --filter label={SPEC_LABEL}")
+        + "docker inspect --format '{{.Name}}|{{.State.Status}}|{{.State.Restarting}}|{{.RestartCount}}|"
         "{{.Image}}|{{.Config.Image}}' $ids 2>/dev/null | while IFS='|' read -r n s r k i ref; do "
         "t=$(docker image inspect --format '{{.Id}}' \"$ref\" 2>/dev/null); "
         "echo \"$n|$s|$r|$k|$i|$ref|$t\"; done",
@@ -244,8 +244,8 @@ class VllmNcclVersions(FactBase):
         return wrap(
             "docker",
             # A failing `docker ps` fails the read, never "no vLLM container".
-            f"ids=$(docker ps -q --filter label={SPEC_LABEL} --filter name=^vllm-) || exit $?; [ -z \"$ids\" ] || "
-            "docker inspect --format '{{.Id}}@{{.Image}}@{{.State.StartedAt}} {{.Name}}' $ids 2>/dev/null | "
+            for_docker_ids(f"-q --filter label={SPEC_LABEL} --filter name=^vllm-")
+            + "docker inspect --format '{{.Id}}@{{.Image}}@{{.State.StartedAt}} {{.Name}}' $ids 2>/dev/null | "
             f"while read -r key n; do case \"$key\" in {answered}*) c=${{key%%@*}}; "
             f"out=$(docker exec \"$c\" python3 {CHECK_IN_IMAGE} --running 2>/dev/null </dev/null); "
             # An image built before --running existed prints only its usage (on stderr): the full check.

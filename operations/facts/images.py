@@ -64,12 +64,13 @@ class BuiltImage(FactBase):
     def command(self, ref: str, base: str) -> str:
         r, b = shlex.quote(ref), shlex.quote(base)
         # `docker image inspect` fails alike for "no such image" and for a daemon that does not
-        # answer: ask the daemon first, so that only the first reads as "not built".
+        # answer: when it fails, the daemon is asked, so that only the first reads as "not built"
+        # (an image that is there costs no extra call).
         return wrap("docker", (
-            "docker version --format '{{.Server.Version}}' >/dev/null || exit $?; "
-            f"i=$(docker image inspect --format {_INSPECT} {r} 2>/dev/null) && {{ echo \"image=$i\"; "
+            f"if i=$(docker image inspect --format {_INSPECT} {r} 2>/dev/null); then echo \"image=$i\"; "
             f"id=$(docker image inspect --format '{{{{.Id}}}}' {r}); "
-            f"if [ -f \"{CHECKED_DIR}/${{id#sha256:}}.json\" ]; then echo checked=yes; else echo checked=no; fi; }}; "
+            f"if [ -f \"{CHECKED_DIR}/${{id#sha256:}}.json\" ]; then echo checked=yes; else echo checked=no; fi; "
+            "else docker version --format '{{.Server.Version}}' >/dev/null || exit $?; fi; "
             f"if b=$(docker image inspect --format {_INSPECT} {b} 2>/dev/null); then echo \"base=$b\"; fi"))
 
     @staticmethod
