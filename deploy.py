@@ -162,8 +162,7 @@ if "gpu_nodes" in host.groups:
     # re-reading the app's state while the node is out of rotation.
     if settings.app_image:
         lb = fleet.load_balancers[0] if fleet.load_balancers else None
-        replica_address = (settings.vllm_bind_address
-                           if settings.vllm_bind_address not in (None, "0.0.0.0") else node.address)
+        replica_address = node.reached_at(settings.vllm_bind_address)
         vllm_address, vllm_port = app.vllm_url(
             settings.app_vllm_target, replica_address, settings.replicas_declared()[0].port,
             lb.address if lb else None, lb.settings.lb_port if lb else 80)

@@ -216,7 +216,6 @@ class LocalStore(_Claims):
         self._let_go(staged)
         return str(final)
 
-
     def remove(self, stem: str, stamp: str) -> str:
         """Delete a backup, its manifest first (it stops counting as whole before its data goes)."""
         path = self.root / stem / stamp
@@ -314,7 +313,6 @@ class S3Store(_Claims):
             shutil.rmtree(staged, ignore_errors=True)
             self._let_go(staged)
         return where
-
 
     def _check_size(self, where: str, path: Path, key: str) -> None:
         """The object at ``key`` has as many bytes as ``path`` (an upload the server cut short or

@@ -11,7 +11,6 @@ files/prometheus/alerts.yml read them (MilvusBackupStale, MilvusRowsDropped).
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,9 @@ def install(inventory: str, on_calendar: str = "*-*-* 02:00:00", unit_dir: str =
 
 def write_metrics(path: str, rows: dict[str, int], dropped: dict[str, tuple[int, int]], now: float | None = None) -> None:
     """node_exporter textfile metrics of a successful backup (written atomically, world-readable: no secrets)."""
-    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from gpufleet.control_timer import write_textfile
 
     registry = CollectorRegistry()
     Gauge("gpufleet_milvus_backup_last_success_timestamp_seconds", "When the last Milvus backup finished.",
@@ -53,6 +54,4 @@ def write_metrics(path: str, rows: dict[str, int], dropped: dict[str, tuple[int,
         drops.labels(collection=name).set(1 if name in dropped else 0)
     for name in dropped.keys() - rows.keys():  # a collection that is gone altogether
         drops.labels(collection=name).set(1)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_to_textfile(path, registry)
-    os.chmod(path, 0o644)  # node_exporter (user prometheus) reads it, whatever the umask of the run
+    write_textfile(registry, path)

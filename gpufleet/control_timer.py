@@ -8,10 +8,13 @@ Command words are quoted by systemd's rules (:func:`systemd_quote`), not a shell
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
+
+import click
 
 from gpufleet import PROJECT_ROOT
 
@@ -43,6 +46,33 @@ def calendar_problem(value: str) -> str | None:
         said = (result.stderr.strip().splitlines() or ["refused"])[-1]
         return f"a systemd calendar expression such as '*-*-* 03:00:00' or 'daily' (systemd-analyze: {said})"
     return None
+
+
+def unit_value_option(ctx, param, value: str | None) -> str | None:
+    """click callback: a flag whose value goes into the units, refused before anything is written."""
+    problem = value is not None and unit_value_problem(value)
+    if problem:
+        raise click.BadParameter(f"{value!r}: {problem}")
+    return value
+
+
+def on_calendar_option(ctx, param, value: str) -> str:
+    """click callback: ``--on-calendar``, checked by :func:`calendar_problem`."""
+    problem = calendar_problem(value)
+    if problem:
+        raise click.BadParameter(f"{value!r}: {problem}")
+    return value
+
+
+def write_textfile(registry, path: str) -> None:
+    """Write a prometheus_client registry for node_exporter's textfile collector: atomically
+    (``write_to_textfile``), into a directory made if missing (the units make none before the run),
+    world-readable whatever the run's umask (node_exporter runs as its own user; counts only)."""
+    from prometheus_client import write_to_textfile
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_to_textfile(path, registry)
+    os.chmod(path, 0o644)
 
 
 def systemd_quote(word: str) -> str:

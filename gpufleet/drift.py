@@ -34,7 +34,6 @@ import io
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from gpufleet import runtime_checks
@@ -276,7 +275,9 @@ def render_text(report: DriftReport) -> str:
 
 def write_prometheus(report: DriftReport, path: str) -> None:
     """Textfile-collector metrics, written atomically (node_exporter reads the directory)."""
-    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from gpufleet.control_timer import write_textfile
 
     registry = CollectorRegistry()
     drifted = Gauge("gpufleet_drift_operations", "Drifted operations and runtime checks per host", ["host"],
@@ -295,8 +296,7 @@ def write_prometheus(report: DriftReport, path: str) -> None:
     Gauge("gpufleet_drift_exit_code", "0 clean, 2 drift, 1 not checked", registry=registry).set(report.exit_code)
     Gauge("gpufleet_drift_fix_refused", "1 when --fix was asked for and refused (a checkout with uncommitted changes)",
           registry=registry).set(1 if (report.fix or {}).get("refused") else 0)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)  # the timer's unit makes no directory before the run
-    write_to_textfile(path, registry)
+    write_textfile(registry, path)
 
 
 def write_junit(report: DriftReport, path: str) -> None:

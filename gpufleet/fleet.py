@@ -46,9 +46,8 @@ class Fleet:
     def app_members(self) -> list[dict[str, Any]]:
         """Every node's RAG app as a load-balancer member: ``[{"name", "address", "port", "upstream"}]``."""
         return [{"name": n.app_member, "port": n.settings.app_port, "upstream": "rag_app",
-                 # Where the app publishes (operations/app.py): its bind address, unless that is every interface.
-                 "address": n.settings.app_bind_address if n.settings.app_bind_address not in (None, "0.0.0.0")
-                 else n.address}
+                 # Where the app publishes (operations/app.py).
+                 "address": n.reached_at(n.settings.app_bind_address)}
                 for n in self.nodes if n.app_member]
 
     @property

@@ -41,18 +41,20 @@ class FleetHost:
     def is_vector_db(self) -> bool:
         return VECTOR_DB_GROUP in self.groups
 
-    @property
-    def milvus_address(self) -> str:
-        """Where the other hosts reach this host's Milvus: its bind address, unless that is every interface."""
-        bind = self.settings.milvus_bind_address
+    def reached_at(self, bind: str | None) -> str:
+        """Where other hosts reach a service of this host bound to ``bind``: that address, unless it
+        is unset or every interface (then the host's private address)."""
         return bind if bind not in (None, "0.0.0.0") else self.address
 
     @property
+    def milvus_address(self) -> str:
+        """Where the other hosts reach this host's Milvus."""
+        return self.reached_at(self.settings.milvus_bind_address)
+
+    @property
     def metrics_address(self) -> str:
-        """Where Prometheus reaches this host's exporters (node_exporter, DCGM exporter, gpu_monitor):
-        ``metrics_listen_address``, unless that is unset or every interface (then the private address)."""
-        listen = self.settings.metrics_listen_address
-        return listen if listen not in (None, "0.0.0.0") else self.address
+        """Where Prometheus reaches this host's exporters (node_exporter, DCGM exporter, gpu_monitor)."""
+        return self.reached_at(self.settings.metrics_listen_address)
 
     @property
     def app_member(self) -> str | None:

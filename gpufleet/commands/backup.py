@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from gpufleet.commands.drift import _DriftGroup, _on_calendar, _unit_value
+from gpufleet.commands.drift import _DriftGroup
+from gpufleet.control_timer import on_calendar_option, unit_value_option
 from gpufleet.data_backup import BackupError
 from gpufleet.fleet import parse_data_overrides
 from gpufleet.settings import SettingsError, format_issues
@@ -49,7 +50,7 @@ class _BackupGroup(_DriftGroup):
 
 def _timer_location(ctx, param, value: str | None) -> str | None:
     """A backup location the timer's unit carries: a location, and a value a unit file can hold."""
-    return _unit_value(ctx, param, _location(ctx, param, value))
+    return unit_value_option(ctx, param, _location(ctx, param, value))
 
 
 @click.group(cls=_BackupGroup)
@@ -96,8 +97,8 @@ def run(inventory_path: str, to: str | None, keep: int | None, textfile: str | N
 
 
 @backup.command("install-timer")
-@click.argument("inventory_path", metavar="INVENTORY", callback=_unit_value)
-@click.option("--on-calendar", default="*-*-* 02:00:00", show_default=True, callback=_on_calendar,
+@click.argument("inventory_path", metavar="INVENTORY", callback=unit_value_option)
+@click.option("--on-calendar", default="*-*-* 02:00:00", show_default=True, callback=on_calendar_option,
               help="systemd OnCalendar= expression.")
 @click.option("--unit-dir", default="/etc/systemd/system", show_default=True)
 @click.option("--backup-dir", default=None, callback=_timer_location,
@@ -106,7 +107,7 @@ def run(inventory_path: str, to: str | None, keep: int | None, textfile: str | N
               "needs milvus_backup_dir set to it too).")
 @click.option("--keep", type=click.IntRange(min=1), default=7, show_default=True)
 @click.option("--textfile-dir", default="/var/lib/prometheus/node-exporter", show_default=True,
-              callback=_unit_value, help="node_exporter's textfile collector directory.")
+              callback=unit_value_option, help="node_exporter's textfile collector directory.")
 @click.option("--no-enable", is_flag=True, help="Write the units only; do not reload systemd or enable the timer.")
 def install_timer(inventory_path, on_calendar, unit_dir, backup_dir, keep, textfile_dir, no_enable) -> None:
     """Install the nightly Milvus backup as a systemd service + timer on this (control) host."""

@@ -8,6 +8,7 @@ import sys
 import click
 
 from gpufleet.commands.validate import DATA_HELP
+from gpufleet.control_timer import on_calendar_option, unit_value_option
 from gpufleet.fleet import parse_data_overrides
 from gpufleet.settings import SettingsError, format_issues
 
@@ -21,26 +22,6 @@ class _DriftGroup(click.Group):
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)
-
-
-def _unit_value(ctx, param, value: str | None) -> str | None:
-    """A value the timer's units carry (gpufleet/control_timer.py): refused before anything is written."""
-    from gpufleet.control_timer import unit_value_problem
-
-    problem = value is not None and unit_value_problem(value)
-    if problem:
-        raise click.BadParameter(f"{value!r}: {problem}")
-    return value
-
-
-def _on_calendar(ctx, param, value: str) -> str:
-    """An OnCalendar= expression, checked by systemd-analyze where this host has it."""
-    from gpufleet.control_timer import calendar_problem
-
-    problem = calendar_problem(value)
-    if problem:
-        raise click.BadParameter(f"{value!r}: {problem}")
-    return value
 
 
 @click.group(cls=_DriftGroup)
@@ -91,14 +72,14 @@ def check(inventory_path, limit, data, as_json, prometheus_file, junit_file, rep
 
 
 @drift.command("install-timer")
-@click.argument("inventory_path", metavar="INVENTORY", callback=_unit_value)
-@click.option("--on-calendar", default="*-*-* 03:00:00", show_default=True, callback=_on_calendar,
+@click.argument("inventory_path", metavar="INVENTORY", callback=unit_value_option)
+@click.option("--on-calendar", default="*-*-* 03:00:00", show_default=True, callback=on_calendar_option,
               help="systemd OnCalendar= expression.")
 @click.option("--unit-dir", default="/etc/systemd/system", show_default=True)
-@click.option("--state-dir", default="/var/lib/gpufleet/drift", show_default=True, callback=_unit_value,
+@click.option("--state-dir", default="/var/lib/gpufleet/drift", show_default=True, callback=unit_value_option,
               help="Where last.json is kept.")
 @click.option("--textfile-dir", default="/var/lib/prometheus/node-exporter", show_default=True,
-              callback=_unit_value, help="node_exporter's textfile collector directory.")
+              callback=unit_value_option, help="node_exporter's textfile collector directory.")
 @click.option("--fix", is_flag=True, help="Let the nightly run re-converge drifted hosts (off by default); "
               "each run refuses a checkout with uncommitted changes.")
 @click.option("--allow-dirty", is_flag=True, help="With --fix: let the nightly run deploy uncommitted changes too.")
