@@ -13,8 +13,9 @@ by a small watcher process on the host that exits when the SSH session process t
 from planning to the end of execution, so the lock covers the whole run: plan, ``--diff``, the
 confirmation prompt, execution. It is released however the run ends (success, failure, Ctrl-C, a
 killed control host once TCP gives up), so there is no stale lock to break by hand. A released
-lock is free again within half a second; the next run waits up to ``WAIT_S`` for it (a rollout
-runs deploy.py for one node right after the previous run closed its connections).
+lock is free again within a tenth of a second (the watcher is GNU ``tail --pid``); the next run
+waits up to ``WAIT_S`` for it (a rollout runs deploy.py for one node right after the previous run
+closed its connections).
 
 Every run of deploy.py takes it, ``--dry`` and ``gpufleet drift`` included: they plan from the
 host's state, and a plan read while another deploy is half-way is wrong. ``gpufleet drift``
@@ -87,8 +88,9 @@ def lock_command(record: dict[str, object], wait_s: int = WAIT_S, lock_dir: str 
         "if [ \"${p:-1}\" -le 1 ]; then echo NOSESSION; exit 0; fi",
         f"printf '%s\\n' {holder} > {held_by}.$$ && mv -f {held_by}.$$ {held_by}",
         # fd 9 is inherited: the lock lives as long as the watcher, the watcher as long as the session.
-        "setsid sh -c 'while kill -0 \"$1\" 2>/dev/null; do sleep 0.5; done' gpufleet-deploy-lock \"$p\" "
-        "</dev/null >/dev/null 2>&1 &",
+        # tail checks the session every 0.1 s in its own process (no process started per check): a
+        # run that follows at once (a rollout's next step, a bench) waits ~0.1 s, not up to 0.5 s.
+        "setsid tail --pid=\"$p\" -s 0.1 -f /dev/null </dev/null >/dev/null 2>&1 &",
         "echo ACQUIRED",
     ])
 

@@ -463,7 +463,9 @@ def concurrent_reads(commands: list, mark: str, lanes: int | None = None) -> Str
 
     Command i runs in lane ``i % lanes`` (default ``READ_LANES``), in a subshell of its own (an
     ``exit`` in it ends only it), its stderr dropped as pyinfra's own read drops it, its stdin
-    /dev/null. Example::
+    /dev/null. Each read writes its whole block (marks included) to a file of its own, and one
+    ``cat`` prints them in order: printing them with a ``cat`` per read cost a GPU node's ~80
+    reads ~230 processes after the reads were done, 0.2 s of the ~0.8 s prefetch. Example::
 
         concurrent_reads([StringCommand("uname", "-r"), StringCommand("hostname")], "__m")
         # prints: __m:0 / 6.1.0-27-amd64 / __m:rc:0 / __m:1 / gpu-node-1 / __m:rc:0
@@ -475,11 +477,11 @@ def concurrent_reads(commands: list, mark: str, lanes: int | None = None) -> Str
     for lane in range(min(lanes, len(commands))):
         parts.append("{")
         for i in range(lane, len(commands), lanes):
-            parts += ["(", commands[i], ")", f'>{d}/{i}"', "2>/dev/null;", "echo", "$?", f'>{d}/{i}.rc";']
+            parts += ["{", "echo", f'"{mark}:{i}";', "(", commands[i], ")", "2>/dev/null;",
+                      "echo", f'"{mark}:rc:$?";', "}", f'>{d}/{i}";']
         parts.append("} </dev/null &")
-    parts += ["wait;", "i=0;", "while", "[", "$i", "-lt", str(len(commands)), "];", "do",
-              "echo", f'"{mark}:$i";', "cat", f'{d}/$i";', "echo", f'"{mark}:rc:$(cat {d}/$i.rc")";',
-              "i=$((i+1));", "done"]
+    # The files by their numbers, in order (a glob would sort 10 before 2).
+    parts += ["wait;", "cd", f'{d}"', "&&", "cat", *(str(i) for i in range(len(commands)))]
     return StringCommand(*parts)
 
 

@@ -22,6 +22,7 @@ from pyinfra.api.exceptions import FactProcessError
 from operations.facts.apt import AptCandidates, KeyringFingerprints, PackageStates
 from operations.facts.edge import ServiceState
 from operations.facts.gpu_health import GpuHealth
+from operations.facts.host_capacity import KernelHeaders
 from operations.facts.images import BuiltImage
 from operations.facts.kernel_log import KernelXids
 from operations.facts.milvus import CredentialsGeneration
@@ -277,3 +278,27 @@ def test_a_read_killed_mid_line_is_no_answer(tmp_path):
     assert any(line.startswith("pkg\tlibnccl2\t2.27__gpufleet_timeout=") for line in out)
     with pytest.raises(ReadTimedOut):
         PackageStates().process(out)
+
+
+# ------------------------------------------------------------------------------ kernel headers ---
+@pytest.mark.parametrize("status, asks_apt, expected", [
+    ("ii ", False, {"installed": True, "candidate": None}),
+    ("hi ", False, {"installed": True, "candidate": None}),  # held beside the driver
+    ("un ", True, {"installed": False, "candidate": "6.1.115-1"}),
+    ("", True, {"installed": False, "candidate": "6.1.115-1"}),
+])
+def test_kernel_headers_ask_apt_for_a_candidate_only_when_they_are_not_installed(tmp_path, status, asks_apt,
+                                                                                   expected):
+    """apt-cache policy loads apt's whole cache: a node with its headers installed (every deploy
+    and drift of a provisioned node) is answered by dpkg alone."""
+    log = tmp_path / "apt-cache.log"
+    tool(tmp_path, "uname", "echo 6.1.0-27-amd64\n")
+    tool(tmp_path, "dpkg-query", f"printf '%s' '{status}'; [ -n '{status}' ]\n")
+    tool(tmp_path, "apt-cache", f"echo \"$*\" >> {log}\n"
+                                "printf 'linux-headers-6.1.0-27-amd64:\\n  Installed: (none)\\n  Candidate: 6.1.115-1\\n'\n")
+    out = KernelHeaders().process(run(KernelHeaders.command, tmp_path))
+    assert {k: out[k] for k in ("status", "kernel", "installed", "candidate")} == {
+        "status": "ok", "kernel": "6.1.0-27-amd64", **expected}
+    assert log.exists() == asks_apt
+    if asks_apt:
+        assert log.read_text().split() == ["policy", "linux-headers-6.1.0-27-amd64"]

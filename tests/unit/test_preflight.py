@@ -94,3 +94,7 @@ def test_kernel_headers_fact():
     assert out["package"] == "linux-headers-6.1.0-27-amd64" and out["candidate"] is None and not out["installed"]
     out = fact.process(envelope("kernel=6.1.0-27-amd64", "installed=ii ", "candidate=6.1.115-1"))
     assert out["installed"] and out["candidate"] == "6.1.115-1"
+    # Held (apt-mark hold), and gone from the archive since (a newer ABI replaced it): installed.
+    out = fact.process(envelope("kernel=6.1.0-27-amd64", "installed=hi "))
+    assert out["installed"] and out["candidate"] is None
+    assert not fact.process(envelope("kernel=6.1.0-27-amd64", "installed=rc "))["installed"]
