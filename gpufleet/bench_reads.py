@@ -30,7 +30,7 @@ def timed_reads(inventory: str, node: str) -> list[tuple[str, float]]:
     from pyinfra.api import StringCommand
 
     from gpufleet.remote import connected
-    from operations.fact_prefetch import _fact_command, _fact_kwargs, _prefetchable, cache_file
+    from operations.fact_prefetch import _fact_command, _fact_kwargs, _prefetchable, cache_file, prefetch_arguments
 
     entries = json.loads(cache_file(node).read_text())["facts"]
     with connected(inventory, [node]) as (state, _, reachable, _unreachable):
@@ -44,13 +44,14 @@ def timed_reads(inventory: str, node: str) -> list[tuple[str, float]]:
             cls = getattr(importlib.import_module(module), name)
             if not _prefetchable(cls):
                 continue
-            fact_kwargs, _ = _fact_kwargs(state, host, cls, [], dict(entry["kwargs"]))
+            asked = prefetch_arguments(cls, entry["kwargs"], node)  # as the prefetch reads it
+            fact_kwargs, _ = _fact_kwargs(state, host, cls, [], asked)
             command = _fact_command(cls(), dict(fact_kwargs))
             if command is None:
                 continue
             parts += ["t0=$(date +%s%N);", "(", command, ")", ">/dev/null", "2>&1;",
                       "echo", f'"{mark}:{len(keys)}:$(( $(date +%s%N) - t0 ))";']
-            arguments = ", ".join(f"{k}={v!r}" for k, v in sorted(entry["kwargs"].items()))
+            arguments = ", ".join(f"{k}={v!r}" for k, v in sorted(asked.items()))
             keys.append(f"{entry['fact'].rsplit('.', 1)[1]}({arguments})")
         ok, output = host.run_shell_command(StringCommand(*parts), print_output=False, print_input=False)
     if not ok:

@@ -173,12 +173,19 @@ def _plan_retrying(uri: str, root_password: str, app_user: str | None, app_passw
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gpufleet.milvus_users")
     parser.add_argument("action", choices=["check", "apply"])
-    parser.add_argument("--uri", required=True)
+    parser.add_argument("--uri", required=True, help="Milvus's URI; '-': the first line of stdin, read after "
+                                                    "pymilvus is imported (the caller opens the tunnel meanwhile)")
     parser.add_argument("--root-password-file", required=True)
     parser.add_argument("--app-user")
     parser.add_argument("--app-password-file")
     parser.add_argument("--collection", action="append", default=[])
     args = parser.parse_args(argv)
+    if args.uri == "-":
+        import pymilvus  # noqa: F401 - the slow part of this process's start, made before the URI comes
+
+        args.uri = sys.stdin.readline().strip()
+        if not args.uri:
+            return 0  # the caller gave up before it had a URI (Milvus not healthy): nothing asked
     global _timeout
     _timeout = TIMEOUT_S[args.action]
     app_password = read_password(args.app_password_file) if args.app_user else None

@@ -355,11 +355,9 @@ class _PrefetchedFacts:
                 continue  # a fact class that no longer exists
             if not _prefetchable(cls):
                 continue
-            # A fact whose arguments are what the control host knows now says so (prefetch_kwargs).
-            hook = getattr(cls, "prefetch_kwargs", None)
-            asked = hook(self.host.name) if hook is not None else dict(entry["kwargs"])
-            fact_kwargs, global_kwargs = _fact_kwargs(self.state, self.host, cls, [], asked)
-            if hook is not None:
+            fact_kwargs, global_kwargs = _fact_kwargs(self.state, self.host, cls, [],
+                                                      prefetch_arguments(cls, entry["kwargs"], self.host.name))
+            if hasattr(cls, "prefetch_kwargs"):
                 key = _key(entry["fact"], fact_kwargs)
             command = _fact_command(cls(), dict(fact_kwargs))
             if command is not None:
@@ -483,6 +481,14 @@ def concurrent_reads(commands: list, mark: str, lanes: int | None = None) -> Str
     # The files by their numbers, in order (a glob would sort 10 before 2).
     parts += ["wait;", "cd", f'{d}"', "&&", "cat", *(str(i) for i in range(len(commands)))]
     return StringCommand(*parts)
+
+
+def prefetch_arguments(cls, remembered: dict[str, Any], host_name: str) -> dict[str, Any]:
+    """The arguments a remembered read is prefetched with: its own, or, for a fact whose arguments
+    are what the control host knows now (``prefetch_kwargs``: VllmNcclVersions' known answers),
+    today's."""
+    hook = getattr(cls, "prefetch_kwargs", None)
+    return hook(host_name) if hook is not None else dict(remembered)
 
 
 def _fact_kwargs(state, host, cls, args, kwargs) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -42,24 +42,44 @@ def _reachable(target_host, address: str, port: int):
         yield f"http://127.0.0.1:{local_port}"
 
 
-def _child(action: str, uri: str, root_password_file: str, app_user: str | None, app_password_file: str | None,
-           collections: list[str]) -> dict:
-    command = [sys.executable, "-W", "ignore", "-m", "gpufleet.milvus_users", action, "--uri", uri,
-               "--root-password-file", root_password_file]
-    if app_user:
-        command += ["--app-user", app_user, "--app-password-file", app_password_file or ""]
-        command += [arg for c in collections for arg in ("--collection", c)]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
-    if run.returncode != 0:  # the child's last line says what Milvus refused (pymilvus logs a lot before it)
-        lines = run.stderr.strip().splitlines() or ["(no output)"]
-        raise OperationError(f"Milvus users ({action}): {lines[-1]}")
-    return json.loads(run.stdout.strip().splitlines()[-1])
+class _Child:
+    """``python -m gpufleet.milvus_users <action>``, started before its URI is known: Python and
+    pymilvus start (about a second of CPU) while the caller still reads the host's address and
+    health and opens the tunnel; :meth:`answer` then hands it the URI on stdin."""
+
+    def __init__(self, action: str, root_password_file: str, app_user: str | None, app_password_file: str | None,
+                 collections: list[str]):
+        command = [sys.executable, "-W", "ignore", "-m", "gpufleet.milvus_users", action, "--uri", "-",
+                   "--root-password-file", root_password_file]
+        if app_user:
+            command += ["--app-user", app_user, "--app-password-file", app_password_file or ""]
+            command += [arg for c in collections for arg in ("--collection", c)]
+        self.action = action
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+
+    def answer(self, uri: str) -> dict:
+        out, err = self.process.communicate(f"{uri}\n", timeout=CHILD_TIMEOUT_S)
+        if self.process.returncode != 0:  # its last line says what Milvus refused (pymilvus logs a lot before it)
+            lines = err.strip().splitlines() or ["(no output)"]
+            raise OperationError(f"Milvus users ({self.action}): {lines[-1]}")
+        return json.loads(out.strip().splitlines()[-1])
+
+    def stop(self) -> None:
+        """Ends it if it still runs: no URI came (Milvus not healthy), a timeout, a cancelled read."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
 
 def _apply(address, port, root_password_file, app_user, app_password_file, collections) -> None:
     """At execute time, on the host's greenlet (pyinfra's ``host`` is the Milvus host)."""
-    with _reachable(host, address, port) as uri:
-        made = _child("apply", uri, root_password_file, app_user, app_password_file, collections)
+    child = _Child("apply", root_password_file, app_user, app_password_file, collections)
+    try:
+        with _reachable(host, address, port) as uri:
+            made = child.answer(uri)
+    finally:
+        child.stop()
     for change in made["changes"]:
         logger.info(f"{host.print_prefix}milvus users: {change}")
 
@@ -121,11 +141,17 @@ def _check(address, port, root_password_file, app_user, app_password_file, colle
     collections = sorted(collections or [])
 
     def check() -> dict:
-        ip = bind_address(address)  # a fact read: on the reading greenlet, not the caller's
-        health = f"http://{'127.0.0.1' if ip == '0.0.0.0' else ip}:{health_port}/healthz"
-        if not host.get_fact(HttpOk, url=health):
-            return {"unreachable": "not healthy"}
-        with _reachable(host, address, port) as uri:
-            return _child("check", uri, root_password_file, app_user, app_password_file, collections)
+        # Started first: its start overlaps the two reads below (a no-op converge of the lab
+        # waited for it at the end of its plan).
+        child = _Child("check", root_password_file, app_user, app_password_file, collections)
+        try:
+            ip = bind_address(address)  # a fact read: on the reading greenlet, not the caller's
+            health = f"http://{'127.0.0.1' if ip == '0.0.0.0' else ip}:{health_port}/healthz"
+            if not host.get_fact(HttpOk, url=health):
+                return {"unreachable": "not healthy"}
+            with _reachable(host, address, port) as uri:
+                return child.answer(uri)
+        finally:
+            child.stop()
 
     return f"milvus-users:{address}:{port}:{app_user}:{','.join(collections)}", check

@@ -51,3 +51,31 @@ def test_the_apps_role_can_work_its_collection_but_never_drop_or_manage_users():
     assert not {p for p in privileges if p.startswith(("Drop", "Create", "Update", "Manage", "Operate"))
                 if p not in ("CreateCollection", "CreateIndex")}
     assert "All" not in privileges and "DropCollection" not in privileges
+
+
+def test_the_users_child_reads_its_uri_after_its_start_and_asks_nothing_without_one(monkeypatch, capsys):
+    """`--uri -`: the deploy starts the child (Python and pymilvus: about a second) while it still
+    reads Milvus's health and opens the tunnel, then writes the URI; no URI (not healthy) asks nothing."""
+    import io
+
+    from gpufleet import milvus_users
+
+    asked = []
+    monkeypatch.setattr(milvus_users, "read_password", lambda path: "secret")
+    monkeypatch.setattr(milvus_users, "_plan_retrying", lambda uri, *rest, **kw: asked.append(uri) or [])
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert milvus_users.main(["check", "--uri", "-", "--root-password-file", "root"]) == 0
+    assert asked == [] and capsys.readouterr().out == ""
+    monkeypatch.setattr("sys.stdin", io.StringIO("http://127.0.0.1:40123\n"))
+    assert milvus_users.main(["check", "--uri", "-", "--root-password-file", "root"]) == 0
+    assert asked == ["http://127.0.0.1:40123"]
+    assert capsys.readouterr().out.strip() == '{"changes": []}'
+
+
+def test_a_users_child_that_got_no_uri_is_ended(tmp_path):
+    """The check gives up (Milvus not healthy, a cancelled read): the started child does not linger."""
+    from operations.milvus_users import _Child
+
+    child = _Child("check", str(tmp_path / "root"), None, None, [])
+    child.stop()
+    assert child.process.returncode is not None
