@@ -246,6 +246,58 @@ def test_milvus_has_no_default_credentials_and_the_app_user_only_its_grants(serv
     }, found
 
 
+# The users check's two clients (gpufleet/milvus_rpc.py's read-only one, pymilvus's) asked the same.
+USERS_CHECK_BOTH_WAYS = """
+import json, sys
+from pymilvus import MilvusClient  # first: milvus_rpc then loads pymilvus's stubs as usual
+from gpufleet import milvus_users as mu
+
+uri, root_file, app_file, user, collection = sys.argv[1:6]
+root_pw, app_pw = mu.read_password(root_file), mu.read_password(app_file)
+role, original = mu.role_name(user), mu.login
+
+def both():
+    read_only = mu.plan(uri, root_pw, user, app_pw, [collection], fix=False)
+    mu.login = lambda u, name, password, changes=True: original(u, name, password, changes=True)
+    try:
+        with_pymilvus = mu.plan(uri, root_pw, user, app_pw, [collection], fix=False)
+    finally:
+        mu.login = original
+    return {"read-only client": read_only, "pymilvus": with_pymilvus}
+
+root = MilvusClient(uri=uri, user="root", password=root_pw, timeout=20)
+out = {"as deployed": both()}
+root.revoke_privilege(role, "Collection", "Search", collection)
+root.revoke_role(user, role)
+try:
+    out["a grant and the role taken away"] = both()
+finally:
+    root.grant_role(user, role)
+    root.grant_privilege(role, "Collection", "Search", collection)
+out["given back"] = both()
+print(json.dumps(out))
+"""
+
+
+def test_the_users_check_finds_what_pymilvus_finds_on_a_real_milvus(serving, fleet):
+    """The read-only client the deploy's users check uses (no pymilvus import: gpufleet/milvus_rpc.py)
+    and pymilvus's own client report the same changes, with Milvus as deployed and with a grant and
+    the app's role taken away by hand."""
+    db = serving[fleet.vector_db.name]
+    settings = fleet.vector_db.settings
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", USERS_CHECK_BOTH_WAYS,
+                          f"http://{private_ip(db, fleet.vector_db.name)}:19530", settings.milvus_root_secret(),
+                          settings.milvus_app_secret(), settings.milvus_app_user, "gpufleet_docs"],
+                         capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    role = f"{settings.milvus_app_user}_role"
+    taken = [f"give {settings.milvus_app_user} role {role}", f"grant {role} Search on Collection gpufleet_docs"]
+    assert found == {"as deployed": {"read-only client": [], "pymilvus": []},
+                     "a grant and the role taken away": {"read-only client": taken, "pymilvus": taken},
+                     "given back": {"read-only client": [], "pymilvus": []}}, found
+
+
 def backup_drift(fleet, backup_dir, **s3) -> list[str]:
     """Drift's findings about the backups in ``backup_dir`` (the Milvus host checked, nothing else
     drifted there), as a nightly drift with a backup schedule would report them; ``s3``: the
