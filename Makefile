@@ -15,7 +15,7 @@ NODE ?= gpu-node-1
 SCALE_HOSTS ?= 32
 
 .PHONY: help install deploy deploy-dry validate verify drift rollout inventory lab-up lab-down lab-purge lab-status \
-        test test-unit test-lab lint plan clean bench bench-scale bench-reads bench-rollout
+        test test-unit test-lab lint plan clean bench bench-scale bench-reads bench-rollout bench-timeline
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -94,6 +94,9 @@ bench-scale: install lab-up  ## 1 vs $(SCALE_HOSTS) light stand-in hosts: base r
 
 bench-reads: install  ## the costliest remembered reads on one host: make bench-reads NODE=gpu-node-1 (after a deploy)
 	$(BIN)/python -m gpufleet.bench_reads $(INVENTORY) $(NODE)
+
+bench-timeline: install  ## one no-op converge and one drift of the lab as deployed, SSH command by command (the critical path)
+	$(BIN)/python -m gpufleet.bench --timeline
 
 bench-rollout: install  ## rollout wall time vs the sum of replica restart-to-ready, on $(INVENTORY) (converged)
 	$(BIN)/python -m gpufleet.bench_rollout $(INVENTORY)

@@ -15,7 +15,9 @@ the median of --repeat runs, and the ratios come from the same run.
 Options: ``--lanes 1,4`` measures each size once per number of concurrent reads in the prefetch
 (operations/fact_prefetch.READ_LANES; 1 is the one-after-another read of earlier versions), and
 ``--as-is`` measures the lab as deployed (its size, its TP=2 replicas) without reshaping it:
-``python -m gpufleet.bench --as-is --lanes 1,4 2``.
+``python -m gpufleet.bench --as-is --lanes 1,4 2``. ``--timeline`` prints, for one converge and one
+drift of the lab as deployed (after a warm-up of each), every SSH command with its host, start and
+end, and the run's wall and control-process CPU time: the critical path, host by host.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-from gpufleet.ssh_counting import counting  # noqa: E402
+from gpufleet.ssh_counting import counting, recording, timeline_lines  # noqa: E402
 
 INVENTORY = "inventory/lab.py"
 # Four CPU vLLM engines at TP=2 need ~20 GiB: more than this 24 GiB machine has beside the rest.
@@ -122,6 +124,26 @@ def one_size(n: int, repeat: int, lanes: int) -> dict:
             "hosts_cpu": [ha, hb, hc]}
 
 
+def timeline() -> int:
+    """``--timeline``: one converge and one drift of the lab as it is, command by command."""
+    import resource
+
+    global AS_IS
+    AS_IS = True
+    for name, run in (("converge", converge), ("drift", drift)):
+        run()  # the warm-up: a first run in a process imports and connects for the first time
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.perf_counter()
+        with recording() as commands:
+            run()
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        print(f"{name}: {time.perf_counter() - started:.2f} s wall, control process CPU {cpu:.2f} s")
+        print("HOST         START    END   SECS  COMMAND")
+        print("\n".join(timeline_lines(commands)) + "\n")
+    return 0
+
+
 def main(sizes: list[int], repeat: int = 3, lanes: tuple[int, ...] | None = None) -> int:
     import json
     import subprocess
@@ -165,10 +187,14 @@ if __name__ == "__main__":
     parser.add_argument("--lanes", type=lambda v: tuple(int(x) for x in v.split(",")), default=None,
                         help="prefetch read lanes to compare, e.g. 1,4 (default: READ_LANES)")
     parser.add_argument("--as-is", action="store_true", help="measure the lab as deployed, without reshaping it")
+    parser.add_argument("--timeline", action="store_true",
+                        help="print one converge's and one drift's SSH commands with their times (the lab as is)")
     parser.add_argument("--one", nargs=3, type=int, metavar=("NODES", "REPEAT", "LANES"),
                         help=argparse.SUPPRESS)  # the child process of one measurement
     options = parser.parse_args()
     AS_IS = options.as_is
+    if options.timeline:
+        sys.exit(timeline())
     if options.one:
         import json
 

@@ -3,7 +3,10 @@
 Run by the deploy's ``milvus_users.users`` operation (operations/milvus_users.py) in a child
 process, ``python -m gpufleet.milvus_users check|apply``, against a local port forwarded over SSH
 to the Milvus host (operations/port_forward.py): gRPC does not run under pyinfra's gevent, so
-pymilvus lives in its own process, as for backups (gpufleet/milvus_dump.py). The passwords are
+the Milvus client lives in its own process, as for backups (gpufleet/milvus_dump.py). ``check``,
+which every deploy and drift check of the Milvus host waits for, reads with
+gpufleet/milvus_rpc.py's client, which does not import pymilvus (its ORM's pandas and minio were
+0.75 s of the check's 1 s); ``apply`` changes users with pymilvus's. The passwords are
 read here from their control-side files (the command line names the files, never a value), and no
 value is ever printed or put in an error: a failure names the user and what was refused.
 

@@ -1,8 +1,9 @@
 """Milvus's users on the fleet's Milvus host: root's password and the RAG app's user, from secret files.
 
 Milvus keeps its users in its own metadata, reachable only through its API, and the Milvus image
-has no client: so this operation runs pymilvus on the control host, in a child process
-(``python -m gpufleet.milvus_users``, which says what it checks and changes), through a port
+has no client: so this operation asks Milvus from the control host, in a child process
+(``python -m gpufleet.milvus_users``, which says what it checks and changes: the check over gRPC
+without importing pymilvus, the changes with pymilvus), through a port
 forwarded over the SSH connection pyinfra already holds to the Milvus host
 (operations/port_forward.py; a host without an SSH connection, ``@local``, is reached directly).
 The child reads the passwords from their control-side files; this operation's arguments, the
