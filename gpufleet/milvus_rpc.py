@@ -10,13 +10,16 @@ second.
 
 :class:`ReadClient` answers as pymilvus 2.3.8's ``MilvusClient`` does for the calls the check
 makes (pymilvus is pinned exactly in pyproject.toml): ``list_collections`` (the login check),
-``list_users``, ``list_roles``, ``describe_user`` and ``describe_role``. The lab test
+``list_users``, ``list_roles``, ``describe_user`` and ``describe_role``. It does not retry as
+pymilvus does (``retry_on_rpc_failure``) beyond waiting for the channel: a call that fails makes
+the check answer "unreachable", and the deploy then plans the apply, which retries with pymilvus. The lab test
 tests/lab/test_data_tier.py compares the check's findings from both clients on the lab's Milvus,
 with a grant revoked and a role taken away.
 
 Example::
 
-    client = login("http://127.0.0.1:19530", "root", password, timeout=8)  # None: refused
+    client = ReadClient("http://127.0.0.1:19530", "root", password, timeout=8)
+    client.list_collections()  # the login: a refused password raises grpc's UNAUTHENTICATED
     client.list_users()  # ["gpufleet_app", "root"]
 """
 

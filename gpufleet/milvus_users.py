@@ -183,8 +183,8 @@ def _plan_retrying(uri: str, root_password: str, app_user: str | None, app_passw
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gpufleet.milvus_users")
     parser.add_argument("action", choices=["check", "apply"])
-    parser.add_argument("--uri", required=True, help="Milvus's URI; '-': the first line of stdin, read after "
-                                                    "pymilvus is imported (the caller opens the tunnel meanwhile)")
+    parser.add_argument("--uri", required=True, help="Milvus's URI; '-': the first line of stdin, read once the "
+                                                    "Milvus client is imported (the caller opens the tunnel meanwhile)")
     parser.add_argument("--root-password-file", required=True)
     parser.add_argument("--app-user")
     parser.add_argument("--app-password-file")

@@ -56,7 +56,8 @@ def recording() -> Iterator[list[tuple[str, float, float, str]]]:
         try:
             return original(self, command, *args, **kwargs)
         finally:
-            text = command.get_raw_value() if hasattr(command, "get_raw_value") else str(command)
+            # Masked, as drift prints commands: a secret passed as a MaskString stays hidden.
+            text = command.get_masked_value() if hasattr(command, "get_masked_value") else str(command)
             commands.append((self.host.name, begun, time.perf_counter() - started, " ".join(text.split())[:70]))
 
     SSHConnector.run_shell_command = recorded

@@ -88,9 +88,12 @@ def lock_command(record: dict[str, object], wait_s: int = WAIT_S, lock_dir: str 
         "if [ \"${p:-1}\" -le 1 ]; then echo NOSESSION; exit 0; fi",
         f"printf '%s\\n' {holder} > {held_by}.$$ && mv -f {held_by}.$$ {held_by}",
         # fd 9 is inherited: the lock lives as long as the watcher, the watcher as long as the session.
-        # tail checks the session every 0.1 s in its own process (no process started per check): a
-        # run that follows at once (a rollout's next step, a bench) waits ~0.1 s, not up to 0.5 s.
-        "setsid tail --pid=\"$p\" -s 0.1 -f /dev/null </dev/null >/dev/null 2>&1 &",
+        # GNU tail checks the session every 0.1 s in its own process (no process started per check):
+        # a run that follows at once (a rollout's next step, a bench) waits ~0.1 s, not up to 0.5 s.
+        # A tail without --pid (busybox) falls back to polling, so the lock is never let go early.
+        "setsid sh -c 'tail --pid=\"$1\" -s 0.1 -f /dev/null 2>/dev/null || "
+        "while kill -0 \"$1\" 2>/dev/null; do sleep 0.5; done' gpufleet-deploy-lock \"$p\" "
+        "</dev/null >/dev/null 2>&1 &",
         "echo ACQUIRED",
     ])
 

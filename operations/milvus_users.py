@@ -44,9 +44,10 @@ def _reachable(target_host, address: str, port: int):
 
 
 class _Child:
-    """``python -m gpufleet.milvus_users <action>``, started before its URI is known: Python and
-    pymilvus start (about a second of CPU) while the caller still reads the host's address and
-    health and opens the tunnel; :meth:`answer` then hands it the URI on stdin."""
+    """``python -m gpufleet.milvus_users <action>``, started before its URI is known: Python and its
+    Milvus client start (a quarter of a second for the check's gRPC stubs, a second for pymilvus)
+    while the caller still reads the host's address and health and opens the tunnel; :meth:`answer`
+    then hands it the URI on stdin."""
 
     def __init__(self, action: str, root_password_file: str, app_user: str | None, app_password_file: str | None,
                  collections: list[str]):
@@ -126,7 +127,7 @@ def ask_ahead(address: str, port: int, root_password_file: str, app_user: str | 
               health_port: int = 9091) -> None:
     """Start :func:`users`' check now, with its arguments, so that it runs beside the facts' round
     trip and while the rest of the Milvus host's plan is made: it is a child process on the
-    control host (Python and pymilvus starting: about a second), which the plan otherwise waits
+    control host (Python and the gRPC stubs starting: a quarter of a second), which the plan otherwise waits
     for when it reaches ``users``. Read-only, and it reads on its own greenlet (the host's address,
     Milvus's /healthz, then the child); its answer is the plan's (operations/fact_prefetch.py:
     ``read_ahead``). Example::

@@ -142,8 +142,8 @@ def kernel_flavours(lines: list[str]) -> list[str]:
     ['generic-hwe-24.04']
     >>> kernel_flavours(["linux-image-unsigned-6.8.0-49-generic ii ", "linux-image-extra-virtual ii "])
     []
-    >>> kernel_flavours(["linux-image-amd64 hi "])  # held by the operator: installed all the same
-    ['amd64']
+    >>> kernel_flavours(["linux-image-amd64 hi "])  # held: the operator froze kernel upgrades
+    []
     """
     out = []
     for line in lines:
@@ -152,7 +152,9 @@ def kernel_flavours(lines: list[str]) -> list[str]:
         # A package that names a release (6.1.0-27-amd64, unsigned-6.8.0-49-generic) is one kernel,
         # not the meta-package that brings the next; -dbg/-dbgsym builds and Ubuntu's old
         # extra-* metas have no headers counterpart.
-        if not (name.startswith("linux-image-") and status[1:2] == "i" and flavour) \
+        # A meta-package the operator holds ("hi") froze the host's kernel: its headers meta would
+        # bring the archive's newest headers, for a kernel the host will not boot, and DKMS with them.
+        if not (name.startswith("linux-image-") and status.startswith("ii") and flavour) \
                 or RELEASE.search(flavour) or flavour.startswith("extra-") or flavour.endswith(("-dbg", "-dbgsym")):
             continue
         out.append(flavour)

@@ -267,9 +267,9 @@ def both():
 
 root = MilvusClient(uri=uri, user="root", password=root_pw, timeout=20)
 out = {"as deployed": both()}
-root.revoke_privilege(role, "Collection", "Search", collection)
-root.revoke_role(user, role)
 try:
+    root.revoke_privilege(role, "Collection", "Search", collection)
+    root.revoke_role(user, role)
     out["a grant and the role taken away"] = both()
 finally:
     root.grant_role(user, role)

@@ -3,7 +3,8 @@ in-memory RBAC state, and Milvus 2.3's refusal of a bad login (UNAUTHENTICATED, 
 
 Run as its own process (the unit tests' process runs under gevent, which gRPC does not)::
 
-    python tests/unit/fake_milvus_rbac.py '{"passwords": {...}, "grants": [[kind, name, privilege]], "app_roles": [...]}'
+    python tests/unit/fake_milvus_rbac.py '{"passwords": {...}, "grants": [[kind, name, privilege]], "app_roles": [...],
+                                          "refuse_list_users": false}'
 
 prints the port it serves on, then serves until its stdin closes.
 """
@@ -23,6 +24,8 @@ from gpufleet.milvus_rpc import stubs
 
 def serve(state: dict) -> None:
     pb, grpc_stubs = stubs()
+    from pymilvus.grpc_gen import common_pb2
+
     passwords = state["passwords"]
 
     class FakeMilvus(grpc_stubs.MilvusServiceServicer):
@@ -39,6 +42,9 @@ def serve(state: dict) -> None:
 
         def ListCredUsers(self, request, context):
             self._login(context)
+            if state.get("refuse_list_users"):  # an error status in the answer, not a gRPC error
+                return pb.ListCredUsersResponse(status=common_pb2.Status(error_code=1, code=1,
+                                                                         reason="list users refused"))
             return pb.ListCredUsersResponse(usernames=sorted(passwords))
 
         def SelectRole(self, request, context):
@@ -48,6 +54,8 @@ def serve(state: dict) -> None:
 
         def SelectUser(self, request, context):
             self._login(context)
+            if request.user.name not in passwords:
+                return pb.SelectUserResponse()
             roles = state["app_roles"] if request.user.name == "gpufleet_app" else ["admin"]
             return pb.SelectUserResponse(results=[pb.UserResult(user=pb.UserEntity(name=request.user.name),
                                                                 roles=[pb.RoleEntity(name=r) for r in roles])])
@@ -58,7 +66,7 @@ def serve(state: dict) -> None:
                 pb.GrantEntity(role=request.entity.role, object=pb.ObjectEntity(name=kind), object_name=name,
                                db_name="default", grantor=pb.GrantorEntity(user=pb.UserEntity(name="root"),
                                                                            privilege=pb.PrivilegeEntity(name=priv)))
-                for kind, name, priv in state["grants"]])
+                for kind, name, priv in (state["grants"] if request.entity.role.name == "gpufleet_app_role" else [])])
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     grpc_stubs.add_MilvusServiceServicer_to_server(FakeMilvus(), server)

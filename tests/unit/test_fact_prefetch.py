@@ -478,6 +478,20 @@ def test_reads_overlap_in_lanes_and_one_lane_reads_one_after_another(tmp_path):
     assert first_count(1) == 1
 
 
+def test_a_read_whose_file_is_gone_only_loses_its_own_answer():
+    """One read's block missing (its lane killed part-way) must not fail the whole prefetch, which
+    would send every fact of the host back to one read each."""
+    import subprocess
+
+    from pyinfra.api import StringCommand
+
+    reads = [StringCommand("echo", "a"), StringCommand('rm -f "$__gpufleet_reads/0"; echo b')]
+    text = fact_prefetch.concurrent_reads(reads, "__m", lanes=1).get_raw_value()
+    run = subprocess.run(["sh", "-c", text], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["__m:1", "b", "__m:rc:0"]
+
+
 def test_a_fact_that_remembers_its_latest_arguments_only(preparing, tmp_path):
     """VllmNcclVersions' arguments are the answers it has: an older set is not read again."""
     state, host = preparing

@@ -54,13 +54,16 @@ def test_the_apps_role_can_work_its_collection_but_never_drop_or_manage_users():
 
 
 def test_the_users_child_reads_its_uri_after_its_start_and_asks_nothing_without_one(monkeypatch, capsys):
-    """`--uri -`: the deploy starts the child (Python and pymilvus: about a second) while it still
+    """`--uri -`: the deploy starts the child (Python and its Milvus client's imports) while it still
     reads Milvus's health and opens the tunnel, then writes the URI; no URI (not healthy) asks nothing."""
     import io
 
-    from gpufleet import milvus_users
+    from gpufleet import milvus_rpc, milvus_users
 
     asked = []
+    # Not in this process: the stubs' loader would stand a bare pymilvus package in for later tests.
+    monkeypatch.setattr(milvus_rpc, "stubs", lambda: None)
+    monkeypatch.setattr(milvus_users, "_timeout", milvus_users._timeout)  # main() sets it: put it back
     monkeypatch.setattr(milvus_users, "read_password", lambda path: "secret")
     monkeypatch.setattr(milvus_users, "_plan_retrying", lambda uri, *rest, **kw: asked.append(uri) or [])
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
@@ -73,9 +76,13 @@ def test_the_users_child_reads_its_uri_after_its_start_and_asks_nothing_without_
 
 
 def test_a_users_child_that_got_no_uri_is_ended(tmp_path):
-    """The check gives up (Milvus not healthy, a cancelled read): the started child does not linger."""
+    """The check gives up (Milvus not healthy, a cancelled read): the started child, still waiting
+    for its URI, is killed and reaped, not left running."""
+    import signal
+
     from operations.milvus_users import _Child
 
     child = _Child("check", str(tmp_path / "root"), None, None, [])
+    assert child.process.poll() is None  # waiting for its URI on stdin
     child.stop()
-    assert child.process.returncode is not None
+    assert child.process.returncode == -signal.SIGKILL

@@ -24,9 +24,10 @@ ALL_GRANTS = sorted([("Global", "*", p) for p in GLOBAL_GRANTS]
 
 
 @contextmanager
-def fake_milvus(grants, app_roles):
+def fake_milvus(grants, app_roles, **more):
+    state = {"passwords": PASSWORDS, "grants": grants, "app_roles": app_roles, **more}
     server = subprocess.Popen([sys.executable, "-W", "ignore", str(PROJECT_ROOT / "tests/unit/fake_milvus_rbac.py"),
-                               json.dumps({"passwords": PASSWORDS, "grants": grants, "app_roles": app_roles})],
+                               json.dumps(state)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
     try:
         yield f"http://127.0.0.1:{int(server.stdout.readline())}"
@@ -73,3 +74,12 @@ def test_a_root_refused_with_both_passwords_stops_the_check_and_names_no_passwor
     assert refused.returncode == 1
     assert "refuses user root with the password of milvus_root_password_file" in refused.stderr
     assert "not-roots-pw" not in refused.stderr + refused.stdout
+
+
+def test_an_error_status_from_milvus_reads_as_unreachable_never_as_nothing_to_do(tmp_path):
+    """A call Milvus answers with an error status (as pymilvus's check_status sees it): the check
+    says unreachable, so the deploy plans the apply instead of reporting the users as they should be."""
+    with fake_milvus(ALL_GRANTS, ["gpufleet_app_role"], refuse_list_users=True) as uri:
+        run = check(uri, tmp_path, PASSWORDS["root"], PASSWORDS["gpufleet_app"])
+    assert run.returncode == 0, run.stderr[-1000:]
+    assert json.loads(run.stdout.strip().splitlines()[-2]) == {"unreachable": "MilvusRefused"}
