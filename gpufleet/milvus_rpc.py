@@ -18,7 +18,7 @@ with a grant revoked and a role taken away.
 
 Example::
 
-    client = ReadClient("http://127.0.0.1:19530", "root", password, timeout=8)
+    client = ReadClient(uri="http://127.0.0.1:19530", user="root", password=password, timeout=8)
     client.list_collections()  # the login: a refused password raises grpc's UNAUTHENTICATED
     client.list_users()  # ["gpufleet_app", "root"]
 """
@@ -59,7 +59,8 @@ class MilvusRefused(Exception):
 class ReadClient:
     """One user's session with Milvus for the read calls of the users check (see the module)."""
 
-    def __init__(self, uri: str, user: str, password: str, timeout: float):
+    def __init__(self, uri: str, user: str = "", password: str = "", timeout: float = 10):
+        # MilvusClient's keywords: gpufleet.milvus_users.client_class() returns either class.
         import grpc
 
         self._pb, grpc_stubs = stubs()

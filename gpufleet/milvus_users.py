@@ -80,19 +80,24 @@ def _unauthenticated(exc: Exception) -> bool:
 _timeout = TIMEOUT_S["apply"]
 
 
+def client_class(changes: bool):
+    """The Milvus client: pymilvus's MilvusClient where the caller may change something, else the
+    read-only one that does not import pymilvus (gpufleet/milvus_rpc.py: the check's start, 1 s ->
+    0.25 s). Both take ``uri``, ``user``, ``password`` and ``timeout``."""
+    if changes:
+        from pymilvus import MilvusClient
+
+        return MilvusClient
+    from gpufleet.milvus_rpc import ReadClient, stubs
+
+    stubs()  # its gRPC code, loaded with the class (main() loads it before the URI comes)
+    return ReadClient
+
+
 def login(uri: str, user: str, password: str, changes: bool = True):
-    """A client logged in as ``user``, or None when Milvus refuses the password: pymilvus's
-    MilvusClient where the caller may change something (``changes``), else a read-only client
-    that does not import pymilvus (gpufleet/milvus_rpc.py: the check's start, 1 s -> 0.25 s)."""
+    """A :func:`client_class` client logged in as ``user``, or None when Milvus refuses the password."""
     try:
-        if changes:
-            from pymilvus import MilvusClient
-
-            client = MilvusClient(uri=uri, user=user, password=password, timeout=_timeout)
-        else:
-            from gpufleet.milvus_rpc import ReadClient
-
-            client = ReadClient(uri, user, password, _timeout)
+        client = client_class(changes)(uri=uri, user=user, password=password, timeout=_timeout)
         client.list_collections()  # the login is checked on the first call
         return client
     except Exception as exc:  # noqa: BLE001 - pymilvus raises several types for one refusal
@@ -191,13 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--collection", action="append", default=[])
     args = parser.parse_args(argv)
     if args.uri == "-":
-        # The slow part of this process's start, made before the URI comes.
-        if args.action == "apply":
-            import pymilvus  # noqa: F401
-        else:
-            from gpufleet.milvus_rpc import stubs
-
-            stubs()
+        client_class(changes=args.action == "apply")  # its import: the slow part of this process's start
 
         args.uri = sys.stdin.readline().strip()
         if not args.uri:

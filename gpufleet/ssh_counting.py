@@ -1,4 +1,5 @@
-"""Count the shell commands pyinfra sends over SSH, per host, at its connector (the benches' "commands per host")."""
+"""The shell commands pyinfra sends over SSH, recorded at its connector: counted per host (the
+benches' "commands per host") or timed (`gpufleet.bench --timeline`)."""
 
 from __future__ import annotations
 
@@ -9,27 +10,20 @@ from contextlib import contextmanager
 
 @contextmanager
 def counting() -> Iterator[Counter]:
-    """``{host name: commands}`` for every SSH shell command pyinfra runs inside the block.
+    """``{host name: commands}`` for every SSH shell command pyinfra runs inside the block, filled
+    when the block ends (:func:`recording`'s commands, counted).
 
     >>> with counting() as counts:
     ...     pass
     >>> dict(counts)
     {}
     """
-    from pyinfra.connectors.ssh import SSHConnector
-
     counts: Counter = Counter()
-    original = SSHConnector.run_shell_command
-
-    def counted(self, command, *args, **kwargs):
-        counts[self.host.name] += 1
-        return original(self, command, *args, **kwargs)
-
-    SSHConnector.run_shell_command = counted
     try:
-        yield counts
+        with recording() as commands:
+            yield counts
     finally:
-        SSHConnector.run_shell_command = original
+        counts.update(host for host, *_ in commands)
 
 
 @contextmanager
