@@ -7,63 +7,47 @@ labels never change afterwards, so this fact is what shows a container changed i
 
 from __future__ import annotations
 
-import json
-
 from pyinfra.api import FactBase
 
-from .docker import SPEC_LABEL
-from .util import envelope, for_docker_ids, wrap
+from . import docker_api
+from .docker import SPEC_LABEL, failed_answers, holds_gpu as host_config_holds_gpu
+from .util import envelope, wrap
 
 # `docker update` flags and the HostConfig fields they set (docker container update --help).
 LIMIT_FIELDS = ("Memory", "MemoryReservation", "MemorySwap", "NanoCpus", "CpuShares", "CpuPeriod", "CpuQuota",
                 "CpusetCpus", "CpusetMems", "PidsLimit", "BlkioWeight")
 
-TEMPLATE = (
-    '{"id":{{json .Id}},"name":{{json .Name}},'
-    '"spec":{{json (index .Config.Labels "' + SPEC_LABEL + '")}},'
-    '"status":{{json .State.Status}},"restart_count":{{json .RestartCount}},'
-    '"restart_policy":{{json .HostConfig.RestartPolicy}},"runtime":{{json .HostConfig.Runtime}},'
-    '"device_requests":{{json .HostConfig.DeviceRequests}},"devices":{{json .HostConfig.Devices}},'
-    '"network_mode":{{json .HostConfig.NetworkMode}},"networks":{{json .NetworkSettings.Networks}},'
-    '"limits":{' + ",".join(f'"{f}":{{{{json .HostConfig.{f}}}}}' for f in LIMIT_FIELDS) + "}}"
-)
-
 
 def holds_gpu(container: dict) -> bool:
-    """Given GPUs: ``--gpus`` or CDI device requests, the nvidia runtime, or /dev/nvidia* devices.
+    """Given GPUs (a container as this fact reports it): operations.facts.docker.holds_gpu's rule.
 
     >>> holds_gpu({"runtime": "runc", "device_requests": [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}]})
     True
     >>> holds_gpu({"runtime": "runc", "device_requests": None, "devices": [{"PathOnHost": "/dev/fuse"}]})
     False
     """
-    if container.get("runtime") == "nvidia":
-        return True
-    for request in container.get("device_requests") or []:
-        capabilities = [c for group in request.get("Capabilities") or [] for c in group]
-        ids = request.get("DeviceIDs") or []
-        if "gpu" in capabilities or request.get("Driver") == "nvidia" or any("nvidia.com/gpu" in i for i in ids):
-            return True
-    return any((d.get("PathOnHost") or "").startswith(("/dev/nvidia", "nvidia.com/gpu"))
-               for d in container.get("devices") or [])
+    return host_config_holds_gpu({"Runtime": container.get("runtime"), "DeviceRequests": container.get("device_requests"),
+                                  "Devices": container.get("devices")})
 
 
-def parse_container(line: str) -> dict | None:
-    """One line of the fact's ``docker inspect`` template, or None if it is not one."""
-    try:
-        raw = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(raw, dict) or "id" not in raw:
-        return None
-    policy = raw.get("restart_policy") or {}
+def parse_container(raw: dict) -> dict:
+    """One container as Docker's API (``docker inspect``) shows it -> the fields this fact reports.
+
+    >>> parse_container({"Id": "4c1f", "Name": "/milvus", "Config": {"Labels": {}}, "State": {"Status": "exited"},
+    ...                  "HostConfig": {"RestartPolicy": {"Name": "unless-stopped"}, "Memory": 0}})["restart_policy"]
+    'unless-stopped'
+    """
+    host_config, state = raw.get("HostConfig") or {}, raw.get("State") or {}
+    policy = host_config.get("RestartPolicy") or {}
     return {
-        "id": raw["id"], "name": (raw.get("name") or "").lstrip("/"), "spec": raw.get("spec") or None,
-        "status": raw.get("status"), "restart_count": int(raw.get("restart_count") or 0),
+        "id": raw.get("Id"), "name": (raw.get("Name") or "").lstrip("/"),
+        "spec": ((raw.get("Config") or {}).get("Labels") or {}).get(SPEC_LABEL) or None,
+        "status": state.get("Status"), "restart_count": int(raw.get("RestartCount") or 0),
         "restart_policy": policy.get("Name") or "no", "restart_retries": int(policy.get("MaximumRetryCount") or 0),
-        "runtime": raw.get("runtime"), "device_requests": raw.get("device_requests") or [],
-        "devices": raw.get("devices") or [], "network_mode": raw.get("network_mode"),
-        "networks": sorted(raw.get("networks") or {}), "limits": raw.get("limits") or {},
+        "runtime": host_config.get("Runtime"), "device_requests": host_config.get("DeviceRequests") or [],
+        "devices": host_config.get("Devices") or [], "network_mode": host_config.get("NetworkMode"),
+        "networks": sorted((raw.get("NetworkSettings") or {}).get("Networks") or {}),
+        "limits": {field: host_config.get(field) for field in LIMIT_FIELDS},
     }
 
 
@@ -84,8 +68,10 @@ class ContainerRuntimes(FactBase):
     ``"status": "failed"`` (never an empty list).
     """
 
-    # A failing `docker ps` fails the read: "no containers" would be "nothing changed in place" to drift.
-    command = wrap("docker", for_docker_ids("-aq") + f"docker inspect --format '{TEMPLATE}' $ids")
+    # One list and one inspect of them all (two curl processes: operations/facts/docker_api.py). A
+    # failing list fails the read: "no containers" would be "nothing changed in place" to drift. A
+    # container removed between the two answers 404 and is left out.
+    command = wrap("docker", docker_api.inspect_listed(docker_api.list_path("containers", all_states=True)))
 
     @staticmethod
     def default():
@@ -93,8 +79,8 @@ class ContainerRuntimes(FactBase):
 
     def process(self, output):
         result, body = envelope(output)
-        containers = [c for c in (parse_container(line) for line in body if line.startswith("{")) if c]
-        others = [line for line in body if line.strip() and not line.startswith("{")]
-        if result["status"] == "failed" and all("No such object" in line for line in others):
-            result = {"status": "ok", "exit_code": 0, "error": None}  # removed between `ps` and `inspect`
-        return {**result, "containers": sorted(containers, key=lambda c: c["name"])}
+        if result["status"] == "missing":
+            return self.default()
+        found, errors = docker_api.documents(body, under="/containers/")
+        containers = [parse_container(raw) for raw in found]
+        return {**failed_answers(result, errors), "containers": sorted(containers, key=lambda c: c["name"])}

@@ -7,7 +7,8 @@ import shlex
 
 from pyinfra.api import FactBase
 
-from .util import MISSING, envelope, for_docker_ids, wrap, wrap_file
+from . import docker_api
+from .util import envelope, wrap, wrap_file
 
 # Where operations/vllm.image copies files/vllm_nccl_check.py into the image (and every reader runs it).
 CHECK_IN_IMAGE = "/opt/gpufleet/vllm_nccl_check.py"
@@ -58,42 +59,60 @@ class DockerDaemonConfig(FactBase):
         return parse_daemon_json(body)
 
 
+def holds_gpu(container: dict) -> bool:
+    """Given GPUs (a container's ``HostConfig`` as Docker's API and ``docker inspect`` show it):
+    ``--gpus`` or CDI device requests, the nvidia runtime, or /dev/nvidia* devices.
+
+    >>> holds_gpu({"Runtime": "runc", "DeviceRequests": [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}]})
+    True
+    >>> holds_gpu({"Runtime": "runc", "DeviceRequests": None, "Devices": [{"PathOnHost": "/dev/fuse"}]})
+    False
+    """
+    if container.get("Runtime") == "nvidia":
+        return True
+    for request in container.get("DeviceRequests") or []:
+        capabilities = [c for group in request.get("Capabilities") or [] for c in group]
+        ids = request.get("DeviceIDs") or []
+        if "gpu" in capabilities or request.get("Driver") == "nvidia" or any("nvidia.com/gpu" in i for i in ids):
+            return True
+    return any((d.get("PathOnHost") or "").startswith(("/dev/nvidia", "nvidia.com/gpu"))
+               for d in container.get("Devices") or [])
+
+
+def failed_answers(result: dict, errors: list[str]) -> dict:
+    """The read's status, failed when Docker's API answered with an error (not a 404) where the
+    shell's exit status says nothing went wrong."""
+    if result["status"] == "ok" and errors:
+        return {"status": "failed", "exit_code": result["exit_code"], "error": "; ".join(errors)}
+    return result
+
+
 class GpuContainers(FactBase):
-    """Running containers that were given GPUs (``--gpus`` device requests or the nvidia runtime).
+    """Running containers that were given GPUs (:func:`holds_gpu`).
 
     A ``systemctl daemon-reload`` takes the GPUs away from such containers unless the toolkit
     runs in CDI mode ("Failed to initialize NVML: Unknown Error"), so operations that would
-    reload systemd check this first.
+    reload systemd check this first. Read from Docker's API (operations/facts/docker_api.py).
 
     .. code:: python
 
         host.get_fact(GpuContainers)
-        {"status": "ok", "containers": ["vllm-gpu-node-1-vllm-0"]}
+        {"status": "ok", "exit_code": 0, "error": None, "containers": ["vllm-gpu-node-1-vllm-0"]}
     """
 
-    command = wrap(
-        "docker",
-        "ids=$(docker ps -q); [ -z \"$ids\" ] || docker inspect --format "
-        "'{{.Name}}|{{.HostConfig.Runtime}}|{{json .HostConfig.DeviceRequests}}' $ids",
-    )
+    command = wrap("docker", docker_api.inspect_listed(docker_api.list_path("containers")))
 
     @staticmethod
     def default():
         return {"status": "missing", "exit_code": None, "error": "docker not installed", "containers": []}
 
     def process(self, output):
-        if any(line.strip() == MISSING for line in output):
-            return self.default()
         result, body = envelope(output)
-        containers = []
-        for line in body:
-            parts = line.strip().split("|", 2)
-            if len(parts) != 3:
-                continue
-            name, runtime, requests = parts
-            if runtime == "nvidia" or '"gpu"' in requests:
-                containers.append(name.lstrip("/"))
-        return {**result, "containers": sorted(containers)}
+        if result["status"] == "missing":
+            return self.default()
+        found, errors = docker_api.documents(body)
+        containers = [c.get("Name", "").lstrip("/") for c in found if holds_gpu(c.get("HostConfig") or {})]
+        return {**failed_answers(result, errors), "containers": sorted(containers)}
 
 
 SPEC_LABEL = "io.gpufleet.spec"  # digest of a container's desired spec (operations/containers.py)
@@ -112,9 +131,7 @@ class ContainerState(FactBase):
     """
 
     def command(self, container: str) -> str:
-        fmt = ('{{.State.Status}}|{{.State.Restarting}}|{{index .Config.Labels "' + SPEC_LABEL + '"}}|'
-               "{{.Image}}|{{.Config.Image}}|{{.RestartCount}}")
-        return wrap("docker", f"docker inspect --type container --format '{fmt}' {shlex.quote(container)}")
+        return wrap("docker", docker_api.get(docker_api.path_of("containers", container)))
 
     @staticmethod
     def default():
@@ -123,13 +140,15 @@ class ContainerState(FactBase):
 
     def process(self, output):
         result, body = envelope(output)
-        line = next((b for b in body if b.count("|") == 5), None)
-        if result["status"] != "ok" or line is None:
+        found, _ = docker_api.documents(body)
+        if result["status"] != "ok" or not found:
             return self.default()
-        status, restarting, spec, image_id, image, restarts = line.strip().split("|")
-        return {"exists": True, "running": status == "running", "status": status,
-                "restarting": restarting == "true", "spec": spec if spec not in ("", "<no value>") else None,
-                "image_id": image_id, "image": image, "restart_count": int(restarts or 0)}
+        container = found[0]
+        state, config = container.get("State") or {}, container.get("Config") or {}
+        return {"exists": True, "running": state.get("Status") == "running", "status": state.get("Status"),
+                "restarting": bool(state.get("Restarting")), "spec": (config.get("Labels") or {}).get(SPEC_LABEL) or None,
+                "image_id": container.get("Image"), "image": config.get("Image"),
+                "restart_count": int(container.get("RestartCount") or 0)}
 
 
 class ImageState(FactBase):
@@ -142,7 +161,7 @@ class ImageState(FactBase):
     """
 
     def command(self, ref: str) -> str:
-        return wrap("docker", f"docker image inspect --format '{{{{.Id}}}}|{{{{json .Config.Labels}}}}' {shlex.quote(ref)}")
+        return wrap("docker", docker_api.get(docker_api.path_of("images", ref)))
 
     @staticmethod
     def default():
@@ -150,15 +169,11 @@ class ImageState(FactBase):
 
     def process(self, output):
         result, body = envelope(output)
-        line = next((b for b in body if b.startswith("sha256:")), None)
-        if result["status"] != "ok" or line is None:
+        found, _ = docker_api.documents(body)
+        if result["status"] != "ok" or not found:
             return self.default()
-        image_id, _, labels = line.partition("|")
-        try:
-            parsed = json.loads(labels) or {}
-        except ValueError:
-            parsed = {}
-        return {"exists": True, "id": image_id, "labels": parsed}
+        image = found[0]
+        return {"exists": True, "id": image.get("Id"), "labels": (image.get("Config") or {}).get("Labels") or {}}
 
 
 class ManagedContainers(FactBase):
@@ -176,17 +191,11 @@ class ManagedContainers(FactBase):
     not answer is ``"status": "failed"``, never an empty list.
     """
 
-    # One `docker inspect` for every container (a container removed meanwhile is left out), then
-    # the image each one's tag names now. A failing `docker ps` fails the read (its exit status),
-    # never "no containers".
-    command = wrap(
-        "docker",
-        for_docker_ids(f"-aq --filter label={SPEC_LABEL}")
-        + "docker inspect --format '{{.Name}}|{{.State.Status}}|{{.State.Restarting}}|{{.RestartCount}}|"
-        "{{.Image}}|{{.Config.Image}}' $ids 2>/dev/null | while IFS='|' read -r n s r k i ref; do "
-        "t=$(docker image inspect --format '{{.Id}}' \"$ref\" 2>/dev/null); "
-        "echo \"$n|$s|$r|$k|$i|$ref|$t\"; done",
-    )
+    # One list, one inspect of them all, one inspect of the images their references name now
+    # (three curl processes: operations/facts/docker_api.py). A failing list fails the read (its
+    # exit status), never "no containers".
+    command = wrap("docker", docker_api.inspect_listed_and_their_images(
+        docker_api.list_path("containers", all_states=True, label=[SPEC_LABEL])))
 
     @staticmethod
     def default():
@@ -194,18 +203,22 @@ class ManagedContainers(FactBase):
 
     def process(self, output):
         result, body = envelope(output)
+        if result["status"] == "missing":
+            return self.default()
+        # A tag no longer on the host answers 404: its tag_id is None, not an error.
+        tag_ids = {path: doc.get("Id") for code, path, doc in docker_api.responses(body)
+                   if path.startswith("/images/") and code == 200 and isinstance(doc, dict)}
+        found, errors = docker_api.documents(body, under="/containers/")
         containers = []
-        for line in body:
-            parts = line.strip().split("|")
-            if len(parts) != 7:
-                continue
-            name, status, restarting, restarts, image_id, ref, tag_id = parts
+        for c in found:
+            name, config, state = (c.get("Name") or "").lstrip("/"), c.get("Config") or {}, c.get("State") or {}
             if name.endswith(".gpufleet-previous"):
                 continue  # kept, stopped, for a rollout to roll back to (operations/containers.py)
-            containers.append({"name": name.lstrip("/"), "status": status, "restarting": restarting == "true",
-                               "restart_count": int(restarts or 0), "image_id": image_id, "image": ref,
-                               "tag_id": tag_id or None})
-        return {**result, "containers": sorted(containers, key=lambda c: c["name"])}
+            ref = config.get("Image") or ""
+            containers.append({"name": name, "status": state.get("Status"), "restarting": bool(state.get("Restarting")),
+                               "restart_count": int(c.get("RestartCount") or 0), "image_id": c.get("Image"),
+                               "image": ref, "tag_id": tag_ids.get(docker_api.path_of("images", ref))})
+        return {**failed_answers(result, errors), "containers": sorted(containers, key=lambda c: c["name"])}
 
 
 class VllmNcclVersions(FactBase):
@@ -243,8 +256,8 @@ class VllmNcclVersions(FactBase):
                            for key, version in sorted((known or {}).items()) if version)
         return wrap(
             "docker",
-            # A failing `docker ps` fails the read, never "no vLLM container".
-            for_docker_ids(f"-q --filter label={SPEC_LABEL} --filter name=^vllm-")
+            # A failing list fails the read, never "no vLLM container".
+            docker_api.for_listed_ids(docker_api.list_path("containers", label=[SPEC_LABEL], name=["^vllm-"]))
             + "docker inspect --format '{{.Id}}@{{.Image}}@{{.State.StartedAt}} {{.Name}}' $ids 2>/dev/null | "
             f"while read -r key n; do case \"$key\" in {answered}*) c=${{key%%@*}}; "
             f"out=$(docker exec \"$c\" python3 {CHECK_IN_IMAGE} --running 2>/dev/null </dev/null); "

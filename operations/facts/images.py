@@ -13,19 +13,15 @@ Two things a tag alone cannot tell:
 
 from __future__ import annotations
 
-import json
-import shlex
-
 from pyinfra.api import FactBase
 
+from . import docker_api
+from .docker import failed_answers
 from .util import envelope, wrap
 
 CHECKED_DIR = "/var/lib/gpufleet/images/checked"
 BASE_ID_LABEL = "io.gpufleet.base-id"
 BASE_DIGESTS_LABEL = "io.gpufleet.base-digests"
-_INSPECT = "'{\"id\":{{json .Id}},\"labels\":{{json .Config.Labels}},\"digests\":{{json .RepoDigests}},\"layers\":{{json .RootFS.Layers}}}'"
-
-
 def checked_marker(image_id: str) -> str:
     """The marker the check writes for one image id (only after it passed).
 
@@ -35,13 +31,11 @@ def checked_marker(image_id: str) -> str:
     return f"{CHECKED_DIR}/{image_id.removeprefix('sha256:')}.json"
 
 
-def _image(line: str) -> dict | None:
-    try:
-        raw = json.loads(line)
-    except ValueError:
+def _image(raw: dict | None) -> dict | None:
+    if raw is None:
         return None
-    return {"id": raw.get("id"), "labels": raw.get("labels") or {}, "digests": raw.get("digests") or [],
-            "layers": raw.get("layers") or []}
+    return {"id": raw.get("Id"), "labels": (raw.get("Config") or {}).get("Labels") or {},
+            "digests": raw.get("RepoDigests") or [], "layers": (raw.get("RootFS") or {}).get("Layers") or []}
 
 
 class BuiltImage(FactBase):
@@ -62,16 +56,11 @@ class BuiltImage(FactBase):
     """
 
     def command(self, ref: str, base: str) -> str:
-        r, b = shlex.quote(ref), shlex.quote(base)
-        # `docker image inspect` fails alike for "no such image" and for a daemon that does not
-        # answer: when it fails, the daemon is asked, so that only the first reads as "not built"
-        # (an image that is there costs no extra call).
+        # One curl asks for both images (a daemon that does not answer fails the read: never "not
+        # built"; an image that is not there answers 404), then the shell lists the check's markers.
         return wrap("docker", (
-            f"if i=$(docker image inspect --format {_INSPECT} {r} 2>/dev/null); then echo \"image=$i\"; "
-            f"id=$(docker image inspect --format '{{{{.Id}}}}' {r}); "
-            f"if [ -f \"{CHECKED_DIR}/${{id#sha256:}}.json\" ]; then echo checked=yes; else echo checked=no; fi; "
-            "else docker version --format '{{.Server.Version}}' >/dev/null || exit $?; fi; "
-            f"if b=$(docker image inspect --format {_INSPECT} {b} 2>/dev/null); then echo \"base=$b\"; fi"))
+            docker_api.get(docker_api.path_of("images", ref), docker_api.path_of("images", base)) + " || exit $?; "
+            f'for f in {CHECKED_DIR}/*.json; do [ ! -e "$f" ] || echo "checked=${{f##*/}}"; done'))
 
     @staticmethod
     def default():
@@ -80,11 +69,13 @@ class BuiltImage(FactBase):
 
     def process(self, output):
         result, body = envelope(output)
-        found = {**self.default(), **result}
-        for line in body:
-            key, _, value = line.partition("=")
-            if key in ("image", "base"):
-                found[key] = _image(value)
-            elif key == "checked":
-                found["checked"] = value.strip() == "yes"
-        return found
+        if result["status"] == "missing":
+            return self.default()
+        # The answers come in the order asked: the built image, then its base.
+        answers = [doc if code == 200 and isinstance(doc, dict) else None
+                   for code, _, doc in docker_api.responses(body)] + [None, None]
+        _, errors = docker_api.documents(body)
+        markers = {line.strip().removeprefix("checked=") for line in body if line.startswith("checked=")}
+        image = _image(answers[0])
+        return {**self.default(), **failed_answers(result, errors), "image": image, "base": _image(answers[1]),
+                "checked": image is not None and checked_marker(image["id"] or "").rsplit("/", 1)[-1] in markers}

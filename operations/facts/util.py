@@ -101,18 +101,6 @@ def _status_lines(limit: int, then: str = "") -> str:
             f'echo "{RC}$rc"')
 
 
-def for_docker_ids(ps_args: str) -> str:
-    """Shell prefix for a Docker read over containers: ``$ids`` holds what ``docker ps <ps_args>``
-    lists, and the rest of the command runs only when there are some. A failing ``docker ps``
-    (daemon down, socket refused) ends the read with its exit status, so the read is "failed",
-    never "no containers".
-
-    >>> for_docker_ids("-q")
-    'ids=$(docker ps -q) || exit $?; [ -z "$ids" ] || '
-    """
-    return f'ids=$(docker ps {ps_args}) || exit $?; [ -z "$ids" ] || '
-
-
 def wrap(tool: str, command: str, limit: int = READ_LIMIT_S) -> str:
     """Shell text that runs `command` (which uses `tool`) and always exits 0.
 

@@ -1,12 +1,16 @@
 """Docker facts: daemon.json read as data (whatever its layout), runtimes, GPU containers."""
 
+import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from operations.docker_daemon import merged
-from operations.facts.docker import DockerDaemonConfig, GpuContainers
+from operations.facts.docker import SPEC_LABEL, DockerDaemonConfig, GpuContainers
 from operations.facts.util import wrap_file
+
+from . import docker_api_docs as docs
 
 
 def read_with_fact_command(path) -> dict:
@@ -35,87 +39,198 @@ def test_merge_keeps_foreign_keys_and_nested_runtimes():
     assert current == {"data-root": "/srv/docker", "runtimes": {"crun": {"path": "crun"}}}  # not mutated
 
 
-def test_gpu_containers_parse_docker_output():
-    containers = GpuContainers().process([
-        '/vllm-gpu-node-1-vllm-0|runc|[{"Driver":"","Count":0,"DeviceIDs":["0","1"],"Capabilities":[["gpu"]]}]',
-        "/milvus|runc|null", "/legacy|nvidia|null", "__gpufleet_rc=0"])
-    assert containers["containers"] == ["legacy", "vllm-gpu-node-1-vllm-0"]
-
-
+# ------------------------------------------------ the Docker reads, against a stand-in daemon ----
+# The facts' shell runs for real (sh, the real curl) against tests/unit/fake_docker_api.py, a
+# process serving Docker's API on a unix socket of this test's own; `docker` on the PATH is a
+# stand-in CLI that logs its calls (the facts still need `docker` installed, and VllmNcclVersions
+# still runs `docker inspect --format` and `docker exec`).
 FAKE_DOCKER = r"""#!/bin/sh
-# A docker CLI that knows three containers (one renamed for a rollback) and logs each call.
 echo "$*" >> "$(dirname "$0")/calls"
 case "$1 $2" in
-  "ps -aq") printf 'a1\nb2\nc3\n' ;;
-  "ps -q") printf 'a1\nd4\n' ;;
-  "inspect --format")
-    case "$3" in *@*)  # VllmNcclVersions: the key of each container's run, and its name
-      shift 3
-      for c in "$@"; do echo "${c}full@sha256:img-$c@2026-12-06T11:21:46Z /vllm-node-vllm-$c"; done
-      exit 0 ;;
-    esac
+  "inspect --format")  # VllmNcclVersions: the key of each container's run, and its name
     shift 3
-    for c in "$@"; do case "$c" in
-      a1) echo '/vllm-node-vllm-0|running|false|0|sha256:img1|lab/vllm:1' ;;
-      b2) echo '/milvus|running|false|2|sha256:img2|lab/milvus:2' ;;
-      c3) echo '/vllm-node-vllm-0.gpufleet-previous|exited|false|0|sha256:img0|lab/vllm:0' ;;
-    esac; done ;;
-  "image inspect") case "$5" in lab/vllm:1) echo sha256:img1 ;; lab/milvus:2) echo sha256:newer ;; *) exit 1 ;; esac ;;
-  "exec a1full") echo '{"nccl_version": "2.27.7"}' ;;
-  "exec d4full") echo '{"nccl_version": "2.27.3"}' ;;
+    for c in "$@"; do echo "${c}@sha256:img-$c@2026-12-06T11:21:46Z /vllm-node-vllm-$c"; done ;;
+  "exec a1") echo '{"nccl_version": "2.27.7"}' ;;
+  "exec d4") echo '{"nccl_version": "2.27.3"}' ;;
   *) echo "unexpected: $*" >&2; exit 2 ;;
 esac
 """
 
 
-def _with_fake_docker(tmp_path, command: str) -> tuple[list[str], list[str]]:
-    import os
+class StandInDocker:
+    """A Docker daemon's API (a process of its own) and CLI for one test."""
 
-    (tmp_path / "docker").write_text(FAKE_DOCKER)
-    (tmp_path / "docker").chmod(0o755)
-    out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}).stdout
-    return out.splitlines(), (tmp_path / "calls").read_text().splitlines()
+    def __init__(self, tmp_path, routes: dict):
+        import os
+        import sys
+
+        self.tmp_path, self.socket = tmp_path, str(tmp_path / "docker.sock")
+        (tmp_path / "docker").write_text(FAKE_DOCKER)
+        (tmp_path / "docker").chmod(0o755)
+        self.env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+        self.server = subprocess.Popen(
+            [sys.executable, str(Path(__file__).parent / "fake_docker_api.py"), self.socket,
+             json.dumps({path: list(answer) for path, answer in routes.items()}), str(tmp_path / "api.log")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.server.stdout.readline().strip() == "ready"
+
+    def read(self, command: str) -> list[str]:
+        from operations.facts.docker_api import SOCKET
+
+        assert SOCKET in command
+        done = subprocess.run(["sh", "-c", command.replace(SOCKET, self.socket)], capture_output=True, text=True,
+                              env=self.env, timeout=30)
+        assert done.returncode == 0, done.stderr  # the envelope: the read's status is in its output
+        return done.stdout.splitlines()
+
+    def asked(self) -> list[str]:
+        log = self.tmp_path / "api.log"
+        return log.read_text().splitlines() if log.exists() else []
+
+    def cli_calls(self) -> list[str]:
+        calls = self.tmp_path / "calls"
+        return calls.read_text().splitlines() if calls.exists() else []
+
+    def close(self) -> None:
+        self.server.stdin.close()
+        self.server.wait(timeout=10)
 
 
-def test_managed_containers_inspects_every_container_in_one_call(tmp_path):
+@pytest.fixture
+def stand_in_docker(tmp_path):
+    started = []
+
+    def start(routes: dict) -> StandInDocker:
+        started.append(StandInDocker(tmp_path, routes))
+        return started[-1]
+
+    yield start
+    for docker in started:
+        docker.close()
+
+
+VLLM_ID, MILVUS_ID, PREVIOUS_ID, STOPPED_ID = ("a1" * 32, "b2" * 32, "c3" * 32, "d4" * 32)
+VLLM_C = docs.container("vllm-node-vllm-0", cid=VLLM_ID, labels={SPEC_LABEL: "5d9d"}, image="lab/vllm:1",
+                        image_id="sha256:img1", device_requests=[{"Driver": "", "Count": 0, "DeviceIDs": ["0", "1"],
+                                                                   "Capabilities": [["gpu"]], "Options": {}}])
+MILVUS_C = docs.container("milvus", cid=MILVUS_ID, labels={SPEC_LABEL: "77aa"}, image="lab/milvus:2",
+                          image_id="sha256:img2", restart_count=2)
+PREVIOUS_C = docs.container("vllm-node-vllm-0.gpufleet-previous", cid=PREVIOUS_ID, labels={SPEC_LABEL: "0f0f"},
+                            image="lab/vllm:0", image_id="sha256:img0", status="exited", runtime="nvidia")
+LEGACY_C = docs.container("legacy", cid=STOPPED_ID, runtime="nvidia")
+
+
+def test_gpu_containers_are_the_running_ones_given_gpus_by_request_or_runtime(stand_in_docker):
+    from operations.facts.docker_api import list_path
+
+    docker = stand_in_docker({list_path("containers"): (200, docs.listed(VLLM_C, MILVUS_C, LEGACY_C)),
+                              **{p: (s, d) for p, s, d in docs.inspected(VLLM_C, MILVUS_C, LEGACY_C)}})
+    fact = GpuContainers().process(docker.read(GpuContainers.command))
+    assert fact == {"status": "ok", "exit_code": 0, "error": None, "containers": ["legacy", "vllm-node-vllm-0"]}
+    # One list, then one curl for every inspect (curl logs no process per path: the API log shows the paths).
+    assert docker.asked() == [list_path("containers"), *(f"/containers/{c['Id']}/json" for c in (VLLM_C, MILVUS_C, LEGACY_C))]
+    assert docker.cli_calls() == []  # no docker CLI process
+
+
+def test_managed_containers_inspects_every_container_and_the_image_each_tag_names_now(stand_in_docker):
     from operations.facts.docker import ManagedContainers
+    from operations.facts.docker_api import list_path
 
-    out, calls = _with_fake_docker(tmp_path, ManagedContainers.command)
-    fact = ManagedContainers().process(out)
+    listing = list_path("containers", all_states=True, label=[SPEC_LABEL])
+    docker = stand_in_docker({
+        listing: (200, docs.listed(VLLM_C, MILVUS_C, PREVIOUS_C)),
+        **{p: (s, d) for p, s, d in docs.inspected(VLLM_C, MILVUS_C, PREVIOUS_C)},
+        "/images/lab/vllm:1/json": (200, docs.image("sha256:img1")),
+        "/images/lab/milvus:2/json": (200, docs.image("sha256:newer")),  # the tag was moved since
+        # lab/vllm:0 (the kept previous container's) is gone: 404
+    })
+    fact = ManagedContainers().process(docker.read(ManagedContainers.command))
     assert fact["status"] == "ok"
     assert fact["containers"] == [
         {"name": "milvus", "status": "running", "restarting": False, "restart_count": 2, "image_id": "sha256:img2",
          "image": "lab/milvus:2", "tag_id": "sha256:newer"},
         {"name": "vllm-node-vllm-0", "status": "running", "restarting": False, "restart_count": 0,
          "image_id": "sha256:img1", "image": "lab/vllm:1", "tag_id": "sha256:img1"}]
-    # docker ps, one inspect of all three, one image inspect per container.
-    assert [c.split()[0] for c in calls] == ["ps", "inspect", "image", "image", "image"]
+    assert docker.asked()[0] == listing
+    assert sorted(docker.asked()[4:]) == ["/images/lab/milvus:2/json", "/images/lab/vllm:0/json", "/images/lab/vllm:1/json"]
 
 
-def test_vllm_nccl_versions_checks_inside_only_the_containers_it_has_no_answer_for(tmp_path):
+def test_a_container_removed_between_the_list_and_its_inspect_is_left_out(stand_in_docker):
+    from operations.facts.container_runtime import ContainerRuntimes
+    from operations.facts.docker_api import list_path
+
+    docker = stand_in_docker({list_path("containers", all_states=True): (200, docs.listed(MILVUS_C, LEGACY_C)),
+                              **{p: (s, d) for p, s, d in docs.inspected(MILVUS_C)}})  # legacy: 404
+    fact = ContainerRuntimes().process(docker.read(ContainerRuntimes.command))
+    assert fact["status"] == "ok" and [c["name"] for c in fact["containers"]] == ["milvus"]
+
+
+def test_an_api_error_on_an_inspect_fails_the_read(stand_in_docker):
+    from operations.facts.container_runtime import ContainerRuntimes
+    from operations.facts.docker_api import list_path
+
+    docker = stand_in_docker({list_path("containers", all_states=True): (200, docs.listed(MILVUS_C)),
+                              f"/containers/{MILVUS_ID}/json": (500, {"message": "context deadline exceeded"})})
+    fact = ContainerRuntimes().process(docker.read(ContainerRuntimes.command))
+    assert fact["status"] == "failed" and "500 context deadline exceeded" in fact["error"]
+
+
+def test_container_and_image_state_read_one_document_each(stand_in_docker):
+    from operations.facts.docker import ContainerState, ImageState
+
+    docker = stand_in_docker({"/containers/milvus/json": (200, MILVUS_C),
+                              "/images/lab/vllm:1/json": (200, docs.image("sha256:img1", labels={"io.gpufleet.inputs": "ab12"}))})
+    assert docker.read(ContainerState().command(container="milvus"))[-1] == "__gpufleet_rc=0"
+    assert ContainerState().process(docker.read(ContainerState().command(container="milvus"))) == {
+        "exists": True, "running": True, "status": "running", "restarting": False, "spec": "77aa",
+        "image_id": "sha256:img2", "image": "lab/milvus:2", "restart_count": 2}
+    assert ContainerState().process(docker.read(ContainerState().command(container="gone")))["exists"] is False
+    assert ImageState().process(docker.read(ImageState().command(ref="lab/vllm:1"))) == {
+        "exists": True, "id": "sha256:img1", "labels": {"io.gpufleet.inputs": "ab12"}}
+    assert ImageState().process(docker.read(ImageState().command(ref="lab/vllm:2")))["exists"] is False
+
+
+def test_vllm_nccl_versions_checks_inside_only_the_containers_it_has_no_answer_for(stand_in_docker):
     from operations.facts.docker import VllmNcclVersions
+    from operations.facts.docker_api import list_path
 
-    out, calls = _with_fake_docker(tmp_path, VllmNcclVersions().command())
-    first = VllmNcclVersions().process(out)
+    running = [{"Id": "a1"}, {"Id": "d4"}]
+    docker = stand_in_docker({list_path("containers", label=[SPEC_LABEL], name=["^vllm-"]): (200, running)})
+    first = VllmNcclVersions().process(docker.read(VllmNcclVersions().command()))
     assert first["containers"] == {"vllm-node-vllm-a1": "2.27.7", "vllm-node-vllm-d4": "2.27.3"}
-    assert first["keys"]["vllm-node-vllm-a1"] == "a1full@sha256:img-a1@2026-12-06T11:21:46Z"
-    assert [c.split()[0] for c in calls] == ["ps", "inspect", "exec", "exec"]
+    assert first["keys"]["vllm-node-vllm-a1"] == "a1@sha256:img-a1@2026-12-06T11:21:46Z"
+    assert [c.split()[:2] for c in docker.cli_calls()] == [["inspect", "--format"], ["exec", "a1"], ["exec", "d4"]]
 
     # a1's run already answered: only d4 is asked (its key changed: another start time).
-    (tmp_path / "calls").unlink()
-    known = {first["keys"]["vllm-node-vllm-a1"]: "2.27.7", "d4full@sha256:img-d4@2026-12-01T00:00:00Z": "2.27.7"}
-    out, calls = _with_fake_docker(tmp_path, VllmNcclVersions().command(known=known))
-    assert VllmNcclVersions().process(out)["containers"] == first["containers"]
-    assert [c.split()[:2] for c in calls] == [["ps", "-q"], ["inspect", "--format"], ["exec", "d4full"]]
+    (docker.tmp_path / "calls").unlink()
+    known = {first["keys"]["vllm-node-vllm-a1"]: "2.27.7", "d4@sha256:img-d4@2026-12-01T00:00:00Z": "2.27.7"}
+    assert VllmNcclVersions().process(docker.read(VllmNcclVersions().command(known=known)))["containers"] == first["containers"]
+    assert [c.split()[:2] for c in docker.cli_calls()] == [["inspect", "--format"], ["exec", "d4"]]
 
 
-# A docker CLI whose daemon does not answer: what the real CLI prints (stderr) and its exit status.
-DOCKER_DOWN = """#!/bin/sh
-echo "$*" >> "$(dirname "$0")/calls"
-echo "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?" >&2
-exit 1
-"""
+def test_built_image_reads_both_images_in_one_call_and_the_marker_of_the_one_it_found(stand_in_docker, tmp_path):
+    from operations.facts.images import CHECKED_DIR, BuiltImage
+
+    built = docs.image("sha256:" + "9a" * 32, labels={"io.gpufleet.base-id": "sha256:5151"}, layers=["l1", "l2", "l3"])
+    docker = stand_in_docker({"/images/gpufleet/vllm-rtx5090:6e73/json": (200, built),
+                              "/images/vllm/vllm-openai:v0.21.0/json": (200, docs.image("sha256:5151", layers=["l1", "l2"]))})
+    checked = tmp_path / "checked"
+    checked.mkdir()
+    (checked / f"{'0f' * 32}.json").write_text("{}")  # another image's marker
+    command = BuiltImage().command(ref="gpufleet/vllm-rtx5090:6e73", base="vllm/vllm-openai:v0.21.0")
+    read = lambda: BuiltImage().process(docker.read(command.replace(CHECKED_DIR, str(checked))))  # noqa: E731
+    found = read()
+    assert found["status"] == "ok" and found["checked"] is False
+    assert found["image"] == {"id": built["Id"], "labels": {"io.gpufleet.base-id": "sha256:5151"}, "digests": [],
+                              "layers": ["l1", "l2", "l3"]}
+    assert found["base"]["id"] == "sha256:5151" and found["base"]["layers"] == ["l1", "l2"]
+    assert docker.asked() == ["/images/gpufleet/vllm-rtx5090:6e73/json", "/images/vllm/vllm-openai:v0.21.0/json"]
+    (checked / f"{'9a' * 32}.json").write_text("{}")  # the check passed in this image
+    assert read()["checked"] is True
+    # Not built: the image is None and not checked; the base is still read.
+    gone = BuiltImage().process(docker.read(BuiltImage().command(ref="gpufleet/vllm-rtx5090:0000",
+                                                                 base="vllm/vllm-openai:v0.21.0")))
+    assert gone["status"] == "ok" and gone["image"] is None and gone["checked"] is False and gone["base"]
 
 
 def _fact_commands():
@@ -123,8 +238,8 @@ def _fact_commands():
     from operations.facts.docker import ManagedContainers, VllmNcclVersions
     from operations.facts.images import BuiltImage
 
-    return [(ContainerRuntimes, ContainerRuntimes.command), (ManagedContainers, ManagedContainers.command),
-            (VllmNcclVersions, VllmNcclVersions().command()),
+    return [(GpuContainers, GpuContainers.command), (ContainerRuntimes, ContainerRuntimes.command),
+            (ManagedContainers, ManagedContainers.command), (VllmNcclVersions, VllmNcclVersions().command()),
             (BuiltImage, BuiltImage().command(ref="gpufleet/vllm-rtx5090:6e73", base="vllm/vllm-openai:v0.21.0"))]
 
 
@@ -132,11 +247,23 @@ def _fact_commands():
 def test_a_docker_that_does_not_answer_fails_the_read_never_reads_as_no_containers(tmp_path, fact, command):
     import os
 
-    (tmp_path / "docker").write_text(DOCKER_DOWN)
+    from operations.facts.docker_api import SOCKET
+
+    (tmp_path / "docker").write_text(FAKE_DOCKER)
     (tmp_path / "docker").chmod(0o755)
-    done = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
-                          env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    # Nothing listens on the socket: a stopped dockerd (curl exits 7, "Couldn't connect to server").
+    done = subprocess.run(["sh", "-c", command.replace(SOCKET, str(tmp_path / "docker.sock"))], capture_output=True,
+                          text=True, env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
     assert done.returncode == 0  # the envelope: the read's status is in its output
     found = fact().process(done.stdout.splitlines())
-    assert found["status"] == "failed" and found["exit_code"] == 1
-    assert "Cannot connect to the Docker daemon" in found["error"]
+    assert found["status"] == "failed" and found["exit_code"] == 7
+    assert "Couldn't connect to server" in found["error"]
+
+
+def test_no_docker_installed_reads_as_missing(tmp_path):
+    import os
+
+    for fact, command in _fact_commands():
+        done = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True,
+                              env={**os.environ, "PATH": str(tmp_path)})  # no docker there
+        assert fact().process(done.stdout.splitlines())["status"] == "missing", fact.__name__

@@ -2,14 +2,12 @@
 neighbour (the same situation one step to the side) is not.
 
 Hosts here answer with raw command output: every reading goes through the real fact's ``process``
-and the real runtime check. ``docker inspect`` lines are what the facts' Go templates print, in
-Docker's own field names (HostConfig.RestartPolicy, DeviceRequests, ...); the kernel log lines
-follow the NVIDIA driver's XID format (NVIDIA's XID documentation).
+and the real runtime check. Docker's answers are its Engine API documents, in Docker's own field
+names and shapes (tests/unit/docker_api_docs.py: HostConfig.RestartPolicy, DeviceRequests, ...);
+the kernel log lines follow the NVIDIA driver's XID format (NVIDIA's XID documentation).
 """
 
 from __future__ import annotations
-
-import json
 
 import pytest
 
@@ -20,10 +18,14 @@ from gpufleet.runtime_checks import HostContext, container_config, kernel_xids, 
 from gpufleet.settings import HostSettings
 from operations.containers import ContainerSpec
 from operations.facts.container_runtime import ContainerRuntimes
+from operations.facts.docker import SPEC_LABEL
+from operations.facts.docker_api import path_of
 from operations.facts.images import BASE_DIGESTS_LABEL, BASE_ID_LABEL, BuiltImage
 from operations.facts.kernel_log import KernelXids
 from operations.milvus import milvus_specs
 from operations.vllm import image_tag, replica_spec
+
+from . import docker_api_docs as docs
 
 
 class ReplayHost:
@@ -45,22 +47,18 @@ VLLM = replica_spec(name="vllm-gpu-node-2-vllm-0", image="gpufleet/vllm-rtx5090:
                     gpu_memory_utilization=0.8)
 ETCD = milvus_specs("standalone", "milvusdb/milvus:v2.6.11", "10.0.0.12")[0]
 GPUS = [{"Driver": "", "Count": 0, "DeviceIDs": ["0", "1"], "Capabilities": [["gpu"]], "Options": {}}]
-NO_LIMITS = {"Memory": 0, "MemoryReservation": 0, "MemorySwap": 0, "NanoCpus": 0, "CpuShares": 0, "CpuPeriod": 0,
-             "CpuQuota": 0, "CpusetCpus": "", "CpusetMems": "", "PidsLimit": None, "BlkioWeight": 0}
 
 
 def inspect_line(name, spec=None, *, restart="unless-stopped", networks=("bridge",), status="running",
                  requests=None, runtime="runc", limits=None, restarts=0, cid=None):
-    """One line as ContainerRuntimes' template prints it for a container."""
-    return json.dumps({
-        "id": cid or f"{abs(hash(name)):064x}"[:64], "name": f"/{name}", "spec": spec or "", "status": status,
-        "restart_count": restarts, "restart_policy": {"Name": restart, "MaximumRetryCount": 0}, "runtime": runtime,
-        "device_requests": requests, "devices": [], "network_mode": networks[0] if networks else "default",
-        "networks": {n: {"IPAddress": "172.18.0.2"} for n in networks}, "limits": {**NO_LIMITS, **(limits or {})}})
+    """One container as Docker's API answers its inspect (the document ContainerRuntimes reads)."""
+    return docs.container(name, cid=cid, labels={SPEC_LABEL: spec} if spec else {}, restart=restart,
+                          networks=networks, status=status, device_requests=requests, runtime=runtime,
+                          limits=limits, restart_count=restarts)
 
 
-def config_items(lines, specs=None, before=None):
-    host = ReplayHost({ContainerRuntimes: [*lines, RC0]})
+def config_items(containers, specs=None, before=None):
+    host = ReplayHost({ContainerRuntimes: docs.answers(*docs.inspected(*containers))})
     ctx = HostContext(specs=specs or {}, seen=Seen(before=before or {}))
     return [f"{i.check}: {i.cause}" for i in container_config(host, HostSettings(), ctx)], ctx
 
@@ -95,7 +93,7 @@ def test_a_container_changed_in_place_is_reported_against_its_spec(spec, observe
 
 
 def test_the_spec_compared_is_the_one_the_planned_deploy_reconciles():
-    """Planning containers.container (pyinfra's API, an @fake host answering `docker inspect`)
+    """Planning containers.container (pyinfra's API, an @fake host answering Docker's inspect)
     leaves its spec for drift to compare with: the same object the deploy would run."""
     from pyinfra.api import Config, Inventory, State
     from pyinfra.api.connect import connect_all
@@ -103,9 +101,10 @@ def test_the_spec_compared_is_the_one_the_planned_deploy_reconciles():
 
     from operations import containers
 
-    answer = [f"running|false|{ETCD.digest()}|sha256:aa|{ETCD.image}|0", RC0]
+    path = path_of("containers", ETCD.name)
+    answer = docs.answers((path, 200, inspect_line(ETCD.name, ETCD.digest(), networks=())))
     inventory = Inventory((["@fake/gpu-node-2"], {"fake_delay": 0, "fake_delay_jitter": 0,
-                                                   "fake_responses": {"docker inspect --type container": answer}}))
+                                                   "fake_responses": {path: answer}}))
     state = State(inventory, Config())
     connect_all(state)
     host = inventory.get_host("@fake/gpu-node-2")
@@ -154,10 +153,12 @@ def test_a_container_holding_gpus_that_gpufleet_does_not_run_is_reported(line, e
         assert len(found) == 1 and found[0].startswith(expected), found
 
 
-def test_a_container_removed_between_ps_and_inspect_is_no_error():
-    fact = ContainerRuntimes().process([inspect_line("milvus-etcd"), "Error: No such object: 4f2a", "__gpufleet_rc=1"])
+def test_a_container_removed_between_the_list_and_its_inspect_is_no_error():
+    kept = inspect_line("milvus-etcd")
+    fact = ContainerRuntimes().process(docs.answers(*docs.inspected(kept), (f"/containers/{'4f2a' * 16}/json", 404, None)))
     assert fact["status"] == "ok" and [c["name"] for c in fact["containers"]] == ["milvus-etcd"]
-    assert ContainerRuntimes().process(["Cannot connect to the Docker daemon", "__gpufleet_rc=1"])["status"] == "failed"
+    down = ["curl: (7) Failed to connect to docker port 80 after 0 ms: Couldn't connect to server", "__gpufleet_rc=7"]
+    assert ContainerRuntimes().process(down)["status"] == "failed"
 
 
 # ------------------------------------------------------------------------------- restarts --------
@@ -234,12 +235,14 @@ BASE_LAYERS, NEW_LAYERS = ["sha256:l1", "sha256:l2"], ["sha256:l1", "sha256:l7"]
 def image_output(*, checked=True, recorded=BASE_ID, base_id=BASE_ID, base_layers=BASE_LAYERS, base=True):
     labels = {"io.gpufleet.inputs": TAG.rsplit(":", 1)[1],
               **({BASE_ID_LABEL: recorded, BASE_DIGESTS_LABEL: "vllm/vllm-openai@sha256:e1d0"} if recorded else {})}
-    image = {"id": "sha256:9a" + "0" * 62, "labels": labels, "digests": [], "layers": BASE_LAYERS + ["sha256:nccl"]}
-    lines = [f"image={json.dumps(image)}", f"checked={'yes' if checked else 'no'}"]
-    if base:
-        lines.append("base=" + json.dumps({"id": base_id, "labels": {}, "digests": ["vllm/vllm-openai@sha256:f00d"],
-                                           "layers": base_layers}))
-    return lines + [RC0]
+    image_id = "sha256:9a" + "0" * 62
+    built = docs.image(image_id, labels=labels, layers=BASE_LAYERS + ["sha256:nccl"])
+    upstream = docs.image(base_id, digests=["vllm/vllm-openai@sha256:f00d"], layers=base_layers) if base else None
+    lines = docs.answers((path_of("images", TAG), 200, built),
+                         (path_of("images", SETTINGS.vllm_image), 200 if base else 404, upstream))
+    # The check's markers, listed after the answers (BuiltImage's command); another image's marker too.
+    markers = [f"checked={'0f' * 32}.json"] + ([f"checked={image_id.removeprefix('sha256:')}.json"] if checked else [])
+    return lines[:-1] + markers + lines[-1:]
 
 
 IMAGE = [
@@ -356,9 +359,8 @@ def test_nccl_in_vllm_is_not_checked_when_docker_does_not_answer():
     from gpufleet.runtime_checks import nccl_in_vllm
     from operations.facts.docker import VllmNcclVersions
 
-    down = ["Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?",
-            "__gpufleet_rc=1"]
-    with pytest.raises(NotChecked, match="could not read the NCCL inside the vLLM containers: Cannot connect"):
+    down = ["curl: (7) Failed to connect to docker port 80 after 0 ms: Couldn't connect to server", "__gpufleet_rc=7"]
+    with pytest.raises(NotChecked, match="could not read the NCCL inside the vLLM containers: curl: \\(7\\) Failed to connect"):
         nccl_in_vllm(ReplayHost({VllmNcclVersions: down}), SETTINGS, None)
     # The neighbours: Docker not installed (nothing runs), and a replica that loads the pin.
     assert nccl_in_vllm(ReplayHost({VllmNcclVersions: ["__gpufleet_missing"]}), SETTINGS, None) == []

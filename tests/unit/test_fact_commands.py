@@ -23,7 +23,6 @@ from operations.facts.apt import AptCandidates, KeyringFingerprints, PackageStat
 from operations.facts.edge import ServiceState
 from operations.facts.gpu_health import GpuHealth
 from operations.facts.host_capacity import KernelHeaders
-from operations.facts.images import BuiltImage
 from operations.facts.kernel_log import KernelXids
 from operations.facts.milvus import CredentialsGeneration
 from operations.facts.util import ReadTimedOut, envelope, wrap, wrap_file
@@ -259,14 +258,6 @@ def test_the_build_labels_the_upstream_image_it_starts_from(docker):
     assert "--label io.gpufleet.base-id=sha256:5151" in build
     assert "--label io.gpufleet.base-digests=vllm/vllm-openai@sha256:e1d0" in build
     assert "pull" not in log.read_text()  # the base was on the node: nothing pulled
-
-
-def test_built_image_reads_the_marker_of_the_image_it_inspects(docker, tmp_path, monkeypatch):
-    bin_dir, _ = docker
-    command = BuiltImage().command(ref="gpufleet/vllm-rtx5090:6e73", base="vllm/vllm-openai:v0.21.0")
-    found = BuiltImage().process(run(command, bin_dir))
-    assert found["status"] == "ok" and found["checked"] is False  # /var/lib/gpufleet/images/checked/9a9a.json
-    assert found["image"]["labels"]["io.gpufleet.base-id"] == "sha256:5151" and found["base"]["layers"] == ["l1", "l2"]
 
 
 def test_a_read_killed_mid_line_is_no_answer(tmp_path):
