@@ -97,6 +97,34 @@ def for_listed_ids(list_query: str) -> str:
     return "ids=; " + _listed(list_query, 'ids="$ids $v"') + '[ -z "$ids" ] || '
 
 
+def names_listed(list_query: str) -> str:
+    """Shell: the names of the containers a list (a :func:`list_path`) names, one per line (what
+    ``docker ps --format '{{.Names}}'`` prints), from one ``curl``. A list that fails ends the
+    read with its exit status."""
+    return (f"list=$({_CURL} -f {shlex.quote(BASE + list_query)}) || exit $?; "
+            "for v in $(printf '%s' \"$list\" | grep -o '\"Names\": *\\[ *\"/[^\"]*\"'); do "
+            "v=${v%'\"'}; echo \"${v##*'\"/'}\"; done")
+
+
+def ping() -> str:
+    """Shell: a command that succeeds when the daemon answers (``GET /_ping``), as ``docker info``."""
+    return f"{_CURL} -f {BASE}/_ping >/dev/null 2>&1"
+
+
+def ids_listed(query_shell: str) -> str:
+    """Shell: the ids of the containers a list names, one per line, where the list's query is
+    shell text (curl ``-G`` arguments, e.g. a filter built from shell variables, which curl's
+    ``--data-urlencode`` encodes). Prints nothing when the daemon does not answer."""
+    return (f"{_CURL} -f -G {query_shell} {BASE}/containers/json 2>/dev/null | grep -o '\"Id\": *\"[^\"]*\"' "
+            "| sed 's/.*\"\\([^\"]*\\)\"$/\\1/'")
+
+
+def started_at(container_shell: str) -> str:
+    """Shell: when a container (shell text: a name or id) last started, as Docker writes it."""
+    return (f"{_CURL} -f {BASE}/containers/{container_shell}/json 2>/dev/null | "
+            "grep -o '\"StartedAt\": *\"[^\"]*\"' | sed 's/.*\"\\([^\"]*\\)\"$/\\1/'")
+
+
 def inspect_listed(list_query: str) -> str:
     """Shell: list containers (``list_query``, a :func:`list_path`), then inspect each one: two
     ``curl`` processes whatever the number of containers. A container removed between the two

@@ -6,13 +6,14 @@ import json
 
 from pyinfra.api import FactBase
 
+from . import docker_api
 from .util import answer, wrap_answer
 
 LOCK_PATH = "/var/lib/gpufleet/rollout.lock"
 VLLM_ROLE_LABEL = "io.gpufleet.role=vllm"
 # No Docker (a fresh host), or dockerd stopped by systemd without live-restore (its containers
 # stopped with it): nothing runs, and a deploy may start Docker again. Any other failure of
-# `docker ps` is no answer, and the fact fails (never "no live replicas").
+# the list is no answer, and the fact fails (never "no live replicas").
 DOCKER_GUARD = ('command -v docker >/dev/null 2>&1 || exit 0; '
                 'case "$(systemctl is-system-running 2>/dev/null)" in running|degraded|starting|maintenance) '
                 'systemctl is-active --quiet docker || '
@@ -59,7 +60,7 @@ class LiveReplicas(FactBase):
 
     # A Docker that fails or hangs is no answer: the fact fails (strict), and so does the deploy
     # that asked (the serving gate must never read "none" from a Docker it could not ask).
-    command = wrap_answer(f"{DOCKER_GUARD}docker ps --filter label={VLLM_ROLE_LABEL} --format '{{{{.Names}}}}'")
+    command = wrap_answer(DOCKER_GUARD + docker_api.names_listed(docker_api.list_path("containers", label=[VLLM_ROLE_LABEL])))
 
     @staticmethod
     def default():
@@ -79,7 +80,8 @@ class ReplicaContainers(FactBase):
         ["vllm-gpu-node-1-vllm-0", "vllm-gpu-node-1-vllm-1"]
     """
 
-    command = wrap_answer(f"{DOCKER_GUARD}docker ps -a --filter label={VLLM_ROLE_LABEL} --format '{{{{.Names}}}}'")
+    command = wrap_answer(DOCKER_GUARD + docker_api.names_listed(
+        docker_api.list_path("containers", all_states=True, label=[VLLM_ROLE_LABEL])))
 
     @staticmethod
     def default():

@@ -8,6 +8,7 @@ import shlex
 
 from pyinfra.api import FactBase
 
+from . import docker_api
 from .util import answer, wrap_answer
 
 MARKER = ".gpufleet-staged.json"  # in the staged directory; written last, after verification
@@ -67,14 +68,20 @@ class StagedArchives(FactBase):
     def command(self, models_dir: str) -> str:
         # A replaced copy (<sha256>.replaced-<time>) is what a container started before that time
         # still has mounted: Docker names the original path, the mount follows the renamed one.
-        return wrap_answer(f"cd {shlex.quote(models_dir)} 2>/dev/null || exit 0; for d in *; do "
+        # Docker is asked through its API (operations/facts/docker_api.py): one ping for the
+        # directory, a list per archive, an inspect only for a replaced copy's containers.
+        volume = 'filters={\\"volume\\":[\\"$PWD/%s\\"]}'
+        return wrap_answer(f"cd {shlex.quote(models_dir)} 2>/dev/null || exit 0; "
+                           f"up=yes; command -v docker >/dev/null 2>&1 && {docker_api.ping()} || up=no; "
+                           "for d in *; do "
                            '[ -d "$d" ] || continue; case "$d" in '
                            '*.replaced-*) ts="${d##*.replaced-}"; n=0; '
-                           'for c in $(docker ps -q --filter volume="$PWD/${d%%.replaced-*}" 2>/dev/null); do '
-                           "s=$(date -d \"$(docker inspect -f '{{.State.StartedAt}}' \"$c\")\" +%s 2>/dev/null || echo 0); "
+                           "for c in $(" + docker_api.ids_listed(f'--data-urlencode "{volume % "${d%%.replaced-*}"}"')
+                           + "); do s=$(date -d \"$(" + docker_api.started_at("$c") + ')" +%s 2>/dev/null || echo 0); '
                            '[ "$s" -lt "$ts" ] && n=$((n + 1)); done ;; '
-                           '*) n=$(docker ps -aq --filter volume="$PWD/$d" 2>/dev/null | wc -l) ;; esac; '
-                           'docker info >/dev/null 2>&1 || n=unknown; '
+                           "*) n=$(" + docker_api.ids_listed(f'--data-urlencode "{volume % "$d"}" -d all=1')
+                           + " | wc -l) ;; esac; "
+                           '[ "$up" = yes ] || n=unknown; '
                            'echo "$d $(stat -c %Y "$d") $n"; done')
 
     def process(self, output: list[str]) -> list[dict]:

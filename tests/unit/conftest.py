@@ -18,3 +18,20 @@ def _home_with_milvus_secrets(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HOME", str(home))
         yield home
+
+
+@pytest.fixture
+def stand_in_docker(tmp_path):
+    """Start a stand-in Docker daemon for this test: ``stand_in_docker(routes, cli=...)`` ->
+    :class:`tests.unit.docker_api_docs.StandInDocker`, stopped after the test."""
+    from .docker_api_docs import StandInDocker
+
+    started = []
+
+    def start(routes: dict, **kwargs) -> StandInDocker:
+        started.append(StandInDocker(tmp_path, routes, **kwargs))
+        return started[-1]
+
+    yield start
+    for docker in started:
+        docker.close()

@@ -1,4 +1,4 @@
-"""Docker Engine API documents for tests, in Docker's own field names and shapes (the ones
+"""Docker Engine API documents for tests, and a stand-in daemon serving them (:class:`StandInDocker`), in Docker's own field names and shapes (the ones
 ``GET /containers/{id}/json`` and ``GET /images/{name}/json`` return, which ``docker inspect``
 prints), and the output a fact's ``curl`` prints for them (operations/facts/docker_api.py).
 
@@ -9,8 +9,12 @@ so a fact that started reading one would find it missing here and fail its test.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-from operations.facts.docker_api import BASE, HTTP
+from operations.facts.docker_api import BASE, HTTP, SOCKET
 
 RC0 = "__gpufleet_rc=0"
 NO_LIMITS = {"Memory": 0, "MemoryReservation": 0, "MemorySwap": 0, "NanoCpus": 0, "CpuShares": 0, "CpuPeriod": 0,
@@ -66,3 +70,42 @@ def answers(*asked: tuple[str, int, object], rc: int = 0) -> list[str]:
 def inspected(*containers: dict) -> list[tuple[str, int, dict]]:
     """Each container's inspect answer (200)."""
     return [(f"/containers/{c['Id']}/json", 200, c) for c in containers]
+
+
+class StandInDocker:
+    """A Docker daemon's API (tests/unit/fake_docker_api.py, a process of its own) and a `docker`
+    CLI stand-in (`cli`, a script; by default one that only logs its calls) for one test."""
+
+    def __init__(self, tmp_path, routes: dict, cli: str = "#!/bin/sh\necho \"$*\" >> \"$(dirname \"$0\")/calls\"\n"):
+        self.tmp_path, self.socket = tmp_path, str(tmp_path / "docker.sock")
+        (tmp_path / "docker").write_text(cli)
+        (tmp_path / "docker").chmod(0o755)
+        self.env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+        self.server = subprocess.Popen(
+            [sys.executable, str(Path(__file__).parent / "fake_docker_api.py"), self.socket,
+             json.dumps({path: list(answer) for path, answer in routes.items()}), str(tmp_path / "api.log")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.server.stdout.readline().strip() == "ready"
+
+    def read(self, command: str) -> list[str]:
+        done = subprocess.run(["sh", "-c", self.aimed(command)], capture_output=True, text=True, env=self.env,
+                              timeout=30)
+        assert done.returncode == 0, done.stderr  # the envelope: the read's status is in its output
+        return done.stdout.splitlines()
+
+    def aimed(self, command: str) -> str:
+        """The command, asking this stand-in's socket instead of the host's Docker."""
+        assert SOCKET in command
+        return command.replace(SOCKET, self.socket)
+
+    def asked(self) -> list[str]:
+        log = self.tmp_path / "api.log"
+        return log.read_text().splitlines() if log.exists() else []
+
+    def cli_calls(self) -> list[str]:
+        calls = self.tmp_path / "calls"
+        return calls.read_text().splitlines() if calls.exists() else []
+
+    def close(self) -> None:
+        self.server.stdin.close()
+        self.server.wait(timeout=10)

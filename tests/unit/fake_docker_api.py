@@ -6,7 +6,7 @@ as a process of its own (the unit tests' process runs under gevent)::
 
     python tests/unit/fake_docker_api.py SOCKET ROUTES_JSON LOG
 
-``ROUTES_JSON`` maps a path (with its query, as the fact asks for it) to ``[status, document]``.
+``ROUTES_JSON`` maps a path (with its query; see :func:`canonical`) to ``[status, document]``.
 Each request's path is appended to ``LOG``. It serves until its stdin closes.
 """
 
@@ -18,16 +18,33 @@ import socketserver
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler
+from urllib.parse import parse_qsl, urlsplit
+
+
+def canonical(url: str) -> tuple:
+    """A path and its query as the daemon reads them: the query's order, its encoding and the
+    spacing of its JSON filters do not matter.
+
+    >>> canonical('/containers/json?filters=%7B%22volume%22%3A%5B%22%2Fm%2Fb%22%5D%7D&all=1') == \\
+    ...     canonical('/containers/json?all=1&filters={"volume": ["/m/b"]}')
+    True
+    """
+    parts = urlsplit(url)
+    query = sorted((k, json.dumps(json.loads(v), sort_keys=True) if k == "filters" else v)
+                   for k, v in parse_qsl(parts.query))
+    return parts.path, tuple(query)
 
 
 def serve(socket_path: str, routes: dict, log_path: str) -> socketserver.UnixStreamServer:
+    routes = {canonical(path): answer for path, answer in routes.items()}
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # curl reuses one connection for all the paths it asks for
 
         def do_GET(self):  # noqa: N802 - http.server's name
             with open(log_path, "a") as log:
                 log.write(self.path + "\n")
-            status, document = routes.get(self.path, [404, None])
+            status, document = routes.get(canonical(self.path), [404, None])
             if document is None and status == 404:
                 kind = "image" if self.path.startswith("/images/") else "container"
                 name = self.path.split("/", 2)[-1].rsplit("/json", 1)[0]

@@ -1,8 +1,6 @@
 """Docker facts: daemon.json read as data (whatever its layout), runtimes, GPU containers."""
 
-import json
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -41,9 +39,10 @@ def test_merge_keeps_foreign_keys_and_nested_runtimes():
 
 # ------------------------------------------------ the Docker reads, against a stand-in daemon ----
 # The facts' shell runs for real (sh, the real curl) against tests/unit/fake_docker_api.py, a
-# process serving Docker's API on a unix socket of this test's own; `docker` on the PATH is a
-# stand-in CLI that logs its calls (the facts still need `docker` installed, and VllmNcclVersions
-# still runs `docker inspect --format` and `docker exec`).
+# process serving Docker's API on a unix socket of this test's own (the stand_in_docker fixture,
+# tests/unit/conftest.py); `docker` on the PATH is a stand-in CLI that logs its calls (the facts
+# still need `docker` installed, and VllmNcclVersions still runs `docker inspect --format` and
+# `docker exec`).
 FAKE_DOCKER = r"""#!/bin/sh
 echo "$*" >> "$(dirname "$0")/calls"
 case "$1 $2" in
@@ -57,58 +56,6 @@ esac
 """
 
 
-class StandInDocker:
-    """A Docker daemon's API (a process of its own) and CLI for one test."""
-
-    def __init__(self, tmp_path, routes: dict):
-        import os
-        import sys
-
-        self.tmp_path, self.socket = tmp_path, str(tmp_path / "docker.sock")
-        (tmp_path / "docker").write_text(FAKE_DOCKER)
-        (tmp_path / "docker").chmod(0o755)
-        self.env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
-        self.server = subprocess.Popen(
-            [sys.executable, str(Path(__file__).parent / "fake_docker_api.py"), self.socket,
-             json.dumps({path: list(answer) for path, answer in routes.items()}), str(tmp_path / "api.log")],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.server.stdout.readline().strip() == "ready"
-
-    def read(self, command: str) -> list[str]:
-        from operations.facts.docker_api import SOCKET
-
-        assert SOCKET in command
-        done = subprocess.run(["sh", "-c", command.replace(SOCKET, self.socket)], capture_output=True, text=True,
-                              env=self.env, timeout=30)
-        assert done.returncode == 0, done.stderr  # the envelope: the read's status is in its output
-        return done.stdout.splitlines()
-
-    def asked(self) -> list[str]:
-        log = self.tmp_path / "api.log"
-        return log.read_text().splitlines() if log.exists() else []
-
-    def cli_calls(self) -> list[str]:
-        calls = self.tmp_path / "calls"
-        return calls.read_text().splitlines() if calls.exists() else []
-
-    def close(self) -> None:
-        self.server.stdin.close()
-        self.server.wait(timeout=10)
-
-
-@pytest.fixture
-def stand_in_docker(tmp_path):
-    started = []
-
-    def start(routes: dict) -> StandInDocker:
-        started.append(StandInDocker(tmp_path, routes))
-        return started[-1]
-
-    yield start
-    for docker in started:
-        docker.close()
-
-
 VLLM_ID, MILVUS_ID, PREVIOUS_ID, STOPPED_ID = ("a1" * 32, "b2" * 32, "c3" * 32, "d4" * 32)
 VLLM_C = docs.container("vllm-node-vllm-0", cid=VLLM_ID, labels={SPEC_LABEL: "5d9d"}, image="lab/vllm:1",
                         image_id="sha256:img1", device_requests=[{"Driver": "", "Count": 0, "DeviceIDs": ["0", "1"],
@@ -118,6 +65,11 @@ MILVUS_C = docs.container("milvus", cid=MILVUS_ID, labels={SPEC_LABEL: "77aa"}, 
 PREVIOUS_C = docs.container("vllm-node-vllm-0.gpufleet-previous", cid=PREVIOUS_ID, labels={SPEC_LABEL: "0f0f"},
                             image="lab/vllm:0", image_id="sha256:img0", status="exited", runtime="nvidia")
 LEGACY_C = docs.container("legacy", cid=STOPPED_ID, runtime="nvidia")
+
+
+@pytest.fixture
+def stand_in_docker(stand_in_docker):
+    return lambda routes: stand_in_docker(routes, cli=FAKE_DOCKER)
 
 
 def test_gpu_containers_are_the_running_ones_given_gpus_by_request_or_runtime(stand_in_docker):
@@ -267,3 +219,19 @@ def test_no_docker_installed_reads_as_missing(tmp_path):
         done = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True,
                               env={**os.environ, "PATH": str(tmp_path)})  # no docker there
         assert fact().process(done.stdout.splitlines())["status"] == "missing", fact.__name__
+
+
+def test_replica_names_come_from_one_list_with_the_kept_previous_one_left_out(stand_in_docker):
+    from operations.facts.docker_api import list_path
+    from operations.facts.rollout import VLLM_ROLE_LABEL, LiveReplicas, ReplicaContainers
+
+    docker = stand_in_docker({
+        list_path("containers", label=[VLLM_ROLE_LABEL]): (200, docs.listed(VLLM_C)),
+        list_path("containers", all_states=True, label=[VLLM_ROLE_LABEL]): (200, docs.listed(VLLM_C, PREVIOUS_C))})
+    systemctl = docker.tmp_path / "systemctl"  # a booted host whose docker.service is active
+    systemctl.write_text('#!/bin/sh\ncase "$1" in is-system-running) echo running;; is-active) exit 0;; esac\n')
+    systemctl.chmod(0o755)
+    assert LiveReplicas().process(docker.read(LiveReplicas.command)) == ["vllm-node-vllm-0"]
+    assert ReplicaContainers().process(docker.read(ReplicaContainers.command)) == ["vllm-node-vllm-0"]
+    assert docker.asked() == [list_path("containers", label=[VLLM_ROLE_LABEL]),
+                              list_path("containers", all_states=True, label=[VLLM_ROLE_LABEL])]

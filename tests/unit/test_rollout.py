@@ -334,15 +334,17 @@ def test_a_docker_that_fails_is_no_answer_never_no_replicas(tmp_path, fact):
     assert no_docker.returncode == 0 and no_docker.stdout == "__gpufleet_rc=0\n"  # a fresh host: nothing runs
     assert cls().process(no_docker.stdout.splitlines()) == []
     docker = bin_dir / "docker"
-    docker.write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n")
+    docker.write_text("#!/bin/sh\nexit 0\n")  # installed; the read asks the daemon's socket, where nothing answers
     docker.chmod(0o755)
     systemctl = bin_dir / "systemctl"  # a booted host whose docker.service is active, yet docker fails
     systemctl.write_text('#!/bin/sh\ncase "$1" in is-system-running) echo running;; is-active) exit 0;; esac\n')
     systemctl.chmod(0o755)
-    broken = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True,
-                            env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
-    assert broken.returncode == 0 and broken.stdout.splitlines()[-1] == "__gpufleet_rc=1"
-    with pytest.raises(FactProcessError, match=r"^the read failed \(exit 1\)"):
+    from operations.facts.docker_api import SOCKET
+
+    broken = subprocess.run(["/bin/sh", "-c", command.replace(SOCKET, str(tmp_path / "docker.sock"))],
+                            capture_output=True, text=True, env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert broken.returncode == 0 and broken.stdout.splitlines()[-1] == "__gpufleet_rc=7"  # curl: nothing listens
+    with pytest.raises(FactProcessError, match=r"^the read failed \(exit 7\)"):
         cls().process(broken.stdout.splitlines())  # pyinfra fails the fact, and the deploy that asked
 
 

@@ -15,6 +15,7 @@ import tarfile
 import threading
 from functools import partial
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 
@@ -54,8 +55,8 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def _sh(script: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
+def _sh(script: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60, env=env)
 
 
 def _fact(directory: str) -> dict:
@@ -257,7 +258,7 @@ def test_hub_staging_downloads_damaged_files_again_and_writes_the_marker_last(tm
     assert json.loads((snapshot / MARKER).read_text())["revision"] == "c" * 40
 
 
-def test_archives_no_replica_needs_are_found_and_the_rest_kept(tmp_path):
+def test_archives_no_replica_needs_are_found_and_the_rest_kept(tmp_path, stand_in_docker):
     """The fact's command under sh on a models directory, and what retain would remove from it."""
     import os
 
@@ -271,16 +272,15 @@ def test_archives_no_replica_needs_are_found_and_the_rest_kept(tmp_path):
     (models / ".incoming").mkdir()
     (models / "backup-of-my-model").mkdir()  # not ours: never listed, never removed
     fact = StagedArchives()
-    # A docker CLI that answers and mounts "b..." only, then one whose engine does not answer.
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    docker = bin_dir / "docker"
-    # ps: "b..." is mounted; a container on "c..." started at 1764800000, before its replaced copy.
-    docker.write_text('#!/bin/sh\ncase "$*" in *volume=*/bbbb*) echo 1f2e3d ;; *volume=*/cccc*) echo 4c5b6a ;; '
-                      'inspect*) echo 2025-12-03T22:13:20.5Z ;; esac\nexit 0\n')
-    docker.chmod(0o755)
-    path = f"PATH={bin_dir}:$PATH; "
-    found = fact.process(_sh(path + fact.command(str(models))).stdout.splitlines())
+    # A Docker (tests/unit/fake_docker_api.py) that answers and mounts "b..." only; a container on
+    # "c..." started at 1764800000, before its replaced copy; then one whose engine does not answer.
+    volume = lambda d, all_states: ("/containers/json?" + ("all=1&" if all_states else "")  # noqa: E731
+                                    + urlencode({"filters": json.dumps({"volume": [f"{models}/{d * 64}"]})}))
+    docker = stand_in_docker({"/_ping": (200, "OK"), volume("b", True): (200, [{"Id": "1f2e3d"}]),
+                              volume("c", True): (200, [{"Id": "4c5b6a"}]), volume("c", False): (200, [{"Id": "4c5b6a"}]),
+                              "/containers/4c5b6a/json": (200, {"Id": "4c5b6a",
+                                                                "State": {"StartedAt": "2025-12-03T22:13:20.5Z"}})})
+    found = fact.process(_sh(docker.aimed(fact.command(str(models))), env=docker.env).stdout.splitlines())
     assert sorted((a["name"], a["mtime"], a["mounted"]) for a in found) == sorted(
         (n, m, 1 if n[0] in "bc" else 0) for n, m in names.items())
     # Kept: "c" (pinned), "b" (mounted, and the newest other: a rollback's way back), the replaced
@@ -290,7 +290,7 @@ def test_archives_no_replica_needs_are_found_and_the_rest_kept(tmp_path):
     assert weights.archives_to_remove(restarted, keep="c" * 64) == ["a" * 64, "c" * 64 + ".replaced-1764900000"]
     mounted_a = [{**a, "mounted": int(a["name"].startswith("a"))} for a in restarted]  # "a" in use: kept too
     assert weights.archives_to_remove(mounted_a, keep="c" * 64) == ["c" * 64 + ".replaced-1764900000"]
-    docker.write_text("#!/bin/sh\nexit 1\n")  # no engine: nothing can be proven unmounted, nothing goes
-    found = fact.process(_sh(path + fact.command(str(models))).stdout.splitlines())
-    assert weights.archives_to_remove(found, keep="c" * 64) == []
+    docker.close()  # no engine: nothing can be proven unmounted, nothing goes
+    found = fact.process(_sh(docker.aimed(fact.command(str(models))), env=docker.env).stdout.splitlines())
+    assert {a["mounted"] for a in found} == {1} and weights.archives_to_remove(found, keep="c" * 64) == []
     assert fact.process(_sh(fact.command(str(tmp_path / "absent"))).stdout.splitlines()) == []
