@@ -161,7 +161,7 @@ def container_config(host, settings: HostSettings, ctx: HostContext) -> list[Dri
     from gpufleet.drift_counters import new_restarts
     from operations.facts.container_runtime import ContainerRuntimes
 
-    found = read(host, ContainerRuntimes, "containers (docker inspect)", ctx.failures)
+    found = read(host, ContainerRuntimes, "the containers (Docker's API)", ctx.failures)
     if found["status"] == "missing":
         return []
     if found["status"] != "ok":
@@ -196,7 +196,7 @@ def vllm_image(host, settings: HostSettings, ctx: HostContext) -> list[DriftItem
     from operations.vllm import image_tag
 
     tag = image_tag(settings.vllm_image, settings.nccl_version, settings.pip_install_args)
-    found = read(host, BuiltImage, "the vLLM image (docker image inspect)", ctx.failures, ref=tag,
+    found = read(host, BuiltImage, "the vLLM image (Docker's API)", ctx.failures, ref=tag,
                  base=settings.vllm_image)
     if found["status"] == "missing":
         return []

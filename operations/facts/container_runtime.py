@@ -10,8 +10,8 @@ from __future__ import annotations
 from pyinfra.api import FactBase
 
 from . import docker_api
-from .docker import SPEC_LABEL, failed_answers, holds_gpu as host_config_holds_gpu
-from .util import envelope, wrap
+from .docker import SPEC_LABEL, holds_gpu as host_config_holds_gpu
+from .util import wrap
 
 # `docker update` flags and the HostConfig fields they set (docker container update --help).
 LIMIT_FIELDS = ("Memory", "MemoryReservation", "MemorySwap", "NanoCpus", "CpuShares", "CpuPeriod", "CpuQuota",
@@ -78,9 +78,9 @@ class ContainerRuntimes(FactBase):
         return {"status": "missing", "exit_code": None, "error": "docker not installed", "containers": []}
 
     def process(self, output):
-        result, body = envelope(output)
+        result, body = docker_api.read_result(output)
         if result["status"] == "missing":
             return self.default()
         found, errors = docker_api.documents(body, under="/containers/")
         containers = [parse_container(raw) for raw in found]
-        return {**failed_answers(result, errors), "containers": sorted(containers, key=lambda c: c["name"])}
+        return {**docker_api.failed_answers(result, errors), "containers": sorted(containers, key=lambda c: c["name"])}

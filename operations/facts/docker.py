@@ -79,16 +79,11 @@ def holds_gpu(container: dict) -> bool:
                for d in container.get("Devices") or [])
 
 
-def failed_answers(result: dict, errors: list[str]) -> dict:
-    """The read's status, failed when Docker's API answered with an error (not a 404) where the
-    shell's exit status says nothing went wrong."""
-    if result["status"] == "ok" and errors:
-        return {"status": "failed", "exit_code": result["exit_code"], "error": "; ".join(errors)}
-    return result
-
-
 class GpuContainers(FactBase):
-    """Running containers that were given GPUs (:func:`holds_gpu`).
+    """Running containers that were given GPUs (:func:`holds_gpu`, the rule drift's "holds GPUs"
+    uses too: ``--gpus``, the nvidia runtime, CDI names and /dev/nvidia* devices; wider than the
+    ``--gpus``/runtime test of earlier versions, on the safe side: a false "holds GPUs" only asks for
+    a drain).
 
     A ``systemctl daemon-reload`` takes the GPUs away from such containers unless the toolkit
     runs in CDI mode ("Failed to initialize NVML: Unknown Error"), so operations that would
@@ -107,12 +102,12 @@ class GpuContainers(FactBase):
         return {"status": "missing", "exit_code": None, "error": "docker not installed", "containers": []}
 
     def process(self, output):
-        result, body = envelope(output)
+        result, body = docker_api.read_result(output)
         if result["status"] == "missing":
             return self.default()
         found, errors = docker_api.documents(body)
         containers = [c.get("Name", "").lstrip("/") for c in found if holds_gpu(c.get("HostConfig") or {})]
-        return {**failed_answers(result, errors), "containers": sorted(containers)}
+        return {**docker_api.failed_answers(result, errors), "containers": sorted(containers)}
 
 
 SPEC_LABEL = "io.gpufleet.spec"  # digest of a container's desired spec (operations/containers.py)
@@ -127,7 +122,8 @@ class ContainerState(FactBase):
         {"exists": True, "running": True, "status": "running", "restarting": False, "spec": "3f2a...",
          "image_id": "sha256:...", "image": "gpufleet/vllm-rtx5090:ab12", "restart_count": 0}
 
-    No such container (or no Docker): ``{"exists": False, ...}``.
+    No such container, no Docker, or a Docker that does not answer (as the CLI version read it):
+    ``{"exists": False, ...}``. Read from Docker's API (operations/facts/docker_api.py).
     """
 
     def command(self, container: str) -> str:
@@ -139,7 +135,7 @@ class ContainerState(FactBase):
                 "image_id": None, "image": None, "restart_count": 0}
 
     def process(self, output):
-        result, body = envelope(output)
+        result, body = docker_api.read_result(output)
         found, _ = docker_api.documents(body)
         if result["status"] != "ok" or not found:
             return self.default()
@@ -168,7 +164,7 @@ class ImageState(FactBase):
         return {"exists": False, "id": None, "labels": {}}
 
     def process(self, output):
-        result, body = envelope(output)
+        result, body = docker_api.read_result(output)
         found, _ = docker_api.documents(body)
         if result["status"] != "ok" or not found:
             return self.default()
@@ -202,7 +198,7 @@ class ManagedContainers(FactBase):
         return {"status": "missing", "exit_code": None, "error": "docker not installed", "containers": []}
 
     def process(self, output):
-        result, body = envelope(output)
+        result, body = docker_api.read_result(output)
         if result["status"] == "missing":
             return self.default()
         # A tag no longer on the host answers 404: its tag_id is None, not an error.
@@ -218,7 +214,7 @@ class ManagedContainers(FactBase):
             containers.append({"name": name, "status": state.get("Status"), "restarting": bool(state.get("Restarting")),
                                "restart_count": int(c.get("RestartCount") or 0), "image_id": c.get("Image"),
                                "image": ref, "tag_id": tag_ids.get(docker_api.path_of("images", ref))})
-        return {**failed_answers(result, errors), "containers": sorted(containers, key=lambda c: c["name"])}
+        return {**docker_api.failed_answers(result, errors), "containers": sorted(containers, key=lambda c: c["name"])}
 
 
 class VllmNcclVersions(FactBase):

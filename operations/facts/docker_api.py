@@ -6,18 +6,28 @@ it about fifteen times. ``curl`` answers the same question from the same daemon 
 asks for any number of paths in one process. What comes back is the API's JSON: the document
 ``docker inspect`` prints (the CLI prints what this API returns), parsed on the control side.
 
-The socket is Docker's default, ``/var/run/docker.sock``: gpufleet refuses a ``hosts`` key in
-daemon.json (gpufleet/settings_daemon.py), and Debian's docker.service listens on that socket.
-``curl`` is one of the base role's packages (group_data/all.py ``base_packages``); facts still
-wrap ``docker`` (no Docker installed reads as "missing", as before).
-
-Every answer is followed by a line of its own, ``__gpufleet_http=<status> <url>``: 200, 404 (no
-such container or image) or anything else, and the URL it answers. A daemon that does not answer makes ``curl`` exit non-zero
-(7: nothing listens on the socket), so the read is "failed", never "no containers".
+* **The socket** is Docker's default, ``/var/run/docker.sock``: gpufleet refuses a ``hosts`` key in
+  daemon.json (gpufleet/settings_daemon.py), and Debian's docker.service listens there. ``curl`` is
+  one of the base role's packages (group_data/all.py ``base_packages``); facts still wrap
+  ``docker`` (no Docker installed reads as "missing", as before).
+* **Secrets never leave the host.** An inspect document holds the container's environment
+  (``Config.Env``: what ``--env-file`` passed, the HF token and API keys). The docker CLI's
+  templates printed chosen fields; the whole document is printed here, so every answer goes through
+  ``sed`` on the host first, which replaces each ``"Env":[…]`` with ``"Env":null`` (no fact reads
+  it). pyinfra's ``-vvv`` output, drift's reports and this module's errors see no value.
+* **Status.** Every answer is followed by a line of its own, ``__gpufleet_http=<status> <url>``:
+  200, 404 (no such container or image) or anything else, and the URL it answers. A daemon that
+  does not answer makes ``curl`` exit non-zero (7: nothing listens on the socket), so the read is
+  "failed", never "no containers"; a list is asked with ``-f``, so an error status (``curl`` exits
+  22) fails it too. :func:`read_result` is the envelope of such a read, with an error made of what
+  is not a document (curl's own message, the answers' ``message``).
+* **JSON as dockerd writes it**: compact (Go's encoder: ``"Id":"…"``, no space). The shell takes
+  ids and references out of it with ``grep -o``, one process per list, never one per value.
 
 Example (ContainerState's command and what it reads)::
 
-    command = wrap("docker", get(f"/containers/{name}/json"))
+    command = wrap("docker", get(path_of("containers", name)))
+    result, body = read_result(output)
     code, path, document = responses(body)[0]   # (200, "/containers/milvus/json", {"Id": ...})
 """
 
@@ -27,12 +37,18 @@ import json
 import shlex
 from urllib.parse import quote, urlencode
 
+from .util import envelope
+
 SOCKET = "/var/run/docker.sock"
 BASE = "http://docker"  # curl needs a host name; over a unix socket it is only the Host header
 HTTP = "__gpufleet_http="
 _CURL = f"curl -sS --unix-socket {SOCKET}"
 # After each answer: its status and the path it answers (curl's effective URL), on a line of its own.
 _WRITE_OUT = f"-w '\\n{HTTP}%{{http_code}} %{{url_effective}}\\n'"
+# Each "Env":[…] of a document -> "Env":null (a JSON string: "…" with \-escapes inside).
+_NO_ENV = """sed -E 's/"Env":\\[("([^"\\\\]|\\\\.)*",?)*\\]/"Env":null/g'"""
+# Shell function `api URL…`: one curl for every URL, each answer without its Env, curl's exit status.
+_API = (f'api() {{ a=$({_CURL} {_WRITE_OUT} "$@"); r=$?; printf \'%s\\n\' "$a" | {_NO_ENV}; return $r; }}; ')
 
 
 def path_of(kind: str, name: str) -> str:
@@ -55,35 +71,29 @@ def list_path(kind: str, all_states: bool = False, **filters: list[str]) -> str:
 
 
 def get(*paths: str) -> str:
-    """Shell: one ``curl`` that asks for every path (fixed at plan time), each answer followed by
-    its status line.
+    """Shell: one ``curl`` that asks for every path (fixed at plan time), each answer (without its
+    Env) followed by its status line; the exit status is curl's.
 
-    >>> print(get("/containers/milvus/json"))
-    curl -sS --unix-socket /var/run/docker.sock -w '\\n__gpufleet_http=%{http_code} %{url_effective}\\n' http://docker/containers/milvus/json
+    >>> get("/containers/milvus/json").endswith("api http://docker/containers/milvus/json")
+    True
     """
-    return f"{_CURL} {_WRITE_OUT} " + " ".join(shlex.quote(BASE + p) for p in paths)
+    return _API + "api " + " ".join(shlex.quote(BASE + p) for p in paths)
 
 
-def _each_quoted(text_var: str, key: str, then: str) -> str:
-    # Shell: for each '"<key>":"<value>"' in $<text_var> (JSON), $v is the value and `then` runs.
-    # One grep over the text: the shell's own ${x#*pattern} over tens of kB of JSON took longer
-    # than the docker CLI this module replaces.
-    # dockerd writes compact JSON ('"Id":"…"'); a space after the colon is matched too.
-    return (f"for v in $(printf '%s' \"${text_var}\" | grep -o '\"{key}\": *\"[^\"]*\"'); do "
+def _each(text_var: str, key: str, then: str) -> str:
+    # Shell: for each '"<key>":"<value>"' in $<text_var> (compact JSON), $v is the value and `then`
+    # runs. One grep over the text: the shell's own ${x#*pattern} over tens of kB of JSON took
+    # longer than the docker CLI this module replaces.
+    return (f"for v in $(printf '%s' \"${text_var}\" | grep -o '\"{key}\":\"[^\"]*\"'); do "
             f"v=${{v%'\"'}}; v=${{v##*'\"'}}; {then}; done; ")
 
 
 def _listed(list_query: str, then: str) -> str:
-    # Shell: list containers and run `then` for each one's id ($v). '"Id":"<hex>"' is the list's
-    # only key so spelled. A list that fails (daemon down: curl exits 7; an error status: -f exits
-    # 22) ends the read with that status: "failed", never "no containers".
+    # Shell: list containers and run `then` for each one's id ($v): '"Id":"<hex>"' is the only key
+    # of a listed container so spelled. A list that fails (daemon down: curl exits 7; an error
+    # status: -f exits 22) ends the read with that status: "failed", never "no containers".
     return (f"list=$({_CURL} -f {shlex.quote(BASE + list_query)}) || exit $?; set --; "
-            + _each_quoted("list", "Id", then))
-
-
-def _urls_of_listed(list_query: str) -> str:
-    # Shell: "$@" holds each listed container's inspect URL.
-    return _listed(list_query, f'set -- "$@" "{BASE}/containers/$v/json"')
+            + _each("list", "Id", then))
 
 
 def for_listed_ids(list_query: str) -> str:
@@ -102,34 +112,15 @@ def names_listed(list_query: str) -> str:
     ``docker ps --format '{{.Names}}'`` prints), from one ``curl``. A list that fails ends the
     read with its exit status."""
     return (f"list=$({_CURL} -f {shlex.quote(BASE + list_query)}) || exit $?; "
-            "for v in $(printf '%s' \"$list\" | grep -o '\"Names\": *\\[ *\"/[^\"]*\"'); do "
+            "for v in $(printf '%s' \"$list\" | grep -o '\"Names\":\\[\"/[^\"]*\"'); do "
             "v=${v%'\"'}; echo \"${v##*'\"/'}\"; done")
-
-
-def ping() -> str:
-    """Shell: a command that succeeds when the daemon answers (``GET /_ping``), as ``docker info``."""
-    return f"{_CURL} -f {BASE}/_ping >/dev/null 2>&1"
-
-
-def ids_listed(query_shell: str) -> str:
-    """Shell: the ids of the containers a list names, one per line, where the list's query is
-    shell text (curl ``-G`` arguments, e.g. a filter built from shell variables, which curl's
-    ``--data-urlencode`` encodes). Prints nothing when the daemon does not answer."""
-    return (f"{_CURL} -f -G {query_shell} {BASE}/containers/json 2>/dev/null | grep -o '\"Id\": *\"[^\"]*\"' "
-            "| sed 's/.*\"\\([^\"]*\\)\"$/\\1/'")
-
-
-def started_at(container_shell: str) -> str:
-    """Shell: when a container (shell text: a name or id) last started, as Docker writes it."""
-    return (f"{_CURL} -f {BASE}/containers/{container_shell}/json 2>/dev/null | "
-            "grep -o '\"StartedAt\": *\"[^\"]*\"' | sed 's/.*\"\\([^\"]*\\)\"$/\\1/'")
 
 
 def inspect_listed(list_query: str) -> str:
     """Shell: list containers (``list_query``, a :func:`list_path`), then inspect each one: two
     ``curl`` processes whatever the number of containers. A container removed between the two
     answers 404."""
-    return _urls_of_listed(list_query) + f'[ $# -eq 0 ] || {_CURL} {_WRITE_OUT} "$@"'
+    return _API + _listed(list_query, f'set -- "$@" "{BASE}/containers/$v/json"') + '[ $# -eq 0 ] || api "$@"'
 
 
 def inspect_listed_and_their_images(list_query: str) -> str:
@@ -137,10 +128,34 @@ def inspect_listed_and_their_images(list_query: str) -> str:
     names now, in a third ``curl``. The references are cut out of the inspects' JSON by the shell
     ('"Image":"<ref>"', skipping the top-level ``"Image":"sha256:…"``); each answer's status line
     names the path it answers, so the control side matches images to containers by reference."""
-    return (_urls_of_listed(list_query)
-            + f'[ $# -eq 0 ] && exit 0; out=$({_CURL} {_WRITE_OUT} "$@") || exit $?; printf \'%s\\n\' "$out"; set --; '
-            + _each_quoted("out", "Image", f'case $v in sha256:*) ;; *) set -- "$@" "{BASE}/images/$v/json" ;; esac')
-            + f'[ $# -eq 0 ] || {_CURL} {_WRITE_OUT} "$@"')
+    return (_API + _listed(list_query, f'set -- "$@" "{BASE}/containers/$v/json"')
+            + '[ $# -eq 0 ] && exit 0; out=$(api "$@") || exit $?; printf \'%s\\n\' "$out"; set --; '
+            + _each("out", "Image", f'case $v in sha256:*) ;; *) set -- "$@" "{BASE}/images/$v/json" ;; esac')
+            + '[ $# -eq 0 ] || api "$@"')
+
+
+def ping() -> str:
+    """Shell: a command that succeeds when the daemon answers (``GET /_ping``), as ``docker info``."""
+    return f"{_CURL} -f {BASE}/_ping >/dev/null 2>&1"
+
+
+def list_containers(query_shell: str) -> str:
+    """Shell: the containers' list (JSON) where its query is shell text: curl ``-G`` arguments,
+    e.g. a filter built from shell variables, which ``--data-urlencode`` encodes. Exits non-zero
+    when the daemon does not answer or answers an error (``-f``)."""
+    return f"{_CURL} -f -G {query_shell} {BASE}/containers/json 2>/dev/null"
+
+
+def ids_in(text_var: str) -> str:
+    """Shell: the container ids in a list held in ``$<text_var>``, one per line."""
+    return f"printf '%s' \"${text_var}\" | grep -o '\"Id\":\"[^\"]*\"' | cut -d'\"' -f4"
+
+
+def started_at(container_shell: str) -> str:
+    """Shell: when a container (shell text: a name or id) last started, as Docker writes it;
+    nothing when it cannot be asked."""
+    return (f"{_CURL} -f {BASE}/containers/{container_shell}/json 2>/dev/null | "
+            "grep -o '\"StartedAt\":\"[^\"]*\"' | cut -d'\"' -f4")
 
 
 def responses(body: list[str]) -> list[tuple[int, str, object]]:
@@ -184,3 +199,28 @@ def documents(body: list[str], under: str = "/") -> tuple[list[dict], list[str]]
             message = document.get("message") if isinstance(document, dict) else None
             errors.append(f"{path}: {code} {message or 'no answer'}")
     return found, errors
+
+
+def read_result(output: list[str]) -> tuple[dict, list[str]]:
+    """The envelope of an API read (operations/facts/util.envelope), whose error, when it failed,
+    is made of curl's own words and the answers' messages, never of the documents it printed
+    before it failed (they can be tens of kB).
+
+    >>> read_result(['{"Id":"a1"}', "", "__gpufleet_http=200 http://docker/containers/a1/json",
+    ...              "curl: (7) Failed to connect to docker port 80: Couldn't connect to server", "__gpufleet_rc=7"])[0]
+    {'status': 'failed', 'exit_code': 7, 'error': "curl: (7) Failed to connect to docker port 80: Couldn't connect to server"}
+    """
+    result, body = envelope(output)
+    if result["status"] == "failed":
+        _, errors = documents(body)
+        words = [line.strip() for line in body if line.strip() and not line.startswith(("{", "[", HTTP, '"'))]
+        result = {**result, "error": " ".join(words + errors) or "no output"}
+    return result, body
+
+
+def failed_answers(result: dict, errors: list[str]) -> dict:
+    """The read's status, failed when Docker's API answered with an error (not a 404) where the
+    shell's exit status says nothing went wrong."""
+    if result["status"] == "ok" and errors:
+        return {"status": "failed", "exit_code": result["exit_code"], "error": "; ".join(errors)}
+    return result

@@ -16,12 +16,13 @@ from __future__ import annotations
 from pyinfra.api import FactBase
 
 from . import docker_api
-from .docker import failed_answers
-from .util import envelope, wrap
+from .util import wrap
 
 CHECKED_DIR = "/var/lib/gpufleet/images/checked"
 BASE_ID_LABEL = "io.gpufleet.base-id"
 BASE_DIGESTS_LABEL = "io.gpufleet.base-digests"
+
+
 def checked_marker(image_id: str) -> str:
     """The marker the check writes for one image id (only after it passed).
 
@@ -60,7 +61,7 @@ class BuiltImage(FactBase):
         # built"; an image that is not there answers 404), then the shell lists the check's markers.
         return wrap("docker", (
             docker_api.get(docker_api.path_of("images", ref), docker_api.path_of("images", base)) + " || exit $?; "
-            f'for f in {CHECKED_DIR}/*.json; do [ ! -e "$f" ] || echo "checked=${{f##*/}}"; done'))
+            f'for f in {CHECKED_DIR}/*.json; do [ ! -f "$f" ] || echo "checked=${{f##*/}}"; done'))
 
     @staticmethod
     def default():
@@ -68,7 +69,7 @@ class BuiltImage(FactBase):
                 "checked": False, "base": None}
 
     def process(self, output):
-        result, body = envelope(output)
+        result, body = docker_api.read_result(output)
         if result["status"] == "missing":
             return self.default()
         # The answers come in the order asked: the built image, then its base.
@@ -77,5 +78,5 @@ class BuiltImage(FactBase):
         _, errors = docker_api.documents(body)
         markers = {line.strip().removeprefix("checked=") for line in body if line.startswith("checked=")}
         image = _image(answers[0])
-        return {**self.default(), **failed_answers(result, errors), "image": image, "base": _image(answers[1]),
+        return {**self.default(), **docker_api.failed_answers(result, errors), "image": image, "base": _image(answers[1]),
                 "checked": image is not None and checked_marker(image["id"] or "").rsplit("/", 1)[-1] in markers}

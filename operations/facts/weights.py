@@ -69,18 +69,20 @@ class StagedArchives(FactBase):
         # A replaced copy (<sha256>.replaced-<time>) is what a container started before that time
         # still has mounted: Docker names the original path, the mount follows the renamed one.
         # Docker is asked through its API (operations/facts/docker_api.py): one ping for the
-        # directory, a list per archive, an inspect only for a replaced copy's containers.
-        volume = 'filters={\\"volume\\":[\\"$PWD/%s\\"]}'
+        # directory, a list per archive, an inspect only for a replaced copy's containers. A list
+        # that fails (the daemon stopped meanwhile, an error status) counts as "unknown": kept.
+        volume = '--data-urlencode "filters={\\"volume\\":[\\"$PWD/%s\\"]}"'
         return wrap_answer(f"cd {shlex.quote(models_dir)} 2>/dev/null || exit 0; "
                            f"up=yes; command -v docker >/dev/null 2>&1 && {docker_api.ping()} || up=no; "
                            "for d in *; do "
                            '[ -d "$d" ] || continue; case "$d" in '
                            '*.replaced-*) ts="${d##*.replaced-}"; n=0; '
-                           "for c in $(" + docker_api.ids_listed(f'--data-urlencode "{volume % "${d%%.replaced-*}"}"')
-                           + "); do s=$(date -d \"$(" + docker_api.started_at("$c") + ')" +%s 2>/dev/null || echo 0); '
-                           '[ "$s" -lt "$ts" ] && n=$((n + 1)); done ;; '
-                           "*) n=$(" + docker_api.ids_listed(f'--data-urlencode "{volume % "$d"}" -d all=1')
-                           + " | wc -l) ;; esac; "
+                           f"if l=$({docker_api.list_containers(volume % '${d%%.replaced-*}')}); then "
+                           f"for c in $({docker_api.ids_in('l')}); do "
+                           f's=$(date -d "$({docker_api.started_at("$c")})" +%s 2>/dev/null || echo 0); '
+                           '[ "$s" -lt "$ts" ] && n=$((n + 1)); done; else n=unknown; fi ;; '
+                           f"*) if l=$({docker_api.list_containers(volume % '$d' + ' -d all=1')}); then "
+                           f"n=$({docker_api.ids_in('l')} | wc -l); else n=unknown; fi ;; esac; "
                            '[ "$up" = yes ] || n=unknown; '
                            'echo "$d $(stat -c %Y "$d") $n"; done')
 

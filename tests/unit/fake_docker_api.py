@@ -6,7 +6,8 @@ as a process of its own (the unit tests' process runs under gevent)::
 
     python tests/unit/fake_docker_api.py SOCKET ROUTES_JSON LOG
 
-``ROUTES_JSON`` maps a path (with its query; see :func:`canonical`) to ``[status, document]``.
+``ROUTES_JSON`` maps a path (with its query; see :func:`canonical`) to ``[status, document]``; a
+list it has no route for answers 500, anything else 404.
 Each request's path is appended to ``LOG``. It serves until its stdin closes.
 """
 
@@ -44,7 +45,12 @@ def serve(socket_path: str, routes: dict, log_path: str) -> socketserver.UnixStr
         def do_GET(self):  # noqa: N802 - http.server's name
             with open(log_path, "a") as log:
                 log.write(self.path + "\n")
-            status, document = routes.get(canonical(self.path), [404, None])
+            default = [404, None]
+            if canonical(self.path)[0] in ("/containers/json", "/images/json"):
+                # dockerd never answers a list with 404: a list the test did not route is a test
+                # (or a fact) asking for what it did not mean to, and must not read as "none".
+                default = [500, {"message": f"stand-in: no route for {self.path}"}]
+            status, document = routes.get(canonical(self.path), default)
             if document is None and status == 404:
                 kind = "image" if self.path.startswith("/images/") else "container"
                 name = self.path.split("/", 2)[-1].rsplit("/json", 1)[0]

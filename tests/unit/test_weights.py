@@ -276,7 +276,7 @@ def test_archives_no_replica_needs_are_found_and_the_rest_kept(tmp_path, stand_i
     # "c..." started at 1764800000, before its replaced copy; then one whose engine does not answer.
     volume = lambda d, all_states: ("/containers/json?" + ("all=1&" if all_states else "")  # noqa: E731
                                     + urlencode({"filters": json.dumps({"volume": [f"{models}/{d * 64}"]})}))
-    docker = stand_in_docker({"/_ping": (200, "OK"), volume("b", True): (200, [{"Id": "1f2e3d"}]),
+    docker = stand_in_docker({"/_ping": (200, "OK"), volume("a", True): (200, []), volume("b", True): (200, [{"Id": "1f2e3d"}]),
                               volume("c", True): (200, [{"Id": "4c5b6a"}]), volume("c", False): (200, [{"Id": "4c5b6a"}]),
                               "/containers/4c5b6a/json": (200, {"Id": "4c5b6a",
                                                                 "State": {"StartedAt": "2025-12-03T22:13:20.5Z"}})})
@@ -290,7 +290,18 @@ def test_archives_no_replica_needs_are_found_and_the_rest_kept(tmp_path, stand_i
     assert weights.archives_to_remove(restarted, keep="c" * 64) == ["a" * 64, "c" * 64 + ".replaced-1764900000"]
     mounted_a = [{**a, "mounted": int(a["name"].startswith("a"))} for a in restarted]  # "a" in use: kept too
     assert weights.archives_to_remove(mounted_a, keep="c" * 64) == ["c" * 64 + ".replaced-1764900000"]
-    docker.close()  # no engine: nothing can be proven unmounted, nothing goes
+    # A Docker that answers its ping, then fails a list (an error status, or stopped meanwhile):
+    # that archive is "unknown", kept.
+    docker.close()
+    failing = stand_in_docker({"/_ping": (200, "OK"), volume("b", True): (200, [{"Id": "1f2e3d"}]),
+                               volume("c", True): (200, [{"Id": "4c5b6a"}]),
+                               volume("c", False): (500, {"message": "stand-in: dockerd restarting"})})
+    found = {a["name"]: a["mounted"] for a in
+             fact.process(_sh(failing.aimed(fact.command(str(models))), env=failing.env).stdout.splitlines())}
+    assert found == {"a" * 64: 1, "b" * 64: 1, "c" * 64: 1, "c" * 64 + ".replaced-1764900000": 1}
+    assert weights.archives_to_remove([{"name": n, "mtime": 1, "mounted": m} for n, m in found.items()],
+                                      keep="c" * 64) == []
+    failing.close()  # no engine: nothing can be proven unmounted, nothing goes
     found = fact.process(_sh(docker.aimed(fact.command(str(models))), env=docker.env).stdout.splitlines())
     assert {a["mounted"] for a in found} == {1} and weights.archives_to_remove(found, keep="c" * 64) == []
     assert fact.process(_sh(fact.command(str(tmp_path / "absent"))).stdout.splitlines()) == []
