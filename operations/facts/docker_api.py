@@ -37,6 +37,8 @@ import json
 import shlex
 from urllib.parse import quote, urlencode
 
+from pyinfra.api.exceptions import FactProcessError
+
 from .util import envelope
 
 SOCKET = "/var/run/docker.sock"
@@ -206,11 +208,19 @@ def read_result(output: list[str]) -> tuple[dict, list[str]]:
     is made of curl's own words and the answers' messages, never of the documents it printed
     before it failed (they can be tens of kB).
 
+    A host with Docker but without ``curl`` (exit 127: the shell found no such command) is no
+    answer at all: FactProcessError, so pyinfra fails the host before anything runs there. Read as
+    "failed", ContainerState and ImageState would say "not there" and the deploy would plan to
+    create what exists.
+
     >>> read_result(['{"Id":"a1"}', "", "__gpufleet_http=200 http://docker/containers/a1/json",
     ...              "curl: (7) Failed to connect to docker port 80: Couldn't connect to server", "__gpufleet_rc=7"])[0]
     {'status': 'failed', 'exit_code': 7, 'error': "curl: (7) Failed to connect to docker port 80: Couldn't connect to server"}
     """
     result, body = envelope(output)
+    if result["status"] == "failed" and result["exit_code"] == 127:
+        raise FactProcessError(f"{result['error']}: gpufleet asks Docker through its API with curl, which this "
+                               "host lacks. Install curl (it is in group_data's base_packages) and deploy again")
     if result["status"] == "failed":
         _, errors = documents(body)
         words = [line.strip() for line in body if line.strip() and not line.startswith(("{", "[", HTTP, '"'))]

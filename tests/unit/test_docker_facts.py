@@ -261,3 +261,24 @@ def test_no_secret_of_a_container_leaves_the_host_even_when_the_read_fails(stand
     assert fact["status"] == "failed" and fact["error"] == f"/containers/{'ee' * 32}/json: 500 dockerd restarting"
     state = ContainerState().process(docker.read(ContainerState().command(container="vllm-gpu-node-1-vllm-0")))
     assert state["spec"] == real["Config"]["Labels"]["io.gpufleet.spec"] and state["running"] is True
+
+
+def test_a_host_with_docker_but_no_curl_fails_instead_of_reading_nothing_there(tmp_path):
+    """ContainerState reads a failed read as "no such container": without curl, every container
+    would look absent and the deploy would plan to create them. The host fails, saying why."""
+    import os
+    import shutil
+
+    from pyinfra.api.exceptions import FactProcessError
+
+    from operations.facts.docker import ContainerState
+
+    for name in ("sh", "timeout", "sed", "grep", "cut"):  # a host's tools, without curl
+        (tmp_path / name).symlink_to(shutil.which(name))
+    (tmp_path / "docker").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "docker").chmod(0o755)
+    done = subprocess.run(["/bin/sh", "-c", ContainerState().command(container="milvus")], capture_output=True,
+                          text=True, env={**os.environ, "PATH": str(tmp_path)})
+    assert done.stdout.splitlines()[-1] == "__gpufleet_rc=127"
+    with pytest.raises(FactProcessError, match="curl: not found: gpufleet asks Docker through its API with curl"):
+        ContainerState().process(done.stdout.splitlines())
