@@ -355,7 +355,10 @@ def stop_gpu_containers(rollout, name: str) -> None:
 
     timeout = _fleet(rollout).hosts[name].settings.vllm_stop_timeout_effective()
     with _on_node(rollout, name) as (host, _):
-        running = host.get_fact(GpuContainers)["containers"]
+        found = host.get_fact(GpuContainers)
+        if found["status"] == "failed":  # never "none": a GPU container may still run
+            raise StepError(f"could not ask Docker which containers hold GPUs: {found['error']}")
+        running = found["containers"]
         if not running:
             return
         ok, out = shell(host, f"docker stop -t {timeout} " + " ".join(shlex.quote(c) for c in running),

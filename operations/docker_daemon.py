@@ -51,8 +51,19 @@ def refuse_daemon_reload_under_gpu_containers(what: str) -> None:
     A ``"features": {"cdi": true}`` in daemon.json does not lift it: only containers started with
     CDI device names (``--device nvidia.com/gpu=...``, Docker >= 25) keep their devices, and the
     fleet's Docker is Debian 12's docker.io 20.10, which has no CDI (README, "Decisions").
+
+    A Docker that is installed but does not answer fails the host instead (OperationError): it
+    cannot say that no GPU container runs. No Docker at all (a fresh host) is no container.
     """
-    running = host.get_fact(GpuContainers)["containers"]
+    found = host.get_fact(GpuContainers)
+    if found["status"] == "failed":
+        # Docker is installed and did not answer: containers may still run (live-restore) and
+        # hold GPUs. Not knowing is no "none": fail the host, and say what to look at.
+        raise OperationError(
+            f"{what} would run `systemctl daemon-reload`, and Docker did not say which containers hold "
+            f"GPUs ({found['error']}): a reload drops the GPUs of any that run. Find why Docker does "
+            "not answer (`systemctl status docker`), then deploy again.")
+    running = found["containers"]
     if running:
         raise ServingInterruption(
             f"{what} {DAEMON_RELOAD_REFUSAL} "

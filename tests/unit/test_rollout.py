@@ -56,7 +56,7 @@ def test_the_refusals_say_what_a_rollout_must_do_by_type(monkeypatch):
 
     class Host:  # GPU containers run, no CDI: a daemon-reload would take their GPUs
         def get_fact(self, fact):
-            return {"GpuContainers": {"containers": ["vllm-a"]}, "DockerDaemonConfig": {"config": {}}}[fact.__name__]
+            return {"GpuContainers": {"status": "ok", "containers": ["vllm-a"]}, "DockerDaemonConfig": {"config": {}}}[fact.__name__]
 
     monkeypatch.setattr(docker, "host", Host())
     with pytest.raises(gate_module.ServingInterruption) as refused:
@@ -956,3 +956,33 @@ def test_one_process_at_a_time_runs_a_rollout(tmp_path, monkeypatch):
     other.id = "r-other"
     with RunLock(r), RunLock(other):  # another rollout's file is another lock
         pass
+
+
+@pytest.mark.parametrize("read, stops", [
+    ({"status": "ok", "exit_code": 0, "error": None, "containers": ["vllm-n1-vllm-0", "jupyter"]},
+     "docker stop -t 45 vllm-n1-vllm-0 jupyter"),
+    ({"status": "missing", "exit_code": None, "error": "docker not installed", "containers": []}, None),
+    ({"status": "failed", "exit_code": 7, "error": "curl: (7) Failed to connect to docker port 80", "containers": []},
+     "could not ask Docker which containers hold GPUs: curl: (7) Failed to connect"),
+])
+def test_stopping_the_gpu_containers_never_reads_a_docker_that_did_not_answer_as_none(monkeypatch, read, stops):
+    """A drained node's GPU containers are stopped before a GPU-stack change; a failed read is a
+    failed step (the change would take the GPUs of whatever still runs), never "nothing to stop"."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from gpufleet import rollout_steps
+
+    host, sent = SimpleNamespace(get_fact=lambda fact: read, data={}), []
+    settings = SimpleNamespace(vllm_stop_timeout_effective=lambda: 45)
+    monkeypatch.setattr(rollout_steps, "_fleet", lambda rollout: SimpleNamespace(hosts={"n1": SimpleNamespace(settings=settings)}))
+    monkeypatch.setattr(rollout_steps, "_on_node", contextmanager(lambda rollout, name: (yield host, None)))
+    monkeypatch.setattr(rollout_steps, "shell", lambda h, command, **kw: (sent.append(command), (True, ""))[1])
+    monkeypatch.setattr(rollout_steps, "sudo_arguments", lambda h: {})
+    if read["status"] == "failed":
+        with pytest.raises(rollout_steps.StepError, match=re.escape(stops)):
+            rollout_steps.stop_gpu_containers(None, "n1")
+        assert sent == []
+    else:
+        rollout_steps.stop_gpu_containers(None, "n1")
+        assert sent == ([stops] if stops else [])
