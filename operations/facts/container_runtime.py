@@ -78,9 +78,7 @@ class ContainerRuntimes(FactBase):
         return {"status": "missing", "exit_code": None, "error": "docker not installed", "containers": []}
 
     def process(self, output):
-        result, body = docker_api.read_result(output)
+        result, found, _ = docker_api.read_answers(output, under="/containers/")
         if result["status"] == "missing":
             return self.default()
-        found, errors = docker_api.documents(body, under="/containers/")
-        containers = [parse_container(raw) for raw in found]
-        return {**docker_api.failed_answers(result, errors), "containers": sorted(containers, key=lambda c: c["name"])}
+        return {**result, "containers": sorted((parse_container(raw) for raw in found), key=lambda c: c["name"])}

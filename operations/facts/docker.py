@@ -102,12 +102,11 @@ class GpuContainers(FactBase):
         return {"status": "missing", "exit_code": None, "error": "docker not installed", "containers": []}
 
     def process(self, output):
-        result, body = docker_api.read_result(output)
+        result, found, _ = docker_api.read_answers(output)
         if result["status"] == "missing":
             return self.default()
-        found, errors = docker_api.documents(body)
         containers = [c.get("Name", "").lstrip("/") for c in found if holds_gpu(c.get("HostConfig") or {})]
-        return {**docker_api.failed_answers(result, errors), "containers": sorted(containers)}
+        return {**result, "containers": sorted(containers)}
 
 
 SPEC_LABEL = "io.gpufleet.spec"  # digest of a container's desired spec (operations/containers.py)
@@ -135,8 +134,7 @@ class ContainerState(FactBase):
                 "image_id": None, "image": None, "restart_count": 0}
 
     def process(self, output):
-        result, body = docker_api.read_result(output)
-        found, _ = docker_api.documents(body)
+        result, found, _ = docker_api.read_answers(output)
         if result["status"] != "ok" or not found:
             return self.default()
         container = found[0]
@@ -164,8 +162,7 @@ class ImageState(FactBase):
         return {"exists": False, "id": None, "labels": {}}
 
     def process(self, output):
-        result, body = docker_api.read_result(output)
-        found, _ = docker_api.documents(body)
+        result, found, _ = docker_api.read_answers(output)
         if result["status"] != "ok" or not found:
             return self.default()
         image = found[0]
@@ -198,13 +195,12 @@ class ManagedContainers(FactBase):
         return {"status": "missing", "exit_code": None, "error": "docker not installed", "containers": []}
 
     def process(self, output):
-        result, body = docker_api.read_result(output)
+        result, found, body = docker_api.read_answers(output, under="/containers/")
         if result["status"] == "missing":
             return self.default()
         # A tag no longer on the host answers 404: its tag_id is None, not an error.
         tag_ids = {path: doc.get("Id") for code, path, doc in docker_api.responses(body)
                    if path.startswith("/images/") and code == 200 and isinstance(doc, dict)}
-        found, errors = docker_api.documents(body, under="/containers/")
         containers = []
         for c in found:
             name, config, state = (c.get("Name") or "").lstrip("/"), c.get("Config") or {}, c.get("State") or {}
@@ -214,7 +210,7 @@ class ManagedContainers(FactBase):
             containers.append({"name": name, "status": state.get("Status"), "restarting": bool(state.get("Restarting")),
                                "restart_count": int(c.get("RestartCount") or 0), "image_id": c.get("Image"),
                                "image": ref, "tag_id": tag_ids.get(docker_api.path_of("images", ref))})
-        return {**docker_api.failed_answers(result, errors), "containers": sorted(containers, key=lambda c: c["name"])}
+        return {**result, "containers": sorted(containers, key=lambda c: c["name"])}
 
 
 class VllmNcclVersions(FactBase):

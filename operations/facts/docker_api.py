@@ -19,16 +19,15 @@ asks for any number of paths in one process. What comes back is the API's JSON: 
   200, 404 (no such container or image) or anything else, and the URL it answers. A daemon that
   does not answer makes ``curl`` exit non-zero (7: nothing listens on the socket), so the read is
   "failed", never "no containers"; a list is asked with ``-f``, so an error status (``curl`` exits
-  22) fails it too. :func:`read_result` is the envelope of such a read, with an error made of what
-  is not a document (curl's own message, the answers' ``message``).
+  22) fails it too. :func:`read_answers` is the envelope of such a read (its error made of what is not
+  a document: curl's own message, the answers' ``message``) and the documents it answered.
 * **JSON as dockerd writes it**: compact (Go's encoder: ``"Id":"…"``, no space). The shell takes
   ids and references out of it with ``grep -o``, one process per list, never one per value.
 
 Example (ContainerState's command and what it reads)::
 
     command = wrap("docker", get(path_of("containers", name)))
-    result, body = read_result(output)
-    code, path, document = responses(body)[0]   # (200, "/containers/milvus/json", {"Id": ...})
+    result, found, body = read_answers(output)   # {"status": "ok", ...}, [{"Id": ..., "State": ...}], lines
 """
 
 from __future__ import annotations
@@ -228,9 +227,16 @@ def read_result(output: list[str]) -> tuple[dict, list[str]]:
     return result, body
 
 
-def failed_answers(result: dict, errors: list[str]) -> dict:
-    """The read's status, failed when Docker's API answered with an error (not a 404) where the
-    shell's exit status says nothing went wrong."""
+def read_answers(output: list[str], under: str = "/") -> tuple[dict, list[dict], list[str]]:
+    """What every API fact starts with: ``(status, the 200 documents under a prefix, the body)``.
+    The status is :func:`read_result`'s, failed too when an answer there was an error (not a
+    404) although the shell's exit status says nothing went wrong.
+
+    >>> read_answers(['{"message":"boom"}', "__gpufleet_http=500 http://docker/containers/a1/json", "__gpufleet_rc=0"])[0]
+    {'status': 'failed', 'exit_code': 0, 'error': '/containers/a1/json: 500 boom'}
+    """
+    result, body = read_result(output)
+    found, errors = documents(body, under)
     if result["status"] == "ok" and errors:
-        return {"status": "failed", "exit_code": result["exit_code"], "error": "; ".join(errors)}
-    return result
+        result = {"status": "failed", "exit_code": result["exit_code"], "error": "; ".join(errors)}
+    return result, found, body

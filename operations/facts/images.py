@@ -69,14 +69,13 @@ class BuiltImage(FactBase):
                 "checked": False, "base": None}
 
     def process(self, output):
-        result, body = docker_api.read_result(output)
+        result, _, body = docker_api.read_answers(output)
         if result["status"] == "missing":
             return self.default()
         # The answers come in the order asked: the built image, then its base.
         answers = [doc if code == 200 and isinstance(doc, dict) else None
                    for code, _, doc in docker_api.responses(body)] + [None, None]
-        _, errors = docker_api.documents(body)
         markers = {line.strip().removeprefix("checked=") for line in body if line.startswith("checked=")}
         image = _image(answers[0])
-        return {**self.default(), **docker_api.failed_answers(result, errors), "image": image, "base": _image(answers[1]),
+        return {**self.default(), **result, "image": image, "base": _image(answers[1]),
                 "checked": image is not None and checked_marker(image["id"] or "").rsplit("/", 1)[-1] in markers}

@@ -49,7 +49,7 @@ ETCD = milvus_specs("standalone", "milvusdb/milvus:v2.6.11", "10.0.0.12")[0]
 GPUS = [{"Driver": "", "Count": 0, "DeviceIDs": ["0", "1"], "Capabilities": [["gpu"]], "Options": {}}]
 
 
-def inspect_line(name, spec=None, *, restart="unless-stopped", networks=("bridge",), status="running",
+def inspected_container(name, spec=None, *, restart="unless-stopped", networks=("bridge",), status="running",
                  requests=None, runtime="runc", limits=None, restarts=0, cid=None):
     """One container as Docker's API answers its inspect (the document ContainerRuntimes reads)."""
     return docs.container(name, cid=cid, labels={SPEC_LABEL: spec} if spec else {}, restart=restart,
@@ -84,7 +84,7 @@ IN_PLACE = [
 
 @pytest.mark.parametrize(("spec", "observed", "expected"), [c[1:] for c in IN_PLACE], ids=[c[0] for c in IN_PLACE])
 def test_a_container_changed_in_place_is_reported_against_its_spec(spec, observed, expected):
-    found, _ = config_items([inspect_line(spec.name, spec.digest(), **observed)], {spec.name: spec})
+    found, _ = config_items([inspected_container(spec.name, spec.digest(), **observed)], {spec.name: spec})
     if expected is None:
         assert found == []
     else:
@@ -102,7 +102,7 @@ def test_the_spec_compared_is_the_one_the_planned_deploy_reconciles():
     from operations import containers
 
     path = path_of("containers", ETCD.name)
-    answer = docs.answers((path, 200, inspect_line(ETCD.name, ETCD.digest(), networks=())))
+    answer = docs.answers((path, 200, inspected_container(ETCD.name, ETCD.digest(), networks=())))
     inventory = Inventory((["@fake/gpu-node-2"], {"fake_delay": 0, "fake_delay_jitter": 0,
                                                    "fake_responses": {path: answer}}))
     state = State(inventory, Config())
@@ -113,14 +113,14 @@ def test_the_spec_compared_is_the_one_the_planned_deploy_reconciles():
     assert meta[host].will_change is False  # label matches: the plan sees nothing ...
     specs = containers.planned_specs(host)
     assert specs == {ETCD.name: ETCD}
-    found, _ = config_items([inspect_line(ETCD.name, ETCD.digest(), networks=())], specs)
+    found, _ = config_items([inspected_container(ETCD.name, ETCD.digest(), networks=())], specs)
     assert found == [f"container {ETCD.name}: not connected to network milvus (changed in place)"]  # ... drift does
 
 
 def test_a_container_whose_label_no_longer_matches_is_left_to_the_plan():
     # Its spec changed in the repository: the plan recreates it; comparing it with the new spec
     # field by field would report the same change twice.
-    found, _ = config_items([inspect_line(VLLM.name, "0123456789abcdef", restart="no")], {VLLM.name: VLLM})
+    found, _ = config_items([inspected_container(VLLM.name, "0123456789abcdef", restart="no")], {VLLM.name: VLLM})
     assert found == []
 
 
@@ -134,13 +134,13 @@ def test_runtime_differences_name_every_updatable_change_at_once():
 
 # -------------------------------------------------------------------- unmanaged GPU holders ------
 UNMANAGED = [
-    ("unlabelled-with-gpus", inspect_line("jupyter", requests=GPUS), "container jupyter: holds GPUs (--gpus device=0,1)"),
-    ("unlabelled-nvidia-runtime", inspect_line("legacy", runtime="nvidia"), "container legacy: holds GPUs (nvidia runtime)"),
-    ("unlabelled-gpus-all", inspect_line("bench", requests=[{**GPUS[0], "Count": -1, "DeviceIDs": None}]),
+    ("unlabelled-with-gpus", inspected_container("jupyter", requests=GPUS), "container jupyter: holds GPUs (--gpus device=0,1)"),
+    ("unlabelled-nvidia-runtime", inspected_container("legacy", runtime="nvidia"), "container legacy: holds GPUs (nvidia runtime)"),
+    ("unlabelled-gpus-all", inspected_container("bench", requests=[{**GPUS[0], "Count": -1, "DeviceIDs": None}]),
      "container bench: holds GPUs (--gpus all)"),
-    ("unlabelled-stopped-with-gpus", inspect_line("jupyter", requests=GPUS, status="exited"), None),
-    ("unlabelled-without-gpus", inspect_line("node-exporter"), None),
-    ("managed-with-gpus", inspect_line(VLLM.name, VLLM.digest(), requests=GPUS), None),
+    ("unlabelled-stopped-with-gpus", inspected_container("jupyter", requests=GPUS, status="exited"), None),
+    ("unlabelled-without-gpus", inspected_container("node-exporter"), None),
+    ("managed-with-gpus", inspected_container(VLLM.name, VLLM.digest(), requests=GPUS), None),
 ]
 
 
@@ -154,7 +154,7 @@ def test_a_container_holding_gpus_that_gpufleet_does_not_run_is_reported(line, e
 
 
 def test_a_container_removed_between_the_list_and_its_inspect_is_no_error():
-    kept = inspect_line("milvus-etcd")
+    kept = inspected_container("milvus-etcd")
     fact = ContainerRuntimes().process(docs.answers(*docs.inspected(kept), (f"/containers/{'4f2a' * 16}/json", 404, None)))
     assert fact["status"] == "ok" and [c["name"] for c in fact["containers"]] == ["milvus-etcd"]
     down = ["curl: (7) Failed to connect to docker port 80 after 0 ms: Couldn't connect to server", "__gpufleet_rc=7"]
@@ -164,7 +164,7 @@ def test_a_container_removed_between_the_list_and_its_inspect_is_no_error():
 # ------------------------------------------------------------------------------- restarts --------
 def test_restarts_are_reported_when_new_since_the_last_run_and_cleared_after():
     cid = "a" * 64
-    line = inspect_line(VLLM.name, VLLM.digest(), restarts=7, cid=cid)
+    line = inspected_container(VLLM.name, VLLM.digest(), restarts=7, cid=cid)
     found, ctx = config_items([line], {VLLM.name: VLLM}, before={"restarts": {cid: 3}})
     assert found == [f"container {VLLM.name}: restarted 4 times since the last check (7 since created): crash loop"]
     assert ctx.seen.now["restarts"] == {cid: 7}
@@ -174,7 +174,7 @@ def test_restarts_are_reported_when_new_since_the_last_run_and_cleared_after():
 
 
 def test_a_recreated_container_counts_its_own_restarts_only():
-    found, _ = config_items([inspect_line(VLLM.name, VLLM.digest(), restarts=1, cid="b" * 64)], {VLLM.name: VLLM},
+    found, _ = config_items([inspected_container(VLLM.name, VLLM.digest(), restarts=1, cid="b" * 64)], {VLLM.name: VLLM},
                             before={"restarts": {"a" * 64: 40}})
     assert found == []  # one restart of the new container is not a crash loop
 
