@@ -80,6 +80,7 @@ from pyinfra.api.util import get_kwargs_str, log_error_or_warning
 from pyinfra.context import ctx_config, ctx_host
 
 from operations import pyinfra_speedups
+from operations.fact_batches import Batch, Batches
 from operations.facts.util import ReadTimedOut
 
 FORGET_AFTER_DAYS = 7
@@ -345,7 +346,8 @@ class _PrefetchedFacts:
 
     # ------------------------------------------------------------------ one round trip -----------
     def read(self) -> int:
-        groups: dict[str, list[tuple[str, Any, dict[str, Any]]]] = {}
+        # privileges -> ([(key, command)], the batched reads, the global arguments they share)
+        groups: dict[str, tuple[list[tuple[str, Any]], Batches, dict[str, Any]]] = {}
         for key, entry in self.remembered.items():
             if not _asked_lately(entry["runs"], self.kind, self.runs):
                 continue
@@ -359,17 +361,22 @@ class _PrefetchedFacts:
                                                       prefetch_arguments(cls, entry["kwargs"], self.host.name))
             if hasattr(cls, "prefetch_kwargs"):
                 key = _key(entry["fact"], fact_kwargs)
+            privileges = _privileges(global_kwargs)
+            group = groups.setdefault(privileges, ([], Batches(), global_kwargs))
+            if group[1].add(key, cls, fact_kwargs):
+                continue  # answered by its batch's one process (operations/fact_batches.py)
             command = _fact_command(cls(), dict(fact_kwargs))
             if command is not None:
-                groups.setdefault(_privileges(global_kwargs), []).append((key, command, global_kwargs))
-        for privileges, items in groups.items():
-            self._run(privileges, items)
+                group[0].append((key, command))
+        for privileges, (items, batches, global_kwargs) in groups.items():
+            self._run(privileges, items, list(batches), global_kwargs)
         return len(self.answers)
 
-    def _run(self, privileges: str, items: list) -> None:
+    def _run(self, privileges: str, items: list, batches: list[Batch], global_kwargs: dict[str, Any]) -> None:
+        """One command: the reads ``items`` ([(key, command)]) and ``batches``, each in a lane."""
         mark = f"__gpufleet_fact_{secrets.token_hex(4)}"
-        commands = [command for _, command, _ in items]
-        executor_kwargs = {k: v for k, v in items[0][2].items() if k in CONNECTOR_ARGUMENT_KEYS}
+        commands = [command for _, command in items] + [batch.command() for batch in batches]
+        executor_kwargs = {k: v for k, v in global_kwargs.items() if k in CONNECTOR_ARGUMENT_KEYS}
         try:
             with self._reading():
                 ok, output = self.host.run_shell_command(concurrent_reads(commands, mark), print_output=False,
@@ -381,7 +388,12 @@ class _PrefetchedFacts:
         current, lines = None, []
         for line in output.stdout_lines:
             if line.startswith(f"{mark}:rc:") and current is not None:
-                self.answers[items[current][0]] = (privileges, int(line.rsplit(":", 1)[1] or 1), lines)
+                rc = int(line.rsplit(":", 1)[1] or 1)
+                if current < len(items):
+                    self.answers[items[current][0]] = (privileges, rc, lines)
+                else:
+                    for key, answer in batches[current - len(items)].answers(rc, lines).items():
+                        self.answers[key] = (privileges, 0, answer)
                 current, lines = None, []
             elif line.startswith(f"{mark}:"):
                 current, lines = int(line.rsplit(":", 1)[1]), []

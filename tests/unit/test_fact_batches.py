@@ -1,0 +1,102 @@
+"""operations/fact_batches.py: batched file reads answer as pyinfra's own reads do, on this machine."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from pyinfra.facts.files import Directory, File, Link, Sha1File, Sha256File
+
+from operations import fact_prefetch
+from operations.fact_batches import Batch, Batches
+from tests.unit.test_fact_prefetch import _count_commands, _remember, _without_atime, preparing  # noqa: F401
+
+
+def _tree(tmp_path):
+    """A file, a directory, a link to each, a dangling link, a missing path, an unplain path."""
+    base = tmp_path / "tree"
+    base.mkdir()
+    (base / "daemon.json").write_text('{"a": 1}\n')
+    (base / "conf.d").mkdir()
+    (base / "to-file").symlink_to(base / "daemon.json")
+    (base / "to-dir").symlink_to(base / "conf.d")
+    (base / "dangling").symlink_to(base / "gone")
+    (base / "with space").write_text("x\n")
+    return [str(base / name) for name in ("daemon.json", "conf.d", "to-file", "to-dir", "dangling", "missing",
+                                          "with space")]
+
+
+def _asked(paths):
+    return [(cls, {"path": path}) for path in paths for cls in (File, Directory, Link, Sha1File, Sha256File)]
+
+
+def test_batched_answers_are_pyinfras_and_each_tool_runs_once(preparing, tmp_path, monkeypatch):  # noqa: F811
+    state, host = preparing
+    asked = _asked(_tree(tmp_path))
+    _remember(host, *[(cls, kwargs, None) for cls, kwargs in asked])
+    runs = _count_commands(host, monkeypatch)
+
+    assert fact_prefetch.prefetch_facts() == len(asked)
+    prefetched = [host.get_fact(cls, **kwargs) for cls, kwargs in asked]
+    assert len(runs) == 1  # every answer from the one command
+    sent = str(runs[0])
+    # One process per tool for the plain paths; the path with a space is read by its own commands.
+    assert sent.count("stat -c '%n ") == 1 and sent.count("sha1sum --") == 1 and sent.count("sha256sum --") == 1
+    assert sent.endswith("cat 0 1 2 3 4 5 6 7 2>/dev/null; exit 0")  # 5 reads of its own + 3 batches
+    own = [type(host).get_fact(host, cls, **kwargs) for cls, kwargs in asked]
+    assert [_without_atime(v) for v in prefetched] == [_without_atime(v) for v in own]
+    answers = dict(zip([(c.__name__, os.path.basename(k["path"])) for c, k in asked], prefetched, strict=True))
+    # What each kind of path reads as, so that a batch answering "nothing" everywhere cannot pass.
+    assert answers["File", "daemon.json"]["size"] == 9 and answers["Directory", "daemon.json"] is False
+    assert answers["Directory", "conf.d"]["mode"] and answers["Sha1File", "conf.d"] is None
+    assert answers["Link", "to-file"]["link_target"].endswith("daemon.json")
+    assert answers["Link", "dangling"]["link_target"].endswith("gone") and answers["Sha256File", "dangling"] is None
+    assert answers["File", "missing"] is None and answers["Sha1File", "missing"] is None
+    assert len(answers["Sha256File", "daemon.json"]) == 64 and len(answers["Sha1File", "to-file"]) == 40
+
+
+def test_a_host_whose_tools_do_not_answer_has_those_reads_read_by_pyinfra(preparing, tmp_path, monkeypatch):  # noqa: F811
+    """A ``stat`` that is not GNU's (it prints nothing for ``-c``) must not make every path read as
+    missing: the batch answers nothing and pyinfra reads each path with its own command."""
+    state, host = preparing
+    paths = _tree(tmp_path)[:2]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "stat").write_text('#!/bin/sh\n[ "$1" = -c ] && [ "$2" != "${2#%n }" ] && exit 1\nexec /usr/bin/stat "$@"\n')
+    (bin_dir / "stat").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    asked = [(File, {"path": paths[0]}), (Directory, {"path": paths[1]}), (Sha1File, {"path": paths[0]})]
+    _remember(host, *[(cls, kwargs, None) for cls, kwargs in asked])
+    runs = _count_commands(host, monkeypatch)
+
+    fact_prefetch.prefetch_facts()
+    prefetched = [host.get_fact(cls, **kwargs) for cls, kwargs in asked]
+    assert len(runs) == 3  # the prefetch, then pyinfra's own File and Directory reads; the hash from its batch
+    assert prefetched[0]["size"] == 9 and prefetched[1]["mode"] and len(prefetched[2]) == 40
+
+
+def test_only_plain_absolute_paths_of_the_listed_facts_are_batched():
+    batches = Batches()
+    assert batches.add("a", File, {"path": "/etc/docker/daemon.json"})
+    assert batches.add("b", Directory, {"path": "/etc/docker/daemon.json"})
+    assert not batches.add("c", File, {"path": "etc/relative"})
+    assert not batches.add("d", File, {"path": "~/.ssh/config"})
+    assert not batches.add("e", File, {"path": "/etc/it's"})
+    assert not batches.add("f", Sha1File, {"path": "/tmp/with\nnewline"})
+
+    class NotPyinfras(File):
+        pass
+
+    assert not batches.add("g", NotPyinfras, {"path": "/etc/hosts"})
+    [(tool_key, batch)] = batches.items()
+    assert tool_key == ("stat", "") and batch.members == {"a": "/etc/docker/daemon.json", "b": "/etc/docker/daemon.json"}
+    assert str(batch.command()).endswith("-- / /etc/docker/daemon.json")  # each path once
+
+
+@pytest.mark.parametrize("lines, expected", [
+    (["/ user=root group=root mode=drwxr-xr-x atime=1 mtime=2 ctime=3 size=4096 '/'"], {"k": []}),
+    ([], {}),  # not even "/": the tool did not work, nothing is answered
+])
+def test_a_batch_answers_only_when_its_always_there_path_answered(lines, expected):
+    batch = Batch("stat", {"k": "/missing"})
+    assert batch.answers(1, lines) == expected
