@@ -1,4 +1,4 @@
-"""Many of pyinfra's file facts answered by one process each, inside the prefetch's one command.
+"""Many reads of one kind answered by one process, inside the prefetch's one command.
 
 A GPU node's plan reads about fifty of pyinfra's file facts (``File``, ``Directory``, ``Link`` and
 ``Sha1File``/``Sha256File``: every ``files.put``, ``files.template`` and ``files.directory``). Each
@@ -14,9 +14,19 @@ one ``sha1sum`` every file's hash; each read's answer is then cut out of it:
   can hash and nothing otherwise (missing, a directory). ``sha1sum -- /dev/null path...`` prints
   the same line for each file it can hash.
 
-Only paths that are absolute and of plain characters (letters, digits, ``_ . / @ : + -``) are
-batched: they print unquoted and unescaped by both tools, so the path at the start of a line is
-the path asked. Any other path is read by its own command, as before. The first path of each batch
+gpufleet's own facts join in with a ``batch_reader`` of their class's own (not inherited: a
+subclass may read otherwise): an object with three methods. ``PackageStates`` answers every package
+list of a plan from one ``dpkg-query`` (operations/facts/apt.py); ``ContainerState`` and
+``ImageState`` every container or image from one ``curl`` (operations/facts/docker_api.py)::
+
+    batch_accepts(fact_kwargs) -> bool          # may this read be answered from a batch?
+    batch_command(kwargs_list) -> str            # one command for all of them
+    batch_outputs(lines, kwargs_list) -> list[list[str]] | None   # each read's own stdout, or
+                                                 # None: the batch did not work, each reads alone
+
+For pyinfra's file facts, only paths that are absolute and of plain characters (letters, digits,
+``_ . / @ : + -``) are batched: they print unquoted and unescaped by both tools, so the path at the
+start of a line is the path asked. Any other path is read by its own command, as before. The first path of each batch
 (``/``, ``/dev/null``) always answers: a host whose ``stat`` or ``sha1sum`` does not (another
 ``stat``, no ``sha1sum``: pyinfra's command would try ``shasum``) answers nothing from the batch,
 and those reads are pyinfra's own. tests/unit/test_fact_batches.py compares every answer with
@@ -28,7 +38,7 @@ Example (operations/fact_prefetch.py)::
     if not batches.add(key, File, {"path": "/etc/docker/daemon.json"}):
         ...  # not batchable: read with its own command
     for batch in batches:
-        run(batch.command())  # then batch.answers(exit_code, stdout_lines): {key: stdout_lines}
+        run(batch.command())  # then batch.answers(its stdout lines): {key: that read's stdout lines}
 """
 
 from __future__ import annotations
@@ -46,72 +56,86 @@ _PLAIN_PATH = re.compile(r"/[A-Za-z0-9_./@:+-]*")
 
 
 @dataclass(frozen=True)
-class _Tool:
-    program: str
-    always_there: str  # a path the tool always answers for: its line says the tool works
+class PathTool:
+    """One tool that answers pyinfra's reads of many paths in one process."""
+
+    name: str
     template: str  # the tool's invocation before the paths
+    always_there: str  # a path the tool always answers for: its line says the tool works
 
+    def batch_accepts(self, fact_kwargs: dict[str, Any]) -> bool:
+        path = fact_kwargs.get("path")
+        return set(fact_kwargs) == {"path"} and isinstance(path, str) and bool(_PLAIN_PATH.fullmatch(path))
 
-_TOOLS = {
-    "stat": _Tool("stat", "/", f"stat -c '%n {_STAT_FORMAT}' --"),
-    "sha1sum": _Tool("sha1sum", "/dev/null", "sha1sum --"),
-    "sha256sum": _Tool("sha256sum", "/dev/null", "sha256sum --"),
-}
-# pyinfra's fact classes (exactly these: a subclass may read otherwise) -> the tool that answers them.
-_BATCHED = {File: "stat", Directory: "stat", Link: "stat", Sha1File: "sha1sum", Sha256File: "sha256sum"}
+    def batch_command(self, kwargs_list: list[dict[str, Any]]) -> StringCommand:
+        paths = list(dict.fromkeys(kwargs["path"] for kwargs in kwargs_list))  # asked by File and Directory: once
+        return StringCommand(self.template, self.always_there, *paths)
 
-
-def _line_path(tool: str, line: str) -> tuple[str, str]:
-    """(the path a line is about, the line as pyinfra's own command prints it)."""
-    if tool == "stat":  # "<path> <pyinfra's line>"
-        path, _, rest = line.partition(" ")
-        return path, rest
-    _, _, path = line.partition("  ")  # "<hash>  <path>", as pyinfra's own
-    return path, line
-
-
-@dataclass
-class Batch:
-    """The reads one tool answers: {key: path}, in the order they were added."""
-
-    tool: str
-    members: dict[str, str] = field(default_factory=dict)
-
-    def command(self) -> StringCommand:
-        tool = _TOOLS[self.tool]
-        paths = list(dict.fromkeys(self.members.values()))  # a path asked by File and Directory: once
-        return StringCommand(tool.template, tool.always_there, *paths)
-
-    def answers(self, exit_code: int, lines: list[str]) -> dict[str, list[str]]:
-        """{key: the stdout pyinfra's own command prints for it}; {} when the tool did not work.
+    def batch_outputs(self, lines: list[str], kwargs_list: list[dict[str, Any]]) -> list[list[str]] | None:
+        """Each read's stdout as pyinfra's own command prints it; None when the tool did not work.
 
         The exit code is not read: both tools exit 1 when any path has no answer (a missing file),
         and their stderr (why) is dropped, as pyinfra drops it.
         """
-        found = dict(_line_path(self.tool, line) for line in lines)
-        if _TOOLS[self.tool].always_there not in found:
+        found = dict(self._path_and_line(line) for line in lines)
+        if self.always_there not in found:
+            return None
+        return [[found[kwargs["path"]]] if kwargs["path"] in found else [] for kwargs in kwargs_list]
+
+    def _path_and_line(self, line: str) -> tuple[str, str]:
+        """(the path a line is about, the line as pyinfra's own command prints it)."""
+        if self.name == "stat":  # "<path> <pyinfra's line>"
+            path, _, rest = line.partition(" ")
+            return path, rest
+        _, _, path = line.partition("  ")  # "<hash>  <path>", as pyinfra's own
+        return path, line
+
+
+_STAT = PathTool("stat", f"stat -c '%n {_STAT_FORMAT}' --", "/")
+# pyinfra's fact classes (exactly these: a subclass may read otherwise) -> the tool that answers them.
+_PYINFRA_READERS = {File: _STAT, Directory: _STAT, Link: _STAT,
+                    Sha1File: PathTool("sha1sum", "sha1sum --", "/dev/null"),
+                    Sha256File: PathTool("sha256sum", "sha256sum --", "/dev/null")}
+
+
+def reader_of(cls: type):
+    """What answers a batch of ``cls`` reads (a PathTool, the class's own batch_reader), or None."""
+    if cls in _PYINFRA_READERS:
+        return _PYINFRA_READERS[cls]
+    return vars(cls).get("batch_reader") if isinstance(cls, type) else None
+
+
+@dataclass
+class Batch:
+    """Reads one reader answers together: {key: fact arguments}, in the order they were added."""
+
+    reader: Any
+    members: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def command(self):
+        return self.reader.batch_command(list(self.members.values()))
+
+    def answers(self, lines: list[str]) -> dict[str, list[str]]:
+        """{key: the stdout its own command prints}; {} when the batch did not work."""
+        outputs = self.reader.batch_outputs(lines, list(self.members.values()))
+        if outputs is None or len(outputs) != len(self.members):
             return {}
-        return {key: [found[path]] if path in found else [] for key, path in self.members.items()}
+        return dict(zip(self.members, outputs, strict=True))
 
 
 class Batches:
-    """The batches of one prefetch, by tool and by the privileges the reads ask for."""
+    """The batches of one prefetch (of one set of privileges), by reader."""
 
     def __init__(self):
-        self._batches: dict[tuple[str, str], Batch] = {}
+        self._batches: dict[int, Batch] = {}
 
-    def add(self, key: str, cls: type, fact_kwargs: dict[str, Any], privileges: str = "") -> bool:
+    def add(self, key: str, cls: type, fact_kwargs: dict[str, Any]) -> bool:
         """Put the read in its batch; False for a read no batch answers (its own command reads it)."""
-        tool = _BATCHED.get(cls)
-        path = fact_kwargs.get("path")
-        if tool is None or set(fact_kwargs) != {"path"} or not isinstance(path, str) or not _PLAIN_PATH.fullmatch(path):
+        reader = reader_of(cls)
+        if reader is None or not reader.batch_accepts(fact_kwargs):
             return False
-        self._batches.setdefault((tool, privileges), Batch(tool)).members[key] = path
+        self._batches.setdefault(id(reader), Batch(reader)).members[key] = dict(fact_kwargs)
         return True
 
     def __iter__(self):
         return iter(self._batches.values())
-
-    def items(self):
-        """((tool, privileges), batch) pairs."""
-        return self._batches.items()

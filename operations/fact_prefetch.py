@@ -16,6 +16,12 @@ status and stderr (dropped) are as when pyinfra reads it alone. Facts only read:
 by side changes no answer. A host where the directory cannot be made answers nothing, and its
 facts are read one by one, as without a prefetch.
 
+Reads of one kind share one process where a tool answers many at once (operations/fact_batches.py):
+pyinfra's file facts of plain paths from one ``stat``, one ``sha1sum`` and one ``sha256sum``; every
+package list from one ``dpkg-query``; every single container or image inspect from one ``curl``.
+Each read's answer is cut out of its batch's output as its own command would print it, and a batch
+that did not work answers none of its reads, which pyinfra then reads one by one.
+
 At execution pyinfra runs each operation again and re-reads its facts, so that an operation sees
 what earlier operations changed. Until the first command runs on the host in this run (an
 operation's command, upload or callback) nothing has changed it since the snapshot, so execution
@@ -392,7 +398,7 @@ class _PrefetchedFacts:
                 if current < len(items):
                     self.answers[items[current][0]] = (privileges, rc, lines)
                 else:
-                    for key, answer in batches[current - len(items)].answers(rc, lines).items():
+                    for key, answer in batches[current - len(items)].answers(lines).items():
                         self.answers[key] = (privileges, 0, answer)
                 current, lines = None, []
             elif line.startswith(f"{mark}:"):

@@ -6,7 +6,41 @@ import re
 
 from pyinfra.api import FactBase
 
-from operations.facts.util import answer, quote_all, wrap_answer
+from operations.facts.util import RC, answer, quote_all, wrap_answer
+
+# A Debian package name (policy 5.6.1), without architecture qualifier or pattern characters.
+_PLAIN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+
+
+class PackageListsBatch:
+    """One dpkg-query for every package list of a plan (operations/fact_batches.py): a GPU node's
+    plan asks about ten. dpkg-query prints the packages sorted by name whatever the order asked,
+    so a list's own answer is the batch's lines for its packages, and its exit status 1 when one
+    of them is unknown to dpkg (no line), else 0. Only plain package names (no patterns, no
+    architecture: ${Package} would not name them) are batched."""
+
+    @staticmethod
+    def batch_accepts(fact_kwargs: dict) -> bool:
+        packages = fact_kwargs.get("packages")
+        return (set(fact_kwargs) == {"packages"} and isinstance(packages, list) and bool(packages)
+                and all(isinstance(p, str) and _PLAIN_PACKAGE.fullmatch(p) for p in packages))
+
+    @staticmethod
+    def batch_command(kwargs_list: list[dict]) -> str:
+        return PackageStates().command(sorted({p for kwargs in kwargs_list for p in kwargs["packages"]}))
+
+    @staticmethod
+    def batch_outputs(lines: list[str], kwargs_list: list[dict]) -> list[list[str]] | None:
+        if [line for line in lines if line.startswith(RC)] not in ([f"{RC}0"], [f"{RC}1"]):
+            return None  # dpkg's database unreadable, killed at its limit: each list reads alone
+        rows = [line for line in lines if line.startswith("pkg\t")]
+        known = {row.split("\t")[1] for row in rows}
+        outputs = []
+        for kwargs in kwargs_list:
+            wanted = set(kwargs["packages"])
+            own = [row for row in rows if row.split("\t")[1] in wanted]
+            outputs.append([*own, f"{RC}{0 if wanted <= known else 1}"])
+        return outputs
 
 
 class PackageStates(FactBase):
@@ -31,6 +65,8 @@ class PackageStates(FactBase):
             f"dpkg-query -W -f='pkg\\t${{Package}}\\t${{Version}}\\t${{db:Status-Abbrev}}\\n' {names} 2>/dev/null"
         )
 
+    batch_reader = PackageListsBatch()  # its lists from one dpkg-query (operations/fact_batches.py)
+
     @staticmethod
     def default() -> dict:
         return {}
@@ -50,6 +86,7 @@ class PackageStates(FactBase):
         for name in held:
             states.setdefault(name, {"version": None, "held": False})["held"] = True
         return states
+
 
 
 class AptCandidates(FactBase):

@@ -128,6 +128,8 @@ class ContainerState(FactBase):
     def command(self, container: str) -> str:
         return wrap("docker", docker_api.get(docker_api.path_of("containers", container)))
 
+    batch_reader = docker_api.InspectBatch("containers", "container")  # all of a plan's in one curl
+
     @staticmethod
     def default():
         return {"exists": False, "running": False, "status": None, "restarting": False, "spec": None,
@@ -156,6 +158,8 @@ class ImageState(FactBase):
 
     def command(self, ref: str) -> str:
         return wrap("docker", docker_api.get(docker_api.path_of("images", ref)))
+
+    batch_reader = docker_api.InspectBatch("images", "ref")  # all of a plan's in one curl
 
     @staticmethod
     def default():

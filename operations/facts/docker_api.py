@@ -38,7 +38,7 @@ from urllib.parse import quote, urlencode
 
 from pyinfra.api.exceptions import FactProcessError
 
-from .util import envelope
+from .util import MISSING, RC, TIMED_OUT, envelope, wrap
 
 SOCKET = "/var/run/docker.sock"
 BASE = "http://docker"  # curl needs a host name; over a unix socket it is only the Host header
@@ -157,6 +157,48 @@ def started_at(container_shell: str) -> str:
     nothing when it cannot be asked."""
     return (f"{_CURL} -f {BASE}/containers/{container_shell}/json 2>/dev/null | "
             "grep -o '\"StartedAt\":\"[^\"]*\"' | cut -d'\"' -f4")
+
+
+class InspectBatch:
+    """Many single inspects, ``wrap("docker", get(path_of(kind, name)))`` each (``ContainerState``,
+    ``ImageState``), asked in one ``curl`` (operations/fact_batches.py). The batch prints each
+    answer followed by its status line, in the order asked, as each read alone prints its own;
+    each read's stdout is its answer's lines and the batch's exit status line. Only when curl
+    exited 0 (every answer came, 404s included): a daemon that does not answer, or a batch killed
+    at its limit, answers nothing, and each read runs alone.
+
+    Example::
+
+        batch_reader = InspectBatch("containers", "container")   # ContainerState(container=...)
+    """
+
+    def __init__(self, kind: str, argument: str):
+        self.kind, self.argument = kind, argument
+
+    def batch_accepts(self, fact_kwargs: dict) -> bool:
+        return set(fact_kwargs) == {self.argument} and isinstance(fact_kwargs[self.argument], str)
+
+    def _paths(self, kwargs_list: list[dict]) -> list[str]:
+        return [path_of(self.kind, kwargs[self.argument]) for kwargs in kwargs_list]
+
+    def batch_command(self, kwargs_list: list[dict]) -> str:
+        return wrap("docker", get(*dict.fromkeys(self._paths(kwargs_list))))
+
+    def batch_outputs(self, lines: list[str], kwargs_list: list[dict]) -> list[list[str]] | None:
+        if lines == [MISSING]:
+            return [[MISSING] for _ in kwargs_list]  # no Docker: what each read alone prints
+        if not lines or lines[-1] != f"{RC}0" or any(line.startswith(TIMED_OUT) for line in lines):
+            return None
+        answers: dict[str, list[str]] = {}
+        answer_lines: list[str] = []
+        for line in lines[:-1]:
+            answer_lines.append(line)
+            if line.startswith(HTTP):
+                answers[line[len(HTTP):].partition(" ")[2].removeprefix(BASE)] = answer_lines
+                answer_lines = []
+        if answer_lines or any(path not in answers for path in self._paths(kwargs_list)):
+            return None
+        return [[*answers[path], lines[-1]] for path in self._paths(kwargs_list)]
 
 
 def responses(body: list[str]) -> list[tuple[int, str, object]]:

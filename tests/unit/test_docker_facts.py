@@ -282,3 +282,38 @@ def test_a_host_with_docker_but_no_curl_fails_instead_of_reading_nothing_there(t
     assert done.stdout.splitlines()[-1] == "__gpufleet_rc=127"
     with pytest.raises(FactProcessError, match="curl: not found: gpufleet asks Docker through its API with curl"):
         ContainerState().process(done.stdout.splitlines())
+
+
+def test_inspects_asked_in_one_curl_print_what_each_prints_alone(stand_in_docker):
+    """operations/fact_batches.py: a plan's ContainerState reads (and ImageState's) in one curl,
+    each read's stdout cut out of it byte for byte: a container that is there, one that is not (404),
+    one whose name needs quoting in the URL."""
+    from operations.facts.docker import ContainerState, ImageState
+
+    docker = stand_in_docker({"/containers/milvus/json": (200, MILVUS_C),
+                              f"/containers/{VLLM_ID}/json": (200, VLLM_C),
+                              "/images/lab/vllm:1/json": (200, docs.image("sha256:img1"))})
+    for fact, kwargs_list in ((ContainerState, [{"container": "milvus"}, {"container": "gone"}, {"container": VLLM_ID},
+                                                {"container": "odd name"}]),
+                              (ImageState, [{"ref": "lab/vllm:1"}, {"ref": "lab/vllm:0"}])):
+        reader = fact.batch_reader
+        before = len(docker.asked())
+        batch = docker.read(reader.batch_command(kwargs_list))
+        assert len(docker.asked()) - before == len(kwargs_list)  # one curl asked every path
+        alone = [docker.read(fact().command(**kwargs)) for kwargs in kwargs_list]
+        assert reader.batch_outputs(batch, kwargs_list) == alone
+    assert ContainerState().process(alone_of_milvus := docker.read(ContainerState().command(container="milvus")))["exists"]
+    assert alone_of_milvus[-1] == "__gpufleet_rc=0"
+
+
+@pytest.mark.parametrize("lines", [
+    ["curl: (7) Couldn't connect to server", "__gpufleet_rc=7"],  # the daemon does not answer
+    ['{"Id":"x"}', "", "__gpufleet_timeout=60", "__gpufleet_rc=124"],
+    ['{"Id":"x"}', "", "__gpufleet_http=200 http://docker/containers/other/json", "__gpufleet_rc=0"],  # not asked
+])
+def test_an_inspect_batch_that_did_not_answer_every_path_answers_none(lines):
+    from operations.facts.docker import ContainerState
+
+    assert ContainerState.batch_reader.batch_outputs(lines, [{"container": "milvus"}]) is None
+    assert ContainerState.batch_reader.batch_outputs(["__gpufleet_missing"], [{"container": "a"}, {"container": "b"}]) \
+        == [["__gpufleet_missing"], ["__gpufleet_missing"]]

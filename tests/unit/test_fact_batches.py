@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 from pyinfra.facts.files import Directory, File, Link, Sha1File, Sha256File
 
 from operations import fact_prefetch
-from operations.fact_batches import Batch, Batches
+from operations.fact_batches import Batch, Batches, reader_of
+from operations.facts.apt import PackageStates
 from tests.unit.test_fact_prefetch import _count_commands, _remember, _without_atime, preparing  # noqa: F401
 
 
@@ -88,8 +90,8 @@ def test_only_plain_absolute_paths_of_the_listed_facts_are_batched():
         pass
 
     assert not batches.add("g", NotPyinfras, {"path": "/etc/hosts"})
-    [(tool_key, batch)] = batches.items()
-    assert tool_key == ("stat", "") and batch.members == {"a": "/etc/docker/daemon.json", "b": "/etc/docker/daemon.json"}
+    [batch] = list(batches)
+    assert batch.reader.name == "stat" and list(batch.members) == ["a", "b"]
     assert str(batch.command()).endswith("-- / /etc/docker/daemon.json")  # each path once
 
 
@@ -98,5 +100,42 @@ def test_only_plain_absolute_paths_of_the_listed_facts_are_batched():
     ([], {}),  # not even "/": the tool did not work, nothing is answered
 ])
 def test_a_batch_answers_only_when_its_always_there_path_answered(lines, expected):
-    batch = Batch("stat", {"k": "/missing"})
-    assert batch.answers(1, lines) == expected
+    batch = Batch(reader_of(File), {"k": {"path": "/missing"}})
+    assert batch.answers(lines) == expected
+
+
+def _run_here(command) -> list[str]:
+    return subprocess.run(["sh", "-c", str(command)], capture_output=True, text=True, check=True).stdout.splitlines()
+
+
+PACKAGE_LISTS = [["curl", "bash"], ["zlib1g", "no-such-package-gpufleet"], ["libc6"], ["bash"]]
+
+
+def test_package_lists_answered_by_one_dpkg_query_print_what_each_prints_alone():
+    """Byte for byte: the batch's answer for each list is its own command's stdout on this machine
+    (sorted by dpkg, the exit status 1 only for the list with a package dpkg does not know)."""
+    kwargs_list = [{"packages": packages} for packages in PACKAGE_LISTS]
+    batch_lines = _run_here(PackageStates.batch_reader.batch_command(kwargs_list))
+    outputs = PackageStates.batch_reader.batch_outputs(batch_lines, kwargs_list)
+    own = [_run_here(PackageStates().command(**kwargs)) for kwargs in kwargs_list]
+    assert outputs == own
+    assert [o[-1] for o in outputs] == ["__gpufleet_rc=0", "__gpufleet_rc=1", "__gpufleet_rc=0", "__gpufleet_rc=0"]
+    assert PackageStates().process(outputs[0])["bash"]["version"]
+
+
+def test_package_lists_in_a_prefetch_are_one_read_and_answer_as_pyinfras(preparing, monkeypatch):  # noqa: F811
+    state, host = preparing
+    asked = [(PackageStates, {"packages": packages}) for packages in PACKAGE_LISTS]
+    asked.append((PackageStates, {"packages": ["libc6:amd64"]}))  # an architecture: read alone
+    _remember(host, *[(cls, kwargs, None) for cls, kwargs in asked])
+    runs = _count_commands(host, monkeypatch)
+
+    assert fact_prefetch.prefetch_facts() == len(asked)
+    prefetched = [host.get_fact(cls, **kwargs) for cls, kwargs in asked]
+    assert len(runs) == 1 and str(runs[0]).count("dpkg-query") == 2
+    assert prefetched == [type(host).get_fact(host, cls, **kwargs) for cls, kwargs in asked]
+
+
+@pytest.mark.parametrize("tail", [["__gpufleet_rc=2"], ["__gpufleet_timeout=60", "__gpufleet_rc=124"], []])
+def test_a_dpkg_query_that_did_not_answer_answers_no_list(tail):
+    assert PackageStates.batch_reader.batch_outputs(["pkg\tbash\t5.2\tii ", *tail], [{"packages": ["bash"]}]) is None
