@@ -19,17 +19,18 @@ subclass may read otherwise): an object with three methods. ``PackageStates`` an
 list of a plan from one ``dpkg-query`` (operations/facts/apt.py); ``ContainerState`` and
 ``ImageState`` every container or image from one ``curl`` (operations/facts/docker_api.py)::
 
-    batch_accepts(fact_kwargs) -> bool          # may this read be answered from a batch?
-    batch_command(kwargs_list) -> str            # one command for all of them
-    batch_outputs(lines, kwargs_list) -> list[list[str]] | None   # each read's own stdout, or
-                                                 # None: the batch did not work, each reads alone
+    batch_accepts(fact_kwargs) -> bool           # may this read be answered from a batch?
+    batch_command(kwargs_list) -> str | StringCommand    # one command for all of them
+    batch_outputs(lines, kwargs_list, exit_code) -> list[list[str]] | None
+        # each read's own stdout, or None: the batch did not work, and each is read alone
 
 For pyinfra's file facts, only paths that are absolute and of plain characters (letters, digits,
 ``_ . / @ : + -``) are batched: they print unquoted and unescaped by both tools, so the path at the
 start of a line is the path asked. Any other path is read by its own command, as before. The first path of each batch
 (``/``, ``/dev/null``) always answers: a host whose ``stat`` or ``sha1sum`` does not (another
 ``stat``, no ``sha1sum``: pyinfra's command would try ``shasum``) answers nothing from the batch,
-and those reads are pyinfra's own. tests/unit/test_fact_batches.py compares every answer with
+and those reads are pyinfra's own; so does a tool that exited other than 0 or 1 (killed part-way),
+or printed a line that is not one per path asked. tests/unit/test_fact_batches.py compares every answer with
 pyinfra's own read.
 
 Example (operations/fact_prefetch.py)::
@@ -44,6 +45,7 @@ Example (operations/fact_prefetch.py)::
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +57,17 @@ _STAT_FORMAT = re.fullmatch(r"stat -c '([^']*)'", LINUX_STAT_COMMAND).group(1)
 _PLAIN_PATH = re.compile(r"/[A-Za-z0-9_./@:+-]*")
 
 
+def _stat_line(line: str) -> tuple[str, str]:
+    """A batch stat line: (its path, the line as pyinfra's own command prints it)."""
+    path, _, rest = line.partition(" ")  # "<path> <pyinfra's line>": a plain path has no space
+    return path, rest
+
+
+def _hash_line(line: str) -> tuple[str, str]:
+    """A batch sha*sum line, already as pyinfra's own command prints it: "<hash>  <path>"."""
+    return line.partition("  ")[2], line
+
+
 @dataclass(frozen=True)
 class PathTool:
     """One tool that answers pyinfra's reads of many paths in one process."""
@@ -62,6 +75,7 @@ class PathTool:
     name: str
     template: str  # the tool's invocation before the paths
     always_there: str  # a path the tool always answers for: its line says the tool works
+    parse: Callable[[str], tuple[str, str]]  # a line -> (its path, pyinfra's own line)
 
     def batch_accepts(self, fact_kwargs: dict[str, Any]) -> bool:
         path = fact_kwargs.get("path")
@@ -71,31 +85,34 @@ class PathTool:
         paths = list(dict.fromkeys(kwargs["path"] for kwargs in kwargs_list))  # asked by File and Directory: once
         return StringCommand(self.template, self.always_there, *paths)
 
-    def batch_outputs(self, lines: list[str], kwargs_list: list[dict[str, Any]]) -> list[list[str]] | None:
+    def batch_outputs(self, lines: list[str], kwargs_list: list[dict[str, Any]],
+                      exit_code: int = 0) -> list[list[str]] | None:
         """Each read's stdout as pyinfra's own command prints it; None when the tool did not work.
 
-        The exit code is not read: both tools exit 1 when any path has no answer (a missing file),
-        and their stderr (why) is dropped, as pyinfra drops it.
+        Both tools exit 1 when any path has no answer (a missing file; why is on stderr, dropped as
+        pyinfra drops it), and go on with the next path. Anything else (killed part-way: the paths
+        after that would read as missing) answers nothing, and so does output that is not one line
+        per path asked, each path once.
         """
-        found = dict(self._path_and_line(line) for line in lines)
+        if exit_code not in (0, 1):
+            return None
+        asked = {kwargs["path"] for kwargs in kwargs_list} | {self.always_there}
+        found: dict[str, str] = {}
+        for line in lines:
+            path, own = self.parse(line)
+            if path not in asked or path in found:
+                return None
+            found[path] = own
         if self.always_there not in found:
             return None
         return [[found[kwargs["path"]]] if kwargs["path"] in found else [] for kwargs in kwargs_list]
 
-    def _path_and_line(self, line: str) -> tuple[str, str]:
-        """(the path a line is about, the line as pyinfra's own command prints it)."""
-        if self.name == "stat":  # "<path> <pyinfra's line>"
-            path, _, rest = line.partition(" ")
-            return path, rest
-        _, _, path = line.partition("  ")  # "<hash>  <path>", as pyinfra's own
-        return path, line
 
-
-_STAT = PathTool("stat", f"stat -c '%n {_STAT_FORMAT}' --", "/")
+_STAT = PathTool("stat", f"stat -c '%n {_STAT_FORMAT}' --", "/", _stat_line)
 # pyinfra's fact classes (exactly these: a subclass may read otherwise) -> the tool that answers them.
 _PYINFRA_READERS = {File: _STAT, Directory: _STAT, Link: _STAT,
-                    Sha1File: PathTool("sha1sum", "sha1sum --", "/dev/null"),
-                    Sha256File: PathTool("sha256sum", "sha256sum --", "/dev/null")}
+                    Sha1File: PathTool("sha1sum", "sha1sum --", "/dev/null", _hash_line),
+                    Sha256File: PathTool("sha256sum", "sha256sum --", "/dev/null", _hash_line)}
 
 
 def reader_of(cls: type):
@@ -115,9 +132,9 @@ class Batch:
     def command(self):
         return self.reader.batch_command(list(self.members.values()))
 
-    def answers(self, lines: list[str]) -> dict[str, list[str]]:
+    def answers(self, lines: list[str], exit_code: int = 0) -> dict[str, list[str]]:
         """{key: the stdout its own command prints}; {} when the batch did not work."""
-        outputs = self.reader.batch_outputs(lines, list(self.members.values()))
+        outputs = self.reader.batch_outputs(lines, list(self.members.values()), exit_code)
         if outputs is None or len(outputs) != len(self.members):
             return {}
         return dict(zip(self.members, outputs, strict=True))

@@ -375,7 +375,8 @@ class _PrefetchedFacts:
             if command is not None:
                 group[0].append((key, command))
         for privileges, (items, batches, global_kwargs) in groups.items():
-            self._run(privileges, items, list(batches), global_kwargs)
+            if items or list(batches):  # reads whose commands came out empty: nothing to send
+                self._run(privileges, items, list(batches), global_kwargs)
         return len(self.answers)
 
     def _run(self, privileges: str, items: list, batches: list[Batch], global_kwargs: dict[str, Any]) -> None:
@@ -398,7 +399,7 @@ class _PrefetchedFacts:
                 if current < len(items):
                     self.answers[items[current][0]] = (privileges, rc, lines)
                 else:
-                    for key, answer in batches[current - len(items)].answers(lines).items():
+                    for key, answer in batches[current - len(items)].answers(lines, rc).items():
                         self.answers[key] = (privileges, 0, answer)
                 current, lines = None, []
             elif line.startswith(f"{mark}:"):

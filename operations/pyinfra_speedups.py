@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from copy import copy
 import importlib
 import inspect
 import sys
 from collections.abc import Callable
+from copy import copy
 from typing import Any
 
 import pyinfra

@@ -30,7 +30,8 @@ class PackageListsBatch:
         return PackageStates().command(sorted({p for kwargs in kwargs_list for p in kwargs["packages"]}))
 
     @staticmethod
-    def batch_outputs(lines: list[str], kwargs_list: list[dict]) -> list[list[str]] | None:
+    def batch_outputs(lines: list[str], kwargs_list: list[dict], exit_code: int = 0) -> list[list[str]] | None:
+        # exit_code: the wrapped command's, always 0 (wrap_answer); dpkg-query's is its RC line.
         if [line for line in lines if line.startswith(RC)] not in ([f"{RC}0"], [f"{RC}1"]):
             return None  # dpkg's database unreadable, killed at its limit: each list reads alone
         rows = [line for line in lines if line.startswith("pkg\t")]
@@ -86,7 +87,6 @@ class PackageStates(FactBase):
         for name in held:
             states.setdefault(name, {"version": None, "held": False})["held"] = True
         return states
-
 
 
 class AptCandidates(FactBase):

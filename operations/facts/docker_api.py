@@ -163,9 +163,9 @@ class InspectBatch:
     """Many single inspects, ``wrap("docker", get(path_of(kind, name)))`` each (``ContainerState``,
     ``ImageState``), asked in one ``curl`` (operations/fact_batches.py). The batch prints each
     answer followed by its status line, in the order asked, as each read alone prints its own;
-    each read's stdout is its answer's lines and the batch's exit status line. Only when curl
-    exited 0 (every answer came, 404s included): a daemon that does not answer, or a batch killed
-    at its limit, answers nothing, and each read runs alone.
+    each read's stdout is its answer's lines and the batch's exit status line. Only when every
+    path got an HTTP answer (404s included) and curl exited 0: a daemon that does not answer, a
+    transfer that failed, a batch killed at its limit answer nothing, and each read runs alone.
 
     Example::
 
@@ -184,7 +184,8 @@ class InspectBatch:
     def batch_command(self, kwargs_list: list[dict]) -> str:
         return wrap("docker", get(*dict.fromkeys(self._paths(kwargs_list))))
 
-    def batch_outputs(self, lines: list[str], kwargs_list: list[dict]) -> list[list[str]] | None:
+    def batch_outputs(self, lines: list[str], kwargs_list: list[dict], exit_code: int = 0) -> list[list[str]] | None:
+        # exit_code: the wrapped command's, always 0 (wrap); curl's is the RC line.
         if lines == [MISSING]:
             return [[MISSING] for _ in kwargs_list]  # no Docker: what each read alone prints
         if not lines or lines[-1] != f"{RC}0" or any(line.startswith(TIMED_OUT) for line in lines):
@@ -194,7 +195,12 @@ class InspectBatch:
         for line in lines[:-1]:
             answer_lines.append(line)
             if line.startswith(HTTP):
-                answers[line[len(HTTP):].partition(" ")[2].removeprefix(BASE)] = answer_lines
+                code, _, url = line[len(HTTP):].partition(" ")
+                # curl exits with its last transfer's status: one that failed before it (000, no
+                # HTTP answer) left its error on stderr, printed at the top of the first answer.
+                if not code.isdigit() or code == "000":
+                    return None
+                answers[url.removeprefix(BASE)] = answer_lines
                 answer_lines = []
         if answer_lines or any(path not in answers for path in self._paths(kwargs_list)):
             return None

@@ -310,10 +310,15 @@ def test_inspects_asked_in_one_curl_print_what_each_prints_alone(stand_in_docker
     ["curl: (7) Couldn't connect to server", "__gpufleet_rc=7"],  # the daemon does not answer
     ['{"Id":"x"}', "", "__gpufleet_timeout=60", "__gpufleet_rc=124"],
     ['{"Id":"x"}', "", "__gpufleet_http=200 http://docker/containers/other/json", "__gpufleet_rc=0"],  # not asked
+    # curl exits with its last transfer's status: a failed one before it (000) left its error at the
+    # top of the first answer, which would read as "no such container".
+    ["curl: (52) Empty reply from server", '{"Id":"m"}', "", "__gpufleet_http=200 http://docker/containers/milvus/json",
+     "", "__gpufleet_http=000 http://docker/containers/bad/json", "__gpufleet_rc=0"],
 ])
 def test_an_inspect_batch_that_did_not_answer_every_path_answers_none(lines):
     from operations.facts.docker import ContainerState
 
-    assert ContainerState.batch_reader.batch_outputs(lines, [{"container": "milvus"}]) is None
+    asked = [{"container": "milvus"}] + ([{"container": "bad"}] if "bad" in str(lines) else [])
+    assert ContainerState.batch_reader.batch_outputs(lines, asked) is None
     assert ContainerState.batch_reader.batch_outputs(["__gpufleet_missing"], [{"container": "a"}, {"container": "b"}]) \
         == [["__gpufleet_missing"], ["__gpufleet_missing"]]

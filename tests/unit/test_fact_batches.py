@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 from pyinfra.facts.files import Directory, File, Link, Sha1File, Sha256File
+from pyinfra.facts.server import Command
 
 from operations import fact_prefetch
 from operations.fact_batches import Batch, Batches, reader_of
@@ -57,14 +58,22 @@ def test_batched_answers_are_pyinfras_and_each_tool_runs_once(preparing, tmp_pat
     assert len(answers["Sha256File", "daemon.json"]) == 64 and len(answers["Sha1File", "to-file"]) == 40
 
 
-def test_a_host_whose_tools_do_not_answer_has_those_reads_read_by_pyinfra(preparing, tmp_path, monkeypatch):  # noqa: F811
-    """A ``stat`` that is not GNU's (it prints nothing for ``-c``) must not make every path read as
-    missing: the batch answers nothing and pyinfra reads each path with its own command."""
+# A `stat` that is not GNU's (it prints nothing for `-c`), and one killed after its first line
+# (the OOM killer): neither may make every path read as missing.
+NOT_GNU_STAT = '#!/bin/sh\n[ "$1" = -c ] && [ "$2" != "${2#%n }" ] && exit 1\nexec /usr/bin/stat "$@"\n'
+KILLED_STAT = ('#!/bin/sh\nif [ "$1" = -c ] && [ "$2" != "${2#%n }" ]; then /usr/bin/stat "$1" "$2" -- /; '
+               'kill -KILL $$; fi\nexec /usr/bin/stat "$@"\n')
+
+
+@pytest.mark.parametrize("stand_in_stat", [NOT_GNU_STAT, KILLED_STAT], ids=["not-gnu", "killed-part-way"])
+def test_a_host_whose_tool_did_not_answer_every_path_has_those_reads_read_by_pyinfra(
+        preparing, tmp_path, monkeypatch, stand_in_stat):  # noqa: F811
+    """The batch answers nothing, and pyinfra reads each path with its own command."""
     state, host = preparing
     paths = _tree(tmp_path)[:2]
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "stat").write_text('#!/bin/sh\n[ "$1" = -c ] && [ "$2" != "${2#%n }" ] && exit 1\nexec /usr/bin/stat "$@"\n')
+    (bin_dir / "stat").write_text(stand_in_stat)
     (bin_dir / "stat").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     asked = [(File, {"path": paths[0]}), (Directory, {"path": paths[1]}), (Sha1File, {"path": paths[0]})]
@@ -75,6 +84,14 @@ def test_a_host_whose_tools_do_not_answer_has_those_reads_read_by_pyinfra(prepar
     prefetched = [host.get_fact(cls, **kwargs) for cls, kwargs in asked]
     assert len(runs) == 3  # the prefetch, then pyinfra's own File and Directory reads; the hash from its batch
     assert prefetched[0]["size"] == 9 and prefetched[1]["mode"] and len(prefetched[2]) == 40
+
+
+def test_reads_whose_commands_come_out_empty_send_nothing(preparing, monkeypatch):  # noqa: F811
+    state, host = preparing
+    _remember(host, (Command, {"command": ""}, None))
+    runs = _count_commands(host, monkeypatch)
+    assert fact_prefetch.prefetch_facts() == 0
+    assert runs == []
 
 
 def test_only_plain_absolute_paths_of_the_listed_facts_are_batched():
@@ -95,13 +112,21 @@ def test_only_plain_absolute_paths_of_the_listed_facts_are_batched():
     assert str(batch.command()).endswith("-- / /etc/docker/daemon.json")  # each path once
 
 
-@pytest.mark.parametrize("lines, expected", [
-    (["/ user=root group=root mode=drwxr-xr-x atime=1 mtime=2 ctime=3 size=4096 '/'"], {"k": []}),
-    ([], {}),  # not even "/": the tool did not work, nothing is answered
+ROOT_LINE = "/ user=root group=root mode=drwxr-xr-x atime=1 mtime=2 ctime=3 size=4096 '/'"
+HOSTS_LINE = "/etc/hosts user=root group=root mode=-rw-r--r-- atime=1 mtime=2 ctime=3 size=9 '/etc/hosts'"
+
+
+@pytest.mark.parametrize("lines, exit_code, expected", [
+    ([ROOT_LINE], 1, {"k": [], "h": []}),  # /missing and /etc/hosts are not there: stat exits 1
+    ([ROOT_LINE, HOSTS_LINE], 0, {"k": [], "h": [HOSTS_LINE.partition(" ")[2]]}),
+    ([], 1, {}),  # not even "/": the tool did not work, nothing is answered
+    ([ROOT_LINE], 137, {}),  # killed after its first line: the rest would read as missing
+    ([ROOT_LINE, HOSTS_LINE, HOSTS_LINE], 0, {}),  # a path twice: not one line per path asked
+    ([ROOT_LINE, "/etc/passwd user=root group=root mode=x atime=1 mtime=2 ctime=3 size=1 'x'"], 0, {}),  # not asked
 ])
-def test_a_batch_answers_only_when_its_always_there_path_answered(lines, expected):
-    batch = Batch(reader_of(File), {"k": {"path": "/missing"}})
-    assert batch.answers(lines) == expected
+def test_a_batch_answers_only_when_the_tool_answered_for_every_path(lines, exit_code, expected):
+    batch = Batch(reader_of(File), {"k": {"path": "/missing"}, "h": {"path": "/etc/hosts"}})
+    assert batch.answers(lines, exit_code) == expected
 
 
 def _run_here(command) -> list[str]:

@@ -112,6 +112,7 @@ def test_pop_global_arguments_is_pyinfras(host_name, call, deploy_context):
     host.current_deploy_kwargs = deploy_context
     host.current_deploy_data = {"_get_pty": True} if deploy_context else None
     theirs_kwargs, ours_kwargs = dict(CALLS[call]), dict(CALLS[call])
+    assert pyinfra_speedups.host_data_lookup(host.data).__name__ == "lookup"  # the one-pass lookup, not getattr
     theirs = pyinfra_speedups._PYINFRA_POP_GLOBAL_ARGUMENTS(state, host, theirs_kwargs)
     ours = pyinfra_speedups.pop_global_arguments_one_pass(state, host, ours_kwargs)
     assert ours == theirs
