@@ -252,16 +252,20 @@ def run_pyinfra(counts_file: str, profile_to: str | None, args: list[str]) -> in
         profiler.enable()
     code = 0
     sys.argv = ["pyinfra", *args]
-    with counting() as counts:
-        try:
-            pyinfra_main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        finally:
-            if profiler is not None:
-                profiler.disable()
-                profiler.dump_stats(profile_to)
-            Path(counts_file).write_text(json.dumps(counts))
+    try:
+        with counting() as counts:
+            try:
+                pyinfra_main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            finally:
+                if profiler is not None:
+                    profiler.disable()
+                    profiler.dump_stats(profile_to)
+    finally:
+        # counting() fills the counts when its block ends: written inside it, they were always {}
+        # (every "commands/host" of `make bench-scale` read 0 from c68b537 on).
+        Path(counts_file).write_text(json.dumps(counts))
     return code
 
 
