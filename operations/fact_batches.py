@@ -22,7 +22,9 @@ list of a plan from one ``dpkg-query`` (operations/facts/apt.py); ``ContainerSta
     batch_accepts(fact_kwargs) -> bool           # may this read be answered from a batch?
     batch_command(kwargs_list) -> str | StringCommand    # one command for all of them
     batch_outputs(lines, kwargs_list, exit_code) -> list[list[str]] | None
-        # each read's own stdout, or None: the batch did not work, and each is read alone
+        # each read's own stdout, or None: the batch did not work, and each is read alone.
+        # A batch killed at its time limit answers each read as timed out (what each alone would
+        # print after as long a wait), and the prefetch reads none of them again.
 
 For pyinfra's file facts, only paths that are absolute and of plain characters (letters, digits,
 ``_ . / @ : + -``) are batched: they print unquoted and unescaped by both tools, so the path at the

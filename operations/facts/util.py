@@ -93,6 +93,19 @@ def raise_on_timeout(output: list[str]) -> None:
             raise ReadTimedOut(f"no answer within {line[len(TIMED_OUT):].strip()} s (killed on the host)")
 
 
+def timed_out_lines(lines: list[str]) -> list[str] | None:
+    """The status lines of a read killed at its time limit (``__gpufleet_timeout=…`` and the rc
+    line), or None when it was not. A batch of reads that timed out (operations/fact_batches.py)
+    answers each of them so: each alone would have waited for the same hung tool, and a read the
+    host timed out is not read again (operations/fact_prefetch.py).
+
+    >>> timed_out_lines(["x", "__gpufleet_timeout=60", "__gpufleet_rc=124"])
+    ['__gpufleet_timeout=60', '__gpufleet_rc=124']
+    """
+    status = [line for line in lines if line.startswith((TIMED_OUT, RC))]
+    return status if any(line.startswith(TIMED_OUT) for line in status) else None
+
+
 def _status_lines(limit: int, then: str = "") -> str:
     # Right after the timed command: keep its status, run `then`, say whether it timed out (with
     # the limit), then print its exit status.

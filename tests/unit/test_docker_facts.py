@@ -308,7 +308,6 @@ def test_inspects_asked_in_one_curl_print_what_each_prints_alone(stand_in_docker
 
 @pytest.mark.parametrize("lines", [
     ["curl: (7) Couldn't connect to server", "__gpufleet_rc=7"],  # the daemon does not answer
-    ['{"Id":"x"}', "", "__gpufleet_timeout=60", "__gpufleet_rc=124"],
     ['{"Id":"x"}', "", "__gpufleet_http=200 http://docker/containers/other/json", "__gpufleet_rc=0"],  # not asked
     # curl exits with its last transfer's status: a failed one before it (000) left its error at the
     # top of the first answer, which would read as "no such container".
@@ -322,3 +321,16 @@ def test_an_inspect_batch_that_did_not_answer_every_path_answers_none(lines):
     assert ContainerState.batch_reader.batch_outputs(lines, asked) is None
     assert ContainerState.batch_reader.batch_outputs(["__gpufleet_missing"], [{"container": "a"}, {"container": "b"}]) \
         == [["__gpufleet_missing"], ["__gpufleet_missing"]]
+
+
+def test_an_inspect_batch_killed_at_its_limit_answers_each_read_as_timed_out():
+    """Each read alone would have waited as long for the same hung daemon: each reads as timed out
+    (the prefetch does not read such a read again), not as "read it again alone" (N more waits)."""
+    from operations.facts.docker import ContainerState
+    from operations.facts.util import ReadTimedOut
+
+    lines = ['{"Id":"x"}', "", "__gpufleet_timeout=60", "__gpufleet_rc=124"]
+    outputs = ContainerState.batch_reader.batch_outputs(lines, [{"container": "milvus"}, {"container": "rag-app"}])
+    assert outputs == [["__gpufleet_timeout=60", "__gpufleet_rc=124"]] * 2
+    with pytest.raises(ReadTimedOut):
+        ContainerState().process(outputs[0])

@@ -161,6 +161,16 @@ def test_package_lists_in_a_prefetch_are_one_read_and_answer_as_pyinfras(prepari
     assert prefetched == [type(host).get_fact(host, cls, **kwargs) for cls, kwargs in asked]
 
 
-@pytest.mark.parametrize("tail", [["__gpufleet_rc=2"], ["__gpufleet_timeout=60", "__gpufleet_rc=124"], []])
+@pytest.mark.parametrize("tail", [["__gpufleet_rc=2"], []])
 def test_a_dpkg_query_that_did_not_answer_answers_no_list(tail):
     assert PackageStates.batch_reader.batch_outputs(["pkg\tbash\t5.2\tii ", *tail], [{"packages": ["bash"]}]) is None
+
+
+def test_a_dpkg_query_killed_at_its_limit_answers_each_list_as_timed_out():
+    from operations.facts.util import ReadTimedOut
+
+    lines = ["pkg\tbash\t5.2\tii ", "__gpufleet_timeout=60", "__gpufleet_rc=124"]
+    outputs = PackageStates.batch_reader.batch_outputs(lines, [{"packages": ["bash"]}, {"packages": ["curl"]}])
+    assert outputs == [["__gpufleet_timeout=60", "__gpufleet_rc=124"]] * 2
+    with pytest.raises(ReadTimedOut):
+        PackageStates().process(outputs[1])
