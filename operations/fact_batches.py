@@ -28,12 +28,12 @@ list of a plan from one ``dpkg-query`` (operations/facts/apt.py); ``ContainerSta
 
 For pyinfra's file facts, only paths that are absolute and of plain characters (letters, digits,
 ``_ . / @ : + -``) are batched: they print unquoted and unescaped by both tools, so the path at the
-start of a line is the path asked. Any other path is read by its own command, as before. The first path of each batch
-(``/``, ``/dev/null``) always answers: a host whose ``stat`` or ``sha1sum`` does not (another
+start of a line is the path asked. Any other path is read by its own command, as before. The first
+path of each batch (``/``, ``/dev/null``) always answers: a host whose ``stat`` or ``sha1sum`` does not (another
 ``stat``, no ``sha1sum``: pyinfra's command would try ``shasum``) answers nothing from the batch,
 and those reads are pyinfra's own; so does a tool that exited other than 0 or 1 (killed part-way),
-or printed a line that is not one per path asked. tests/unit/test_fact_batches.py compares every answer with
-pyinfra's own read.
+or printed a line that is not one per path asked. tests/unit/test_fact_batches.py compares every
+answer with pyinfra's own read.
 
 Example (operations/fact_prefetch.py)::
 
@@ -53,6 +53,8 @@ from typing import Any
 
 from pyinfra.api import StringCommand
 from pyinfra.facts.files import LINUX_STAT_COMMAND, Directory, File, Link, Sha1File, Sha256File
+
+from operations.facts.util import timed_out_lines
 
 # What pyinfra's File command prints for a path: its stat format, read out of its own command.
 _STAT_FORMAT = re.fullmatch(r"stat -c '([^']*)'", LINUX_STAT_COMMAND).group(1)
@@ -135,7 +137,15 @@ class Batch:
         return self.reader.batch_command(list(self.members.values()))
 
     def answers(self, lines: list[str], exit_code: int = 0) -> dict[str, list[str]]:
-        """{key: the stdout its own command prints}; {} when the batch did not work."""
+        """{key: the stdout its own command prints}; {} when the batch did not work.
+
+        A batch killed at its time limit (operations/facts/util.py: wrap) answers each read as timed
+        out: each alone would have waited as long for the same hung tool, and the prefetch reads a
+        timed-out read no second time. Only then are the reader's own rules skipped.
+        """
+        timed_out = timed_out_lines(lines)
+        if timed_out is not None:
+            return {key: list(timed_out) for key in self.members}
         outputs = self.reader.batch_outputs(lines, list(self.members.values()), exit_code)
         if outputs is None or len(outputs) != len(self.members):
             return {}
@@ -158,3 +168,6 @@ class Batches:
 
     def __iter__(self):
         return iter(self._batches.values())
+
+    def __len__(self) -> int:
+        return len(self._batches)

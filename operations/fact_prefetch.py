@@ -367,15 +367,14 @@ class _PrefetchedFacts:
                                                       prefetch_arguments(cls, entry["kwargs"], self.host.name))
             if hasattr(cls, "prefetch_kwargs"):
                 key = _key(entry["fact"], fact_kwargs)
-            privileges = _privileges(global_kwargs)
-            group = groups.setdefault(privileges, ([], Batches(), global_kwargs))
-            if group[1].add(key, cls, fact_kwargs):
+            items, batches, _ = groups.setdefault(_privileges(global_kwargs), ([], Batches(), global_kwargs))
+            if batches.add(key, cls, fact_kwargs):
                 continue  # answered by its batch's one process (operations/fact_batches.py)
             command = _fact_command(cls(), dict(fact_kwargs))
             if command is not None:
-                group[0].append((key, command))
+                items.append((key, command))
         for privileges, (items, batches, global_kwargs) in groups.items():
-            if items or list(batches):  # reads whose commands came out empty: nothing to send
+            if items or batches:  # reads whose commands came out empty: nothing to send
                 self._run(privileges, items, list(batches), global_kwargs)
         return len(self.answers)
 

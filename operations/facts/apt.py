@@ -6,7 +6,7 @@ import re
 
 from pyinfra.api import FactBase
 
-from operations.facts.util import RC, answer, quote_all, timed_out_lines, wrap_answer
+from operations.facts.util import RC, answer, quote_all, wrap_answer
 
 # A Debian package name (policy 5.6.1), without architecture qualifier or pattern characters.
 _PLAIN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
@@ -31,10 +31,8 @@ class PackageListsBatch:
 
     @staticmethod
     def batch_outputs(lines: list[str], kwargs_list: list[dict], exit_code: int = 0) -> list[list[str]] | None:
-        # exit_code: the wrapped command's, always 0 (wrap_answer); dpkg-query's is its RC line.
-        timed_out = timed_out_lines(lines)
-        if timed_out is not None:  # what each list alone would print, after as long a wait
-            return [list(timed_out) for _ in kwargs_list]
+        # exit_code: the wrapped command's, always 0 (wrap_answer); dpkg-query's is its RC line. A
+        # batch killed at its limit never gets here (fact_batches.Batch.answers).
         if [line for line in lines if line.startswith(RC)] not in ([f"{RC}0"], [f"{RC}1"]):
             return None  # dpkg's database unreadable: each list reads alone
         rows = [line for line in lines if line.startswith("pkg\t")]

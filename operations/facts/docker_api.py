@@ -38,7 +38,7 @@ from urllib.parse import quote, urlencode
 
 from pyinfra.api.exceptions import FactProcessError
 
-from .util import MISSING, RC, envelope, timed_out_lines, wrap
+from .util import MISSING, RC, envelope, wrap
 
 SOCKET = "/var/run/docker.sock"
 BASE = "http://docker"  # curl needs a host name; over a unix socket it is only the Host header
@@ -165,8 +165,8 @@ class InspectBatch:
     answer followed by its status line, in the order asked, as each read alone prints its own;
     each read's stdout is its answer's lines and the batch's exit status line. Only when every
     path got an HTTP answer (404s included) and curl exited 0: a daemon that does not answer or a
-    transfer that failed answer nothing, and each read runs alone. A batch killed at its time limit
-    answers each read as timed out: each alone would wait for the same hung daemon.
+    transfer that failed answer nothing, and each read runs alone. (A batch killed at its time limit
+    is answered by fact_batches.Batch.answers: each read as timed out.)
 
     Example::
 
@@ -189,9 +189,6 @@ class InspectBatch:
         # exit_code: the wrapped command's, always 0 (wrap); curl's is the RC line.
         if lines == [MISSING]:
             return [[MISSING] for _ in kwargs_list]  # no Docker: what each read alone prints
-        timed_out = timed_out_lines(lines)
-        if timed_out is not None:  # a hung daemon: what each read alone would print, after as long a wait
-            return [list(timed_out) for _ in kwargs_list]
         if not lines or lines[-1] != f"{RC}0":
             return None
         answers: dict[str, list[str]] = {}

@@ -330,7 +330,10 @@ def test_an_inspect_batch_killed_at_its_limit_answers_each_read_as_timed_out():
     from operations.facts.util import ReadTimedOut
 
     lines = ['{"Id":"x"}', "", "__gpufleet_timeout=60", "__gpufleet_rc=124"]
-    outputs = ContainerState.batch_reader.batch_outputs(lines, [{"container": "milvus"}, {"container": "rag-app"}])
+    from operations.fact_batches import Batch, reader_of
+
+    batch = Batch(reader_of(ContainerState), {"m": {"container": "milvus"}, "r": {"container": "rag-app"}})
+    outputs = list(batch.answers(lines).values())
     assert outputs == [["__gpufleet_timeout=60", "__gpufleet_rc=124"]] * 2
     with pytest.raises(ReadTimedOut):
         ContainerState().process(outputs[0])

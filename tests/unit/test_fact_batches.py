@@ -170,7 +170,8 @@ def test_a_dpkg_query_killed_at_its_limit_answers_each_list_as_timed_out():
     from operations.facts.util import ReadTimedOut
 
     lines = ["pkg\tbash\t5.2\tii ", "__gpufleet_timeout=60", "__gpufleet_rc=124"]
-    outputs = PackageStates.batch_reader.batch_outputs(lines, [{"packages": ["bash"]}, {"packages": ["curl"]}])
+    batch = Batch(reader_of(PackageStates), {"a": {"packages": ["bash"]}, "b": {"packages": ["curl"]}})
+    outputs = list(batch.answers(lines).values())
     assert outputs == [["__gpufleet_timeout=60", "__gpufleet_rc=124"]] * 2
     with pytest.raises(ReadTimedOut):
         PackageStates().process(outputs[1])
