@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pyinfra import host, state
+
 from operations import pinned_apt, preflight
-from operations.deploy_lock import take_deploy_lock
+from operations.deploy_lock import DeployLock
 from operations.fact_prefetch import prefetch_facts
 
 if TYPE_CHECKING:
@@ -24,7 +26,8 @@ def every_host_first(settings: HostSettings, role_preflight: Callable[[], None] 
 
     1. the deploy lock (operations/deploy_lock.py): before any fact is read; ``what`` names the run
        in the holder record (default: ``rollout <id>`` in a rollout, else ``pyinfra deploy``);
-    2. the facts this host's last plans asked, in one round trip (operations/fact_prefetch.py),
+    2. the facts this host's last plans asked, in one round trip (operations/fact_prefetch.py)
+       that the lock leads (no round trip of the lock's own),
        with ``reads_ahead()``, if given, beside it: it starts the role's slow reads from the
        control host (``fact_prefetch.read_ahead``), which then run while the plan is made;
     3. the supported-OS preflight ("Preflight: supported OS");
@@ -46,8 +49,8 @@ def every_host_first(settings: HostSettings, role_preflight: Callable[[], None] 
     """
     if what is None:
         what = f"rollout {settings.rollout_id}" if settings.rollout_id else "pyinfra deploy"
-    take_deploy_lock(what, wait_s=settings.deploy_lock_wait_s)
-    prefetch_facts(reads_ahead)
+    # The lock leads the prefetch's one command: taken before any read, without a round trip of its own.
+    prefetch_facts(reads_ahead, first=DeployLock(state, host, what, wait_s=settings.deploy_lock_wait_s))
     preflight.supported_os(name="Preflight: supported OS", supported=settings.supported_os)
     if role_preflight is not None:
         role_preflight()

@@ -130,12 +130,20 @@ def write_cache_file(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def prefetch_facts(reads_ahead: Callable[[], None] | None = None) -> int:
+def prefetch_facts(reads_ahead: Callable[[], None] | None = None, first: Any = None) -> int:
     """Prefetch the current host's remembered facts for this plan; how many were read.
 
     Call it at the top of deploy.py (pyinfra's Prepare stage, once per host). ``reads_ahead``, if
     given, starts the plan's slow reads from the control host (:func:`read_ahead`) beside the
     snapshot's round trip; the facts those read before the snapshot is in are read by pyinfra.
+
+    ``first``, if given, is a command that must run on the host before any read: the deploy lock
+    (operations/deploy_lock.DeployLock). It leads the snapshot's one command, in a subshell, and
+    the reads after it run only when it exits 0, so the lock costs no round trip of its own. What
+    it printed goes to ``first.answer(lines, exit status)``, which raises to refuse the host and
+    returns True when the host may have changed while it waited (the reads ahead, started before,
+    are then started again). Where it cannot lead (``first.lead_command()`` is None: no SSH; or
+    no snapshot is read) it runs alone first: ``first.take()``.
     Example::
 
         from operations.fact_prefetch import prefetch_facts
@@ -144,6 +152,8 @@ def prefetch_facts(reads_ahead: Callable[[], None] | None = None) -> int:
     pyinfra_speedups.install()
     state, host = current_state._get_module(), current_host._get_module()
     if state.current_stage != StateStage.Prepare or isinstance(host.__dict__.get("get_fact"), _PrefetchedFacts):
+        if first is not None:
+            first.take()
         return 0
     facts = _PrefetchedFacts(state, host)
     host.get_fact = facts  # an instance attribute: this Host only, this State only
@@ -156,7 +166,12 @@ def prefetch_facts(reads_ahead: Callable[[], None] | None = None) -> int:
         # operation's arguments (pyinfra takes them from the operation in progress on the host),
         # even when the snapshot below has nothing to read and so never waits.
         gevent.sleep(0)
-    return facts.read()
+    count = facts.read(first)
+    if facts.lead_waited and reads_ahead is not None:
+        facts.cancel_reads_ahead()  # started while another run still held the host
+        reads_ahead()
+        gevent.sleep(0)
+    return count
 
 
 def read_once(key: str, read):
@@ -283,6 +298,7 @@ class _PrefetchedFacts:
         self.commands_ran = False  # a command, upload or download ran on the host since the snapshot
         self.planned_reads: dict[str, Any] = {}  # read_once(): what a non-fact read found while planning
         # (or a _ReadAhead still reading it)
+        self.lead_waited = False  # the snapshot's lead (the deploy lock) waited for another run
 
     def noting_changes(self, method):
         """``method`` (the host's run_shell_command, put_file, get_file), noting that the snapshot
@@ -338,10 +354,7 @@ class _PrefetchedFacts:
         which remembered reads this run asked again (pyinfra disconnects every host at the end of
         a run: its CLI, gpufleet's runs)."""
         def saved_then_disconnected(*args, **kwargs):
-            for key, pending in list(self.planned_reads.items()):
-                if isinstance(pending, _ReadAhead):  # the plan stopped before it needed that answer
-                    pending.cancel(wait_s=5)
-                    del self.planned_reads[key]  # a later read_once (after a reboot) asks again
+            self.cancel_reads_ahead()  # the plan stopped before it needed their answers
             if self.marked:
                 try:
                     self._save()
@@ -350,8 +363,18 @@ class _PrefetchedFacts:
             return disconnect(*args, **kwargs)
         return saved_then_disconnected
 
+    def cancel_reads_ahead(self) -> None:
+        for key, pending in list(self.planned_reads.items()):
+            if isinstance(pending, _ReadAhead):
+                pending.cancel(wait_s=5)
+                del self.planned_reads[key]  # a later read_once (after a reboot) asks again
+
     # ------------------------------------------------------------------ one round trip -----------
-    def read(self) -> int:
+    def read(self, first: Any = None) -> int:
+        """Run the remembered reads (led by ``first``: :func:`prefetch_facts`); how many answered."""
+        lead = first.lead_command() if first is not None else None
+        if first is not None and lead is None:
+            first.take()
         # privileges -> ([(key, command)], the batched reads, the global arguments they share)
         groups: dict[str, tuple[list[tuple[str, Any]], Batches, dict[str, Any]]] = {}
         for key, entry in self.remembered.items():
@@ -373,26 +396,42 @@ class _PrefetchedFacts:
             command = _fact_command(cls(), dict(fact_kwargs))
             if command is not None:
                 items.append((key, command))
+        if lead is not None:  # the lead's privileges' command goes first, whatever it reads
+            led = _privileges(first.global_kwargs)
+            groups = {led: groups.get(led, ([], Batches(), first.global_kwargs)),
+                      **{k: v for k, v in groups.items() if k != led}}
         for privileges, (items, batches, global_kwargs) in groups.items():
-            if items or batches:  # reads whose commands came out empty: nothing to send
-                self._run(privileges, items, list(batches), global_kwargs)
+            if items or batches or lead is not None:  # reads whose commands came out empty: nothing to send
+                self._run(privileges, items, list(batches), global_kwargs, first if lead is not None else None)
+                lead = None  # led once: by the first command
         return len(self.answers)
 
-    def _run(self, privileges: str, items: list, batches: list[Batch], global_kwargs: dict[str, Any]) -> None:
-        """One command: the reads ``items`` ([(key, command)]) and ``batches``, each in a lane."""
+    def _run(self, privileges: str, items: list, batches: list[Batch], global_kwargs: dict[str, Any],
+             first: Any = None) -> None:
+        """One command: ``first``'s lead, then the reads ``items`` ([(key, command)]) and ``batches``,
+        each in a lane."""
         mark = f"__gpufleet_fact_{secrets.token_hex(4)}"
         commands = [command for _, command in items] + [batch.command() for batch in batches]
         executor_kwargs = {k: v for k, v in global_kwargs.items() if k in CONNECTOR_ARGUMENT_KEYS}
+        lead = first.lead_command() if first is not None else None
         try:
             with self._reading():
-                ok, output = self.host.run_shell_command(concurrent_reads(commands, mark), print_output=False,
-                                                         print_input=False, **executor_kwargs)
-        except Exception:  # noqa: BLE001 - a failed prefetch only means the facts are read one by one
+                ok, output = self.host.run_shell_command(concurrent_reads(commands, mark, lead=lead),
+                                                         print_output=False, print_input=False, **executor_kwargs)
+        except Exception as exc:  # noqa: BLE001 - a failed prefetch only means the facts are read one by one
+            if first is not None:
+                first.answer([f"{type(exc).__name__}: {exc}"], None)  # raises: the lock was not taken
             return
+        stdout = list(output.stdout_lines)
+        if first is not None:
+            lead_lines, lead_rc, stdout = _lead_answer(stdout, mark)
+            if lead_rc is None:
+                lead_lines = [*lead_lines, *output.stderr_lines]
+            self.lead_waited = first.answer(lead_lines, lead_rc)
         if not ok:
             return
         current, lines = None, []
-        for line in output.stdout_lines:
+        for line in stdout:
             if line.startswith(f"{mark}:rc:") and current is not None:
                 rc = int(line.rsplit(":", 1)[1] or 1)
                 if current < len(items):
@@ -473,9 +512,24 @@ class _PrefetchedFacts:
             pass  # a read-only home only costs speed
 
 
-def concurrent_reads(commands: list, mark: str, lanes: int | None = None) -> StringCommand:
+def _lead_answer(stdout: list[str], mark: str) -> tuple[list[str], int | None, list[str]]:
+    """What the lead printed (stdout and stderr), its exit status (None: it never finished), and
+    the reads' lines after it."""
+    if f"{mark}:lead" not in stdout:  # not always the first line: a login file may print before it
+        return [], None, []
+    start = stdout.index(f"{mark}:lead") + 1
+    for i in range(start, len(stdout)):
+        if stdout[i].startswith(f"{mark}:lead-rc:"):
+            return stdout[start:i], int(stdout[i].rsplit(":", 1)[1] or 1), stdout[i + 1:]
+    return stdout[start:], None, []
+
+
+def concurrent_reads(commands: list, mark: str, lanes: int | None = None, lead: str | None = None) -> StringCommand:
     """One shell command that runs ``commands`` in ``lanes`` concurrent lanes and prints, in order,
     ``<mark>:<i>``, command i's stdout, and ``<mark>:rc:<its exit status>``.
+
+    ``lead``, if given, runs first, in a subshell: ``<mark>:lead``, its stdout and stderr, and
+    ``<mark>:lead-rc:<its exit status>`` come first, and the reads run only when it exited 0.
 
     Command i runs in lane ``i % lanes`` (default ``READ_LANES``), in a subshell of its own (an
     ``exit`` in it ends only it), its stderr dropped as pyinfra's own read drops it, its stdin
@@ -487,9 +541,18 @@ def concurrent_reads(commands: list, mark: str, lanes: int | None = None) -> Str
         # prints: __m:0 / 6.1.0-27-amd64 / __m:rc:0 / __m:1 / gpu-node-1 / __m:rc:0
     """
     lanes = READ_LANES if lanes is None else lanes
+    parts: list[Any] = []
+    if lead is not None:
+        # "$( (": a space, or the shell reads arithmetic. The lead's background processes (the
+        # lock's watcher) write elsewhere, so the substitution ends when the lead does.
+        parts += ["__gpufleet_lead=$(", "(", lead, ")", "2>&1", "</dev/null", ");", "__gpufleet_lead_rc=$?;",
+                  "printf", "'%s\\n'", f'"{mark}:lead"', '"$__gpufleet_lead"', f'"{mark}:lead-rc:$__gpufleet_lead_rc";',
+                  '[ "$__gpufleet_lead_rc" -eq 0 ]', "||", "exit", "0;"]
+    if not commands:
+        return StringCommand(*parts, "exit", "0")
     d = '"$__gpufleet_reads'  # the scratch directory (private: umask 077), by a name no read uses
-    parts: list[Any] = ["__gpufleet_reads=$(umask", "077;", 'mktemp -d "${TMPDIR:-/tmp}/gpufleet-reads.XXXXXX")',
-                        "||", "exit", "1;", SCRATCH_CLEANUP]
+    parts += ["__gpufleet_reads=$(umask", "077;", 'mktemp -d "${TMPDIR:-/tmp}/gpufleet-reads.XXXXXX")',
+              "||", "exit", "1;", SCRATCH_CLEANUP]
     for lane in range(min(lanes, len(commands))):
         parts.append("{")
         for i in range(lane, len(commands), lanes):

@@ -18,7 +18,8 @@ import pytest
 from pyinfra.api import OperationError
 
 from gpufleet import PROJECT_ROOT
-from operations.deploy_lock import DeployLockHeld, lock_command, parse_answer
+from operations.deploy_lock import DeployLock, DeployLockHeld, lock_command, parse_answer
+from operations.fact_prefetch import concurrent_reads
 
 SESSION = r"""
 import ctypes, subprocess, sys
@@ -69,7 +70,8 @@ def test_the_lock_is_held_while_the_session_lives_and_free_soon_after_it_closes(
     started = time.monotonic()
     third = Session(lock_command({"holder": "ops@ctl-2"}, wait_s=5, lock_dir=lock_dir))
     third.close()
-    assert third.lines == ["ACQUIRED"], "the watcher did not let go after its session closed"
+    # WAITED first when it asked before the watcher (0.1 s) saw the session go
+    assert third.lines in (["ACQUIRED"], ["WAITED", "ACQUIRED"]), "the watcher did not let go after its session closed"
     assert time.monotonic() - started < 4
 
 
@@ -102,6 +104,53 @@ def test_deploy_py_takes_the_lock_before_any_fact_is_read():
     assert all(n.lineno > lock_line for n in fact_reads)
     base = ast.parse((PROJECT_ROOT / "operations" / "base_role.py").read_text())
     first = next(n for n in base.body if isinstance(n, ast.FunctionDef) and n.name == "every_host_first")
-    steps = [ast.unparse(n.value.func) for n in first.body if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)]
-    assert steps[:2] == ["take_deploy_lock", "prefetch_facts"], steps
+    calls = [n.value for n in first.body if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)]
+    assert [ast.unparse(c.func) for c in calls][:1] == ["prefetch_facts"]
+    # ... led by the lock: the prefetch runs it before any read (tests/unit/test_fact_prefetch.py)
+    led_by = {k.arg: k.value for k in calls[0].keywords}.get("first")
+    assert isinstance(led_by, ast.Call) and ast.unparse(led_by.func) == "DeployLock", ast.unparse(calls[0])
     assert not [n for n in ast.walk(first) if isinstance(n, ast.Attribute) and n.attr == "get_fact"]
+
+
+def _led(lock_dir: str, holder: str, marks, wait_s: int = 1) -> str:
+    """The prefetch's command led by the lock (as deploy.py sends it), with one read that leaves a mark."""
+    from pyinfra.api import StringCommand
+
+    lead = lock_command({"holder": holder}, wait_s=wait_s, lock_dir=lock_dir, held_status=DeployLock.HELD_STATUS)
+    return concurrent_reads([StringCommand(f"touch {marks}/{holder}; echo read")], "__m", lead=lead).get_raw_value()
+
+
+def test_led_by_the_lock_the_reads_run_only_once_it_is_held(lock_dir, tmp_path):
+    """The lock leading the prefetch's command (DeployLock): taken first, in a subshell, and held by
+    its watcher after the command ends; while another run holds it, no read runs at all."""
+    first = Session(_led(lock_dir, "ctl-1", tmp_path))
+    try:
+        assert first.lines == ["__m:lead", "ACQUIRED", "__m:lead-rc:0", "__m:0", "read", "__m:rc:0"]
+        assert (tmp_path / "ctl-1").exists()
+        second = Session(_led(lock_dir, "ctl-2", tmp_path))
+        second.close()
+        assert second.lines[:2] == ["__m:lead", "HELD"] and second.lines[-1] == f"__m:lead-rc:{DeployLock.HELD_STATUS}"
+        assert "__m:0" not in second.lines and not (tmp_path / "ctl-2").exists(), "a read ran without the lock"
+    finally:
+        first.close()
+    third = Session(_led(lock_dir, "ctl-3", tmp_path, wait_s=5))
+    third.close()
+    assert third.lines[:4] in (["__m:lead", "ACQUIRED", "__m:lead-rc:0", "__m:0"],
+                               ["__m:lead", "WAITED", "ACQUIRED", "__m:lead-rc:0"]), third.lines
+    assert (tmp_path / "ctl-3").exists()
+
+
+def test_a_lock_that_had_to_wait_says_so_and_its_answers_are_read_as_alone():
+    class Target:
+        name, connector = "gpu-node-1", object()
+
+    lock = DeployLock.__new__(DeployLock)
+    lock.target, lock.wait_s, lock.over_ssh = Target(), 5, True
+    assert lock.answer(["ACQUIRED"], 0) is False
+    assert lock.answer(["WAITED", "ACQUIRED"], 0) is True  # reads started before may be out of date
+    with pytest.raises(DeployLockHeld, match="sre@ctl-1"):
+        lock.answer(["HELD", json.dumps({"holder": "sre@ctl-1"})], DeployLock.HELD_STATUS)
+    with pytest.raises(OperationError, match="could not take the deploy lock.*flock failed"):
+        lock.answer(["flock failed (exit 64)"], 1)
+    with pytest.raises(OperationError, match="could not take the deploy lock.*Connection reset"):
+        lock.answer(["Connection reset"], None)  # the command never answered

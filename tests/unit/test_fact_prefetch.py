@@ -550,3 +550,82 @@ def test_the_scratch_directory_goes_when_the_read_is_killed(tmp_path, signal_nam
     run.send_signal(getattr(signal, signal_name))
     assert run.wait(timeout=10) == code
     assert list(tmp_path.iterdir()) == []
+
+
+class LeadStandIn:
+    """What prefetch_facts asks of ``first`` (operations/deploy_lock.DeployLock, whose shell is tested
+    with a real flock in tests/unit/test_deploy_lock.py): a shell lead, its answers kept."""
+
+    def __init__(self, state, host, text="echo ACQUIRED", waited=False, can_lead=True):
+        from pyinfra.api.arguments import pop_global_arguments
+
+        self.text, self.waited, self.can_lead = text, waited, can_lead
+        self.global_kwargs, _ = pop_global_arguments(state, host, {})
+        self.answers, self.taken = [], 0
+
+    def lead_command(self):
+        return self.text if self.can_lead else None
+
+    def answer(self, lines, exit_code):
+        self.answers.append((lines, exit_code))
+        if exit_code != 0:
+            raise OperationError(f"refused: {lines}")
+        return self.waited
+
+    def take(self):
+        self.taken += 1
+
+
+def test_the_lead_runs_first_in_the_same_round_trip(preparing, tmp_path, monkeypatch):
+    state, host = preparing
+    _remember(host, (Command, {"command": "echo one"}, None), (File, {"path": str(tmp_path)}, None))
+    runs = _count_commands(host, monkeypatch)
+    lead = LeadStandIn(state, host, text="echo ACQUIRED; echo oops >&2")
+
+    assert fact_prefetch.prefetch_facts(first=lead) == 2
+    assert len(runs) == 1 and lead.taken == 0
+    assert lead.answers == [(["ACQUIRED", "oops"], 0)]  # its stdout and stderr, its exit status
+    assert host.get_fact(Command, command="echo one") == "one"
+    assert len(runs) == 1
+
+
+def test_a_lead_that_refuses_stops_the_reads_and_the_plan(preparing, tmp_path, monkeypatch):
+    state, host = preparing
+    _remember(host, (Command, {"command": f"touch {tmp_path}/read; echo one"}, None))
+    runs = _count_commands(host, monkeypatch)
+    lead = LeadStandIn(state, host, text="echo HELD; exit 3")
+
+    with pytest.raises(OperationError, match="refused"):
+        fact_prefetch.prefetch_facts(first=lead)
+    assert lead.answers == [(["HELD"], 3)] and len(runs) == 1
+    assert not (tmp_path / "read").exists(), "a read ran although the lead refused"
+
+
+def test_the_lead_runs_with_nothing_to_read_and_alone_where_it_cannot_lead(preparing, monkeypatch):
+    state, host = preparing
+    runs = _count_commands(host, monkeypatch)
+    lead = LeadStandIn(state, host)
+    assert fact_prefetch.prefetch_facts(first=lead) == 0
+    assert lead.answers == [(["ACQUIRED"], 0)] and len(runs) == 1
+
+    cannot = LeadStandIn(state, host, can_lead=False)
+    host.__dict__.pop("get_fact")  # a new plan of the host
+    assert fact_prefetch.prefetch_facts(first=cannot) == 0
+    assert cannot.taken == 1 and cannot.answers == []
+
+
+def test_a_lead_that_waited_for_another_run_starts_the_reads_ahead_again(preparing):
+    """Reads ahead start beside the round trip, so before the lock is known to be held: if it was
+    held by another run until a moment ago, what they read may predate that run's changes."""
+    state, host = preparing
+    started = []
+
+    def read():
+        started.append(len(started))
+        gevent.sleep(0.2)
+        return f"read {len(started)}"
+
+    fact_prefetch.prefetch_facts(reads_ahead=lambda: fact_prefetch.read_ahead("k", read),
+                                 first=LeadStandIn(state, host, waited=True))
+    assert fact_prefetch.read_once("k", lambda: pytest.fail("read again")) == "read 2"
+    assert started == [0, 1]
