@@ -69,8 +69,7 @@ def lock_command(record: dict[str, object], wait_s: int = WAIT_S, lock_dir: str 
 
     Prints ``ACQUIRED``, ``NOSESSION`` (taken and released again: no sshd above it), or ``HELD``
     followed by the holder's record, and exits ``held_status`` (:attr:`DeployLock.HELD_STATUS` when
-    it leads the prefetch's reads: they do not run). ``WAITED`` comes first when another run held
-    the lock and let go of it within ``wait_s``. ``lock_dir`` exists for tests.
+    it leads the prefetch's reads: they do not run). ``lock_dir`` exists for tests.
 
     >>> "flock -w 5 9;" in lock_command({"holder": "sre@ctl"})
     True
@@ -81,7 +80,7 @@ def lock_command(record: dict[str, object], wait_s: int = WAIT_S, lock_dir: str 
         f"install -d -m 0755 {shlex.quote(lock_dir)} || exit 1",
         f"exec 9>>{lock} || exit 1",
         # flock exits 1 when the wait ran out; anything else (no flock, a bad descriptor) is an error.
-        f"if flock -n 9; then rc=0; else flock -w {int(wait_s)} 9; rc=$?; [ $rc -ne 0 ] || echo WAITED; fi",
+        f"flock -w {int(wait_s)} 9; rc=$?",
         f"if [ $rc -eq 1 ]; then echo HELD; cat {held_by} 2>/dev/null; exit {int(held_status)}; fi",
         "if [ $rc -ne 0 ]; then echo \"flock failed (exit $rc)\" >&2; exit 1; fi",
         # The nearest sshd ancestor is this connection's session process (sshd-session on
@@ -94,6 +93,7 @@ def lock_command(record: dict[str, object], wait_s: int = WAIT_S, lock_dir: str 
         "  case \"$comm\" in sshd*) break;; esac",
         "  stat=; read -r stat 2>/dev/null </proc/$p/stat; stat=${stat##*\") \"}",
         "  set -- $stat; p=${2:-1}",
+        "  case $p in ''|*[!0-9]*) p=1;; esac",  # not a process id: no sshd found, never a bad test
         "done",
         "if [ \"${p:-1}\" -le 1 ]; then echo NOSESSION; exit 0; fi",
         f"printf '%s\\n' {holder} > {held_by}.$$ && mv -f {held_by}.$$ {held_by}",
@@ -115,8 +115,6 @@ def parse_answer(host_name: str, lines: list[str]) -> str:
     'acquired'
     """
     text = [line.strip() for line in lines if line.strip()]
-    if text[:1] == ["WAITED"]:  # another run let go of it within the wait: the rest is the answer
-        text = text[1:]
     if text and text[-1] == "ACQUIRED":
         return "acquired"
     if text and text[-1] == "NOSESSION":
@@ -161,7 +159,9 @@ class DeployLock:
     the fact prefetch's one command (operations/fact_prefetch.py, ``prefetch_facts(first=...)``),
     which saves every run a round trip per host. Led, the lock is taken exactly as alone, in a
     subshell of that command, and the reads after it run only once it is held (the command's exit
-    status 0: ``ACQUIRED``, or ``NOSESSION`` with the same warning as alone).
+    status 0: ``ACQUIRED``, or ``NOSESSION`` with the same warning as alone). A host whose plan
+    starts reads ahead from the control host (the Milvus users check) takes it alone first: those
+    reads start beside the prefetch's command and must not read before the lock is held.
 
     **Example** (operations/base_role.py):
 
@@ -184,15 +184,14 @@ class DeployLock:
         """The lock's shell text to lead another command with; None where it cannot lead (no SSH)."""
         return lock_command(self.record, self.wait_s, held_status=self.HELD_STATUS) if self.over_ssh else None
 
-    def answer(self, lines: list[str], exit_code: int | None) -> bool:
+    def answer(self, lines: list[str], exit_code: int | None) -> str:
         """Read the led command's answer (its stdout and stderr; ``exit_code`` None: it never
-        answered) and raise as :meth:`take` does. True when another run held the host until a
-        moment ago: what was read before it let go may be out of date."""
-        if exit_code is None:
-            raise OperationError(f"{self.target.name}: could not take the deploy lock {LOCK_FILE}: "
-                                 f"{' '.join(lines)[-300:]!r}")
-        self._accepted(parse_answer(self.target.name, lines))
-        return any(line.strip() == "WAITED" for line in lines[:1])
+        finished) as :meth:`take` does: ``"acquired"`` or ``"no-session"``, else raise."""
+        if exit_code is None or exit_code not in (0, self.HELD_STATUS):
+            said = " ".join(lines)[-300:] or "nothing"
+            raise OperationError(f"{self.target.name}: could not take the deploy lock {LOCK_FILE} "
+                                 f"({'no answer' if exit_code is None else f'exit {exit_code}'}): {said!r}")
+        return self._accepted(parse_answer(self.target.name, lines))
 
     def take(self) -> str:
         """Take the lock with a command of its own; ``"acquired"`` or ``"no-session"``."""

@@ -140,10 +140,10 @@ def prefetch_facts(reads_ahead: Callable[[], None] | None = None, first: Any = N
     ``first``, if given, is a command that must run on the host before any read: the deploy lock
     (operations/deploy_lock.DeployLock). It leads the snapshot's one command, in a subshell, and
     the reads after it run only when it exits 0, so the lock costs no round trip of its own. What
-    it printed goes to ``first.answer(lines, exit status)``, which raises to refuse the host and
-    returns True when the host may have changed while it waited (the reads ahead, started before,
-    are then started again). Where it cannot lead (``first.lead_command()`` is None: no SSH; or
-    no snapshot is read) it runs alone first: ``first.take()``.
+    it printed goes to ``first.answer(lines, exit status)``, which raises to refuse the host. It
+    runs alone first (``first.take()``) where it cannot lead: ``first.lead_command()`` is None (no
+    SSH), no snapshot is read, the command did not start; and where ``reads_ahead`` is given,
+    whose reads start beside the snapshot's command and must not read before it is held.
     Example::
 
         from operations.fact_prefetch import prefetch_facts
@@ -161,17 +161,15 @@ def prefetch_facts(reads_ahead: Callable[[], None] | None = None, first: Any = N
         setattr(host, method, facts.noting_changes(getattr(host, method)))
     host.disconnect = facts.saving_at_the_end(host.disconnect)
     if reads_ahead is not None:
+        if first is not None:
+            first.take()  # reads ahead may read the host at once: the lock first, on its own
+            first = None
         reads_ahead()
         # Their greenlets start now, up to their first wait: their first fact reads get no
         # operation's arguments (pyinfra takes them from the operation in progress on the host),
         # even when the snapshot below has nothing to read and so never waits.
         gevent.sleep(0)
-    count = facts.read(first)
-    if facts.lead_waited and reads_ahead is not None:
-        facts.cancel_reads_ahead()  # started while another run still held the host
-        reads_ahead()
-        gevent.sleep(0)
-    return count
+    return facts.read(first)
 
 
 def read_once(key: str, read):
@@ -298,7 +296,6 @@ class _PrefetchedFacts:
         self.commands_ran = False  # a command, upload or download ran on the host since the snapshot
         self.planned_reads: dict[str, Any] = {}  # read_once(): what a non-fact read found while planning
         # (or a _ReadAhead still reading it)
-        self.lead_waited = False  # the snapshot's lead (the deploy lock) waited for another run
 
     def noting_changes(self, method):
         """``method`` (the host's run_shell_command, put_file, get_file), noting that the snapshot
@@ -419,15 +416,16 @@ class _PrefetchedFacts:
                 ok, output = self.host.run_shell_command(concurrent_reads(commands, mark, lead=lead),
                                                          print_output=False, print_input=False, **executor_kwargs)
         except Exception as exc:  # noqa: BLE001 - a failed prefetch only means the facts are read one by one
-            if first is not None:
-                first.answer([f"{type(exc).__name__}: {exc}"], None)  # raises: the lock was not taken
+            if first is not None:  # the connection failed, perhaps after the lock was taken: refused
+                first.answer([f"{type(exc).__name__}: {exc}"], None)
             return
         stdout = list(output.stdout_lines)
         if first is not None:
             lead_lines, lead_rc, stdout = _lead_answer(stdout, mark)
-            if lead_rc is None:
-                lead_lines = [*lead_lines, *output.stderr_lines]
-            self.lead_waited = first.answer(lead_lines, lead_rc)
+            if lead_rc is None and not ok and not lead_lines:
+                first.take()  # the command did not start (too long for the host...): the lock alone
+            else:
+                first.answer(lead_lines if lead_rc is not None else [*lead_lines, *output.stderr_lines], lead_rc)
         if not ok:
             return
         current, lines = None, []
@@ -545,9 +543,11 @@ def concurrent_reads(commands: list, mark: str, lanes: int | None = None, lead: 
     if lead is not None:
         # "$( (": a space, or the shell reads arithmetic. The lead's background processes (the
         # lock's watcher) write elsewhere, so the substitution ends when the lead does.
+        # Its own line: the shell runs it before parsing the reads, so a read that does not parse
+        # fails only the reads (read one by one after), never the lock.
         parts += ["__gpufleet_lead=$(", "(", lead, ")", "2>&1", "</dev/null", ");", "__gpufleet_lead_rc=$?;",
                   "printf", "'%s\\n'", f'"{mark}:lead"', '"$__gpufleet_lead"', f'"{mark}:lead-rc:$__gpufleet_lead_rc";',
-                  '[ "$__gpufleet_lead_rc" -eq 0 ]', "||", "exit", "0;"]
+                  '[ "$__gpufleet_lead_rc" -eq 0 ]', "||", "exit", "0\n"]
     if not commands:
         return StringCommand(*parts, "exit", "0")
     d = '"$__gpufleet_reads'  # the scratch directory (private: umask 077), by a name no read uses

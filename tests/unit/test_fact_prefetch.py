@@ -556,10 +556,10 @@ class LeadStandIn:
     """What prefetch_facts asks of ``first`` (operations/deploy_lock.DeployLock, whose shell is tested
     with a real flock in tests/unit/test_deploy_lock.py): a shell lead, its answers kept."""
 
-    def __init__(self, state, host, text="echo ACQUIRED", waited=False, can_lead=True):
+    def __init__(self, state, host, text="echo ACQUIRED", can_lead=True):
         from pyinfra.api.arguments import pop_global_arguments
 
-        self.text, self.waited, self.can_lead = text, waited, can_lead
+        self.text, self.can_lead = text, can_lead
         self.global_kwargs, _ = pop_global_arguments(state, host, {})
         self.answers, self.taken = [], 0
 
@@ -570,7 +570,6 @@ class LeadStandIn:
         self.answers.append((lines, exit_code))
         if exit_code != 0:
             raise OperationError(f"refused: {lines}")
-        return self.waited
 
     def take(self):
         self.taken += 1
@@ -614,18 +613,27 @@ def test_the_lead_runs_with_nothing_to_read_and_alone_where_it_cannot_lead(prepa
     assert cannot.taken == 1 and cannot.answers == []
 
 
-def test_a_lead_that_waited_for_another_run_starts_the_reads_ahead_again(preparing):
-    """Reads ahead start beside the round trip, so before the lock is known to be held: if it was
-    held by another run until a moment ago, what they read may predate that run's changes."""
+def test_with_reads_ahead_the_lead_runs_alone_before_them(preparing, tmp_path, monkeypatch):
+    """Reads ahead may read the host as soon as they start, beside the snapshot's command: the lock
+    must be held before that, so on such a host it is taken by a command of its own first."""
     state, host = preparing
-    started = []
+    _remember(host, (Command, {"command": "echo one"}, None))
+    lead = LeadStandIn(state, host)
+    order = []
+    monkeypatch.setattr(lead, "take", lambda: order.append("lock"))
 
-    def read():
-        started.append(len(started))
-        gevent.sleep(0.2)
-        return f"read {len(started)}"
+    fact_prefetch.prefetch_facts(reads_ahead=lambda: order.append("reads ahead"), first=lead)
+    assert order == ["lock", "reads ahead"] and lead.answers == []
+    assert host.get_fact(Command, command="echo one") == "one"
 
-    fact_prefetch.prefetch_facts(reads_ahead=lambda: fact_prefetch.read_ahead("k", read),
-                                 first=LeadStandIn(state, host, waited=True))
-    assert fact_prefetch.read_once("k", lambda: pytest.fail("read again")) == "read 2"
-    assert started == [0, 1]
+
+def test_a_read_that_does_not_parse_is_read_alone_and_the_lead_still_answers(preparing, monkeypatch):
+    state, host = preparing
+    _remember(host, (Command, {"command": "echo 'unbalanced"}, None), (Command, {"command": "echo one"}, None))
+    runs = _count_commands(host, monkeypatch)
+    lead = LeadStandIn(state, host)
+
+    assert fact_prefetch.prefetch_facts(first=lead) == 0
+    assert lead.answers == [(["ACQUIRED"], 0)] and lead.taken == 0
+    assert host.get_fact(Command, command="echo one") == "one"
+    assert len(runs) == 2  # the prefetch, then pyinfra's own read
