@@ -162,7 +162,7 @@ def prefetch_facts(reads_ahead: Callable[[], None] | None = None, first: Any = N
     host.disconnect = facts.saving_at_the_end(host.disconnect)
     if reads_ahead is not None:
         if first is not None:
-            first.take()  # reads ahead may read the host at once: the lock first, on its own
+            facts.take_alone(first)  # reads ahead may read the host at once: the lock first, on its own
             first = None
         reads_ahead()
         # Their greenlets start now, up to their first wait: their first fact reads get no
@@ -360,6 +360,12 @@ class _PrefetchedFacts:
             return disconnect(*args, **kwargs)
         return saved_then_disconnected
 
+    def take_alone(self, first) -> None:
+        """``first.take()``: its own command, which only reads and locks (not a change to the host:
+        execution still answers from the snapshot)."""
+        with self._reading():
+            first.take()
+
     def cancel_reads_ahead(self) -> None:
         for key, pending in list(self.planned_reads.items()):
             if isinstance(pending, _ReadAhead):
@@ -371,7 +377,7 @@ class _PrefetchedFacts:
         """Run the remembered reads (led by ``first``: :func:`prefetch_facts`); how many answered."""
         lead = first.lead_command() if first is not None else None
         if first is not None and lead is None:
-            first.take()
+            self.take_alone(first)
         # privileges -> ([(key, command)], the batched reads, the global arguments they share)
         groups: dict[str, tuple[list[tuple[str, Any]], Batches, dict[str, Any]]] = {}
         for key, entry in self.remembered.items():
@@ -423,7 +429,7 @@ class _PrefetchedFacts:
         if first is not None:
             lead_lines, lead_rc, stdout = _lead_answer(stdout, mark)
             if lead_rc is None and not ok and not lead_lines:
-                first.take()  # the command did not start (too long for the host...): the lock alone
+                self.take_alone(first)  # the command did not start (too long for the host...): the lock alone
             else:
                 first.answer(lead_lines if lead_rc is not None else [*lead_lines, *output.stderr_lines], lead_rc)
         if not ok:

@@ -559,7 +559,7 @@ class LeadStandIn:
     def __init__(self, state, host, text="echo ACQUIRED", can_lead=True):
         from pyinfra.api.arguments import pop_global_arguments
 
-        self.text, self.can_lead = text, can_lead
+        self.host, self.text, self.can_lead = host, text, can_lead
         self.global_kwargs, _ = pop_global_arguments(state, host, {})
         self.answers, self.taken = [], 0
 
@@ -573,6 +573,7 @@ class LeadStandIn:
 
     def take(self):
         self.taken += 1
+        self.host.run_shell_command("true")  # as DeployLock.take: a command of its own on the host
 
 
 def test_the_lead_runs_first_in_the_same_round_trip(preparing, tmp_path, monkeypatch):
@@ -620,11 +621,16 @@ def test_with_reads_ahead_the_lead_runs_alone_before_them(preparing, tmp_path, m
     _remember(host, (Command, {"command": "echo one"}, None))
     lead = LeadStandIn(state, host)
     order = []
-    monkeypatch.setattr(lead, "take", lambda: order.append("lock"))
+    take = lead.take
+    monkeypatch.setattr(lead, "take", lambda: (order.append("lock"), take()))
 
     fact_prefetch.prefetch_facts(reads_ahead=lambda: order.append("reads ahead"), first=lead)
     assert order == ["lock", "reads ahead"] and lead.answers == []
+    runs = _count_commands(host, monkeypatch)
+    state.set_stage(StateStage.Execute)
+    # The lock's own command is no change to the host: execution still answers from the snapshot.
     assert host.get_fact(Command, command="echo one") == "one"
+    assert runs == []
 
 
 def test_a_read_that_does_not_parse_is_read_alone_and_the_lead_still_answers(preparing, monkeypatch):
