@@ -156,6 +156,11 @@ def _load_deploy(state: State, hosts: list) -> dict[str, tuple[bool, Exception]]
 
 
 def _message(exc: Exception) -> str:
+    # pyinfra's CLI wraps an error raised by a deploy file in UnexpectedExternalError, whose str()
+    # itself raises (it has no .message): name the error inside it.
+    inner = getattr(exc, "exception", None)
+    if isinstance(inner, Exception):
+        exc = inner
     return f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
 
 

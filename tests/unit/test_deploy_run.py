@@ -60,3 +60,17 @@ def test_a_plan_made_without_change_checks_executes_every_operation(tmp_path):
         assert made.is_dir()  # nothing was known to be unchanged, so nothing was skipped
     finally:
         disconnect_all(state)
+
+
+def test_an_error_pyinfras_cli_wrapped_is_named_not_raised_again():
+    """pyinfra's exec_file wraps what a deploy file raised in UnexpectedExternalError, whose str()
+    raises AttributeError: a host's plan error must still be reported, by the error inside."""
+    from pyinfra_cli.exceptions import UnexpectedExternalError
+
+    from gpufleet.deploy_run import _message
+
+    try:
+        raise TypeError("command() got an unexpected keyword argument 'gone'")
+    except TypeError as exc:
+        wrapped = UnexpectedExternalError(exc, "deploy.py")
+    assert _message(wrapped) == "TypeError: command() got an unexpected keyword argument 'gone'"

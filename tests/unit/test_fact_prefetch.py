@@ -644,3 +644,12 @@ def test_a_read_that_does_not_parse_is_read_alone_and_the_lead_still_answers(pre
     assert lead.answers == [(["ACQUIRED"], 0)] and lead.taken == 0
     assert host.get_fact(Command, command="echo one") == "one"
     assert len(runs) == 2  # the prefetch, then pyinfra's own read
+
+
+def test_a_remembered_read_whose_arguments_the_fact_no_longer_takes_is_dropped(preparing, monkeypatch):
+    """A gpufleet upgrade renamed or removed a fact's argument: the reads remembered by the older
+    version must not stop every plan of the host (for FORGET_AFTER_DAYS); they are left out."""
+    state, host = preparing
+    _remember(host, (Command, {"command": "echo one", "gone": 1}, None), (Command, {"command": "echo two"}, None))
+    assert fact_prefetch.prefetch_facts() == 1
+    assert host.get_fact(Command, command="echo two") == "two"
