@@ -257,22 +257,17 @@ def security_updates(host, settings: HostSettings, fleet: Fleet) -> list[DriftIt
     would change nothing, but it runs a build the distribution has superseded. The host's package
     lists are as fresh as its last ``apt-get update`` (apt-daily refreshes them on real hosts).
     """
-    from operations import apt_states
     from operations.distro_packages import behind
     from operations.facts.apt import AptCandidates
 
     floors = distro_floors(settings, host.groups or ())
     if not floors:
         return []
-    # With the answer kept from the last check: apt-cache runs only when apt's inputs changed since
-    # (operations/apt_states.py); the same arguments as the prefetch's, so its answer.
-    found = read(host, AptCandidates, "apt's candidates (apt-cache policy)",
-                 **AptCandidates.prefetch_kwargs(host.name, {"packages": sorted(floors)}))
-    apt_states.remember(host.name, sorted(floors), found)
+    found = read(host, AptCandidates, "apt's candidates (apt-cache policy)", packages=sorted(floors))
     return [DriftItem("security", f"package {name}",
                       f"{state['installed']} installed, the archive has {state['candidate']}: raise the floor "
                       f"(group_data) and roll it out")
-            for name, state in sorted(found["candidates"].items()) if behind(state["installed"], state["candidate"])]
+            for name, state in sorted(found.items()) if behind(state["installed"], state["candidate"])]
 
 
 # Checks every host gets, ``check(host, settings, fleet)``; the serving roles add theirs here.

@@ -48,10 +48,10 @@ runs asked, or none asked for ``FORGET_AFTER_DAYS``, are dropped from the list: 
 and a week of them (reads only a change asks, old image tags, hosts since removed) had a lab
 node read 121 facts in a no-op converge that asks 84 (README: "Speed"). A read dropped too
 early is only read by pyinfra when asked, and remembered again. A fact class with a
-``prefetch_kwargs(host_name, remembered)`` static method is remembered once, whatever its
-arguments, and prefetched with the arguments that returns (from the remembered ones): for a read
-whose arguments include the answers the control host has (VllmNcclVersions' and AptCandidates'
-``known``), the remembered ones are a run old and would redo the work. The list lives in ``$GPUFLEET_CACHE_DIR`` (default ``~/.cache/gpufleet``)
+``prefetch_kwargs(host_name)`` static method is remembered once, whatever its arguments, and
+prefetched with the arguments that returns: for a read whose arguments are the answers the
+control host has (VllmNcclVersions' ``known``), the remembered ones are a run old and would redo
+the work. The list lives in ``$GPUFLEET_CACHE_DIR`` (default ``~/.cache/gpufleet``)
 ``/fact-reads/<host>.json``; deleting it only makes the next plan of each kind slower.
 A run counts once it asked a remembered read, also when its plan stopped early (a refusal): the
 reads past that point age, at worst into one slower plan. A drift prefetches what drifts asked:
@@ -577,10 +577,10 @@ def concurrent_reads(commands: list, mark: str, lanes: int | None = None, lead: 
 
 def prefetch_arguments(cls, remembered: dict[str, Any], host_name: str) -> dict[str, Any]:
     """The arguments a remembered read is prefetched with: its own, or, for a fact whose arguments
-    include what the control host knows now (``prefetch_kwargs(host_name, remembered)``:
-    VllmNcclVersions' and AptCandidates' kept answers), today's."""
+    are what the control host knows now (``prefetch_kwargs``: VllmNcclVersions' known answers),
+    today's."""
     hook = getattr(cls, "prefetch_kwargs", None)
-    return hook(host_name, dict(remembered)) if hook is not None else dict(remembered)
+    return hook(host_name) if hook is not None else dict(remembered)
 
 
 def _fact_kwargs(state, host, cls, args, kwargs) -> tuple[dict[str, Any], dict[str, Any]]:

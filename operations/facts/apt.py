@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import re
 
 from pyinfra.api import FactBase
@@ -92,77 +91,37 @@ class PackageStates(FactBase):
 
 
 class AptCandidates(FactBase):
-    """What ``apt-get install <package>`` would take, as ``apt-cache policy`` sees it, and the state
-    of apt's inputs it was read in: ``{"state": fingerprint, "candidates": {package: {"installed":
-    str|None, "candidate": str|None}}}``.
+    """``{package: {"installed": str|None, "candidate": str|None}}`` as ``apt-cache policy`` sees them.
 
-    The candidate is what apt would install with the host's package lists and preferences as they
-    are now (no ``apt-get update``: a read must not change the host). ``None`` means "(none)": not
-    installed, or not in any configured archive.
-
-    + packages: the package names
-    + known: the answer of an earlier read (operations/apt_states.py): when apt's inputs are as
-      they were then (the same fingerprint) and it asked the same packages, the host does not run
-      ``apt-cache`` and that answer is this one.
+    The candidate is what ``apt-get install <package>`` would take with the host's package lists
+    and apt preferences as they are now (no ``apt-get update``: a read must not change the host).
+    ``None`` means "(none)": not installed, or not in any configured archive.
 
     Example::
 
         host.get_fact(AptCandidates, packages=["nginx"])
-        # {"state": "6942dab1…", "candidates": {"nginx": {"installed": "1.22.1-9+deb12u11",
-        #                                                 "candidate": "1.22.1-9+deb12u12"}}}
+        # {"nginx": {"installed": "1.22.1-9+deb12u11", "candidate": "1.22.1-9+deb12u12"}}
     """
 
-    # apt's inputs (operations/apt_states.py), fingerprinted by their names, inodes, sizes, mtimes.
-    INPUTS = ("/etc/apt", "/var/lib/apt/lists", "/var/lib/dpkg/status", "/var/lib/dpkg/arch")
-
-    def _state(self) -> str:
-        # Shell: $s, the fingerprint; empty (nothing kept, nothing matched) when find printed nothing.
-        return (f"f=$(find {quote_all(list(self.INPUTS))} -printf '%p %i %s %T@\\n' 2>/dev/null); s=; "
-                "[ -z \"$f\" ] || s=$(printf '%s\\n' \"$f\" | md5sum); s=${s%% *}")
-
-    @staticmethod
-    def prefetch_kwargs(host_name: str, remembered: dict | None = None) -> dict:
-        """The arguments to read it with: the packages asked and the answer kept now (the prefetch
-        reads it so: operations/fact_prefetch.py, and so does drift)."""
-        from operations import apt_states
-
-        return {"packages": list((remembered or {}).get("packages") or []), "known": apt_states.known(host_name)}
-
-    def command(self, packages: list[str], known: dict | None = None) -> str:
-        # Only an answer read with a fingerprint, for these packages: "" would match a host with none.
-        self.known = (known if known and known.get("state") and sorted(known.get("packages") or []) == sorted(packages)
-                      else None)
-        unchanged = (f'[ "$s" = {quote_all([self.known["state"]])} ] && echo apt-unchanged && exit 0; '
-                     if self.known else "")
-        # Nothing printed by apt-cache (a package no archive knows) is an answer too: no candidates.
-        return wrap_answer(f'{self._state()}; echo "apt-state $s"; {unchanged}'
-                           f"LC_ALL=C apt-cache policy {quote_all(packages)} 2>/dev/null")
+    def command(self, packages: list[str]) -> str:
+        # Nothing printed (a package no archive knows) is an answer too: {}.
+        return wrap_answer(f"LC_ALL=C apt-cache policy {quote_all(packages)} 2>/dev/null")
 
     @staticmethod
     def default() -> dict:
-        return {"state": None, "candidates": {}}
+        return {}
 
     def process(self, output: list[str]) -> dict:  # type: ignore[override]
-        lines = answer(output)
-        state = next((line[len("apt-state"):].strip() for line in lines if line.startswith("apt-state")), None) or None
-        known = getattr(self, "known", None)
-        if "apt-unchanged" in lines and known and known["state"] == state:
-            return {"state": state, "candidates": copy.deepcopy(known["candidates"])}
-        return {"state": state, "candidates": parse_policy(lines)}
-
-
-def parse_policy(lines: list[str]) -> dict:
-    """``apt-cache policy`` output -> ``{package: {"installed": str|None, "candidate": str|None}}``."""
-    found: dict[str, dict] = {}
-    current = None
-    for line in lines:
-        if line and not line[0].isspace() and line.rstrip().endswith(":"):
-            current = found.setdefault(line.rstrip()[:-1].split(":")[0], {"installed": None, "candidate": None})
-            continue
-        key, _, value = line.strip().partition(": ")
-        if current is not None and key in ("Installed", "Candidate"):
-            current[key.lower()] = None if value == "(none)" else value
-    return found
+        found: dict[str, dict] = {}
+        current = None
+        for line in answer(output):
+            if line and not line[0].isspace() and line.rstrip().endswith(":"):
+                current = found.setdefault(line.rstrip()[:-1].split(":")[0], {"installed": None, "candidate": None})
+                continue
+            key, _, value = line.strip().partition(": ")
+            if current is not None and key in ("Installed", "Candidate"):
+                current[key.lower()] = None if value == "(none)" else value
+        return found
 
 
 class KeyringFingerprints(FactBase):

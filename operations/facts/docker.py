@@ -240,7 +240,7 @@ class VllmNcclVersions(FactBase):
     """
 
     @staticmethod
-    def prefetch_kwargs(host_name: str, remembered: dict | None = None) -> dict:
+    def prefetch_kwargs(host_name: str) -> dict:
         """The arguments to read it with: the answers kept now (operations/nccl_checks.py). The
         prefetch reads it so (operations/fact_prefetch.py), and so does drift."""
         from operations import nccl_checks

@@ -33,39 +33,6 @@ def test_the_nccl_check_runs_once_per_container_run(converged):
     assert checks_since(since) == []  # the clean drift before this test asked already
 
 
-def test_apt_cache_runs_again_only_when_apts_inputs_changed(converged):
-    """Drift keeps each host's apt candidates with the fingerprint of apt's inputs (operations/
-    apt_states.py): on lb-1, after drifts and deploys, the host answers "unchanged" and the kept
-    answer is what apt-cache says now; a pin added since makes it read again, and see the pin."""
-    import json
-
-    from operations import apt_states
-    from operations.facts.apt import AptCandidates
-
-    lb = converged["lb-1"]
-    kept = apt_states.known("lb-1")  # the clean drifts before this test kept it
-    assert kept is not None and kept["packages"] == ["nginx", "prometheus"], kept
-
-    def read(known):
-        fact = AptCandidates()
-        out = lb.run(fact.command(kept["packages"], known)).stdout.splitlines()
-        return fact.process(out), "apt-unchanged" in out
-
-    fresh, skipped = read(None)
-    assert not skipped and fresh["state"] == kept["state"]
-    answer, skipped = read(kept)
-    assert skipped and answer == fresh
-    installed = fresh["candidates"]["nginx"]["installed"]
-    pin = "/etc/apt/preferences.d/00-gpufleet-test-nginx"  # before gpufleet-lb: the first pin that matches wins
-    lb.run(f"printf 'Package: nginx\\nPin: version {installed}\\nPin-Priority: -1\\n' > {pin}")
-    try:
-        answer, skipped = read(kept)
-        assert not skipped and answer["state"] != kept["state"]
-        assert answer["candidates"]["nginx"]["candidate"] != installed, json.dumps(answer)
-    finally:
-        lb.run(f"rm -f {pin}")
-
-
 # Drifts that a deploy of the node puts back, injected together: one drift run finds them all, one
 # deploy repairs them all (each case alone cost a drift, a deploy and a drift: ~20 s here, minutes
 # on a slow CI machine). Each still has its own test and its own cause; none hides another (two

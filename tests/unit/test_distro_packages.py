@@ -44,7 +44,7 @@ def test_behind_means_the_archive_has_a_newer_build():
 
 def test_candidates_fact_parses_real_apt_cache_policy():
     lines = (FIXTURES / "apt-cache-policy-bookworm-2026-12-04.txt").read_text().splitlines()
-    found = AptCandidates().process(lines)["candidates"]
+    found = AptCandidates().process(lines)
     assert found["nginx"] == {"installed": None, "candidate": "1.22.1-9+deb12u12"}
     assert found["docker.io"]["installed"] == found["docker.io"]["candidate"] == "20.10.24+dfsg1-1+deb12u1+b6"
     assert set(found) == {"nginx", "docker.io", "prometheus"}
@@ -54,7 +54,7 @@ def _apt_policy_with(prefs_dir: Path, package: str) -> dict:
     out = subprocess.run(
         ["apt-cache", "-o", f"Dir::Etc::PreferencesParts={prefs_dir}", "-o", "Dir::Etc::Preferences=/dev/null",
          "policy", package], capture_output=True, text=True, check=True, env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"})
-    return AptCandidates().process(out.stdout.splitlines())["candidates"][package]
+    return AptCandidates().process(out.stdout.splitlines())[package]
 
 
 def test_real_apt_takes_the_newest_build_of_the_pinned_upstream(tmp_path):

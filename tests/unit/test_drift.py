@@ -81,9 +81,9 @@ class PackagesHost:
         self.policy = policy
         self.asked = []
 
-    def get_fact(self, fact, packages, known=None):
+    def get_fact(self, fact, packages):
         self.asked.append(packages)
-        return {"state": None, "candidates": {name: self.policy[name] for name in packages if name in self.policy}}
+        return {name: self.policy[name] for name in packages if name in self.policy}
 
 
 def test_a_superseded_distro_build_is_a_security_finding_of_its_own():

@@ -103,7 +103,7 @@ def run_only(command: str, bin_dir: Path) -> list[str]:
 def test_answer_only_reads_whose_tool_is_missing_answer_as_before(tmp_path):
     bin_dir = _only(tmp_path / "bin")
     assert ServiceState().process(run_only(ServiceState().command("docker"), bin_dir)) == ServiceState.default()
-    assert AptCandidates().process(run_only(AptCandidates().command(["nginx"]), bin_dir)) == AptCandidates.default()
+    assert AptCandidates().process(run_only(AptCandidates().command(["nginx"]), bin_dir)) == {}
     assert PackageStates().process(run_only(PackageStates().command(["libnccl2"]), bin_dir)) == {}
     keyring = tmp_path / "key.gpg"
     keyring.write_text("not a key")
@@ -123,7 +123,7 @@ def test_an_answer_only_read_that_exits_non_zero_is_still_an_answer(tmp_path):
                                             "jq": {"version": "1.6-2.1", "held": False}}
     # apt-cache policy of a package no archive knows prints nothing: an answer, not a failure.
     tool(bin_dir, "apt-cache", "exit 0\n")
-    assert AptCandidates().process(run_only(AptCandidates().command(["no-such-package"]), bin_dir))["candidates"] == {}
+    assert AptCandidates().process(run_only(AptCandidates().command(["no-such-package"]), bin_dir)) == {}
 
 
 def test_a_strict_read_that_exits_non_zero_fails_and_one_that_answers_does_not(tmp_path):

@@ -498,7 +498,7 @@ def test_a_fact_that_remembers_its_latest_arguments_only(preparing, tmp_path):
 
     class Knowing(Command):
         @staticmethod
-        def prefetch_kwargs(host_name, remembered):
+        def prefetch_kwargs(host_name):
             return {"command": "echo second"}
 
     Knowing.__module__, Knowing.__qualname__ = __name__, "Knowing"
@@ -520,8 +520,7 @@ def test_a_fact_with_prefetch_kwargs_is_prefetched_with_what_the_control_host_kn
 
     class Asking(Command):
         @staticmethod
-        def prefetch_kwargs(host_name, remembered):
-            assert remembered == {"command": "echo yesterday"}
+        def prefetch_kwargs(host_name):
             return {"command": today.read_text().strip()}
 
     Asking.__module__, Asking.__qualname__ = __name__, "Asking"
