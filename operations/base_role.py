@@ -27,10 +27,10 @@ def every_host_first(settings: HostSettings, role_preflight: Callable[[], None] 
     1. the deploy lock (operations/deploy_lock.py): before any fact is read; ``what`` names the run
        in the holder record (default: ``rollout <id>`` in a rollout, else ``pyinfra deploy``);
     2. the facts this host's last plans asked, in one round trip (operations/fact_prefetch.py)
-       that the lock leads (no round trip of the lock's own; with ``reads_ahead``, the lock first
-       on its own: those reads start beside that command),
+       that the lock leads (no round trip of the lock's own),
        with ``reads_ahead()``, if given, beside it: it starts the role's slow reads from the
-       control host (``fact_prefetch.read_ahead``), which then run while the plan is made;
+       control host (``fact_prefetch.read_ahead``), which then run while the plan is made (their
+       commands on the host wait for the lock);
     3. the supported-OS preflight ("Preflight: supported OS");
     4. ``role_preflight()``, if given: the host's role's own preflight (reads only), so that a host
        that cannot take its role is stopped before the first package is installed on it;

@@ -159,9 +159,9 @@ class DeployLock:
     the fact prefetch's one command (operations/fact_prefetch.py, ``prefetch_facts(first=...)``),
     which saves every run a round trip per host. Led, the lock is taken exactly as alone, in a
     subshell of that command, and the reads after it run only once it is held (the command's exit
-    status 0: ``ACQUIRED``, or ``NOSESSION`` with the same warning as alone). A host whose plan
-    starts reads ahead from the control host (the Milvus users check) takes it alone first: those
-    reads start beside the prefetch's command and must not read before the lock is held.
+    status 0: ``ACQUIRED``, or ``NOSESSION`` with the same warning as alone). Reads ahead from the
+    control host (the Milvus users check), which start beside that command, run no command on the
+    host until the lock has answered (operations/fact_prefetch.py).
 
     **Example** (operations/base_role.py):
 

@@ -75,10 +75,11 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.event
 from pyinfra import config as current_config
 from pyinfra import host as current_host
 from pyinfra import state as current_state
-from pyinfra.api import FactBase, StringCommand
+from pyinfra.api import FactBase, OperationError, StringCommand
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.api.facts import _MISSING_COMMAND_MARKER, _handle_fact_kwargs, _make_command
 from pyinfra.api.state import StateStage
@@ -142,8 +143,9 @@ def prefetch_facts(reads_ahead: Callable[[], None] | None = None, first: Any = N
     the reads after it run only when it exits 0, so the lock costs no round trip of its own. What
     it printed goes to ``first.answer(lines, exit status)``, which raises to refuse the host. It
     runs alone first (``first.take()``) where it cannot lead: ``first.lead_command()`` is None (no
-    SSH), no snapshot is read, the command did not start; and where ``reads_ahead`` is given,
-    whose reads start beside the snapshot's command and must not read before it is held.
+    SSH), no snapshot is read, the command did not start. Until it has answered, the reads ahead
+    run no command on the host (they wait for it, and fail if it refused the host): they start
+    beside the snapshot's command, and their host reads then answer from the snapshot.
     Example::
 
         from operations.fact_prefetch import prefetch_facts
@@ -160,10 +162,9 @@ def prefetch_facts(reads_ahead: Callable[[], None] | None = None, first: Any = N
     for method in ("run_shell_command", "put_file", "get_file"):
         setattr(host, method, facts.noting_changes(getattr(host, method)))
     host.disconnect = facts.saving_at_the_end(host.disconnect)
+    if first is not None:
+        facts.hold_commands_for(first)  # reads ahead start now and must not touch the host before it
     if reads_ahead is not None:
-        if first is not None:
-            facts.take_alone(first)  # reads ahead may read the host at once: the lock first, on its own
-            first = None
         reads_ahead()
         # Their greenlets start now, up to their first wait: their first fact reads get no
         # operation's arguments (pyinfra takes them from the operation in progress on the host),
@@ -296,11 +297,14 @@ class _PrefetchedFacts:
         self.commands_ran = False  # a command, upload or download ran on the host since the snapshot
         self.planned_reads: dict[str, Any] = {}  # read_once(): what a non-fact read found while planning
         # (or a _ReadAhead still reading it)
+        self.lead_pending: tuple[Any, gevent.event.Event] | None = None  # hold_commands_for(): (its greenlet, answered)
+        self.lead_refused: BaseException | None = None
 
     def noting_changes(self, method):
         """``method`` (the host's run_shell_command, put_file, get_file), noting that the snapshot
         may be out of date once anything but a fact read went through it."""
         def noted(*args, **kwargs):
+            self._after_the_lead()
             if gevent.getcurrent() not in self.readers:
                 self.commands_ran = True
             return method(*args, **kwargs)
@@ -360,6 +364,26 @@ class _PrefetchedFacts:
             return disconnect(*args, **kwargs)
         return saved_then_disconnected
 
+    def hold_commands_for(self, first) -> None:
+        """Until ``first`` (the deploy lock) has answered, a command on this host from any other
+        greenlet (a read ahead) waits for it, and fails if it refused the host: nothing reads the
+        host before the lock is held. This greenlet's own commands (the prefetch's) go."""
+        self.lead_pending = (gevent.getcurrent(), gevent.event.Event())
+
+    def _after_the_lead(self) -> None:
+        if self.lead_pending is None:
+            return
+        leader, answered = self.lead_pending
+        if gevent.getcurrent() is not leader:
+            answered.wait()
+            if self.lead_refused is not None:
+                raise OperationError(f"{self.host.name}: not read: {self.lead_refused}")
+
+    def _lead_answered(self, refused: BaseException | None = None) -> None:
+        if self.lead_pending is not None:
+            self.lead_refused = refused
+            self.lead_pending[1].set()
+
     def take_alone(self, first) -> None:
         """``first.take()``: its own command, which only reads and locks (not a change to the host:
         execution still answers from the snapshot)."""
@@ -375,6 +399,16 @@ class _PrefetchedFacts:
     # ------------------------------------------------------------------ one round trip -----------
     def read(self, first: Any = None) -> int:
         """Run the remembered reads (led by ``first``: :func:`prefetch_facts`); how many answered."""
+        try:
+            count = self._read(first)
+        except BaseException as exc:
+            self._lead_answered(exc)  # commands waiting for the lead fail as it did
+            raise
+        self._lead_answered()  # the lock is held (or there was none): the other commands go
+        self.lead_pending = None
+        return count
+
+    def _read(self, first: Any = None) -> int:
         lead = first.lead_command() if first is not None else None
         if first is not None and lead is None:
             self.take_alone(first)
@@ -454,6 +488,7 @@ class _PrefetchedFacts:
 
     # ------------------------------------------------------------------ host.get_fact ------------
     def __call__(self, cls, *args, **kwargs):
+        self._after_the_lead()  # a read ahead's read: then from the snapshot, which came with it
         stage = self.state.current_stage
         if not _prefetchable(cls):
             return self._read_live(cls, *args, **kwargs)

@@ -614,23 +614,38 @@ def test_the_lead_runs_with_nothing_to_read_and_alone_where_it_cannot_lead(prepa
     assert cannot.taken == 1 and cannot.answers == []
 
 
-def test_with_reads_ahead_the_lead_runs_alone_before_them(preparing, tmp_path, monkeypatch):
-    """Reads ahead may read the host as soon as they start, beside the snapshot's command: the lock
-    must be held before that, so on such a host it is taken by a command of its own first."""
+def test_reads_ahead_touch_the_host_only_once_the_lead_answered(preparing, tmp_path, monkeypatch):
+    """Reads ahead start beside the snapshot's command, led by the lock: their commands on the host
+    wait for its answer (then answer from the snapshot), and the lock's command is no change to
+    the host (execution still answers from the snapshot)."""
     state, host = preparing
     _remember(host, (Command, {"command": "echo one"}, None))
-    lead = LeadStandIn(state, host)
-    order = []
-    take = lead.take
-    monkeypatch.setattr(lead, "take", lambda: (order.append("lock"), take()))
+    lead = LeadStandIn(state, host, text=f"sleep 0.3; echo ACQUIRED; touch {tmp_path}/locked")
 
-    fact_prefetch.prefetch_facts(reads_ahead=lambda: order.append("reads ahead"), first=lead)
-    assert order == ["lock", "reads ahead"] and lead.answers == []
+    def read():
+        return host.get_fact(Command, command=f"test -e {tmp_path}/locked && echo after")
+
+    fact_prefetch.prefetch_facts(reads_ahead=lambda: fact_prefetch.read_ahead("k", read), first=lead)
+    assert fact_prefetch.read_once("k", lambda: pytest.fail("read again")) == "after"
+    assert lead.answers == [(["ACQUIRED"], 0)] and lead.taken == 0
     runs = _count_commands(host, monkeypatch)
     state.set_stage(StateStage.Execute)
-    # The lock's own command is no change to the host: execution still answers from the snapshot.
     assert host.get_fact(Command, command="echo one") == "one"
     assert runs == []
+
+
+def test_reads_ahead_run_nothing_on_a_host_whose_lead_refused(preparing, tmp_path):
+    state, host = preparing
+    lead = LeadStandIn(state, host, text="echo HELD; exit 3")
+
+    def read():
+        return host.get_fact(Command, command=f"touch {tmp_path}/read; echo read")
+
+    with pytest.raises(OperationError, match="refused"):
+        fact_prefetch.prefetch_facts(reads_ahead=lambda: fact_prefetch.read_ahead("k", read), first=lead)
+    with pytest.raises(OperationError, match="not read: refused"):
+        fact_prefetch.read_once("k", lambda: pytest.fail("read again"))
+    assert not (tmp_path / "read").exists()
 
 
 def test_a_read_that_does_not_parse_is_read_alone_and_the_lead_still_answers(preparing, monkeypatch):
