@@ -163,13 +163,17 @@ def prefetch_facts(reads_ahead: Callable[[], None] | None = None, first: Any = N
         setattr(host, method, facts.noting_changes(getattr(host, method)))
     host.disconnect = facts.saving_at_the_end(host.disconnect)
     if first is not None:
-        facts.hold_commands_for(first)  # reads ahead start now and must not touch the host before it
+        facts.hold_commands(for_lead=True)  # reads ahead start now and must not touch the host before it
     if reads_ahead is not None:
-        reads_ahead()
-        # Their greenlets start now, up to their first wait: their first fact reads get no
-        # operation's arguments (pyinfra takes them from the operation in progress on the host),
-        # even when the snapshot below has nothing to read and so never waits.
-        gevent.sleep(0)
+        try:
+            reads_ahead()
+            # Their greenlets start now, up to their first wait (the lead, a Popen): their first
+            # fact reads get no operation's arguments, even when the snapshot below has nothing to
+            # read and so never waits (read() lets them go on before the plan's first operation).
+            gevent.sleep(0)
+        except BaseException as exc:
+            facts.lead_answered(exc)  # what waits for the lead must not wait for ever
+            raise
     return facts.read(first)
 
 
@@ -297,7 +301,7 @@ class _PrefetchedFacts:
         self.commands_ran = False  # a command, upload or download ran on the host since the snapshot
         self.planned_reads: dict[str, Any] = {}  # read_once(): what a non-fact read found while planning
         # (or a _ReadAhead still reading it)
-        self.lead_pending: tuple[Any, gevent.event.Event] | None = None  # hold_commands_for(): (its greenlet, answered)
+        self.lead_pending: tuple[Any, gevent.event.Event] | None = None  # hold_commands(): (its greenlet, answered)
         self.lead_refused: BaseException | None = None
 
     def noting_changes(self, method):
@@ -364,11 +368,12 @@ class _PrefetchedFacts:
             return disconnect(*args, **kwargs)
         return saved_then_disconnected
 
-    def hold_commands_for(self, first) -> None:
-        """Until ``first`` (the deploy lock) has answered, a command on this host from any other
-        greenlet (a read ahead) waits for it, and fails if it refused the host: nothing reads the
-        host before the lock is held. This greenlet's own commands (the prefetch's) go."""
-        self.lead_pending = (gevent.getcurrent(), gevent.event.Event())
+    def hold_commands(self, for_lead: bool) -> None:
+        """Until the lead (the deploy lock) has answered (:meth:`lead_answered`), a fact read or
+        command on this host from any other greenlet (a read ahead) waits for it, and fails if it
+        refused the host: nothing reads the host before the lock is held. This greenlet's own
+        commands (the prefetch's) go."""
+        self.lead_pending = (gevent.getcurrent(), gevent.event.Event()) if for_lead else None
 
     def _after_the_lead(self) -> None:
         if self.lead_pending is None:
@@ -379,10 +384,16 @@ class _PrefetchedFacts:
             if self.lead_refused is not None:
                 raise OperationError(f"{self.host.name}: not read: {self.lead_refused}")
 
-    def _lead_answered(self, refused: BaseException | None = None) -> None:
+    def lead_answered(self, refused: BaseException | None = None) -> None:
+        """Let what waits for the lead go on (or fail with ``refused``), before the plan goes on."""
         if self.lead_pending is not None:
             self.lead_refused = refused
             self.lead_pending[1].set()
+            if refused is None:
+                self.lead_pending = None
+                # The reads ahead's next steps (their fact reads, from the snapshot) run now, outside
+                # any operation: pyinfra gives a fact read the arguments of the operation in progress.
+                gevent.sleep(0)
 
     def take_alone(self, first) -> None:
         """``first.take()``: its own command, which only reads and locks (not a change to the host:
@@ -402,10 +413,9 @@ class _PrefetchedFacts:
         try:
             count = self._read(first)
         except BaseException as exc:
-            self._lead_answered(exc)  # commands waiting for the lead fail as it did
+            self.lead_answered(exc)  # commands waiting for the lead fail as it did
             raise
-        self._lead_answered()  # the lock is held (or there was none): the other commands go
-        self.lead_pending = None
+        self.lead_answered()  # the lock is held (or there was none): the other commands go
         return count
 
     def _read(self, first: Any = None) -> int:

@@ -615,23 +615,74 @@ def test_the_lead_runs_with_nothing_to_read_and_alone_where_it_cannot_lead(prepa
 
 
 def test_reads_ahead_touch_the_host_only_once_the_lead_answered(preparing, tmp_path, monkeypatch):
-    """Reads ahead start beside the snapshot's command, led by the lock: their commands on the host
-    wait for its answer (then answer from the snapshot), and the lock's command is no change to
-    the host (execution still answers from the snapshot)."""
+    """Reads ahead start beside the snapshot's command, led by the lock: their fact reads wait for
+    its answer and then answer from the snapshot (no command of their own), their commands wait
+    for it, and the lock's command is no change to the host (execution answers from the snapshot)."""
     state, host = preparing
-    _remember(host, (Command, {"command": "echo one"}, None))
+    locked = f"test -e {tmp_path}/locked && echo after"
+    _remember(host, (Command, {"command": locked}, None))
+    runs = _count_commands(host, monkeypatch)
+    lead = LeadStandIn(state, host, text=f"sleep 0.3; echo ACQUIRED; touch {tmp_path}/locked")
+
+    fact_prefetch.prefetch_facts(reads_ahead=lambda: fact_prefetch.read_ahead(
+        "k", lambda: host.get_fact(Command, command=locked)), first=lead)
+    assert fact_prefetch.read_once("k", lambda: pytest.fail("read again")) == "after"
+    assert lead.answers == [(["ACQUIRED"], 0)] and lead.taken == 0
+    assert len(runs) == 1  # the snapshot's command only: the read ahead's read came with it
+    state.set_stage(StateStage.Execute)
+    assert host.get_fact(Command, command=locked) == "after"
+    assert len(runs) == 1
+
+
+def test_a_read_aheads_own_command_waits_for_the_lead_too(preparing, tmp_path):
+    state, host = preparing
     lead = LeadStandIn(state, host, text=f"sleep 0.3; echo ACQUIRED; touch {tmp_path}/locked")
 
     def read():
-        return host.get_fact(Command, command=f"test -e {tmp_path}/locked && echo after")
+        ok, output = host.run_shell_command(f"test -e {tmp_path}/locked && echo after")
+        return output.stdout
 
     fact_prefetch.prefetch_facts(reads_ahead=lambda: fact_prefetch.read_ahead("k", read), first=lead)
     assert fact_prefetch.read_once("k", lambda: pytest.fail("read again")) == "after"
-    assert lead.answers == [(["ACQUIRED"], 0)] and lead.taken == 0
-    runs = _count_commands(host, monkeypatch)
-    state.set_stage(StateStage.Execute)
-    assert host.get_fact(Command, command="echo one") == "one"
-    assert runs == []
+
+
+def test_reads_ahead_behind_a_lead_still_read_outside_any_operation(preparing, monkeypatch):
+    """pyinfra gives a fact read the arguments of the operation in progress on its host: a read
+    ahead that waited for the lead goes on before the plan's first operation."""
+    state, host = preparing
+    seen = []
+
+    real = fact_prefetch._fact_kwargs
+
+    def fact_kwargs(*args):  # where pyinfra takes a read's global arguments from the operation in progress
+        if gevent.getcurrent() is not main:
+            seen.append(dict(host.current_op_global_arguments or {}))
+        return real(*args)
+
+    main = gevent.getcurrent()
+    monkeypatch.setattr(fact_prefetch, "_fact_kwargs", fact_kwargs)
+    fact_prefetch.prefetch_facts(reads_ahead=lambda: fact_prefetch.read_ahead(
+        "k", lambda: host.get_fact(Command, command="echo read")),
+        first=LeadStandIn(state, host, text="sleep 0.2; echo ACQUIRED"))
+    host.current_op_global_arguments = {"_chdir": "/tmp", "_timeout": 3}  # the next operation's
+    try:
+        assert fact_prefetch.read_once("k", lambda: pytest.fail("read again")) == "read"
+    finally:
+        host.current_op_global_arguments = None
+    assert seen == [{}]
+
+
+def test_reads_ahead_that_fail_to_start_do_not_leave_the_lead_shut(preparing, tmp_path):
+    state, host = preparing
+
+    def start_then_fail():
+        fact_prefetch.read_ahead("k", lambda: host.get_fact(Command, command="echo read"))
+        raise OperationError("could not start the rest")
+
+    with pytest.raises(OperationError, match="could not start the rest"):
+        fact_prefetch.prefetch_facts(reads_ahead=start_then_fail, first=LeadStandIn(state, host))
+    with gevent.Timeout(5), pytest.raises(OperationError, match="not read: could not start the rest"):
+        fact_prefetch.read_once("k", lambda: pytest.fail("read again"))
 
 
 def test_reads_ahead_run_nothing_on_a_host_whose_lead_refused(preparing, tmp_path):
