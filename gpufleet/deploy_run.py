@@ -157,10 +157,8 @@ def _load_deploy(state: State, hosts: list) -> dict[str, tuple[bool, Exception]]
 
 def _message(exc: Exception) -> str:
     # pyinfra's CLI wraps an error raised by a deploy file in UnexpectedExternalError, whose str()
-    # itself raises (it has no .message): name the error inside it.
-    inner = getattr(exc, "exception", None)
-    if isinstance(inner, Exception):
-        exc = inner
+    # itself raises (it has no .message): name the error inside it (as fleet.python_error does).
+    exc = getattr(exc, "exception", exc)
     return f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
 
 

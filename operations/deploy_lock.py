@@ -188,9 +188,7 @@ class DeployLock:
         """Read the led command's answer (its stdout and stderr; ``exit_code`` None: it never
         finished) as :meth:`take` does: ``"acquired"`` or ``"no-session"``, else raise."""
         if exit_code is None or exit_code not in (0, self.HELD_STATUS):
-            said = " ".join(lines)[-300:] or "nothing"
-            raise OperationError(f"{self.target.name}: could not take the deploy lock {LOCK_FILE} "
-                                 f"({'no answer' if exit_code is None else f'exit {exit_code}'}): {said!r}")
+            raise self._failed("no answer" if exit_code is None else f"exit {exit_code}", lines)
         return self._accepted(parse_answer(self.target.name, lines))
 
     def take(self) -> str:
@@ -205,11 +203,13 @@ class DeployLock:
         connector_kwargs["_timeout"] = self.wait_s + 25
         command = StringCommand(lock_command(self.record, self.wait_s))
         ok, output = self.target.run_shell_command(command, **connector_kwargs)
-        lines = list(output.stdout_lines) if ok else [*output.stdout_lines, *output.stderr_lines]
         if not ok:
-            raise OperationError(f"{self.target.name}: could not take the deploy lock {LOCK_FILE}: "
-                                 f"{' '.join(lines)[-300:]!r}")
-        return self._accepted(parse_answer(self.target.name, lines))
+            raise self._failed("the command failed", [*output.stdout_lines, *output.stderr_lines])
+        return self._accepted(parse_answer(self.target.name, list(output.stdout_lines)))
+
+    def _failed(self, why: str, lines: list[str]) -> OperationError:
+        said = " ".join(lines)[-300:] or "nothing"
+        return OperationError(f"{self.target.name}: could not take the deploy lock {LOCK_FILE} ({why}): {said!r}")
 
     def _accepted(self, answer: str) -> str:
         if answer == "no-session":

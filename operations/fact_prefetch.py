@@ -163,7 +163,7 @@ def prefetch_facts(reads_ahead: Callable[[], None] | None = None, first: Any = N
         setattr(host, method, facts.noting_changes(getattr(host, method)))
     host.disconnect = facts.saving_at_the_end(host.disconnect)
     if first is not None:
-        facts.hold_commands(for_lead=True)  # reads ahead start now and must not touch the host before it
+        facts.hold_commands()  # reads ahead start now and must not touch the host before it
     if reads_ahead is not None:
         try:
             reads_ahead()
@@ -368,12 +368,12 @@ class _PrefetchedFacts:
             return disconnect(*args, **kwargs)
         return saved_then_disconnected
 
-    def hold_commands(self, for_lead: bool) -> None:
+    def hold_commands(self) -> None:
         """Until the lead (the deploy lock) has answered (:meth:`lead_answered`), a fact read or
         command on this host from any other greenlet (a read ahead) waits for it, and fails if it
         refused the host: nothing reads the host before the lock is held. This greenlet's own
         commands (the prefetch's) go."""
-        self.lead_pending = (gevent.getcurrent(), gevent.event.Event()) if for_lead else None
+        self.lead_pending = (gevent.getcurrent(), gevent.event.Event())
 
     def _after_the_lead(self) -> None:
         if self.lead_pending is None:

@@ -362,6 +362,15 @@ def test_a_command_beside_a_read_ahead_inside_a_fact_read_is_still_a_change(prep
     assert ahead.greenlet.dead  # cancelled: its answer predates the command
 
 
+def _read_once_inside_an_operation(host, key: str):
+    """``read_once(key)`` while an operation with global arguments of its own is in progress."""
+    host.current_op_global_arguments = {"_chdir": "/tmp", "_timeout": 3}
+    try:
+        return fact_prefetch.read_once(key, lambda: pytest.fail("read again"))
+    finally:
+        host.current_op_global_arguments = None
+
+
 def test_reads_ahead_start_outside_any_operation_even_with_nothing_to_prefetch(preparing):
     """pyinfra gives a fact read the global arguments of the operation in progress on its host: a
     read ahead must have made its first read before the plan's first operation, also when the
@@ -374,11 +383,7 @@ def test_reads_ahead_start_outside_any_operation_even_with_nothing_to_prefetch(p
         return "read"
 
     fact_prefetch.prefetch_facts(reads_ahead=lambda: fact_prefetch.read_ahead("k", read))
-    host.current_op_global_arguments = {"_chdir": "/tmp", "_timeout": 3}  # the next operation's
-    try:
-        assert fact_prefetch.read_once("k", lambda: pytest.fail("read again")) == "read"
-    finally:
-        host.current_op_global_arguments = None
+    assert _read_once_inside_an_operation(host, "k") == "read"
     assert seen == [{}]
 
 
@@ -664,11 +669,7 @@ def test_reads_ahead_behind_a_lead_still_read_outside_any_operation(preparing, m
     fact_prefetch.prefetch_facts(reads_ahead=lambda: fact_prefetch.read_ahead(
         "k", lambda: host.get_fact(Command, command="echo read")),
         first=LeadStandIn(state, host, text="sleep 0.2; echo ACQUIRED"))
-    host.current_op_global_arguments = {"_chdir": "/tmp", "_timeout": 3}  # the next operation's
-    try:
-        assert fact_prefetch.read_once("k", lambda: pytest.fail("read again")) == "read"
-    finally:
-        host.current_op_global_arguments = None
+    assert _read_once_inside_an_operation(host, "k") == "read"
     assert seen == [{}]
 
 
