@@ -22,6 +22,7 @@ from gpufleet.drift_counters import Seen
 from gpufleet.fleet import Fleet
 from gpufleet.host_reads import NotChecked, ReadFailures, read
 from gpufleet.settings import HostSettings
+from operations.containers import PREVIOUS_SUFFIX
 from operations.nvidia import upstream_version
 
 
@@ -131,17 +132,28 @@ IN_PLACE_FIX = ("its spec label still matches, so a deploy (and --fix) leaves it
                 "vLLM replica, through `gpufleet rollout`)")
 
 
-def containers(host, settings: HostSettings, fleet: Fleet, ctx: HostContext | None = None) -> list[DriftItem]:
-    """Managed containers that are not running, restarting now, or run another image than their tag."""
-    from operations.facts.docker import ManagedContainers
+def _containers_now(host, ctx: HostContext | None) -> list[dict] | None:
+    """Every container as ContainerRuntimes reads it (None: no Docker on the host). The checks of
+    state, tags and in-place changes share this one read, answered once from the host's snapshot."""
+    from operations.facts.container_runtime import ContainerRuntimes
 
-    found = read(host, ManagedContainers, "gpufleet's containers (docker)", ctx.failures if ctx else None)
+    found = read(host, ContainerRuntimes, "the containers (Docker's API)", ctx.failures if ctx else None)
     if found["status"] == "missing":
-        return []
+        return None
     if found["status"] != "ok":
-        raise NotChecked(f"could not read gpufleet's containers: {found['error']}")
+        raise NotChecked(f"could not read the containers: {found['error']}")
+    return found["containers"]
+
+
+def containers(host, settings: HostSettings, fleet: Fleet, ctx: HostContext | None = None) -> list[DriftItem]:
+    """gpufleet's containers (those with a spec label) that are not running, restarting now, or run
+    another image than their tag names now. A container kept stopped for a rollout to roll back to
+    (``<name>.gpufleet-previous``, operations/containers.py) is meant to be stopped."""
+    found = _containers_now(host, ctx)
     items = []
-    for c in found["containers"]:
+    for c in found or []:
+        if not c["spec"] or c["name"].endswith(PREVIOUS_SUFFIX):
+            continue
         check = f"container {c['name']}"
         if c["restarting"]:
             items.append(DriftItem("runtime", check, f"restarting ({c['restart_count']} restarts)"))
@@ -159,16 +171,13 @@ def container_config(host, settings: HostSettings, ctx: HostContext) -> list[Dri
     (restarts new since the last run)."""
     from gpufleet.container_drift import describe_gpus, runtime_differences, unmanaged_gpu_holders
     from gpufleet.drift_counters import new_restarts
-    from operations.facts.container_runtime import ContainerRuntimes
 
-    found = read(host, ContainerRuntimes, "the containers (Docker's API)", ctx.failures)
-    if found["status"] == "missing":
+    found = _containers_now(host, ctx)
+    if found is None:
         return []
-    if found["status"] != "ok":
-        raise NotChecked(f"could not read the containers: {found['error']}")
     items = []
     restarts = {}
-    for c in found["containers"]:
+    for c in found:
         if not c["spec"]:
             continue
         restarts[c["id"]] = c["restart_count"]
@@ -183,7 +192,7 @@ def container_config(host, settings: HostSettings, ctx: HostContext) -> list[Dri
     ctx.seen.now["restarts"] = restarts
     items += [DriftItem("runtime", f"container {c['name']}", f"holds GPUs ({describe_gpus(c)}) but is not one "
                                                              "gpufleet runs: it takes GPU memory from the replicas")
-              for c in unmanaged_gpu_holders(found["containers"])]
+              for c in unmanaged_gpu_holders(found)]
     return items
 
 

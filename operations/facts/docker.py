@@ -173,50 +173,6 @@ class ImageState(FactBase):
         return {"exists": True, "id": image.get("Id"), "labels": (image.get("Config") or {}).get("Labels") or {}}
 
 
-class ManagedContainers(FactBase):
-    """Every container gpufleet runs (those with the spec label), with the image its tag names now.
-
-    .. code:: python
-
-        host.get_fact(ManagedContainers)
-        {"status": "ok", "containers": [{"name": "milvus", "status": "running", "restarting": False,
-          "restart_count": 0, "image_id": "sha256:aa..", "image": "milvusdb/milvus:v2.6.11",
-          "tag_id": "sha256:aa.."}]}
-
-    ``tag_id`` differs from ``image_id`` when another image was put under the pinned tag after
-    the container started; it is None when the tag no longer exists locally. A Docker that does
-    not answer is ``"status": "failed"``, never an empty list.
-    """
-
-    # One list, one inspect of them all, one inspect of the images their references name now
-    # (three curl processes: operations/facts/docker_api.py). A failing list fails the read (its
-    # exit status), never "no containers".
-    command = wrap("docker", docker_api.inspect_listed_and_their_images(
-        docker_api.list_path("containers", all_states=True, label=[SPEC_LABEL])))
-
-    @staticmethod
-    def default():
-        return {"status": "missing", "exit_code": None, "error": "docker not installed", "containers": []}
-
-    def process(self, output):
-        result, found, body = docker_api.read_answers(output, under="/containers/")
-        if result["status"] == "missing":
-            return self.default()
-        # A tag no longer on the host answers 404: its tag_id is None, not an error.
-        tag_ids = {path: doc.get("Id") for code, path, doc in docker_api.responses(body)
-                   if path.startswith("/images/") and code == 200 and isinstance(doc, dict)}
-        containers = []
-        for c in found:
-            name, config, state = (c.get("Name") or "").lstrip("/"), c.get("Config") or {}, c.get("State") or {}
-            if name.endswith(".gpufleet-previous"):
-                continue  # kept, stopped, for a rollout to roll back to (operations/containers.py)
-            ref = config.get("Image") or ""
-            containers.append({"name": name, "status": state.get("Status"), "restarting": bool(state.get("Restarting")),
-                               "restart_count": int(c.get("RestartCount") or 0), "image_id": c.get("Image"),
-                               "image": ref, "tag_id": tag_ids.get(docker_api.path_of("images", ref))})
-        return {**result, "containers": sorted(containers, key=lambda c: c["name"])}
-
-
 class VllmNcclVersions(FactBase):
     """The NCCL version each running vLLM container loads, read inside the container.
 
@@ -254,7 +210,9 @@ class VllmNcclVersions(FactBase):
             "docker",
             # A failing list fails the read, never "no vLLM container".
             docker_api.for_listed_ids(docker_api.list_path("containers", label=[SPEC_LABEL], name=["^vllm-"]))
-            + "docker inspect --format '{{.Id}}@{{.Image}}@{{.State.StartedAt}} {{.Name}}' $ids 2>/dev/null | "
+            # Each run's key and name from Docker's API (no docker CLI process); `docker exec` only
+            # for a run it has no answer for.
+            + "{ " + docker_api.run_keys() + "; } | "
             f"while read -r key n; do case \"$key\" in {answered}*) c=${{key%%@*}}; "
             f"out=$(docker exec \"$c\" python3 {CHECK_IN_IMAGE} --running 2>/dev/null </dev/null); "
             # An image built before --running existed prints only its usage (on stderr): the full check.

@@ -135,6 +135,26 @@ def inspect_listed_and_their_images(list_query: str) -> str:
             + '[ $# -eq 0 ] || api "$@"')
 
 
+def run_keys() -> str:
+    """Shell: for each container id in ``$ids`` (:func:`for_listed_ids`), the line
+    ``<id>@<image id>@<started at> /<name>``, what ``docker inspect --format
+    '{{.Id}}@{{.Image}}@{{.State.StartedAt}} {{.Name}}'`` prints, from one ``curl`` for them all.
+
+    Each key's first occurrence in a document is the top-level one (dockerd writes ``Id``,
+    ``State.StartedAt``, ``Image`` and ``Name`` before ``HostConfig``, ``Mounts`` and ``Config``,
+    which hold keys of the same names); a JSON string cannot hold ``"Name":"`` unescaped, so no
+    argument or variable of the container can pose as one. Only these four values are printed:
+    nothing of the environment leaves the host. A container removed meanwhile (404) prints nothing.
+    """
+    return ('set --; for c in $ids; do set -- "$@" "' + BASE + '/containers/$c/json"; done; '
+            f"{_CURL} -w '\\n{HTTP}%{{http_code}}\\n' \"$@\" 2>/dev/null | "
+            f"grep -o -E '\"(Id|Image|StartedAt|Name)\":\"[^\"]*\"|{HTTP}[0-9]+' | "
+            "while read -r f; do v=${f%'\"'}; v=${v##*'\"'}; case $f in "
+            f'{HTTP}200) [ -z "$i" ] || echo "$i@$m@$s $n"; i= m= s= n= ;; {HTTP}*) i= m= s= n= ;; '
+            """'"Id"'*) [ -n "$i" ] || i=$v ;; '"Image"'*) [ -n "$m" ] || m=$v ;; """
+            """'"StartedAt"'*) [ -n "$s" ] || s=$v ;; '"Name"'*) [ -n "$n" ] || n=$v ;; esac; done""")
+
+
 def ping() -> str:
     """Shell: a command that succeeds when the daemon answers (``GET /_ping``), as ``docker info``."""
     return f"{_CURL} -f {BASE}/_ping >/dev/null 2>&1"

@@ -43,14 +43,11 @@ def test_merge_keeps_foreign_keys_and_nested_runtimes():
 # The facts' shell runs for real (sh, the real curl) against tests/unit/fake_docker_api.py, a
 # process serving Docker's API on a unix socket of this test's own (the stand_in_docker fixture,
 # tests/unit/conftest.py); `docker` on the PATH is a stand-in CLI that logs its calls (the facts
-# still need `docker` installed, and VllmNcclVersions still runs `docker inspect --format` and
-# `docker exec`).
+# still need `docker` installed, and VllmNcclVersions runs `docker exec` in a replica it has no
+# answer for).
 FAKE_DOCKER = r"""#!/bin/sh
 echo "$*" >> "$(dirname "$0")/calls"
 case "$1 $2" in
-  "inspect --format")  # VllmNcclVersions: the key of each container's run, and its name
-    shift 3
-    for c in "$@"; do echo "${c}@sha256:img-$c@2026-12-06T11:21:46Z /vllm-node-vllm-$c"; done ;;
   "exec a1") echo '{"nccl_version": "2.27.7"}' ;;
   "exec d4") echo '{"nccl_version": "2.27.3"}' ;;
   *) echo "unexpected: $*" >&2; exit 2 ;;
@@ -86,27 +83,32 @@ def test_gpu_containers_are_the_running_ones_given_gpus_by_request_or_runtime(st
     assert docker.cli_calls() == []  # no docker CLI process
 
 
-def test_managed_containers_inspects_every_container_and_the_image_each_tag_names_now(stand_in_docker):
-    from operations.facts.docker import ManagedContainers
+def test_container_runtimes_inspects_every_container_and_the_image_each_tag_names_now(stand_in_docker):
+    from operations.facts.container_runtime import ContainerRuntimes
     from operations.facts.docker_api import list_path
 
-    listing = list_path("containers", all_states=True, label=[SPEC_LABEL])
+    listing = list_path("containers", all_states=True)
     docker = stand_in_docker({
-        listing: (200, docs.listed(VLLM_C, MILVUS_C, PREVIOUS_C)),
-        **{p: (s, d) for p, s, d in docs.inspected(VLLM_C, MILVUS_C, PREVIOUS_C)},
+        listing: (200, docs.listed(VLLM_C, MILVUS_C, PREVIOUS_C, LEGACY_C)),
+        **{p: (s, d) for p, s, d in docs.inspected(VLLM_C, MILVUS_C, PREVIOUS_C, LEGACY_C)},
         "/images/lab/vllm:1/json": (200, docs.image("sha256:img1")),
         "/images/lab/milvus:2/json": (200, docs.image("sha256:newer")),  # the tag was moved since
-        # lab/vllm:0 (the kept previous container's) is gone: 404
+        # lab/vllm:0 (the kept previous container's) and lab/image:1 (legacy's) are gone: 404
     })
-    fact = ManagedContainers().process(docker.read(ManagedContainers.command))
+    fact = ContainerRuntimes().process(docker.read(ContainerRuntimes.command))
     assert fact["status"] == "ok"
-    assert fact["containers"] == [
-        {"name": "milvus", "status": "running", "restarting": False, "restart_count": 2, "image_id": "sha256:img2",
-         "image": "lab/milvus:2", "tag_id": "sha256:newer"},
-        {"name": "vllm-node-vllm-0", "status": "running", "restarting": False, "restart_count": 0,
-         "image_id": "sha256:img1", "image": "lab/vllm:1", "tag_id": "sha256:img1"}]
+    states = {c["name"]: (c["spec"], c["status"], c["restarting"], c["restart_count"], c["image_id"], c["image"], c["tag_id"])
+              for c in fact["containers"]}
+    assert states == {
+        "legacy": (None, "running", False, 0, "sha256:" + "1" * 64, "lab/image:1", None),
+        "milvus": ("77aa", "running", False, 2, "sha256:img2", "lab/milvus:2", "sha256:newer"),
+        "vllm-node-vllm-0": ("5d9d", "running", False, 0, "sha256:img1", "lab/vllm:1", "sha256:img1"),
+        "vllm-node-vllm-0.gpufleet-previous": ("0f0f", "exited", False, 0, "sha256:img0", "lab/vllm:0", None)}
+    # One list, one curl for the four inspects, one for the images their references name.
     assert docker.asked()[0] == listing
-    assert sorted(docker.asked()[4:]) == ["/images/lab/milvus:2/json", "/images/lab/vllm:0/json", "/images/lab/vllm:1/json"]
+    assert sorted(docker.asked()[5:]) == ["/images/lab/image:1/json", "/images/lab/milvus:2/json",
+                                          "/images/lab/vllm:0/json", "/images/lab/vllm:1/json"]
+    assert docker.cli_calls() == []
 
 
 def test_a_container_removed_between_the_list_and_its_inspect_is_left_out(stand_in_docker):
@@ -148,18 +150,38 @@ def test_vllm_nccl_versions_checks_inside_only_the_containers_it_has_no_answer_f
     from operations.facts.docker import VllmNcclVersions
     from operations.facts.docker_api import list_path
 
-    running = [{"Id": "a1"}, {"Id": "d4"}]
-    docker = stand_in_docker({list_path("containers", label=[SPEC_LABEL], name=["^vllm-"]): (200, running)})
+    replicas = [docs.container(f"vllm-node-vllm-{c}", cid=c, labels={SPEC_LABEL: "5d9d"}, image="lab/vllm:1",
+                               image_id=f"sha256:img-{c}", started_at="2026-12-06T11:21:46Z") for c in ("a1", "d4")]
+    # An argument that looks like a key of the document (JSON escapes its quotes) does not pose as one.
+    replicas[0]["Args"] = ['{"Name":"/impostor","Id":"ff"}']
+    docker = stand_in_docker({list_path("containers", label=[SPEC_LABEL], name=["^vllm-"]): (200, docs.listed(*replicas)),
+                              **{p: (s, d) for p, s, d in docs.inspected(*replicas)}})
     first = VllmNcclVersions().process(docker.read(VllmNcclVersions().command()))
     assert first["containers"] == {"vllm-node-vllm-a1": "2.27.7", "vllm-node-vllm-d4": "2.27.3"}
+    # The key `docker inspect --format '{{.Id}}@{{.Image}}@{{.State.StartedAt}}'` printed before: kept
+    # answers still match after an upgrade.
     assert first["keys"]["vllm-node-vllm-a1"] == "a1@sha256:img-a1@2026-12-06T11:21:46Z"
-    assert [c.split()[:2] for c in docker.cli_calls()] == [["inspect", "--format"], ["exec", "a1"], ["exec", "d4"]]
+    assert [c.split()[:2] for c in docker.cli_calls()] == [["exec", "a1"], ["exec", "d4"]]  # no `docker inspect`
+    assert docker.asked()[1:] == ["/containers/a1/json", "/containers/d4/json"]  # one curl for both
 
     # a1's run already answered: only d4 is asked (its key changed: another start time).
     (docker.tmp_path / "calls").unlink()
     known = {first["keys"]["vllm-node-vllm-a1"]: "2.27.7", "d4@sha256:img-d4@2026-12-01T00:00:00Z": "2.27.7"}
     assert VllmNcclVersions().process(docker.read(VllmNcclVersions().command(known=known)))["containers"] == first["containers"]
-    assert [c.split()[:2] for c in docker.cli_calls()] == [["inspect", "--format"], ["exec", "d4"]]
+    assert [c.split()[:2] for c in docker.cli_calls()] == [["exec", "d4"]]
+
+
+def test_vllm_nccl_versions_leaves_out_a_replica_removed_after_the_list(stand_in_docker):
+    from operations.facts.docker import VllmNcclVersions
+    from operations.facts.docker_api import list_path
+
+    replica = docs.container("vllm-node-vllm-a1", cid="a1", labels={SPEC_LABEL: "5d9d"})
+    gone = docs.container("vllm-node-vllm-d4", cid="d4", labels={SPEC_LABEL: "5d9d"})
+    docker = stand_in_docker({list_path("containers", label=[SPEC_LABEL], name=["^vllm-"]): (200, docs.listed(replica, gone)),
+                              **{p: (s, d) for p, s, d in docs.inspected(replica)}})  # d4: 404
+    found = VllmNcclVersions().process(docker.read(VllmNcclVersions().command()))
+    assert found["status"] == "ok" and found["containers"] == {"vllm-node-vllm-a1": "2.27.7"}
+    assert [c.split()[:2] for c in docker.cli_calls()] == [["exec", "a1"]]
 
 
 def test_built_image_reads_both_images_in_one_call_and_the_marker_of_the_one_it_found(stand_in_docker, tmp_path):
@@ -189,11 +211,11 @@ def test_built_image_reads_both_images_in_one_call_and_the_marker_of_the_one_it_
 
 def _fact_commands():
     from operations.facts.container_runtime import ContainerRuntimes
-    from operations.facts.docker import ManagedContainers, VllmNcclVersions
+    from operations.facts.docker import VllmNcclVersions
     from operations.facts.images import BuiltImage
 
     return [(GpuContainers, GpuContainers.command), (ContainerRuntimes, ContainerRuntimes.command),
-            (ManagedContainers, ManagedContainers.command), (VllmNcclVersions, VllmNcclVersions().command()),
+            (VllmNcclVersions, VllmNcclVersions().command()),
             (BuiltImage, BuiltImage().command(ref="gpufleet/vllm-rtx5090:6e73", base="vllm/vllm-openai:v0.21.0"))]
 
 

@@ -132,6 +132,41 @@ def test_runtime_differences_name_every_updatable_change_at_once():
                      "not connected to network milvus"]
 
 
+# ------------------------------------------------------------------ state and tags ---------------
+def test_gpufleet_containers_stopped_restarting_or_on_a_moved_tag_are_reported_and_the_rest_are_not():
+    """One read of every container (ContainerRuntimes) answers the state check: gpufleet's containers
+    only (a spec label), never the stopped one a rollout keeps to roll back to."""
+    from gpufleet.runtime_checks import containers
+
+    moved = docs.container("milvus", labels={SPEC_LABEL: "77aa"}, image="lab/milvus:2", image_id="sha256:img2")
+    kept_tag = docs.container("vllm-gpu-node-2-vllm-0", labels={SPEC_LABEL: "5d9d"}, image="lab/vllm:1",
+                              image_id="sha256:img1")
+    looping = docs.container("rag-app", labels={SPEC_LABEL: "0a0a"}, status="restarting", restart_count=7)
+    stopped = docs.container("etcd", labels={SPEC_LABEL: "0b0b"}, status="exited")
+    previous = docs.container("vllm-gpu-node-2-vllm-0.gpufleet-previous", labels={SPEC_LABEL: "0c0c"}, status="exited")
+    foreign = docs.container("scratch", status="exited")  # not gpufleet's: its own business
+    images = [(path_of("images", "lab/milvus:2"), 200, docs.image("sha256:newer")),
+              (path_of("images", "lab/vllm:1"), 200, docs.image("sha256:img1"))]
+    host = ReplayHost({ContainerRuntimes: docs.answers(
+        *docs.inspected(moved, kept_tag, looping, stopped, previous, foreign), *images)})
+    found = [f"{i.check}: {i.cause}" for i in containers(host, HostSettings(), None)]
+    assert found == ["container etcd: exited, not running",
+                     "container milvus: runs image sha256:img2, but lab/milvus:2 is now sha256:newer (another image "
+                     "under the pinned tag)",
+                     "container rag-app: restarting (7 restarts)"]
+    # The in-place check asks the same read (one command of the host's prefetch answers both).
+    container_config(host, HostSettings(), HostContext())
+    assert [name for name, _ in host.asked] == ["ContainerRuntimes", "ContainerRuntimes"]
+
+
+def test_a_host_without_docker_has_no_container_drift():
+    from gpufleet.runtime_checks import containers
+
+    host = ReplayHost({ContainerRuntimes: ["__gpufleet_missing"]})
+    assert containers(host, HostSettings(), None) == []
+    assert container_config(host, HostSettings(), HostContext()) == []
+
+
 # -------------------------------------------------------------------- unmanaged GPU holders ------
 UNMANAGED = [
     ("unlabelled-with-gpus", inspected_container("jupyter", requests=GPUS), "container jupyter: holds GPUs (--gpus device=0,1)"),
