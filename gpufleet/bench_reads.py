@@ -41,7 +41,10 @@ def timed_reads(inventory: str, node: str) -> list[tuple[str, float]]:
         mark = f"__gpufleet_time_{secrets.token_hex(4)}"
         for entry in entries:
             module, _, name = entry["fact"].rpartition(".")
-            cls = getattr(importlib.import_module(module), name)
+            try:
+                cls = getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError, ValueError):
+                continue  # a fact class this version no longer has: the prefetch skips it too
             if not _prefetchable(cls):
                 continue
             asked = prefetch_arguments(cls, entry["kwargs"], node)  # as the prefetch reads it

@@ -10,8 +10,8 @@ import pytest
 
 from operations import pyinfra_speedups
 
-arguments, deploy, facts, operation, util = (importlib.import_module(f"pyinfra.api.{m}")
-                                             for m in ("arguments", "deploy", "facts", "operation", "util"))
+arguments, command, deploy, facts, operation, util = (
+    importlib.import_module(f"pyinfra.api.{m}") for m in ("arguments", "command", "deploy", "facts", "operation", "util"))
 
 
 def test_the_pinned_pyinfra_has_the_functions_replaced_and_install_puts_them_in_place(monkeypatch):
@@ -21,7 +21,9 @@ def test_the_pinned_pyinfra_has_the_functions_replaced_and_install_puts_them_in_
                          (arguments, "all_global_arguments"), (facts, "all_global_arguments"),
                          *((m, "pop_global_arguments") for m in (arguments, deploy, facts, operation))):
         monkeypatch.setattr(module, name, getattr(module, name))  # undone after the test
+    monkeypatch.setattr(command, "shlex", command.shlex)
     assert pyinfra_speedups.install.__wrapped__() is True
+    assert isinstance(command.shlex, pyinfra_speedups.SplitRemembered)
     assert operation.get_operation_order_from_stack is pyinfra_speedups.operation_order_from_frames
     assert util.get_operation_order_from_stack is pyinfra_speedups.operation_order_from_frames
     assert arguments.all_global_arguments is pyinfra_speedups.global_arguments_once
@@ -133,3 +135,25 @@ def test_pop_global_arguments_copies_the_hosts_value_and_checks_types_as_pyinfra
     with pytest.raises(arguments.ArgumentTypeError) as ours:
         pyinfra_speedups.pop_global_arguments_one_pass(state, host, {"_retries": "many"})
     assert str(ours.value) == str(theirs.value)
+
+
+def test_formatted_commands_are_pyinfras_with_the_split_remembered(monkeypatch):
+    """pyinfra's own file facts build the same commands with the remembered split as with
+    shlex's, call after call; a caller changing its list changes nobody else's."""
+    import shlex
+
+    from pyinfra.facts.files import Directory, File, Sha256File
+
+    def built():
+        return [repr(cls().command(path).bits) for cls in (File, Directory, Sha256File)
+                for path in ("/etc/gpufleet/a b.conf", "~/x", "/var/lib/gpufleet/$(id)")]
+
+    monkeypatch.setattr(command, "shlex", shlex)
+    expected = built()
+    monkeypatch.setattr(command, "shlex", pyinfra_speedups.SplitRemembered())
+    assert built() == expected and built() == expected
+    template = "test -e {0} || ( stat {0} )"
+    first = command.shlex.split(template)
+    first.append("changed")
+    assert command.shlex.split(template) == shlex.split(template)
+    assert command.shlex.quote("a b") == "'a b'"  # the rest of shlex is shlex's
