@@ -211,6 +211,8 @@ class SplitRemembered:
     """``shlex`` as ``pyinfra.api.command`` uses it, with ``split`` remembering each string's
     answer (a new list per call, as ``shlex.split`` returns); everything else is ``shlex``'s."""
 
+    quote = staticmethod(shlex.quote)  # StringCommand quotes every bit with it: no __getattr__ on the way
+
     def __getattr__(self, name: str) -> Any:
         return getattr(shlex, name)
 

@@ -131,7 +131,10 @@ def inspect_listed_and_their_images(list_query: str) -> str:
     names the path it answers, so the control side matches images to containers by reference."""
     return (_API + _listed(list_query, f'set -- "$@" "{BASE}/containers/$v/json"')
             + '[ $# -eq 0 ] && exit 0; out=$(api "$@") || exit $?; printf \'%s\\n\' "$out"; set --; '
-            + _each("out", "Image", f'case $v in sha256:*) ;; *) set -- "$@" "{BASE}/images/$v/json" ;; esac')
+            # An id, or a value that is no reference (a label *named* Image on any container: curl
+            # would read [ or { as a URL glob and fail the whole read), is not asked.
+            + _each("out", "Image", 'case $v in sha256:*|*[!A-Za-z0-9._/:@-]*) ;; '
+                    f'*) set -- "$@" "{BASE}/images/$v/json" ;; esac')
             + '[ $# -eq 0 ] || api "$@"')
 
 
@@ -140,7 +143,7 @@ def run_keys() -> str:
     ``<id>@<image id>@<started at> /<name>``, what ``docker inspect --format
     '{{.Id}}@{{.Image}}@{{.State.StartedAt}} {{.Name}}'`` prints, from one ``curl`` for them all.
 
-    Each key's first occurrence in a document is the top-level one (dockerd writes ``Id``,
+    Each key's first non-empty value in a document is the top-level one (dockerd writes ``Id``,
     ``State.StartedAt``, ``Image`` and ``Name`` before ``HostConfig``, ``Mounts`` and ``Config``,
     which hold keys of the same names); a JSON string cannot hold ``"Name":"`` unescaped, so no
     argument or variable of the container can pose as one. Only these four values are printed:
@@ -148,11 +151,12 @@ def run_keys() -> str:
     """
     return ('set --; for c in $ids; do set -- "$@" "' + BASE + '/containers/$c/json"; done; '
             f"{_CURL} -w '\\n{HTTP}%{{http_code}}\\n' \"$@\" 2>/dev/null | "
-            f"grep -o -E '\"(Id|Image|StartedAt|Name)\":\"[^\"]*\"|{HTTP}[0-9]+' | "
-            "while read -r f; do v=${f%'\"'}; v=${v##*'\"'}; case $f in "
+            # The status line starts a line (curl -w); the same text inside a document does not.
+            f"grep -o -E '^{HTTP}[0-9]+|\"(Id|Image|StartedAt|Name)\":\"[^\"]*\"' | "
+            "{ i= m= s= n=; while read -r f; do v=${f%'\"'}; v=${v##*'\"'}; case $f in "
             f'{HTTP}200) [ -z "$i" ] || echo "$i@$m@$s $n"; i= m= s= n= ;; {HTTP}*) i= m= s= n= ;; '
             """'"Id"'*) [ -n "$i" ] || i=$v ;; '"Image"'*) [ -n "$m" ] || m=$v ;; """
-            """'"StartedAt"'*) [ -n "$s" ] || s=$v ;; '"Name"'*) [ -n "$n" ] || n=$v ;; esac; done""")
+            """'"StartedAt"'*) [ -n "$s" ] || s=$v ;; '"Name"'*) [ -n "$n" ] || n=$v ;; esac; done; }""")
 
 
 def ping() -> str:

@@ -26,16 +26,19 @@ def container(name: str, *, cid: str | None = None, labels: dict | None = None, 
               restart: str = "unless-stopped", runtime: str = "runc", device_requests: list | None = None,
               devices: list | None = None, networks: tuple[str, ...] = ("bridge",), limits: dict | None = None,
               started_at: str = "2026-12-06T11:21:46.171107366Z") -> dict:
-    """One container as ``GET /containers/{id}/json`` answers."""
+    """One container as ``GET /containers/{id}/json`` answers, its keys in dockerd's order (``Args``
+    and ``State`` before the top-level ``Image`` and ``Name``; ``HostConfig``, ``Mounts`` and
+    ``Config``, which hold keys of the same names, after them)."""
     return {
-        "Id": cid or f"{abs(hash(name)):064x}"[:64], "Name": f"/{name}", "Image": image_id,
-        "RestartCount": restart_count,
+        "Id": cid or f"{abs(hash(name)):064x}"[:64], "Path": "serve", "Args": [],
         "State": {"Status": status, "Running": status == "running", "Restarting": status == "restarting",
                   "StartedAt": started_at},
-        "Config": {"Image": image, "Labels": labels or {}},
+        "Image": image_id, "Name": f"/{name}", "RestartCount": restart_count,
         "HostConfig": {"RestartPolicy": {"Name": restart, "MaximumRetryCount": 0}, "Runtime": runtime,
                        "DeviceRequests": device_requests, "Devices": devices or [],
                        "NetworkMode": networks[0] if networks else "default", **NO_LIMITS, **(limits or {})},
+        "Mounts": [],
+        "Config": {"Image": image, "Labels": labels or {}},
         "NetworkSettings": {"Networks": {n: {"IPAddress": "172.18.0.2"} for n in networks}},
     }
 

@@ -111,6 +111,22 @@ def test_container_runtimes_inspects_every_container_and_the_image_each_tag_name
     assert docker.cli_calls() == []
 
 
+def test_a_label_named_image_on_any_container_is_not_asked_as_an_image(stand_in_docker):
+    """A label whose key is "Image" reads like a reference to the shell: asked as a path, curl would
+    take its [ ] as a URL glob and fail the read of every container."""
+    from operations.facts.container_runtime import ContainerRuntimes
+    from operations.facts.docker_api import list_path
+
+    odd = docs.container("builder", cid="e5" * 32, labels={"Image": "build[3]"}, image="lab/builder:1")
+    docker = stand_in_docker({list_path("containers", all_states=True): (200, docs.listed(MILVUS_C, odd)),
+                              **{p: (s, d) for p, s, d in docs.inspected(MILVUS_C, odd)},
+                              "/images/lab/milvus:2/json": (200, docs.image("sha256:img2"))})
+    fact = ContainerRuntimes().process(docker.read(ContainerRuntimes.command))
+    assert fact["status"] == "ok", fact["error"]
+    assert {c["name"]: c["tag_id"] for c in fact["containers"]} == {"builder": None, "milvus": "sha256:img2"}
+    assert "/images/build[3]/json" not in docker.asked()
+
+
 def test_a_container_removed_between_the_list_and_its_inspect_is_left_out(stand_in_docker):
     from operations.facts.container_runtime import ContainerRuntimes
     from operations.facts.docker_api import list_path
@@ -152,11 +168,13 @@ def test_vllm_nccl_versions_checks_inside_only_the_containers_it_has_no_answer_f
 
     replicas = [docs.container(f"vllm-node-vllm-{c}", cid=c, labels={SPEC_LABEL: "5d9d"}, image="lab/vllm:1",
                                image_id=f"sha256:img-{c}", started_at="2026-12-06T11:21:46Z") for c in ("a1", "d4")]
-    # An argument that looks like a key of the document (JSON escapes its quotes) does not pose as one.
-    replicas[0]["Args"] = ['{"Name":"/impostor","Id":"ff"}']
+    # Arguments (before the top-level keys in dockerd's order) that look like keys of the document
+    # (JSON escapes their quotes) or like a status line do not pose as them; nor does the environment.
+    replicas[0]["Args"] = ['{"Name":"/impostor","Id":"ff"}', "__gpufleet_http=200"]
+    replicas[0]["Mounts"] = [{"Type": "volume", "Name": "cache"}]
     docker = stand_in_docker({list_path("containers", label=[SPEC_LABEL], name=["^vllm-"]): (200, docs.listed(*replicas)),
                               **{p: (s, d) for p, s, d in docs.inspected(*replicas)}})
-    first = VllmNcclVersions().process(docker.read(VllmNcclVersions().command()))
+    first = VllmNcclVersions().process(docker.read(f"n=/leaked; s=x; export n s; {VllmNcclVersions().command()}"))
     assert first["containers"] == {"vllm-node-vllm-a1": "2.27.7", "vllm-node-vllm-d4": "2.27.3"}
     # The key `docker inspect --format '{{.Id}}@{{.Image}}@{{.State.StartedAt}}'` printed before: kept
     # answers still match after an upgrade.
