@@ -39,7 +39,6 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationError, OperationValueError, StringCommand, operation
 from pyinfra.facts.files import File
@@ -49,7 +48,7 @@ from operations import secrets
 from operations.facts.edge import DRAINED_DIR, NGINX_CONF, NginxState, UpstreamHealth
 from operations.digests import short_digest
 from operations.node_exporter import TEXTFILE_DIR
-from operations.util import Staged, put_text, swap_script
+from operations.util import Staged, put_text, render_file, swap_script
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "files" / "nginx" / "nginx.conf.j2"
 NEW = f"{NGINX_CONF}.gpufleet-new"
@@ -207,9 +206,8 @@ def render(replicas, drained=(), options: dict | None = None, joining=()) -> tup
     id_opts = {k: v for k, v in opts.items()
                if not (k in _EDGE_FILE_OPTIONS and v is None) and (has_app or k != "app_listen_port")}
     config_id = short_digest([rows, id_opts, files] if files else [rows, id_opts])
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    text = env.from_string(TEMPLATE.read_text()).render(
-        members=[m for m in rows if upstream_of(m) == VLLM_UPSTREAM],
+    text = render_file(
+        TEMPLATE, members=[m for m in rows if upstream_of(m) == VLLM_UPSTREAM],
         app_members=[m for m in rows if upstream_of(m) == APP_UPSTREAM], config_id=config_id, drained_dir=DRAINED_DIR, tls=TLS_CERT in files, tls_cert=TLS_CERT,
         tls_key=TLS_KEY, api_key_map=API_KEY_MAP if opts.get("api_key_file") else None, **opts)
     return text, config_id

@@ -37,13 +37,12 @@ import shlex
 from io import StringIO
 from pathlib import Path
 
-import jinja2
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationValueError, StringCommand, operation
 from pyinfra.facts.files import File, FileContents, Sha1File
 
 from operations import containers, pinned_apt
-from operations.util import Staged, put_text, swap_script
+from operations.util import Staged, put_text, render_file, swap_script
 from operations.docker_daemon import refuse_daemon_reload_under_gpu_containers
 from operations.facts.edge import PROMETHEUS_CONF, PrometheusState, ServiceState
 from operations.secrets import SecretWrite, read_secret, secret_file
@@ -77,8 +76,7 @@ ALERTMANAGER_GROUP_INTERVAL = "5m"  # Alertmanager's own default
 
 
 def _render(template: str, **values) -> str:
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    return env.from_string((FILES / template).read_text()).render(**values)
+    return render_file(FILES / template, **values)
 
 
 def _digest(*parts) -> str:

@@ -2,8 +2,43 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from io import StringIO
+from pathlib import Path
+
+import jinja2
+
+# Strict: a name the template uses and the caller did not pass is an error, never an empty string.
+_TEMPLATES = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(text: str) -> jinja2.Template:
+    return _TEMPLATES.from_string(text)
+
+
+def render_file(path: Path, **values) -> str:
+    """A jinja2 template file (files/) rendered strictly, its final newline kept.
+
+    The file is read at every call and compiled once per distinct text: a plan renders nginx.conf
+    and Prometheus's files for every host that gets them (and a rollout plans many times), and
+    compiling cost more than rendering.
+
+    >>> import tempfile
+    >>> template = Path(tempfile.mkdtemp()) / "t.j2"
+    >>> _ = template.write_text("listen {{ port }};")
+    >>> render_file(template, port=8080)
+    'listen 8080;'
+    >>> render_file(template)
+    Traceback (most recent call last):
+    ...
+    jinja2.exceptions.UndefinedError: 'port' is undefined
+    >>> _ = template.write_text("listen {{ port }} ssl;")  # an edited file is compiled again
+    >>> render_file(template, port=8443)
+    'listen 8443 ssl;'
+    """
+    return _compiled(path.read_text()).render(**values)
 
 
 def put_text(dest: str, text: str, mode: str = "644"):
