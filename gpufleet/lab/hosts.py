@@ -109,7 +109,9 @@ def wait_until_booted(container, timeout: float = 120) -> str:
         state = state.strip()
         if state in ("running", "degraded"):
             code, key = run(container, "systemctl is-active ssh >/dev/null && cat /etc/ssh/ssh_host_ed25519_key.pub")
-            if code == 0:
+            # Only a key: under load, Docker can answer an exec that exited 0 with no output, and an
+            # empty key in known_hosts locks every SSH client out of the host (seen in CI).
+            if code == 0 and key.strip().startswith("ssh-ed25519 "):
                 return key.strip()
         time.sleep(0.5)
     _, failed = run(container, "systemctl --failed --no-legend")

@@ -30,3 +30,21 @@ def test_the_inventory_names_db_1_as_the_milvus_host_when_the_lab_has_it(monkeyp
     assert [name for name, _ in groups["gpu_nodes"]] == [f"gpu-node-{i}" for i in range(1, nodes + 1)]
     if data_hosts:
         assert groups["vector_db"][0][1]["ssh_port"] == topology.DB_SSH_PORT_BASE + 1
+
+
+def test_a_booted_host_gives_its_key_not_an_empty_answer(monkeypatch):
+    """Docker under load can answer an exec that exited 0 with no output; an empty key written to
+    known_hosts locked every SSH client out of gpu-node-1 (CI, stop 26). The wait asks again."""
+    from gpufleet.lab import hosts
+
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHnghnag root@gpu-node-1"
+    answers = iter([(0, b"running\n"), (0, b""), (0, b"running\n"), (0, f"{key}\n".encode())])
+
+    class Container:
+        name = "gpu-node-1"
+
+        def exec_run(self, command):
+            return next(answers)
+
+    monkeypatch.setattr(hosts.time, "sleep", lambda s: None)
+    assert hosts.wait_until_booted(Container()) == key
