@@ -17,7 +17,6 @@ from gevent import monkey
 monkey.patch_all()  # before anything opens a socket, as pyinfra's CLI does
 
 import argparse  # noqa: E402
-import importlib  # noqa: E402
 import json  # noqa: E402
 import secrets  # noqa: E402
 import sys  # noqa: E402
@@ -30,7 +29,8 @@ def timed_reads(inventory: str, node: str) -> list[tuple[str, float]]:
     from pyinfra.api import StringCommand
 
     from gpufleet.remote import connected
-    from operations.fact_prefetch import _fact_command, _fact_kwargs, _prefetchable, cache_file, prefetch_arguments
+    from operations.fact_prefetch import (_fact_command, _fact_kwargs, _prefetchable, cache_file, prefetch_arguments,
+                                          remembered_fact_class)
 
     entries = json.loads(cache_file(node).read_text())["facts"]
     with connected(inventory, [node]) as (state, _, reachable, _unreachable):
@@ -40,12 +40,8 @@ def timed_reads(inventory: str, node: str) -> list[tuple[str, float]]:
         keys, parts = [], []
         mark = f"__gpufleet_time_{secrets.token_hex(4)}"
         for entry in entries:
-            module, _, name = entry["fact"].rpartition(".")
-            try:
-                cls = getattr(importlib.import_module(module), name)
-            except (ImportError, AttributeError, ValueError):
-                continue  # a fact class this version no longer has: the prefetch skips it too
-            if not _prefetchable(cls):
+            cls = remembered_fact_class(entry["fact"])  # None: a class this version no longer has
+            if cls is None or not _prefetchable(cls):
                 continue
             asked = prefetch_arguments(cls, entry["kwargs"], node)  # as the prefetch reads it
             fact_kwargs, _ = _fact_kwargs(state, host, cls, [], asked)

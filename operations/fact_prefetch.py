@@ -427,11 +427,8 @@ class _PrefetchedFacts:
         for key, entry in self.remembered.items():
             if not _asked_lately(entry["runs"], self.kind, self.runs):
                 continue
-            try:
-                cls = getattr(importlib.import_module(entry["fact"].rsplit(".", 1)[0]), entry["fact"].rsplit(".", 1)[1])
-            except (ImportError, AttributeError, ValueError):
-                continue  # a fact class that no longer exists
-            if not _prefetchable(cls):
+            cls = remembered_fact_class(entry["fact"])
+            if cls is None or not _prefetchable(cls):
                 continue
             try:
                 fact_kwargs, global_kwargs = _fact_kwargs(self.state, self.host, cls, [],
@@ -632,6 +629,16 @@ def _fact_kwargs(state, host, cls, args, kwargs) -> tuple[dict[str, Any], dict[s
     """pyinfra's ``(fact arguments, global arguments)`` for a read, without the ``self`` it binds."""
     fact_kwargs, global_kwargs = _handle_fact_kwargs(state, host, cls, args, kwargs)
     return {k: v for k, v in fact_kwargs.items() if k != "self"}, global_kwargs
+
+
+def remembered_fact_class(name: str) -> type | None:
+    """The fact class a remembered read names (``module.Class``), or None where this version has
+    no such class (remembered by another gpufleet: it is left out, never a failed plan)."""
+    module, _, attribute = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError, ValueError):
+        return None
 
 
 def _prefetchable(cls) -> bool:

@@ -719,3 +719,15 @@ def test_a_remembered_read_whose_arguments_the_fact_no_longer_takes_is_dropped(p
     _remember(host, (Command, {"command": "echo one", "gone": 1}, None), (Command, {"command": "echo two"}, None))
     assert fact_prefetch.prefetch_facts() == 1
     assert host.get_fact(Command, command="echo two") == "two"
+
+
+def test_a_remembered_fact_class_this_version_no_longer_has_is_left_out():
+    """Drift's ManagedContainers was removed at stop 26; the lists on control hosts still name it.
+    The prefetch and bench-reads both skip such a read (one helper), never a failed plan."""
+    from operations.fact_prefetch import remembered_fact_class
+    from operations.facts.container_runtime import ContainerRuntimes
+
+    assert remembered_fact_class("operations.facts.container_runtime.ContainerRuntimes") is ContainerRuntimes
+    assert remembered_fact_class("operations.facts.docker.ManagedContainers") is None
+    assert remembered_fact_class("operations.facts.no_such_module.Fact") is None
+    assert remembered_fact_class("NoModule") is None
