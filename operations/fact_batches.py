@@ -14,10 +14,14 @@ one ``sha1sum`` every file's hash; each read's answer is then cut out of it:
   can hash and nothing otherwise (missing, a directory). ``sha1sum -- /dev/null path...`` prints
   the same line for each file it can hash.
 
+pyinfra's ``SystemdStatus`` and ``SystemdEnabled`` of every unit come from one ``systemctl show``
+(operations/facts/systemd_show.py): a GPU node's plan started twelve ``systemctl`` processes.
+
 gpufleet's own facts join in with a ``batch_reader`` of their class's own (not inherited: a
 subclass may read otherwise): an object with three methods. ``PackageStates`` answers every package
 list of a plan from one ``dpkg-query`` (operations/facts/apt.py); ``ContainerState`` and
-``ImageState`` every container or image from one ``curl`` (operations/facts/docker_api.py)::
+``ImageState`` every container or image from one ``curl`` (operations/facts/docker_api.py);
+``ServiceState`` every unit from one ``systemctl show`` (operations/facts/edge.py)::
 
     batch_accepts(fact_kwargs) -> bool           # may this read be answered from a batch?
     batch_command(kwargs_list) -> str | StringCommand    # one command for all of them
@@ -25,6 +29,8 @@ list of a plan from one ``dpkg-query`` (operations/facts/apt.py); ``ContainerSta
         # each read's own stdout, or None: the batch did not work, and each is read alone.
         # A batch killed at its time limit answers each read as timed out (what each alone would
         # print after as long a wait), and the prefetch reads none of them again.
+    batch_member(fact_class, fact_kwargs) -> dict    # optional: a reader of several classes
+        # (SystemdStatus and SystemdEnabled) notes in each member's arguments what its class reads
 
 For pyinfra's file facts, only paths that are absolute and of plain characters (letters, digits,
 ``_ . / @ : + -``) are batched: they print unquoted and unescaped by both tools, so the path at the
@@ -53,7 +59,9 @@ from typing import Any
 
 from pyinfra.api import StringCommand
 from pyinfra.facts.files import LINUX_STAT_COMMAND, Directory, File, Link, Sha1File, Sha256File
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
+from operations.facts.systemd_show import PLAIN_UNIT, own_lines, show_command, unit_blocks
 from operations.facts.util import timed_out_lines
 
 # What pyinfra's File command prints for a path: its stat format, read out of its own command.
@@ -112,11 +120,56 @@ class PathTool:
         return [[found[kwargs["path"]]] if kwargs["path"] in found else [] for kwargs in kwargs_list]
 
 
+class SystemdUnits:
+    """pyinfra's ``SystemdStatus`` and ``SystemdEnabled`` of plain unit names (the system manager,
+    not ``--user`` or another machine's), every unit of a plan in one ``systemctl show``
+    (operations/facts/systemd_show.py says why each read's lines are its own). Like pyinfra's own
+    reads, the batch has no time limit of its own. ``systemctl`` missing, failing or printing other
+    than one block per unit: each read is pyinfra's own."""
+
+    STATE_KEY = "__state_key"  # which of the batch's properties a member reads (its class's state_key)
+
+    @classmethod
+    def batch_member(cls, fact_class: type, fact_kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {**fact_kwargs, cls.STATE_KEY: fact_class.state_key}
+
+    @staticmethod
+    def _units(fact_kwargs: dict[str, Any]) -> list[str]:
+        services = fact_kwargs.get("services")
+        return [services] if isinstance(services, str) else list(services or [])
+
+    def batch_accepts(self, fact_kwargs: dict[str, Any]) -> bool:
+        services = fact_kwargs.get("services")
+        return (set(fact_kwargs) == {"user_mode", "machine", "user_name", "services"}
+                and fact_kwargs["user_mode"] is False and fact_kwargs["machine"] is None
+                and fact_kwargs["user_name"] is None and isinstance(services, (str, list)) and bool(services)
+                and all(isinstance(u, str) and PLAIN_UNIT.fullmatch(u) for u in self._units(fact_kwargs)))
+
+    def _asked(self, kwargs_list: list[dict[str, Any]]) -> list[str]:
+        return list(dict.fromkeys(u for kwargs in kwargs_list for u in self._units(kwargs)))
+
+    def batch_command(self, kwargs_list: list[dict[str, Any]]) -> str:
+        keys = dict.fromkeys(kwargs[self.STATE_KEY] for kwargs in kwargs_list)
+        return show_command(self._asked(kwargs_list), ("Id", *keys))
+
+    def batch_outputs(self, lines: list[str], kwargs_list: list[dict[str, Any]],
+                      exit_code: int = 0) -> list[list[str]] | None:
+        units = self._asked(kwargs_list)
+        blocks = unit_blocks(lines, len(units)) if exit_code == 0 else None
+        if blocks is None:
+            return None
+        block_of = dict(zip(units, blocks, strict=True))
+        return [own_lines([block_of[u] for u in self._units(kwargs)], {"Id", kwargs[self.STATE_KEY]})
+                for kwargs in kwargs_list]
+
+
+_SYSTEMD = SystemdUnits()
 _STAT = PathTool("stat", f"stat -c '%n {_STAT_FORMAT}' --", "/", _stat_line)
 # pyinfra's fact classes (exactly these: a subclass may read otherwise) -> the tool that answers them.
 _PYINFRA_READERS = {File: _STAT, Directory: _STAT, Link: _STAT,
                     Sha1File: PathTool("sha1sum", "sha1sum --", "/dev/null", _hash_line),
-                    Sha256File: PathTool("sha256sum", "sha256sum --", "/dev/null", _hash_line)}
+                    Sha256File: PathTool("sha256sum", "sha256sum --", "/dev/null", _hash_line),
+                    SystemdStatus: _SYSTEMD, SystemdEnabled: _SYSTEMD}
 
 
 def reader_of(cls: type):
@@ -163,7 +216,9 @@ class Batches:
         reader = reader_of(cls)
         if reader is None or not reader.batch_accepts(fact_kwargs):
             return False
-        self._batches.setdefault(id(reader), Batch(reader)).members[key] = dict(fact_kwargs)
+        # A reader that answers several classes at once notes each member's class in its arguments.
+        member = reader.batch_member(cls, fact_kwargs) if hasattr(reader, "batch_member") else dict(fact_kwargs)
+        self._batches.setdefault(id(reader), Batch(reader)).members[key] = member
         return True
 
     def __iter__(self):

@@ -6,7 +6,8 @@ import shlex
 
 from pyinfra.api import FactBase
 
-from .util import READ_LIMIT_S, answer, wrap_answer
+from .systemd_show import PLAIN_UNIT, own_lines, show_command, unit_blocks
+from .util import RC, READ_LIMIT_S, answer, wrap_answer
 
 NGINX_CONF = "/etc/nginx/nginx.conf"
 DRAINED_DIR = "/etc/nginx/gpufleet/drained"  # one marker file per drained replica
@@ -146,14 +147,58 @@ class PrometheusState(FactBase):
         return state
 
 
+class ServiceStatesBatch:
+    """Every ``ServiceState`` of a plan from one ``systemctl show`` (operations/fact_batches.py;
+    operations/facts/systemd_show.py says why the blocks cut out of it are each read's own), under
+    one time limit: a batch killed at it answers each read as timed out (fact_batches.Batch)."""
+
+    @staticmethod
+    def batch_accepts(fact_kwargs: dict) -> bool:
+        service = fact_kwargs.get("service")
+        return set(fact_kwargs) == {"service"} and isinstance(service, str) and bool(PLAIN_UNIT.fullmatch(service))
+
+    @staticmethod
+    def batch_command(kwargs_list: list[dict]) -> str:
+        return ServiceState.read(dict.fromkeys(kwargs["service"] for kwargs in kwargs_list))
+
+    @staticmethod
+    def batch_outputs(lines: list[str], kwargs_list: list[dict], exit_code: int = 0) -> list[list[str]] | None:
+        # exit_code: the wrapped command's, always 0 (wrap_answer); systemctl's is its RC line.
+        if not lines or lines[-1] != f"{RC}0" or any(line.startswith(RC) for line in lines[:-1]):
+            return None  # systemctl failed (no systemd as PID 1, a unit name it refused): each reads alone
+        units = list(dict.fromkeys(kwargs["service"] for kwargs in kwargs_list))
+        blocks = unit_blocks(lines[:-1], len(units))
+        if blocks is None:
+            return None
+        block_of = dict(zip(units, blocks, strict=True))
+        keys = {"Id", *ServiceState.PROPERTIES}
+        return [[*own_lines([block_of[kwargs["service"]]], keys), f"{RC}0"] for kwargs in kwargs_list]
+
+
 class ServiceState(FactBase):
-    """One systemd unit: ``{"active": "active"|"inactive"|"failed"|..., "enabled": "enabled"|"disabled"|...}``."""
+    """One systemd unit: ``{"active": "active"|"inactive"|"failed"|..., "enabled": "enabled"|"disabled"|...}``.
+
+    ``active`` is the unit's ActiveState (what ``systemctl is-active`` prints) and ``enabled`` its
+    UnitFileState (``is-enabled``, except for a unit asked by an alias name: the unit's own state,
+    not "alias"); None when systemd does not know the unit's file, or cannot be asked.
+
+    Example::
+
+        host.get_fact(ServiceState, service="prometheus-node-exporter")
+        # {"active": "active", "enabled": "enabled"}
+    """
+
+    PROPERTIES = {"ActiveState": "active", "UnitFileState": "enabled"}
+
+    @classmethod
+    def read(cls, services) -> str:
+        # systemctl waits on PID 1; a wedged systemd must not hang the read (time-limited: util.wrap_answer).
+        return wrap_answer(show_command(services, ("Id", *cls.PROPERTIES)) + " 2>/dev/null")
 
     def command(self, service: str) -> str:
-        s = shlex.quote(service)
-        # systemctl waits on PID 1; a wedged systemd must not hang the read (time-limited: util.wrap_answer).
-        return wrap_answer(f"echo active=$(systemctl is-active {s} 2>/dev/null); "
-                           f"echo enabled=$(systemctl is-enabled {s} 2>/dev/null)")
+        return self.read([service])
+
+    batch_reader = ServiceStatesBatch()  # every unit of a plan from one systemctl (operations/fact_batches.py)
 
     @staticmethod
     def default():
@@ -162,6 +207,6 @@ class ServiceState(FactBase):
     def process(self, output):
         state = self.default()
         for key, value in key_values(answer(output)):
-            if key in state:
-                state[key] = value or None
+            if key in self.PROPERTIES:
+                state[self.PROPERTIES[key]] = value or None
         return state

@@ -40,7 +40,9 @@ def test_batched_answers_are_pyinfras_own_reads_on_every_lab_host(deployed):
                     differ.append((host.name, entry["fact"], entry["kwargs"], ours, theirs))
                 compared[host.name, cls.__name__] += 1
     assert differ == []
-    # Not vacuous: each GPU node's plan reads files, package lists and containers through batches.
+    # Not vacuous: each GPU node's plan reads files, package lists, containers and units through batches.
     for node in ("gpu-node-1", "gpu-node-2"):
         assert compared[node, "File"] >= 5 and compared[node, "Sha1File"] >= 5, compared
         assert compared[node, "PackageStates"] >= 3 and compared[node, "ContainerState"] >= 1, compared
+        assert compared[node, "SystemdStatus"] >= 1 and compared[node, "SystemdEnabled"] >= 1, compared
+        assert compared[node, "ServiceState"] >= 1, compared
