@@ -75,8 +75,10 @@ def drift() -> None:
     from gpufleet.drift import check
 
     report = check(INVENTORY, overrides=overrides())
-    if report.exit_code != 0:
-        raise RuntimeError(f"the lab is not clean: {report.as_dict()['drifted_hosts']}")
+    if report.exit_code != 0:  # drifted, or not checked (unreachable, a read that failed): say which and why
+        found = report.as_dict()
+        unchecked = {h["host"]: h["error"] for h in found["hosts"] if h["host"] in found["unchecked_hosts"]}
+        raise RuntimeError(f"the lab is not clean: drifted {found['drifted_hosts']}, not checked {unchecked}")
 
 
 def lab_host_ids() -> list[str]:
