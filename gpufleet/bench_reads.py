@@ -1,8 +1,8 @@
 """`make bench-reads`: which of a host's remembered reads cost its time on the host.
 
 A no-op converge reads a host once, in the one prefetch command (operations/fact_prefetch.py),
-which runs every fact the host's plans asked for (in ``READ_LANES`` concurrent lanes). This runs
-the same commands one after another,
+which runs every fact the host's plans asked for (in ``READ_LANES`` concurrent lanes, each under one
+time limit: operations/read_lanes.py). This runs the same commands one after another, as in a lane,
 built the same way from the same list (``$GPUFLEET_CACHE_DIR/fact-reads/<host>.json``, filled by
 any earlier deploy), in one SSH command that times each on the host (``date +%s%N`` around it), and
 prints the costliest, their sum, and the sum by fact class. Read-only: the facts only read.
@@ -28,9 +28,12 @@ def timed_reads(inventory: str, node: str) -> list[tuple[str, float]]:
     the connection's own privileges: the lab's and a root deploy's)."""
     from pyinfra.api import StringCommand
 
+    from gpufleet.host_reads import READ_TIMEOUT_S
     from gpufleet.remote import connected
     from operations.fact_prefetch import (_fact_command, _fact_kwargs, _prefetchable, cache_file, prefetch_arguments,
                                           remembered_fact_class)
+    from operations.facts.util import LANE_LIMITED
+    from operations.read_lanes import keeps_its_own_limit
 
     entries = json.loads(cache_file(node).read_text())["facts"]
     with connected(inventory, [node]) as (state, _, reachable, _unreachable):
@@ -48,11 +51,15 @@ def timed_reads(inventory: str, node: str) -> list[tuple[str, float]]:
             command = _fact_command(cls(), dict(fact_kwargs))
             if command is None:
                 continue
-            parts += ["t0=$(date +%s%N);", "(", command, ")", ">/dev/null", "2>&1;",
+            # As in the prefetch: in a lane, without a time limit of its own (operations/read_lanes.py).
+            in_lane = [] if keeps_its_own_limit(command) else [f"{LANE_LIMITED}=1;"]
+            parts += ["t0=$(date +%s%N);", "(", *in_lane, command, ")", ">/dev/null", "2>&1;",
                       "echo", f'"{mark}:{len(keys)}:$(( $(date +%s%N) - t0 ))";']
             arguments = ", ".join(f"{k}={v!r}" for k, v in sorted(asked.items()))
             keys.append(f"{entry['fact'].rsplit('.', 1)[1]}({arguments})")
-        ok, output = host.run_shell_command(StringCommand(*parts), print_output=False, print_input=False)
+        # No read has its own limit here (as in a lane): the whole command has one, on the control side.
+        ok, output = host.run_shell_command(StringCommand(*parts), print_output=False, print_input=False,
+                                            _timeout=READ_TIMEOUT_S)
     if not ok:
         raise SystemExit(f"the timed reads failed on {node}: {output.stderr[-500:]}")
     found = []

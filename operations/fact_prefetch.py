@@ -7,9 +7,10 @@ remembers, per host, which facts (class and arguments) its plans asked, and the 
 all their commands in one shell command before deploy.py starts. While pyinfra *prepares* the
 deploy, ``host.get_fact`` answers from those outputs.
 
-That command runs the reads in ``READ_LANES`` concurrent lanes: most of a read's time is a
-process starting and waiting on a daemon (dockerd, dpkg's database, apt's cache), so one after
-another they cost a GPU node ~1.7 s (`make bench-reads`). Each read's output goes to a file in a
+That command runs the reads in ``READ_LANES`` concurrent lanes (operations/read_lanes.py, each
+lane under one time limit): most of a read's time is a process starting and waiting on a daemon
+(dockerd, dpkg's database, apt's cache), so one after another they cost a GPU node ~1.7 s
+(`make bench-reads`). Each read's output goes to a file in a
 private temporary directory on the host (``mktemp -d`` under ``$TMPDIR``, mode 0700, removed when
 the command ends or is killed), and the files are printed in order: each read's output, exit
 status and stderr (dropped) are as when pyinfra reads it alone. Facts only read: running them side
@@ -89,6 +90,7 @@ from pyinfra.context import ctx_config, ctx_host
 from operations import pyinfra_speedups
 from operations.fact_batches import Batch, Batches
 from operations.facts.util import ReadTimedOut
+from operations.read_lanes import concurrent_reads, read_output
 
 FORGET_AFTER_DAYS = 7
 # Runs of the host of one kind (plans, with their execution) that a remembered read is still
@@ -101,10 +103,6 @@ DRIFT_READS_KIND = "drift"
 # Concurrent reads per host in the prefetch: enough to overlap the waits on the daemons; more only
 # crowd the host's cores (a lab node has two).
 READ_LANES = 4
-# The prefetch's only write on the host: its scratch directory, removed when its command ends,
-# also when the control side goes away (SIGHUP, SIGPIPE) or gives up on it (SIGTERM, SIGINT).
-SCRATCH_CLEANUP = ("trap 'rm -rf \"$__gpufleet_reads\"' EXIT; trap 'exit 129' HUP; trap 'exit 130' INT; "
-                   "trap 'exit 141' PIPE; trap 'exit 143' TERM;")
 # Arguments that change what a fact's command sees; the others (timeouts, retries) do not.
 _PRIVILEGE_KEYS = ("_sudo", "_sudo_user", "_use_sudo_login", "_preserve_sudo_env", "_su_user", "_use_su_login",
                    "_preserve_su_env", "_su_shell", "_doas", "_doas_user", "_dzdo", "_dzdo_user",
@@ -463,7 +461,7 @@ class _PrefetchedFacts:
         lead = first.lead_command() if first is not None else None
         try:
             with self._reading():
-                ok, output = self.host.run_shell_command(concurrent_reads(commands, mark, lead=lead),
+                ok, output = self.host.run_shell_command(concurrent_reads(commands, mark, READ_LANES, lead=lead),
                                                          print_output=False, print_input=False, **executor_kwargs)
         except Exception as exc:  # noqa: BLE001 - a failed prefetch only means the facts are read one by one
             if first is not None:  # the connection failed, perhaps after the lock was taken: refused
@@ -478,20 +476,12 @@ class _PrefetchedFacts:
                 first.answer(lead_lines if lead_rc is not None else [*lead_lines, *output.stderr_lines], lead_rc)
         if not ok:
             return
-        current, lines = None, []
-        for line in stdout:
-            if line.startswith(f"{mark}:rc:") and current is not None:
-                rc = int(line.rsplit(":", 1)[1] or 1)
-                if current < len(items):
-                    self.answers[items[current][0]] = (privileges, rc, lines)
-                else:
-                    for key, answer in batches[current - len(items)].answers(lines, rc).items():
-                        self.answers[key] = (privileges, 0, answer)
-                current, lines = None, []
-            elif line.startswith(f"{mark}:"):
-                current, lines = int(line.rsplit(":", 1)[1]), []
-            elif current is not None:
-                lines.append(line)
+        for i, (rc, lines) in read_output(stdout, mark).answers(commands, READ_LANES).items():
+            if i < len(items):
+                self.answers[items[i][0]] = (privileges, rc, lines)
+            elif i - len(items) < len(batches):
+                for key, answer in batches[i - len(items)].answers(lines, rc).items():
+                    self.answers[key] = (privileges, 0, answer)
 
     # ------------------------------------------------------------------ host.get_fact ------------
     def __call__(self, cls, *args, **kwargs):
@@ -571,50 +561,6 @@ def _lead_answer(stdout: list[str], mark: str) -> tuple[list[str], int | None, l
         if stdout[i].startswith(f"{mark}:lead-rc:"):
             return stdout[start:i], int(stdout[i].rsplit(":", 1)[1] or 1), stdout[i + 1:]
     return stdout[start:], None, []
-
-
-def concurrent_reads(commands: list, mark: str, lanes: int | None = None, lead: str | None = None) -> StringCommand:
-    """One shell command that runs ``commands`` in ``lanes`` concurrent lanes and prints, in order,
-    ``<mark>:<i>``, command i's stdout, and ``<mark>:rc:<its exit status>``.
-
-    ``lead``, if given, runs first, in a subshell: ``<mark>:lead``, its stdout and stderr, and
-    ``<mark>:lead-rc:<its exit status>`` come first, and the reads run only when it exited 0.
-
-    Command i runs in lane ``i % lanes`` (default ``READ_LANES``), in a subshell of its own (an
-    ``exit`` in it ends only it), its stderr dropped as pyinfra's own read drops it, its stdin
-    /dev/null. Each read writes its whole block (marks included) to a file of its own, and one
-    ``cat`` prints them in order: printing them with a ``cat`` per read cost a GPU node's ~80
-    reads ~230 processes after the reads were done, 0.2 s of the ~0.8 s prefetch. Example::
-
-        concurrent_reads([StringCommand("uname", "-r"), StringCommand("hostname")], "__m")
-        # prints: __m:0 / 6.1.0-27-amd64 / __m:rc:0 / __m:1 / gpu-node-1 / __m:rc:0
-    """
-    lanes = READ_LANES if lanes is None else lanes
-    parts: list[Any] = []
-    if lead is not None:
-        # "$( (": a space, or the shell reads arithmetic. The lead's background processes (the
-        # lock's watcher) write elsewhere, so the substitution ends when the lead does.
-        # Its own line: the shell runs it before parsing the reads, so a read that does not parse
-        # fails only the reads (read one by one after), never the lock.
-        parts += ["__gpufleet_lead=$(", "(", lead, ")", "2>&1", "</dev/null", ");", "__gpufleet_lead_rc=$?;",
-                  "printf", "'%s\\n'", f'"{mark}:lead"', '"$__gpufleet_lead"', f'"{mark}:lead-rc:$__gpufleet_lead_rc";',
-                  '[ "$__gpufleet_lead_rc" -eq 0 ]', "||", "exit", "0\n"]
-    if not commands:
-        return StringCommand(*parts, "exit", "0")
-    d = '"$__gpufleet_reads'  # the scratch directory (private: umask 077), by a name no read uses
-    parts += ["__gpufleet_reads=$(umask", "077;", 'mktemp -d "${TMPDIR:-/tmp}/gpufleet-reads.XXXXXX")',
-              "||", "exit", "1;", SCRATCH_CLEANUP]
-    for lane in range(min(lanes, len(commands))):
-        parts.append("{")
-        for i in range(lane, len(commands), lanes):
-            parts += ["{", "echo", f'"{mark}:{i}";', "(", commands[i], ")", "2>/dev/null;",
-                      "echo", f'"{mark}:rc:$?";', "}", f'>{d}/{i}";']
-        parts.append("} </dev/null &")
-    # The files by their numbers, in order (a glob would sort 10 before 2). A missing one (its lane
-    # killed) is only a read without an answer, which pyinfra then reads itself: not a failed prefetch.
-    parts += ["wait;", "cd", f'{d}"', "&&", "cat", *(str(i) for i in range(len(commands))), "2>/dev/null;",
-              "exit", "0"]
-    return StringCommand(*parts)
 
 
 def prefetch_arguments(cls, remembered: dict[str, Any], host_name: str) -> dict[str, Any]:

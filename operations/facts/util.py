@@ -52,6 +52,8 @@ RC = "__gpufleet_rc="
 TIMED_OUT = "__gpufleet_timeout="
 READ_LIMIT_S = 60  # per remote read; the control side waits longer (gpufleet.host_reads.READ_TIMEOUT_S)
 KILL_AFTER_S = 5
+# Set by the prefetch's time-limited lanes (operations/read_lanes.py): a read there has no limit of its own.
+LANE_LIMITED = "__gpufleet_lane_limit"
 # coreutils timeout: 124 when it sent TERM, 137 (128 + KILL) when the tool ignored TERM.
 TIMEOUT_CODES = (124, 137)
 
@@ -66,10 +68,24 @@ def timed(command: str, limit: int = READ_LIMIT_S) -> str:
     straggler keeps the output open and the read waiting. The exit status is the command's, or
     ``timeout``'s 124/137.
 
-    >>> timed("nvidia-smi -L", 30)
-    "( timeout -k 5 30 sh -c 'nvidia-smi -L' & t=$!; wait $t; rc=$?; kill -KILL -$t 2>/dev/null; exit $rc )"
+    In a lane of the prefetch (``$__gpufleet_lane_limit`` set: operations/read_lanes.py) the lane's
+    one ``timeout`` is the limit, and the command runs here, in this subshell, without a ``timeout``
+    and a ``sh`` of its own (two process starts per read).
+
+    >>> for part in timed("nvidia-smi -L", 30).split("; "): print(part)
+    ( __gpufleet_c='nvidia-smi -L'
+    if [ -n "${__gpufleet_lane_limit-}" ]
+    then eval "$__gpufleet_c"
+    exit
+    fi
+    timeout -k 5 30 sh -c "$__gpufleet_c" & t=$!
+    wait $t
+    rc=$?
+    kill -KILL -$t 2>/dev/null
+    exit $rc )
     """
-    return (f"( timeout -k {KILL_AFTER_S} {int(limit)} sh -c {shlex.quote(command)} & t=$!; wait $t; rc=$?; "
+    return (f'( __gpufleet_c={shlex.quote(command)}; if [ -n "${{{LANE_LIMITED}-}}" ]; then eval "$__gpufleet_c"; '
+            f'exit; fi; timeout -k {KILL_AFTER_S} {int(limit)} sh -c "$__gpufleet_c" & t=$!; wait $t; rc=$?; '
             "kill -KILL -$t 2>/dev/null; exit $rc )")
 
 
@@ -152,8 +168,8 @@ def wrap_answer(command: str, limit: int = READ_LIMIT_S) -> str:
     needs a missing tool prints what it prints without it), and stderr is left out of the answer,
     as pyinfra leaves it out of a fact's output. Parse the output with :func:`answer`.
 
-    >>> for part in wrap_answer("cat /etc/hostname", 10).split("; "): print(part)
-    ( timeout -k 5 10 sh -c 'cat /etc/hostname' & t=$!
+    >>> for part in wrap_answer("cat /etc/hostname", 10).split("; ")[5:]: print(part)
+    timeout -k 5 10 sh -c "$__gpufleet_c" & t=$!
     wait $t
     rc=$?
     kill -KILL -$t 2>/dev/null

@@ -209,8 +209,8 @@ def test_drift_only_reads(converged, monkeypatch):
     # The one write allowed: drift takes the host's deploy lock like every run of deploy.py
     # (operations/deploy_lock.py: a lock file and its holder record under /var/lib/gpufleet).
     # And the prefetch's scratch directory, which its own command makes and removes
-    # (operations/fact_prefetch.py: concurrent_reads); any other write in that command still counts.
-    from operations.fact_prefetch import SCRATCH_CLEANUP
+    # (operations/read_lanes.py: concurrent_reads); any other write in that command still counts.
+    from operations.read_lanes import SCRATCH_CLEANUP
 
     changing = [c for c in sent if re.search(MUTATING, c.replace(SCRATCH_CLEANUP, "")) and LOCK_FILE not in c]
     assert changing == [], changing[:5]

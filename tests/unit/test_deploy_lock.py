@@ -19,7 +19,7 @@ from pyinfra.api import OperationError
 
 from gpufleet import PROJECT_ROOT
 from operations.deploy_lock import DeployLock, DeployLockHeld, lock_command, parse_answer
-from operations.fact_prefetch import concurrent_reads
+from operations.read_lanes import concurrent_reads
 
 SESSION = r"""
 import ctypes, subprocess, sys
@@ -116,7 +116,7 @@ def _led(lock_dir: str, holder: str, marks, wait_s: int = 1) -> str:
     from pyinfra.api import StringCommand
 
     lead = lock_command({"holder": holder}, wait_s=wait_s, lock_dir=lock_dir, held_status=DeployLock.HELD_STATUS)
-    return concurrent_reads([StringCommand(f"touch {marks}/{holder}; echo read")], "__m", lead=lead).get_raw_value()
+    return concurrent_reads([StringCommand(f"touch {marks}/{holder}; echo read")], "__m", 4, lead=lead).get_raw_value()
 
 
 def test_led_by_the_lock_the_reads_run_only_once_it_is_held(lock_dir, tmp_path):
@@ -124,7 +124,7 @@ def test_led_by_the_lock_the_reads_run_only_once_it_is_held(lock_dir, tmp_path):
     its watcher after the command ends; while another run holds it, no read runs at all."""
     first = Session(_led(lock_dir, "ctl-1", tmp_path))
     try:
-        assert first.lines == ["__m:lead", "ACQUIRED", "__m:lead-rc:0", "__m:0", "read", "__m:rc:0"]
+        assert first.lines == ["__m:lead", "ACQUIRED", "__m:lead-rc:0", "__m:0", "read", "__m:rc:0", "__m:lane:0:0"]
         assert (tmp_path / "ctl-1").exists()
         second = Session(_led(lock_dir, "ctl-2", tmp_path))
         second.close()
@@ -161,7 +161,7 @@ def test_a_read_that_does_not_parse_fails_the_reads_not_the_lock(lock_dir, tmp_p
     from pyinfra.api import StringCommand
 
     lead = lock_command({"holder": "x"}, wait_s=1, lock_dir=lock_dir, held_status=DeployLock.HELD_STATUS)
-    text = concurrent_reads([StringCommand("echo 'unbalanced")], "__m", lead=lead).get_raw_value()
+    text = concurrent_reads([StringCommand("echo 'unbalanced")], "__m", 4, lead=lead).get_raw_value()
     session = Session(text)
     session.close()
     assert session.lines[:3] == ["__m:lead", "ACQUIRED", "__m:lead-rc:0"]

@@ -17,7 +17,7 @@ from pyinfra.context import ctx_host, ctx_state
 from pyinfra.facts.files import Directory, File, FileContents, Sha1File
 from pyinfra.facts.server import Command
 
-from operations import fact_prefetch
+from operations import fact_prefetch, read_lanes
 
 
 @pytest.fixture
@@ -475,7 +475,7 @@ def test_reads_overlap_in_lanes_and_one_lane_reads_one_after_another(tmp_path):
         marks = tmp_path / f"lanes-{lanes}"
         marks.mkdir()
         reads = [StringCommand(f"touch {marks}/{i}; sleep 0.5; ls {marks} | wc -l") for i in range(4)]
-        text = fact_prefetch.concurrent_reads(reads, "__m", lanes=lanes).get_raw_value()
+        text = read_lanes.concurrent_reads(reads, "__m", lanes).get_raw_value()
         out = subprocess.run(["sh", "-c", text], capture_output=True, text=True, check=True).stdout.split()
         return int(out[out.index("__m:0") + 1])
 
@@ -491,10 +491,10 @@ def test_a_read_whose_file_is_gone_only_loses_its_own_answer():
     from pyinfra.api import StringCommand
 
     reads = [StringCommand("echo", "a"), StringCommand('rm -f "$__gpufleet_reads/0"; echo b')]
-    text = fact_prefetch.concurrent_reads(reads, "__m", lanes=1).get_raw_value()
+    text = read_lanes.concurrent_reads(reads, "__m", 1).get_raw_value()
     run = subprocess.run(["sh", "-c", text], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == ["__m:1", "b", "__m:rc:0"]
+    assert run.stdout.split() == ["__m:1", "b", "__m:rc:0", "__m:lane:0:0"]
 
 
 def test_a_fact_that_remembers_its_latest_arguments_only(preparing, tmp_path):
@@ -545,7 +545,7 @@ def test_the_scratch_directory_goes_when_the_read_is_killed(tmp_path, signal_nam
 
     from pyinfra.api import StringCommand
 
-    text = fact_prefetch.concurrent_reads([StringCommand("sleep", "5"), StringCommand("echo", "x")], "__m").get_raw_value()
+    text = read_lanes.concurrent_reads([StringCommand("sleep", "5"), StringCommand("echo", "x")], "__m", 4).get_raw_value()
     run = subprocess.Popen(["sh", "-c", text], env={**os.environ, "TMPDIR": str(tmp_path)}, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
@@ -706,10 +706,14 @@ def test_a_read_that_does_not_parse_is_read_alone_and_the_lead_still_answers(pre
     runs = _count_commands(host, monkeypatch)
     lead = LeadStandIn(state, host)
 
-    assert fact_prefetch.prefetch_facts(first=lead) == 0
+    # The read that does not parse fails its own lane's shell only (operations/read_lanes.py).
+    assert fact_prefetch.prefetch_facts(first=lead) == 1
     assert lead.answers == [(["ACQUIRED"], 0)] and lead.taken == 0
     assert host.get_fact(Command, command="echo one") == "one"
-    assert len(runs) == 2  # the prefetch, then pyinfra's own read
+    assert len(runs) == 1  # the prefetch answered the other read
+    with pytest.raises(Exception):  # noqa: B017,PT011 - the one that does not parse: pyinfra's own read, which fails
+        host.get_fact(Command, command="echo 'unbalanced")
+    assert len(runs) == 2
 
 
 def test_a_remembered_read_whose_arguments_the_fact_no_longer_takes_is_dropped(preparing, monkeypatch):
