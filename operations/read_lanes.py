@@ -9,19 +9,24 @@ drift's). In the prefetch the reads of a lane share one limit instead: the lane 
 under which a read runs in its own subshell without a ``timeout`` of its own (util.timed). What a
 hung tool does then:
 
-* the lane is killed at its limit, no later than the read's own limit would have killed it (the
-  reads before it in the lane took part of it: normally a few milliseconds);
+* the lane is killed at its limit, no later than the read's own limit would have killed it, and
+  whatever is left of it (a tool that ignored TERM) with it;
 * the read it was running is answered as timed out, the marker its own limit prints
-  (``__gpufleet_timeout=60``): the fact fails the host and is not read again (util.ReadTimedOut);
-* the reads after it in that lane never ran: no answer, so pyinfra reads each itself, under its
-  own limit, after the prefetch; pyinfra's own facts (they have no limit) likewise.
+  (``__gpufleet_timeout=60``), when it had printed nothing for about the whole limit itself (its
+  file's last write, read with one ``stat`` only then): the fact fails the host and is not read
+  again (util.ReadTimedOut). A read that only ran the lane's last seconds (the reads before it used
+  the rest: a slow dockerd) is not taken for hung: no answer;
+* so are the reads after it in that lane, which never ran, and pyinfra's own facts (no limit of
+  their own): pyinfra reads each itself, under its own limit, after the prefetch.
 
 A read with a limit other than ``LANE_LIMIT_S`` (VllmNcclVersions' 240 s for a ``docker exec`` that
 imports torch, KernelXids' two steps, the upstream probes) keeps its own, in a lane without one:
 a lane limit that fits it would let every other read of its lane hang for as long.
 
 What comes back, in read order: ``<mark>:<i>``, read i's stdout, ``<mark>:rc:<its exit status>``; then
-``<mark>:lane:<k>:<the lane's exit status>`` for each limited lane (124 or 137: killed at its limit).
+``<mark>:lane:<k>:<the lane's exit status>`` for each limited lane (124 or 137: killed at its limit,
+then ``<mark>:clock:<the host's time>`` and ``<mark>:mtime:<i>:<its file's last write>``). A read
+killed mid-line leaves no final newline, and the next mark is split off again by the parser.
 """
 
 from __future__ import annotations
@@ -109,10 +114,18 @@ def concurrent_reads(commands: list, mark: str, lanes: int, lead: str | None = N
     limited, own = lane_members(commands, lanes)
     for k, members in enumerate(limited):
         # The lane's own shell: the scratch directory comes as its $1 (shifted away: a read sees no
-        # arguments, as under its own `sh -c`); `timeout` kills the lane's whole process group.
+        # arguments, as under its own `sh -c`). `timeout` signals the lane's process group; what is
+        # left in it afterwards (a tool that ignored TERM, a straggler) is killed, as util.timed does.
         lane = StringCommand(f"{LANE_LIMITED}=1;", "__gpufleet_reads=$1;", "shift;", *blocks(members))
+        # Killed at the limit: the time, and when each of its reads' files was last written (one
+        # `date` and one `stat`, only then): a read answers as timed out only when it had been silent
+        # for about the whole limit itself, not when the reads before it used the lane's time up.
+        clock = ["case", "$rc", "in", "124|137)", "echo", f'"{mark}:clock:$(date +%s)";', "cd", f'{d}"', "&&",
+                 "stat", "-c", f"'{mark}:mtime:%n:%Y'", "--", *(str(i) for i in members), "2>/dev/null;;", "esac;"]
         parts += ["{", "timeout", "-k", str(KILL_AFTER_S), str(LANE_LIMIT_S), "sh", "-c", QuoteString(lane), "sh",
-                  f'{d}"', "</dev/null;", "echo", f'"{mark}:lane:{k}:$?"', f'>{d}/lane-{k}";', "}", "&"]
+                  f'{d}"', "</dev/null", ">/dev/null", "2>&1", "&", "t=$!;", "wait", "$t;", "rc=$?;",
+                  "kill", "-KILL", "-$t", "2>/dev/null;", "{", "echo", f'"{mark}:lane:{k}:$rc";', *clock, "}",
+                  f'>{d}/lane-{k}";', "}", "&"]
     if own:
         parts += ["{", *blocks(own), "}", "</dev/null", "&"]
     # The files in order (a glob would sort 10 before 2). A missing one (its lane killed) is only a
@@ -129,21 +142,38 @@ class LaneOutput:
     finished: dict[int, tuple[int, list[str]]] = field(default_factory=dict)  # i -> (exit status, stdout)
     cut_off: dict[int, list[str]] = field(default_factory=dict)  # started, never finished: what it printed
     lane_status: dict[int, int] = field(default_factory=dict)  # lane -> its `timeout`'s exit status
+    clock: dict[int, int] = field(default_factory=dict)  # lane -> the host's time when it was killed (s)
+    written: dict[int, int] = field(default_factory=dict)  # read -> when its file was last written (s)
 
     def answers(self, commands: list, lanes: int) -> dict[int, tuple[int, list[str]]]:
-        """{read: (exit status, stdout)}: the finished reads, and each read its lane was killed in
-        at the lane's limit, answered as timed out (what its own limit prints) when it is a gpufleet
-        read with a limit (util.timed). Any other read cut off has no answer (pyinfra reads it)."""
+        """{read: (exit status, stdout)}: the finished reads, and the read a lane was running when it
+        was killed at its limit, answered as timed out (what its own limit prints) when it is a
+        gpufleet read with a limit (util.timed) that had printed nothing for ``LANE_LIMIT_S`` less
+        the clocks' 1 s steps: it hung as long as its own limit would have let it. Any other read
+        cut off has no answer: pyinfra reads it, under its own limit."""
         found = dict(self.finished)
         limited, _ = lane_members(commands, lanes)
         for k, members in enumerate(limited):
-            status = self.lane_status.get(k)
-            if status not in TIMEOUT_CODES:
+            status, killed_at = self.lane_status.get(k), self.clock.get(k)
+            if status not in TIMEOUT_CODES or killed_at is None:
                 continue
             for i in members:
-                if i in self.cut_off and LANE_LIMITED in _text(commands[i]):
+                silent = killed_at - self.written.get(i, killed_at)
+                if i in self.cut_off and LANE_LIMITED in _text(commands[i]) and silent >= LANE_LIMIT_S - 2:
                     found[i] = (0, [*self.cut_off[i], f"{TIMED_OUT}{LANE_LIMIT_S}", f"{RC}{status}"])
         return found
+
+
+def _marks_on_their_own_lines(stdout: list[str], mark: str):
+    """A read killed mid-line leaves its file without a final newline, and ``cat`` glues the next
+    file's mark to that line: split it off again (the mark is random: no read prints it)."""
+    for line in stdout:
+        at = line.find(f"{mark}:", 1)
+        while at > 0:
+            yield line[:at]
+            line = line[at:]
+            at = line.find(f"{mark}:", 1)
+        yield line
 
 
 def read_output(stdout: list[str], mark: str) -> LaneOutput:
@@ -154,12 +184,25 @@ def read_output(stdout: list[str], mark: str) -> LaneOutput:
     ({0: (0, ['a'])}, {1: ['b']}, {0: 0, 1: 124})
     """
     output = LaneOutput()
-    current, lines = None, []
-    for line in stdout:
+    current, lines, lane = None, [], None
+    for line in _marks_on_their_own_lines(stdout, mark):
         if line.startswith(f"{mark}:lane:"):
-            lane, _, status = line[len(f"{mark}:lane:"):].partition(":")
-            if lane.isdigit() and status.isdigit():
-                output.lane_status[int(lane)] = int(status)
+            if current is not None:
+                output.cut_off[current] = lines
+                current, lines = None, []
+            number, _, status = line[len(f"{mark}:lane:"):].partition(":")
+            lane = int(number) if number.isdigit() and status.isdigit() else None
+            if lane is not None:
+                output.lane_status[lane] = int(status)
+            continue
+        if line.startswith((f"{mark}:clock:", f"{mark}:mtime:")):
+            kind, _, value = line[len(mark) + 1:].partition(":")
+            if kind == "clock" and value.isdigit() and lane is not None:
+                output.clock[lane] = int(value)
+            elif kind == "mtime":
+                read, _, seconds = value.partition(":")
+                if read.isdigit() and seconds.isdigit():
+                    output.written[int(read)] = int(seconds)
             continue
         if line.startswith(f"{mark}:rc:") and current is not None:
             output.finished[current] = (int(line.rsplit(":", 1)[1] or 1), lines)

@@ -17,7 +17,7 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.facts.server import Command
 
 from operations import fact_prefetch, read_lanes
-from operations.facts.util import ReadTimedOut, envelope, wrap
+from operations.facts.util import LANE_LIMITED, ReadTimedOut, envelope, wrap
 from tests.unit.test_fact_prefetch import _count_commands, _remember, preparing  # noqa: F401
 
 
@@ -57,25 +57,71 @@ def test_a_lane_starts_one_timeout_for_all_its_reads(bin_dir, tmp_path):
 
 
 def test_a_hung_read_kills_its_lane_at_the_limit_and_reads_as_timed_out(bin_dir, monkeypatch):
-    monkeypatch.setattr(read_lanes, "LANE_LIMIT_S", 1)
+    monkeypatch.setattr(read_lanes, "LANE_LIMIT_S", 3)
     _tool(bin_dir, "hung-tool", "echo starting; exec sleep 30\n")
     _tool(bin_dir, "fine-tool", "echo fine\n")
-    reads = [StringCommand(wrap("fine-tool", "fine-tool", limit=1)),  # lane 0, before the hung one
-             StringCommand(wrap("fine-tool", "fine-tool", limit=1)),  # lane 1
-             StringCommand(wrap("hung-tool", "hung-tool", limit=1)),  # lane 0
-             StringCommand(wrap("fine-tool", "fine-tool", limit=1)),  # lane 1
-             StringCommand(wrap("fine-tool", "fine-tool", limit=1)),  # lane 0, after it: never runs
+    reads = [StringCommand(wrap("fine-tool", "fine-tool", limit=3)),  # lane 0, before the hung one
+             StringCommand(wrap("fine-tool", "fine-tool", limit=3)),  # lane 1
+             StringCommand(wrap("hung-tool", "hung-tool", limit=3)),  # lane 0
+             StringCommand(wrap("fine-tool", "fine-tool", limit=3)),  # lane 1
+             StringCommand(wrap("fine-tool", "fine-tool", limit=3)),  # lane 0, after it: never runs
              StringCommand("echo", "unlimited")]  # lane 1: a read with no limit of its own
     started = time.monotonic()
     out = read_lanes.read_output(_run(read_lanes.concurrent_reads(reads, "__m", 2), bin_dir), "__m")
-    assert time.monotonic() - started < 15  # killed at 1 s (KILL 5 s later at the latest)
+    assert time.monotonic() - started < 15  # killed at 3 s (KILL 5 s later at the latest)
     assert out.lane_status == {0: 124, 1: 0}
     answers = out.answers(reads, 2)
     assert sorted(answers) == [0, 1, 2, 3, 5]  # 4 never ran: pyinfra reads it
-    assert answers[2] == (0, ["starting", "__gpufleet_timeout=1", "__gpufleet_rc=124"])
-    with pytest.raises(ReadTimedOut, match=r"no answer within 1 s"):
+    assert answers[2] == (0, ["starting", "__gpufleet_timeout=3", "__gpufleet_rc=124"])
+    with pytest.raises(ReadTimedOut, match=r"no answer within 3 s"):
         envelope(answers[2][1])
     assert answers[0] == answers[3] == (0, ["fine", "__gpufleet_rc=0"]) and answers[5] == (0, ["unlimited"])
+
+
+def test_a_read_cut_off_because_the_reads_before_it_used_the_lane_up_is_not_taken_for_hung(bin_dir, monkeypatch):
+    """A healthy read that only ran the lane's last second is pyinfra's to read again, under its own
+    limit: never "timed out", which would fail the host."""
+    monkeypatch.setattr(read_lanes, "LANE_LIMIT_S", 6)  # the host's clocks count whole seconds
+    _tool(bin_dir, "slowish-tool", "sleep 2.2; echo ok\n")
+    reads = [StringCommand(wrap("slowish-tool", "slowish-tool", limit=6)) for _ in range(3)]
+    out = read_lanes.read_output(_run(read_lanes.concurrent_reads(reads, "__m", 1), bin_dir), "__m")
+    assert out.lane_status == {0: 124} and list(out.cut_off) == [2]
+    assert out.answers(reads, 1) == {0: (0, ["ok", "__gpufleet_rc=0"]), 1: (0, ["ok", "__gpufleet_rc=0"])}
+
+
+def test_a_read_killed_mid_line_does_not_take_the_next_reads_answer(bin_dir, monkeypatch):
+    """Its file ends without a newline; the next file's mark must not become part of its output."""
+    monkeypatch.setattr(read_lanes, "LANE_LIMIT_S", 3)
+    _tool(bin_dir, "partial-tool", "printf '{\"partial\": '; exec sleep 30\n")
+    _tool(bin_dir, "fine-tool", "echo fine\n")
+    reads = [StringCommand(wrap("partial-tool", "partial-tool", limit=3)),
+             StringCommand(wrap("fine-tool", "fine-tool", limit=3))]
+    out = read_lanes.read_output(_run(read_lanes.concurrent_reads(reads, "__m", 2), bin_dir), "__m")
+    answers = out.answers(reads, 2)
+    assert answers[1] == (0, ["fine", "__gpufleet_rc=0"])
+    assert answers[0] == (0, ['{"partial": ', "__gpufleet_timeout=3", "__gpufleet_rc=124"])
+
+
+def test_a_tool_that_ignores_term_is_killed_with_its_lane(bin_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(read_lanes, "LANE_LIMIT_S", 1)
+    pid_file = tmp_path / "pid"
+    _tool(bin_dir, "deaf-tool", f"trap '' TERM; echo $$ > {pid_file}; exec sleep 30\n")
+    reads = [StringCommand(wrap("deaf-tool", "deaf-tool", limit=1))]
+    out = read_lanes.read_output(_run(read_lanes.concurrent_reads(reads, "__m", 1), bin_dir), "__m")
+    assert out.lane_status[0] in (124, 137)
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline, "the tool outlived its lane"
+        time.sleep(0.1)
+
+
+def test_a_read_in_a_lane_sees_no_arguments_as_under_its_own_sh(bin_dir):
+    """docker_api's reads build their URL lists with `set -- "$@" …` and count them with $#."""
+    reads = [StringCommand(wrap("sh", 'echo "$# [$*]"'))]
+    out = read_lanes.read_output(_run(read_lanes.concurrent_reads(reads, "__m", 1), bin_dir), "__m")
+    assert out.answers(reads, 1) == {0: (0, ["0 []", "__gpufleet_rc=0"])}
+    assert _run(reads[0], bin_dir) == ["0 []", "__gpufleet_rc=0"]
 
 
 def test_a_cut_off_read_without_a_limit_of_its_own_has_no_answer(bin_dir, monkeypatch):
@@ -133,3 +179,38 @@ def test_a_lane_that_does_not_parse_fails_only_its_own_reads(bin_dir):
     out = read_lanes.read_output(_run(read_lanes.concurrent_reads(reads, "__m", 2), bin_dir), "__m")
     assert out.answers(reads, 2) == {1: (0, ["fine"])} and out.lane_status[0] == 2
 
+
+
+# gpufleet's reads that run on any Debian host (no Docker, GPU or network needed): in a lane each
+# prints what it prints under its own `timeout` and `sh -c`.
+LOCAL_READS = [
+    ("apt.PackageStates", {"packages": ["bash", "no-such-package-gpufleet"]}), ("apt.AptCandidates", {"packages": ["bash"]}),
+    ("apt.KeyringFingerprints", {"path": "/nonexistent.gpg"}), ("apt.KernelFlavours", {}), ("host_capacity.FreeDisk", {"path": "/"}),
+    ("host_capacity.KernelHeaders", {}), ("kernel.SecureBoot", {}), ("kernel.GpuKernelModules", {}),
+    ("gpu.DriverRebootMarker", {"version": "580.95.05"}), ("gpu.NvidiaGpus", {}), ("gpu_health.GpuHealth", {}),
+    ("net.ResolvedAddress", {"name_or_ip": "localhost"}), ("rollout.RolloutLock", {}), ("pci.NvidiaPciDevices", {}),
+    ("weights.StagedArchives", {"models_dir": "/nonexistent"}), ("kernel_log.KernelXids", {}), ("edge.ServiceState", {"service": "ssh"}),
+]
+
+
+@pytest.mark.parametrize("name, kwargs", LOCAL_READS, ids=[name for name, _ in LOCAL_READS])
+def test_real_reads_print_the_same_in_a_lane(name, kwargs, bin_dir):
+    import importlib
+
+    from pyinfra.api.facts import _make_command
+
+    module, _, class_name = name.rpartition(".")
+    cls = getattr(importlib.import_module(f"operations.facts.{module}"), class_name)
+    command = _make_command(cls().command, dict(kwargs))
+    assert "timeout -k" in command  # a read with its own limit, which the lane drops
+    alone = _run(StringCommand(command), bin_dir)
+    in_lane = _run(StringCommand(f"{LANE_LIMITED}=1;", command), bin_dir)
+    assert in_lane == alone
+
+    def value(output):  # what the plan sees: the fact's value, or the error it raises
+        try:
+            return cls().process(output)
+        except Exception as exc:  # noqa: BLE001
+            return type(exc).__name__, str(exc)
+
+    assert value(in_lane) == value(alone)
