@@ -26,14 +26,14 @@ from collections import Counter  # noqa: E402
 def timed_reads(inventory: str, node: str) -> list[tuple[str, float]]:
     """``[("Fact(arguments)", seconds on the host)]`` for every remembered read of ``node`` (run with
     the connection's own privileges: the lab's and a root deploy's)."""
-    from pyinfra.api import StringCommand
+    from pyinfra.api import QuoteString, StringCommand
 
     from gpufleet.host_reads import READ_TIMEOUT_S
     from gpufleet.remote import connected
     from operations.fact_prefetch import (_fact_command, _fact_kwargs, _prefetchable, cache_file, prefetch_arguments,
                                           remembered_fact_class)
-    from operations.facts.util import LANE_LIMITED
-    from operations.read_lanes import keeps_its_own_limit
+    from operations.facts.util import KILL_AFTER_S
+    from operations.read_lanes import as_in_a_lane
 
     entries = json.loads(cache_file(node).read_text())["facts"]
     with connected(inventory, [node]) as (state, _, reachable, _unreachable):
@@ -51,15 +51,16 @@ def timed_reads(inventory: str, node: str) -> list[tuple[str, float]]:
             command = _fact_command(cls(), dict(fact_kwargs))
             if command is None:
                 continue
-            # As in the prefetch: in a lane, without a time limit of its own (operations/read_lanes.py).
-            in_lane = [] if keeps_its_own_limit(command) else [f"{LANE_LIMITED}=1;"]
-            parts += ["t0=$(date +%s%N);", "(", *in_lane, command, ")", ">/dev/null", "2>&1;",
+            parts += ["t0=$(date +%s%N);", *as_in_a_lane(command), ">/dev/null", "2>&1;",
                       "echo", f'"{mark}:{len(keys)}:$(( $(date +%s%N) - t0 ))";']
             arguments = ", ".join(f"{k}={v!r}" for k, v in sorted(asked.items()))
             keys.append(f"{entry['fact'].rsplit('.', 1)[1]}({arguments})")
-        # No read has its own limit here (as in a lane): the whole command has one, on the control side.
-        ok, output = host.run_shell_command(StringCommand(*parts), print_output=False, print_input=False,
-                                            _timeout=READ_TIMEOUT_S)
+        # As in a lane, the reads have no limit of their own: the whole command has one on the host
+        # (`timeout` kills what is left of it) and one on the control side.
+        timed = StringCommand("timeout", "-k", str(KILL_AFTER_S), str(READ_TIMEOUT_S), "sh", "-c",
+                              QuoteString(StringCommand(*parts)))
+        ok, output = host.run_shell_command(timed, print_output=False, print_input=False,
+                                            _timeout=READ_TIMEOUT_S + 30)
     if not ok:
         raise SystemExit(f"the timed reads failed on {node}: {output.stderr[-500:]}")
     found = []

@@ -2,7 +2,8 @@
 
 Two limits, because one is not enough:
 
-* on the host, every fact's tool runs under coreutils ``timeout`` (operations/facts/util.py): a
+* on the host, every fact's tool runs under coreutils ``timeout`` (operations/facts/util.py; in the
+  prefetch, its lane's one: operations/read_lanes.py): a
   hung ``nvidia-smi`` is killed after 60 s and its fact fails (pyinfra marks the host failed; an
   unanswered read is never taken for an answer);
 * on the control host, every command of a check gets pyinfra's ``_timeout`` (``READ_TIMEOUT_S``,

@@ -15,7 +15,7 @@ one ``sha1sum`` every file's hash; each read's answer is then cut out of it:
   the same line for each file it can hash.
 
 pyinfra's ``SystemdStatus`` and ``SystemdEnabled`` of every unit come from one ``systemctl show``
-(operations/facts/systemd_show.py): a GPU node's plan started twelve ``systemctl`` processes.
+(operations/facts/systemd_show.py): 4 of the 12 ``systemctl`` processes a GPU node's plan started.
 
 gpufleet's own facts join in with a ``batch_reader`` of their class's own (not inherited: a
 subclass may read otherwise): an object with three methods. ``PackageStates`` answers every package
@@ -61,7 +61,7 @@ from pyinfra.api import StringCommand
 from pyinfra.facts.files import LINUX_STAT_COMMAND, Directory, File, Link, Sha1File, Sha256File
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
-from operations.facts.systemd_show import PLAIN_UNIT, own_lines, show_command, unit_blocks
+from operations.facts.systemd_show import PLAIN_UNIT, cut_out, show_command, units_asked
 from operations.facts.util import timed_out_lines
 
 # What pyinfra's File command prints for a path: its stat format, read out of its own command.
@@ -145,22 +145,16 @@ class SystemdUnits:
                 and fact_kwargs["user_name"] is None and isinstance(services, (str, list)) and bool(services)
                 and all(isinstance(u, str) and PLAIN_UNIT.fullmatch(u) for u in self._units(fact_kwargs)))
 
-    def _asked(self, kwargs_list: list[dict[str, Any]]) -> list[str]:
-        return list(dict.fromkeys(u for kwargs in kwargs_list for u in self._units(kwargs)))
-
     def batch_command(self, kwargs_list: list[dict[str, Any]]) -> str:
         keys = dict.fromkeys(kwargs[self.STATE_KEY] for kwargs in kwargs_list)
-        return show_command(self._asked(kwargs_list), ("Id", *keys))
+        return show_command(units_asked([self._units(kwargs) for kwargs in kwargs_list]), ("Id", *keys))
 
     def batch_outputs(self, lines: list[str], kwargs_list: list[dict[str, Any]],
                       exit_code: int = 0) -> list[list[str]] | None:
-        units = self._asked(kwargs_list)
-        blocks = unit_blocks(lines, len(units)) if exit_code == 0 else None
-        if blocks is None:
+        if exit_code != 0:
             return None
-        block_of = dict(zip(units, blocks, strict=True))
-        return [own_lines([block_of[u] for u in self._units(kwargs)], {"Id", kwargs[self.STATE_KEY]})
-                for kwargs in kwargs_list]
+        return cut_out(lines, [self._units(kwargs) for kwargs in kwargs_list],
+                       [{"Id", kwargs[self.STATE_KEY]} for kwargs in kwargs_list])
 
 
 _SYSTEMD = SystemdUnits()

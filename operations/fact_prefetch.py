@@ -19,7 +19,8 @@ facts are read one by one, as without a prefetch.
 
 Reads of one kind share one process where a tool answers many at once (operations/fact_batches.py):
 pyinfra's file facts of plain paths from one ``stat``, one ``sha1sum`` and one ``sha256sum``; every
-package list from one ``dpkg-query``; every single container or image inspect from one ``curl``.
+package list from one ``dpkg-query``; every single container or image inspect from one ``curl``;
+every unit state from one ``systemctl show``.
 Each read's answer is cut out of its batch's output as its own command would print it, and a batch
 that did not work answers none of its reads, which pyinfra then reads one by one.
 

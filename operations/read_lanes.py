@@ -3,8 +3,8 @@ time limit per lane, and what came back.
 
 Every gpufleet read has a time limit of its own (operations/facts/util.timed: coreutils ``timeout``
 and a ``sh -c`` of its own), so that a hung tool cannot stall the run. Two process starts per read:
-42 of the 95 processes a lab GPU node started for a no-op converge, ~40 ms of its CPU (55 ms of a
-drift's). In the prefetch the reads of a lane share one limit instead: the lane runs under one
+46 of the 103 processes a lab GPU node started for a no-op converge, 58 of 132 for a drift (~40 and
+~55 ms of its CPU). In the prefetch the reads of a lane share one limit instead: the lane runs under one
 ``timeout`` of ``LANE_LIMIT_S`` (each read's own, ``READ_LIMIT_S``), and sets ``__gpufleet_lane_limit``,
 under which a read runs in its own subshell without a ``timeout`` of its own (util.timed). What a
 hung tool does then:
@@ -61,6 +61,16 @@ def keeps_its_own_limit(command) -> bool:
     False
     """
     return any(int(limit) != LANE_LIMIT_S for limit in _LIMITS.findall(_text(command)))
+
+
+def as_in_a_lane(command) -> list[Any]:
+    """The bits that run ``command`` (in a subshell of its own) as a lane runs it: without a time
+    limit of its own, unless it keeps its own (:func:`keeps_its_own_limit`). For gpufleet.bench_reads.
+
+    >>> StringCommand(*as_in_a_lane(StringCommand("uname", "-r"))).get_raw_value()
+    '( __gpufleet_lane_limit=1; uname -r )'
+    """
+    return ["(", *([] if keeps_its_own_limit(command) else [f"{LANE_LIMITED}=1;"]), command, ")"]
 
 
 def lane_members(commands: list, lanes: int) -> tuple[list[list[int]], list[int]]:

@@ -6,7 +6,7 @@ import shlex
 
 from pyinfra.api import FactBase
 
-from .systemd_show import PLAIN_UNIT, own_lines, show_command, unit_blocks
+from .systemd_show import PLAIN_UNIT, cut_out, show_command, units_asked
 from .util import RC, READ_LIMIT_S, answer, wrap_answer
 
 NGINX_CONF = "/etc/nginx/nginx.conf"
@@ -159,20 +159,16 @@ class ServiceStatesBatch:
 
     @staticmethod
     def batch_command(kwargs_list: list[dict]) -> str:
-        return ServiceState.read(dict.fromkeys(kwargs["service"] for kwargs in kwargs_list))
+        return ServiceState.command_for(units_asked([[kwargs["service"]] for kwargs in kwargs_list]))
 
     @staticmethod
     def batch_outputs(lines: list[str], kwargs_list: list[dict], exit_code: int = 0) -> list[list[str]] | None:
         # exit_code: the wrapped command's, always 0 (wrap_answer); systemctl's is its RC line.
         if not lines or lines[-1] != f"{RC}0" or any(line.startswith(RC) for line in lines[:-1]):
             return None  # systemctl failed (no systemd as PID 1, a unit name it refused): each reads alone
-        units = list(dict.fromkeys(kwargs["service"] for kwargs in kwargs_list))
-        blocks = unit_blocks(lines[:-1], len(units))
-        if blocks is None:
-            return None
-        block_of = dict(zip(units, blocks, strict=True))
         keys = {"Id", *ServiceState.PROPERTIES}
-        return [[*own_lines([block_of[kwargs["service"]]], keys), f"{RC}0"] for kwargs in kwargs_list]
+        outputs = cut_out(lines[:-1], [[kwargs["service"]] for kwargs in kwargs_list], [keys] * len(kwargs_list))
+        return None if outputs is None else [[*own, f"{RC}0"] for own in outputs]
 
 
 class ServiceState(FactBase):
@@ -191,12 +187,18 @@ class ServiceState(FactBase):
     PROPERTIES = {"ActiveState": "active", "UnitFileState": "enabled"}
 
     @classmethod
-    def read(cls, services) -> str:
-        # systemctl waits on PID 1; a wedged systemd must not hang the read (time-limited: util.wrap_answer).
+    def command_for(cls, services) -> str:
+        """The read of these units (one, or a batch's), time-limited: systemctl waits on PID 1, and a
+        wedged systemd must not hang the read (util.wrap_answer).
+
+        >>> "systemctl show --all --property Id --property ActiveState --property UnitFileState -- ssh" in (
+        ...     ServiceState.command_for(["ssh"]))
+        True
+        """
         return wrap_answer(show_command(services, ("Id", *cls.PROPERTIES)) + " 2>/dev/null")
 
     def command(self, service: str) -> str:
-        return self.read([service])
+        return self.command_for([service])
 
     batch_reader = ServiceStatesBatch()  # every unit of a plan from one systemctl (operations/fact_batches.py)
 

@@ -20,6 +20,8 @@ each starting with ``Id=``, answers nothing, and each read is its own.
 [['Id=a.service', 'SubState=running'], ['Id=b.service', 'SubState=dead']]
 >>> own_lines([["Id=a.service", "ActiveState=active", "SubState=running"]], {"Id", "SubState"})
 ['Id=a.service', 'SubState=running']
+>>> cut_out(["Id=a.service", "SubState=running", "UnitFileState=enabled"], [["a.service"]], [{"Id", "UnitFileState"}])
+[['Id=a.service', 'UnitFileState=enabled']]
 """
 
 from __future__ import annotations
@@ -63,3 +65,19 @@ def own_lines(blocks: list[list[str]], keys: set[str]) -> list[str]:
             lines.append("")
         lines += [line for line in block if line.partition("=")[0] in keys]
     return lines
+
+
+def units_asked(asked: list[list[str]]) -> list[str]:
+    """Every unit the reads ask (``asked[i]``: read i's units), each once, in order: what one show asks."""
+    return list(dict.fromkeys(unit for units in asked for unit in units))
+
+
+def cut_out(lines: list[str], asked: list[list[str]], keys: list[set[str]]) -> list[list[str]] | None:
+    """Each read's own lines (read i asks the units ``asked[i]``, of properties ``keys[i]``) from the
+    output of one show of :func:`units_asked`; None unless it printed one block per unit."""
+    units = units_asked(asked)
+    blocks = unit_blocks(lines, len(units))
+    if blocks is None:
+        return None
+    block_of = dict(zip(units, blocks, strict=True))
+    return [own_lines([block_of[unit] for unit in units], wanted) for units, wanted in zip(asked, keys, strict=True)]

@@ -23,7 +23,7 @@ two scripts of doctor.py are sections of this shape, one per tool, built in thei
   failed read is no answer (``strict``: pyinfra then fails the host, as for a failing command).
 
 Every remote read has a time limit on the host (:func:`timed`: coreutils ``timeout``, TERM then
-KILL), so a hung tool (``nvidia-smi`` with a GPU fallen off the bus, a wedged dockerd) cannot stall
+KILL; in the prefetch, the one of its lane: operations/read_lanes.py), so a hung tool (``nvidia-smi`` with a GPU fallen off the bus, a wedged dockerd) cannot stall
 the run. A read that timed out is never taken for an answer ("no containers", "driver not loaded"
 would make operations act: recreate, reboot): :func:`envelope` raises :class:`ReadTimedOut`, a
 pyinfra FactProcessError, so pyinfra fails that host (nothing runs on it) and ``gpufleet drift``

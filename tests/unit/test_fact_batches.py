@@ -43,9 +43,9 @@ def test_batched_answers_are_pyinfras_and_each_tool_runs_once(preparing, tmp_pat
     prefetched = [host.get_fact(cls, **kwargs) for cls, kwargs in asked]
     assert len(runs) == 1  # every answer from the one command
     sent = str(runs[0])
-    # One process per tool for the plain paths (only the batch's stat prints "%n " first); the path
-    # with a space is read by its own commands.
-    assert sent.count("%n ") == 1
+    # One process per tool for the plain paths (only the batch's stat prints "%n " first: quoted here
+    # inside its lane's sh -c); the path with a space is read by its own commands.
+    assert sent.count("%n ") == 1 and sent.count("stat -c '\"'\"'%n ") == 1
     assert sent.count("sha1sum --") == 1 and sent.count("sha256sum --") == 1
     assert "cat 0 1 2 3 4 5 6 7 lane-0" in sent  # 5 reads of its own + 3 batches
     own = [type(host).get_fact(host, cls, **kwargs) for cls, kwargs in asked]

@@ -11,6 +11,7 @@ import gevent.subprocess
 import pytest
 from pyinfra import host as current_host
 from pyinfra.api import Config, Inventory, OperationError, State
+from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_host, ctx_state
@@ -421,7 +422,6 @@ def test_a_read_the_host_timed_out_is_not_read_again(preparing, monkeypatch):
     errors = []
     monkeypatch.setattr(fact_prefetch, "log_error_or_warning",
                         lambda host, ignore, description, exception: errors.append((description, str(exception))))
-    from pyinfra.api.exceptions import PyinfraError
 
     # The host fails; it is this run's only host, so pyinfra stops the run, as after its own read.
     with pytest.raises(PyinfraError, match="No hosts remaining"):
@@ -711,9 +711,10 @@ def test_a_read_that_does_not_parse_is_read_alone_and_the_lead_still_answers(pre
     assert lead.answers == [(["ACQUIRED"], 0)] and lead.taken == 0
     assert host.get_fact(Command, command="echo one") == "one"
     assert len(runs) == 1  # the prefetch answered the other read
-    with pytest.raises(Exception):  # noqa: B017,PT011 - the one that does not parse: pyinfra's own read, which fails
+    # The one that does not parse: pyinfra's own read, which fails the host (its only one).
+    with pytest.raises(PyinfraError, match="No hosts remaining"):
         host.get_fact(Command, command="echo 'unbalanced")
-    assert len(runs) == 2
+    assert len(runs) == 2 and host in state.failed_hosts
 
 
 def test_a_remembered_read_whose_arguments_the_fact_no_longer_takes_is_dropped(preparing, monkeypatch):

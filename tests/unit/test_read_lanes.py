@@ -85,8 +85,9 @@ def test_a_read_cut_off_because_the_reads_before_it_used_the_lane_up_is_not_take
     _tool(bin_dir, "slowish-tool", "sleep 2.2; echo ok\n")
     reads = [StringCommand(wrap("slowish-tool", "slowish-tool", limit=6)) for _ in range(3)]
     out = read_lanes.read_output(_run(read_lanes.concurrent_reads(reads, "__m", 1), bin_dir), "__m")
-    assert out.lane_status == {0: 124} and list(out.cut_off) == [2]
-    assert out.answers(reads, 1) == {0: (0, ["ok", "__gpufleet_rc=0"]), 1: (0, ["ok", "__gpufleet_rc=0"])}
+    assert out.lane_status == {0: 124} and len(out.cut_off) == 1  # the third, or the second on a slow machine
+    assert out.answers(reads, 1) == out.finished  # none answered as timed out
+    assert out.finished and all(answer == (0, ["ok", "__gpufleet_rc=0"]) for answer in out.finished.values())
 
 
 def test_a_read_killed_mid_line_does_not_take_the_next_reads_answer(bin_dir, monkeypatch):
@@ -185,7 +186,7 @@ def test_a_lane_that_does_not_parse_fails_only_its_own_reads(bin_dir):
 # prints what it prints under its own `timeout` and `sh -c`.
 LOCAL_READS = [
     ("apt.PackageStates", {"packages": ["bash", "no-such-package-gpufleet"]}), ("apt.AptCandidates", {"packages": ["bash"]}),
-    ("apt.KeyringFingerprints", {"path": "/nonexistent.gpg"}), ("apt.KernelFlavours", {}), ("host_capacity.FreeDisk", {"path": "/"}),
+    ("apt.KeyringFingerprints", {"path": "/nonexistent.gpg"}), ("apt.KernelFlavours", {}),
     ("host_capacity.KernelHeaders", {}), ("kernel.SecureBoot", {}), ("kernel.GpuKernelModules", {}),
     ("gpu.DriverRebootMarker", {"version": "580.95.05"}), ("gpu.NvidiaGpus", {}), ("gpu_health.GpuHealth", {}),
     ("net.ResolvedAddress", {"name_or_ip": "localhost"}), ("rollout.RolloutLock", {}), ("pci.NvidiaPciDevices", {}),

@@ -75,7 +75,7 @@ def test_service_states_cut_from_one_show_are_what_each_printed_alone():
     for unit in UNITS:
         assert batches.add(unit, ServiceState, {"service": unit})
     [batch] = batches
-    assert "timeout" in batch.command()  # one time limit for the batch, as each read has its own
+    assert "timeout -k 5 60 sh -c" in batch.command()  # one time limit for the batch, as each read has its own
     answers = batch.answers([*CAPTURED[EVERY_PROPERTY][0], "__gpufleet_rc=0"])
     assert [answers[unit] for unit in UNITS] == [_own(ServiceState().command(unit)) for unit in UNITS]
     assert ServiceState().process(answers["sshd"]) == {"active": "active", "enabled": "enabled"}  # not "alias"
