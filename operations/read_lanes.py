@@ -162,6 +162,8 @@ class LaneOutput:
         the clocks' 1 s steps: it hung as long as its own limit would have let it. Any other read
         cut off has no answer: pyinfra reads it, under its own limit."""
         found = dict(self.finished)
+        if not any(status in TIMEOUT_CODES for status in self.lane_status.values()):
+            return found  # no lane was killed (every prefetch but a hung host's): nothing to sort out
         limited, _ = lane_members(commands, lanes)
         for k, members in enumerate(limited):
             status, killed_at = self.lane_status.get(k), self.clock.get(k)
