@@ -16,6 +16,8 @@ from contextlib import contextmanager
 
 import gevent
 
+from operations.ssh_no_delay import no_delay
+
 
 def _pump(read, write) -> None:
     try:
@@ -56,6 +58,7 @@ def forwarded(host, address: str, port: int) -> Iterator[int]:
     def accept() -> None:
         while True:
             client, _ = listener.accept()
+            no_delay(client)  # as OpenSSH does for a forwarded port: a gRPC call's frames go out at once
             pumps.append(gevent.spawn(serve_one, client))
 
     acceptor = gevent.spawn(accept)
