@@ -299,7 +299,27 @@ def ours(data: dict[str, Any]) -> dict[str, Any]:
 
 def validate_host_data(host: str, data: dict[str, Any]) -> tuple[HostSettings | None, list[SettingsIssue]]:
     """Build one host's settings; return them (or None) with every error and warning found."""
-    data = ours(data)
+    connection = _connection_warnings(host, data)
+    settings, issues = _validate_ours(host, ours(data))
+    return settings, issues + connection
+
+
+def _connection_warnings(host: str, data: dict[str, Any]) -> list[SettingsIssue]:
+    """pyinfra's own connection data that costs every run: a host whose own
+    ``ssh_paramiko_connect_kwargs`` replaced group_data/all.py's without its ``transport_factory``
+    connects without TCP_NODELAY (operations/ssh_no_delay.py)."""
+    from operations.ssh_no_delay import no_delay_transport
+
+    connect_kwargs = data.get("ssh_paramiko_connect_kwargs")
+    if not isinstance(connect_kwargs, dict) or connect_kwargs.get("transport_factory") is no_delay_transport:
+        return []
+    # Its keys only: paramiko's keywords include a password and a key's passphrase.
+    return [SettingsIssue(host, "ssh_paramiko_connect_kwargs", sorted(connect_kwargs),
+                          "transport_factory = operations.ssh_no_delay.no_delay_transport kept in it (group_data/"
+                          "all.py): without it every SSH command waits ~45 ms for the host's delayed ACK", "warning")]
+
+
+def _validate_ours(host: str, data: dict[str, Any]) -> tuple[HostSettings | None, list[SettingsIssue]]:
     try:
         settings = HostSettings.model_validate(data)
     except ValidationError as exc:

@@ -10,13 +10,14 @@ each has its one default in its component's settings module (gpufleet/settings_*
 here only where the fleet deliberately differs from that default.
 """
 
-from operations.ssh_no_delay import NoDelayTransport
+from operations.ssh_no_delay import no_delay_transport
 
 # pyinfra: verify SSH host keys. The lab writes its own known_hosts file (inventory/lab.py).
 ssh_strict_host_key_checking = "yes"
 # pyinfra's SSH connections with TCP_NODELAY: without it every command waits ~45 ms on the host's
-# delayed ACK (operations/ssh_no_delay.py). Data that sets its own dict replaces this one.
-ssh_paramiko_connect_kwargs = {"transport_factory": NoDelayTransport}
+# delayed ACK (operations/ssh_no_delay.py). Data that sets its own dict replaces this one: keep
+# transport_factory in it (`gpufleet validate` warns when a host lacks it).
+ssh_paramiko_connect_kwargs = {"transport_factory": no_delay_transport}
 
 # --- NVIDIA stack -------------------------------------------------------------------------------
 # Blackwell (RTX 5090, compute capability 12.0) needs the open kernel modules and branch >= 570.

@@ -1,25 +1,29 @@
 """TCP_NODELAY on the SSH connections pyinfra opens: no delayed-ACK wait on every command.
 
-paramiko opens its socket with the kernel's defaults, so Nagle's algorithm is on. SSH writes
-small packets back to back (a command's channel open, then its exec request; the frames of a
-gRPC call through a forwarded port), and Nagle holds each packet after the first until the host
-has ACKed the first, which the host's delayed ACK sends up to 40 ms later (Linux). So every
-command pyinfra ran waited ~45 ms for nothing. Measured on the lab (gpu-node-1, one connection,
-15 runs of each, medians): ``true`` 48.7 ms -> 4.3 ms, a 20 KB output 48.4 -> 6.0 ms; connecting
-95 -> 52 ms; the Milvus users check through a forwarded port 280 -> 90 ms. OpenSSH sets
-TCP_NODELAY on its interactive sessions and on the connections a forwarded port accepts.
+paramiko opens its socket with the kernel's defaults, so Nagle's algorithm is on: a small packet
+is held while an earlier one is not yet ACKed. SSH sends small packets the host does not answer
+at once (a finished command's channel EOF and close, then the next command's channel open; the
+handshake's banner and key exchange init; a gRPC call's frames through a forwarded port), and the
+host's delayed ACK comes about 40 ms later (Linux's shortest delayed-ACK timer; up to 200 ms). So
+every command pyinfra ran waited ~45 ms for nothing. Measured on the lab (gpu-node-1, one
+connection, 15 runs of each, medians): ``true`` 48.7 ms -> 4.3 ms, a 20 KB output 48.4 -> 6.0 ms;
+connecting 95 -> 52 ms; the Milvus users check through a forwarded port 280 -> 90 ms. OpenSSH's
+``ssh`` and ``sshd`` set TCP_NODELAY on every session's connection, and on the connections a
+forwarded port accepts. Uploads: paramiko writes each SSH packet in one send, so at most one
+small segment per 32 KiB goes out early (negligible).
 
-group_data/all.py hands :class:`NoDelayTransport` to paramiko's ``SSHClient.connect`` as its
+group_data/all.py hands :func:`no_delay_transport` to paramiko's ``SSHClient.connect`` as its
 ``transport_factory``, through pyinfra's ``ssh_paramiko_connect_kwargs`` (both documented
 hooks), so every connection gets it before its handshake: pyinfra's CLI, rollouts, drift, the
-bench. A host or group whose data sets its own ``ssh_paramiko_connect_kwargs`` replaces that
-dict: keep ``transport_factory`` in it. A ProxyJump target's socket is a paramiko channel, not a
-TCP socket: nothing is set on it (the jump host's own connection is paramiko's default).
+bench. Through a ProxyJump the host's connection is a channel of the jump host's, and the jump
+host's TCP socket, which carries it, is the one set. A host or group whose data sets its own
+``ssh_paramiko_connect_kwargs`` replaces that dict: keep ``transport_factory`` in it (``gpufleet
+validate`` warns when a host lacks it: gpufleet/settings.py).
 
 Example (group_data/all.py)::
 
-    from operations.ssh_no_delay import NoDelayTransport
-    ssh_paramiko_connect_kwargs = {"transport_factory": NoDelayTransport}
+    from operations.ssh_no_delay import no_delay_transport
+    ssh_paramiko_connect_kwargs = {"transport_factory": no_delay_transport}
 """
 
 from __future__ import annotations
@@ -30,21 +34,31 @@ import paramiko
 
 
 def no_delay(sock) -> bool:
-    """Turn Nagle's algorithm off on ``sock`` if it is a TCP socket; whether it did.
+    """Turn Nagle's algorithm off on the TCP socket that carries ``sock``; whether it did.
 
-    Anything else (a Unix socket, a paramiko channel, a ProxyCommand) is left as it is.
+    A paramiko channel (a ProxyJump hop) is followed to its transport's socket; anything else that
+    is not a TCP socket (a Unix socket, a ProxyCommand) is left as it is. Best effort, as
+    OpenSSH's: a socket the kernel refuses it for (its peer already gone) stays as it was.
     """
+    while isinstance(sock, paramiko.Channel):
+        sock = sock.get_transport().sock
     if getattr(sock, "family", None) not in (socket.AF_INET, socket.AF_INET6):
         return False
     if getattr(sock, "type", None) != socket.SOCK_STREAM:
         return False
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        return False
     return True
 
 
-class NoDelayTransport(paramiko.Transport):
-    """paramiko's Transport, over a socket with TCP_NODELAY (see the module)."""
+def no_delay_transport(sock, *args, **kwargs) -> paramiko.Transport:
+    """paramiko's Transport over ``sock``, Nagle off first: a ``transport_factory`` for
+    ``SSHClient.connect``, which starts the handshake after this returns.
 
-    def __init__(self, sock, *args, **kwargs):
-        no_delay(sock)
-        super().__init__(sock, *args, **kwargs)
+    A function, not a Transport subclass: pyinfra prints host data (``debug-inventory``) and
+    encodes functions, not classes.
+    """
+    no_delay(sock)
+    return paramiko.Transport(sock, *args, **kwargs)

@@ -1,59 +1,97 @@
-"""operations/ssh_no_delay.py: the socket option pyinfra's SSH connections get before their handshake."""
+"""operations/ssh_no_delay.py: the socket option pyinfra's SSH connections get, and how it reaches them."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 
-from operations.ssh_no_delay import NoDelayTransport, no_delay
+import paramiko
+import pytest
+
+from gpufleet import PROJECT_ROOT
+from operations.ssh_no_delay import no_delay, no_delay_transport
+
+INVENTORIES = ("inventory/prod.py", "inventory/staging.py", "inventory/lab.py")
 
 
-def _tcp_pair():
+@pytest.fixture
+def tcp_pair():
     listener = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(listener.getsockname())
     server, _ = listener.accept()
     listener.close()
-    return client, server
+    yield client, server
+    client.close()
+    server.close()
 
 
 def _nagle_off(sock) -> bool:
     return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
-def test_a_transport_turns_nagle_off_on_its_tcp_socket_before_any_handshake():
-    client, server = _tcp_pair()
-    try:
-        assert not _nagle_off(client)  # the kernel's default, which paramiko keeps
-        transport = NoDelayTransport(client)
-        assert _nagle_off(client)
-        assert not transport.is_active()  # nothing was sent: the handshake is the caller's (SSHClient.connect)
-        assert not _nagle_off(server)  # the other end is the host's business
-    finally:
-        client.close()
-        server.close()
+def test_the_factory_turns_nagle_off_on_the_socket_it_is_given(tcp_pair):
+    client, _ = tcp_pair
+    assert not _nagle_off(client)  # the kernel's default, which paramiko keeps
+    transport = no_delay_transport(client)
+    assert isinstance(transport, paramiko.Transport) and transport.sock is client
+    assert _nagle_off(client)
+
+
+def test_through_a_proxyjump_the_jump_hosts_socket_is_the_one_set(tcp_pair):
+    # pyinfra connects a ProxyJump target over a channel of the jump host's transport.
+    client, _ = tcp_pair
+    channel = paramiko.Channel(0)
+    channel._set_transport(paramiko.Transport(client))  # as Transport.open_channel does
+    assert not _nagle_off(client)
+    assert no_delay(channel) is True
+    assert _nagle_off(client)
 
 
 def test_anything_but_a_tcp_socket_is_left_as_it_is():
-    left, right = socket.socketpair()  # a Unix socket: no Nagle to turn off, and setting it would raise
+    left, right = socket.socketpair()  # a Unix socket: setting the option would raise
+    command = paramiko.ProxyCommand("cat")
     try:
         assert no_delay(left) is False
-        NoDelayTransport(left)  # a ProxyCommand or a jump host's channel goes through here too
+        no_delay_transport(left)
+        assert no_delay(command) is False
     finally:
         left.close()
         right.close()
-
-    class Channel:  # a paramiko channel (ProxyJump) has no family
-        def send(self, data):
-            return len(data)
-
-    assert no_delay(Channel()) is False
+        command.close()
 
 
-def test_the_repository_data_gives_every_host_the_transport():
-    # pyinfra hands ssh_paramiko_connect_kwargs to paramiko's SSHClient.connect: both inventories'
-    # hosts, every group, must carry the factory (a group's own dict would replace it).
+def test_a_socket_the_kernel_refuses_it_for_stays_as_it_was(tcp_pair):
+    client, _ = tcp_pair
+    client.close()  # setsockopt: EBADF; on macOS a peer that already closed gives EINVAL
+    assert no_delay(client) is False
+
+
+@pytest.mark.parametrize("path", INVENTORIES)
+def test_every_host_of_every_inventory_connects_through_the_factory(path):
+    # A group's own ssh_paramiko_connect_kwargs would replace group_data/all.py's dict.
     from gpufleet.fleet import load_inventory
 
-    for path in ("inventory/prod.py", "inventory/lab.py"):
-        inventory = load_inventory(path)
-        for host in inventory:
-            assert host.data.ssh_paramiko_connect_kwargs == {"transport_factory": NoDelayTransport}, (path, host.name)
+    for host in load_inventory(path):
+        assert host.data.ssh_paramiko_connect_kwargs.get("transport_factory") is no_delay_transport, host.name
+
+
+def test_pyinfra_still_prints_the_inventory():
+    # debug-inventory encodes every host's data as JSON: a function prints as one, a class would fail.
+    run = subprocess.run([sys.executable, "-m", "pyinfra", "inventory/prod.py", "debug-inventory"],
+                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert '"transport_factory": "Function: no_delay_transport"' in run.stdout + run.stderr
+
+
+def test_data_that_drops_the_factory_is_a_warning_naming_the_host_and_its_keys():
+    from gpufleet.settings import validate_host_data
+
+    _, kept = validate_host_data("gpu-node-01", {"ssh_paramiko_connect_kwargs": {
+        "transport_factory": no_delay_transport, "banner_timeout": 30}})
+    assert [i for i in kept if i.key == "ssh_paramiko_connect_kwargs"] == []
+    _, dropped = validate_host_data("gpu-node-01", {"ssh_paramiko_connect_kwargs": {
+        "banner_timeout": 30, "password": "hunter2"}})
+    [issue] = [i for i in dropped if i.key == "ssh_paramiko_connect_kwargs"]
+    assert (issue.host, issue.value, issue.severity) == ("gpu-node-01", ["banner_timeout", "password"], "warning")
+    assert "no_delay_transport" in issue.expected and "hunter2" not in str(issue.as_dict())
