@@ -310,11 +310,15 @@ def _connection_warnings(host: str, data: dict[str, Any]) -> list[SettingsIssue]
     connects without TCP_NODELAY (operations/ssh_no_delay.py)."""
     from operations.ssh_no_delay import no_delay_transport
 
-    connect_kwargs = data.get("ssh_paramiko_connect_kwargs")
-    if not isinstance(connect_kwargs, dict) or connect_kwargs.get("transport_factory") is no_delay_transport:
+    if "ssh_paramiko_connect_kwargs" not in data:  # data that never set it (a test's, pyinfra's default)
+        return []
+    connect_kwargs = data["ssh_paramiko_connect_kwargs"]
+    if isinstance(connect_kwargs, dict) and connect_kwargs.get("transport_factory") is no_delay_transport:
         return []
     # Its keys only: paramiko's keywords include a password and a key's passphrase.
-    return [SettingsIssue(host, "ssh_paramiko_connect_kwargs", sorted(connect_kwargs),
+    shown = sorted(connect_kwargs) if isinstance(connect_kwargs, dict) else (
+        None if connect_kwargs is None else f"a {type(connect_kwargs).__name__}")
+    return [SettingsIssue(host, "ssh_paramiko_connect_kwargs", shown,
                           "transport_factory = operations.ssh_no_delay.no_delay_transport kept in it (group_data/"
                           "all.py): without it every SSH command waits ~45 ms for the host's delayed ACK", "warning")]
 

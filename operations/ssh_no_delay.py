@@ -16,9 +16,11 @@ group_data/all.py hands :func:`no_delay_transport` to paramiko's ``SSHClient.con
 ``transport_factory``, through pyinfra's ``ssh_paramiko_connect_kwargs`` (both documented
 hooks), so every connection gets it before its handshake: pyinfra's CLI, rollouts, drift, the
 bench. Through a ProxyJump the host's connection is a channel of the jump host's, and the jump
-host's TCP socket, which carries it, is the one set. A host or group whose data sets its own
-``ssh_paramiko_connect_kwargs`` replaces that dict: keep ``transport_factory`` in it (``gpufleet
-validate`` warns when a host lacks it: gpufleet/settings.py).
+host's TCP socket, which carries it, is the one set, before the host's handshake; the jump host's
+own handshake still runs with Nagle on (pyinfra connects hops without the host's connect keywords).
+A host or group whose data sets its own ``ssh_paramiko_connect_kwargs`` replaces that dict: keep
+``transport_factory`` in it (every run of deploy.py and ``gpufleet validate`` warn when a host
+lacks it: gpufleet/settings.py).
 
 Example (group_data/all.py)::
 

@@ -37,15 +37,19 @@ def test_a_connection_reaches_the_service_both_ways_with_nagle_off_on_the_accept
 
     port_forward_no_delay = port_forward.no_delay
     monkeypatch.setattr(port_forward, "no_delay", spied)
-    with port_forward.forwarded(_host(transport), "10.0.0.5", 19530) as port:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as client, gevent.Timeout(5):
-            client.sendall(b"ping")
-            while transport.service is None:
-                gevent.sleep(0.01)
-            assert transport.service.recv(4) == b"ping"
-            transport.service.sendall(b"pong")
-            assert client.recv(4) == b"pong"
-            [(sock, done)] = accepted
-            assert done is True and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-    assert transport.opened == [("direct-tcpip", ("10.0.0.5", 19530))]
-    transport.service.close()
+    try:
+        with port_forward.forwarded(_host(transport), "10.0.0.5", 19530) as port:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as client, gevent.Timeout(5):
+                client.sendall(b"ping")
+                while transport.service is None:
+                    gevent.sleep(0.01)
+                assert transport.service.recv(4) == b"ping"
+                transport.service.sendall(b"pong")
+                assert client.recv(4) == b"pong"
+                [(sock, done)] = accepted
+                assert sock.getpeername() == client.getsockname()  # the socket set is this connection's
+                assert done is True and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert transport.opened == [("direct-tcpip", ("10.0.0.5", 19530))]
+    finally:
+        if transport.service is not None:
+            transport.service.close()

@@ -38,27 +38,40 @@ def test_the_factory_turns_nagle_off_on_the_socket_it_is_given(tcp_pair):
     assert _nagle_off(client)
 
 
-def test_through_a_proxyjump_the_jump_hosts_socket_is_the_one_set(tcp_pair):
-    # pyinfra connects a ProxyJump target over a channel of the jump host's transport.
-    client, _ = tcp_pair
+def _channel_over(sock):
     channel = paramiko.Channel(0)
-    channel._set_transport(paramiko.Transport(client))  # as Transport.open_channel does
+    channel._set_transport(paramiko.Transport(sock))  # as Transport.open_channel does
+    return channel
+
+
+def test_through_a_proxyjump_the_jump_hosts_socket_is_the_one_set(tcp_pair):
+    # pyinfra connects a ProxyJump target over a channel of the jump host's transport; with two
+    # jump hosts, over a channel of a transport that is itself over a channel.
+    client, _ = tcp_pair
+    one_hop = _channel_over(client)
+    two_hops = _channel_over(_channel_over(client))
     assert not _nagle_off(client)
-    assert no_delay(channel) is True
+    assert no_delay(two_hops) is True
     assert _nagle_off(client)
+    assert no_delay(one_hop) is True
 
 
-def test_anything_but_a_tcp_socket_is_left_as_it_is():
+def test_anything_but_a_tcp_socket_is_left_as_it_is(monkeypatch):
     left, right = socket.socketpair()  # a Unix socket: setting the option would raise
-    command = paramiko.ProxyCommand("cat")
+    command = paramiko.ProxyCommand("cat")  # a ProxyCommand's pipes to its process
+    set_on = []
+    monkeypatch.setattr(socket.socket, "setsockopt", lambda self, *args: set_on.append(self))
     try:
         assert no_delay(left) is False
         no_delay_transport(left)
         assert no_delay(command) is False
+        assert set_on == []  # told apart before any setsockopt, not by its error
     finally:
+        monkeypatch.undo()
         left.close()
         right.close()
         command.close()
+        command.process.wait(5)
 
 
 def test_a_socket_the_kernel_refuses_it_for_stays_as_it_was(tcp_pair):
@@ -72,7 +85,7 @@ def test_every_host_of_every_inventory_connects_through_the_factory(path):
     # A group's own ssh_paramiko_connect_kwargs would replace group_data/all.py's dict.
     from gpufleet.fleet import load_inventory
 
-    for host in load_inventory(path):
+    for host in load_inventory(str(PROJECT_ROOT / path), cwd=str(PROJECT_ROOT)):
         assert host.data.ssh_paramiko_connect_kwargs.get("transport_factory") is no_delay_transport, host.name
 
 
@@ -95,3 +108,5 @@ def test_data_that_drops_the_factory_is_a_warning_naming_the_host_and_its_keys()
     [issue] = [i for i in dropped if i.key == "ssh_paramiko_connect_kwargs"]
     assert (issue.host, issue.value, issue.severity) == ("gpu-node-01", ["banner_timeout", "password"], "warning")
     assert "no_delay_transport" in issue.expected and "hunter2" not in str(issue.as_dict())
+    _, unset = validate_host_data("gpu-node-01", {"ssh_paramiko_connect_kwargs": None})  # set to nothing: no factory
+    assert [i.value for i in unset if i.key == "ssh_paramiko_connect_kwargs"] == [None]
