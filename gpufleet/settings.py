@@ -315,9 +315,12 @@ def _connection_warnings(host: str, data: dict[str, Any]) -> list[SettingsIssue]
     connect_kwargs = data["ssh_paramiko_connect_kwargs"]
     if isinstance(connect_kwargs, dict) and connect_kwargs.get("transport_factory") is no_delay_transport:
         return []
-    # Its keys only: paramiko's keywords include a password and a key's passphrase.
-    shown = sorted(connect_kwargs) if isinstance(connect_kwargs, dict) else (
-        None if connect_kwargs is None else f"a {type(connect_kwargs).__name__}")
+    if isinstance(connect_kwargs, dict):
+        shown = sorted(connect_kwargs)  # its keys only: paramiko's keywords include a password and a passphrase
+    elif connect_kwargs is None:
+        shown = None
+    else:
+        shown = f"a {type(connect_kwargs).__name__}"
     return [SettingsIssue(host, "ssh_paramiko_connect_kwargs", shown,
                           "transport_factory = operations.ssh_no_delay.no_delay_transport kept in it (group_data/"
                           "all.py): without it every SSH command waits ~45 ms for the host's delayed ACK", "warning")]

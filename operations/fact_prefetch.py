@@ -27,8 +27,8 @@ that did not work answers none of its reads, which pyinfra then reads one by one
 At execution pyinfra runs each operation again and re-reads its facts, so that an operation sees
 what earlier operations changed. Until the first command runs on the host in this run (an
 operation's command or upload, or one a callback runs over the host's connection; a callback that
-changes only a service's API, Milvus's users, changes no fact) nothing has changed it since the snapshot, so execution
-keeps answering from it: a no-op converge reads the host once. From that command on, and for
+changes only a service's API, Milvus's users, changes no fact) nothing has changed it since the
+snapshot, so execution keeps answering from it: a no-op converge reads the host once. From that command on, and for
 facts that look at other hosts (``read_live_at_execution = True``: a health URL, an upstream's
 probes, which other hosts' operations change in the same run), every read is pyinfra's own.
 The snapshot is the plan's moment, as pyinfra's own plan is; the deploy lock

@@ -5,9 +5,8 @@ is held while an earlier one is not yet ACKed. SSH sends small packets the host 
 at once (a finished command's channel EOF and close, then the next command's channel open; the
 handshake's banner and key exchange init; a gRPC call's frames through a forwarded port), and the
 host's delayed ACK comes about 40 ms later (Linux's shortest delayed-ACK timer; up to 200 ms). So
-every command pyinfra ran waited ~45 ms for nothing. Measured on the lab (gpu-node-1, one
-connection, 15 runs of each, medians): ``true`` 48.7 ms -> 4.3 ms, a 20 KB output 48.4 -> 6.0 ms;
-connecting 95 -> 52 ms; the Milvus users check through a forwarded port 280 -> 90 ms. OpenSSH's
+every command pyinfra ran waited ~45 ms for nothing (README Speed, "Stop 28", has the measurements:
+a command's round trip, connecting, the Milvus users check, a converge, a rollout). OpenSSH's
 ``ssh`` and ``sshd`` set TCP_NODELAY on every session's connection, and on the connections a
 forwarded port accepts. Uploads: paramiko writes each SSH packet in one send, so at most one
 small segment per 32 KiB goes out early (negligible).
