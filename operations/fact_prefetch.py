@@ -28,9 +28,11 @@ At execution pyinfra runs each operation again and re-reads its facts, so that a
 what earlier operations changed. Until the first command runs on the host in this run (an
 operation's command or upload, or one a callback runs over the host's connection; a callback that
 changes only a service's API, Milvus's users, changes no fact) nothing has changed it since the
-snapshot, so execution keeps answering from it: a no-op converge reads the host once. From that command on, and for
-facts that look at other hosts (``read_live_at_execution = True``: a health URL, an upstream's
-probes, which other hosts' operations change in the same run), every read is pyinfra's own.
+snapshot, so execution keeps answering from it: a no-op converge reads the host once. From that command on
+every read is pyinfra's own. Facts that look at other hosts (``read_live_at_execution = True``: a
+health URL, an upstream's probes) are read live once anything has run on *any* host in this run
+(:func:`anything_executed`: another host's operation may have started the service they ask about,
+or a callback changed it through its API); before that, they too answer from the snapshot.
 The snapshot is the plan's moment, as pyinfra's own plan is; the deploy lock
 (operations/deploy_lock.py) keeps other gpufleet runs off the host between the two.
 
@@ -524,8 +526,9 @@ class _PrefetchedFacts:
         return fact.default()
 
     def _snapshot_holds(self, cls, stage) -> bool:
-        return (stage == StateStage.Execute and not self.commands_ran
-                and not getattr(cls, "read_live_at_execution", False))
+        if stage != StateStage.Execute or self.commands_ran:
+            return False
+        return not getattr(cls, "read_live_at_execution", False) or not anything_executed(self.state)
 
     def _remember(self, key: str, name: str, fact_kwargs: dict[str, Any], latest_only: bool = False) -> None:
         today = datetime.date.today().isoformat()
@@ -551,6 +554,27 @@ class _PrefetchedFacts:
             self._save()  # a read new to the list: kept even if this run ends badly
         except OSError:
             pass  # a read-only home only costs speed
+
+
+def anything_executed(state) -> bool:
+    """Whether this run's execution has run anything on any host so far: an operation that yielded
+    a command (a shell command, an upload, or a Python callback, which may change a service through
+    its API without a command on the host), or a command a prefetched host has started and not yet
+    finished (the operation in progress, whose meta is complete only after it).
+
+    pyinfra runs operations one at a time across the hosts, so a read made in one operation sees
+    every host's earlier operations complete. (``--no-wait`` runs each host's operations at its own
+    pace: no read there is ordered after another host's operation, live or not.)
+    """
+    for ops in state.ops.values():
+        for op_data in ops.values():
+            if op_data.operation_meta.executed:
+                return True
+    for host in state.inventory:
+        facts = host.__dict__.get("get_fact")
+        if isinstance(facts, _PrefetchedFacts) and facts.commands_ran:
+            return True
+    return False
 
 
 def _lead_answer(stdout: list[str], mark: str) -> tuple[list[str], int | None, list[str]]:

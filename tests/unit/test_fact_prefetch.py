@@ -123,16 +123,15 @@ def test_an_upload_ends_the_snapshot_too(preparing, tmp_path):
     assert host.get_fact(FileContents, path=str(target)) == ["uploaded"]
 
 
-def test_a_fact_about_other_hosts_is_read_live_at_execution(preparing, tmp_path, monkeypatch):
-    """A fact marked read_live_at_execution (another host's health) is never answered from the snapshot
-    at execution: that host's operations may have changed it in this run."""
+class LiveContents(FileContents):
+    """A fact about another host's service, as HttpOk and UpstreamHealth are."""
+
+    read_live_at_execution = True
+
+
+def _live_contents_remembered(preparing, tmp_path):
     from operations.facts.net import HttpOk
 
-    class LiveContents(FileContents):
-        read_live_at_execution = True
-
-    LiveContents.__module__, LiveContents.__qualname__ = __name__, "LiveContents"
-    globals()["LiveContents"] = LiveContents  # importable by name, as the remembered list needs
     assert HttpOk.read_live_at_execution is True
     state, host = preparing
     target = tmp_path / "f"
@@ -140,9 +139,48 @@ def test_a_fact_about_other_hosts_is_read_live_at_execution(preparing, tmp_path,
     _remember(host, (LiveContents, {"path": str(target)}, None))
     fact_prefetch.prefetch_facts()
     assert host.get_fact(LiveContents, path=str(target)) == ["before"]  # the plan reads the snapshot
-    target.write_text("after\n")
+    target.write_text("after\n")  # what another host's operation would do to the service
+    return state, host, target
+
+
+def test_a_fact_about_other_hosts_answers_from_the_snapshot_while_nothing_executed(preparing, tmp_path, monkeypatch):
+    """read_live_at_execution facts: at execution, while no operation on any host has run anything,
+    the snapshot is still this run's moment (no round trip); once an operation ran something, even
+    a Python callback that sends no command to any host (a service changed through its API), they
+    are read live."""
+    from pyinfra.api.operation import add_op
+    from pyinfra.api.operations import run_ops
+    from pyinfra.operations import python
+
+    state, host, target = _live_contents_remembered(preparing, tmp_path)
+    add_op(state, python.call, function=lambda: None)  # changes nothing a fact can see
+    runs = _count_commands(host, monkeypatch)
     state.set_stage(StateStage.Execute)
+    assert host.get_fact(LiveContents, path=str(target)) == ["before"] and runs == []
+    assert not fact_prefetch.anything_executed(state)
+
+    run_ops(state)
+    assert runs == []  # the callback sent no command: only the operation's meta says it ran
+    assert fact_prefetch.anything_executed(state)
+    assert host.get_fact(LiveContents, path=str(target)) == ["after"] and len(runs) == 1
+
+
+def test_a_fact_about_other_hosts_is_read_live_after_a_command_on_its_own_host(preparing, tmp_path, monkeypatch):
+    state, host, target = _live_contents_remembered(preparing, tmp_path)
+    state.set_stage(StateStage.Execute)
+    assert host.run_shell_command("true")[0]
     assert host.get_fact(LiveContents, path=str(target)) == ["after"]
+
+
+def test_a_command_in_flight_on_another_prefetched_host_counts_as_executed(tmp_path, monkeypatch):
+    """The operation in progress has no complete meta yet: a prefetched host's started command counts."""
+    monkeypatch.setenv("GPUFLEET_CACHE_DIR", str(tmp_path / "cache"))
+    state = State(Inventory((["@local", "gpu-node-9"], {})), Config())  # never connected: no host is touched
+    _, other = list(state.inventory)
+    other.get_fact = fact_prefetch._PrefetchedFacts(state, other)
+    assert not fact_prefetch.anything_executed(state)
+    other.get_fact.commands_ran = True
+    assert fact_prefetch.anything_executed(state)
 
 
 def test_facts_not_asked_for_a_week_are_forgotten(preparing, tmp_path, monkeypatch):
