@@ -20,6 +20,8 @@ def make_key(home, uid):
     armored = subprocess.run([*gpg, "--armor", "--export"], check=True, capture_output=True).stdout
     listing = subprocess.run([*gpg, "--with-colons", "--list-keys"], check=True, capture_output=True, text=True).stdout
     fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr"))
+    # Key generation started a gpg-agent for this home: stop it, or it outlives the test run.
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False, capture_output=True)
     return armored, fingerprint
 
 
