@@ -27,7 +27,7 @@ from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
 from gpufleet import PROJECT_ROOT
 from gpufleet.fleet import Fleet, fleet_from_inventory, load_inventory
 from gpufleet.remote import close_connections, select
-from operations.fact_prefetch import READS_KIND_ATTRIBUTE
+from operations.fact_prefetch import READS_KIND_ATTRIBUTE, anything_executed
 from operations.serving_gate import ServingInterruption
 
 DEPLOY_FILE = "deploy.py"
@@ -187,8 +187,11 @@ def execute(plan: Plan, host_names: list[str]) -> dict[str, bool]:
     return {**{name: False for name in host_names if name not in result}, **result}
 
 
-def _nothing():
-    return iter(())
+def _unless_anything_ran(state, generator):
+    """The operation's generator, run only if something ran on some host before it (see below)."""
+    def run_if_anything_ran():
+        return generator() if anything_executed(state) else iter(())
+    return run_if_anything_ran
 
 
 def _skip_unchanged_prefix(plan: Plan, host) -> int:
@@ -196,12 +199,17 @@ def _skip_unchanged_prefix(plan: Plan, host) -> int:
 
     pyinfra 3 runs every operation's generator again at execution (its facts read again), so
     that an operation sees what the operations before it changed. The operations *before the
-    first change* have nothing before them that changed: their plan, made moments ago, is what
-    they would find, and they yield nothing (pyinfra 2 executed every plan this way). A rollout
-    executes while the node is drained: reading those facts again cost a few seconds of every
-    node's time out of rotation. An operation gated by ``_if`` in that prefix depends on earlier
-    operations only, none of which changed, so it would not run either. Skipped operations report
-    "No changes", and ``did_change()`` is False for them, as it would be.
+    first change* have nothing before them that changed on their host: their plan, made moments
+    ago, is what they would find, and they yield nothing (pyinfra 2 executed every plan this way).
+    A rollout executes while the node is drained: reading those facts again cost a few seconds of
+    every node's time out of rotation. An operation gated by ``_if`` in that prefix depends on
+    earlier operations only, none of which changed, so it would not run either. Skipped operations
+    report "No changes", and ``did_change()`` is False for them, as it would be.
+
+    Another host's operations may change what such an operation waits for (``drift --fix`` of the
+    Milvus host and an app node: Milvus recreated, then the app's ``ready`` on the other host): so
+    once anything ran on any host (operations/fact_prefetch.anything_executed), a skipped
+    operation runs its generator after all, as pyinfra would.
     """
     if not plan.state.check_for_changes:
         return 0  # planned without reading changes (bench's converge): every will_change is unknown
@@ -209,6 +217,7 @@ def _skip_unchanged_prefix(plan: Plan, host) -> int:
     for op in plan.ops(host):
         if op.will_change and not op.conditional:
             break
-        plan.state.ops[host][op.op_hash].command_generator = _nothing
+        op_data = plan.state.ops[host][op.op_hash]
+        op_data.command_generator = _unless_anything_ran(plan.state, op_data.command_generator)
         skipped += 1
     return skipped

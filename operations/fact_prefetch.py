@@ -29,12 +29,16 @@ what earlier operations changed. Until the first command runs on the host in thi
 operation's command or upload, or one a callback runs over the host's connection; a callback that
 changes only a service's API, Milvus's users, changes no fact) nothing has changed it since the
 snapshot, so execution keeps answering from it: a no-op converge reads the host once. From that command on
-every read is pyinfra's own. Facts that look at other hosts (``read_live_at_execution = True``: a
-health URL, an upstream's probes) are read live once anything has run on *any* host in this run
-(:func:`anything_executed`: another host's operation may have started the service they ask about,
-or a callback changed it through its API); before that, they too answer from the snapshot.
-The snapshot is the plan's moment, as pyinfra's own plan is; the deploy lock
-(operations/deploy_lock.py) keeps other gpufleet runs off the host between the two.
+every read is pyinfra's own. The snapshot is the plan's moment, as pyinfra's own plan is; the deploy
+lock (operations/deploy_lock.py) keeps other gpufleet runs off the host between the two.
+
+Facts about services whose health depends on other hosts (``read_live_at_execution = True``: a
+health URL, an upstream's probes) are covered by no lock: another host's operation may start or
+recreate the service in this run, a callback may change it through its API, and a service may
+come up or go down by itself. At execution they answer from the snapshot only while nothing has
+run on *any* host in this run (:func:`anything_executed`) and the snapshot is at most
+``LIVE_SNAPSHOT_MAX_AGE_S`` old (not after a confirmation prompt, or a wait for another host's
+lock); otherwise they are read live.
 
 Anything else reads as pyinfra does:
 
@@ -74,6 +78,7 @@ import importlib
 import json
 import os
 import secrets
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -107,6 +112,9 @@ DRIFT_READS_KIND = "drift"
 # Concurrent reads per host in the prefetch: enough to overlap the waits on the daemons; more only
 # crowd the host's cores (a lab node has two).
 READ_LANES = 4
+# How old the snapshot may be for a fact about other hosts' services to be answered from it at
+# execution (above): a no-op converge of the lab executes ~0.2 s after its snapshot.
+LIVE_SNAPSHOT_MAX_AGE_S = 5.0
 # Arguments that change what a fact's command sees; the others (timeouts, retries) do not.
 _PRIVILEGE_KEYS = ("_sudo", "_sudo_user", "_use_sudo_login", "_preserve_sudo_env", "_su_user", "_use_su_login",
                    "_preserve_su_env", "_su_shell", "_doas", "_doas_user", "_dzdo", "_dzdo_user",
@@ -305,6 +313,7 @@ class _PrefetchedFacts:
         # (or a _ReadAhead still reading it)
         self.lead_pending: tuple[Any, gevent.event.Event] | None = None  # hold_commands(): (its greenlet, answered)
         self.lead_refused: BaseException | None = None
+        self.snapshot_at: float | None = None  # time.monotonic() when the (first) snapshot came back
 
     def noting_changes(self, method):
         """``method`` (the host's run_shell_command, put_file, get_file), noting that the snapshot
@@ -471,6 +480,8 @@ class _PrefetchedFacts:
             if first is not None:  # the connection failed, perhaps after the lock was taken: refused
                 first.answer([f"{type(exc).__name__}: {exc}"], None)
             return
+        if self.snapshot_at is None:
+            self.snapshot_at = time.monotonic()
         stdout = list(output.stdout_lines)
         if first is not None:
             lead_lines, lead_rc, stdout = _lead_answer(stdout, mark)
@@ -528,7 +539,10 @@ class _PrefetchedFacts:
     def _snapshot_holds(self, cls, stage) -> bool:
         if stage != StateStage.Execute or self.commands_ran:
             return False
-        return not getattr(cls, "read_live_at_execution", False) or not anything_executed(self.state)
+        if not getattr(cls, "read_live_at_execution", False):
+            return True
+        fresh = self.snapshot_at is not None and time.monotonic() - self.snapshot_at <= LIVE_SNAPSHOT_MAX_AGE_S
+        return fresh and not anything_executed(self.state)
 
     def _remember(self, key: str, name: str, fact_kwargs: dict[str, Any], latest_only: bool = False) -> None:
         today = datetime.date.today().isoformat()
@@ -557,14 +571,20 @@ class _PrefetchedFacts:
 
 
 def anything_executed(state) -> bool:
-    """Whether this run's execution has run anything on any host so far: an operation that yielded
+    """Whether anything has run on any host since this run's snapshots: an operation that yielded
     a command (a shell command, an upload, or a Python callback, which may change a service through
-    its API without a command on the host), or a command a prefetched host has started and not yet
-    finished (the operation in progress, whose meta is complete only after it).
+    its API without a command on the host), or a command, upload or download on a prefetched host
+    (the operation in progress has no complete meta until it ends).
 
-    pyinfra runs operations one at a time across the hosts, so a read made in one operation sees
-    every host's earlier operations complete. (``--no-wait`` runs each host's operations at its own
-    pace: no read there is ordered after another host's operation, live or not.)
+    A read at execution sees every operation that pyinfra ordered before it complete: the earlier
+    operations of every host by default and with ``_serial`` or ``_parallel`` batches, the earlier
+    hosts' operations with ``--serial``. Reads in one operation on several hosts run side by side,
+    unordered, live or not, as do all of ``--no-wait``'s.
+
+    Example (gpufleet/deploy_run.py: an operation skipped as unchanged runs once something ran)::
+
+        if anything_executed(state):
+            ...
     """
     for ops in state.ops.values():
         for op_data in ops.values():

@@ -42,7 +42,8 @@ class HttpOk(FactBase):
         True
     """
 
-    # Another host's service, which that host's operations may start in the same run.
+    # A service whose health depends on other hosts (Milvus's, the app's own: on vLLM and Milvus), which
+    # their operations may change in the same run: operations/fact_prefetch.py, read_live_at_execution.
     read_live_at_execution = True
 
     def command(self, url: str) -> str:

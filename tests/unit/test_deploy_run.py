@@ -38,6 +38,24 @@ def test_execute_starts_at_the_first_change_and_reevaluates_from_there(tmp_path,
     assert not before.exists()
 
 
+def test_a_skipped_operation_runs_after_all_once_anything_ran_before_it(tmp_path, local_state, monkeypatch):
+    """The prefix is skipped for what changed on its own host; another host's operation that ran
+    before it (anything_executed: here from the start) may have changed what it waits for."""
+    import gpufleet.deploy_run as deploy_run
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    add_op(local_state, files.directory, path=str(kept))
+    [host] = list(local_state.inventory)
+    plan = Plan(local_state, fleet=None, hosts=[host])
+    assert [op.will_change for op in plan.ops(host)] == [False]
+    kept.rmdir()
+    asked = []
+    monkeypatch.setattr(deploy_run, "anything_executed", lambda state: asked.append(state) or True)
+    assert execute(plan, [host.name]) == {host.name: True}
+    assert asked == [local_state] and kept.is_dir()  # evaluated again at execution, as pyinfra does
+
+
 def test_execute_without_any_change_runs_nothing(tmp_path, local_state):
     kept = tmp_path / "kept"
     kept.mkdir()

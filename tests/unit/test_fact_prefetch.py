@@ -136,7 +136,7 @@ def _live_contents_remembered(preparing, tmp_path):
     state, host = preparing
     target = tmp_path / "f"
     target.write_text("before\n")
-    _remember(host, (LiveContents, {"path": str(target)}, None))
+    _remember(host, (LiveContents, {"path": str(target)}, None), (FileContents, {"path": str(target)}, None))
     fact_prefetch.prefetch_facts()
     assert host.get_fact(LiveContents, path=str(target)) == ["before"]  # the plan reads the snapshot
     target.write_text("after\n")  # what another host's operation would do to the service
@@ -147,12 +147,13 @@ def test_a_fact_about_other_hosts_answers_from_the_snapshot_while_nothing_execut
     """read_live_at_execution facts: at execution, while no operation on any host has run anything,
     the snapshot is still this run's moment (no round trip); once an operation ran something, even
     a Python callback that sends no command to any host (a service changed through its API), they
-    are read live."""
+    are read live. The host's other facts still answer from the snapshot: nothing ran on it."""
     from pyinfra.api.operation import add_op
     from pyinfra.api.operations import run_ops
-    from pyinfra.operations import python
+    from pyinfra.operations import python, server
 
     state, host, target = _live_contents_remembered(preparing, tmp_path)
+    add_op(state, server.shell, commands=[])  # yields nothing: not something that ran
     add_op(state, python.call, function=lambda: None)  # changes nothing a fact can see
     runs = _count_commands(host, monkeypatch)
     state.set_stage(StateStage.Execute)
@@ -163,6 +164,31 @@ def test_a_fact_about_other_hosts_answers_from_the_snapshot_while_nothing_execut
     assert runs == []  # the callback sent no command: only the operation's meta says it ran
     assert fact_prefetch.anything_executed(state)
     assert host.get_fact(LiveContents, path=str(target)) == ["after"] and len(runs) == 1
+    assert host.get_fact(FileContents, path=str(target)) == ["before"] and len(runs) == 1
+
+
+def test_an_operation_that_yielded_nothing_is_not_something_that_ran(preparing):
+    from pyinfra.api.operation import add_op
+    from pyinfra.api.operations import run_ops
+    from pyinfra.operations import server
+
+    state, host = preparing
+    add_op(state, server.shell, commands=[])
+    state.set_stage(StateStage.Execute)
+    run_ops(state)
+    assert not fact_prefetch.anything_executed(state)
+
+
+def test_a_fact_about_other_hosts_is_read_live_from_an_old_snapshot(preparing, tmp_path, monkeypatch):
+    """A snapshot older than LIVE_SNAPSHOT_MAX_AGE_S (a confirmation prompt, a wait for another
+    host's lock) says nothing about other hosts' services now: read live, though nothing ran."""
+    state, host, target = _live_contents_remembered(preparing, tmp_path)
+    state.set_stage(StateStage.Execute)
+    facts = host.get_fact
+    facts.snapshot_at -= fact_prefetch.LIVE_SNAPSHOT_MAX_AGE_S + 1
+    assert not fact_prefetch.anything_executed(state)
+    assert host.get_fact(LiveContents, path=str(target)) == ["after"]
+    assert host.get_fact(FileContents, path=str(target)) == ["before"]  # the host's own: the lock holds it
 
 
 def test_a_fact_about_other_hosts_is_read_live_after_a_command_on_its_own_host(preparing, tmp_path, monkeypatch):
