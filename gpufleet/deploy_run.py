@@ -27,7 +27,7 @@ from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
 from gpufleet import PROJECT_ROOT
 from gpufleet.fleet import Fleet, fleet_from_inventory, load_inventory
 from gpufleet.remote import close_connections, select
-from operations.fact_prefetch import READS_KIND_ATTRIBUTE, anything_executed
+from operations.fact_prefetch import READS_KIND_ATTRIBUTE, noting_what_runs, something_ran
 from operations.serving_gate import ServingInterruption
 
 DEPLOY_FILE = "deploy.py"
@@ -177,6 +177,8 @@ def execute(plan: Plan, host_names: list[str]) -> dict[str, bool]:
         return {name: False for name in host_names}
     for host in keep:
         _skip_unchanged_prefix(plan, host)
+        for op_data in state.ops[host].values():  # what a skipped operation asks: did anything run?
+            op_data.command_generator = noting_what_runs(state, op_data.command_generator)
     with ctx_state.use(state), _cli_mode():
         state.set_stage(StateStage.Execute)
         try:
@@ -188,9 +190,10 @@ def execute(plan: Plan, host_names: list[str]) -> dict[str, bool]:
 
 
 def _unless_anything_ran(state, generator):
-    """The operation's generator, run only if something ran on some host before it (see below)."""
+    """The operation's generator, run only if an operation on some host yielded a command before
+    it (execute() notes every one: fact_prefetch.noting_what_runs)."""
     def run_if_anything_ran():
-        return generator() if anything_executed(state) else iter(())
+        return generator() if something_ran(state) else iter(())
     return run_if_anything_ran
 
 
@@ -203,13 +206,14 @@ def _skip_unchanged_prefix(plan: Plan, host) -> int:
     ago, is what they would find, and they yield nothing (pyinfra 2 executed every plan this way).
     A rollout executes while the node is drained: reading those facts again cost a few seconds of
     every node's time out of rotation. An operation gated by ``_if`` in that prefix depends on
-    earlier operations only, none of which changed, so it would not run either. Skipped operations
+    earlier operations only, none of which changed while nothing ran, so it would not run either. Skipped operations
     report "No changes", and ``did_change()`` is False for them, as it would be.
 
-    Another host's operations may change what such an operation waits for (``drift --fix`` of the
-    Milvus host and an app node: Milvus recreated, then the app's ``ready`` on the other host): so
-    once anything ran on any host (operations/fact_prefetch.anything_executed), a skipped
-    operation runs its generator after all, as pyinfra would.
+    Another host's operations may change what such an operation waits for (a maintenance window's
+    ``drift --fix`` of the Milvus host and an app node: Milvus recreated, then the app's ``ready``
+    on the other host): so once an operation on any host has yielded a command, a skipped operation
+    runs its generator after all, as pyinfra would (and an ``_if`` on an earlier one that now
+    changed holds).
     """
     if not plan.state.check_for_changes:
         return 0  # planned without reading changes (bench's converge): every will_change is unknown

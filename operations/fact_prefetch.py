@@ -108,6 +108,8 @@ KEEP_RUNS = 3
 # The State attribute naming the kind of run (above), and the kind when it is not set.
 READS_KIND_ATTRIBUTE = "gpufleet_reads_kind"
 DEFAULT_READS_KIND = "deploy"
+# The State attribute that notes an operation yielded a command in this run (noting_what_runs).
+RAN_ATTRIBUTE = "gpufleet_something_ran"
 DRIFT_READS_KIND = "drift"
 # Concurrent reads per host in the prefetch: enough to overlap the waits on the daemons; more only
 # crowd the host's cores (a lab node has two).
@@ -570,6 +572,27 @@ class _PrefetchedFacts:
             pass  # a read-only home only costs speed
 
 
+def noting_what_runs(state, generator):
+    """An operation's command generator (``state.ops[host][op_hash].command_generator``) that
+    notes on the State, as it yields its first command (before pyinfra runs it), that something
+    ran in this run: :func:`something_ran` then answers in O(1). gpufleet's execution wraps every
+    operation of every host it executes so (gpufleet/deploy_run.py). Example::
+
+        op_data.command_generator = noting_what_runs(state, op_data.command_generator)
+    """
+    def noted():
+        for command in generator():
+            setattr(state, RAN_ATTRIBUTE, True)
+            yield command
+    return noted
+
+
+def something_ran(state) -> bool:
+    """Whether an operation wrapped by :func:`noting_what_runs` has yielded a command in this run.
+    Exact where every executing operation is so wrapped; :func:`anything_executed` anywhere."""
+    return getattr(state, RAN_ATTRIBUTE, False)
+
+
 def anything_executed(state) -> bool:
     """Whether anything has run on any host since this run's snapshots: an operation that yielded
     a command (a shell command, an upload, or a Python callback, which may change a service through
@@ -581,11 +604,15 @@ def anything_executed(state) -> bool:
     hosts' operations with ``--serial``. Reads in one operation on several hosts run side by side,
     unordered, live or not, as do all of ``--no-wait``'s.
 
-    Example (gpufleet/deploy_run.py: an operation skipped as unchanged runs once something ran)::
+    It looks at every operation of every host: a few reads per run may ask it (the health reads);
+    a check per operation would cost the square of the fleet's operations (:func:`something_ran`).
+    Example::
 
         if anything_executed(state):
             ...
     """
+    if something_ran(state):
+        return True
     for ops in state.ops.values():
         for op_data in ops.values():
             if op_data.operation_meta.executed:

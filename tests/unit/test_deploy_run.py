@@ -6,9 +6,12 @@ import pytest
 from pyinfra.api import Config, Inventory, State
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.operation import add_op
+from pyinfra.api.state import StateStage
 from pyinfra.operations import files
 
+import gpufleet.deploy_run as deploy_run
 from gpufleet.deploy_run import Plan, execute
+from operations.fact_prefetch import anything_executed, something_ran
 
 
 @pytest.fixture
@@ -40,9 +43,8 @@ def test_execute_starts_at_the_first_change_and_reevaluates_from_there(tmp_path,
 
 def test_a_skipped_operation_runs_after_all_once_anything_ran_before_it(tmp_path, local_state, monkeypatch):
     """The prefix is skipped for what changed on its own host; another host's operation that ran
-    before it (anything_executed: here from the start) may have changed what it waits for."""
-    import gpufleet.deploy_run as deploy_run
-
+    before it may have changed what it waits for. Asked when the operation executes, not when the
+    plan is made: here, "something ran" from the moment execution starts."""
     kept = tmp_path / "kept"
     kept.mkdir()
     add_op(local_state, files.directory, path=str(kept))
@@ -50,10 +52,18 @@ def test_a_skipped_operation_runs_after_all_once_anything_ran_before_it(tmp_path
     plan = Plan(local_state, fleet=None, hosts=[host])
     assert [op.will_change for op in plan.ops(host)] == [False]
     kept.rmdir()
-    asked = []
-    monkeypatch.setattr(deploy_run, "anything_executed", lambda state: asked.append(state) or True)
+    monkeypatch.setattr(deploy_run, "something_ran", lambda state: state.current_stage == StateStage.Execute)
     assert execute(plan, [host.name]) == {host.name: True}
-    assert asked == [local_state] and kept.is_dir()  # evaluated again at execution, as pyinfra does
+    assert kept.is_dir()  # evaluated again at execution, as pyinfra does
+
+
+def test_execute_notes_on_the_state_that_an_operation_yielded_a_command(tmp_path, local_state):
+    add_op(local_state, files.directory, path=str(tmp_path / "new"))
+    [host] = list(local_state.inventory)
+    plan = Plan(local_state, fleet=None, hosts=[host])
+    assert not something_ran(local_state)
+    assert execute(plan, [host.name]) == {host.name: True}
+    assert something_ran(local_state) and anything_executed(local_state)
 
 
 def test_execute_without_any_change_runs_nothing(tmp_path, local_state):
@@ -65,6 +75,7 @@ def test_execute_without_any_change_runs_nothing(tmp_path, local_state):
     kept.rmdir()
     assert execute(plan, [host.name]) == {host.name: True}
     assert not kept.exists()
+    assert not something_ran(local_state)  # nothing yielded: a later skipped operation stays skipped
 
 
 def test_a_plan_made_without_change_checks_executes_every_operation(tmp_path):
