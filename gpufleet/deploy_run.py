@@ -206,8 +206,8 @@ def _skip_unchanged_prefix(plan: Plan, host) -> int:
     ago, is what they would find, and they yield nothing (pyinfra 2 executed every plan this way).
     A rollout executes while the node is drained: reading those facts again cost a few seconds of
     every node's time out of rotation. An operation gated by ``_if`` in that prefix depends on
-    earlier operations only, none of which changed while nothing ran, so it would not run either. Skipped operations
-    report "No changes", and ``did_change()`` is False for them, as it would be.
+    earlier operations only, none of which changed while nothing ran, so it would not run either.
+    Skipped operations report "No changes", and ``did_change()`` is False for them, as it would be.
 
     Another host's operations may change what such an operation waits for (a maintenance window's
     ``drift --fix`` of the Milvus host and an app node: Milvus recreated, then the app's ``ready``

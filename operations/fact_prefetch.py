@@ -108,9 +108,9 @@ KEEP_RUNS = 3
 # The State attribute naming the kind of run (above), and the kind when it is not set.
 READS_KIND_ATTRIBUTE = "gpufleet_reads_kind"
 DEFAULT_READS_KIND = "deploy"
+DRIFT_READS_KIND = "drift"
 # The State attribute that notes an operation yielded a command in this run (noting_what_runs).
 RAN_ATTRIBUTE = "gpufleet_something_ran"
-DRIFT_READS_KIND = "drift"
 # Concurrent reads per host in the prefetch: enough to overlap the waits on the daemons; more only
 # crowd the host's cores (a lab node has two).
 READ_LANES = 4
