@@ -27,7 +27,7 @@ from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
 from gpufleet import PROJECT_ROOT
 from gpufleet.fleet import Fleet, fleet_from_inventory, load_inventory
 from gpufleet.remote import close_connections, select
-from operations.fact_prefetch import READS_KIND_ATTRIBUTE, noting_what_runs, something_ran
+from operations.fact_prefetch import READS_KIND_ATTRIBUTE, something_ran, watch_what_runs
 from operations.serving_gate import ServingInterruption
 
 DEPLOY_FILE = "deploy.py"
@@ -175,10 +175,9 @@ def execute(plan: Plan, host_names: list[str]) -> dict[str, bool]:
             state.active_hosts.discard(host)
     if not keep:
         return {name: False for name in host_names}
+    watch_what_runs(state)  # what a skipped operation asks: did anything run before it?
     for host in keep:
         _skip_unchanged_prefix(plan, host)
-        for op_data in state.ops[host].values():  # what a skipped operation asks: did anything run?
-            op_data.command_generator = noting_what_runs(state, op_data.command_generator)
     with ctx_state.use(state), _cli_mode():
         state.set_stage(StateStage.Execute)
         try:
@@ -191,7 +190,7 @@ def execute(plan: Plan, host_names: list[str]) -> dict[str, bool]:
 
 def _unless_anything_ran(state, generator):
     """The operation's generator, run only if an operation on some host yielded a command before
-    it (execute() notes every one: fact_prefetch.noting_what_runs)."""
+    it (fact_prefetch.something_ran)."""
     def run_if_anything_ran():
         return generator() if something_ran(state) else iter(())
     return run_if_anything_ran

@@ -92,7 +92,7 @@ from pyinfra import state as current_state
 from pyinfra.api import FactBase, OperationError, StringCommand
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.api.facts import _MISSING_COMMAND_MARKER, _handle_fact_kwargs, _make_command
-from pyinfra.api.state import StateStage
+from pyinfra.api.state import BaseStateCallback, StateStage
 from pyinfra.api.util import get_kwargs_str, log_error_or_warning
 from pyinfra.context import ctx_config, ctx_host
 
@@ -109,8 +109,6 @@ KEEP_RUNS = 3
 READS_KIND_ATTRIBUTE = "gpufleet_reads_kind"
 DEFAULT_READS_KIND = "deploy"
 DRIFT_READS_KIND = "drift"
-# The State attribute that notes an operation yielded a command in this run (noting_what_runs).
-RAN_ATTRIBUTE = "gpufleet_something_ran"
 # Concurrent reads per host in the prefetch: enough to overlap the waits on the daemons; more only
 # crowd the host's cores (a lab node has two).
 READ_LANES = 4
@@ -169,6 +167,7 @@ def prefetch_facts(reads_ahead: Callable[[], None] | None = None, first: Any = N
         if first is not None:
             first.take()
         return 0
+    watch_what_runs(state)  # for the facts about other hosts' services (above)
     facts = _PrefetchedFacts(state, host)
     host.get_fact = facts  # an instance attribute: this Host only, this State only
     for method in ("run_shell_command", "put_file", "get_file"):
@@ -572,51 +571,63 @@ class _PrefetchedFacts:
             pass  # a read-only home only costs speed
 
 
-def noting_what_runs(state, generator):
-    """An operation's command generator (``state.ops[host][op_hash].command_generator``) that
-    notes on the State, as it yields its first command (before pyinfra runs it), that something
-    ran in this run: :func:`something_ran` then answers in O(1). gpufleet's execution wraps every
-    operation of every host it executes so (gpufleet/deploy_run.py). Example::
+class _RunWatch(BaseStateCallback):
+    """Whether any operation on any host of one State has yielded a command in this run. pyinfra
+    starts every host operation with ``operation_host_start``, in every execution mode; the watch
+    then wraps that operation's command generator, and ``ran`` goes up as the first command is
+    yielded, before pyinfra runs it: a shell command, an upload, or a Python callback (which may
+    change a service through its API without a command on the host). What a plan's generators
+    yield while planning (``will_change``) does not go through it."""
 
-        op_data.command_generator = noting_what_runs(state, op_data.command_generator)
+    def __init__(self):
+        self.ran = False
+
+    def operation_host_start(self, state, host, op_hash):
+        op_data = state.ops[host].get(op_hash)
+        if op_data is None:
+            return  # not this host's operation: pyinfra skips it
+        generator = op_data.command_generator
+
+        def watched():
+            for command in generator():
+                self.ran = True
+                yield command
+        op_data.command_generator = watched
+
+
+def watch_what_runs(state) -> None:
+    """Give ``state`` a :class:`_RunWatch`, once: :func:`prefetch_facts` and gpufleet's execution
+    (gpufleet/deploy_run.py) do. Example::
+
+        watch_what_runs(state)
+        ...  # pyinfra executes
+        something_ran(state)
     """
-    def noted():
-        for command in generator():
-            setattr(state, RAN_ATTRIBUTE, True)
-            yield command
-    return noted
+    if not any(isinstance(handler, _RunWatch) for handler in state.callback_handlers):
+        state.add_callback_handler(_RunWatch())
 
 
 def something_ran(state) -> bool:
-    """Whether an operation wrapped by :func:`noting_what_runs` has yielded a command in this run.
-    Exact where every executing operation is so wrapped; :func:`anything_executed` anywhere."""
-    return getattr(state, RAN_ATTRIBUTE, False)
+    """Whether an operation on any host has yielded a command in this run (:func:`watch_what_runs`;
+    False on a State without a watch)."""
+    return any(isinstance(handler, _RunWatch) and handler.ran for handler in state.callback_handlers)
 
 
 def anything_executed(state) -> bool:
     """Whether anything has run on any host since this run's snapshots: an operation that yielded
-    a command (a shell command, an upload, or a Python callback, which may change a service through
-    its API without a command on the host), or a command, upload or download on a prefetched host
-    (the operation in progress has no complete meta until it ends).
+    a command (:func:`something_ran`), or a command, upload or download on a prefetched host
+    outside an operation.
 
-    A read at execution sees every operation that pyinfra ordered before it complete: the earlier
+    A read at execution comes after every operation that pyinfra ordered before it: the earlier
     operations of every host by default and with ``_serial`` or ``_parallel`` batches, the earlier
     hosts' operations with ``--serial``. Reads in one operation on several hosts run side by side,
-    unordered, live or not, as do all of ``--no-wait``'s.
-
-    It looks at every operation of every host: a few reads per run may ask it (the health reads);
-    a check per operation would cost the square of the fleet's operations (:func:`something_ran`).
-    Example::
+    unordered, live or not, as do all of ``--no-wait``'s. Example::
 
         if anything_executed(state):
             ...
     """
     if something_ran(state):
         return True
-    for ops in state.ops.values():
-        for op_data in ops.values():
-            if op_data.operation_meta.executed:
-                return True
     for host in state.inventory:
         facts = host.__dict__.get("get_fact")
         if isinstance(facts, _PrefetchedFacts) and facts.commands_ran:

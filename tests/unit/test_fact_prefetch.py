@@ -179,6 +179,24 @@ def test_an_operation_that_yielded_nothing_is_not_something_that_ran(preparing):
     assert not fact_prefetch.anything_executed(state)
 
 
+def test_the_watch_counts_what_execution_yields_not_what_planning_does(preparing):
+    from pyinfra.api.operation import add_op
+    from pyinfra.api.operations import run_ops
+    from pyinfra.operations import python
+
+    state, host = preparing
+    fact_prefetch.watch_what_runs(state)
+    fact_prefetch.watch_what_runs(state)  # once per State
+    assert sum(isinstance(h, fact_prefetch._RunWatch) for h in state.callback_handlers) == 1
+    add_op(state, python.call, function=lambda: None)
+    [op_hash] = state.get_op_order()
+    assert state.ops[host][op_hash].operation_meta.will_change  # planning ran its generator
+    assert not fact_prefetch.something_ran(state)
+    state.set_stage(StateStage.Execute)
+    run_ops(state, serial=True)  # host by host, as pyinfra's --serial
+    assert fact_prefetch.something_ran(state)
+
+
 def test_a_fact_about_other_hosts_is_read_live_from_an_old_snapshot(preparing, tmp_path, monkeypatch):
     """A snapshot older than LIVE_SNAPSHOT_MAX_AGE_S (a confirmation prompt, a wait for another
     host's lock) says nothing about other hosts' services now: read live, though nothing ran."""
