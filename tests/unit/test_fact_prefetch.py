@@ -161,7 +161,7 @@ def test_a_fact_about_other_hosts_answers_from_the_snapshot_while_nothing_execut
     assert not fact_prefetch.anything_executed(state)
 
     run_ops(state)
-    assert runs == []  # the callback sent no command: only the operation's meta says it ran
+    assert runs == []  # the callback sent no command: only the run watch saw it
     assert fact_prefetch.anything_executed(state)
     assert host.get_fact(LiveContents, path=str(target)) == ["after"] and len(runs) == 1
     assert host.get_fact(FileContents, path=str(target)) == ["before"] and len(runs) == 1
@@ -217,7 +217,7 @@ def test_a_fact_about_other_hosts_is_read_live_after_a_command_on_its_own_host(p
 
 
 def test_a_command_in_flight_on_another_prefetched_host_counts_as_executed(tmp_path, monkeypatch):
-    """The operation in progress has no complete meta yet: a prefetched host's started command counts."""
+    """A command on a prefetched host counts, also one no operation yielded (gpufleet code at execution)."""
     monkeypatch.setenv("GPUFLEET_CACHE_DIR", str(tmp_path / "cache"))
     state = State(Inventory((["@local", "gpu-node-9"], {})), Config())  # never connected: no host is touched
     _, other = list(state.inventory)
